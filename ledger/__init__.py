@@ -1,0 +1,50 @@
+"""The append-only, hash-chained, fsynced event ledger.
+
+``ledger`` knows nothing of workflows: it stores events, checks them, and
+hands them back. See ``docs/ledger-format.md`` for the byte format.
+"""
+
+from __future__ import annotations
+
+from ledger.atomic import atomic_write, fsync_dir, make_private_dir
+from ledger.codec import GENESIS_HASH, MAX_RECORD_BYTES, utc_now
+from ledger.errors import (
+    EngineError,
+    LedgerCorrupt,
+    LedgerError,
+    LedgerLocked,
+    LedgerWriteFailed,
+    RecordTooLarge,
+)
+from ledger.events import EVENT_TYPES, FORMAT_VERSION, RECORD_TYPES, Event, Record
+from ledger.lock import RunLock, read_holder
+from ledger.reader import LedgerReader, ScanResult, TornTail, verify_ledger
+from ledger.writer import LEDGER_NAME, LedgerWriter
+
+__all__ = [
+    "EVENT_TYPES",
+    "FORMAT_VERSION",
+    "GENESIS_HASH",
+    "LEDGER_NAME",
+    "MAX_RECORD_BYTES",
+    "RECORD_TYPES",
+    "EngineError",
+    "Event",
+    "LedgerCorrupt",
+    "LedgerError",
+    "LedgerLocked",
+    "LedgerReader",
+    "LedgerWriteFailed",
+    "LedgerWriter",
+    "Record",
+    "RecordTooLarge",
+    "RunLock",
+    "ScanResult",
+    "TornTail",
+    "atomic_write",
+    "fsync_dir",
+    "make_private_dir",
+    "read_holder",
+    "utc_now",
+    "verify_ledger",
+]

@@ -1,0 +1,93 @@
+"""The byte layout of one ledger line, and its hash.
+
+A line is ``body`` followed by the fixed-width suffix
+``,"hash":"<64 lowercase hex>"}`` and ``\\n`` (76 bytes). ``body`` is
+``{"v":1,"seq":N,"ts":"...","type":"...","run":"...","data":{...}``;
+``hash = sha256(prev_hash + body)`` where ``prev_hash`` is the previous
+record's hash as 64 ASCII hex characters (64 zeros before seq 0). Checking
+the chain needs no JSON parsing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from hashlib import sha256
+
+import msgspec
+
+from ledger.events import FORMAT_VERSION, Event
+
+__all__ = [
+    "GENESIS_HASH",
+    "HASH_END",
+    "HASH_PREFIX",
+    "MAX_RECORD_BYTES",
+    "SEQ_PREFIX",
+    "SUFFIX_LEN",
+    "encode_body",
+    "line_hash",
+    "parse_seq",
+    "split_line",
+    "utc_now",
+]
+
+MAX_RECORD_BYTES = 256 * 1024
+"""The largest line (suffix and newline included) the writer accepts."""
+
+GENESIS_HASH = b"0" * 64
+"""``prev_hash`` of the record with seq 0."""
+
+HASH_PREFIX = b',"hash":"'
+HASH_END = b'"}'
+SUFFIX_LEN = len(HASH_PREFIX) + 64 + len(HASH_END) + 1
+"""Bytes from the end of ``body`` to the end of the line, newline included (76)."""
+
+SEQ_PREFIX = b'{"v":%d,"seq":' % FORMAT_VERSION
+
+_encode = msgspec.json.Encoder().encode
+
+
+def utc_now() -> str:
+    """The current time as RFC 3339 UTC with microseconds."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_body(*, seq: int, ts: str, run: str, event: Event) -> bytes:
+    """The bytes of a record before its hash suffix."""
+    return b'%s%d,"ts":"%s","type":"%s","run":%s,"data":%s' % (
+        SEQ_PREFIX,
+        seq,
+        ts.encode(),
+        event.TYPE.encode(),
+        _encode(run),
+        _encode(event),
+    )
+
+
+def line_hash(prev_hash: bytes, body: bytes) -> bytes:
+    """The record's hash: hex SHA-256 of ``prev_hash + body``, as ASCII bytes."""
+    return sha256(prev_hash + body).hexdigest().encode()
+
+
+def split_line(line: bytes) -> tuple[bytes, bytes] | None:
+    """Split a line (without its newline) into ``(body, hash)``.
+
+    None when the fixed-width suffix is not there.
+    """
+    if len(line) < SUFFIX_LEN - 1 + 2 or line[-2:] != HASH_END:
+        return None
+    if line[-75:-66] != HASH_PREFIX:
+        return None
+    return line[:-75], line[-66:-2]
+
+
+def parse_seq(body: bytes) -> int | None:
+    """The ``seq`` of a record body, read without JSON parsing."""
+    if not body.startswith(SEQ_PREFIX):
+        return None
+    start = len(SEQ_PREFIX)
+    end = body.find(b",", start)
+    digits = body[start:end]
+    if end < 0 or not digits.isdigit():
+        return None
+    return int(digits)

@@ -1,0 +1,432 @@
+"""Every event of the ledger, as frozen msgspec Structs, and the record envelope.
+
+An event's payload (``data``) is a small frozen Struct whose class names its
+``TYPE``. The ledger's envelope (:class:`Record`: ``v``, ``seq``, ``ts``,
+``type``, ``run``, ``data``, ``hash``) is kept apart from the payloads: for
+each payload class a record class is derived whose tag is the event type, and
+the union of all of them is decoded by one reused typed decoder.
+
+Schema evolution: a field, once written, never changes type or meaning. A new
+field always gets a default, so older ledgers decode unchanged. A breaking
+change bumps :data:`FORMAT_VERSION` and ships an upcaster in the reader.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Union
+
+import msgspec
+
+__all__ = [
+    "EVENT_TYPES",
+    "FORMAT_VERSION",
+    "RECORD_TYPES",
+    "ArtifactWritten",
+    "CacheHit",
+    "CacheMiss",
+    "CircuitClosed",
+    "CircuitHalfOpen",
+    "CircuitOpened",
+    "Event",
+    "Heartbeat",
+    "ItemDeadLettered",
+    "ItemDispatched",
+    "ItemDuplicate",
+    "ItemEnqueued",
+    "ItemFailed",
+    "ItemRequeued",
+    "ItemRetryScheduled",
+    "ItemSkipped",
+    "ItemSucceeded",
+    "LedgerRecovered",
+    "LockAcquired",
+    "LogRef",
+    "Record",
+    "RunAborted",
+    "RunCompleted",
+    "RunCreated",
+    "RunFailed",
+    "RunResumed",
+    "RunStarted",
+    "StepFailed",
+    "StepSkipped",
+    "StepStarted",
+    "StepSucceeded",
+    "decode_record",
+    "record_decoder",
+]
+
+FORMAT_VERSION = 1
+"""The ledger format version, written as ``v`` in every record."""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Base of every event payload. ``TYPE`` is the record's ``type``."""
+
+    TYPE: ClassVar[str] = ""
+
+
+class LogRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A file under the run directory, named by its path and content hash."""
+
+    path: str
+    """Path relative to the run directory."""
+    sha256: str
+    """``sha256:<hex>`` of the file's bytes."""
+    size: int
+    """Size in bytes."""
+
+
+# --- run lifecycle ---------------------------------------------------------
+
+
+class RunCreated(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.created"
+    workflow_name: str
+    """The workflow's ``name``."""
+    workflow_path: str
+    """Where the workflow was loaded from (as given by the user)."""
+    workflow_hash: str
+    """``sha256:<hex>`` of the workflow file's bytes."""
+    workflow: str = ""
+    """A copy of the workflow file's text, frozen at creation."""
+    snapshot_id: str | None = None
+    """The workspace snapshot (``snap-<12 hex>``), when one was taken."""
+    vars: dict[str, str] = {}
+    """Variables given with ``--var`` (secrets are never recorded)."""
+    engine_version: str = ""
+    user: str = ""
+    host: str = ""
+
+
+class RunStarted(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.started"
+    pid: int
+    host: str
+    max_parallel: int | None = None
+    executor: str = "local"
+
+
+class RunResumed(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.resumed"
+    pid: int
+    host: str
+    include_dlq: bool = False
+    allow_changed: bool = False
+
+
+class RunCompleted(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.completed"
+    succeeded: int = 0
+    failed: int = 0
+    dead: int = 0
+    skipped: int = 0
+
+
+class RunFailed(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.failed"
+    reason: str
+
+
+class RunAborted(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.aborted"
+    reason: str
+    signal: int | None = None
+
+
+class LockAcquired(Event, frozen=True):
+    TYPE: ClassVar[str] = "lock.acquired"
+    pid: int
+    host: str
+    command: str
+    started_at: str
+
+
+class LedgerRecovered(Event, frozen=True):
+    TYPE: ClassVar[str] = "ledger.recovered"
+    offset: int
+    """Byte offset at which the torn tail started (the new end of file)."""
+    length: int
+    """How many bytes were moved aside."""
+    moved_to: str
+    """File name (in the run directory) that keeps the torn bytes."""
+    reason: str
+
+
+# --- setup / reduce steps --------------------------------------------------
+
+
+class StepStarted(Event, frozen=True):
+    TYPE: ClassVar[str] = "step.started"
+    phase: str
+    """``setup`` or ``reduce``."""
+    index: int
+    name: str = ""
+    command: str = ""
+
+
+class StepSucceeded(Event, frozen=True):
+    TYPE: ClassVar[str] = "step.succeeded"
+    phase: str
+    index: int
+    duration: float = 0.0
+    exit_code: int = 0
+    captured: str | None = None
+    """Name of the capture this step set, if any."""
+    stdout: LogRef | None = None
+    stderr: LogRef | None = None
+
+
+class StepFailed(Event, frozen=True):
+    TYPE: ClassVar[str] = "step.failed"
+    phase: str
+    index: int
+    error_type: str
+    message: str = ""
+    duration: float = 0.0
+    exit_code: int | None = None
+    signal: int | None = None
+    stderr_tail: str = ""
+    stdout: LogRef | None = None
+    stderr: LogRef | None = None
+
+
+class StepSkipped(Event, frozen=True):
+    TYPE: ClassVar[str] = "step.skipped"
+    phase: str
+    index: int
+    reason: str = ""
+
+
+# --- items -----------------------------------------------------------------
+
+
+class ItemEnqueued(Event, frozen=True):
+    TYPE: ClassVar[str] = "item.enqueued"
+    item: str
+    """The item's id."""
+    index: int
+    """Position among the map's items, after filter, sort and offset."""
+    value: Any = None
+    """The item itself, as loaded."""
+
+
+class ItemDuplicate(Event, frozen=True):
+    TYPE: ClassVar[str] = "item.duplicate"
+    item: str
+    index: int
+    first_index: int
+    """Index of the first item that had this id."""
+
+
+class ItemDispatched(Event, frozen=True):
+    TYPE: ClassVar[str] = "item.dispatched"
+    item: str
+    attempt: int
+    idempotency_key: str
+    worker: str = "local"
+    pgid: int | None = None
+
+
+class Heartbeat(Event, frozen=True):
+    TYPE: ClassVar[str] = "heartbeat"
+    item: str
+    attempt: int
+    pid: int | None = None
+    rss: int | None = None
+    """Resident memory of the attempt's process group, bytes."""
+    cpu: float | None = None
+    """CPU seconds used by the attempt's process group so far."""
+    output_bytes: int = 0
+    touched_at: str | None = None
+    """Last modification of ``ENGINE_HEARTBEAT_FILE``, RFC 3339."""
+
+
+class ItemSucceeded(Event, frozen=True):
+    TYPE: ClassVar[str] = "item.succeeded"
+    item: str
+    attempt: int
+    duration: float = 0.0
+    exit_code: int = 0
+    result: Any = None
+    stdout: LogRef | None = None
+    stderr: LogRef | None = None
+
+
+class ItemFailed(Event, frozen=True):
+    TYPE: ClassVar[str] = "item.failed"
+    item: str
+    attempt: int
+    error_type: str
+    signature: str
+    message: str = ""
+    duration: float = 0.0
+    exit_code: int | None = None
+    signal: int | None = None
+    stderr_tail: str = ""
+    resources: dict[str, float] = {}
+    stdout: LogRef | None = None
+    stderr: LogRef | None = None
+
+
+class ItemRetryScheduled(Event, frozen=True):
+    TYPE: ClassVar[str] = "item.retry_scheduled"
+    item: str
+    attempt: int
+    """The attempt that failed; the retry will be ``attempt + 1``."""
+    delay: float
+    """Seconds to wait before the next attempt."""
+    not_before: str
+    """RFC 3339 time before which the next attempt must not start."""
+
+
+class ItemDeadLettered(Event, frozen=True):
+    TYPE: ClassVar[str] = "item.dead_lettered"
+    item: str
+    attempt: int
+    error_type: str
+    signature: str
+    reason: str = ""
+
+
+class ItemRequeued(Event, frozen=True):
+    TYPE: ClassVar[str] = "item.requeued"
+    item: str
+    reason: str = "dlq retry"
+
+
+class ItemSkipped(Event, frozen=True):
+    TYPE: ClassVar[str] = "item.skipped"
+    item: str
+    reason: str
+    """``cache`` (a cache hit) or ``done`` (already succeeded)."""
+    cache_key: str | None = None
+    result: Any = None
+
+
+class CacheHit(Event, frozen=True):
+    TYPE: ClassVar[str] = "cache.hit"
+    item: str
+    key: str
+
+
+class CacheMiss(Event, frozen=True):
+    TYPE: ClassVar[str] = "cache.miss"
+    item: str
+    key: str
+
+
+class CircuitOpened(Event, frozen=True):
+    TYPE: ClassVar[str] = "circuit.opened"
+    failures: int
+    error_type: str
+    cooldown: float
+
+
+class CircuitHalfOpen(Event, frozen=True):
+    TYPE: ClassVar[str] = "circuit.half_open"
+    probe_item: str | None = None
+
+
+class CircuitClosed(Event, frozen=True):
+    TYPE: ClassVar[str] = "circuit.closed"
+    reason: str = ""
+
+
+class ArtifactWritten(Event, frozen=True):
+    TYPE: ClassVar[str] = "artifact.written"
+    item: str
+    attempt: int
+    path: str
+    sha256: str
+    size: int
+    status: str = "stored"
+    """``stored``, ``restored`` or ``nochange``."""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        RunCreated,
+        RunStarted,
+        RunResumed,
+        RunCompleted,
+        RunFailed,
+        RunAborted,
+        LockAcquired,
+        LedgerRecovered,
+        StepStarted,
+        StepSucceeded,
+        StepFailed,
+        StepSkipped,
+        ItemEnqueued,
+        ItemDuplicate,
+        ItemDispatched,
+        Heartbeat,
+        ItemSucceeded,
+        ItemFailed,
+        ItemRetryScheduled,
+        ItemDeadLettered,
+        ItemRequeued,
+        ItemSkipped,
+        CacheHit,
+        CacheMiss,
+        CircuitOpened,
+        CircuitHalfOpen,
+        CircuitClosed,
+        ArtifactWritten,
+    )
+}
+"""Every event payload class by its ``type``."""
+
+
+# --- the envelope ------------------------------------------------------------
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"):
+    """One line of the ledger: the envelope around an event payload.
+
+    Field order on disk is ``v, seq, ts, type, run, data, hash``; ``type`` is
+    the msgspec tag and is read from ``data.TYPE``.
+    """
+
+    v: int
+    """Format version (:data:`FORMAT_VERSION`)."""
+    seq: int
+    """0, 1, 2, ... with no gaps."""
+    ts: str
+    """RFC 3339 UTC time with microseconds, set by the writer."""
+    run: str
+    """The run id."""
+    data: Event
+    """The event payload."""
+    hash: str
+    """Hex SHA-256 over the previous record's hash and this record's body."""
+
+    @property
+    def type(self) -> str:
+        return self.data.TYPE
+
+
+def _record_class(event: type[Event]) -> type[Record]:
+    cls: type[Record] = msgspec.defstruct(  # type: ignore[assignment]
+        event.__name__ + "Record",
+        [("data", event)],
+        bases=(Record,),
+        tag=event.TYPE,
+        frozen=True,
+        kw_only=True,
+        gc=False,
+    )
+    return cls
+
+
+RECORD_TYPES: dict[str, type[Record]] = {t: _record_class(c) for t, c in EVENT_TYPES.items()}
+"""The record class of every event type."""
+
+AnyRecord = Union[tuple(RECORD_TYPES.values())]  # type: ignore[valid-type]  # noqa: UP007
+
+record_decoder: msgspec.json.Decoder[Record] = msgspec.json.Decoder(AnyRecord)
+"""The one reused typed decoder of ledger records."""
+
+decode_record = record_decoder.decode

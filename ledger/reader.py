@@ -1,0 +1,388 @@
+"""Streaming ledger reader: decode, check seq continuity and the hash chain.
+
+The reader never modifies the file. It reads in bounded chunks, checks each
+line (fixed-width hash suffix, hash chain, typed decode, seq), and stops at
+the first invalid line. What follows decides what that line is:
+
+* a **torn tail**: the invalid line and everything after it are incomplete
+  or malformed (a write the crash cut short). Readers stop before it and
+  report it; the writer moves it aside on open (see :mod:`ledger.writer`).
+* **corruption**: the invalid line is itself a well-formed record that fails
+  the chain or the sequence, or a well-formed record follows it. A torn write
+  cannot produce either, so the file was changed after it was written:
+  :class:`~ledger.errors.LedgerCorrupt` names the seq and byte offset.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from hashlib import sha256
+
+import msgspec
+
+from ledger.codec import GENESIS_HASH, HASH_END, HASH_PREFIX, SEQ_PREFIX, parse_seq, split_line
+from ledger.errors import LedgerCorrupt, LedgerError
+from ledger.events import Record, record_decoder
+
+__all__ = ["CHUNK_SIZE", "LedgerReader", "ScanResult", "TornTail", "verify_ledger"]
+
+CHUNK_SIZE = 1 << 22
+"""Bytes read at a time; memory stays bounded by this and one record."""
+
+
+@dataclass(frozen=True, slots=True)
+class TornTail:
+    """An incomplete or malformed suffix after the last valid record."""
+
+    offset: int
+    """Byte offset of the first byte after the last valid record."""
+    length: int
+    """Bytes from ``offset`` to the end of the file."""
+    seq: int
+    """The seq the first torn record would have had."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """Where a full pass over a ledger ended."""
+
+    records: int
+    """Valid records read (the next seq to write)."""
+    last_hash: bytes
+    """Hash of the last valid record (the genesis hash when empty)."""
+    end_offset: int
+    """Byte offset just after the last valid record."""
+    size: int
+    """File size when the pass ended."""
+    torn: TornTail | None
+    """The torn tail, if the file has one."""
+    last_ts: str | None = None
+
+
+class LedgerReader:
+    """One pass over a ledger file.
+
+    Iterate :meth:`records` (or call :meth:`verify`); afterwards
+    :attr:`result` says where the valid prefix ends and whether a torn tail
+    follows. Corruption raises :class:`LedgerCorrupt` from the iterator.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        chunk_size: int = CHUNK_SIZE,
+        start: ScanResult | None = None,
+    ) -> None:
+        """``start`` resumes after an earlier pass (its valid prefix is trusted)."""
+        self.path = os.fspath(path)
+        self.chunk_size = chunk_size
+        self.result: ScanResult | None = None
+        self._start = start
+
+    # --- public passes ---------------------------------------------------
+
+    def records(self, *, until: int | None = None) -> Iterator[Record]:
+        """Yield every valid record in order (up to seq ``until`` inclusive)."""
+        for records, _lines, _offset in self.batches(until=until):
+            yield from records
+
+    def lines(self, *, until: int | None = None) -> Iterator[tuple[int, bytes, Record]]:
+        """Yield ``(byte offset, raw line without newline, record)`` per record."""
+        for records, lines, start in self.batches(until=until):
+            offset = start
+            for record, line in zip(records, lines, strict=False):
+                yield offset, line, record
+                offset += len(line) + 1
+
+    def verify(self) -> ScanResult:
+        """Check the whole chain and sequence without decoding JSON."""
+        prev, seq, offset, _ = self._origin()
+        new_hash = sha256
+        seq_prefix = SEQ_PREFIX + b"%d,"
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            rest = b""
+            while True:
+                chunk = f.read(self.chunk_size)
+                if not chunk:
+                    break
+                data = rest + chunk if rest else chunk
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                if cut == 0:
+                    continue
+                lines = data[:cut].split(b"\n")
+                lines.pop()
+                for line in lines:
+                    digest = line[-66:-2]
+                    if line[-75:-66] != HASH_PREFIX or not line.startswith(seq_prefix % seq):
+                        break
+                    h = new_hash(prev)
+                    h.update(line[:-75])
+                    if h.hexdigest().encode() != digest or line[-2:] != HASH_END:
+                        break
+                    prev = digest
+                    offset += len(line) + 1
+                    seq += 1
+                else:
+                    continue
+                bad = self._classify_suffix(offset, seq, prev)
+                self.result = ScanResult(seq, prev, offset, offset + bad.length, bad)
+                return self.result
+        torn = (
+            TornTail(offset, len(rest), seq, "incomplete last line (no newline)") if rest else None
+        )
+        self.result = ScanResult(seq, prev, offset, offset + len(rest), torn)
+        return self.result
+
+    # --- the scan ---------------------------------------------------------
+
+    def batches(
+        self, *, until: int | None = None, check_hash: bool = True
+    ) -> Iterator[tuple[list[Record], list[bytes], int]]:
+        """Yield the valid records chunk by chunk: ``(records, lines, offset)``.
+
+        ``lines[i]`` is the raw line of ``records[i]`` (without newline) and
+        ``offset`` the byte offset of the first. With ``check_hash=False`` the
+        chain is not checked here (the caller checks it another way, e.g.
+        :meth:`verify` in a parallel process); everything else is.
+        """
+        decode_line = record_decoder.decode
+        new_hash = sha256
+        prev, seq, offset, last_ts = self._origin()
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            rest = b""
+            while True:
+                chunk = f.read(self.chunk_size)
+                if not chunk:
+                    break
+                data = rest + chunk if rest else chunk
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                if cut == 0:
+                    continue
+                lines = data[:cut].split(b"\n")
+                lines.pop()
+                start = offset
+                records: list[Record] = []
+                append = records.append
+                if until is not None:
+                    del lines[max(0, until + 1 - seq) :]
+                failed = False
+                if check_hash:
+                    for line in lines:
+                        digest = line[-66:-2]
+                        if line[-75:-66] != HASH_PREFIX or line[-2:] != HASH_END:
+                            failed = True
+                            break
+                        h = new_hash(prev)
+                        h.update(line[:-75])
+                        if h.hexdigest().encode() != digest:
+                            failed = True
+                            break
+                        try:
+                            record = decode_line(line)
+                        except msgspec.DecodeError:
+                            failed = True
+                            break
+                        if record.seq != seq:
+                            failed = True
+                            break
+                        append(record)
+                        prev = digest
+                        seq += 1
+                else:
+                    # The chain is checked elsewhere: decode and sequence only.
+                    for line in lines:
+                        try:
+                            record = decode_line(line)
+                        except msgspec.DecodeError:
+                            failed = True
+                            break
+                        if record.seq != seq:
+                            failed = True
+                            break
+                        append(record)
+                        seq += 1
+                    if records:
+                        prev = lines[len(records) - 1][-66:-2]
+                n = len(records)
+                offset = start + sum(map(len, lines[:n])) + n
+                if records:
+                    last_ts = records[-1].ts
+                    yield records, lines, start
+                if failed:
+                    torn = self._classify_suffix(offset, seq, prev)
+                    self.result = ScanResult(seq, prev, offset, offset + torn.length, torn, last_ts)
+                    return
+                if until is not None and seq > until:
+                    self.result = ScanResult(seq, prev, offset, offset, None, last_ts)
+                    return
+            end: TornTail | None = None
+            if rest:
+                end = TornTail(offset, len(rest), seq, "incomplete last line (no newline)")
+            self.result = ScanResult(seq, prev, offset, offset + len(rest), end, last_ts)
+
+    def _origin(self) -> tuple[bytes, int, int, str | None]:
+        start = self._start
+        if start is None:
+            return GENESIS_HASH, 0, 0, None
+        return start.last_hash, start.records, start.end_offset, start.last_ts
+
+    def _classify_suffix(self, offset: int, seq: int, prev: bytes) -> TornTail:
+        """Classify the suffix that starts at ``offset``: torn tail or corruption."""
+        with open(self.path, "rb") as g:
+            g.seek(offset)
+            first = True
+            reason = ""
+            pos = offset
+            rest = b""
+            while True:
+                chunk = g.read(self.chunk_size)
+                if not chunk:
+                    break
+                data = rest + chunk if rest else chunk
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                for line in data[:cut].split(b"\n")[:-1] if cut else ():
+                    if first:
+                        first = False
+                        reason = _diagnose(line, seq, prev)
+                        if _well_formed(line):
+                            raise LedgerCorrupt(self.path, seq=seq, offset=offset, reason=reason)
+                    elif _well_formed(line):
+                        raise LedgerCorrupt(
+                            self.path,
+                            seq=seq,
+                            offset=offset,
+                            reason=f"{reason}; a valid record follows at byte offset {pos}",
+                        )
+                    pos += len(line) + 1
+            end = pos + len(rest)
+            if first:
+                reason = "incomplete last line (no newline)"
+        return TornTail(offset, end - offset, seq, reason)
+
+
+def _well_formed(line: bytes) -> bool:
+    """Whether ``line`` is a complete record that decodes (chain unchecked)."""
+    if split_line(line) is None:
+        return False
+    try:
+        record_decoder.decode(line)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+def _diagnose(line: bytes, seq: int, prev: bytes) -> str:
+    """Say why ``line`` is not the valid record ``seq`` (the slow path)."""
+    parts = split_line(line)
+    if parts is None:
+        if not line.strip(b"\x00 \t\r"):
+            return "blank or zero-filled line"
+        return "line does not end with the hash suffix"
+    body, digest = parts
+    found = parse_seq(body)
+    if found is None:
+        return "record does not start with the v1 envelope"
+    if found != seq:
+        kind = "a record is missing" if found > seq else "records are out of order"
+        return f"expected seq {seq}, found seq {found} ({kind})"
+    if sha256(prev + body).hexdigest().encode() != digest:
+        return "hash mismatch (the record or its predecessor was changed)"
+    try:
+        record_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        return f"record does not decode: {exc}"
+    return "invalid record"
+
+
+def verify_ledger(path: str | os.PathLike[str]) -> ScanResult:
+    """Check a ledger's chain and sequence; raise LedgerCorrupt if broken."""
+    if not os.path.exists(path):
+        raise LedgerError(f"{os.fspath(path)}: no such ledger", hint="check the path or run id")
+    return LedgerReader(path).verify()
+
+
+class BackgroundVerify:
+    """:meth:`LedgerReader.verify` running in a forked child process.
+
+    Checking the hash chain costs about as much as decoding; on a machine
+    with a spare core a large replay decodes in this process while the child
+    checks the chain. :meth:`wait` returns the child's result or raises the
+    corruption it found.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; its result arrives by pipe
+            os.close(read_end)
+            try:
+                result = LedgerReader(path).verify()
+                torn = result.torn
+                message: dict[str, object] = {
+                    "records": result.records,
+                    "last_hash": result.last_hash.decode(),
+                    "end_offset": result.end_offset,
+                    "size": result.size,
+                    "torn": None if torn is None else [torn.offset, torn.length, torn.reason],
+                }
+            except LedgerCorrupt as exc:
+                message = {"corrupt": [exc.seq, exc.offset, exc.reason]}
+            except BaseException as exc:
+                message = {"error": repr(exc)}
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(msgspec.json.encode(message))
+            os._exit(0)
+        os.close(write_end)
+        self._pid = pid
+        self._read_end = read_end
+
+    def wait(self) -> ScanResult:
+        with os.fdopen(self._read_end, "rb") as pipe:
+            payload = pipe.read()
+        os.waitpid(self._pid, 0)
+        try:
+            message = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            raise LedgerError(f"{self.path}: chain verification process died") from None
+        if "corrupt" in message:
+            seq, offset, reason = message["corrupt"]
+            raise LedgerCorrupt(self.path, seq=seq, offset=offset, reason=reason)
+        if "error" in message:
+            raise LedgerError(f"{self.path}: chain verification failed: {message['error']}")
+        torn = message["torn"]
+        seq = message["records"]
+        return ScanResult(
+            seq,
+            message["last_hash"].encode(),
+            message["end_offset"],
+            message["size"],
+            None if torn is None else TornTail(torn[0], torn[1], seq, torn[2]),
+        )
+
+
+PARALLEL_VERIFY_BYTES = 32 << 20
+"""Ledgers at least this large have their chain checked in a parallel process."""
+
+
+def can_verify_in_background(path: str | os.PathLike[str]) -> bool:
+    """Whether a parallel chain check is worth it and safe to fork for."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return False
+    return (
+        size >= PARALLEL_VERIFY_BYTES
+        and (os.cpu_count() or 1) > 1
+        and threading.active_count() == 1
+    )

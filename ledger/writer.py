@@ -1,0 +1,300 @@
+"""The ledger writer: one per run, append-only, group-committed, fail-stop.
+
+* **One writer per run.** :meth:`LedgerWriter.open` takes the run's
+  :class:`~ledger.lock.RunLock`; a second writer gets
+  :class:`~ledger.errors.LedgerLocked` naming the holder.
+* **Recovery on open.** A torn tail is copied aside to
+  ``ledger.ndjson.torn-<offset>``, the file is truncated to the last valid
+  record and fsynced, and a ``ledger.recovered`` event records it before
+  anything else is appended. Corruption is refused (LedgerCorrupt).
+* **Group commit.** :meth:`append` and :meth:`append_many` are thread-safe
+  and return only once their records are written and ``fdatasync``ed. While
+  one caller (the leader) writes and syncs a batch, others stage their
+  records for the next batch; one fsync covers them all.
+* **Fail-stop.** A failed write or fsync is never retried (after a failed
+  fsync the kernel may have dropped the dirty pages, and a second fsync can
+  report success over lost data). The writer refuses every later append with
+  :class:`~ledger.errors.LedgerWriteFailed`; reopening recovers the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ledger.atomic import FILE_MODE, atomic_write, fsync_dir, make_private_dir
+from ledger.codec import MAX_RECORD_BYTES, encode_body, line_hash, utc_now
+from ledger.errors import LedgerError, LedgerWriteFailed, RecordTooLarge
+from ledger.events import (
+    FORMAT_VERSION,
+    RECORD_TYPES,
+    Event,
+    LedgerRecovered,
+    LockAcquired,
+    Record,
+)
+from ledger.lock import RunLock
+from ledger.reader import LedgerReader, TornTail
+
+__all__ = ["LEDGER_NAME", "LedgerWriter"]
+
+LEDGER_NAME = "ledger.ndjson"
+
+
+class LedgerWriter:
+    """Appends records to one run's ledger. Create with :meth:`open`."""
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        run_id: str,
+        fd: int,
+        lock: RunLock,
+        next_seq: int,
+        last_hash: bytes,
+    ) -> None:
+        self.path = path
+        self.run_id = run_id
+        self.lock = lock
+        self._fd: int | None = fd
+        self._next_seq = next_seq
+        self._prev_hash = last_hash
+        self._durable_seq = next_seq - 1
+        self._pending: list[bytes] = []
+        self._mu = threading.Lock()
+        self._cond = threading.Condition(self._mu)
+        self._flushing = False
+        self._failed: BaseException | None = None
+        self._run_json = run_id
+        self.recovered: TornTail | None = None
+        """The torn tail this writer moved aside on open, if any."""
+        self.fsyncs = 0
+        """How many fdatasync calls this writer made (group-commit batches)."""
+        self._sync = os.fdatasync
+
+    # --- opening ------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        run_dir: str | os.PathLike[str],
+        run_id: str,
+        *,
+        create: bool = False,
+        command: str | None = None,
+    ) -> LedgerWriter:
+        """Lock the run, recover a torn tail, and return a writer at its end.
+
+        With ``create`` the run directory and an empty ledger are made when
+        missing. The first records appended are ``ledger.recovered`` (when a
+        torn tail was moved aside) and ``lock.acquired``.
+        """
+        run_dir = Path(run_dir)
+        if create:
+            make_private_dir(run_dir)
+        elif not run_dir.is_dir():
+            raise LedgerError(f"{run_dir}: no such run directory", hint="check the run id")
+        lock = RunLock(run_dir)
+        holder = lock.acquire(command=command)
+        try:
+            path = run_dir / LEDGER_NAME
+            if not path.exists():
+                if not create:
+                    raise LedgerError(f"{path}: no ledger in the run directory")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+                os.fsync(fd)
+                os.close(fd)
+                fsync_dir(run_dir)
+            scan = LedgerReader(path).verify()
+            torn = scan.torn
+            moved_to = _move_aside(path, torn) if torn is not None else ""
+
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except BaseException:
+            lock.release()
+            raise
+        writer = cls(
+            path=path,
+            run_id=run_id,
+            fd=fd,
+            lock=lock,
+            next_seq=scan.records,
+            last_hash=scan.last_hash,
+        )
+        try:
+            opening: list[Event] = []
+            if torn is not None:
+                writer.recovered = torn
+                opening.append(
+                    LedgerRecovered(
+                        offset=torn.offset,
+                        length=torn.length,
+                        moved_to=moved_to,
+                        reason=torn.reason,
+                    )
+                )
+            opening.append(
+                LockAcquired(
+                    pid=int(holder["pid"]),
+                    host=str(holder["host"]),
+                    command=str(holder["command"]),
+                    started_at=str(holder["started_at"]),
+                )
+            )
+            writer.append_many(opening)
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+
+    # --- appending ----------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next appended record will get."""
+        return self._next_seq
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def append(self, event: Event) -> Record:
+        """Append one event; return its record once it is durable."""
+        return self.append_many((event,))[0]
+
+    def append_many(self, events: Iterable[Event]) -> list[Record]:
+        """Append events in order; return their records once all are durable."""
+        batch = list(events)
+        if not batch:
+            return []
+        with self._mu:
+            self._check_open()
+            records = self._stage(batch)
+            target = records[-1].seq
+            while self._durable_seq < target:
+                if self._failed is not None:
+                    raise LedgerWriteFailed(
+                        f"{self.path}: an earlier write failed; the writer is stopped",
+                        hint="stop the engine and resume the run; the ledger recovers on open",
+                    ) from self._failed
+                if self._flushing:
+                    self._cond.wait()
+                else:
+                    self._flush_locked()
+        return records
+
+    def _check_open(self) -> None:
+        if self._failed is not None:
+            raise LedgerWriteFailed(
+                f"{self.path}: an earlier write failed; the writer is stopped",
+                hint="stop the engine and resume the run; the ledger recovers on open",
+            ) from self._failed
+        if self._fd is None:
+            raise LedgerError(f"{self.path}: the writer is closed")
+
+    def _stage(self, events: Sequence[Event]) -> list[Record]:
+        """Encode, chain and queue events (caller holds the mutex)."""
+        staged: list[bytes] = []
+        records: list[Record] = []
+        seq = self._next_seq
+        prev = self._prev_hash
+        run = self.run_id
+        for event in events:
+            ts = utc_now()
+            body = encode_body(seq=seq, ts=ts, run=run, event=event)
+            size = len(body) + 76
+            if size > MAX_RECORD_BYTES:
+                raise RecordTooLarge(event_type=event.TYPE, size=size, limit=MAX_RECORD_BYTES)
+            digest = line_hash(prev, body)
+            staged.append(body + b',"hash":"' + digest + b'"}\n')
+            records.append(
+                RECORD_TYPES[event.TYPE](
+                    v=FORMAT_VERSION, seq=seq, ts=ts, run=run, data=event, hash=digest.decode()
+                )
+            )
+            prev = digest
+            seq += 1
+        # Only a fully staged batch changes the writer's state.
+        self._pending.extend(staged)
+        self._next_seq = seq
+        self._prev_hash = prev
+        return records
+
+    def _flush_locked(self) -> None:
+        """Write and sync everything staged; the caller holds the mutex."""
+        self._flushing = True
+        batch = b"".join(self._pending)
+        self._pending.clear()
+        last = self._next_seq - 1
+        fd = self._fd
+        error: BaseException | None = None
+        self._mu.release()
+        try:
+            assert fd is not None
+            view = memoryview(batch)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            self._sync(fd)
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._mu.acquire()
+            self._flushing = False
+            self.fsyncs += 1
+            if error is not None:
+                self._failed = error
+            else:
+                self._durable_seq = last
+            self._cond.notify_all()
+        if error is not None:
+            raise LedgerWriteFailed(
+                f"{self.path}: write or fsync failed ({error}); the writer is stopped",
+                hint="nothing after the last durable record is trusted; resume the run",
+            ) from error
+
+    # --- closing ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush what is staged, close the file and release the lock."""
+        with self._mu:
+            while self._flushing:
+                self._cond.wait()
+            if self._pending and self._failed is None and self._fd is not None:
+                with contextlib.suppress(LedgerWriteFailed):
+                    self._flush_locked()
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        self.lock.release()
+
+    def __enter__(self) -> LedgerWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _move_aside(path: Path, torn: TornTail) -> str:
+    """Copy a torn tail beside the ledger, truncate it away, durably; the copy's name."""
+    with open(path, "rb") as f:
+        f.seek(torn.offset)
+        tail = f.read()
+    target = path.with_name(f"{path.name}.torn-{torn.offset}")
+    n = 1
+    while target.exists() and target.read_bytes() != tail:
+        target = path.with_name(f"{path.name}.torn-{torn.offset}.{n}")
+        n += 1
+    atomic_write(target, tail)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, torn.offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target.name
