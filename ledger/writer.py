@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class LedgerWriter:
         lock: RunLock,
         next_seq: int,
         last_hash: bytes,
+        clock: Callable[[], str] = utc_now,
     ) -> None:
         self.path = path
         self.run_id = run_id
@@ -76,6 +77,7 @@ class LedgerWriter:
         self.fsyncs = 0
         """How many fdatasync calls this writer made (group-commit batches)."""
         self._sync = os.fdatasync
+        self._clock = clock
 
     # --- opening ------------------------------------------------------------
 
@@ -87,12 +89,14 @@ class LedgerWriter:
         *,
         create: bool = False,
         command: str | None = None,
+        clock: Callable[[], str] = utc_now,
     ) -> LedgerWriter:
         """Lock the run, recover a torn tail, and return a writer at its end.
 
         With ``create`` the run directory and an empty ledger are made when
         missing. The first records appended are ``ledger.recovered`` (when a
-        torn tail was moved aside) and ``lock.acquired``.
+        torn tail was moved aside) and ``lock.acquired``. ``clock`` gives
+        each record's ``ts`` (RFC 3339 UTC); tests pass a fixed one.
         """
         run_dir = Path(run_dir)
         if create:
@@ -125,6 +129,7 @@ class LedgerWriter:
             lock=lock,
             next_seq=scan.records,
             last_hash=scan.last_hash,
+            clock=clock,
         )
         try:
             opening: list[Event] = []
@@ -204,8 +209,9 @@ class LedgerWriter:
         seq = self._next_seq
         prev = self._prev_hash
         run = self.run_id
+        clock = self._clock
         for event in events:
-            ts = utc_now()
+            ts = clock()
             body = encode_body(seq=seq, ts=ts, run=run, event=event)
             size = len(body) + 76
             if size > MAX_RECORD_BYTES:

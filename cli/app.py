@@ -1,0 +1,101 @@
+"""The click group, shared options, and how errors become exit codes.
+
+Exit codes (the CLI contract): 0 ok; 1 the run finished with failures (or a
+ledger is corrupt); 2 bad input; 3 run locked; 130 interrupted, resumable.
+Errors are one line on stderr: what, where, how to fix. ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engine import __version__
+from engine.home import RunRef, home_path, resolve_run
+from ledger.errors import EngineError
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_LOCKED", "Context", "cli"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 130
+
+
+class CliError(click.ClickException):
+    """An error shown as one line, with the exit code of its kind."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it per class
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"engine: error: {self.format_message()}", err=True)
+
+
+@dataclass
+class Context:
+    """What every command gets: the home directory and the debug flag."""
+
+    home: Path
+    debug: bool
+
+    def run(self, ref: str, *, allow_ledger_file: bool = True) -> RunRef:
+        return resolve_run(ref, self.home, allow_ledger_file=allow_ledger_file)
+
+
+class EngineGroup(click.Group):
+    """Turns domain errors into one-line messages and documented exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv[1:] or bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except EngineError as exc:
+            if debug:
+                raise
+            raise CliError(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            click.echo("engine: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except OSError as exc:
+            if debug:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CliError(
+                f"{where}{exc.strerror or exc} (check the path and its permissions)", EXIT_FAILED
+            ) from None
+        except Exception as exc:
+            if debug:
+                raise
+            raise CliError(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
+                EXIT_FAILED,
+            ) from None
+
+
+@click.group(cls=EngineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Engine home directory [default: $ENGINE_HOME or ./.engine].",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="engine")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
+    """A durable, event-sourced job engine.
+
+    Every command, heartbeat and outcome of a run is appended to a
+    hash-chained, fsynced ledger; everything else is rebuilt from it.
+    """
+    ctx.obj = Context(home=home_path(home), debug=debug)

@@ -1,0 +1,255 @@
+"""Commands over a run's ledger: replay, tail, audit verify, schema."""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import msgspec
+import watchfiles
+
+from cli.app import EXIT_FAILED, Context, cli
+from cli.render import record_line, summary_lines
+from engine.home import effective_status
+from engine.schemas import generate_schemas, render, write_schemas
+from ledger.errors import LedgerCorrupt
+from ledger.events import Record
+from ledger.reader import LedgerReader, ScanResult, TornTail, verify_ledger
+from projections.replay import replay
+
+__all__ = ["audit", "replay_cmd", "schema_cmd", "tail_cmd"]
+
+_json = msgspec.json.Encoder()
+
+
+def _echo_json(value: object) -> None:
+    sys.stdout.buffer.write(_json.encode(value) + b"\n")
+    sys.stdout.flush()
+
+
+def _warn_torn(torn: TornTail | None, ledger: Path) -> None:
+    if torn is not None:
+        click.echo(
+            f"engine: warning: {ledger}: torn tail at byte offset {torn.offset} "
+            f"({torn.length} bytes, {torn.reason}); read up to it. The next writer "
+            f"moves it aside to {ledger.name}.torn-{torn.offset}",
+            err=True,
+        )
+
+
+# --- replay --------------------------------------------------------------------
+
+
+@cli.command("replay")
+@click.argument("run")
+@click.option("--until", type=click.IntRange(min=0), help="Stop after this seq.")
+@click.option("--json", "as_json", is_flag=True, help="Print every projection as JSON.")
+@click.pass_obj
+def replay_cmd(obj: Context, run: str, until: int | None, as_json: bool) -> None:
+    """Rebuild a run's state by replaying its ledger.
+
+    RUN is a run id, `latest`, or a path to a run directory or ledger file.
+    """
+    ref = obj.run(run)
+    projections = replay(ref.ledger, until=until)
+    assert projections.scan is not None
+    _warn_torn(projections.scan.torn, ref.ledger)
+    if as_json:
+        _echo_json(projections.to_json())
+        return
+    status = (
+        projections.run.status if until is not None else effective_status(projections, ref.run_dir)
+    )
+    for line in summary_lines(projections, status=status, ledger=str(ref.ledger)):
+        click.echo(line)
+
+
+# --- tail ------------------------------------------------------------------------
+
+
+def _matcher(types: str | None, item: str | None) -> Callable[[Record], bool]:
+    patterns = [p.strip() for p in types.split(",") if p.strip()] if types else []
+
+    def keep(record: Record) -> bool:
+        if patterns and not any(fnmatch.fnmatchcase(record.type, p) for p in patterns):
+            return False
+        return item is None or getattr(record.data, "item", None) == item
+
+    return keep
+
+
+@cli.command("tail")
+@click.argument("run")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing records as they are appended.")
+@click.option(
+    "--type",
+    "types",
+    metavar="PATTERN",
+    help="Only these event types: a glob, or several separated by commas (e.g. 'item.*').",
+)
+@click.option("--item", metavar="ID", help="Only records of this item.")
+@click.option(
+    "-n",
+    "--lines",
+    "count",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="How many of the newest matching records to print first.",
+)
+@click.option("-a", "--all", "show_all", is_flag=True, help="Print every matching record.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ledger lines themselves.")
+@click.pass_obj
+def tail_cmd(
+    obj: Context,
+    run: str,
+    follow: bool,
+    types: str | None,
+    item: str | None,
+    count: int,
+    show_all: bool,
+    as_json: bool,
+) -> None:
+    """Print a run's newest ledger records; with -f, follow new ones."""
+    ref = obj.run(run)
+    keep = _matcher(types, item)
+    out = sys.stdout.buffer
+
+    def emit(line: bytes, record: Record) -> None:
+        if as_json:
+            out.write(line + b"\n")
+        else:
+            out.write(record_line(record).encode() + b"\n")
+
+    reader = LedgerReader(ref.ledger)
+    window: collections.deque[tuple[bytes, Record]] = collections.deque(
+        maxlen=None if show_all else count
+    )
+    for _offset, line, record in reader.lines():
+        if keep(record):
+            window.append((line, record))
+    for line, record in window:
+        emit(line, record)
+    out.flush()
+    assert reader.result is not None
+    if not follow:
+        _warn_torn(reader.result.torn, ref.ledger)
+        return
+    try:
+        _follow(ref.ledger, reader.result, keep, emit)
+    except KeyboardInterrupt:
+        out.flush()
+
+
+def _follow(
+    ledger: Path,
+    position: ScanResult,
+    keep: Callable[[Record], bool],
+    emit: Callable[[bytes, Record], None],
+) -> None:
+    """Print records appended after ``position`` until interrupted."""
+    target = str(ledger.resolve())
+
+    def only_ledger(_change: object, path: str) -> bool:
+        return path == target
+
+    for _changes in watchfiles.watch(
+        ledger.parent,
+        watch_filter=only_ledger,
+        debounce=20,
+        step=10,
+        rust_timeout=1000,
+        yield_on_timeout=True,
+        recursive=False,
+    ):
+        if ledger.stat().st_size <= position.end_offset:
+            continue
+        reader = LedgerReader(ledger, start=position)
+        for _offset, line, record in reader.lines():
+            if keep(record):
+                emit(line, record)
+        sys.stdout.buffer.flush()
+        assert reader.result is not None
+        position = reader.result
+
+
+# --- audit -----------------------------------------------------------------------
+
+
+@cli.group("audit")
+def audit() -> None:
+    """Check and report on a run's audit trail."""
+
+
+@audit.command("verify")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def audit_verify(obj: Context, run: str, as_json: bool) -> None:
+    """Check a ledger's hash chain and sequence.
+
+    RUN is a run id, `latest`, or a path to a run directory or ledger file.
+    Exit 0 when intact (a torn tail is a warning); 1 on corruption or
+    tampering, naming the first bad seq and its byte offset.
+    """
+    ref = obj.run(run)
+    try:
+        result = verify_ledger(ref.ledger)
+    except LedgerCorrupt as exc:
+        if as_json:
+            _echo_json(
+                {
+                    "ok": False,
+                    "ledger": str(ref.ledger),
+                    "corrupt": {"seq": exc.seq, "offset": exc.offset, "reason": exc.reason},
+                }
+            )
+        else:
+            click.echo(
+                f"CORRUPT {ref.ledger}: seq {exc.seq} at byte offset {exc.offset}: {exc.reason}",
+                err=True,
+            )
+        sys.exit(EXIT_FAILED)
+    torn = result.torn
+    if as_json:
+        _echo_json(
+            {
+                "ok": True,
+                "ledger": str(ref.ledger),
+                "records": result.records,
+                "last_seq": result.records - 1,
+                "last_hash": result.last_hash.decode(),
+                "bytes": result.end_offset,
+                "torn": None
+                if torn is None
+                else {"offset": torn.offset, "length": torn.length, "reason": torn.reason},
+            }
+        )
+    else:
+        click.echo(
+            f"ok {ref.ledger}: {result.records:,} records, chain intact "
+            f"(last seq {result.records - 1}, hash {result.last_hash.decode()[:16]}…)"
+        )
+    _warn_torn(torn, ref.ledger)
+
+
+# --- schema ------------------------------------------------------------------------
+
+
+@cli.command("schema")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write one file per schema under this directory (e.g. schemas/).",
+)
+def schema_cmd(out: Path | None) -> None:
+    """Print or write the JSON Schemas of every event type and the projections."""
+    if out is None:
+        sys.stdout.buffer.write(render(generate_schemas()))
+        return
+    for path in write_schemas(out):
+        click.echo(str(path))

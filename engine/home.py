@@ -1,0 +1,123 @@
+"""The engine's home directory and how a ``RUN`` argument finds a run.
+
+Layout: ``<home>/runs/<run-id>/ledger.ndjson`` (plus the run's lock, logs and
+files). Home is ``--home``, else ``$ENGINE_HOME``, else ``./.engine``.
+``RUN`` is a run id, ``latest``, or a path to a run directory or ledger file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from ledger.errors import EngineError
+from ledger.lock import RunLock
+from ledger.writer import LEDGER_NAME
+from projections.replay import Projections
+
+__all__ = [
+    "DEFAULT_HOME",
+    "RunNotFound",
+    "RunRef",
+    "effective_status",
+    "home_path",
+    "list_runs",
+    "resolve_run",
+]
+
+DEFAULT_HOME = ".engine"
+
+
+class RunNotFound(EngineError):
+    """A ``RUN`` argument names no run."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """Where one run lives."""
+
+    run_id: str
+    run_dir: Path
+    ledger: Path
+
+    @property
+    def exists(self) -> bool:
+        return self.ledger.is_file()
+
+
+def home_path(home: str | os.PathLike[str] | None = None) -> Path:
+    """The home directory: the argument, ``$ENGINE_HOME``, or ``./.engine``."""
+    if home is not None:
+        return Path(home)
+    return Path(os.environ.get("ENGINE_HOME") or DEFAULT_HOME)
+
+
+def _first_ts(ledger: Path) -> str:
+    """The first record's ``ts`` (when the run began); '' when unreadable."""
+    try:
+        with open(ledger, "rb") as f:
+            line = f.readline(1 << 20)
+        ts = msgspec.json.decode(line, type=dict[str, object]).get("ts", "")
+    except (OSError, msgspec.DecodeError):
+        return ""
+    return ts if isinstance(ts, str) else ""
+
+
+def list_runs(home: Path) -> list[RunRef]:
+    """Every run under ``home``, oldest first (by its first record's time)."""
+    runs_dir = home / "runs"
+    if not runs_dir.is_dir():
+        return []
+    refs = [
+        RunRef(d.name, d, d / LEDGER_NAME)
+        for d in runs_dir.iterdir()
+        if d.is_dir() and (d / LEDGER_NAME).is_file()
+    ]
+    refs.sort(key=lambda r: (_first_ts(r.ledger), r.run_id))
+    return refs
+
+
+def resolve_run(ref: str, home: Path, *, allow_ledger_file: bool = True) -> RunRef:
+    """Find the run that ``ref`` names, or raise :class:`RunNotFound`."""
+    if ref == "latest":
+        runs = list_runs(home)
+        if not runs:
+            raise RunNotFound(
+                f"no runs under {home / 'runs'}",
+                hint="start one with `engine run WORKFLOW`, or pass --home",
+            )
+        return runs[-1]
+    path = Path(ref)
+    if os.sep in ref or ref.startswith(".") or path.exists():
+        if path.is_dir():
+            ledger = path / LEDGER_NAME
+            if not ledger.is_file():
+                raise RunNotFound(
+                    f"{path}: not a run directory (no {LEDGER_NAME})",
+                    hint="pass a run id, `latest`, or a run directory",
+                )
+            return RunRef(path.resolve().name, path, ledger)
+        if path.is_file() and allow_ledger_file:
+            return RunRef(path.resolve().parent.name, path.parent, path)
+        if path.exists() or os.sep in ref:
+            raise RunNotFound(f"{ref}: no such run directory or ledger file")
+    run_dir = home / "runs" / ref
+    if not (run_dir / LEDGER_NAME).is_file():
+        raise RunNotFound(
+            f"no run {ref!r} under {home / 'runs'}",
+            hint=f"see the run ids in {home / 'runs'}, or pass --home or a path",
+        )
+    return RunRef(ref, run_dir, run_dir / LEDGER_NAME)
+
+
+def effective_status(projections: Projections, run_dir: Path) -> str:
+    """The run's status, with ``interrupted`` for a running run nobody holds."""
+    status = projections.run.status
+    if status in ("running", "created") and RunLock(run_dir).probe() is None:
+        return "interrupted"
+    return status

@@ -1,0 +1,61 @@
+"""Shared fixtures: real files under tmp_path, a printed random seed."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from projections.replay import Projections
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HELPERS = Path(__file__).parent / "helpers"
+FIXTURE_LEDGER = FIXTURES / "run-fixture" / "ledger.ndjson"
+ENGINE = str(Path(sys.executable).with_name("engine"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"random seed: {_seed()} (set ENGINE_TEST_SEED to reproduce)"
+
+
+def _seed() -> int:
+    value = os.environ.get("ENGINE_TEST_SEED")
+    if value is None:
+        value = str(random.SystemRandom().randrange(2**32))
+        os.environ["ENGINE_TEST_SEED"] = value
+    return int(value)
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """A seeded Random; the seed is printed in the header and on failure."""
+    seed = _seed()
+    request.node.user_properties.append(("seed", seed))
+    return random.Random(f"{seed}-{request.node.nodeid}")
+
+
+@pytest.fixture
+def fixture_run(tmp_path: Path) -> Path:
+    """A copy of the checked-in fixture run directory (safe to modify)."""
+    run_dir = tmp_path / "home" / "runs" / "run-fixture"
+    run_dir.mkdir(parents=True)
+    shutil.copyfile(FIXTURE_LEDGER, run_dir / "ledger.ndjson")
+    return run_dir
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "home"
+    path.mkdir(exist_ok=True)
+    yield path
+
+
+def projections_json(p: Projections) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode(p.to_json())

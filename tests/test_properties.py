@@ -1,0 +1,121 @@
+"""Property tests: replay is just a loop, and a prefix plus the rest is the whole."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger import LedgerReader, LedgerWriter
+from ledger.events import (
+    CacheHit,
+    Event,
+    Heartbeat,
+    ItemDeadLettered,
+    ItemDispatched,
+    ItemDuplicate,
+    ItemEnqueued,
+    ItemFailed,
+    ItemRequeued,
+    ItemRetryScheduled,
+    ItemSkipped,
+    ItemSucceeded,
+    LedgerRecovered,
+    RunAborted,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    RunResumed,
+    RunStarted,
+)
+from projections.replay import Projections, replay
+from tests.conftest import projections_json
+
+items = st.sampled_from(["a", "b", "c", "d", "e"])
+attempts = st.integers(min_value=1, max_value=4)
+error_types = st.sampled_from(["timeout", "rate_limited", "command_failed", "hung"])
+signatures = st.sampled_from(["s1", "s2", "s3"])
+text = st.text(max_size=20)
+
+events: st.SearchStrategy[Event] = st.one_of(
+    st.builds(ItemEnqueued, item=items, index=st.integers(0, 9), value=st.none() | text),
+    st.builds(ItemDuplicate, item=items, index=st.integers(0, 9), first_index=st.integers(0, 9)),
+    st.builds(ItemDispatched, item=items, attempt=attempts, idempotency_key=st.just("ik:x")),
+    st.builds(Heartbeat, item=items, attempt=attempts, rss=st.none() | st.integers(0, 10**9)),
+    st.builds(ItemSucceeded, item=items, attempt=attempts, duration=st.floats(0, 100)),
+    st.builds(
+        ItemFailed,
+        item=items,
+        attempt=attempts,
+        error_type=error_types,
+        signature=signatures,
+        message=text,
+    ),
+    st.builds(
+        ItemRetryScheduled,
+        item=items,
+        attempt=attempts,
+        delay=st.floats(0, 60),
+        not_before=st.just("2026-01-01T00:00:00.000000Z"),
+    ),
+    st.builds(
+        ItemDeadLettered, item=items, attempt=attempts, error_type=error_types, signature=signatures
+    ),
+    st.builds(ItemRequeued, item=items),
+    st.builds(ItemSkipped, item=items, reason=st.sampled_from(["cache", "done"])),
+    st.builds(CacheHit, item=items, key=st.just("k")),
+    st.builds(
+        RunCreated,
+        workflow_name=st.just("wf"),
+        workflow_path=st.just("wf.yml"),
+        workflow_hash=st.just("sha256:0"),
+    ),
+    st.builds(RunStarted, pid=st.integers(1, 99), host=st.just("h")),
+    st.builds(RunResumed, pid=st.integers(1, 99), host=st.just("h")),
+    st.builds(RunCompleted),
+    st.builds(RunFailed, reason=text),
+    st.builds(RunAborted, reason=text),
+    st.builds(
+        LedgerRecovered,
+        offset=st.integers(0, 99),
+        length=st.integers(1, 9),
+        moved_to=st.just("x"),
+        reason=text,
+    ),
+)
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _ledger(batch: list[Event], directory: str) -> Path:
+    run_dir = Path(directory) / "run"
+    with LedgerWriter.open(run_dir, "prop", create=True, command="prop") as w:
+        w.append_many(batch)
+    return run_dir / "ledger.ndjson"
+
+
+@SETTINGS
+@given(st.lists(events, max_size=60))
+def test_applying_one_by_one_equals_replay(batch: list[Event]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _ledger(batch, tmp)
+        one_by_one = Projections()
+        for record in LedgerReader(path).records():
+            one_by_one.apply(record)
+        assert projections_json(one_by_one) == projections_json(replay(path))
+        assert projections_json(replay(path, verify=False)) == projections_json(replay(path))
+
+
+@SETTINGS
+@given(st.lists(events, max_size=60), st.data())
+def test_prefix_then_rest_equals_whole(batch: list[Event], data: st.DataObject) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _ledger(batch, tmp)
+        whole = replay(path)
+        cut = data.draw(st.integers(min_value=0, max_value=whole.seq), label="until")
+        partial = replay(path, until=cut)
+        assert partial.seq == cut
+        partial.apply_all(r for r in LedgerReader(path).records() if r.seq > cut)
+        assert projections_json(partial) == projections_json(whole)
