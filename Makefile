@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test soak lint format bench schemas clean
+.PHONY: install run test soak lint format bench schemas docs clean
 
 install: $(STAMP)
 
@@ -38,6 +38,9 @@ bench: install
 
 schemas: install
 	$(BIN)/engine schema --out schemas
+
+docs: install
+	$(BIN)/python -m cli.docgen docs/cli.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache benchmarks/.work

@@ -10,7 +10,7 @@ the chain needs no JSON parsing.
 
 from __future__ import annotations
 
-import datetime as _dt
+import time
 from hashlib import sha256
 
 import msgspec
@@ -47,9 +47,18 @@ SEQ_PREFIX = b'{"v":%d,"seq":' % FORMAT_VERSION
 _encode = msgspec.json.Encoder().encode
 
 
+_second_cache: list[object] = [-1, ""]
+
+
 def utc_now() -> str:
-    """The current time as RFC 3339 UTC with microseconds."""
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The current time as RFC 3339 UTC with microseconds (``...T12:00:00.000000Z``)."""
+    micros = time.time_ns() // 1000
+    second, fraction = divmod(micros, 1_000_000)
+    cache = _second_cache
+    if cache[0] != second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        cache[0], cache[1] = second, prefix
+    return f"{cache[1]}.{fraction:06d}Z"
 
 
 def encode_body(*, seq: int, ts: str, run: str, event: Event) -> bytes:

@@ -53,6 +53,23 @@ def read_holder(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
+def _held_per_proc_locks(path: Path) -> bool | None:
+    """Whether an flock is held on ``path``'s inode per /proc/locks; None if unknown."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii") as f:
+            table = f.read()
+    except OSError:
+        return None
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 2273 fe:00:2164373 0 EOF" (blocked waiters have "->")
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == key:
+            return True
+    return False
+
+
 class RunLock:
     """An exclusive, non-blocking lock on a run directory.
 
@@ -130,11 +147,19 @@ class RunLock:
             os.close(fd)
 
     def probe(self) -> dict[str, Any] | None:
-        """The live holder's details, or None when nobody holds the lock."""
+        """The live holder's details, or None when nobody holds the lock.
+
+        Reads ``/proc/locks`` where there is one, so that asking never takes
+        the lock (a writer starting at that instant is not refused because
+        of a probe); elsewhere it tries the lock and lets go at once.
+        """
         if self._fd is not None:
             return self.holder
         if not self.path.exists():
             return None
+        held = _held_per_proc_locks(self.path)
+        if held is not None:
+            return (read_holder(self.run_dir) or {"pid": None}) if held else None
         try:
             fd = self._lock_current()
         except LedgerLocked as exc:

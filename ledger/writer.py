@@ -19,10 +19,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,9 @@ class LedgerWriter:
         self.fsyncs = 0
         """How many fdatasync calls this writer made (group-commit batches)."""
         self._sync = os.fdatasync
+        self._io: ThreadPoolExecutor | None = None
+        self._io_busy = False
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._clock = clock
 
     # --- opening ------------------------------------------------------------
@@ -180,18 +185,69 @@ class LedgerWriter:
         with self._mu:
             self._check_open()
             records = self._stage(batch)
-            target = records[-1].seq
-            while self._durable_seq < target:
-                if self._failed is not None:
-                    raise LedgerWriteFailed(
-                        f"{self.path}: an earlier write failed; the writer is stopped",
-                        hint="stop the engine and resume the run; the ledger recovers on open",
-                    ) from self._failed
-                if self._flushing:
-                    self._cond.wait()
-                else:
-                    self._flush_locked()
+            self._wait_durable_locked(records[-1].seq)
         return records
+
+    async def append_async(self, events: Iterable[Event]) -> list[Record]:
+        """Append events from a coroutine; return their records once durable.
+
+        The event loop never blocks on the disk: an I/O thread writes and
+        fsyncs, and keeps going while records are staged, so every flush
+        carries whatever the tasks staged during the one before (group
+        commit across tasks).
+        """
+        batch = list(events)
+        if not batch:
+            return []
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._mu:
+            self._check_open()
+            records = self._stage(batch)
+            self._waiters.append((records[-1].seq, future))
+            start = not self._io_busy
+            self._io_busy = True
+        if start:
+            if self._io is None:
+                self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-io")
+            self._io.submit(self._io_loop, loop)
+        await future
+        return records
+
+    def _io_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The I/O thread: flush what is staged until nothing is left."""
+        while True:
+            with self._mu:
+                target = self._next_seq - 1
+                if target <= self._durable_seq and self._failed is None:
+                    self._io_busy = False
+                    waiters, self._waiters = self._waiters, []
+                    break
+                try:
+                    self._wait_durable_locked(target)
+                except LedgerWriteFailed as exc:
+                    self._io_busy = False
+                    waiters, self._waiters = self._waiters, []
+                    loop.call_soon_threadsafe(_settle, waiters, exc)
+                    return
+                ready = [w for w in self._waiters if w[0] <= target]
+                self._waiters = [w for w in self._waiters if w[0] > target]
+            loop.call_soon_threadsafe(_settle, ready, None)
+        if waiters:  # durable already (flushed by a thread's append_many)
+            loop.call_soon_threadsafe(_settle, waiters, None)
+
+    def _wait_durable_locked(self, target: int) -> None:
+        """Return once seq ``target`` is durable, leading a flush if none runs."""
+        while self._durable_seq < target:
+            if self._failed is not None:
+                raise LedgerWriteFailed(
+                    f"{self.path}: an earlier write failed; the writer is stopped",
+                    hint="stop the engine and resume the run; the ledger recovers on open",
+                ) from self._failed
+            if self._flushing:
+                self._cond.wait()
+            else:
+                self._flush_locked()
 
     def _check_open(self) -> None:
         if self._failed is not None:
@@ -275,6 +331,9 @@ class LedgerWriter:
                 with contextlib.suppress(LedgerWriteFailed):
                     self._flush_locked()
             fd, self._fd = self._fd, None
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
         if fd is not None:
             os.close(fd)
         self.lock.release()
@@ -284,6 +343,17 @@ class LedgerWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _settle(waiters: list[tuple[int, asyncio.Future[None]]], error: BaseException | None) -> None:
+    """Resolve the futures of durable appends (runs on the event loop)."""
+    for _seq, future in waiters:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def _move_aside(path: Path, torn: TornTail) -> str:

@@ -105,3 +105,26 @@ def test_locked_error_exits_3_with_one_line() -> None:
         "engine: error: runs/r1: run is locked by pid 77 on h since t (engine run) "
         "(wait for it to finish, or stop that process; a dead holder releases the lock by itself)\n"
     )
+
+
+def test_probe_never_takes_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking whether a run is held must not make a starting writer fail."""
+    import ledger.lock as lock_module
+
+    if not Path("/proc/locks").exists():
+        pytest.skip("no /proc/locks on this system: probe falls back to trying the lock")
+    holder = _start_holder(tmp_path / "run")
+    try:
+
+        def no_flock(fd: int, op: int) -> None:
+            raise AssertionError("probe tried to take the lock")
+
+        monkeypatch.setattr(lock_module.fcntl, "flock", no_flock)
+        found = RunLock(tmp_path / "run").probe()
+        assert found is not None and found["pid"] == holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert RunLock(tmp_path / "run").probe() is None

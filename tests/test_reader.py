@@ -75,3 +75,37 @@ def test_replay_uses_the_parallel_check_on_large_ledgers(
         replay(bad)
     assert info.value.seq == index
     assert replay(bad, verify=False).seq == len(lines) - 1  # decoding alone cannot tell
+
+
+def _outcome(path: Path, *, parallel: bool) -> tuple[object, ...]:
+    try:
+        r = verify_ledger(path, parallel=parallel)
+    except LedgerCorrupt as exc:
+        return ("corrupt", exc.seq, exc.offset)
+    return ("ok", r.records, r.last_hash, r.end_offset, r.torn)
+
+
+def test_parallel_verify_agrees_with_sequential_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tampering or tearing at any line gives the same verdict split in two or not."""
+    monkeypatch.setattr(reader_module, "PARALLEL_VERIFY_BYTES", 1)
+    data = FIXTURE_LEDGER.read_bytes()
+    lines = data.splitlines(keepends=True)
+    path = tmp_path / "ledger.ndjson"
+    path.write_bytes(data)
+    assert reader_module.can_verify_in_background(path), "the parallel path must be exercised"
+    assert reader_module._split_point(str(path)) is not None
+    cases: list[bytes] = [data]
+    for i in range(len(lines)):
+        flipped = list(lines)
+        flipped[i] = flipped[i].replace(b'"seq":', b'"seq" :', 1)  # well-formed? no: breaks shape
+        cases.append(b"".join(flipped))
+        changed = list(lines)
+        changed[i] = changed[i].replace(b"2026-01-05", b"2026-01-06", 1)  # breaks the chain only
+        cases.append(b"".join(changed))
+        cases.append(b"".join(lines[:i] + lines[i + 1 :]))  # a deleted line
+        cases.append(data[: sum(map(len, lines[:i])) + 7])  # a torn tail
+    for case in cases:
+        path.write_bytes(case)
+        assert _outcome(path, parallel=True) == _outcome(path, parallel=False)

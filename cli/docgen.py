@@ -1,0 +1,53 @@
+"""Render ``docs/cli.md`` from the commands' own ``--help`` (``make docs``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cli.main import cli
+
+__all__ = ["render_cli_reference"]
+
+HEADER = """\
+# CLI reference
+
+Generated from the commands' `--help` by `make docs`; a test fails when this
+file is stale. Exit codes for every command: 0 ok; 1 the run finished with
+failures (or a ledger is corrupt); 2 bad input; 3 run locked; 130
+interrupted, resumable. Errors are one line on stderr (`engine: error: ...`);
+`--debug` shows the traceback instead.
+"""
+
+
+def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
+    found = [(path, command)]
+    if isinstance(command, click.Group):
+        for name in sorted(command.commands):
+            found += _walk(command.commands[name], [*path, name])
+    return found
+
+
+def render_cli_reference() -> str:
+    parts = [HEADER]
+    for path, command in _walk(cli, ["engine"]):
+        ctx = click.Context(
+            command,
+            info_name=" ".join(path),
+            terminal_width=100,
+            help_option_names=["-h", "--help"],
+        )
+        parts.append(f"## `{' '.join(path)}`\n\n```\n{command.get_help(ctx)}\n```\n")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/cli.md")
+    target.write_text(render_cli_reference())
+    print(target)
+
+
+if __name__ == "__main__":
+    main()
