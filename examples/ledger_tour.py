@@ -151,7 +151,8 @@ def write_demo_run(run_dir: Path, run_id: str, *, clock: Callable[[], str] | Non
         command="engine (ledger tour)",
         clock=clock or ticking_clock(),
     ) as writer:
-        writer.append_many(demo_events())
+        for event in demo_events():
+            writer.append(event)  # one at a time, as a live engine appends
         return writer.path
 
 

@@ -25,13 +25,17 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ledger.atomic import FILE_MODE, atomic_write, fsync_dir, make_private_dir
-from ledger.codec import MAX_RECORD_BYTES, encode_body, line_hash, utc_now
+from ledger.codec import MAX_RECORD_BYTES, SUFFIX_LEN, body_template, utc_now
 from ledger.errors import LedgerError, LedgerWriteFailed, RecordTooLarge
 from ledger.events import (
+    EVENT_TYPES,
     FORMAT_VERSION,
     RECORD_TYPES,
     Event,
@@ -45,6 +49,9 @@ from ledger.reader import LedgerReader, TornTail
 __all__ = ["LEDGER_NAME", "LedgerWriter"]
 
 LEDGER_NAME = "ledger.ndjson"
+
+_encode_event = msgspec.json.Encoder().encode
+_TYPE_BYTES = {t: t.encode() for t in EVENT_TYPES}
 
 
 class LedgerWriter:
@@ -265,18 +272,25 @@ class LedgerWriter:
         seq = self._next_seq
         prev = self._prev_hash
         run = self.run_id
-        clock = self._clock
+        ts = self._clock()  # records staged together are assigned one time
+        template = body_template(ts=ts, run=run)
+        encode = _encode_event
+        new_hash = sha256
         for event in events:
-            ts = clock()
-            body = encode_body(seq=seq, ts=ts, run=run, event=event)
-            size = len(body) + 76
-            if size > MAX_RECORD_BYTES:
-                raise RecordTooLarge(event_type=event.TYPE, size=size, limit=MAX_RECORD_BYTES)
-            digest = line_hash(prev, body)
-            staged.append(body + b',"hash":"' + digest + b'"}\n')
+            kind = event.TYPE
+            body = template % (seq, _TYPE_BYTES[kind], encode(event))
+            if len(body) + SUFFIX_LEN > MAX_RECORD_BYTES:
+                raise RecordTooLarge(
+                    event_type=kind, size=len(body) + SUFFIX_LEN, limit=MAX_RECORD_BYTES
+                )
+            h = new_hash(prev)
+            h.update(body)
+            hex_digest = h.hexdigest()
+            digest = hex_digest.encode()
+            staged.append(b'%s,"hash":"%s"}\n' % (body, digest))
             records.append(
-                RECORD_TYPES[event.TYPE](
-                    v=FORMAT_VERSION, seq=seq, ts=ts, run=run, data=event, hash=digest.decode()
+                RECORD_TYPES[kind](
+                    v=FORMAT_VERSION, seq=seq, ts=ts, run=run, data=event, hash=hex_digest
                 )
             )
             prev = digest
