@@ -75,9 +75,9 @@ def test_racing_acquirers_exactly_one_wins(tmp_path: Path) -> None:
         "    lock.acquire(command='racer')\n"
         "except LedgerLocked:\n"
         "    print('refused'); sys.exit(0)\n"
-        "print('won', flush=True); time.sleep(1.0)\n"
+        "print('won', flush=True); time.sleep(4.0)\n"
     )
-    go = time.time() + 0.8
+    go = time.time() + 1.5
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(tmp_path), str(go)], stdout=subprocess.PIPE, text=True
