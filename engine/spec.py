@@ -1,0 +1,278 @@
+"""The workflow spec: pydantic models of a workflow file (YAML or JSON).
+
+Every model forbids unknown keys. Durations are numbers of seconds or
+strings such as ``500ms``, ``10s``, ``2m``, ``1h30m``. See
+``docs/workflow.md`` for every field with its default and an example.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ERROR_TYPES",
+    "TRANSIENT_ERROR_TYPES",
+    "CacheSpec",
+    "CircuitBreakerSpec",
+    "ClassifyRule",
+    "Duration",
+    "ErrorType",
+    "HeartbeatSpec",
+    "MapSpec",
+    "RetrySpec",
+    "Step",
+    "Workflow",
+    "parse_duration",
+]
+
+ErrorType = Literal[
+    "timeout",
+    "hung",
+    "rate_limited",
+    "api_error",
+    "resource_exhausted",
+    "worker_lost",
+    "interrupted",
+    "command_failed",
+    "validation_failed",
+    "merge_conflict",
+    "unknown",
+]
+ERROR_TYPES: tuple[str, ...] = ErrorType.__args__  # type: ignore[attr-defined]
+TRANSIENT_ERROR_TYPES: tuple[ErrorType, ...] = (
+    "timeout",
+    "hung",
+    "rate_limited",
+    "api_error",
+    "resource_exhausted",
+    "worker_lost",
+    "interrupted",
+)
+"""Error types retried by default."""
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """``"1h30m"`` -> 5400.0; numbers are seconds; other values pass through."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '10s', '2m'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if text and _DURATION.sub("", text) == "":
+            return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a duration (use e.g. '500ms', '10s', '2m', '1h30m')"
+            ) from None
+        if number < 0:
+            raise ValueError("a duration cannot be negative")
+        return number
+    raise ValueError("a duration is a number of seconds or a string like '10s', '2m'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Step(_Model):
+    """One command: exactly one of ``run``, ``shell``, ``argv`` or ``claude``."""
+
+    run: str | None = None
+    """A shell command (``/bin/sh -c``)."""
+    shell: str | None = None
+    """The same as ``run``."""
+    argv: list[str] | None = None
+    """A program and its arguments, run without a shell."""
+    claude: str | None = None
+    """A prompt for the configured agent command (default ``claude -p``)."""
+    name: str | None = None
+    timeout: Duration | None = None
+    """Kill the step after this long (SIGTERM to its process group, then SIGKILL)."""
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    """Working directory, relative to the workflow's directory."""
+    on_failure: list[Step] = []
+    """Steps run (best effort) when this step fails."""
+    capture_output: str | None = None
+    """Name under which the step's stdout is kept, as ``${NAME}``."""
+    capture_format: Literal["text", "json", "lines"] = "text"
+    output: Literal["json", "text"] | None = None
+    """On the map's last step: the item's result is its stdout (as JSON or text)."""
+    artifacts: list[str] = []
+    """Files (paths or globs, inside the workspace) kept after success."""
+
+    @model_validator(mode="after")
+    def _one_command(self) -> Step:
+        given = [k for k in ("run", "shell", "argv", "claude") if getattr(self, k) is not None]
+        if len(given) != 1:
+            what = "none" if not given else " and ".join(given)
+            raise ValueError(f"a step needs exactly one of run, shell, argv, claude (found {what})")
+        if self.argv is not None and not self.argv:
+            raise ValueError("argv needs at least the program to run")
+        if self.capture_output is not None and not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_]*", self.capture_output
+        ):
+            raise ValueError("capture_output must be a name like files or build_id")
+        for pattern in self.artifacts:
+            if pattern.startswith("/") or ".." in pattern.split("/"):
+                raise ValueError(
+                    f"artifact {pattern!r} must stay inside the workspace "
+                    "(no absolute paths or '..')"
+                )
+        return self
+
+    @property
+    def kind(self) -> Literal["shell", "argv", "claude"]:
+        if self.argv is not None:
+            return "argv"
+        if self.claude is not None:
+            return "claude"
+        return "shell"
+
+    @property
+    def text(self) -> str:
+        """The command as written (for display and the ledger)."""
+        if self.argv is not None:
+            return " ".join(self.argv)
+        return self.run or self.shell or self.claude or ""
+
+
+def _steps(value: Any) -> Any:
+    """``{commands: [...]}`` is accepted as the list itself."""
+    if isinstance(value, dict) and set(value) == {"commands"}:
+        return value["commands"]
+    if isinstance(value, dict) and "commands" in value:
+        extra = sorted(set(value) - {"commands"})
+        raise ValueError(f"only 'commands' is allowed here (found {', '.join(extra)})")
+    return value
+
+
+Steps = Annotated[list[Step], BeforeValidator(_steps)]
+
+
+class RetrySpec(_Model):
+    max_attempts: int = Field(3, ge=1)
+    """Attempts in all, the first included."""
+    backoff: Literal["fixed", "linear", "exponential"] = "exponential"
+    initial: Duration = 2.0
+    multiplier: float = Field(2.0, ge=1.0)
+    max: Duration = 60.0
+    jitter: bool = True
+    """Spread each delay uniformly over [delay/2, delay]."""
+    retry_on: list[ErrorType] = list(TRANSIENT_ERROR_TYPES)
+
+
+class HeartbeatSpec(_Model):
+    interval: Duration = Field(10.0, gt=0)
+    hung_after: Duration | None = None
+    """No output and no touch of the heartbeat file for this long: ``hung``."""
+
+
+class ClassifyRule(_Model):
+    pattern: str
+    """A regular expression searched in the attempt's stderr and stdout tail."""
+    as_: ErrorType = Field(alias="as")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class MapSpec(_Model):
+    input: str | None = None
+    """A JSON (or JSON Lines) file of items, relative to the workflow's directory."""
+    command: str | None = None
+    """A command whose stdout lists the items (JSON, or one item a line)."""
+    items: list[Any] | None = None
+    """Items given inline."""
+    json_path: str | None = None
+    id: str | None = None
+    """Template of the item's identity, e.g. ``${item.path}``; default: hash of the item."""
+    filter: str | None = None
+    sort_by: str | None = None
+    max_items: int | None = Field(None, ge=0)
+    offset: int = Field(0, ge=0)
+    max_parallel: int = Field(4, ge=1)
+    timeout: Duration | None = None
+    """Per item: all of its steps together."""
+    retry: RetrySpec = RetrySpec()
+    heartbeat: HeartbeatSpec = HeartbeatSpec()
+    on_item_failure: Literal["dlq", "fail", "ignore"] = "dlq"
+    max_failures: int | None = Field(None, ge=1)
+    failure_threshold: float | None = Field(None, gt=0, le=1)
+    """Stop when this fraction of finished items failed (after at least 10)."""
+    agent_template: Steps
+    classify: list[ClassifyRule] = []
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MapSpec:
+        given = [k for k in ("input", "command", "items") if getattr(self, k) is not None]
+        if len(given) != 1:
+            what = "none" if not given else " and ".join(given)
+            raise ValueError(f"map needs exactly one of input, command, items (found {what})")
+        if not self.agent_template:
+            raise ValueError("agent_template needs at least one step")
+        return self
+
+
+class CircuitBreakerSpec(_Model):
+    threshold: int = Field(5, ge=1)
+    cooldown: Duration = 30.0
+    on: list[ErrorType] = ["rate_limited", "api_error"]
+
+
+class CacheSpec(_Model):
+    key: list[str] = ["${item}"]
+    inputs: list[str] = []
+    """Files whose content is part of the key (paths or globs)."""
+    enabled: bool = True
+
+
+class AgentSpec(_Model):
+    command: str = "claude -p"
+    """The command a ``claude:`` step runs, with the prompt as its last argument."""
+
+
+class Workflow(_Model):
+    name: str = Field(min_length=1)
+    env: dict[str, str] = {}
+    secrets: list[str] = []
+    """Names of environment variables passed to commands and never recorded."""
+    agent: AgentSpec = AgentSpec()
+    setup: Steps = []
+    map: MapSpec | None = None
+    reduce: Steps = []
+    circuit_breaker: CircuitBreakerSpec | None = None
+    cache: CacheSpec | None = None
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> Workflow:
+        if self.map is None and not self.setup and not self.reduce:
+            raise ValueError("a workflow needs a map, setup or reduce")
+        return self

@@ -1,0 +1,285 @@
+"""Loading a workflow file, with errors that point at the line.
+
+Every problem is reported as ``FILE:LINE: field.path: what is wrong (how to
+fix)``, one line each; unknown keys get a "did you mean" when a known key is
+close.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from engine.spec import Step, Workflow
+from engine.template import scan_shell, template_variables
+from ledger.errors import EngineError
+
+__all__ = ["LoadedWorkflow", "Problem", "WorkflowError", "load_workflow", "parse_workflow"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a workflow file."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}: {where}{self.message}"
+
+
+class WorkflowError(EngineError):
+    """A workflow file is invalid; carries every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class LoadedWorkflow:
+    """A validated workflow and the file it came from."""
+
+    spec: Workflow
+    path: Path
+    text: str
+    hash: str
+    """``sha256:<hex>`` of the file's bytes."""
+    lines: dict[str, int] = field(default_factory=dict, compare=False)
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
+    """The 1-based line of the node at ``loc`` (or of its deepest ancestor found)."""
+    node = root
+    line = (root.start_mark.line + 1) if root is not None else 1
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    child = value
+                    line = key.start_mark.line + 1  # the key's line (also for unknown keys)
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _allowed_keys(model: type[pydantic.BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[pydantic.BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (for "did you mean")."""
+    model: Any = Workflow
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        info = getattr(model, "model_fields", {}).get(part)
+        if info is None:
+            return None
+        annotation = info.annotation
+        found = None
+        for candidate in _walk_types(annotation):
+            if isinstance(candidate, type) and issubclass(candidate, pydantic.BaseModel):
+                found = candidate
+                break
+        if found is None:
+            return None
+        model = found
+    return model if isinstance(model, type) else None
+
+
+def _walk_types(tp: Any) -> list[Any]:
+    out = [tp]
+    for arg in getattr(tp, "__args__", ()) or ():
+        out += _walk_types(arg)
+    return out
+
+
+_HINTS: dict[str, str | None] = {
+    "missing": "add it",
+    "extra_forbidden": "remove it or fix its spelling",
+    "literal_error": None,
+    "int_parsing": "use a whole number",
+    "int_type": "use a whole number",
+    "float_parsing": "use a number",
+    "bool_parsing": "use true or false",
+    "string_type": "use a string (quote it)",
+    "list_type": "use a list",
+    "dict_type": "use a mapping of keys to values",
+    "model_type": "use a mapping of keys to values",
+}
+
+
+def _message(error: Any, loc: tuple[int | str, ...]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        model = _model_at(loc)
+        close = difflib.get_close_matches(key, _allowed_keys(model), n=1) if model else []
+        hint = f"did you mean {close[0]!r}?" if close else "remove it or fix its spelling"
+        return f"unknown key {key!r} ({hint})"
+    if kind == "missing":
+        return "is required (add it)"
+    message = str(error["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    message = message[0].lower() + message[1:] if message else message
+    if kind == "literal_error":
+        return message.replace("input should be", "must be")
+    fix = _HINTS.get(kind)
+    return f"{message} ({fix})" if fix else message
+
+
+def parse_workflow(text: str, *, file: str) -> tuple[Workflow, yaml.Node | None]:
+    """Parse and validate workflow text; raise WorkflowError with every problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise WorkflowError(
+            [Problem(file, line, "", f"not valid YAML or JSON: {problem} (fix the syntax)")]
+        ) from None
+    if not isinstance(data, dict):
+        raise WorkflowError(
+            [Problem(file, 1, "", "a workflow is a mapping with at least `name` and `map`")]
+        )
+    try:
+        spec = Workflow.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            problems.append(
+                Problem(file, _node_line(root, loc), _loc_text(loc), _message(error, loc))
+            )
+        problems.sort(key=lambda p: (p.line, p.path))
+        raise WorkflowError(problems) from None
+    return spec, root
+
+
+_COMMON = {"env", "run", "shell", "last"}
+_ITEM = {"item", "item_id", "item_index", "item_total", "attempt"}
+_MAP = {"map"}
+
+
+def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
+    """Variables that are unknown where they are used, or placed unsafely."""
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    captures: set[str] = set()
+
+    def check_steps(steps: list[Step], loc: tuple[int | str, ...], roots: set[str]) -> None:
+        for i, step in enumerate(steps):
+            here = (*loc, i)
+            known = roots | captures
+            if step.kind == "shell":
+                key = "run" if step.run is not None else "shell"
+                for placement in scan_shell(step.text):
+                    if placement.quoting == "single":
+                        problems.append(
+                            (
+                                (*here, key),
+                                f"${{{placement.name}}} is inside single quotes, where its "
+                                "value cannot be passed safely (use double quotes)",
+                            )
+                        )
+                texts = [(key, step.text)]
+            elif step.kind == "argv":
+                texts = [("argv", a) for a in step.argv or []]
+            else:
+                texts = [("claude", step.claude or "")]
+            texts += [("env", v) for v in step.env.values()]
+            for key, text in texts:
+                for name in template_variables(text):
+                    if name.split(".")[0] not in known:
+                        problems.append(
+                            (
+                                (*here, key),
+                                f"unknown variable ${{{name}}} here (known: "
+                                + ", ".join(sorted(known))
+                                + ")",
+                            )
+                        )
+            check_steps(step.on_failure, (*here, "on_failure"), roots)
+            if step.capture_output:
+                captures.add(step.capture_output)
+
+    check_steps(spec.setup, ("setup",), _COMMON)
+    if spec.map is not None:
+        check_steps(spec.map.agent_template, ("map", "agent_template"), _COMMON | _ITEM)
+        if spec.map.id is not None:
+            for name in template_variables(spec.map.id):
+                if name.split(".")[0] not in {"item", "item_index", "env"}:
+                    problems.append(
+                        (
+                            ("map", "id"),
+                            f"unknown variable ${{{name}}} in the id (use ${{item...}})",
+                        )
+                    )
+    check_steps(spec.reduce, ("reduce",), _COMMON | _MAP)
+    return problems
+
+
+def load_workflow(path: str | Path) -> LoadedWorkflow:
+    """Read, parse and validate a workflow file (YAML or JSON)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise EngineError(
+            f"{path}: cannot read the workflow ({exc.strerror})",
+            hint="check the path",
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WorkflowError([Problem(str(path), 1, "", "not UTF-8 text")]) from None
+    spec, root = parse_workflow(text, file=str(path))
+    template_problems = [
+        Problem(str(path), _node_line(root, loc), _loc_text(loc), message)
+        for loc, message in check_templates(spec)
+    ]
+    if template_problems:
+        raise WorkflowError(template_problems)
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    return LoadedWorkflow(spec=spec, path=path.resolve(), text=text, hash=digest)
