@@ -1,0 +1,108 @@
+"""Executors: what runs an attempt. The scheduler sees only this interface.
+
+An :class:`Executor` starts an :class:`Attempt` from an
+:class:`AttemptRequest`; the scheduler then observes its heartbeats, waits
+for its :class:`AttemptOutcome`, or cancels it. Nothing about processes,
+pipes or signals leaks past this interface, so other executors (Dask for
+many machines) implement the same three calls and pass the same contract
+tests.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.spec import Step
+from ledger.events import LogRef
+
+__all__ = ["Attempt", "AttemptOutcome", "AttemptRequest", "Executor", "HeartbeatSample"]
+
+
+@dataclass(frozen=True)
+class AttemptRequest:
+    """Everything an executor needs to run one attempt of one item."""
+
+    run_id: str
+    item_id: str
+    attempt: int
+    idempotency_key: str
+    steps: Sequence[Step]
+    context: Mapping[str, Any]
+    """Template variables: item, item_id, item_index, env, captures, ..."""
+    env: Mapping[str, str]
+    """The environment of every step (secrets included, never logged)."""
+    cwd: Path
+    run_dir: Path
+    """Logs and heartbeat files go under it."""
+    timeout: float | None = None
+    """All steps together."""
+    heartbeat_interval: float = 10.0
+    hung_after: float | None = None
+    agent_command: Sequence[str] = ("claude", "-p")
+    kill_grace: float = 5.0
+    """Seconds between SIGTERM and SIGKILL when an attempt is stopped."""
+    redact: Sequence[str] = ()
+    """Values (secrets) replaced by ``***`` in logs, tails and results."""
+
+
+@dataclass(frozen=True)
+class HeartbeatSample:
+    pid: int | None
+    rss: int | None
+    cpu: float | None
+    output_bytes: int
+    touched_at: str | None
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    ok: bool
+    duration: float
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    hung: bool = False
+    interrupted: bool = False
+    invalid_output: str | None = None
+    """Why the result could not be read (``output: json`` that is not JSON)."""
+    stderr_tail: str = ""
+    stdout_tail: str = ""
+    result: Any = None
+    stdout: LogRef | None = None
+    stderr: LogRef | None = None
+    captures: dict[str, Any] = field(default_factory=dict)
+    pgid: int | None = None
+
+
+class Attempt(abc.ABC):
+    """A running attempt."""
+
+    pgid: int | None = None
+    """The attempt's process group, where the executor has one."""
+
+    @abc.abstractmethod
+    def heartbeats(self) -> AsyncIterator[HeartbeatSample]:
+        """Samples every heartbeat interval until the attempt ends."""
+
+    @abc.abstractmethod
+    async def wait(self) -> AttemptOutcome:
+        """The outcome, once the attempt has ended (its logs are durable)."""
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop the attempt; its outcome says ``interrupted``."""
+
+
+class Executor(abc.ABC):
+    name: str = ""
+
+    @abc.abstractmethod
+    async def start(self, request: AttemptRequest) -> Attempt:
+        """Start an attempt; return once it is running."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the executor's resources."""

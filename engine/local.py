@@ -1,0 +1,404 @@
+"""The local executor: each attempt's steps as subprocesses on this machine.
+
+Every step runs in its own process group (a new session), so a timeout, a
+hang or a cancel stops the whole tree: SIGTERM to the group, a grace period,
+then SIGKILL. stdout and stderr stream to log files under the run directory
+(made durable and referenced by path and sha256 before the outcome is
+returned); the outcome carries the last 100 lines of stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shlex
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import watchfiles
+
+from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
+from engine.spec import Step
+from engine.template import TemplateError, render_shell, render_text
+from ledger.atomic import FILE_MODE, fsync_dir, make_private_dir
+from ledger.events import LogRef
+
+__all__ = ["LocalExecutor", "group_usage", "terminate_group"]
+
+TAIL_LINES = 100
+TAIL_BYTES = 64 * 1024
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_usage(pgid: int) -> tuple[int, float, int]:
+    """(rss bytes, cpu seconds, processes) of a process group, from /proc."""
+    rss = 0
+    cpu = 0.0
+    count = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0, 0.0, 0
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        # fields[0] is state (field 3); pgrp is field 5, utime 14, stime 15, rss 24.
+        if int(fields[2]) != pgid:
+            continue
+        count += 1
+        cpu += (int(fields[11]) + int(fields[12])) / _TICKS
+        rss += int(fields[21]) * _PAGE
+    return rss, cpu, count
+
+
+async def terminate_group(pgid: int, proc: asyncio.subprocess.Process | None, grace: float) -> None:
+    """SIGTERM the group, wait up to ``grace`` for the leader, then SIGKILL the group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    if proc is not None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _rfc3339(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _Log:
+    """One stream's log file: written as it comes, made durable at the end."""
+
+    def __init__(self, path: Path, secrets: tuple[str, ...]) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        self.size = 0
+        self.tail: deque[bytes] = deque()
+        self.tail_size = 0
+        self.digest = hashlib.sha256()
+        self.secrets = secrets
+        self.secret_bytes = tuple(s.encode() for s in secrets if s)
+
+    def write(self, data: bytes) -> None:
+        for secret in self.secret_bytes:
+            data = data.replace(secret, b"***")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.size += len(data)
+        self.digest.update(data)
+        self.tail.append(data)
+        self.tail_size += len(data)
+        while self.tail_size > TAIL_BYTES and len(self.tail) > 1:
+            self.tail_size -= len(self.tail.popleft())
+
+    def read_from(self, offset: int) -> bytes:
+        with open(self.tmp, "rb") as f:
+            f.seek(offset)
+            return f.read()
+
+    def tail_text(self, lines: int = TAIL_LINES) -> str:
+        text = b"".join(self.tail).decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def finish(self, run_dir: Path) -> LogRef:
+        os.fsync(self.fd)
+        os.close(self.fd)
+        os.replace(self.tmp, self.path)
+        return LogRef(
+            path=str(self.path.relative_to(run_dir)),
+            sha256="sha256:" + self.digest.hexdigest(),
+            size=self.size,
+        )
+
+
+class LocalAttempt(Attempt):
+    def __init__(self, request: AttemptRequest) -> None:
+        self.request = request
+        self.proc: asyncio.subprocess.Process | None = None
+        self.pgid: int | None = None
+        self.started = time.monotonic()
+        self.last_activity = time.monotonic()
+        self.cancelled = False
+        self.hung = False
+        self.samples: asyncio.Queue[HeartbeatSample | None] = asyncio.Queue()
+        name = hashlib.sha256(request.item_id.encode()).hexdigest()[:16]
+        self.base = f"{name}-{request.attempt}"
+        logs = make_private_dir(request.run_dir / "logs")
+        secrets = tuple(request.redact)
+        self.out = _Log(logs / f"{self.base}.stdout", secrets)
+        self.err = _Log(logs / f"{self.base}.stderr", secrets)
+        hb_dir = make_private_dir(request.run_dir / "heartbeat" / self.base)
+        self.heartbeat_file = hb_dir / "touch"
+        self.heartbeat_file.touch(mode=FILE_MODE)
+        self.created_mtime = self.heartbeat_file.stat().st_mtime
+        self.touched: float | None = None
+        self._stop_watch = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run())
+        self.beat_task = asyncio.ensure_future(self._beat())
+        self.watch_task = (
+            asyncio.ensure_future(self._watch(hb_dir)) if request.hung_after is not None else None
+        )
+
+    # --- observation -------------------------------------------------------------
+
+    async def heartbeats(self) -> AsyncIterator[HeartbeatSample]:
+        while True:
+            sample = await self.samples.get()
+            if sample is None:
+                return
+            yield sample
+
+    async def wait(self) -> AttemptOutcome:
+        return await asyncio.shield(self.task)
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+        if self.pgid is not None:
+            await terminate_group(self.pgid, self.proc, self.request.kill_grace)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.task)
+
+    def _touched_at(self) -> float | None:
+        try:
+            mtime = self.heartbeat_file.stat().st_mtime
+        except OSError:
+            return self.touched
+        if mtime != self.created_mtime:
+            self.touched = mtime if self.touched is None else max(self.touched, mtime)
+        return self.touched
+
+    async def _watch(self, directory: Path) -> None:
+        async for _changes in watchfiles.awatch(
+            directory, stop_event=self._stop_watch, debounce=50, step=20, recursive=False
+        ):
+            self.last_activity = time.monotonic()
+            self._touched_at()
+
+    async def _beat(self) -> None:
+        request = self.request
+        interval = request.heartbeat_interval
+        check = interval if request.hung_after is None else min(interval, request.hung_after / 4)
+        next_beat = time.monotonic() + interval
+        while not self.task.done():
+            await asyncio.sleep(max(0.01, min(check, next_beat - time.monotonic())))
+            if self.task.done():
+                break
+            now = time.monotonic()
+            if (
+                request.hung_after is not None
+                and not self.hung
+                and self.pgid is not None
+                and now - self.last_activity > request.hung_after
+            ):
+                self.hung = True
+                await terminate_group(self.pgid, self.proc, request.kill_grace)
+                continue
+            if now >= next_beat:
+                next_beat = now + interval
+                rss, cpu, _ = group_usage(self.pgid) if self.pgid is not None else (None, None, 0)
+                touched = self._touched_at()
+                self.samples.put_nowait(
+                    HeartbeatSample(
+                        pid=self.proc.pid if self.proc else None,
+                        rss=rss,
+                        cpu=cpu,
+                        output_bytes=self.out.size + self.err.size,
+                        touched_at=_rfc3339(touched) if touched else None,
+                    )
+                )
+
+    # --- running -----------------------------------------------------------------
+
+    async def _pump(self, stream: asyncio.StreamReader | None, log: _Log) -> None:
+        if stream is None:
+            return
+        while True:
+            data = await stream.read(65536)
+            if not data:
+                return
+            log.write(data)
+            self.last_activity = time.monotonic()
+
+    def _argv(self, step: Step, context: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+        request = self.request
+        env = dict(request.env)
+        env["ENGINE_HEARTBEAT_FILE"] = str(self.heartbeat_file)
+        for key, value in step.env.items():
+            env[key] = render_text(value, context)
+        if step.kind == "argv":
+            return [render_text(a, context) for a in step.argv or []], env
+        if step.kind == "claude":
+            return [*request.agent_command, render_text(step.claude or "", context)], env
+        command, variables = render_shell(step.text, context)
+        env.update(variables)
+        return ["/bin/sh", "-c", command], env
+
+    async def _step(
+        self, step: Step, context: dict[str, Any], deadline: float | None
+    ) -> dict[str, Any]:
+        """Run one step; returns what happened to it."""
+        request = self.request
+        try:
+            argv, env = self._argv(step, context)
+        except TemplateError as exc:
+            self.err.write(f"engine: {exc}\n".encode())
+            return {"exit_code": None, "error": str(exc), "stdout": b""}
+        cwd = request.cwd / step.cwd if step.cwd else request.cwd
+        limit = step.timeout
+        if deadline is not None:
+            remaining = max(0.0, deadline - time.monotonic())
+            limit = remaining if limit is None else min(limit, remaining)
+        out_start = self.out.size
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.err.write(f"engine: cannot start {argv[0]!r}: {exc.strerror}\n".encode())
+            return {"exit_code": 127, "error": f"cannot start {argv[0]!r}", "stdout": b""}
+        self.proc = proc
+        self.pgid = proc.pid
+        pumps = asyncio.gather(self._pump(proc.stdout, self.out), self._pump(proc.stderr, self.err))
+        timed_out = False
+        try:
+            await asyncio.wait_for(proc.wait(), limit)
+        except asyncio.TimeoutError:
+            timed_out = True
+            await terminate_group(proc.pid, proc, request.kill_grace)
+            await proc.wait()
+        # Children that outlive the leader must not keep the pipes open.
+        try:
+            await asyncio.wait_for(asyncio.shield(pumps), 1.0)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await pumps
+        code = proc.returncode
+        return {
+            "exit_code": code if code is not None and code >= 0 else None,
+            "signal": -code if code is not None and code < 0 else None,
+            "timed_out": timed_out,
+            "stdout": self.out.read_from(out_start),
+        }
+
+    async def _run(self) -> AttemptOutcome:
+        request = self.request
+        context: dict[str, Any] = dict(request.context)
+        deadline = None if request.timeout is None else self.started + request.timeout
+        outcome: dict[str, Any] = {}
+        result: Any = None
+        invalid: str | None = None
+        captures: dict[str, Any] = {}
+        failed = False
+        try:
+            for index, step in enumerate(request.steps):
+                outcome = await self._step(step, context, deadline)
+                stdout = outcome["stdout"].decode("utf-8", "replace")
+                context["last"] = context["shell"] = {
+                    "output": stdout.strip(),
+                    "exit_code": outcome.get("exit_code"),
+                }
+                failed = bool(
+                    self.cancelled
+                    or self.hung
+                    or outcome.get("timed_out")
+                    or outcome.get("exit_code") != 0
+                )
+                if failed:
+                    for handler in step.on_failure:
+                        if self.cancelled:
+                            break
+                        await self._step(handler, context, None)
+                    break
+                if step.capture_output:
+                    captures[step.capture_output] = _capture(stdout, step.capture_format)
+                    context[step.capture_output] = captures[step.capture_output]
+                if index == len(request.steps) - 1 and step.output is not None:
+                    if step.output == "json":
+                        try:
+                            result = json.loads(stdout)
+                        except ValueError as exc:
+                            invalid = f"output is not JSON: {exc}"
+                    else:
+                        result = stdout.strip()
+        finally:
+            self._stop_watch.set()
+            stdout_ref = self.out.finish(request.run_dir)
+            stderr_ref = self.err.finish(request.run_dir)
+            fsync_dir(request.run_dir / "logs")
+            self.samples.put_nowait(None)
+        secrets = tuple(request.redact)
+        if isinstance(result, str):
+            result = _redact(result, secrets)
+        return AttemptOutcome(
+            ok=not failed and invalid is None,
+            duration=time.monotonic() - self.started,
+            exit_code=outcome.get("exit_code"),
+            signal=outcome.get("signal"),
+            timed_out=bool(outcome.get("timed_out")) and not self.hung and not self.cancelled,
+            hung=self.hung and not self.cancelled,
+            interrupted=self.cancelled,
+            invalid_output=invalid,
+            stderr_tail=self.err.tail_text(),
+            stdout_tail=self.out.tail_text(20),
+            result=result,
+            stdout=stdout_ref,
+            stderr=stderr_ref,
+            captures=captures,
+            pgid=self.pgid,
+        )
+
+
+def _capture(stdout: str, fmt: str) -> Any:
+    if fmt == "json":
+        try:
+            return json.loads(stdout)
+        except ValueError:
+            return stdout.strip()
+    if fmt == "lines":
+        return [line for line in stdout.splitlines() if line.strip()]
+    return stdout.strip()
+
+
+class LocalExecutor(Executor):
+    """Runs attempts as local subprocesses."""
+
+    name = "local"
+
+    async def start(self, request: AttemptRequest) -> Attempt:
+        return LocalAttempt(request)
+
+
+def agent_argv(command: str) -> list[str]:
+    """The agent command line as argv (``claude -p`` -> ["claude", "-p"])."""
+    return shlex.split(command)
