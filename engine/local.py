@@ -292,14 +292,14 @@ class LocalAttempt(Attempt):
         timed_out = False
         try:
             await asyncio.wait_for(proc.wait(), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
             await terminate_group(proc.pid, proc, request.kill_grace)
             await proc.wait()
         # Children that outlive the leader must not keep the pipes open.
         try:
             await asyncio.wait_for(asyncio.shield(pumps), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await pumps
