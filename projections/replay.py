@@ -13,8 +13,10 @@ from ledger.errors import LedgerCorrupt
 from ledger.events import Event, Record
 from ledger.reader import BackgroundVerify, LedgerReader, ScanResult, can_verify_in_background
 from projections.base import Projection
+from projections.circuit import DEFAULT_ON, CircuitProjection
 from projections.dlq import DLQProjection, DLQView
 from projections.items import AttemptsView, ItemsProjection, ItemsView
+from projections.queue import PendingProjection
 from projections.run import RunProjection, RunView
 from projections.signatures import SignaturesProjection, SignaturesView
 from projections.workers import WorkersProjection, WorkersView
@@ -45,12 +47,14 @@ class Projections:
     state.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, circuit_on: Iterable[str] = DEFAULT_ON) -> None:
         self.run = RunProjection()
         self.items = ItemsProjection()
         self.dlq = DLQProjection()
         self.workers = WorkersProjection()
         self.signatures = SignaturesProjection()
+        self.pending = PendingProjection()
+        self.circuit = CircuitProjection(circuit_on)
         self.last: Record | None = None
         self.scan: ScanResult | None = None
         """Where the replayed ledger ended (set by :func:`replay`)."""
@@ -67,7 +71,15 @@ class Projections:
         return -1 if self.last is None else self.last.seq
 
     def all(self) -> tuple[Projection, ...]:
-        return (self.run, self.items, self.dlq, self.workers, self.signatures)
+        return (
+            self.run,
+            self.items,
+            self.dlq,
+            self.workers,
+            self.signatures,
+            self.pending,
+            self.circuit,
+        )
 
     def apply(self, record: Record) -> None:
         """Fold one record into every projection."""

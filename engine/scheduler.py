@@ -1,0 +1,383 @@
+"""The map scheduler: dispatch, retry, backoff, circuit breaker, failure limits.
+
+It decides only from the projections. Every decision is an event appended
+to the ledger and applied to the projections through the same code replay
+uses; nothing is remembered beside them. Write-ahead: an attempt's
+``item.dispatched`` is durable before its process starts, and its outcome
+(with the retry or dead-letter decision, in one append) is durable before
+anything depends on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.classify import classify, signature
+from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
+from engine.items import canonical_json
+from engine.spec import CircuitBreakerSpec, MapSpec, RetrySpec
+from ledger.codec import utc_now
+from ledger.events import (
+    CircuitClosed,
+    CircuitHalfOpen,
+    CircuitOpened,
+    Event,
+    Heartbeat,
+    ItemDeadLettered,
+    ItemDispatched,
+    ItemFailed,
+    ItemRetryScheduled,
+    ItemSucceeded,
+)
+from ledger.writer import LedgerWriter
+from projections.replay import Projections
+
+__all__ = ["MapOutcome", "MapScheduler", "backoff_delay", "idempotency_key"]
+
+
+def idempotency_key(map_spec: MapSpec, item_id: str, value: Any) -> str:
+    """``ik:`` + SHA-256 of canonical JSON of the map step, the item id and its value."""
+    payload = {
+        "map": map_spec.model_dump(mode="json", by_alias=True),
+        "item": item_id,
+        "value": value,
+    }
+    return "ik:" + hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+def backoff_delay(retry: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
+    """Seconds before the attempt after ``failed_attempt`` (1-based)."""
+    if retry.backoff == "fixed":
+        delay = retry.initial
+    elif retry.backoff == "linear":
+        delay = retry.initial * failed_attempt
+    else:
+        delay = retry.initial * retry.multiplier ** (failed_attempt - 1)
+    delay = min(delay, retry.max)
+    if retry.jitter:
+        delay = rng.uniform(delay / 2, delay)
+    return delay
+
+
+def _rfc3339(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class MapOutcome:
+    stopped: str | None = None
+    """Why dispatching stopped early: ``interrupted``, ``max_failures``, ``item_failed``."""
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+class MapScheduler:
+    """Runs the map step of one run until every item is done or it must stop."""
+
+    def __init__(
+        self,
+        *,
+        writer: LedgerWriter,
+        projections: Projections,
+        spec: MapSpec,
+        executor: Executor,
+        values: Mapping[str, Any],
+        request: Callable[[str, int, str, Any], AttemptRequest],
+        max_parallel: int,
+        circuit: CircuitBreakerSpec | None,
+        on_change: Callable[[], None] = lambda: None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.writer = writer
+        self.p = projections
+        self.spec = spec
+        self.executor = executor
+        self.values = values
+        self.make_request = request
+        self.max_parallel = max_parallel
+        self.circuit = circuit
+        self.on_change = on_change
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.running: dict[str, tuple[Attempt, asyncio.Task[None]]] = {}
+        self.wake = asyncio.Event()
+        self.stopping: str | None = None
+        self.results: dict[str, Any] = {}
+
+    # --- appending -------------------------------------------------------------------
+
+    async def _append(self, events: list[Event]) -> None:
+        records = await self.writer.append_async(events)
+        self.p.apply_all(records)
+        self.on_change()
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """Stop dispatching (a signal, a failure limit); running attempts go on or are cancelled."""
+        if self.stopping is None:
+            self.stopping = reason
+        self.wake.set()
+
+    async def run(self) -> MapOutcome:
+        while True:
+            await self._dispatch_ready()
+            if not self.running and (self.stopping or self.p.pending.empty):
+                break
+            self.wake.clear()
+            timeout = self._next_wakeup()
+            if self.running or timeout is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+            elif self.stopping is None and not self.p.pending.empty:
+                await asyncio.sleep(0.01)
+        return MapOutcome(stopped=self.stopping, results=self.results)
+
+    async def cancel_running(self) -> None:
+        """Terminate every running attempt (their outcomes record ``interrupted``)."""
+        await asyncio.gather(*(attempt.cancel() for attempt, _task in self.running.values()))
+        tasks = [task for _attempt, task in self.running.values()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _next_wakeup(self) -> float | None:
+        """Seconds until a retry is due or the circuit may half-open."""
+        now = self.clock()
+        times: list[float] = []
+        next_retry = self.p.pending.next_time()
+        if next_retry is not None:
+            times.append(dt.datetime.fromisoformat(next_retry).timestamp() - now)
+        circuit = self.p.circuit
+        if circuit.state == "open" and circuit.opened_at is not None:
+            opened = dt.datetime.fromisoformat(circuit.opened_at).timestamp()
+            times.append(opened + circuit.cooldown - now)
+        if not times:
+            return None
+        return max(0.0, min(times))
+
+    async def _dispatch_ready(self) -> None:
+        while self.stopping is None and len(self.running) < self.max_parallel:
+            if not await self._circuit_allows():
+                return
+            item = self.p.pending.next_ready(utc_now())
+            if item is None:
+                return
+            if self.p.circuit.state == "half_open" and self.running:
+                return  # one probe at a time
+            await self._dispatch(item)
+
+    async def _circuit_allows(self) -> bool:
+        circuit = self.p.circuit
+        if self.circuit is None:
+            return True
+        if circuit.state == "open":
+            assert circuit.opened_at is not None
+            opened = dt.datetime.fromisoformat(circuit.opened_at).timestamp()
+            if self.clock() < opened + circuit.cooldown:
+                return False
+            probe = self.p.pending.next_ready(utc_now())
+            await self._append([CircuitHalfOpen(probe_item=probe)])
+            return not self.running
+        if circuit.state == "half_open":
+            return not self.running
+        return True
+
+    async def _dispatch(self, item: str) -> None:
+        state = self.p.items.items[item]
+        attempt = state.attempts + 1
+        value = self.values.get(item)
+        key = idempotency_key(self.spec, item, value)
+        # Write-ahead: the dispatch is durable before the process starts.
+        await self._append(
+            [
+                ItemDispatched(
+                    item=item, attempt=attempt, idempotency_key=key, worker=self.executor.name
+                )
+            ]
+        )
+        request = self.make_request(item, attempt, key, value)
+        handle = await self.executor.start(request)
+        task = asyncio.ensure_future(self._supervise(item, attempt, handle))
+        self.running[item] = (handle, task)
+
+    async def _supervise(self, item: str, attempt: int, handle: Attempt) -> None:
+        try:
+            async for sample in handle.heartbeats():
+                await self._append(
+                    [
+                        Heartbeat(
+                            item=item,
+                            attempt=attempt,
+                            pid=sample.pid,
+                            rss=sample.rss,
+                            cpu=sample.cpu,
+                            output_bytes=sample.output_bytes,
+                            touched_at=sample.touched_at,
+                        )
+                    ]
+                )
+            outcome = await handle.wait()
+            await self._append(self._outcome_events(item, attempt, outcome))
+            await self._after_outcome(item, outcome)
+        finally:
+            self.running.pop(item, None)
+            self.wake.set()
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    def _outcome_events(self, item: str, attempt: int, o: AttemptOutcome) -> list[Event]:
+        if o.ok:
+            self.results[item] = o.result
+            return [
+                ItemSucceeded(
+                    item=item,
+                    attempt=attempt,
+                    duration=round(o.duration, 6),
+                    exit_code=o.exit_code or 0,
+                    result=o.result,
+                    stdout=o.stdout,
+                    stderr=o.stderr,
+                )
+            ]
+        c = classify(
+            exit_code=o.exit_code,
+            signal=o.signal,
+            stderr_tail=o.stderr_tail,
+            stdout_tail=o.stdout_tail,
+            timed_out=o.timed_out,
+            hung=o.hung,
+            interrupted=o.interrupted,
+            rules=self.spec.classify,
+        )
+        error_type, message = c.error_type, c.message
+        if o.invalid_output is not None and not (o.timed_out or o.hung or o.interrupted):
+            error_type, message = "validation_failed", o.invalid_output
+        events: list[Event] = [
+            ItemFailed(
+                item=item,
+                attempt=attempt,
+                error_type=error_type,
+                signature=c.signature
+                if error_type == c.error_type
+                else signature(error_type, message),
+                message=message,
+                duration=round(o.duration, 6),
+                exit_code=o.exit_code,
+                signal=o.signal,
+                stderr_tail=_bounded(o.stderr_tail),
+                resources=_resources(),
+                stdout=o.stdout,
+                stderr=o.stderr,
+            )
+        ]
+        retry = self.spec.retry
+        if o.interrupted and self.stopping == "interrupted":
+            # The engine is stopping: the item runs again on resume, at once.
+            events.append(
+                ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=utc_now())
+            )
+        elif error_type in retry.retry_on and attempt < retry.max_attempts:
+            delay = backoff_delay(retry, attempt, self.rng)
+            events.append(
+                ItemRetryScheduled(
+                    item=item,
+                    attempt=attempt,
+                    delay=round(delay, 6),
+                    not_before=_rfc3339(self.clock() + delay),
+                )
+            )
+        elif self.spec.on_item_failure == "dlq":
+            reason = "retries exhausted" if error_type in retry.retry_on else "not retryable"
+            events.append(
+                ItemDeadLettered(
+                    item=item,
+                    attempt=attempt,
+                    error_type=error_type,
+                    signature=events[0].signature,  # type: ignore[attr-defined]
+                    reason=reason,
+                )
+            )
+        return events
+
+    async def _after_outcome(self, item: str, outcome: AttemptOutcome) -> None:
+        circuit = self.circuit
+        state = self.p.circuit
+        if circuit is not None:
+            if state.state == "half_open":
+                if outcome.ok:
+                    await self._append([CircuitClosed(reason=f"probe {item} succeeded")])
+                elif state.last_type is not None and state.streak > 0:
+                    await self._append(
+                        [
+                            CircuitOpened(
+                                failures=state.streak,
+                                error_type=state.last_type,
+                                cooldown=circuit.cooldown,
+                            )
+                        ]
+                    )
+                else:
+                    await self._append([CircuitClosed(reason=f"probe {item} failed otherwise")])
+            elif state.state == "closed" and state.streak >= circuit.threshold:
+                assert state.last_type is not None
+                await self._append(
+                    [
+                        CircuitOpened(
+                            failures=state.streak,
+                            error_type=state.last_type,
+                            cooldown=circuit.cooldown,
+                        )
+                    ]
+                )
+        final = self.p.items.items[item].status in ("dead", "failed")
+        if final and not outcome.ok and self.stopping is None:
+            if self.spec.on_item_failure == "fail":
+                self.stop("item_failed")
+            elif self._failure_limit_reached():
+                self.stop("max_failures")
+
+    def _failure_limit_reached(self) -> bool:
+        counts = self.p.items.counts
+        failures = counts["dead"] + counts["failed"]
+        if self.spec.max_failures is not None and failures >= self.spec.max_failures:
+            return True
+        threshold = self.spec.failure_threshold
+        if threshold is not None:
+            finished = failures + counts["succeeded"]
+            minimum = min(10, len(self.p.items.items))
+            if finished >= minimum and failures / finished >= threshold:
+                return True
+        return False
+
+
+def _bounded(text: str, limit: int = 64 * 1024) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[-limit:].decode("utf-8", "ignore")
+
+
+def _resources() -> dict[str, float]:
+    """Load, free memory and free disk when a failure happened."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        out["load1"] = round(os.getloadavg()[0], 2)
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                out["mem_available_mb"] = round(int(line.split()[1]) / 1024, 1)
+                break
+    with contextlib.suppress(OSError):
+        out["disk_free_mb"] = round(shutil.disk_usage(Path.cwd()).free / 2**20, 1)
+    return out
