@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cli import ledger_cmds  # noqa: F401  (registers the commands)
+from cli import ledger_cmds, run_cmds  # noqa: F401  (registers the commands)
 from cli.app import cli
 
 __all__ = ["cli", "main"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.events import Record
+from ledger.events import LogRef, Record
 from projections.replay import Projections
 
 __all__ = ["describe_record", "record_line", "summary_lines"]
@@ -35,6 +35,8 @@ def describe_record(record: Record) -> str:
         value = getattr(data, name)
         if value is None or value == default or value in ("", {}, []):
             continue
+        if isinstance(value, LogRef):
+            value = value.path
         parts.append(f"{name}={_short(value)}")
     return " ".join(parts)
 
@@ -53,7 +55,8 @@ def record_line(record: Record) -> str:
     attempt = getattr(data, "attempt", None)
     who = ""
     if item is not None:
-        who = str(item) if attempt is None else f"{item}#{attempt}"
+        item = _short(item, 40)
+        who = item if attempt is None else f"{item}#{attempt}"
     text = f"{record.seq:>7} {record.ts} {record.type:<21} {who}"
     rest = describe_record(record)
     return f"{text} {rest}".rstrip() if who else f"{text}{rest}".rstrip()

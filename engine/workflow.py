@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,11 +169,29 @@ def _message(error: Any, loc: tuple[int | str, ...]) -> str:
     return f"{message} ({fix})" if fix else message
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with only true/false as booleans (``on:``, ``yes``, ``no`` stay strings)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML (or JSON) the way workflow files are parsed."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+
+
 def parse_workflow(text: str, *, file: str) -> tuple[Workflow, yaml.Node | None]:
     """Parse and validate workflow text; raise WorkflowError with every problem."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1

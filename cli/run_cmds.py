@@ -1,0 +1,221 @@
+"""Commands that run and inspect workflows: run, status, runs, dlq, validate, init, mock-agent."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+import msgspec
+from rich.console import Console
+
+from cli.app import Context, cli
+from cli.progress import Progress, summary_table
+from engine.home import RunRef, list_runs
+from engine.mock_agent import main as mock_agent_main
+from engine.runner import RunOptions, execute_run
+from engine.status import dlq_view, status_view
+from engine.templates import TEMPLATES, write_template
+from engine.workflow import load_workflow
+from ledger.errors import EngineError
+from projections.replay import replay
+
+__all__ = ["dlq", "init_cmd", "mock_agent_cmd", "run_cmd", "runs_cmd", "status_cmd", "validate_cmd"]
+
+_json = msgspec.json.Encoder()
+
+
+def _echo_json(value: object) -> None:
+    sys.stdout.buffer.write(_json.encode(value) + b"\n")
+    sys.stdout.flush()
+
+
+def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"{pair!r} is not K=V", param_hint="--var")
+        out[key] = value
+    return out
+
+
+@cli.command("run")
+@click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-id", help="The run's id [default: NAME-DATE-TIME-XXXX].")
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), help="Attempts at once (overrides max_parallel)."
+)
+@click.option(
+    "--var", "variables", multiple=True, metavar="K=V", help="Set env.K for the run (repeatable)."
+)
+@click.option(
+    "--executor", default="local", show_default=True, help="local (dask://HOST:PORT comes later)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+@click.option(
+    "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
+)
+@click.pass_obj
+def run_cmd(
+    obj: Context,
+    workflow: Path,
+    run_id: str | None,
+    jobs: int | None,
+    variables: tuple[str, ...],
+    executor: str,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Run a workflow: setup, the map over its items in parallel, reduce.
+
+    Exit 0 when every item succeeded; 1 when the run finished with failed or
+    dead-lettered items or failed; 2 on bad input; 3 when the run is locked;
+    130 when interrupted (resumable).
+    """
+    if executor != "local":
+        raise EngineError(
+            f"--executor {executor}: only the local executor is available",
+            hint="use --executor local",
+        )
+    loaded = load_workflow(workflow)
+    console = Console(stderr=False)
+    progress = Progress(console, enabled=console.is_terminal and not no_progress and not as_json)
+    started = time.monotonic()
+    options = RunOptions(
+        run_id=run_id,
+        max_parallel=jobs,
+        variables=_variables(variables),
+        command=shlex.join(["engine", *sys.argv[1:]]),
+        on_change=progress.update,
+    )
+    with progress:
+        result = asyncio.run(execute_run(loaded, obj.home, options))
+    wall = time.monotonic() - started
+    p = result.projections
+    if as_json:
+        ref = RunRef(result.run_id, result.run_dir, result.run_dir / "ledger.ndjson")
+        _echo_json(status_view(ref, p))
+    else:
+        console.print(summary_table(p, status=result.status, wall=wall))
+        if result.reason and result.status != "completed":
+            console.print(f"reason: {result.reason}")
+        console.print(f"run directory: {result.run_dir}")
+        nxt = []
+        if p.dlq.dead:
+            nxt.append(f"engine dlq list {result.run_id}")
+        if result.status == "interrupted":
+            nxt.append(f"engine status {result.run_id}   (resume support: `engine resume`)")
+        nxt.append(f"engine tail {result.run_id} --type 'item.failed'")
+        console.print("next: " + "   ".join(nxt))
+    sys.exit(result.exit_code)
+
+
+@cli.command("status")
+@click.argument("run", default="latest")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_obj
+def status_cmd(obj: Context, run: str, as_json: bool) -> None:
+    """Show a run's status and item counts (RUN defaults to `latest`)."""
+    view = status_view(obj.run(run))
+    if as_json:
+        _echo_json(view)
+        return
+    i = view.items
+    click.echo(f"run       {view.run_id}  workflow {view.workflow or '-'}  status {view.status}")
+    click.echo(f"started   {view.started_at or '-'}  finished {view.finished_at or '-'}")
+    click.echo(
+        f"items     total {i.total:,} · pending {i.pending:,} · running {i.running:,} · "
+        f"succeeded {i.succeeded:,} · failed {i.failed:,} · dead {i.dead:,} · "
+        f"skipped {i.skipped:,} · duplicate {i.duplicate:,}"
+    )
+    if view.reason:
+        click.echo(f"reason    {view.reason}")
+    click.echo(f"dir       {view.run_dir}")
+
+
+@cli.command("runs")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.pass_obj
+def runs_cmd(obj: Context, as_json: bool) -> None:
+    """List the runs under the home directory, oldest first."""
+    views = [status_view(ref) for ref in list_runs(obj.home)]
+    if as_json:
+        _echo_json(views)
+        return
+    if not views:
+        click.echo(f"no runs under {obj.home / 'runs'}")
+        return
+    click.echo(f"{'RUN':<40} {'STATUS':<12} {'ITEMS':>7} {'DONE':>7} {'DEAD':>6}  STARTED")
+    for v in views:
+        click.echo(
+            f"{v.run_id[:40]:<40} {v.status:<12} {v.items.total:>7,} "
+            f"{v.items.succeeded + v.items.skipped:>7,} {v.items.dead:>6,}  {v.started_at or '-'}"
+        )
+
+
+@cli.group("dlq")
+def dlq() -> None:
+    """The dead-letter queue: items that failed for good."""
+
+
+@dlq.command("list")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Print the items as JSON.")
+@click.pass_obj
+def dlq_list(obj: Context, run: str, as_json: bool) -> None:
+    """List a run's dead-lettered items."""
+    items = dlq_view(replay(obj.run(run).ledger))
+    if as_json:
+        _echo_json(items)
+        return
+    if not items:
+        click.echo("the dead-letter queue is empty")
+        return
+    click.echo(f"{'ITEM':<32} {'ATTEMPTS':>8} {'ERROR TYPE':<18} {'SIGNATURE':<12} LAST ERROR")
+    for d in items:
+        click.echo(
+            f"{d.item_id[:32]:<32} {d.attempts:>8} {d.error_type:<18} {d.signature[:12]:<12} "
+            f"{d.last_error[:60]}"
+        )
+
+
+@cli.command("validate")
+@click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
+def validate_cmd(workflow: Path) -> None:
+    """Check a workflow file; print every problem as FILE:LINE: field: what (fix)."""
+    loaded = load_workflow(workflow)
+    spec = loaded.spec
+    steps = len(spec.setup) + len(spec.reduce) + (len(spec.map.agent_template) if spec.map else 0)
+    click.echo(f"ok {workflow}: workflow {spec.name!r}, {steps} steps")
+
+
+@cli.command("init")
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--template",
+    type=click.Choice(sorted(TEMPLATES)),
+    default="map-reduce",
+    show_default=True,
+    help="Which starter workflow to write.",
+)
+def init_cmd(directory: Path, template: str) -> None:
+    """Write a commented starter workflow that runs as written."""
+    written = write_template(template, directory)
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: engine validate {written[0]} && engine run {written[0]}")
+
+
+@cli.command(
+    "mock-agent",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def mock_agent_cmd(ctx: click.Context) -> None:
+    """A scripted stand-in for an AI agent (see `engine mock-agent --help`)."""
+    sys.exit(mock_agent_main(list(ctx.args)))
