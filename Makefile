@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install
-	$(BIN)/python examples/ledger_tour.py
+	@$(BIN)/engine run examples/quickstart.yml; \
+	$(BIN)/python examples/check_quickstart.py $$?
 
 test: install
 	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)

@@ -100,17 +100,18 @@ def run_cmd(
         ref = RunRef(result.run_id, result.run_dir, result.run_dir / "ledger.ndjson")
         _echo_json(status_view(ref, p))
     else:
+        for text in result.output:
+            click.echo(text)
         console.print(summary_table(p, status=result.status, wall=wall))
         if result.reason and result.status != "completed":
-            console.print(f"reason: {result.reason}")
-        console.print(f"run directory: {result.run_dir}")
-        nxt = []
+            click.echo(f"reason: {result.reason}")
+        click.echo(f"run directory: {result.run_dir}")
+        click.echo("next:")
         if p.dlq.dead:
-            nxt.append(f"engine dlq list {result.run_id}")
-        if result.status == "interrupted":
-            nxt.append(f"engine status {result.run_id}   (resume support: `engine resume`)")
-        nxt.append(f"engine tail {result.run_id} --type 'item.failed'")
-        console.print("next: " + "   ".join(nxt))
+            click.echo(f"  engine dlq list {result.run_id}        # what failed for good, and why")
+        click.echo(f"  engine status {result.run_id}")
+        if p.signatures.stats:
+            click.echo(f"  engine tail {result.run_id} --type item.failed --all")
     sys.exit(result.exit_code)
 
 

@@ -71,6 +71,8 @@ class RunResult:
     exit_code: int
     projections: Projections
     reason: str | None = None
+    output: list[str] = field(default_factory=list)
+    """What the reduce steps printed (stdout), for the user to see."""
 
 
 def new_run_id(name: str) -> str:
@@ -98,6 +100,7 @@ class _Run:
         self.secret_values = [os.environ.get(name, "") for name in self.spec.secrets]
         self.context: dict[str, Any] = {"env": self.env, "run": {"id": self.run_id}}
         self.writer: LedgerWriter | None = None
+        self.output: list[str] = []
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -190,6 +193,9 @@ class _Run:
                 )
                 return f"{phase} step {index + 1} ({step.name or step.text[:60]}) failed: {reason}"
             self.context.update(outcome.captures)
+            if phase == "reduce" and outcome.stdout is not None:
+                text = (self.run_dir / outcome.stdout.path).read_text(errors="replace")
+                self.output.append(text.rstrip("\n"))
             await self.append(
                 [
                     StepSucceeded(
@@ -357,7 +363,9 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
             ]
         )
         failed = counts["failed"] + counts["dead"]
-        return RunResult(run.run_id, run.run_dir, "completed", 1 if failed else 0, run.p)
+        return RunResult(
+            run.run_id, run.run_dir, "completed", 1 if failed else 0, run.p, output=run.output
+        )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
