@@ -31,7 +31,7 @@ from jsonpath.filter import UNDEFINED
 from jsonpath.function_extensions import ExpressionType, FilterFunction
 
 from engine.spec import MapSpec
-from engine.template import TemplateError, render_text
+from engine.template import TemplateError, render_shell, render_text
 from ledger.errors import EngineError
 
 __all__ = [
@@ -245,7 +245,9 @@ def _parse_document(text: str, where: str) -> Any:
     return _parse_lines(text)
 
 
-def _source(spec: MapSpec, directory: Path, env: Mapping[str, str]) -> Any:
+def _source(
+    spec: MapSpec, directory: Path, env: Mapping[str, str], context: Mapping[str, Any]
+) -> Any:
     if spec.items is not None:
         return spec.items
     if spec.input is not None:
@@ -259,10 +261,14 @@ def _source(spec: MapSpec, directory: Path, env: Mapping[str, str]) -> Any:
             ) from None
         return _parse_document(text, str(path))
     assert spec.command is not None
+    try:
+        command, variables = render_shell(spec.command, context)
+    except TemplateError as exc:
+        raise ItemsError(f"map.command: {exc}") from None
     proc = subprocess.run(
-        ["/bin/sh", "-c", spec.command],
+        ["/bin/sh", "-c", command],
         cwd=directory,
-        env=dict(env),
+        env={**env, **variables},
         capture_output=True,
         text=True,
         check=False,
@@ -317,9 +323,14 @@ def item_id(spec: MapSpec, value: Any, index: int, env: Mapping[str, str]) -> st
     return rendered
 
 
-def load_items(spec: MapSpec, directory: Path, env: Mapping[str, str]) -> LoadedItems:
-    """Load, select and identify the map's items."""
-    values = select(spec, _source(spec, directory, env))
+def load_items(
+    spec: MapSpec,
+    directory: Path,
+    env: Mapping[str, str],
+    context: Mapping[str, Any] | None = None,
+) -> LoadedItems:
+    """Load, select and identify the map's items (``context``: variables for ``command``)."""
+    values = select(spec, _source(spec, directory, env, context or {"env": env}))
     items: list[WorkItem] = []
     duplicates: list[tuple[WorkItem, int]] = []
     first: dict[str, int] = {}

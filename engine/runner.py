@@ -214,7 +214,7 @@ class _Run:
         spec = self.spec.map
         assert spec is not None
         loaded = await asyncio.to_thread(
-            load_items, spec, self.loaded.directory, self.process_env()
+            load_items, spec, self.loaded.directory, self.process_env(), dict(self.context)
         )
         values = {w.id: w.value for w in loaded.items}
         batch: list[Event] = [
@@ -276,6 +276,7 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
         )
     spec = loaded.spec
     run.writer = LedgerWriter.open(run.run_dir, run.run_id, create=True, command=options.command)
+    run.p.apply_all(run.writer.opening)
     loop = asyncio.get_running_loop()
     stop = _Stop()
 

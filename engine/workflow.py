@@ -264,6 +264,20 @@ def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
                 captures.add(step.capture_output)
 
     check_steps(spec.setup, ("setup",), _COMMON)
+    if spec.map is not None and spec.map.command is not None:
+        known = _COMMON | captures
+        for placement in scan_shell(spec.map.command):
+            if placement.quoting == "single":
+                problems.append(
+                    (
+                        ("map", "command"),
+                        f"${{{placement.name}}} is inside single quotes (use double quotes)",
+                    )
+                )
+            elif placement.name.split(".")[0] not in known:
+                problems.append(
+                    (("map", "command"), f"unknown variable ${{{placement.name}}} here")
+                )
     if spec.map is not None:
         check_steps(spec.map.agent_template, ("map", "agent_template"), _COMMON | _ITEM)
         if spec.map.id is not None:

@@ -83,6 +83,8 @@ class LedgerWriter:
         self._run_json = run_id
         self.recovered: TornTail | None = None
         """The torn tail this writer moved aside on open, if any."""
+        self.opening: list[Record] = []
+        """The records the writer appended when it opened (apply them too)."""
         self.fsyncs = 0
         """How many fdatasync calls this writer made (group-commit batches)."""
         self._sync = os.fdatasync
@@ -163,7 +165,7 @@ class LedgerWriter:
                     started_at=str(holder["started_at"]),
                 )
             )
-            writer.append_many(opening)
+            writer.opening = writer.append_many(opening)
         except BaseException:
             writer.close()
             raise
