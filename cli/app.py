@@ -31,12 +31,14 @@ EXIT_INTERRUPTED = 130
 class CliError(click.ClickException):
     """An error shown as one line, with the exit code of its kind."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, *, located: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it per class
+        self.located = located
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"engine: error: {self.format_message()}", err=True)
+        message = self.format_message()
+        click.echo(message if self.located else f"engine: error: {message}", err=True)
 
 
 @dataclass
@@ -60,7 +62,7 @@ class EngineGroup(click.Group):
         except EngineError as exc:
             if debug:
                 raise
-            raise CliError(str(exc), exc.exit_code) from None
+            raise CliError(str(exc), exc.exit_code, located=exc.located) from None
         except KeyboardInterrupt:
             click.echo("engine: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)

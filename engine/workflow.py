@@ -42,6 +42,7 @@ class WorkflowError(EngineError):
     """A workflow file is invalid; carries every problem found."""
 
     exit_code = 2
+    located = True
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems

@@ -14,6 +14,7 @@ from ledger.errors import (
     LedgerError,
     LedgerLocked,
     LedgerWriteFailed,
+    RecordInvalid,
     RecordTooLarge,
 )
 from ledger.events import EVENT_TYPES, FORMAT_VERSION, RECORD_TYPES, Event, Record
@@ -37,6 +38,7 @@ __all__ = [
     "LedgerWriteFailed",
     "LedgerWriter",
     "Record",
+    "RecordInvalid",
     "RecordTooLarge",
     "RunLock",
     "ScanResult",

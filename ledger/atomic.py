@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def atomic_write(
     """
     path = Path(path)
     directory = path.parent
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     handed_over = False
     try:

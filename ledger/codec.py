@@ -48,18 +48,18 @@ SEQ_PREFIX = b'{"v":%d,"seq":' % FORMAT_VERSION
 _encode = msgspec.json.Encoder().encode
 
 
-_second_cache: list[object] = [-1, ""]
+_second_cache: tuple[int, str] = (-1, "")
 
 
 def utc_now() -> str:
     """The current time as RFC 3339 UTC with microseconds (``...T12:00:00.000000Z``)."""
-    micros = time.time_ns() // 1000
-    second, fraction = divmod(micros, 1_000_000)
-    cache = _second_cache
-    if cache[0] != second:
+    global _second_cache
+    second, fraction = divmod(time.time_ns() // 1000, 1_000_000)
+    cached_second, prefix = _second_cache  # one tuple: threads never see half an update
+    if cached_second != second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        cache[0], cache[1] = second, prefix
-    return f"{cache[1]}.{fraction:06d}Z"
+        _second_cache = (second, prefix)
+    return f"{prefix}.{fraction:06d}Z"
 
 
 def body_template(*, ts: str, run: str) -> bytes:

@@ -14,6 +14,7 @@ __all__ = [
     "LedgerError",
     "LedgerLocked",
     "LedgerWriteFailed",
+    "RecordInvalid",
     "RecordTooLarge",
 ]
 
@@ -22,6 +23,8 @@ class EngineError(Exception):
     """Base class of every deliberate error; ``exit_code`` is the CLI's."""
 
     exit_code: int = 2
+    located: bool = False
+    """True when every line already starts with where (``FILE:LINE: ...``)."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -79,6 +82,18 @@ class LedgerWriteFailed(LedgerError):
     """A write or fsync failed; the writer is closed for good."""
 
     exit_code = 1
+
+
+class RecordInvalid(LedgerError):
+    """An event would not read back as itself (e.g. NaN, or a value of the wrong type)."""
+
+    def __init__(self, *, event_type: str, reason: str) -> None:
+        self.event_type = event_type
+        self.reason = reason
+        super().__init__(
+            f"{event_type} record would not read back: {reason}",
+            hint="this is a bug in whatever built the event; nothing was written",
+        )
 
 
 class RecordTooLarge(LedgerError):

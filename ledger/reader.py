@@ -22,10 +22,19 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from hashlib import sha256
+from typing import BinaryIO
 
 import msgspec
 
-from ledger.codec import GENESIS_HASH, HASH_END, HASH_PREFIX, SEQ_PREFIX, parse_seq, split_line
+from ledger.codec import (
+    GENESIS_HASH,
+    HASH_END,
+    HASH_PREFIX,
+    MAX_RECORD_BYTES,
+    SEQ_PREFIX,
+    parse_seq,
+    split_line,
+)
 from ledger.errors import LedgerCorrupt, LedgerError
 from ledger.events import Record, record_decoder
 
@@ -65,6 +74,75 @@ class ScanResult:
     torn: TornTail | None
     """The torn tail, if the file has one."""
     last_ts: str | None = None
+
+
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+_MAX_LINE = MAX_RECORD_BYTES  # no valid line is longer; a longer one is invalid at once
+
+
+class _Lines:
+    """Complete lines, chunk by chunk, with memory bounded by a chunk and one record.
+
+    After iterating, ``rest`` holds an incomplete last line (no newline), and
+    ``overlong`` says iteration stopped at a line longer than any record can
+    be (the caller treats it as invalid). With ``skip_overlong`` such a line
+    is yielded as ``None`` instead, and reading goes on after it.
+    """
+
+    def __init__(
+        self, f: BinaryIO, chunk_size: int, limit: int | None, *, skip_overlong: bool = False
+    ) -> None:
+        self.f = f
+        self.chunk_size = chunk_size
+        self.remaining = -1 if limit is None else limit
+        self.skip_overlong = skip_overlong
+        self.rest = b""
+        self.overlong = False
+
+    def __iter__(self) -> Iterator[list[bytes | None]]:
+        parts: list[bytes] = []
+        pending = 0
+        skipping = False
+        while self.remaining:
+            size = self.chunk_size if self.remaining < 0 else min(self.chunk_size, self.remaining)
+            chunk = self.f.read(size)
+            if self.remaining > 0:
+                self.remaining -= len(chunk)
+            if not chunk:
+                break
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:
+                if skipping:
+                    continue
+                parts.append(chunk)
+                pending += len(chunk)
+                if pending > _MAX_LINE:
+                    if not self.skip_overlong:
+                        self.overlong = True
+                        self.rest = b"".join(parts)
+                        return
+                    skipping = True
+                    parts, pending = [], 0
+                continue
+            head = chunk[:cut]
+            out: list[bytes | None] = []
+            if skipping:
+                first_nl = head.find(b"\n")
+                out.append(None)
+                head = head[first_nl + 1 :]
+                skipping = False
+            elif parts:
+                head = b"".join(parts) + head
+            lines = head.split(b"\n")
+            lines.pop()
+            out.extend(lines)
+            tail = chunk[cut:]
+            parts, pending = ([tail], len(tail)) if tail else ([], 0)
+            yield out
+        if skipping:
+            yield [None]
+            parts = []
+        self.rest = b"".join(parts)
 
 
 class LedgerReader:
@@ -112,25 +190,13 @@ class LedgerReader:
         prev, seq, offset, _ = self._origin()
         new_hash = sha256
         seq_prefix = SEQ_PREFIX + b"%d,"
-        remaining = -1 if end is None else end - offset
+        limit = None if end is None else end - offset
         with open(self.path, "rb") as f:
             f.seek(offset)
-            rest = b""
-            while remaining:
-                chunk = f.read(
-                    self.chunk_size if remaining < 0 else min(self.chunk_size, remaining)
-                )
-                remaining -= len(chunk) if remaining > 0 else 0
-                if not chunk:
-                    break
-                data = rest + chunk if rest else chunk
-                cut = data.rfind(b"\n") + 1
-                rest = data[cut:]
-                if cut == 0:
-                    continue
-                lines = data[:cut].split(b"\n")
-                lines.pop()
+            source = _Lines(f, self.chunk_size, limit)
+            for lines in source:
                 for line in lines:
+                    assert line is not None
                     digest = line[-66:-2]
                     if line[-75:-66] != HASH_PREFIX or not line.startswith(seq_prefix % seq):
                         break
@@ -143,103 +209,91 @@ class LedgerReader:
                     seq += 1
                 else:
                     continue
-                bad = self._classify_suffix(offset, seq, prev)
-                self.result = ScanResult(seq, prev, offset, offset + bad.length, bad)
-                return self.result
-        torn = (
-            TornTail(offset, len(rest), seq, "incomplete last line (no newline)") if rest else None
-        )
-        self.result = ScanResult(seq, prev, offset, offset + len(rest), torn)
+                break
+            else:
+                if not source.overlong:
+                    rest = source.rest
+                    torn = (
+                        TornTail(offset, len(rest), seq, "incomplete last line (no newline)")
+                        if rest
+                        else None
+                    )
+                    self.result = ScanResult(seq, prev, offset, offset + len(rest), torn)
+                    return self.result
+        bad = self._classify_suffix(offset, seq, prev)
+        self.result = ScanResult(seq, prev, offset, offset + bad.length, bad)
         return self.result
 
     # --- the scan ---------------------------------------------------------
 
     def batches(
-        self, *, until: int | None = None, check_hash: bool = True
+        self, *, until: int | None = None, check_hash: bool = True, end: int | None = None
     ) -> Iterator[tuple[list[Record], list[bytes], int]]:
         """Yield the valid records chunk by chunk: ``(records, lines, offset)``.
 
         ``lines[i]`` is the raw line of ``records[i]`` (without newline) and
         ``offset`` the byte offset of the first. With ``check_hash=False`` the
         chain is not checked here (the caller checks it another way, e.g.
-        :meth:`verify` in a parallel process); everything else is.
+        :meth:`verify` in a parallel process); everything else is. ``end``
+        stops reading at that byte offset (what lies after is not seen).
         """
         decode_line = record_decoder.decode
         new_hash = sha256
         prev, seq, offset, last_ts = self._origin()
         with open(self.path, "rb") as f:
             f.seek(offset)
-            rest = b""
-            while True:
-                chunk = f.read(self.chunk_size)
-                if not chunk:
-                    break
-                data = rest + chunk if rest else chunk
-                cut = data.rfind(b"\n") + 1
-                rest = data[cut:]
-                if cut == 0:
-                    continue
-                lines = data[:cut].split(b"\n")
-                lines.pop()
+            source = _Lines(f, self.chunk_size, None if end is None else end - offset)
+            failed = False
+            for chunk_lines in source:
+                lines: list[bytes] = chunk_lines  # type: ignore[assignment]  # no None here
                 start = offset
                 records: list[Record] = []
                 append = records.append
                 if until is not None:
                     del lines[max(0, until + 1 - seq) :]
-                failed = False
-                if check_hash:
-                    for line in lines:
-                        digest = line[-66:-2]
-                        if line[-75:-66] != HASH_PREFIX or line[-2:] != HASH_END:
-                            failed = True
-                            break
+                for line in lines:
+                    digest = line[-66:-2]
+                    if line[-75:-66] != HASH_PREFIX or line[-2:] != HASH_END:
+                        failed = True
+                        break
+                    if check_hash:
                         h = new_hash(prev)
                         h.update(line[:-75])
                         if h.hexdigest().encode() != digest:
                             failed = True
                             break
-                        try:
-                            record = decode_line(line)
-                        except msgspec.DecodeError:
-                            failed = True
-                            break
-                        if record.seq != seq:
-                            failed = True
-                            break
-                        append(record)
-                        prev = digest
-                        seq += 1
-                else:
-                    # The chain is checked elsewhere: decode and sequence only.
-                    for line in lines:
-                        try:
-                            record = decode_line(line)
-                        except msgspec.DecodeError:
-                            failed = True
-                            break
-                        if record.seq != seq:
-                            failed = True
-                            break
-                        append(record)
-                        seq += 1
-                    if records:
-                        prev = lines[len(records) - 1][-66:-2]
+                    try:
+                        record = decode_line(line)
+                    except _DECODE_ERRORS:
+                        failed = True
+                        break
+                    if record.seq != seq:
+                        failed = True
+                        break
+                    append(record)
+                    prev = digest
+                    seq += 1
                 n = len(records)
                 offset = start + sum(map(len, lines[:n])) + n
                 if records:
                     last_ts = records[-1].ts
                     yield records, lines, start
                 if failed:
-                    torn = self._classify_suffix(offset, seq, prev)
-                    self.result = ScanResult(seq, prev, offset, offset + torn.length, torn, last_ts)
-                    return
+                    break
                 if until is not None and seq > until:
                     self.result = ScanResult(seq, prev, offset, offset, None, last_ts)
                     return
-            end: TornTail | None = None
-            if rest:
-                end = TornTail(offset, len(rest), seq, "incomplete last line (no newline)")
-            self.result = ScanResult(seq, prev, offset, offset + len(rest), end, last_ts)
+            if failed or source.overlong:
+                torn = self._classify_suffix(offset, seq, prev)
+                self.result = ScanResult(seq, prev, offset, offset + torn.length, torn, last_ts)
+                return
+            rest = source.rest
+            tail = (
+                TornTail(offset, len(rest), seq, "incomplete last line (no newline)")
+                if rest
+                else None
+            )
+            self.result = ScanResult(seq, prev, offset, offset + len(rest), tail, last_ts)
 
     def _origin(self) -> tuple[bytes, int, int, str | None]:
         start = self._start
@@ -248,38 +302,47 @@ class LedgerReader:
         return start.last_hash, start.records, start.end_offset, start.last_ts
 
     def _classify_suffix(self, offset: int, seq: int, prev: bytes) -> TornTail:
-        """Classify the suffix that starts at ``offset``: torn tail or corruption."""
+        """Classify the suffix that starts at ``offset``: torn tail or corruption.
+
+        A crash can leave a last line without its newline, or blocks of
+        zeros where data never reached the disk; it cannot leave a complete
+        line of other bytes, nor a well-formed record after a bad one.
+        """
         with open(self.path, "rb") as g:
             g.seek(offset)
             first = True
             reason = ""
             pos = offset
-            rest = b""
-            while True:
-                chunk = g.read(self.chunk_size)
-                if not chunk:
-                    break
-                data = rest + chunk if rest else chunk
-                cut = data.rfind(b"\n") + 1
-                rest = data[cut:]
-                for line in data[:cut].split(b"\n")[:-1] if cut else ():
+            source = _Lines(g, self.chunk_size, None, skip_overlong=True)
+            for lines in source:
+                for line in lines:
                     if first:
                         first = False
-                        reason = _diagnose(line, seq, prev)
-                        if _well_formed(line):
-                            raise LedgerCorrupt(self.path, seq=seq, offset=offset, reason=reason)
-                    elif _well_formed(line):
+                        if line is None:
+                            reason = "a line longer than any record"
+                        else:
+                            reason = _diagnose(line, seq, prev)
+                            if _well_formed(line) or _complete_garbage(line):
+                                raise LedgerCorrupt(
+                                    self.path, seq=seq, offset=offset, reason=reason
+                                )
+                    elif line is not None and _well_formed(line):
                         raise LedgerCorrupt(
                             self.path,
                             seq=seq,
                             offset=offset,
                             reason=f"{reason}; a valid record follows at byte offset {pos}",
                         )
-                    pos += len(line) + 1
-            end = pos + len(rest)
+                    pos += (len(line) if line is not None else 0) + 1
+            end = pos + len(source.rest)
             if first:
                 reason = "incomplete last line (no newline)"
         return TornTail(offset, end - offset, seq, reason)
+
+
+def _complete_garbage(line: bytes) -> bool:
+    """A whole line (newline and all) that no crash could have produced."""
+    return b"\x00" not in line and bool(line.strip())
 
 
 def _well_formed(line: bytes) -> bool:
@@ -288,7 +351,7 @@ def _well_formed(line: bytes) -> bool:
         return False
     try:
         record_decoder.decode(line)
-    except msgspec.DecodeError:
+    except _DECODE_ERRORS:
         return False
     return True
 
@@ -311,7 +374,7 @@ def _diagnose(line: bytes, seq: int, prev: bytes) -> str:
         return "hash mismatch (the record or its predecessor was changed)"
     try:
         record_decoder.decode(line)
-    except msgspec.DecodeError as exc:
+    except _DECODE_ERRORS as exc:
         return f"record does not decode: {exc}"
     return "invalid record"
 
@@ -378,14 +441,16 @@ class BackgroundVerify:
     corruption it found.
     """
 
-    def __init__(self, path: str, *, start: ScanResult | None = None) -> None:
+    def __init__(
+        self, path: str, *, start: ScanResult | None = None, end: int | None = None
+    ) -> None:
         self.path = path
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child; its result arrives by pipe
             os.close(read_end)
             try:
-                result = LedgerReader(path, start=start).verify()
+                result = LedgerReader(path, start=start).verify(end=end)
                 torn = result.torn
                 message: dict[str, object] = {
                     "records": result.records,

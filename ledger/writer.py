@@ -33,7 +33,7 @@ import msgspec
 
 from ledger.atomic import FILE_MODE, atomic_write, fsync_dir, make_private_dir
 from ledger.codec import MAX_RECORD_BYTES, SUFFIX_LEN, body_template, utc_now
-from ledger.errors import LedgerError, LedgerWriteFailed, RecordTooLarge
+from ledger.errors import LedgerError, LedgerWriteFailed, RecordInvalid, RecordTooLarge
 from ledger.events import (
     EVENT_TYPES,
     FORMAT_VERSION,
@@ -42,6 +42,7 @@ from ledger.events import (
     LedgerRecovered,
     LockAcquired,
     Record,
+    decode_record,
 )
 from ledger.lock import RunLock
 from ledger.reader import LedgerReader, TornTail
@@ -75,6 +76,7 @@ class LedgerWriter:
         self._next_seq = next_seq
         self._prev_hash = last_hash
         self._durable_seq = next_seq - 1
+        self._durable_end = os.fstat(fd).st_size
         self._pending: list[bytes] = []
         self._mu = threading.Lock()
         self._cond = threading.Condition(self._mu)
@@ -208,8 +210,7 @@ class LedgerWriter:
         batch = list(events)
         if not batch:
             return []
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._mu:
             self._check_open()
             records = self._stage(batch)
@@ -219,31 +220,41 @@ class LedgerWriter:
         if start:
             if self._io is None:
                 self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-io")
-            self._io.submit(self._io_loop, loop)
+            self._io.submit(self._io_loop)
         await future
         return records
 
-    def _io_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The I/O thread: flush what is staged until nothing is left."""
-        while True:
-            with self._mu:
-                target = self._next_seq - 1
-                if target <= self._durable_seq and self._failed is None:
-                    self._io_busy = False
-                    waiters, self._waiters = self._waiters, []
-                    break
-                try:
+    def _io_loop(self) -> None:
+        """The I/O thread: flush what is staged until nothing is left.
+
+        Whatever happens, it leaves with ``_io_busy`` cleared and every
+        waiter it took settled: durable records as successes, the rest with
+        the error.
+        """
+        error: BaseException | None = None
+        try:
+            while True:
+                with self._mu:
+                    target = self._next_seq - 1
+                    if target <= self._durable_seq:
+                        break
                     self._wait_durable_locked(target)
-                except LedgerWriteFailed as exc:
-                    self._io_busy = False
-                    waiters, self._waiters = self._waiters, []
-                    loop.call_soon_threadsafe(_settle, waiters, exc)
-                    return
-                ready = [w for w in self._waiters if w[0] <= target]
-                self._waiters = [w for w in self._waiters if w[0] > target]
-            loop.call_soon_threadsafe(_settle, ready, None)
-        if waiters:  # durable already (flushed by a thread's append_many)
-            loop.call_soon_threadsafe(_settle, waiters, None)
+                    ready = [w for w in self._waiters if w[0] <= self._durable_seq]
+                    self._waiters = [w for w in self._waiters if w[0] > self._durable_seq]
+                _settle(ready, None)
+        except BaseException as exc:
+            error = exc
+        finally:
+            with self._mu:
+                self._io_busy = False
+                waiters, self._waiters = self._waiters, []
+                durable = self._durable_seq
+            _settle([w for w in waiters if w[0] <= durable], None)
+            _settle(
+                [w for w in waiters if w[0] > durable],
+                error
+                or LedgerError(f"{self.path}: the writer stopped before this append was durable"),
+            )
 
     def _wait_durable_locked(self, target: int) -> None:
         """Return once seq ``target`` is durable, leading a flush if none runs."""
@@ -289,7 +300,12 @@ class LedgerWriter:
             h.update(body)
             hex_digest = h.hexdigest()
             digest = hex_digest.encode()
-            staged.append(b'%s,"hash":"%s"}\n' % (body, digest))
+            line = b'%s,"hash":"%s"}\n' % (body, digest)
+            try:  # what is acknowledged must read back (NaN, wrong types, ...)
+                decode_record(line)
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                raise RecordInvalid(event_type=kind, reason=str(exc)) from None
+            staged.append(line)
             records.append(
                 RECORD_TYPES[kind](
                     v=FORMAT_VERSION, seq=seq, ts=ts, run=run, data=event, hash=hex_digest
@@ -327,8 +343,13 @@ class LedgerWriter:
             self.fsyncs += 1
             if error is not None:
                 self._failed = error
+                # Do not leave unsynced bytes for a later open to trust (fsyncgate):
+                # cut the file back to what was durable, best effort.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._durable_end)  # type: ignore[arg-type]
             else:
                 self._durable_seq = last
+                self._durable_end += len(batch)
             self._cond.notify_all()
         if error is not None:
             raise LedgerWriteFailed(
@@ -362,14 +383,19 @@ class LedgerWriter:
 
 
 def _settle(waiters: list[tuple[int, asyncio.Future[None]]], error: BaseException | None) -> None:
-    """Resolve the futures of durable appends (runs on the event loop)."""
+    """Resolve waiting appends from the I/O thread, each on its own loop."""
     for _seq, future in waiters:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            future.get_loop().call_soon_threadsafe(_resolve, future, error)
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 def _move_aside(path: Path, torn: TornTail) -> str:

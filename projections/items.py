@@ -117,10 +117,10 @@ class ItemsProjection(Projection):
 
     @handles(ItemDispatched)
     def _dispatched(self, record: Record, e: ItemDispatched) -> None:
-        self.dispatched += 1
         state = self.items.get(e.item)
         if state is None:
             return
+        self.dispatched += 1
         state.attempts = max(state.attempts, e.attempt)
         state.retry_at = None
         counts = self.counts
@@ -132,16 +132,16 @@ class ItemsProjection(Projection):
     @handles(ItemSucceeded)
     def _succeeded(self, record: Record, e: ItemSucceeded) -> None:
         state = self.items.get(e.item)
-        if state is None:
-            return
+        if state is None or e.attempt < state.attempts:
+            return  # unknown, or a late outcome of an older attempt
         state.error_type = state.signature = state.last_error = None
         self._move(state, "succeeded", record.ts)
 
     @handles(ItemFailed)
     def _failed(self, record: Record, e: ItemFailed) -> None:
         state = self.items.get(e.item)
-        if state is None:
-            return
+        if state is None or e.attempt < state.attempts:
+            return  # unknown, or a late outcome of an older attempt
         state.error_type = e.error_type
         state.signature = e.signature
         state.last_error = e.message

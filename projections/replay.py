@@ -137,13 +137,16 @@ def replay(
     projections = Projections()
     reader = LedgerReader(path)
     background = None
+    end = None
     if verify and until is None and can_verify_in_background(path):
-        background = BackgroundVerify(os.fspath(path))
+        # Both passes stop at the same byte, even if a writer is appending.
+        end = os.path.getsize(path)
+        background = BackgroundVerify(os.fspath(path), end=end)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # projections hold no cycles; collector passes only cost time
     try:
         for records, _lines, _offset in reader.batches(
-            until=until, check_hash=verify and background is None
+            until=until, check_hash=verify and background is None, end=end
         ):
             projections.apply_all(records)
     finally:

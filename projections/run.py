@@ -115,6 +115,8 @@ class RunProjection(Projection):
     @handles(RunStarted)
     def _started(self, record: Record, e: RunStarted) -> None:
         self.status = "running"
+        self.finished_at = None
+        self.reason = None
         if self.started_at is None:
             self.started_at = record.ts
 

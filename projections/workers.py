@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import msgspec
 
-from ledger.events import Heartbeat, ItemDispatched, ItemFailed, ItemSucceeded, Record
+from ledger.events import (
+    Heartbeat,
+    ItemDeadLettered,
+    ItemDispatched,
+    ItemFailed,
+    ItemRequeued,
+    ItemSkipped,
+    ItemSucceeded,
+    Record,
+)
 from projections.base import Projection, handles
 
 __all__ = ["AttemptLiveness", "LiveAttempt", "WorkersProjection", "WorkersView"]
@@ -75,6 +84,12 @@ class WorkersProjection(Projection):
         live = self.running.get(e.item)
         if live is not None and live.dispatched.data.attempt == e.attempt:  # type: ignore[attr-defined]
             del self.running[e.item]
+
+    @handles(ItemDeadLettered, ItemSkipped, ItemRequeued)
+    def _not_running(
+        self, record: Record, e: ItemDeadLettered | ItemSkipped | ItemRequeued
+    ) -> None:
+        self.running.pop(e.item, None)
 
     def to_json(self) -> WorkersView:
         views = [_view(live) for live in self.running.values()]

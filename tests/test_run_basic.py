@@ -58,7 +58,8 @@ def test_retry_counts_and_backoff_within_jitter(tmp_path: Path) -> None:
         map:
           items: [flaky, steady]
           id: "${{item}}"
-          retry: {{max_attempts: 4, backoff: exponential, initial: 0.2s, multiplier: 2, jitter: true}}
+          retry:
+            {{max_attempts: 4, backoff: exponential, initial: 0.2s, multiplier: 2, jitter: true}}
           agent_template:
             - claude: "review ${{item}}"
               output: text
@@ -66,13 +67,17 @@ def test_retry_counts_and_backoff_within_jitter(tmp_path: Path) -> None:
     )
     result = run_workflow(wf, tmp_path / "home")
     assert result.exit_code == 0
-    dispatched = [r.data.attempt for r in records(result, "item.dispatched") if r.data.item == "flaky"]
+    dispatched = [
+        r.data.attempt for r in records(result, "item.dispatched") if r.data.item == "flaky"
+    ]
     assert dispatched == [1, 2, 3]
     retries = [r for r in records(result, "item.retry_scheduled") if r.data.item == "flaky"]
     delays = [r.data.delay for r in retries]
     assert 0.1 <= delays[0] <= 0.2 and 0.2 <= delays[1] <= 0.4
     # The next attempt never starts before its not_before.
-    by_attempt = {r.data.attempt: r for r in records(result, "item.dispatched") if r.data.item == "flaky"}
+    by_attempt = {
+        r.data.attempt: r for r in records(result, "item.dispatched") if r.data.item == "flaky"
+    }
     for retry in retries:
         assert _ts(by_attempt[retry.data.attempt + 1].ts) >= _ts(retry.data.not_before) - 0.001
     failed = [r.data for r in records(result, "item.failed")]
@@ -143,7 +148,9 @@ def test_timeout_kills_the_group(tmp_path: Path) -> None:
 
 
 def test_hung_detection(tmp_path: Path) -> None:
-    write_script(tmp_path, {"items": {"quiet": {"hang": True}, "beating": {"sleep": 1.5, "ok": "x"}}})
+    write_script(
+        tmp_path, {"items": {"quiet": {"hang": True}, "beating": {"sleep": 1.5, "ok": "x"}}}
+    )
     wf = write_workflow(
         tmp_path,
         f"""
@@ -248,7 +255,8 @@ def test_setup_capture_and_duplicates_and_filter(tmp_path: Path) -> None:
         name: capture
         setup:
           - run: >-
-              printf '{"p": "a", "n": 3}\\n{"p": "b", "n": 1}\\n{"p": "a", "n": 9}\\n{"p": "c", "n": 7}\\n'
+              printf '%s\\n' '{"p": "a", "n": 3}' '{"p": "b", "n": 1}'
+              '{"p": "a", "n": 9}' '{"p": "c", "n": 7}'
             capture_output: listing
             capture_format: text
         map:
