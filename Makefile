@@ -35,7 +35,11 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
-	$(BIN)/python benchmarks/bench_ledger.py
+	@command -v parallel >/dev/null || { command -v apt-get >/dev/null && \
+	  (apt-get install -y parallel || (apt-get update && apt-get install -y parallel)) >/dev/null; } \
+	  || echo "GNU parallel not installed: the dispatch benchmark will say so"
+	$(BIN)/python benchmarks/bench_ledger.py --out benchmarks/results-ledger.md
+	$(BIN)/python benchmarks/bench_dispatch.py --out benchmarks/results-dispatch.md
 
 schemas: install
 	$(BIN)/engine schema --out schemas

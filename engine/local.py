@@ -28,7 +28,7 @@ import watchfiles
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
 from engine.spec import Step
 from engine.template import TemplateError, render_shell, render_text
-from ledger.atomic import FILE_MODE, fsync_dir, make_private_dir
+from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
 from ledger.events import LogRef
 
 __all__ = ["LocalExecutor", "group_usage", "terminate_group"]
@@ -94,7 +94,7 @@ class _Log:
     def __init__(self, path: Path, secrets: tuple[str, ...]) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp")
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        self.fd = -1  # opened at the first byte: no output, no file
         self.size = 0
         self.tail: deque[bytes] = deque()
         self.tail_size = 0
@@ -105,6 +105,9 @@ class _Log:
     def write(self, data: bytes) -> None:
         for secret in self.secret_bytes:
             data = data.replace(secret, b"***")
+        if self.fd < 0:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            self.fd = os.open(self.tmp, flags, FILE_MODE)
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
@@ -116,6 +119,8 @@ class _Log:
             self.tail_size -= len(self.tail.popleft())
 
     def read_from(self, offset: int) -> bytes:
+        if self.fd < 0:
+            return b""
         with open(self.tmp, "rb") as f:
             f.seek(offset)
             return f.read()
@@ -124,7 +129,10 @@ class _Log:
         text = b"".join(self.tail).decode("utf-8", "replace")
         return "\n".join(text.splitlines()[-lines:])
 
-    def finish(self, run_dir: Path) -> LogRef:
+    def finish(self, run_dir: Path) -> LogRef | None:
+        """Make the log durable under its name; an empty log leaves no file."""
+        if self.fd < 0:
+            return None
         os.fsync(self.fd)
         os.close(self.fd)
         os.replace(self.tmp, self.path)
@@ -151,10 +159,14 @@ class LocalAttempt(Attempt):
         secrets = tuple(request.redact)
         self.out = _Log(logs / f"{self.base}.stdout", secrets)
         self.err = _Log(logs / f"{self.base}.stderr", secrets)
-        hb_dir = make_private_dir(request.run_dir / "heartbeat" / self.base)
-        self.heartbeat_file = hb_dir / "touch"
-        self.heartbeat_file.touch(mode=FILE_MODE)
-        self.created_mtime = self.heartbeat_file.stat().st_mtime
+        # Only the attempt touches this file; it needs no durability.
+        # Only the attempt touches (creates) this file; it needs no durability.
+        hb_dir = request.run_dir / "heartbeat"
+        if not hb_dir.is_dir():
+            os.makedirs(hb_dir, mode=DIR_MODE, exist_ok=True)
+        self.heartbeat_file = hb_dir / self.base
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.heartbeat_file)  # a leftover of an earlier engine
         self.touched: float | None = None
         self._stop_watch = asyncio.Event()
         self.task = asyncio.ensure_future(self._run())
@@ -187,13 +199,22 @@ class LocalAttempt(Attempt):
             mtime = self.heartbeat_file.stat().st_mtime
         except OSError:
             return self.touched
-        if mtime != self.created_mtime:
-            self.touched = mtime if self.touched is None else max(self.touched, mtime)
+        self.touched = mtime if self.touched is None else max(self.touched, mtime)
         return self.touched
 
     async def _watch(self, directory: Path) -> None:
+        target = str(self.heartbeat_file)
+
+        def only_ours(_change: object, path: str) -> bool:
+            return path == target
+
         async for _changes in watchfiles.awatch(
-            directory, stop_event=self._stop_watch, debounce=50, step=20, recursive=False
+            directory,
+            watch_filter=only_ours,
+            stop_event=self._stop_watch,
+            debounce=50,
+            step=20,
+            recursive=False,
         ):
             self.last_activity = time.monotonic()
             self._touched_at()
@@ -355,7 +376,8 @@ class LocalAttempt(Attempt):
             self._stop_watch.set()
             stdout_ref = self.out.finish(request.run_dir)
             stderr_ref = self.err.finish(request.run_dir)
-            fsync_dir(request.run_dir / "logs")
+            if stdout_ref is not None or stderr_ref is not None:
+                fsync_dir(request.run_dir / "logs")
             self.samples.put_nowait(None)
         secrets = tuple(request.redact)
         if isinstance(result, str):

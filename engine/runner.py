@@ -101,6 +101,7 @@ class _Run:
         self.context: dict[str, Any] = {"env": self.env, "run": {"id": self.run_id}}
         self.writer: LedgerWriter | None = None
         self.output: list[str] = []
+        self._base_env: dict[str, str] | None = None
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -111,15 +112,18 @@ class _Run:
         self.options.on_change(self.p)
 
     def process_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        # Commands can call `engine` (e.g. `engine mock-agent`) from this installation.
-        bin_dir = str(Path(sys.executable).parent)
-        path = env.get("PATH", "")
-        if bin_dir not in path.split(os.pathsep):
-            env["PATH"] = bin_dir + (os.pathsep + path if path else "")
-        env.update(self.env)
-        env["ENGINE_RUN_ID"] = self.run_id
-        return env
+        """The environment of every command (a fresh copy each time)."""
+        if self._base_env is None:
+            env = dict(os.environ)
+            # Commands can call `engine` (e.g. `engine mock-agent`) from this installation.
+            bin_dir = str(Path(sys.executable).parent)
+            path = env.get("PATH", "")
+            if bin_dir not in path.split(os.pathsep):
+                env["PATH"] = bin_dir + (os.pathsep + path if path else "")
+            env.update(self.env)
+            env["ENGINE_RUN_ID"] = self.run_id
+            self._base_env = env
+        return dict(self._base_env)
 
     def request(
         self, item: str, attempt: int, key: str, value: Any, *, steps: list[Step] | None = None
@@ -254,6 +258,22 @@ class _Run:
         return RunResult(self.run_id, self.run_dir, "interrupted", 130, self.p, "interrupted")
 
 
+def _watch_children_with_pidfds(loop: asyncio.AbstractEventLoop) -> None:
+    """Python 3.11 waits for each child in a thread of its own; a pidfd costs nothing.
+
+    (Python 3.12 and later use pidfds by themselves.)
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # not allowed here: keep the default watcher
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
+
+
 @dataclass
 class _Stop:
     """What a SIGINT or SIGTERM handler needs to reach."""
@@ -278,6 +298,7 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
     run.writer = LedgerWriter.open(run.run_dir, run.run_id, create=True, command=options.command)
     run.p.apply_all(run.writer.opening)
     loop = asyncio.get_running_loop()
+    _watch_children_with_pidfds(loop)
     stop = _Stop()
 
     def on_signal(signum: int) -> None:

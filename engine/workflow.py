@@ -143,7 +143,7 @@ _HINTS: dict[str, str | None] = {
     "int_type": "use a whole number",
     "float_parsing": "use a number",
     "bool_parsing": "use true or false",
-    "string_type": "use a string (quote it)",
+    "string_type": "quote it",
     "list_type": "use a list",
     "dict_type": "use a mapping of keys to values",
     "model_type": "use a mapping of keys to values",

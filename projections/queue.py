@@ -4,7 +4,8 @@ A pure fold like the others: the scheduler asks it for the next item that
 may run at a given time (an RFC 3339 string taken from the clock outside the
 fold), and the ``item.dispatched`` it then appends takes the item out.
 Order: by item index; an item waiting for a retry becomes ready at its
-``not_before``.
+``not_before``. (Every item leaves the queue by being dispatched or
+skipped, so those are the only events that take one out.)
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from __future__ import annotations
 import heapq
 
 from ledger.events import (
-    ItemDeadLettered,
     ItemDispatched,
     ItemEnqueued,
     ItemRequeued,
     ItemRetryScheduled,
     ItemSkipped,
-    ItemSucceeded,
     Record,
 )
 from projections.base import Projection, handles
@@ -31,9 +30,8 @@ class PendingProjection(Projection):
 
     def __init__(self) -> None:
         self.index: dict[str, int] = {}
-        self.queued: set[str] = set()
-        """Items that may be dispatched (now or after their retry time)."""
-        self.not_before: dict[str, str] = {}
+        self.queued: dict[str, str] = {}
+        """Items that may be dispatched, with their ``not_before`` ("" for now)."""
         self._ready: list[tuple[int, str]] = []
         self._delayed: list[tuple[str, int, str]] = []
 
@@ -42,54 +40,51 @@ class PendingProjection(Projection):
         if e.item in self.index:
             return
         self.index[e.item] = e.index
-        self.queued.add(e.item)
+        self.queued[e.item] = ""
         heapq.heappush(self._ready, (e.index, e.item))
 
     @handles(ItemRetryScheduled)
     def _retry(self, record: Record, e: ItemRetryScheduled) -> None:
-        if e.item not in self.index:
+        index = self.index.get(e.item)
+        if index is None:
             return
-        self.queued.add(e.item)
-        self.not_before[e.item] = e.not_before
-        heapq.heappush(self._delayed, (e.not_before, self.index[e.item], e.item))
+        self.queued[e.item] = e.not_before
+        heapq.heappush(self._delayed, (e.not_before, index, e.item))
 
     @handles(ItemRequeued)
     def _requeued(self, record: Record, e: ItemRequeued) -> None:
-        if e.item not in self.index:
+        index = self.index.get(e.item)
+        if index is None:
             return
-        self.queued.add(e.item)
-        self.not_before.pop(e.item, None)
-        heapq.heappush(self._ready, (self.index[e.item], e.item))
+        self.queued[e.item] = ""
+        heapq.heappush(self._ready, (index, e.item))
 
-    @handles(ItemDispatched, ItemSkipped, ItemSucceeded, ItemDeadLettered)
-    def _gone(
-        self, record: Record, e: ItemDispatched | ItemSkipped | ItemSucceeded | ItemDeadLettered
-    ) -> None:
-        self.queued.discard(e.item)
-        self.not_before.pop(e.item, None)
+    @handles(ItemDispatched, ItemSkipped)
+    def _gone(self, record: Record, e: ItemDispatched | ItemSkipped) -> None:
+        self.queued.pop(e.item, None)
 
     def next_ready(self, now: str) -> str | None:
         """The next item that may run at ``now``, without taking it."""
+        queued = self.queued
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
             not_before, index, item = heapq.heappop(delayed)
-            if item in self.queued and self.not_before.get(item) == not_before:
+            if queued.get(item) == not_before:
                 heapq.heappush(self._ready, (index, item))
         ready = self._ready
         while ready:
-            index, item = ready[0]
-            if item in self.queued and item not in self.not_before:
+            _index, item = ready[0]
+            waiting_until = queued.get(item)
+            if waiting_until is not None and waiting_until <= now:
                 return item
-            if item in self.queued and self.not_before.get(item, "") <= now:
-                return item
-            heapq.heappop(ready)  # stale: dispatched, done, or waiting again
+            heapq.heappop(ready)  # stale: dispatched, skipped, or waiting again
         return None
 
     def next_time(self) -> str | None:
         """When the earliest waiting retry becomes ready."""
         while self._delayed:
             not_before, _index, item = self._delayed[0]
-            if item in self.queued and self.not_before.get(item) == not_before:
+            if self.queued.get(item) == not_before:
                 return not_before
             heapq.heappop(self._delayed)
         return None
@@ -99,4 +94,5 @@ class PendingProjection(Projection):
         return not self.queued
 
     def to_json(self) -> dict[str, object]:
-        return {"queued": len(self.queued), "waiting_for_retry": len(self.not_before)}
+        waiting = sum(1 for nb in self.queued.values() if nb)
+        return {"queued": len(self.queued), "waiting_for_retry": waiting}
