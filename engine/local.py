@@ -77,6 +77,16 @@ async def terminate_group(pgid: int, proc: asyncio.subprocess.Process | None, gr
         os.killpg(pgid, signal.SIGKILL)
 
 
+_DEVNULL: list[int] = []
+
+
+def _devnull() -> int:
+    """One /dev/null descriptor for every child's stdin (not one open per spawn)."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    return _DEVNULL[0]
+
+
 def _rfc3339(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -155,7 +165,9 @@ class LocalAttempt(Attempt):
         self.samples: asyncio.Queue[HeartbeatSample | None] = asyncio.Queue()
         name = hashlib.sha256(request.item_id.encode()).hexdigest()[:16]
         self.base = f"{name}-{request.attempt}"
-        logs = make_private_dir(request.run_dir / "logs")
+        logs = request.run_dir / "logs"
+        if not logs.is_dir():
+            make_private_dir(logs)
         secrets = tuple(request.redact)
         self.out = _Log(logs / f"{self.base}.stdout", secrets)
         self.err = _Log(logs / f"{self.base}.stderr", secrets)
@@ -297,7 +309,7 @@ class LocalAttempt(Attempt):
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=_devnull(),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=cwd,

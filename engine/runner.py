@@ -102,6 +102,7 @@ class _Run:
         self.writer: LedgerWriter | None = None
         self.output: list[str] = []
         self._base_env: dict[str, str] | None = None
+        self.agent_command = agent_argv(self.spec.agent.command)
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -156,7 +157,7 @@ class _Run:
             timeout=spec.map.timeout if (steps is None and spec.map) else None,
             heartbeat_interval=spec.map.heartbeat.interval if spec.map else 10.0,
             hung_after=spec.map.heartbeat.hung_after if (steps is None and spec.map) else None,
-            agent_command=agent_argv(spec.agent.command),
+            agent_command=self.agent_command,
             redact=[s for s in self.secret_values if s],
         )
 

@@ -46,13 +46,14 @@ from projections.replay import Projections
 __all__ = ["MapOutcome", "MapScheduler", "backoff_delay", "idempotency_key"]
 
 
-def idempotency_key(map_spec: MapSpec, item_id: str, value: Any) -> str:
-    """``ik:`` + SHA-256 of canonical JSON of the map step, the item id and its value."""
-    payload = {
-        "map": map_spec.model_dump(mode="json", by_alias=True),
-        "item": item_id,
-        "value": value,
-    }
+def idempotency_key(map_spec: MapSpec | Any, item_id: str, value: Any) -> str:
+    """``ik:`` + SHA-256 of canonical JSON of the map step, the item id and its value.
+
+    ``map_spec`` may also be the map step already dumped to JSON-able data.
+    """
+    if isinstance(map_spec, MapSpec):
+        map_spec = map_spec.model_dump(mode="json", by_alias=True)
+    payload = {"map": map_spec, "item": item_id, "value": value}
     return "ik:" + hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
@@ -114,6 +115,7 @@ class MapScheduler:
         self.wake = asyncio.Event()
         self.stopping: str | None = None
         self.results: dict[str, Any] = {}
+        self._map_data = spec.model_dump(mode="json", by_alias=True)
 
     # --- appending -------------------------------------------------------------------
 
@@ -197,7 +199,7 @@ class MapScheduler:
         state = self.p.items.items[item]
         attempt = state.attempts + 1
         value = self.values.get(item)
-        key = idempotency_key(self.spec, item, value)
+        key = idempotency_key(self._map_data, item, value)
         # Write-ahead: the dispatch is durable before the process starts.
         await self._append(
             [

@@ -1,0 +1,105 @@
+"""One contract for every executor: start, heartbeats, outcome, cancel.
+
+Each executor (the local one now, Dask next) runs this same suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.executor import AttemptRequest, Executor
+from engine.local import LocalExecutor
+from engine.spec import Step
+
+EXECUTORS: list[Callable[[], Executor]] = [LocalExecutor]
+
+
+def _request(tmp_path: Path, steps: list[dict[str, Any]], **kw: Any) -> AttemptRequest:
+    return AttemptRequest(
+        run_id="contract",
+        item_id="item/1",
+        attempt=1,
+        idempotency_key="ik:test",
+        steps=[Step.model_validate(s) for s in steps],
+        context={"item": {"name": "x y"}, "env": {}},
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        run_dir=tmp_path,
+        **kw,
+    )
+
+
+@pytest.fixture(params=EXECUTORS, ids=lambda e: e.__name__)
+def executor(request: pytest.FixtureRequest) -> Executor:
+    factory: Callable[[], Executor] = request.param
+    return factory()
+
+
+def test_success_result_and_logs(executor: Executor, tmp_path: Path) -> None:
+    async def main() -> None:
+        attempt = await executor.start(
+            _request(
+                tmp_path,
+                [
+                    {"run": 'echo "hello ${item.name}"; echo warn >&2'},
+                    {"run": "echo '{\"ok\": true}'", "output": "json"},
+                ],
+            )
+        )
+        outcome = await attempt.wait()
+        assert outcome.ok and outcome.result == {"ok": True}
+        assert outcome.stderr_tail == "warn"
+        assert outcome.stdout is not None and outcome.stdout.size > 0
+        assert (tmp_path / outcome.stdout.path).read_text().startswith("hello x y\n")
+
+    asyncio.run(main())
+
+
+def test_failure_exit_code_and_environment(executor: Executor, tmp_path: Path) -> None:
+    async def main() -> None:
+        attempt = await executor.start(
+            _request(tmp_path, [{"run": 'echo "$ENGINE_HEARTBEAT_FILE" >&2; exit 7'}])
+        )
+        outcome = await attempt.wait()
+        assert not outcome.ok and outcome.exit_code == 7
+        assert outcome.stderr_tail.strip()
+
+    asyncio.run(main())
+
+
+def test_heartbeats_while_running(executor: Executor, tmp_path: Path) -> None:
+    async def main() -> None:
+        attempt = await executor.start(
+            _request(tmp_path, [{"run": "sleep 0.6"}], heartbeat_interval=0.1)
+        )
+        samples = [s async for s in attempt.heartbeats()]
+        outcome = await attempt.wait()
+        assert outcome.ok
+        assert len(samples) >= 3
+        assert all(s.pid for s in samples)
+
+    asyncio.run(main())
+
+
+def test_timeout_and_cancel(executor: Executor, tmp_path: Path) -> None:
+    async def main() -> None:
+        started = time.monotonic()
+        attempt = await executor.start(
+            _request(tmp_path, [{"run": "sleep 30"}], timeout=0.3, kill_grace=0.2)
+        )
+        outcome = await attempt.wait()
+        assert outcome.timed_out and not outcome.ok
+        assert time.monotonic() - started < 5
+        attempt = await executor.start(_request(tmp_path, [{"run": "sleep 30"}], kill_grace=0.2))
+        await asyncio.sleep(0.2)
+        await attempt.cancel()
+        outcome = await attempt.wait()
+        assert outcome.interrupted and not outcome.ok
+
+    asyncio.run(main())
