@@ -17,9 +17,10 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +67,111 @@ def group_usage(pgid: int) -> tuple[int, float, int]:
     return rss, cpu, count
 
 
-async def terminate_group(pgid: int, proc: asyncio.subprocess.Process | None, grace: float) -> None:
-    """SIGTERM the group, wait up to ``grace`` for the leader, then SIGKILL the group."""
+async def terminate_group(pgid: int, exited: asyncio.Future[Any] | None, grace: float) -> None:
+    """SIGTERM the group, wait up to ``grace`` for the leader to exit, then SIGKILL the group."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
-    if proc is not None:
+    if exited is not None:
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(proc.wait(), grace)
+            await asyncio.wait_for(asyncio.shield(exited), grace)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def _pidfds_work() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+_PIDFD = _pidfds_work()
+
+
+class _Child:
+    """A child in a session (and process group) of its own, driven by the event loop.
+
+    Cheaper than asyncio's subprocess transports: the exit is seen through a
+    pidfd (or a waiting thread where pidfds are not allowed), and the pipes
+    are read by plain readers on the loop.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: Path,
+        sinks: tuple[_Log, _Log],
+        on_output: Callable[[], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=_devnull(),
+                stdout=out_w,
+                stderr=err_w,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self.pid = self.popen.pid
+        self.exited: asyncio.Future[Any] = loop.create_future()
+        self.drained: asyncio.Future[None] = loop.create_future()
+        self._open = 2
+        self._loop = loop
+        self._on_output = on_output
+        for fd, sink in ((out_r, sinks[0]), (err_r, sinks[1])):
+            loop.add_reader(fd, self._read, fd, sink)
+        if _PIDFD:
+            self._pidfd = os.pidfd_open(self.pid)
+            loop.add_reader(self._pidfd, self._reap)
+        else:
+            self._pidfd = -1
+            waiter = loop.run_in_executor(None, self.popen.wait)
+            waiter.add_done_callback(lambda _f: self._settle_exit())
+
+    def _read(self, fd: int, sink: _Log) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            sink.write(data)
+            self._on_output()
+            return
+        self._loop.remove_reader(fd)
+        os.close(fd)
+        self._open -= 1
+        if self._open == 0 and not self.drained.done():
+            self.drained.set_result(None)
+
+    def _reap(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self.popen.wait()
+        self._settle_exit()
+
+    def _settle_exit(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(self.popen.returncode)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
 
 
 _DEVNULL: list[int] = []
@@ -156,7 +253,7 @@ class _Log:
 class LocalAttempt(Attempt):
     def __init__(self, request: AttemptRequest) -> None:
         self.request = request
-        self.proc: asyncio.subprocess.Process | None = None
+        self.child: _Child | None = None
         self.pgid: int | None = None
         self.started = time.monotonic()
         self.last_activity = time.monotonic()
@@ -202,7 +299,8 @@ class LocalAttempt(Attempt):
     async def cancel(self) -> None:
         self.cancelled = True
         if self.pgid is not None:
-            await terminate_group(self.pgid, self.proc, self.request.kill_grace)
+            exited = self.child.exited if self.child is not None else None
+            await terminate_group(self.pgid, exited, self.request.kill_grace)
         with contextlib.suppress(Exception):
             await asyncio.shield(self.task)
 
@@ -248,7 +346,8 @@ class LocalAttempt(Attempt):
                 and now - self.last_activity > request.hung_after
             ):
                 self.hung = True
-                await terminate_group(self.pgid, self.proc, request.kill_grace)
+                exited = self.child.exited if self.child is not None else None
+                await terminate_group(self.pgid, exited, request.kill_grace)
                 continue
             if now >= next_beat:
                 next_beat = now + interval
@@ -256,7 +355,7 @@ class LocalAttempt(Attempt):
                 touched = self._touched_at()
                 self.samples.put_nowait(
                     HeartbeatSample(
-                        pid=self.proc.pid if self.proc else None,
+                        pid=self.child.pid if self.child else None,
                         rss=rss,
                         cpu=cpu,
                         output_bytes=self.out.size + self.err.size,
@@ -266,15 +365,8 @@ class LocalAttempt(Attempt):
 
     # --- running -----------------------------------------------------------------
 
-    async def _pump(self, stream: asyncio.StreamReader | None, log: _Log) -> None:
-        if stream is None:
-            return
-        while True:
-            data = await stream.read(65536)
-            if not data:
-                return
-            log.write(data)
-            self.last_activity = time.monotonic()
+    def _active(self) -> None:
+        self.last_activity = time.monotonic()
 
     def _argv(self, step: Step, context: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         request = self.request
@@ -307,36 +399,33 @@ class LocalAttempt(Attempt):
             limit = remaining if limit is None else min(limit, remaining)
         out_start = self.out.size
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=_devnull(),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
+            child = _Child(
+                argv, env=env, cwd=cwd, sinks=(self.out, self.err), on_output=self._active
             )
         except OSError as exc:
             self.err.write(f"engine: cannot start {argv[0]!r}: {exc.strerror}\n".encode())
             return {"exit_code": 127, "error": f"cannot start {argv[0]!r}", "stdout": b""}
-        self.proc = proc
-        self.pgid = proc.pid
-        pumps = asyncio.gather(self._pump(proc.stdout, self.out), self._pump(proc.stderr, self.err))
+        self.child = child
+        self.pgid = child.pid
         timed_out = False
         try:
-            await asyncio.wait_for(proc.wait(), limit)
+            if limit is None:
+                await asyncio.shield(child.exited)
+            else:
+                await asyncio.wait_for(asyncio.shield(child.exited), limit)
         except TimeoutError:
             timed_out = True
-            await terminate_group(proc.pid, proc, request.kill_grace)
-            await proc.wait()
+            await terminate_group(child.pid, child.exited, request.kill_grace)
+            await child.exited
         # Children that outlive the leader must not keep the pipes open.
-        try:
-            await asyncio.wait_for(asyncio.shield(pumps), 1.0)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await pumps
-        code = proc.returncode
+        if not child.drained.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(child.drained), 1.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                await child.drained
+        code = child.returncode
         return {
             "exit_code": code if code is not None and code >= 0 else None,
             "signal": -code if code is not None and code < 0 else None,
@@ -386,6 +475,7 @@ class LocalAttempt(Attempt):
                         result = stdout.strip()
         finally:
             self._stop_watch.set()
+            self.beat_task.cancel()
             stdout_ref = self.out.finish(request.run_dir)
             stderr_ref = self.err.finish(request.run_dir)
             if stdout_ref is not None or stderr_ref is not None:

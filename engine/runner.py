@@ -259,22 +259,6 @@ class _Run:
         return RunResult(self.run_id, self.run_dir, "interrupted", 130, self.p, "interrupted")
 
 
-def _watch_children_with_pidfds(loop: asyncio.AbstractEventLoop) -> None:
-    """Python 3.11 waits for each child in a thread of its own; a pidfd costs nothing.
-
-    (Python 3.12 and later use pidfds by themselves.)
-    """
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return  # not allowed here: keep the default watcher
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(loop)
-    asyncio.set_child_watcher(watcher)
-
-
 @dataclass
 class _Stop:
     """What a SIGINT or SIGTERM handler needs to reach."""
@@ -299,7 +283,6 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
     run.writer = LedgerWriter.open(run.run_dir, run.run_id, create=True, command=options.command)
     run.p.apply_all(run.writer.opening)
     loop = asyncio.get_running_loop()
-    _watch_children_with_pidfds(loop)
     stop = _Stop()
 
     def on_signal(signum: int) -> None:

@@ -111,7 +111,10 @@ class MapScheduler:
         self.on_change = on_change
         self.rng = rng or random.Random()
         self.clock = clock
-        self.running: dict[str, tuple[Attempt, asyncio.Task[None]]] = {}
+        self.running: dict[str, Attempt] = {}
+        """Attempts whose process is alive (they count against max_parallel)."""
+        self.tasks: dict[str, asyncio.Future[None]] = {}
+        """Every attempt not yet finished: running, or its outcome being recorded."""
         self.wake = asyncio.Event()
         self.stopping: str | None = None
         self.results: dict[str, Any] = {}
@@ -135,11 +138,11 @@ class MapScheduler:
     async def run(self) -> MapOutcome:
         while True:
             await self._dispatch_ready()
-            if not self.running and (self.stopping or self.p.pending.empty):
+            if not self.tasks and (self.stopping or self.p.pending.empty):
                 break
             self.wake.clear()
             timeout = self._next_wakeup()
-            if self.running or timeout is not None:
+            if self.tasks or timeout is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
             elif self.stopping is None and not self.p.pending.empty:
@@ -148,8 +151,8 @@ class MapScheduler:
 
     async def cancel_running(self) -> None:
         """Terminate every running attempt (their outcomes record ``interrupted``)."""
-        await asyncio.gather(*(attempt.cancel() for attempt, _task in self.running.values()))
-        tasks = [task for _attempt, task in self.running.values()]
+        await asyncio.gather(*(attempt.cancel() for attempt in list(self.running.values())))
+        tasks = list(self.tasks.values())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -172,12 +175,15 @@ class MapScheduler:
         while self.stopping is None and len(self.running) < self.max_parallel:
             if not await self._circuit_allows():
                 return
-            item = self.p.pending.next_ready(utc_now())
-            if item is None:
+            free = self.max_parallel - len(self.running)
+            if self.p.circuit.state == "half_open":
+                if self.tasks:
+                    return  # one probe at a time
+                free = 1
+            items = self.p.pending.ready_items(utc_now(), free)
+            if not items:
                 return
-            if self.p.circuit.state == "half_open" and self.running:
-                return  # one probe at a time
-            await self._dispatch(item)
+            await self._dispatch(items)
 
     async def _circuit_allows(self) -> bool:
         circuit = self.p.circuit
@@ -190,28 +196,32 @@ class MapScheduler:
                 return False
             probe = self.p.pending.next_ready(utc_now())
             await self._append([CircuitHalfOpen(probe_item=probe)])
-            return not self.running
+            return not self.tasks
         if circuit.state == "half_open":
-            return not self.running
+            return not self.tasks
         return True
 
-    async def _dispatch(self, item: str) -> None:
-        state = self.p.items.items[item]
-        attempt = state.attempts + 1
-        value = self.values.get(item)
-        key = idempotency_key(self._map_data, item, value)
-        # Write-ahead: the dispatch is durable before the process starts.
+    async def _dispatch(self, items: list[str]) -> None:
+        """Dispatch items together: one durable append, then their processes."""
+        plans = []
+        for item in items:
+            attempt = self.p.items.items[item].attempts + 1
+            value = self.values.get(item)
+            key = idempotency_key(self._map_data, item, value)
+            plans.append((item, attempt, key, value))
+        # Write-ahead: the dispatches are durable before any process starts.
         await self._append(
             [
                 ItemDispatched(
                     item=item, attempt=attempt, idempotency_key=key, worker=self.executor.name
                 )
+                for item, attempt, key, _value in plans
             ]
         )
-        request = self.make_request(item, attempt, key, value)
-        handle = await self.executor.start(request)
-        task = asyncio.ensure_future(self._supervise(item, attempt, handle))
-        self.running[item] = (handle, task)
+        for item, attempt, key, value in plans:
+            handle = await self.executor.start(self.make_request(item, attempt, key, value))
+            self.running[item] = handle
+            self.tasks[item] = asyncio.ensure_future(self._supervise(item, attempt, handle))
 
     async def _supervise(self, item: str, attempt: int, handle: Attempt) -> None:
         try:
@@ -230,10 +240,18 @@ class MapScheduler:
                     ]
                 )
             outcome = await handle.wait()
+            if outcome.ok:
+                # The process is gone: its slot is free while the success is made
+                # durable (the next dispatch and this outcome share an fsync). A
+                # failure keeps its slot until the failure limits and the circuit
+                # breaker have seen it.
+                self.running.pop(item, None)
+                self.wake.set()
             await self._append(self._outcome_events(item, attempt, outcome))
             await self._after_outcome(item, outcome)
         finally:
             self.running.pop(item, None)
+            self.tasks.pop(item, None)
             self.wake.set()
 
     # --- outcomes ------------------------------------------------------------------------

@@ -383,19 +383,23 @@ class LedgerWriter:
 
 
 def _settle(waiters: list[tuple[int, asyncio.Future[None]]], error: BaseException | None) -> None:
-    """Resolve waiting appends from the I/O thread, each on its own loop."""
+    """Resolve waiting appends from the I/O thread: one wake-up per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
     for _seq, future in waiters:
+        by_loop.setdefault(future.get_loop(), []).append(future)
+    for loop, futures in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            future.get_loop().call_soon_threadsafe(_resolve, future, error)
+            loop.call_soon_threadsafe(_resolve, futures, error)
 
 
-def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def _move_aside(path: Path, torn: TornTail) -> str:

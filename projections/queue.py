@@ -80,6 +80,20 @@ class PendingProjection(Projection):
             heapq.heappop(ready)  # stale: dispatched, skipped, or waiting again
         return None
 
+    def ready_items(self, now: str, limit: int) -> list[str]:
+        """Up to ``limit`` items that may run at ``now``, in order, without taking them."""
+        out: list[str] = []
+        held: list[tuple[int, str]] = []
+        while len(out) < limit:
+            item = self.next_ready(now)
+            if item is None:
+                break
+            held.append(heapq.heappop(self._ready))
+            out.append(item)
+        for entry in held:
+            heapq.heappush(self._ready, entry)
+        return out
+
     def next_time(self) -> str | None:
         """When the earliest waiting retry becomes ready."""
         while self._delayed:
