@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -78,6 +80,14 @@ async def terminate_group(pgid: int, exited: asyncio.Future[Any] | None, grace: 
         os.killpg(pgid, signal.SIGKILL)
 
 
+@functools.lru_cache(maxsize=256)
+def _resolve(program: str, path: str) -> str:
+    """The program's path as the child's PATH finds it (looked up once, not per spawn)."""
+    if "/" in program:
+        return program
+    return shutil.which(program, path=path) or program
+
+
 def _pidfds_work() -> bool:
     try:
         os.close(os.pidfd_open(os.getpid()))
@@ -111,7 +121,7 @@ class _Child:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             self.popen = subprocess.Popen(
-                argv,
+                [_resolve(argv[0], env.get("PATH", "")), *argv[1:]],
                 stdin=_devnull(),
                 stdout=out_w,
                 stderr=err_w,
@@ -279,7 +289,11 @@ class LocalAttempt(Attempt):
         self.touched: float | None = None
         self._stop_watch = asyncio.Event()
         self.task = asyncio.ensure_future(self._run())
-        self.beat_task = asyncio.ensure_future(self._beat())
+        # The heartbeat task starts at the first check: a short attempt never needs one.
+        self.beat_task: asyncio.Future[None] | None = None
+        interval = request.heartbeat_interval
+        first = interval if request.hung_after is None else min(interval, request.hung_after / 4)
+        self._beat_timer = asyncio.get_running_loop().call_later(first, self._start_beat)
         self.watch_task = (
             asyncio.ensure_future(self._watch(hb_dir)) if request.hung_after is not None else None
         )
@@ -329,15 +343,16 @@ class LocalAttempt(Attempt):
             self.last_activity = time.monotonic()
             self._touched_at()
 
+    def _start_beat(self) -> None:
+        if not self.task.done():
+            self.beat_task = asyncio.ensure_future(self._beat())
+
     async def _beat(self) -> None:
         request = self.request
         interval = request.heartbeat_interval
         check = interval if request.hung_after is None else min(interval, request.hung_after / 4)
-        next_beat = time.monotonic() + interval
+        next_beat = self.started + interval
         while not self.task.done():
-            await asyncio.sleep(max(0.01, min(check, next_beat - time.monotonic())))
-            if self.task.done():
-                break
             now = time.monotonic()
             if (
                 request.hung_after is not None
@@ -362,6 +377,7 @@ class LocalAttempt(Attempt):
                         touched_at=_rfc3339(touched) if touched else None,
                     )
                 )
+            await asyncio.sleep(max(0.01, min(check, next_beat - time.monotonic())))
 
     # --- running -----------------------------------------------------------------
 
@@ -475,7 +491,9 @@ class LocalAttempt(Attempt):
                         result = stdout.strip()
         finally:
             self._stop_watch.set()
-            self.beat_task.cancel()
+            self._beat_timer.cancel()
+            if self.beat_task is not None:
+                self.beat_task.cancel()
             stdout_ref = self.out.finish(request.run_dir)
             stderr_ref = self.err.finish(request.run_dir)
             if stdout_ref is not None or stderr_ref is not None:
