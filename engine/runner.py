@@ -96,6 +96,7 @@ class _Run:
         self.local = LocalExecutor()
         circuit = self.spec.circuit_breaker
         self.p = Projections(circuit_on=circuit.on if circuit else ())
+        self.p.enable_scheduling()
         self.env: dict[str, str] = {**self.spec.env, **options.variables}
         self.secret_values = [os.environ.get(name, "") for name in self.spec.secrets]
         self.context: dict[str, Any] = {"env": self.env, "run": {"id": self.run_id}}
@@ -136,7 +137,8 @@ class _Run:
         context = dict(self.context)
         if steps is None:
             assert spec.map is not None
-            index = self.p.pending.index.get(item, 0)
+            state = self.p.items.items.get(item)
+            index = state.index if state is not None else 0
             context.update(
                 item=value,
                 item_id=item,

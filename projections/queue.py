@@ -1,26 +1,33 @@
 """Pending items in dispatch order, and items waiting for a retry.
 
-A pure fold like the others: the scheduler asks it for the next item that
-may run at a given time (an RFC 3339 string taken from the clock outside the
-fold), and the ``item.dispatched`` it then appends takes the item out.
-Order: by item index; an item waiting for a retry becomes ready at its
-``not_before``. (Every item leaves the queue by being dispatched or
-skipped, so those are the only events that take one out.)
+An index over the items projection, built only for a scheduler: a replay
+that only shows a run never pays for it. :meth:`PendingProjection.build`
+derives it from the items' statuses (pending items by index; those waiting
+for a retry by their ``not_before``); from then on it is a fold like every
+other projection. The scheduler asks it for the next items that may run at
+a given time (an RFC 3339 string taken from the clock outside the fold);
+the ``item.dispatched`` it then appends takes them out. (Every item leaves
+the queue by being dispatched or skipped.)
 """
 
 from __future__ import annotations
 
 import heapq
+from typing import Any
 
 from ledger.events import (
+    ItemDeadLettered,
     ItemDispatched,
     ItemEnqueued,
+    ItemFailed,
     ItemRequeued,
     ItemRetryScheduled,
     ItemSkipped,
+    ItemSucceeded,
     Record,
 )
 from projections.base import Projection, handles
+from projections.items import ItemsProjection
 
 __all__ = ["PendingProjection"]
 
@@ -28,40 +35,56 @@ __all__ = ["PendingProjection"]
 class PendingProjection(Projection):
     name = "pending"
 
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}
+    def __init__(self, items: ItemsProjection) -> None:
+        self.items = items
         self.queued: dict[str, str] = {}
         """Items that may be dispatched, with their ``not_before`` ("" for now)."""
         self._ready: list[tuple[int, str]] = []
         self._delayed: list[tuple[str, int, str]] = []
 
-    @handles(ItemEnqueued)
-    def _enqueued(self, record: Record, e: ItemEnqueued) -> None:
-        if e.item in self.index:
-            return
-        self.index[e.item] = e.index
-        self.queued[e.item] = ""
-        heapq.heappush(self._ready, (e.index, e.item))
+    def build(self) -> None:
+        """Derive the queue from the items projection as it stands."""
+        self.queued.clear()
+        self._ready.clear()
+        self._delayed.clear()
+        for state in self.items.items.values():
+            if state.status != "pending":
+                continue
+            if state.retry_at:
+                self.queued[state.item] = state.retry_at
+                self._delayed.append((state.retry_at, state.index, state.item))
+            else:
+                self.queued[state.item] = ""
+                self._ready.append((state.index, state.item))
+        heapq.heapify(self._ready)
+        heapq.heapify(self._delayed)
 
-    @handles(ItemRetryScheduled)
-    def _retry(self, record: Record, e: ItemRetryScheduled) -> None:
-        index = self.index.get(e.item)
-        if index is None:
+    @handles(
+        ItemEnqueued,
+        ItemDispatched,
+        ItemSucceeded,
+        ItemFailed,
+        ItemRetryScheduled,
+        ItemDeadLettered,
+        ItemRequeued,
+        ItemSkipped,
+    )
+    def _changed(self, record: Record, e: Any) -> None:
+        """Mirror the item's status, as the items projection (applied first) now has it."""
+        state = self.items.items.get(e.item)
+        if state is None:
             return
-        self.queued[e.item] = e.not_before
-        heapq.heappush(self._delayed, (e.not_before, index, e.item))
-
-    @handles(ItemRequeued)
-    def _requeued(self, record: Record, e: ItemRequeued) -> None:
-        index = self.index.get(e.item)
-        if index is None:
+        if state.status != "pending":
+            self.queued.pop(e.item, None)
             return
-        self.queued[e.item] = ""
-        heapq.heappush(self._ready, (index, e.item))
-
-    @handles(ItemDispatched, ItemSkipped)
-    def _gone(self, record: Record, e: ItemDispatched | ItemSkipped) -> None:
-        self.queued.pop(e.item, None)
+        not_before = state.retry_at or ""
+        if self.queued.get(e.item) == not_before:
+            return
+        self.queued[e.item] = not_before
+        if not_before:
+            heapq.heappush(self._delayed, (not_before, state.index, e.item))
+        else:
+            heapq.heappush(self._ready, (state.index, e.item))
 
     def next_ready(self, now: str) -> str | None:
         """The next item that may run at ``now``, without taking it."""
@@ -88,7 +111,10 @@ class PendingProjection(Projection):
             item = self.next_ready(now)
             if item is None:
                 break
-            held.append(heapq.heappop(self._ready))
+            entry = heapq.heappop(self._ready)
+            if item in out:
+                continue  # a second entry for the same item
+            held.append(entry)
             out.append(item)
         for entry in held:
             heapq.heappush(self._ready, entry)

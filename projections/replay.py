@@ -53,17 +53,34 @@ class Projections:
         self.dlq = DLQProjection()
         self.workers = WorkersProjection()
         self.signatures = SignaturesProjection()
-        self.pending = PendingProjection()
+        self.pending = PendingProjection(self.items)
         self.circuit = CircuitProjection(circuit_on)
         self.last: Record | None = None
         self.scan: ScanResult | None = None
         """Where the replayed ledger ended (set by :func:`replay`)."""
-        # One dispatch table: event class -> the bound handlers that care.
+        self.scheduling = False
+        self._build_table()
+
+    def _build_table(self) -> None:
+        """One dispatch table: event class -> the bound handlers that care."""
+        projections = list(self.all())
+        if self.scheduling:
+            projections.append(self.pending)  # after items: it reads item indexes
         table: dict[type[Event], list[BoundHandler]] = {}
-        for projection in self.all():
+        for projection in projections:
             for event, handler in type(projection).handlers.items():
                 table.setdefault(event, []).append(handler.__get__(projection))
         self._table = {event: tuple(handlers) for event, handlers in table.items()}
+
+    def enable_scheduling(self) -> None:
+        """Build the pending-items index and keep it current from now on.
+
+        Only a scheduler needs it; a replay that only shows a run skips it.
+        """
+        if not self.scheduling:
+            self.scheduling = True
+            self.pending.build()
+            self._build_table()
 
     @property
     def seq(self) -> int:
@@ -71,15 +88,7 @@ class Projections:
         return -1 if self.last is None else self.last.seq
 
     def all(self) -> tuple[Projection, ...]:
-        return (
-            self.run,
-            self.items,
-            self.dlq,
-            self.workers,
-            self.signatures,
-            self.pending,
-            self.circuit,
-        )
+        return (self.run, self.items, self.dlq, self.workers, self.signatures, self.circuit)
 
     def apply(self, record: Record) -> None:
         """Fold one record into every projection."""

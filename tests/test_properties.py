@@ -119,3 +119,19 @@ def test_prefix_then_rest_equals_whole(batch: list[Event], data: st.DataObject) 
         assert partial.seq == cut
         partial.apply_all(r for r in LedgerReader(path).records() if r.seq > cut)
         assert projections_json(partial) == projections_json(whole)
+
+
+@SETTINGS
+@given(st.lists(events, max_size=60))
+def test_pending_index_built_late_equals_folded_from_the_start(batch: list[Event]) -> None:
+    """The scheduler's queue is a pure function of the events, however it is built."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _ledger(batch, tmp)
+        early = Projections()
+        early.enable_scheduling()
+        early.apply_all(LedgerReader(path).records())
+        late = replay(path)
+        late.enable_scheduling()
+        assert early.pending.queued == late.pending.queued
+        now = "2030-01-01T00:00:00.000000Z"
+        assert early.pending.ready_items(now, 100) == late.pending.ready_items(now, 100)
