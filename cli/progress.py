@@ -67,10 +67,12 @@ class Progress:
         rows = []
         for item, records in list(p.dlq.history.items())[-5:]:
             last = records[-1].data
-            rows.append(
-                f"  {item[:40]:<40} {getattr(last, 'error_type', '')[:18]:<18} "
-                f"{getattr(last, 'message', '')[:60]}"
+            width = max(40, self.console.width)
+            text = (
+                f"  {item[:28]:<28} {getattr(last, 'error_type', '')[:18]:<18} "
+                f"{getattr(last, 'message', '')}"
             )
+            rows.append(text[: width - 1])
         parts: list[Any] = [head]
         if rows:
             parts.append(Text("newest failures:", "dim"))
