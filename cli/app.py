@@ -14,12 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 from engine import __version__
 from engine.home import RunRef, home_path, resolve_run
 from ledger.errors import EngineError
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_LOCKED", "Context", "cli"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
+    "Context",
+    "cli",
+    "echo_json",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -39,6 +48,15 @@ class CliError(click.ClickException):
     def show(self, file: Any = None) -> None:
         message = self.format_message()
         click.echo(message if self.located else f"engine: error: {message}", err=True)
+
+
+_json = msgspec.json.Encoder()
+
+
+def echo_json(value: object) -> None:
+    """Print a value as one line of JSON on stdout."""
+    sys.stdout.buffer.write(_json.encode(value) + b"\n")
+    sys.stdout.flush()
 
 
 @dataclass

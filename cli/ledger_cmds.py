@@ -9,10 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-import msgspec
 import watchfiles
 
-from cli.app import EXIT_FAILED, Context, cli
+from cli.app import EXIT_FAILED, Context, cli, echo_json
 from cli.render import record_line, summary_lines
 from engine.home import effective_status
 from engine.schemas import generate_schemas, render, write_schemas
@@ -22,13 +21,6 @@ from ledger.reader import LedgerReader, ScanResult, TornTail, verify_ledger
 from projections.replay import replay
 
 __all__ = ["audit", "replay_cmd", "schema_cmd", "tail_cmd"]
-
-_json = msgspec.json.Encoder()
-
-
-def _echo_json(value: object) -> None:
-    sys.stdout.buffer.write(_json.encode(value) + b"\n")
-    sys.stdout.flush()
 
 
 def _warn_torn(torn: TornTail | None, ledger: Path) -> None:
@@ -59,7 +51,7 @@ def replay_cmd(obj: Context, run: str, until: int | None, as_json: bool) -> None
     assert projections.scan is not None
     _warn_torn(projections.scan.torn, ref.ledger)
     if as_json:
-        _echo_json(projections.to_json())
+        echo_json(projections.to_json())
         return
     status = (
         projections.run.status if until is not None else effective_status(projections, ref.run_dir)
@@ -201,7 +193,7 @@ def audit_verify(obj: Context, run: str, as_json: bool) -> None:
         result = verify_ledger(ref.ledger)
     except LedgerCorrupt as exc:
         if as_json:
-            _echo_json(
+            echo_json(
                 {
                     "ok": False,
                     "ledger": str(ref.ledger),
@@ -216,7 +208,7 @@ def audit_verify(obj: Context, run: str, as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
     torn = result.torn
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "ok": True,
                 "ledger": str(ref.ledger),

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import click
-import msgspec
 from rich.console import Console
 
-from cli.app import Context, cli
+from cli.app import Context, cli, echo_json
 from cli.progress import Progress, summary_table
 from engine.home import RunRef, list_runs
 from engine.mock_agent import main as mock_agent_main
@@ -24,13 +23,6 @@ from ledger.errors import EngineError
 from projections.replay import replay
 
 __all__ = ["dlq", "init_cmd", "mock_agent_cmd", "run_cmd", "runs_cmd", "status_cmd", "validate_cmd"]
-
-_json = msgspec.json.Encoder()
-
-
-def _echo_json(value: object) -> None:
-    sys.stdout.buffer.write(_json.encode(value) + b"\n")
-    sys.stdout.flush()
 
 
 def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -98,7 +90,7 @@ def run_cmd(
     p = result.projections
     if as_json:
         ref = RunRef(result.run_id, result.run_dir, result.run_dir / "ledger.ndjson")
-        _echo_json(status_view(ref, p))
+        echo_json(status_view(ref, p))
     else:
         for text in result.output:
             click.echo(text)
@@ -123,7 +115,7 @@ def status_cmd(obj: Context, run: str, as_json: bool) -> None:
     """Show a run's status and item counts (RUN defaults to `latest`)."""
     view = status_view(obj.run(run))
     if as_json:
-        _echo_json(view)
+        echo_json(view)
         return
     i = view.items
     click.echo(f"run       {view.run_id}  workflow {view.workflow or '-'}  status {view.status}")
@@ -145,7 +137,7 @@ def runs_cmd(obj: Context, as_json: bool) -> None:
     """List the runs under the home directory, oldest first."""
     views = [status_view(ref) for ref in list_runs(obj.home)]
     if as_json:
-        _echo_json(views)
+        echo_json(views)
         return
     if not views:
         click.echo(f"no runs under {obj.home / 'runs'}")
@@ -171,7 +163,7 @@ def dlq_list(obj: Context, run: str, as_json: bool) -> None:
     """List a run's dead-lettered items."""
     items = dlq_view(replay(obj.run(run).ledger))
     if as_json:
-        _echo_json(items)
+        echo_json(items)
         return
     if not items:
         click.echo("the dead-letter queue is empty")

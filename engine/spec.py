@@ -91,6 +91,13 @@ def parse_duration(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    given = [name for name in fields if getattr(model, name) is not None]
+    if len(given) != 1:
+        found = " and ".join(given) if given else "none"
+        raise ValueError(f"{what} needs exactly one of {', '.join(fields)} (found {found})")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -124,10 +131,7 @@ class Step(_Model):
 
     @model_validator(mode="after")
     def _one_command(self) -> Step:
-        given = [k for k in ("run", "shell", "argv", "claude") if getattr(self, k) is not None]
-        if len(given) != 1:
-            what = "none" if not given else " and ".join(given)
-            raise ValueError(f"a step needs exactly one of run, shell, argv, claude (found {what})")
+        _exactly_one(self, ("run", "shell", "argv", "claude"), "a step")
         if self.argv is not None and not self.argv:
             raise ValueError("argv needs at least the program to run")
         if self.capture_output is not None and not re.fullmatch(
@@ -232,10 +236,7 @@ class MapSpec(_Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> MapSpec:
-        given = [k for k in ("input", "command", "items") if getattr(self, k) is not None]
-        if len(given) != 1:
-            what = "none" if not given else " and ".join(given)
-            raise ValueError(f"map needs exactly one of input, command, items (found {what})")
+        _exactly_one(self, ("input", "command", "items"), "map")
         if not self.agent_template:
             raise ValueError("agent_template needs at least one step")
         return self
