@@ -99,6 +99,10 @@ def _pidfds_work() -> bool:
 _PIDFD = _pidfds_work()
 
 
+_WATCH_AFTER = 0.05
+"""Seconds after which a child's exit is watched by itself, not through its pipes."""
+
+
 class _Child:
     """A child in a session (and process group) of its own, driven by the event loop.
 
@@ -142,14 +146,25 @@ class _Child:
         self._open = 2
         self._loop = loop
         self._on_output = on_output
+        self._pidfd = -1
+        self._watching = False
         for fd, sink in ((out_r, sinks[0]), (err_r, sinks[1])):
             loop.add_reader(fd, self._read, fd, sink)
+        # Most children close their pipes by exiting, soon: that is seen without
+        # watching the process at all. One still running a moment later (or one
+        # whose pipes outlive it in a grandchild) is watched through a pidfd.
+        self._watch_timer = loop.call_later(_WATCH_AFTER, self._watch_exit)
+
+    def _watch_exit(self) -> None:
+        if self._watching or self.exited.done():
+            return
+        self._watching = True
+        self._watch_timer.cancel()
         if _PIDFD:
             self._pidfd = os.pidfd_open(self.pid)
-            loop.add_reader(self._pidfd, self._reap)
+            self._loop.add_reader(self._pidfd, self._reap)
         else:
-            self._pidfd = -1
-            waiter = loop.run_in_executor(None, self.popen.wait)
+            waiter = self._loop.run_in_executor(None, self.popen.wait)
             waiter.add_done_callback(lambda _f: self._settle_exit())
 
     def _read(self, fd: int, sink: _Log) -> None:
@@ -168,6 +183,12 @@ class _Child:
         self._open -= 1
         if self._open == 0 and not self.drained.done():
             self.drained.set_result(None)
+            if not self._watching:
+                if self.popen.poll() is None:
+                    self._watch_exit()  # pipes closed, process not gone yet
+                else:
+                    self._watch_timer.cancel()
+                    self._settle_exit()
 
     def _reap(self) -> None:
         self._loop.remove_reader(self._pidfd)
@@ -183,6 +204,9 @@ class _Child:
     def returncode(self) -> int | None:
         return self.popen.returncode
 
+
+_MADE: set[Path] = set()
+"""Directories this process has made (or found) already."""
 
 _DEVNULL: list[int] = []
 
@@ -273,19 +297,20 @@ class LocalAttempt(Attempt):
         name = hashlib.sha256(request.item_id.encode()).hexdigest()[:16]
         self.base = f"{name}-{request.attempt}"
         logs = request.run_dir / "logs"
-        if not logs.is_dir():
+        if logs not in _MADE:
             make_private_dir(logs)
+            _MADE.add(logs)
         secrets = tuple(request.redact)
         self.out = _Log(logs / f"{self.base}.stdout", secrets)
         self.err = _Log(logs / f"{self.base}.stderr", secrets)
         # Only the attempt touches this file; it needs no durability.
         # Only the attempt touches (creates) this file; it needs no durability.
         hb_dir = request.run_dir / "heartbeat"
-        if not hb_dir.is_dir():
+        if hb_dir not in _MADE:
             os.makedirs(hb_dir, mode=DIR_MODE, exist_ok=True)
+            _MADE.add(hb_dir)
         self.heartbeat_file = hb_dir / self.base
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.heartbeat_file)  # a leftover of an earlier engine
+        self.started_wall = time.time()
         self.touched: float | None = None
         self._stop_watch = asyncio.Event()
         self.task = asyncio.ensure_future(self._run())
@@ -323,6 +348,8 @@ class LocalAttempt(Attempt):
             mtime = self.heartbeat_file.stat().st_mtime
         except OSError:
             return self.touched
+        if mtime < self.started_wall - 1:
+            return self.touched  # left by an earlier engine, not touched by this attempt
         self.touched = mtime if self.touched is None else max(self.touched, mtime)
         return self.touched
 
