@@ -103,3 +103,16 @@ def test_timeout_and_cancel(executor: Executor, tmp_path: Path) -> None:
         assert outcome.interrupted and not outcome.ok
 
     asyncio.run(main())
+
+
+def test_a_background_child_holding_the_pipes_does_not_hang_the_attempt(
+    executor: Executor, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        started = time.monotonic()
+        attempt = await executor.start(_request(tmp_path, [{"run": "sleep 30 & echo started"}]))
+        outcome = await attempt.wait()
+        assert outcome.ok and outcome.stdout_tail == "started"
+        assert time.monotonic() - started < 5  # the leader's exit ends it; the group is killed
+
+    asyncio.run(main())
