@@ -69,6 +69,7 @@ def test_sigkill_mid_burst_keeps_every_acked_append(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_sigkill_soak(tmp_path: Path, rng: random.Random) -> None:
     run_dir = tmp_path / "run"
     acked: dict[int, str] = {}
