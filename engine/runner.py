@@ -279,7 +279,7 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
     if (run.run_dir / "ledger.ndjson").exists():
         raise RunExists(
             f"run {run.run_id!r} already exists in {run.run_dir.parent}",
-            hint="pick another --run-id (resuming a run comes with `engine resume`)",
+            hint="pick another --run-id, or leave it out for a new one",
         )
     spec = loaded.spec
     run.writer = LedgerWriter.open(run.run_dir, run.run_id, create=True, command=options.command)
