@@ -240,7 +240,6 @@ class _Log:
         self.tail: deque[bytes] = deque()
         self.tail_size = 0
         self.digest = hashlib.sha256()
-        self.secrets = secrets
         self.secret_bytes = tuple(s.encode() for s in secrets if s)
 
     def write(self, data: bytes) -> None:

@@ -15,7 +15,7 @@ import secrets as _secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ from ledger.events import (
     Event,
     ItemDuplicate,
     ItemEnqueued,
+    ItemSkipped,
+    ItemSucceeded,
     RunCompleted,
     RunCreated,
     RunFailed,
@@ -43,6 +45,7 @@ from ledger.events import (
     StepStarted,
     StepSucceeded,
 )
+from ledger.reader import LedgerReader
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
@@ -235,13 +238,23 @@ class _Run:
             await self.append(batch[start : start + ENQUEUE_BATCH])
         return values
 
-    def map_context(self, results: Mapping[str, Any]) -> dict[str, Any]:
+    def results(self) -> dict[str, Any]:
+        """Each item's result, read back from the ledger (the one source of truth)."""
+        assert self.writer is not None
+        out: dict[str, Any] = {}
+        for record in LedgerReader(self.writer.path).records():
+            data = record.data
+            if isinstance(data, ItemSucceeded | ItemSkipped):
+                out[data.item] = data.result
+        return out
+
+    def map_context(self) -> dict[str, Any]:
         counts = self.p.items.counts
         total = len(self.p.items.items)
         successful = counts["succeeded"] + counts["skipped"]
         failed = counts["failed"] + counts["dead"]
         path = self.run_dir / "results.json"
-        encoded = msgspec.json.encode(dict(results))
+        encoded = msgspec.json.encode(self.results())
         atomic_write(path, encoded + b"\n")
         return {
             "total": total,
@@ -323,7 +336,6 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
             return await run.finish_failed(failure)
         if stop.interrupted():
             return run.finish_interrupted()
-        results: dict[str, Any] = {}
         if spec.map is not None:
             try:
                 values = await run.enqueue()
@@ -345,7 +357,6 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
             if stop.interrupted():
                 scheduler.stop("interrupted")
             outcome = await scheduler.run()
-            results = outcome.results
             if outcome.stopped == "interrupted":
                 return run.finish_interrupted()
             if outcome.stopped is not None:
@@ -355,7 +366,7 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
                     else "too many failed items (max_failures / failure_threshold)"
                 )
                 return await run.finish_failed(reason)
-        run.context["map"] = run.map_context(results)
+        run.context["map"] = run.map_context()
         failure = await run.steps("reduce", list(spec.reduce))
         if failure is not None:
             return await run.finish_failed(failure)

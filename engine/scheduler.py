@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,6 @@ def _rfc3339(epoch: float) -> str:
 class MapOutcome:
     stopped: str | None = None
     """Why dispatching stopped early: ``interrupted``, ``max_failures``, ``item_failed``."""
-    results: dict[str, Any] = field(default_factory=dict)
 
 
 class MapScheduler:
@@ -117,7 +116,6 @@ class MapScheduler:
         """Every attempt not yet finished: running, or its outcome being recorded."""
         self.wake = asyncio.Event()
         self.stopping: str | None = None
-        self.results: dict[str, Any] = {}
         self._map_data = spec.model_dump(mode="json", by_alias=True)
 
     # --- appending -------------------------------------------------------------------
@@ -147,7 +145,7 @@ class MapScheduler:
                     await asyncio.wait_for(self.wake.wait(), timeout)
             elif self.stopping is None and not self.p.pending.empty:
                 await asyncio.sleep(0.01)
-        return MapOutcome(stopped=self.stopping, results=self.results)
+        return MapOutcome(stopped=self.stopping)
 
     async def cancel_running(self) -> None:
         """Terminate every running attempt (their outcomes record ``interrupted``)."""
@@ -258,7 +256,6 @@ class MapScheduler:
 
     def _outcome_events(self, item: str, attempt: int, o: AttemptOutcome) -> list[Event]:
         if o.ok:
-            self.results[item] = o.result
             return [
                 ItemSucceeded(
                     item=item,

@@ -97,10 +97,6 @@ class RunProjection(Projection):
         self.last_ts = record.ts
         self.events = record.seq + 1
 
-    def apply(self, record: Record) -> None:
-        self.observe(record)
-        super().apply(record)
-
     @handles(RunCreated)
     def _created(self, record: Record, e: RunCreated) -> None:
         self.run_id = record.run
