@@ -37,14 +37,11 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    run = status["run_id"]
     print(
-        "\nThe quickstart behaved as designed: 47 items done (3 after a retry), "
-        "3 in the dead-letter queue.\nTry next:\n"
-        f"  .venv/bin/engine dlq list {run}\n"
-        f"  .venv/bin/engine tail {run} --type 'item.*' --item src/module_24.py --all\n"
-        f"  .venv/bin/engine replay {run} --json | head -c 600\n"
-        f"  .venv/bin/engine audit verify {run}"
+        "\nThe quickstart behaved as designed: 47 items done (3 of them after a retry), "
+        "3 in the dead-letter queue.\n"
+        "The CLI is .venv/bin/engine (`export PATH=$PWD/.venv/bin:$PATH` to type `engine`); "
+        "try the commands above,\nor `engine audit verify latest` and `engine replay latest --json`."
     )
     return 0
 
