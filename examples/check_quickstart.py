@@ -41,7 +41,8 @@ def main() -> int:
         "\nThe quickstart behaved as designed: 47 items done (3 of them after a retry), "
         "3 in the dead-letter queue.\n"
         "The CLI is .venv/bin/engine (`export PATH=$PWD/.venv/bin:$PATH` to type `engine`); "
-        "try the commands above,\nor `engine audit verify latest` and `engine replay latest --json`."
+        "try the commands above,\n"
+        "or `engine audit verify latest` and `engine replay latest --json`."
     )
     return 0
 
