@@ -16,7 +16,7 @@ from typing import Any
 import click
 import msgspec
 
-from engine import __version__
+from engine import engine_version
 from engine.home import RunRef, home_path, resolve_run
 from ledger.errors import EngineError
 
@@ -110,7 +110,7 @@ class EngineGroup(click.Group):
     help="Engine home directory [default: $ENGINE_HOME or ./.engine].",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.version_option(__version__, prog_name="engine")
+@click.version_option(engine_version(), prog_name="engine")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
     """A durable, event-sourced job engine.

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -23,16 +24,16 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonpath
 import msgspec
-from jsonpath.filter import UNDEFINED
-from jsonpath.function_extensions import ExpressionType, FilterFunction
 
 from engine.spec import MapSpec
 from engine.template import TemplateError, render_shell, render_text
 from ledger.errors import EngineError
+
+if TYPE_CHECKING:
+    from jsonpath import JSONPathEnvironment
 
 __all__ = [
     "ItemsError",
@@ -72,47 +73,23 @@ class LoadedItems:
     """Items whose id was taken, with the index of the first holder."""
 
 
-# --- filter -------------------------------------------------------------------------
+# --- filter ---------------------------------------------------------------------------
 
 
-class _EndsWith(FilterFunction):
-    arg_types = [ExpressionType.VALUE, ExpressionType.VALUE]
-    return_type = ExpressionType.LOGICAL
+def _jsonpath_error() -> type[Exception]:
+    from jsonpath import JSONPathError  # noqa: PLC0415 - costly, rarely needed
 
-    def __call__(self, value: object, suffix: object) -> bool:
-        return isinstance(value, str) and isinstance(suffix, str) and value.endswith(suffix)
+    return JSONPathError
 
 
-class _Includes(FilterFunction):
-    arg_types = [ExpressionType.VALUE, ExpressionType.VALUE]
-    return_type = ExpressionType.LOGICAL
+@functools.cache
+def _jsonpath() -> JSONPathEnvironment:
+    """python-jsonpath with the engine's filter functions (imported on first use)."""
+    from engine import jsonpath_env  # noqa: PLC0415 - costly, rarely needed
 
-    def __call__(self, container: object, member: object) -> bool:
-        if isinstance(container, str):
-            return isinstance(member, str) and member in container
-        if isinstance(container, list | dict):
-            return member in container
-        return False
+    return jsonpath_env.environment()
 
 
-class _IsNull(FilterFunction):
-    arg_types = [ExpressionType.VALUE]
-    return_type = ExpressionType.LOGICAL
-
-    def __call__(self, value: object) -> bool:
-        return value is None or value is UNDEFINED
-
-
-def _environment() -> jsonpath.JSONPathEnvironment:
-    env = jsonpath.JSONPathEnvironment()
-    env.function_extensions["ends_with"] = _EndsWith()
-    env.function_extensions["starts_with"] = env.function_extensions["startswith"]
-    env.function_extensions["includes"] = _Includes()
-    env.function_extensions["is_null"] = _IsNull()
-    return env
-
-
-_ENV = _environment()
 _TOKEN = re.compile(
     r"""(?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|(?P<regex>/(?:[^/\\]|\\.)*/)"""
     r"""|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<other>.)""",
@@ -138,8 +115,8 @@ def compile_filter(expression: str) -> Any:
     """Compile a filter once; raise ItemsError naming the problem."""
     text = _translate(expression)
     try:
-        return _ENV.compile(f"$[?{text}]")
-    except jsonpath.JSONPathError as exc:
+        return _jsonpath().compile(f"$[?{text}]")
+    except _jsonpath_error() as exc:
         first = str(exc).splitlines()[0]
         raise ItemsError(
             f"map.filter: cannot parse {expression!r}: {first}",
@@ -286,8 +263,8 @@ def select(spec: MapSpec, document: Any) -> list[Any]:
     """JSONPath, filter, sort, offset and max_items applied to a document."""
     if spec.json_path:
         try:
-            values = _ENV.findall(spec.json_path, document)
-        except jsonpath.JSONPathError as exc:
+            values = _jsonpath().findall(spec.json_path, document)
+        except _jsonpath_error() as exc:
             raise ItemsError(
                 f"map.json_path: {str(exc).splitlines()[0]}", hint="e.g. $.files[*]"
             ) from None

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from engine import __version__
+from engine import engine_version
 from engine.executor import AttemptRequest, Executor
 from engine.items import ItemsError, load_items
 from engine.local import LocalExecutor, agent_argv
@@ -318,7 +318,7 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
                     workflow_hash=loaded.hash,
                     workflow=loaded.text,
                     vars=dict(options.variables),
-                    engine_version=__version__,
+                    engine_version=engine_version(),
                     user=getpass.getuser(),
                     host=socket.gethostname(),
                 ),

@@ -116,3 +116,46 @@ def test_a_background_child_holding_the_pipes_does_not_hang_the_attempt(
         assert time.monotonic() - started < 5  # the leader's exit ends it; the group is killed
 
     asyncio.run(main())
+
+
+def test_a_program_that_cannot_start_fails_the_attempt_with_why(
+    executor: Executor, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        attempt = await executor.start(_request(tmp_path, [{"argv": ["no-such-program-x1"]}]))
+        outcome = await attempt.wait()
+        assert not outcome.ok and outcome.exit_code == 127
+        assert "cannot start 'no-such-program-x1'" in outcome.stderr_tail
+        assert "No such file or directory" in outcome.stderr_tail
+        script = tmp_path / "not-executable.sh"
+        script.write_text("#!/bin/sh\necho hi\n")
+        attempt = await executor.start(_request(tmp_path, [{"argv": [str(script)]}]))
+        outcome = await attempt.wait()
+        assert not outcome.ok and "Permission denied" in outcome.stderr_tail
+        attempt = await executor.start(
+            _request(tmp_path, [{"argv": ["true"], "cwd": "missing-dir"}])
+        )
+        outcome = await attempt.wait()
+        assert not outcome.ok
+        assert f"in {tmp_path / 'missing-dir'}: No such file" in outcome.stderr_tail
+
+    asyncio.run(main())
+
+
+def test_every_attempt_leads_its_own_session_with_exact_status(
+    executor: Executor, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        out = tmp_path / "ids"
+        attempt = await executor.start(
+            _request(tmp_path, [{"argv": ["sh", "-c", f"ps -o pid=,pgid=,sid= -p $$ > {out}"]}])
+        )
+        outcome = await attempt.wait()
+        assert outcome.ok, outcome.stderr_tail
+        pid, pgid, sid = out.read_text().split()
+        assert pid == pgid == sid
+        attempt = await executor.start(_request(tmp_path, [{"argv": ["sh", "-c", "kill -9 $$"]}]))
+        outcome = await attempt.wait()
+        assert not outcome.ok and outcome.signal == 9 and outcome.exit_code is None
+
+    asyncio.run(main())
