@@ -34,7 +34,8 @@ class AttemptRequest:
     context: Mapping[str, Any]
     """Template variables: item, item_id, item_index, env, captures, ..."""
     env: Mapping[str, str]
-    """The environment of every step (secrets included, never logged)."""
+    """This attempt's environment variables, laid over ``base_env`` (secrets
+    included, never logged)."""
     cwd: Path
     run_dir: Path
     """Logs and heartbeat files go under it."""
@@ -45,6 +46,10 @@ class AttemptRequest:
     agent_command: Sequence[str] = ("claude", "-p")
     kill_grace: float = 5.0
     """Seconds between SIGTERM and SIGKILL when an attempt is stopped."""
+    base_env: Mapping[str, str] = field(default_factory=dict)
+    """The environment every attempt of the run shares (the engine's own, its
+    ``PATH`` extended): the same object for all of them, so an executor can
+    prepare it once."""
     redact: Sequence[str] = ()
     """Values (secrets) replaced by ``***`` in logs, tails and results."""
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,24 +102,40 @@ _WATCH_AFTER = 0.05
 """Seconds after which a child's exit is watched by itself, not through its pipes."""
 
 
-_ENV_BYTES: dict[tuple[str, str], bytes] = {}
-"""``KEY=value`` of environment entries already encoded (most repeat in every spawn)."""
+class _Environment:
+    """An environment as ``KEY=value`` bytes: a shared base, encoded once, plus extras."""
+
+    def __init__(self, base: Mapping[str, str]) -> None:
+        self.base = base  # held, so its id is not reused while this is cached
+        self.entries = [_entry(k, v) for k, v in base.items()]
+        self.index = {k: i for i, k in enumerate(base)}
+
+    def encode(self, extra: Mapping[str, str]) -> list[bytes]:
+        entries = self.entries.copy()
+        overridden = [self.index[k] for k in extra if k in self.index]
+        for i in sorted(overridden, reverse=True):
+            del entries[i]
+        entries.extend(_entry(k, v) for k, v in extra.items())
+        return entries
 
 
-def _env_bytes(env: dict[str, str]) -> list[bytes]:
-    cache = _ENV_BYTES
-    if len(cache) > 16384:
-        cache.clear()
-    out = []
-    for item in env.items():
-        entry = cache.get(item)
-        if entry is None:
-            key = os.fsencode(item[0])
-            if b"=" in key or b"\0" in key:
-                raise ValueError(f"illegal environment variable name {item[0]!r}")
-            entry = cache[item] = key + b"=" + os.fsencode(item[1])
-        out.append(entry)
-    return out
+def _entry(key: str, value: str) -> bytes:
+    raw = os.fsencode(key)
+    if not raw or b"=" in raw or b"\0" in raw:
+        raise ValueError(f"illegal environment variable name {key!r}")
+    return raw + b"=" + os.fsencode(value)
+
+
+_ENVIRONMENTS: dict[int, _Environment] = {}
+
+
+def _environment(base: Mapping[str, str]) -> _Environment:
+    env = _ENVIRONMENTS.get(id(base))
+    if env is None or env.base is not base:
+        if len(_ENVIRONMENTS) > 8:
+            _ENVIRONMENTS.clear()
+        env = _ENVIRONMENTS[id(base)] = _Environment(base)
+    return env
 
 
 _fork_exec: Callable[..., int] | None
@@ -139,14 +155,24 @@ of the engine's whole cost per item when the commands are short. Elsewhere,
 
 
 def _spawn(
-    argv: list[str], *, env: dict[str, str], cwd: str, stdout: int, stderr: int
+    argv: list[str],
+    *,
+    base_env: Mapping[str, str],
+    env: dict[str, str],
+    cwd: str,
+    stdout: int,
+    stderr: int,
 ) -> tuple[int, subprocess.Popen[bytes] | None]:
     """Start ``argv`` in a new session; its pid (and the Popen, where one was used).
+
+    Its environment is ``env`` laid over ``base_env`` (a mapping shared by many
+    spawns, encoded once).
 
     Raises OSError when the program cannot be started (not found, not
     executable, a bad working directory), as Popen does.
     """
-    executable = _resolve(argv[0], env.get("PATH", ""))
+    path = env["PATH"] if "PATH" in env else base_env.get("PATH", "")
+    executable = _resolve(argv[0], path)
     if not _FORK_EXEC or _fork_exec is None:
         popen = subprocess.Popen(
             [executable, *argv[1:]],
@@ -154,7 +180,7 @@ def _spawn(
             stdout=stdout,
             stderr=stderr,
             cwd=cwd,
-            env=env,
+            env={**base_env, **env},
             start_new_session=True,
         )
         return popen.pid, popen
@@ -168,7 +194,7 @@ def _spawn(
                 True,  # close every other descriptor
                 (err_w,),
                 cwd,
-                _env_bytes(env),
+                _environment(base_env).encode(env),
                 _devnull(), -1,  # stdin
                 -1, stdout,
                 -1, stderr,
@@ -209,6 +235,7 @@ class _Child:
         self,
         argv: list[str],
         *,
+        base_env: Mapping[str, str],
         env: dict[str, str],
         cwd: str,
         sinks: tuple[_Log, _Log],
@@ -218,7 +245,9 @@ class _Child:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self.pid, self.popen = _spawn(argv, env=env, cwd=cwd, stdout=out_w, stderr=err_w)
+            self.pid, self.popen = _spawn(
+                argv, base_env=base_env, env=env, cwd=cwd, stdout=out_w, stderr=err_w
+            )
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -576,7 +605,12 @@ class LocalAttempt(Attempt):
         out_start = self.out.size
         try:
             child = _Child(
-                argv, env=env, cwd=cwd, sinks=(self.out, self.err), on_output=self._active
+                argv,
+                base_env=request.base_env,
+                env=env,
+                cwd=cwd,
+                sinks=(self.out, self.err),
+                on_output=self._active,
             )
         except OSError as exc:
             where = f" in {cwd}" if exc.filename == cwd else ""

@@ -117,7 +117,7 @@ class _Run:
         self.options.on_change(self.p)
 
     def process_env(self) -> dict[str, str]:
-        """The environment of every command (a fresh copy each time)."""
+        """The environment every command of the run shares (one object: do not change it)."""
         if self._base_env is None:
             env = dict(os.environ)
             # Commands can call `engine` (e.g. `engine mock-agent`) from this installation.
@@ -128,15 +128,18 @@ class _Run:
             env.update(self.env)
             env["ENGINE_RUN_ID"] = self.run_id
             self._base_env = env
-        return dict(self._base_env)
+        return self._base_env
 
     def request(
         self, item: str, attempt: int, key: str, value: Any, *, steps: list[Step] | None = None
     ) -> AttemptRequest:
         spec = self.spec
         assert spec.map is not None or steps is not None
-        env = self.process_env()
-        env.update(ENGINE_ITEM_ID=item, ENGINE_ATTEMPT=str(attempt), ENGINE_IDEMPOTENCY_KEY=key)
+        env = {
+            "ENGINE_ITEM_ID": item,
+            "ENGINE_ATTEMPT": str(attempt),
+            "ENGINE_IDEMPOTENCY_KEY": key,
+        }
         context = dict(self.context)
         if steps is None:
             assert spec.map is not None
@@ -157,6 +160,7 @@ class _Run:
             steps=steps if steps is not None else spec.map.agent_template,  # type: ignore[union-attr]
             context=context,
             env=env,
+            base_env=self.process_env(),
             cwd=self.loaded.directory,
             run_dir=self.run_dir,
             timeout=spec.map.timeout if (steps is None and spec.map) else None,

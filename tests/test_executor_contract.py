@@ -21,6 +21,7 @@ EXECUTORS: list[Callable[[], Executor]] = [LocalExecutor]
 
 
 def _request(tmp_path: Path, steps: list[dict[str, Any]], **kw: Any) -> AttemptRequest:
+    kw.setdefault("env", {"PATH": "/usr/bin:/bin"})
     return AttemptRequest(
         run_id="contract",
         item_id="item/1",
@@ -28,7 +29,6 @@ def _request(tmp_path: Path, steps: list[dict[str, Any]], **kw: Any) -> AttemptR
         idempotency_key="ik:test",
         steps=[Step.model_validate(s) for s in steps],
         context={"item": {"name": "x y"}, "env": {}},
-        env={"PATH": "/usr/bin:/bin"},
         cwd=tmp_path,
         run_dir=tmp_path,
         **kw,
@@ -157,5 +157,30 @@ def test_every_attempt_leads_its_own_session_with_exact_status(
         attempt = await executor.start(_request(tmp_path, [{"argv": ["sh", "-c", "kill -9 $$"]}]))
         outcome = await attempt.wait()
         assert not outcome.ok and outcome.signal == 9 and outcome.exit_code is None
+
+    asyncio.run(main())
+
+
+def test_attempt_environment_is_laid_over_the_shared_one(
+    executor: Executor, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        out = tmp_path / "env"
+        base = {"PATH": "/usr/bin:/bin", "SHARED": "base", "KEPT": "yes"}
+        for _ in range(2):  # the second spawn reuses the shared environment's encoding
+            attempt = await executor.start(
+                _request(
+                    tmp_path,
+                    [{"argv": ["sh", "-c", f"env > {out}"], "env": {"SHARED": "step"}}],
+                    base_env=base,
+                    env={"OWN": "1"},
+                )
+            )
+            assert (await attempt.wait()).ok
+            lines = out.read_text().splitlines()
+            assert "SHARED=step" in lines and "SHARED=base" not in lines
+            assert "KEPT=yes" in lines and "OWN=1" in lines
+            assert sum(line.startswith("SHARED=") for line in lines) == 1
+        assert base == {"PATH": "/usr/bin:/bin", "SHARED": "base", "KEPT": "yes"}
 
     asyncio.run(main())
