@@ -18,7 +18,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,16 @@ def _rfc3339(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """An item about to be dispatched."""
+
+    item: str
+    attempt: int
+    key: str
+    value: Any
+
+
 @dataclass
 class MapOutcome:
     stopped: str | None = None
@@ -114,6 +124,8 @@ class MapScheduler:
         """Attempts whose process is alive (they count against max_parallel)."""
         self.tasks: dict[str, asyncio.Future[None]] = {}
         """Every attempt not yet finished: running, or its outcome being recorded."""
+        self.reserved: dict[str, int] = {}
+        """Items being dispatched (taken from the queue, not yet started): their attempt."""
         self.wake = asyncio.Event()
         self.stopping: str | None = None
         self._map_data = spec.model_dump(mode="json", by_alias=True)
@@ -170,18 +182,21 @@ class MapScheduler:
         return max(0.0, min(times))
 
     async def _dispatch_ready(self) -> None:
-        while self.stopping is None and len(self.running) < self.max_parallel:
+        while self.stopping is None and self._free_slots() > 0:
             if not await self._circuit_allows():
                 return
-            free = self.max_parallel - len(self.running)
+            free = self._free_slots()
             if self.p.circuit.state == "half_open":
-                if self.tasks:
+                if self.tasks or self.reserved:
                     return  # one probe at a time
                 free = 1
-            items = self.p.pending.ready_items(utc_now(), free)
-            if not items:
+            plans = self._plan(free)
+            if not plans:
                 return
-            await self._dispatch(items)
+            await self._dispatch(plans)
+
+    def _free_slots(self) -> int:
+        return self.max_parallel - len(self.running) - len(self.reserved)
 
     async def _circuit_allows(self) -> bool:
         circuit = self.p.circuit
@@ -199,27 +214,52 @@ class MapScheduler:
             return not self.tasks
         return True
 
-    async def _dispatch(self, items: list[str]) -> None:
-        """Dispatch items together: one durable append, then their processes."""
+    def _plan(self, limit: int) -> list[_Plan]:
+        """Take up to ``limit`` ready items for dispatch (reserving their slots)."""
         plans = []
-        for item in items:
+        for item in self.p.pending.ready_items(utc_now(), limit, exclude=self.reserved):
             attempt = self.p.items.items[item].attempts + 1
             value = self.values.get(item)
             key = idempotency_key(self._map_data, item, value)
-            plans.append((item, attempt, key, value))
-        # Write-ahead: the dispatches are durable before any process starts.
-        await self._append(
-            [
-                ItemDispatched(
-                    item=item, attempt=attempt, idempotency_key=key, worker=self.executor.name
+            plans.append(_Plan(item, attempt, key, value))
+            self.reserved[item] = attempt
+        return plans
+
+    async def _dispatch(self, plans: list[_Plan], before: Sequence[Event] = ()) -> None:
+        """Dispatch planned items: one durable append (after ``before``), then their processes.
+
+        Write-ahead: the dispatches are durable before any process starts.
+        """
+        try:
+            await self._append(
+                [
+                    *before,
+                    *(
+                        ItemDispatched(
+                            item=plan.item,
+                            attempt=plan.attempt,
+                            idempotency_key=plan.key,
+                            worker=self.executor.name,
+                        )
+                        for plan in plans
+                    ),
+                ]
+            )
+            for plan in plans:
+                request = self.make_request(plan.item, plan.attempt, plan.key, plan.value)
+                handle = await self.executor.start(request)
+                self.running[plan.item] = handle
+                self.tasks[plan.item] = asyncio.ensure_future(
+                    self._supervise(plan.item, plan.attempt, handle)
                 )
-                for item, attempt, key, _value in plans
-            ]
-        )
-        for item, attempt, key, value in plans:
-            handle = await self.executor.start(self.make_request(item, attempt, key, value))
-            self.running[item] = handle
-            self.tasks[item] = asyncio.ensure_future(self._supervise(item, attempt, handle))
+                del self.reserved[plan.item]
+                if self.stopping == "interrupted":
+                    # Stopped while the dispatch was being made durable: its
+                    # outcome says so, and the item runs again on resume.
+                    await handle.cancel()
+        finally:
+            for plan in plans:
+                self.reserved.pop(plan.item, None)
 
     async def _supervise(self, item: str, attempt: int, handle: Attempt) -> None:
         try:
@@ -238,14 +278,18 @@ class MapScheduler:
                     ]
                 )
             outcome = await handle.wait()
+            events = self._outcome_events(item, attempt, outcome)
             if outcome.ok:
-                # The process is gone: its slot is free while the success is made
-                # durable (the next dispatch and this outcome share an fsync). A
-                # failure keeps its slot until the failure limits and the circuit
-                # breaker have seen it.
+                # The process is gone: its slot is free at once, and the next
+                # item's dispatch is made durable in the same append as this
+                # success (one fsync for both). A failure keeps its slot until
+                # the failure limits and the circuit breaker have seen it.
                 self.running.pop(item, None)
-                self.wake.set()
-            await self._append(self._outcome_events(item, attempt, outcome))
+                closed = self.circuit is None or self.p.circuit.state == "closed"
+                plans = self._plan(self._free_slots()) if self.stopping is None and closed else []
+                await self._dispatch(plans, before=events)
+            else:
+                await self._append(events)
             await self._after_outcome(item, outcome)
         finally:
             self.running.pop(item, None)

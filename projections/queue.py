@@ -13,6 +13,7 @@ the queue by being dispatched or skipped.)
 from __future__ import annotations
 
 import heapq
+from collections.abc import Container
 from typing import Any
 
 from ledger.events import (
@@ -103,8 +104,13 @@ class PendingProjection(Projection):
             heapq.heappop(ready)  # stale: dispatched, skipped, or waiting again
         return None
 
-    def ready_items(self, now: str, limit: int) -> list[str]:
-        """Up to ``limit`` items that may run at ``now``, in order, without taking them."""
+    def ready_items(
+        self, now: str, limit: int, exclude: Container[str] = frozenset()
+    ) -> list[str]:
+        """Up to ``limit`` items that may run at ``now``, in order, without taking them.
+
+        Items in ``exclude`` (already being dispatched) are passed over.
+        """
         out: list[str] = []
         held: list[tuple[int, str]] = []
         while len(out) < limit:
@@ -115,7 +121,8 @@ class PendingProjection(Projection):
             if item in out:
                 continue  # a second entry for the same item
             held.append(entry)
-            out.append(item)
+            if item not in exclude:
+                out.append(item)
         for entry in held:
             heapq.heappush(self._ready, entry)
         return out

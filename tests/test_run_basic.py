@@ -290,3 +290,46 @@ def test_exit_code_with_dead_items_is_one(tmp_path: Path, policy: str) -> None:
     )
     result = run_workflow(wf, tmp_path / "home")
     assert (result.status, result.exit_code) == ("completed", 1)
+
+
+def test_slots_and_write_ahead_hold_when_successes_carry_the_next_dispatch(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "events.log"
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: slots
+        map:
+          command: seq 1 40
+          max_parallel: 3
+          agent_template:
+            - run: |
+                echo "start ${{item}} $(date +%s%N)" >> {log}
+                sleep 0.02
+                echo "end ${{item}} $(date +%s%N)" >> {log}
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    assert result.status == "completed"
+    spans: dict[str, list[int]] = {}
+    for line in log.read_text().splitlines():
+        kind, item, ns = line.split()
+        spans.setdefault(item, []).append(int(ns))
+    assert sorted(spans, key=int) == [str(i) for i in range(1, 41)]
+    assert all(len(times) == 2 for times in spans.values())  # each ran once
+    moments = sorted([(t[0], 1) for t in spans.values()] + [(t[1], -1) for t in spans.values()])
+    running = peak = 0
+    for _ns, step in moments:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 3
+    value_of = {r.data.item: r.data.value for r in records(result, "item.enqueued")}
+    dispatched = {value_of[r.data.item]: _ts(r.ts) for r in records(result, "item.dispatched")}
+    for item, (start, _end) in spans.items():
+        assert dispatched[int(item)] <= start / 1e9 + 1e-3  # recorded before it started
+    # A success and the next dispatch are staged together (one fsync for both).
+    by_ts: dict[str, set[str]] = {}
+    for r in records(result):
+        by_ts.setdefault(r.ts, set()).add(r.type)
+    assert any({"item.succeeded", "item.dispatched"} <= types for types in by_ts.values())
