@@ -316,6 +316,7 @@ def test_slots_and_write_ahead_hold_when_successes_carry_the_next_dispatch(
     for line in log.read_text().splitlines():
         kind, item, ns = line.split()
         spans.setdefault(item, []).append(int(ns))
+        assert kind == ("start" if len(spans[item]) == 1 else "end")
     assert sorted(spans, key=int) == [str(i) for i in range(1, 41)]
     assert all(len(times) == 2 for times in spans.values())  # each ran once
     moments = sorted([(t[0], 1) for t in spans.values()] + [(t[1], -1) for t in spans.values()])
