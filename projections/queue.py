@@ -104,9 +104,7 @@ class PendingProjection(Projection):
             heapq.heappop(ready)  # stale: dispatched, skipped, or waiting again
         return None
 
-    def ready_items(
-        self, now: str, limit: int, exclude: Container[str] = frozenset()
-    ) -> list[str]:
+    def ready_items(self, now: str, limit: int, exclude: Container[str] = frozenset()) -> list[str]:
         """Up to ``limit`` items that may run at ``now``, in order, without taking them.
 
         Items in ``exclude`` (already being dispatched) are passed over.
