@@ -27,6 +27,7 @@ __all__ = [
     "CircuitClosed",
     "CircuitHalfOpen",
     "CircuitOpened",
+    "DLQPurged",
     "Event",
     "Heartbeat",
     "ItemDeadLettered",
@@ -41,13 +42,17 @@ __all__ = [
     "LedgerRecovered",
     "LockAcquired",
     "LogRef",
+    "MapEnqueued",
     "Record",
     "RunAborted",
+    "RunCancelRequested",
     "RunCompleted",
     "RunCreated",
     "RunFailed",
+    "RunPaused",
     "RunResumed",
     "RunStarted",
+    "RunUnpaused",
     "StepFailed",
     "StepSkipped",
     "StepStarted",
@@ -113,6 +118,32 @@ class RunResumed(Event, frozen=True):
     host: str
     include_dlq: bool = False
     allow_changed: bool = False
+    workflow_hash: str = ""
+    """The workflow this resume runs (differs from ``run.created``'s only with
+    ``allow_changed``)."""
+    changes: list[str] = []
+    """What changed in the workflow, one line per field (with ``allow_changed``)."""
+    snapshot_id: str | None = None
+    """The workspace snapshot at this resume."""
+    max_parallel: int | None = None
+
+
+class RunPaused(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.paused"
+    by: str = ""
+    """Who asked (``user@host pid``)."""
+
+
+class RunUnpaused(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.unpaused"
+    by: str = ""
+
+
+class RunCancelRequested(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.cancel_requested"
+    by: str = ""
+    force: bool = False
+    """Kill running attempts at once (SIGKILL), with no grace period."""
 
 
 class RunCompleted(Event, frozen=True):
@@ -173,6 +204,10 @@ class StepSucceeded(Event, frozen=True):
     exit_code: int = 0
     captured: str | None = None
     """Name of the capture this step set, if any."""
+    captured_value: Any = None
+    """The captured value (secrets redacted), so a resume can restore it; a
+    large one is stored in the content store and referenced as
+    ``{"$blob": "sha256:<hex>"}``."""
     stdout: LogRef | None = None
     stderr: LogRef | None = None
 
@@ -209,6 +244,13 @@ class ItemEnqueued(Event, frozen=True):
     """Position among the map's items, after filter, sort and offset."""
     value: Any = None
     """The item itself, as loaded."""
+
+
+class MapEnqueued(Event, frozen=True):
+    TYPE: ClassVar[str] = "map.enqueued"
+    total: int
+    """Items enqueued (duplicates not counted): the map's item list is complete."""
+    duplicates: int = 0
 
 
 class ItemDuplicate(Event, frozen=True):
@@ -295,6 +337,13 @@ class ItemRequeued(Event, frozen=True):
     reason: str = "dlq retry"
 
 
+class DLQPurged(Event, frozen=True):
+    TYPE: ClassVar[str] = "dlq.purged"
+    items: list[str]
+    """Dead items hidden from the DLQ (their records stay in the ledger)."""
+    by: str = ""
+
+
 class ItemSkipped(Event, frozen=True):
     TYPE: ClassVar[str] = "item.skipped"
     item: str
@@ -353,6 +402,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunCompleted,
         RunFailed,
         RunAborted,
+        RunPaused,
+        RunUnpaused,
+        RunCancelRequested,
         LockAcquired,
         LedgerRecovered,
         StepStarted,
@@ -360,6 +412,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         StepFailed,
         StepSkipped,
         ItemEnqueued,
+        MapEnqueued,
         ItemDuplicate,
         ItemDispatched,
         Heartbeat,
@@ -368,6 +421,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ItemRetryScheduled,
         ItemDeadLettered,
         ItemRequeued,
+        DLQPurged,
         ItemSkipped,
         CacheHit,
         CacheMiss,

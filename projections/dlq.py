@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from ledger.events import (
+    DLQPurged,
     ItemDeadLettered,
     ItemFailed,
     ItemRequeued,
@@ -65,6 +66,8 @@ class DLQProjection(Projection):
         """``item.failed`` records of items with no success yet."""
         self.dead: dict[str, Record] = {}
         """The ``item.dead_lettered`` record of every item now in the DLQ."""
+        self.purged: set[str] = set()
+        """Dead items purged from the DLQ (hidden; their records stay)."""
 
     @handles(ItemFailed)
     def _failed(self, record: Record, e: ItemFailed) -> None:
@@ -100,6 +103,12 @@ class DLQProjection(Projection):
     @handles(ItemRequeued)
     def _requeued(self, record: Record, e: ItemRequeued) -> None:
         self.dead.pop(e.item, None)
+
+    @handles(DLQPurged)
+    def _purged(self, record: Record, e: DLQPurged) -> None:
+        for item in e.items:
+            if self.dead.pop(item, None) is not None:
+                self.purged.add(item)
 
     @handles(ItemSucceeded, ItemSkipped)
     def _done(self, record: Record, e: ItemSucceeded | ItemSkipped) -> None:

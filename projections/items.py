@@ -69,6 +69,8 @@ class ItemState(msgspec.Struct, kw_only=True, gc=False):
     retry_at: str | None = None
     updated_at: str | None = None
     cache_hit: bool = False
+    requeued: bool = False
+    """Came back from the DLQ (``item.requeued``); such items run last."""
 
 
 class ItemCounts(msgspec.Struct, kw_only=True):
@@ -170,6 +172,7 @@ class ItemsProjection(Projection):
         if state is None:
             return
         state.retry_at = None
+        state.requeued = True
         self._move(state, "pending", record.ts)
 
     @handles(ItemSkipped)

@@ -2,9 +2,11 @@
 
 An index over the items projection, built only for a scheduler: a replay
 that only shows a run never pays for it. :meth:`PendingProjection.build`
-derives it from the items' statuses (pending items by index; those waiting
-for a retry by their ``not_before``); from then on it is a fold like every
-other projection. The scheduler asks it for the next items that may run at
+derives it from the items' statuses; from then on it is a fold like every
+other projection. Ready items go in this order: items never dispatched,
+then items that ran before (interrupted, or retrying once their
+``not_before`` has passed), then items requeued from the DLQ; by index
+within each. The scheduler asks it for the next items that may run at
 a given time (an RFC 3339 string taken from the clock outside the fold);
 the ``item.dispatched`` it then appends takes them out. (Every item leaves
 the queue by being dispatched or skipped.)
@@ -40,7 +42,8 @@ class PendingProjection(Projection):
         self.items = items
         self.queued: dict[str, str] = {}
         """Items that may be dispatched, with their ``not_before`` ("" for now)."""
-        self._ready: list[tuple[int, str]] = []
+        self._ready: list[tuple[int, int, str]] = []
+        """(rank, index, item): see :func:`_rank`."""
         self._delayed: list[tuple[str, int, str]] = []
 
     def build(self) -> None:
@@ -56,7 +59,7 @@ class PendingProjection(Projection):
                 self._delayed.append((state.retry_at, state.index, state.item))
             else:
                 self.queued[state.item] = ""
-                self._ready.append((state.index, state.item))
+                self._ready.append((_rank(state), state.index, state.item))
         heapq.heapify(self._ready)
         heapq.heapify(self._delayed)
 
@@ -85,7 +88,7 @@ class PendingProjection(Projection):
         if not_before:
             heapq.heappush(self._delayed, (not_before, state.index, e.item))
         else:
-            heapq.heappush(self._ready, (state.index, e.item))
+            heapq.heappush(self._ready, (_rank(state), state.index, e.item))
 
     def next_ready(self, now: str) -> str | None:
         """The next item that may run at ``now``, without taking it."""
@@ -94,10 +97,10 @@ class PendingProjection(Projection):
         while delayed and delayed[0][0] <= now:
             not_before, index, item = heapq.heappop(delayed)
             if queued.get(item) == not_before:
-                heapq.heappush(self._ready, (index, item))
+                heapq.heappush(self._ready, (_rank(self.items.items[item]), index, item))
         ready = self._ready
         while ready:
-            _index, item = ready[0]
+            item = ready[0][2]
             waiting_until = queued.get(item)
             if waiting_until is not None and waiting_until <= now:
                 return item
@@ -110,7 +113,7 @@ class PendingProjection(Projection):
         Items in ``exclude`` (already being dispatched) are passed over.
         """
         out: list[str] = []
-        held: list[tuple[int, str]] = []
+        held: list[tuple[int, int, str]] = []
         while len(out) < limit:
             item = self.next_ready(now)
             if item is None:
@@ -141,3 +144,10 @@ class PendingProjection(Projection):
     def to_json(self) -> dict[str, object]:
         waiting = sum(1 for nb in self.queued.values() if nb)
         return {"queued": len(self.queued), "waiting_for_retry": waiting}
+
+
+def _rank(state: Any) -> int:
+    """0: never dispatched; 1: ran before (interrupted or retrying); 2: back from the DLQ."""
+    if state.requeued:
+        return 2
+    return 1 if state.attempts else 0

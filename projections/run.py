@@ -11,11 +11,14 @@ from ledger.events import (
     LockAcquired,
     Record,
     RunAborted,
+    RunCancelRequested,
     RunCompleted,
     RunCreated,
     RunFailed,
+    RunPaused,
     RunResumed,
     RunStarted,
+    RunUnpaused,
 )
 from projections.base import Projection, handles
 
@@ -61,6 +64,8 @@ class RunView(msgspec.Struct, kw_only=True):
     finished_at: str | None
     reason: str | None
     resumes: int
+    paused: bool
+    cancel_requested: bool
     lock_holders: list[LockHolder]
     recoveries: list[Recovery]
     events: int
@@ -85,6 +90,10 @@ class RunProjection(Projection):
         self.finished_at: str | None = None
         self.reason: str | None = None
         self.resumes = 0
+        self.paused = False
+        """Dispatching is paused (``engine pause``) until ``run.unpaused``."""
+        self.cancel_requested = False
+        self.cancel_force = False
         self.lock_holders: list[LockHolder] = []
         self.recoveries: list[Recovery] = []
         self.events = 0
@@ -120,10 +129,24 @@ class RunProjection(Projection):
     def _resumed(self, record: Record, e: RunResumed) -> None:
         self.status = "running"
         self.resumes += 1
+        self.cancel_requested = self.cancel_force = False
         self.finished_at = None
         self.reason = None
         if self.started_at is None:
             self.started_at = record.ts
+
+    @handles(RunPaused)
+    def _paused(self, record: Record, e: RunPaused) -> None:
+        self.paused = True
+
+    @handles(RunUnpaused)
+    def _unpaused(self, record: Record, e: RunUnpaused) -> None:
+        self.paused = False
+
+    @handles(RunCancelRequested)
+    def _cancel(self, record: Record, e: RunCancelRequested) -> None:
+        self.cancel_requested = True
+        self.cancel_force = self.cancel_force or e.force
 
     @handles(RunCompleted)
     def _completed(self, record: Record, e: RunCompleted) -> None:
@@ -178,6 +201,8 @@ class RunProjection(Projection):
             finished_at=self.finished_at,
             reason=self.reason,
             resumes=self.resumes,
+            paused=self.paused,
+            cancel_requested=self.cancel_requested,
             lock_holders=list(self.lock_holders),
             recoveries=list(self.recoveries),
             events=self.events,
