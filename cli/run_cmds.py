@@ -6,7 +6,9 @@ import asyncio
 import shlex
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -15,14 +17,24 @@ from cli.app import Context, cli, echo_json
 from cli.progress import Progress, summary_table
 from engine.home import RunRef, list_runs
 from engine.mock_agent import main as mock_agent_main
-from engine.runner import RunOptions, execute_run
+from engine.runner import RunOptions, RunResult, execute_run, resume_run
 from engine.status import dlq_view, status_view
 from engine.templates import TEMPLATES, write_template
 from engine.workflow import load_workflow
 from ledger.errors import EngineError
 from projections.replay import replay
 
-__all__ = ["dlq", "init_cmd", "mock_agent_cmd", "run_cmd", "runs_cmd", "status_cmd", "validate_cmd"]
+__all__ = [
+    "dlq",
+    "drive",
+    "init_cmd",
+    "mock_agent_cmd",
+    "resume_cmd",
+    "run_cmd",
+    "runs_cmd",
+    "status_cmd",
+    "validate_cmd",
+]
 
 
 def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -74,18 +86,25 @@ def run_cmd(
             hint="use --executor local",
         )
     loaded = load_workflow(workflow)
+    options = RunOptions(run_id=run_id, max_parallel=jobs, variables=_variables(variables))
+    drive(obj, lambda o: execute_run(loaded, obj.home, o), options, as_json, no_progress)
+
+
+def drive(
+    obj: Context,
+    start: Callable[[RunOptions], Coroutine[Any, Any, RunResult]],
+    options: RunOptions,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Run (or resume) with a live display, print the outcome, exit with its code."""
     console = Console(stderr=False)
     progress = Progress(console, enabled=console.is_terminal and not no_progress and not as_json)
     started = time.monotonic()
-    options = RunOptions(
-        run_id=run_id,
-        max_parallel=jobs,
-        variables=_variables(variables),
-        command=shlex.join(["engine", *sys.argv[1:]]),
-        on_change=progress.update,
-    )
+    options.command = shlex.join(["engine", *sys.argv[1:]])
+    options.on_change = progress.update
     with progress:
-        result = asyncio.run(execute_run(loaded, obj.home, options))
+        result = asyncio.run(start(options))
     wall = time.monotonic() - started
     p = result.projections
     if as_json:
@@ -99,12 +118,54 @@ def run_cmd(
             click.echo(f"reason: {result.reason}")
         click.echo(f"run directory: {result.run_dir}")
         click.echo("next:")
+        if result.status in ("interrupted", "aborted"):
+            click.echo(f"  engine resume {result.run_id}        # go on where it stopped")
         if p.dlq.dead:
             click.echo(f"  engine dlq list {result.run_id}        # what failed for good, and why")
         click.echo(f"  engine status {result.run_id}")
         if p.signatures.stats:
             click.echo(f"  engine tail {result.run_id} --type item.failed --all")
     sys.exit(result.exit_code)
+
+
+@cli.command("resume")
+@click.argument("run")
+@click.option("--include-dlq", is_flag=True, help="Run the dead-lettered items again too (last).")
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), help="Attempts at once (overrides max_parallel)."
+)
+@click.option(
+    "--allow-changed",
+    is_flag=True,
+    help="Go on with a workflow file that changed since the run started (recorded).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+@click.option(
+    "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
+)
+@click.pass_obj
+def resume_cmd(
+    obj: Context,
+    run: str,
+    include_dlq: bool,
+    jobs: int | None,
+    allow_changed: bool,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Continue a run from its ledger.
+
+    Runs what is pending, what a stopped engine left without an outcome
+    (that attempt counts, as `interrupted`; its leftover processes are
+    stopped first), and what waits for a retry; with --include-dlq, the
+    dead-lettered items last. Setup steps that succeeded are not run again.
+    Exit codes as for `engine run`; 2 when the run is completed or its
+    workflow file changed (see --allow-changed); 3 when another engine holds
+    the run.
+    """
+    ref = obj.run(run, allow_ledger_file=False)
+    options = RunOptions(max_parallel=jobs, include_dlq=include_dlq, allow_changed=allow_changed)
+    drive(obj, lambda o: resume_run(ref.run_dir, o), options, as_json, no_progress)
 
 
 @cli.command("status")

@@ -98,8 +98,11 @@ class Attempt(abc.ABC):
         """The outcome, once the attempt has ended (its logs are durable)."""
 
     @abc.abstractmethod
-    async def cancel(self) -> None:
-        """Stop the attempt; its outcome says ``interrupted``."""
+    async def cancel(self, *, force: bool = False) -> None:
+        """Stop the attempt; its outcome says ``interrupted``.
+
+        ``force``: no grace period (SIGKILL at once, where there are signals).
+        """
 
 
 class Executor(abc.ABC):
@@ -108,6 +111,13 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     async def start(self, request: AttemptRequest) -> Attempt:
         """Start an attempt; return once it is running."""
+
+    async def reclaim(self, run_id: str) -> dict[str, int]:
+        """Stop whatever an earlier engine left running for ``run_id`` (before a resume).
+
+        Returns, per item, how many leftovers were stopped.
+        """
+        return {}
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release the executor's resources."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
+from engine.guardian import alive_groups
 from engine.spec import Step
 from engine.template import TemplateError, render_shell, render_text
 from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
@@ -221,6 +222,81 @@ def _spawn(
         filename = cwd if where.startswith(b"noexec") else executable
         raise OSError(number, os.strerror(number), filename)
     return pid, None
+
+
+class _Guardian:
+    """The engine's side of :mod:`engine.guardian` (one per engine process).
+
+    Started at the first attempt; every attempt's process group is registered
+    while it runs. If the engine dies, even by SIGKILL, the guardian sees its
+    pipe close and terminates the groups still registered.
+    """
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.pid = -1
+        self._owner = -1
+        """The process that started it (a forked child must start its own)."""
+
+    def _start(self) -> None:
+        self._owner = os.getpid()
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        script = str(Path(__file__).with_name("guardian.py"))
+        argv = [sys.executable, "-I", "-S", script, str(GUARDIAN_GRACE)]
+        try:
+            # No Popen: the guardian outlives every object here, by design.
+            self.pid = os.posix_spawn(
+                sys.executable,
+                argv,
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, read_end, 0),
+                    (os.POSIX_SPAWN_DUP2, _devnull(), 1),
+                    (os.POSIX_SPAWN_DUP2, _devnull(), 2),
+                ],
+                setsid=True,
+            )
+        except OSError:
+            os.close(write_end)
+            return
+        finally:
+            os.close(read_end)
+        self.fd = write_end
+
+    def _send(self, line: bytes) -> None:
+        if self._owner != os.getpid():
+            self._start()
+        if self.fd < 0:
+            return
+        try:
+            os.write(self.fd, line)
+        except OSError:  # the guardian is gone; resume still finds what it left running
+            os.close(self.fd)
+            self.fd = -1
+
+    def register(self, pgid: int) -> None:
+        self._send(b"+%d\n" % pgid)
+
+    def unregister(self, pgid: int) -> None:
+        self._send(b"-%d\n" % pgid)
+
+
+GUARDIAN_GRACE = 5.0
+"""Seconds the guardian waits after SIGTERM before it sends SIGKILL."""
+
+_GUARDIAN = _Guardian()
+
+
+def _forget_guardian_in_child() -> None:
+    # A forked child (a background verifier) must not keep the engine's end
+    # of the pipe open: the guardian would not see the engine die.
+    if _GUARDIAN.fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(_GUARDIAN.fd)
+        _GUARDIAN.fd = -1
+
+
+os.register_at_fork(after_in_child=_forget_guardian_in_child)
 
 
 class _Child:
@@ -495,11 +571,11 @@ class LocalAttempt(Attempt):
     async def wait(self) -> AttemptOutcome:
         return await asyncio.shield(self.task)
 
-    async def cancel(self) -> None:
+    async def cancel(self, *, force: bool = False) -> None:
         self.cancelled = True
         if self.pgid is not None:
             exited = self.child.exited if self.child is not None else None
-            await terminate_group(self.pgid, exited, self.request.kill_grace)
+            await terminate_group(self.pgid, exited, 0.0 if force else self.request.kill_grace)
         with contextlib.suppress(Exception):
             await asyncio.shield(self.task)
 
@@ -618,6 +694,7 @@ class LocalAttempt(Attempt):
             return {"exit_code": 127, "error": f"cannot start {argv[0]!r}", "stdout": b""}
         self.child = child
         self.pgid = child.pid
+        _GUARDIAN.register(child.pid)
         timed_out = False
         try:
             if limit is None:
@@ -636,6 +713,7 @@ class LocalAttempt(Attempt):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.pid, signal.SIGKILL)
                 await child.drained
+        _GUARDIAN.unregister(child.pid)
         code = child.returncode
         return {
             "exit_code": code if code is not None and code >= 0 else None,
@@ -735,6 +813,64 @@ class LocalExecutor(Executor):
 
     async def start(self, request: AttemptRequest) -> Attempt:
         return LocalAttempt(request)
+
+    async def reclaim(self, run_id: str, grace: float = GUARDIAN_GRACE) -> dict[str, int]:
+        """Stop every process an earlier engine left running for ``run_id``.
+
+        Attempts carry ``ENGINE_RUN_ID`` in their environment, and so do the
+        processes they start: those still alive are found in ``/proc``, their
+        groups sent SIGTERM, and after ``grace`` seconds SIGKILL.
+        """
+        found = await asyncio.to_thread(run_processes, run_id)
+        groups = {pgid for pgid, _item in found.values()}
+        if not groups:
+            return {}
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while groups and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            groups = await asyncio.to_thread(alive_groups, groups)
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        per_item: dict[str, int] = {}
+        for _pgid, item in found.values():
+            per_item[item] = per_item.get(item, 0) + 1
+        return per_item
+
+
+def run_processes(run_id: str) -> dict[int, tuple[int, str]]:
+    """Live processes of attempts of ``run_id`` (by their environment): pid -> (pgid, item)."""
+    marker = b"ENGINE_RUN_ID=" + os.fsencode(run_id)
+    me = os.getpid()
+    found: dict[int, tuple[int, str]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            if marker not in environ:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone, or not ours to read
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if fields[0] == b"Z":
+            continue
+        item = next(
+            (v[len(b"ENGINE_ITEM_ID=") :] for v in environ if v.startswith(b"ENGINE_ITEM_ID=")),
+            b"",
+        )
+        found[int(entry)] = (int(fields[2]), os.fsdecode(item))
+    return found
 
 
 def agent_argv(command: str) -> list[str]:

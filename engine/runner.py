@@ -8,6 +8,8 @@ is recorded in the ledger before and after it happens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import getpass
 import os
@@ -28,30 +30,39 @@ from engine.items import ItemsError, load_items
 from engine.local import LocalExecutor, agent_argv
 from engine.scheduler import MapScheduler
 from engine.spec import Step
-from engine.workflow import LoadedWorkflow
+from engine.store import ContentStore
+from engine.workflow import LoadedWorkflow, describe_changes, load_workflow
 from ledger.atomic import atomic_write
 from ledger.errors import EngineError
 from ledger.events import (
     Event,
     ItemDuplicate,
     ItemEnqueued,
+    ItemRequeued,
     ItemSkipped,
     ItemSucceeded,
+    MapEnqueued,
+    RunAborted,
+    RunCancelRequested,
     RunCompleted,
     RunCreated,
     RunFailed,
+    RunPaused,
+    RunResumed,
     RunStarted,
+    RunUnpaused,
     StepFailed,
     StepStarted,
     StepSucceeded,
 )
 from ledger.reader import LedgerReader
 from ledger.writer import LedgerWriter
-from projections.replay import Projections
+from projections.replay import Projections, replay
 
-__all__ = ["RunOptions", "RunResult", "execute_run", "new_run_id"]
+__all__ = ["ResumeRefused", "RunOptions", "RunResult", "execute_run", "new_run_id", "resume_run"]
 
 ENQUEUE_BATCH = 1000
+CAPTURE_INLINE_LIMIT = 64 * 1024
 RESULTS_INLINE_LIMIT = 64 * 1024
 
 
@@ -63,6 +74,14 @@ class RunOptions:
     executor: Executor | None = None
     command: str = ""
     on_change: Callable[[Projections], None] = lambda _p: None
+    include_dlq: bool = False
+    """Resume: dead items run again too (after everything else)."""
+    requeue: list[str] | None = None
+    """Resume for ``engine dlq retry``: these dead items run again."""
+    allow_changed: bool = False
+    """Resume with a workflow whose file differs from the run's frozen copy."""
+    no_cache: bool = False
+    refresh_cache: bool = False
 
 
 @dataclass
@@ -88,18 +107,25 @@ class RunExists(EngineError):
     exit_code = 2
 
 
+class ResumeRefused(EngineError):
+    """The run cannot be resumed as asked (completed, or its workflow changed)."""
+
+    exit_code = 2
+
+
 class _Run:
-    def __init__(self, loaded: LoadedWorkflow, home: Path, options: RunOptions) -> None:
+    def __init__(
+        self, loaded: LoadedWorkflow, run_dir: Path, run_id: str, options: RunOptions
+    ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
         self.options = options
-        self.run_id = options.run_id or new_run_id(self.spec.name)
-        self.run_dir = home / "runs" / self.run_id
+        self.run_id = run_id
+        self.run_dir = run_dir
         self.executor = options.executor or LocalExecutor()
         self.local = LocalExecutor()
         circuit = self.spec.circuit_breaker
         self.p = Projections(circuit_on=circuit.on if circuit else ())
-        self.p.enable_scheduling()
         self.env: dict[str, str] = {**self.spec.env, **options.variables}
         self.secret_values = [os.environ.get(name, "") for name in self.spec.secrets]
         self.context: dict[str, Any] = {"env": self.env, "run": {"id": self.run_id}}
@@ -107,6 +133,7 @@ class _Run:
         self.output: list[str] = []
         self._base_env: dict[str, str] | None = None
         self.agent_command = agent_argv(self.spec.agent.command)
+        self.store = ContentStore(run_dir.parent.parent)
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -175,6 +202,8 @@ class _Run:
     async def steps(self, phase: str, steps: list[Step]) -> str | None:
         """Run setup or reduce steps in order; the failure reason, if one failed."""
         for index, step in enumerate(steps):
+            if phase == "setup" and (phase, index) in self.p.run.steps_done:
+                continue  # done before this resume; its capture is restored
             await self.append(
                 [StepStarted(phase=phase, index=index, name=step.name or "", command=step.text)]
             )
@@ -217,6 +246,9 @@ class _Run:
                         index=index,
                         duration=round(outcome.duration, 6),
                         captured=step.capture_output,
+                        captured_value=self.recordable(outcome.captures.get(step.capture_output))
+                        if step.capture_output
+                        else None,
                         stdout=outcome.stdout,
                         stderr=outcome.stderr,
                     )
@@ -224,23 +256,55 @@ class _Run:
             )
         return None
 
+    def recordable(self, value: Any) -> Any:
+        """A captured value as the ledger keeps it: inline, or in the store when large."""
+        encoded = msgspec.json.encode(value)
+        if len(encoded) <= CAPTURE_INLINE_LIMIT:
+            return value
+        return {"$blob": self.store.put_bytes(encoded)}
+
+    def restore_captures(self) -> None:
+        """Setup captures recorded before a resume, back in the variables."""
+        for name, recorded in self.p.run.captures.items():
+            value = recorded
+            if isinstance(recorded, dict) and set(recorded) == {"$blob"}:
+                value = msgspec.json.decode(self.store.get_bytes(recorded["$blob"]))
+            self.context[name] = value
+
+    def enqueued_values(self) -> dict[str, Any]:
+        """Every enqueued item's value, read back from the ledger."""
+        assert self.writer is not None
+        values: dict[str, Any] = {}
+        for record in LedgerReader(self.writer.path).records():
+            if isinstance(record.data, ItemEnqueued):
+                values.setdefault(record.data.item, record.data.value)
+        return values
+
     async def enqueue(self) -> dict[str, Any]:
+        """The map's items, enqueued once: a resume finishes an enqueue a crash cut short."""
         spec = self.spec.map
         assert spec is not None
+        known = self.enqueued_values() if self.p.items.items else {}
+        if self.p.run.map_enqueued:
+            return known
         loaded = await asyncio.to_thread(
             load_items, spec, self.loaded.directory, self.process_env(), dict(self.context)
         )
         values = {w.id: w.value for w in loaded.items}
         batch: list[Event] = [
-            ItemEnqueued(item=w.id, index=w.index, value=w.value) for w in loaded.items
+            ItemEnqueued(item=w.id, index=w.index, value=w.value)
+            for w in loaded.items
+            if w.id not in known
         ]
-        batch += [
-            ItemDuplicate(item=w.id, index=w.index, first_index=first)
-            for w, first in loaded.duplicates
-        ]
+        if not self.p.items.duplicates:
+            batch += [
+                ItemDuplicate(item=w.id, index=w.index, first_index=first)
+                for w, first in loaded.duplicates
+            ]
+        batch.append(MapEnqueued(total=len(loaded.items), duplicates=len(loaded.duplicates)))
         for start in range(0, len(batch), ENQUEUE_BATCH):
             await self.append(batch[start : start + ENQUEUE_BATCH])
-        return values
+        return {**values, **known}
 
     def results(self) -> dict[str, Any]:
         """Each item's result, read back from the ledger (the one source of truth)."""
@@ -278,6 +342,97 @@ class _Run:
         return RunResult(self.run_id, self.run_dir, "interrupted", 130, self.p, "interrupted")
 
 
+class _Control:
+    """``engine pause|unpause|cancel`` from another terminal, seen by the running engine.
+
+    Those commands write ``control.json`` in the run directory (atomically):
+    the state the user wants (``paused``, ``cancel``). The engine watches the
+    file (inotify, through watchfiles), records each change in the ledger
+    (only the lock holder writes it), and acts on it: no new dispatches while
+    paused; on cancel, no new dispatches, running attempts terminated (at
+    once with ``force``), and ``run.aborted``.
+    """
+
+    FILE = "control.json"
+
+    def __init__(self, run: _Run, stop: _Stop) -> None:
+        self.run = run
+        self.stop_ = stop
+        self.path = run.run_dir / self.FILE
+        self._task: asyncio.Future[None] | None = None
+        self._stop_event = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.by = ""
+
+    def start(self) -> None:
+        # A request left for an engine that is gone is not this engine's to act on.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._task = asyncio.ensure_future(self._watch())
+
+    async def stop(self) -> None:
+        self._stop_event.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def cancelled(self) -> bool:
+        return self.run.p.run.cancel_requested
+
+    async def _watch(self) -> None:
+        import watchfiles  # noqa: PLC0415 - imported when a run starts, not by every command
+
+        target = str(self.path)
+
+        def only_control(_change: object, path: str) -> bool:
+            return path == target
+
+        async for _changes in watchfiles.awatch(
+            self.run.run_dir,
+            watch_filter=only_control,
+            stop_event=self._stop_event,
+            debounce=20,
+            step=10,
+            recursive=False,
+        ):
+            await self.apply()
+
+    async def apply(self) -> None:
+        """Record and act on what ``control.json`` asks, where it differs from the ledger."""
+        async with self._lock:
+            try:
+                wanted = msgspec.json.decode(self.path.read_bytes())
+            except (OSError, msgspec.DecodeError):
+                return
+            if not isinstance(wanted, dict):
+                return
+            by = str(wanted.get("by", ""))[:200]
+            state = self.run.p.run
+            scheduler = self.stop_.scheduler
+            paused = bool(wanted.get("paused", False))
+            if paused != state.paused and not state.cancel_requested:
+                await self.run.append([RunPaused(by=by) if paused else RunUnpaused(by=by)])
+                if scheduler is not None:
+                    scheduler.wake.set()
+            cancel = wanted.get("cancel")
+            if cancel in ("graceful", "force") and not state.cancel_requested:
+                self.by = by
+                force = cancel == "force"
+                await self.run.append([RunCancelRequested(by=by, force=force)])
+                if scheduler is not None:
+                    scheduler.stop("cancelled")
+                    self.stop_.tasks.add(
+                        asyncio.ensure_future(scheduler.cancel_running(force=force))
+                    )
+
+    async def finish_cancelled(self) -> RunResult:
+        run = self.run
+        by = self.by or "engine cancel"
+        await run.append([RunAborted(reason=f"cancelled by {by}")])
+        return RunResult(run.run_id, run.run_dir, "aborted", 130, run.p, f"cancelled by {by}")
+
+
 @dataclass
 class _Stop:
     """What a SIGINT or SIGTERM handler needs to reach."""
@@ -291,16 +446,142 @@ class _Stop:
 
 
 async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -> RunResult:
-    """Run a workflow to the end (or until interrupted)."""
-    run = _Run(loaded, home, options)
-    if (run.run_dir / "ledger.ndjson").exists():
-        raise RunExists(
-            f"run {run.run_id!r} already exists in {run.run_dir.parent}",
-            hint="pick another --run-id, or leave it out for a new one",
-        )
+    """Run a workflow to the end (or until interrupted).
+
+    A run id that exists already is resumed (``engine run`` on it is
+    ``engine resume``).
+    """
+    run_id = options.run_id or new_run_id(loaded.spec.name)
+    run_dir = home / "runs" / run_id
+    if (run_dir / "ledger.ndjson").exists():
+        return await resume_run(run_dir, options, workflow=loaded)
+    run = _Run(loaded, run_dir, run_id, options)
     spec = loaded.spec
     run.writer = LedgerWriter.open(run.run_dir, run.run_id, create=True, command=options.command)
     run.p.apply_all(run.writer.opening)
+    run.p.enable_scheduling()
+    atomic_write(run.run_dir / "workflow.yml", loaded.text.encode())
+    opening: list[Event] = [
+        RunCreated(
+            workflow_name=spec.name,
+            workflow_path=str(loaded.path),
+            workflow_hash=loaded.hash,
+            workflow=loaded.text,
+            vars=dict(options.variables),
+            engine_version=engine_version(),
+            user=getpass.getuser(),
+            host=socket.gethostname(),
+        ),
+        RunStarted(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
+            executor=run.executor.name,
+        ),
+    ]
+    return await _drive(run, opening)
+
+
+def _frozen_workflow(run_dir: Path, p: Projections) -> LoadedWorkflow:
+    """The workflow a run was created with, loaded as if from its original place."""
+    path = Path(p.run.workflow_path or run_dir / "workflow.yml")
+    try:
+        raw = (run_dir / "workflow.yml").read_bytes()
+    except OSError as exc:
+        raise ResumeRefused(
+            f"{run_dir / 'workflow.yml'}: the run's frozen workflow is missing ({exc.strerror})",
+            hint="resume with the workflow file given explicitly: engine run WORKFLOW --run-id ID",
+        ) from None
+    return load_workflow(path, raw=raw)
+
+
+async def resume_run(
+    run_dir: Path, options: RunOptions, *, workflow: LoadedWorkflow | None = None
+) -> RunResult:
+    """Continue a run from its ledger: what was pending, interrupted or retrying.
+
+    ``workflow``: the workflow file as given now (by default the file the run
+    was created from, if it is still there, else the run's frozen copy); one
+    whose bytes differ from the frozen copy is refused without
+    ``allow_changed``.
+    """
+    ledger = run_dir / "ledger.ndjson"
+    before = replay(ledger)  # read-only, no lock: only to refuse early
+    run_id = before.run.run_id or run_dir.name
+    requeue = options.requeue
+    if before.run.status == "completed" and requeue is None:
+        counts = before.items.counts
+        dead = len(before.dlq.dead)
+        raise ResumeRefused(
+            f"run {run_id!r} is completed ({counts['succeeded']} succeeded, {dead} in the "
+            "dead-letter queue): there is nothing to resume",
+            hint=(f"retry its dead items with: engine dlq retry {run_id} --all; " if dead else "")
+            + "or start the workflow afresh: engine run WORKFLOW",
+        )
+    frozen = _frozen_workflow(run_dir, before)
+    if workflow is None:
+        workflow = frozen
+        if frozen.path.is_file():
+            workflow = load_workflow(frozen.path)
+    changes: list[str] = []
+    if workflow.hash != (before.run.workflow_hash or frozen.hash):
+        changes = describe_changes(frozen.spec, workflow.spec) or [
+            "the file's text changed (comments or layout; no setting did)"
+        ]
+        if not options.allow_changed:
+            shown = "; ".join(changes[:5]) + ("; ..." if len(changes) > 5 else "")
+            raise ResumeRefused(
+                f"{workflow.path}: the workflow changed since run {run_id!r} started: {shown}",
+                hint="undo the change, or resume with --allow-changed to run the changed "
+                "workflow (recorded in the ledger)",
+            )
+    variables = {**before.run.vars, **options.variables}
+    options = dataclasses.replace(options, variables=variables)
+    run = _Run(workflow, run_dir, run_id, options)
+    run.writer = LedgerWriter.open(run_dir, run_id, create=False, command=options.command)
+    try:
+        replay(ledger, into=run.p)  # under the lock: what the ledger says now
+    except BaseException:
+        run.writer.close()
+        raise
+    run.p.enable_scheduling()
+    run.restore_captures()
+    spec = workflow.spec
+    opening: list[Event] = [
+        RunResumed(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            include_dlq=options.include_dlq,
+            allow_changed=bool(changes),
+            workflow_hash=workflow.hash,
+            changes=changes,
+            max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
+        )
+    ]
+    if changes:
+        atomic_write(run_dir / "workflow.yml", workflow.text.encode())
+    if run.p.run.paused:
+        opening.append(RunUnpaused(by="resume"))
+    return await _drive(run, opening, resuming=True)
+
+
+def _requeue_events(run: _Run) -> list[Event]:
+    """``item.requeued`` for the dead items a resume brings back."""
+    options = run.options
+    wanted: list[str] = []
+    if options.requeue is not None:
+        wanted = [item for item in options.requeue if item in run.p.dlq.dead]
+    elif options.include_dlq:
+        wanted = sorted(run.p.dlq.dead, key=lambda item: run.p.items.items[item].index)
+    reason = "dlq retry" if options.requeue is not None else "resume --include-dlq"
+    return [ItemRequeued(item=item, reason=reason) for item in wanted]
+
+
+async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> RunResult:
+    """Record ``opening``, then setup, map and reduce, as far as the ledger says is left."""
+    assert run.writer is not None
+    options = run.options
+    spec = run.spec
     loop = asyncio.get_running_loop()
     stop = _Stop()
 
@@ -312,40 +593,28 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    control = _Control(run, stop)
     try:
-        atomic_write(run.run_dir / "workflow.yml", loaded.text.encode())
-        await run.append(
-            [
-                RunCreated(
-                    workflow_name=spec.name,
-                    workflow_path=str(loaded.path),
-                    workflow_hash=loaded.hash,
-                    workflow=loaded.text,
-                    vars=dict(options.variables),
-                    engine_version=engine_version(),
-                    user=getpass.getuser(),
-                    host=socket.gethostname(),
-                ),
-                RunStarted(
-                    pid=os.getpid(),
-                    host=socket.gethostname(),
-                    max_parallel=options.max_parallel
-                    or (spec.map.max_parallel if spec.map else None),
-                    executor=run.executor.name,
-                ),
-            ]
-        )
+        await run.append(opening)
+        control.start()
+        if resuming:
+            await _settle_interrupted(run)
         failure = await run.steps("setup", list(spec.setup))
         if failure is not None:
             return await run.finish_failed(failure)
         if stop.interrupted():
             return run.finish_interrupted()
+        if control.cancelled():
+            return await control.finish_cancelled()
         if spec.map is not None:
             try:
                 values = await run.enqueue()
             except ItemsError as exc:
                 await run.append([RunFailed(reason=str(exc))])
                 raise
+            requeued = _requeue_events(run)
+            if requeued:
+                await run.append(requeued)
             scheduler = MapScheduler(
                 writer=run.writer,
                 projections=run.p,
@@ -360,9 +629,13 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
             stop.scheduler = scheduler
             if stop.interrupted():
                 scheduler.stop("interrupted")
+            if control.cancelled():
+                scheduler.stop("cancelled")
             outcome = await scheduler.run()
             if outcome.stopped == "interrupted":
                 return run.finish_interrupted()
+            if outcome.stopped == "cancelled":
+                return await control.finish_cancelled()
             if outcome.stopped is not None:
                 reason = (
                     "an item failed and on_item_failure is 'fail'"
@@ -390,6 +663,34 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
             run.run_id, run.run_dir, "completed", 1 if failed else 0, run.p, output=run.output
         )
     finally:
+        await control.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         run.writer.close()
+
+
+async def _settle_interrupted(run: _Run) -> None:
+    """Attempts a dead engine left without an outcome: stop leftovers, record them interrupted."""
+    assert run.spec.map is not None or not run.p.items.items
+    leftovers = await run.executor.reclaim(run.run_id)
+    running = [s for s in run.p.items.items.values() if s.status == "running"]
+    if not running or run.spec.map is None:
+        return
+    scheduler = MapScheduler(
+        writer=run.writer,  # type: ignore[arg-type]
+        projections=run.p,
+        spec=run.spec.map,
+        executor=run.executor,
+        values={},
+        request=run.request,
+        max_parallel=1,
+        circuit=None,
+    )
+    events: list[Event] = []
+    for state in sorted(running, key=lambda s: s.index):
+        stopped = leftovers.get(state.item, 0)
+        message = "the engine stopped before this attempt's outcome was recorded"
+        if stopped:
+            message += f" ({stopped} leftover process{'es' if stopped > 1 else ''} stopped)"
+        events += scheduler.abandon(state.item, state.attempts, message)
+    await run.append(events)

@@ -152,16 +152,18 @@ class MapScheduler:
                 break
             self.wake.clear()
             timeout = self._next_wakeup()
-            if self.tasks or timeout is not None:
+            if self.tasks or timeout is not None or self.p.run.paused:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
             elif self.stopping is None and not self.p.pending.empty:
                 await asyncio.sleep(0.01)
         return MapOutcome(stopped=self.stopping)
 
-    async def cancel_running(self) -> None:
+    async def cancel_running(self, *, force: bool = False) -> None:
         """Terminate every running attempt (their outcomes record ``interrupted``)."""
-        await asyncio.gather(*(attempt.cancel() for attempt in list(self.running.values())))
+        await asyncio.gather(
+            *(attempt.cancel(force=force) for attempt in list(self.running.values()))
+        )
         tasks = list(self.tasks.values())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -182,7 +184,7 @@ class MapScheduler:
         return max(0.0, min(times))
 
     async def _dispatch_ready(self) -> None:
-        while self.stopping is None and self._free_slots() > 0:
+        while self.stopping is None and not self.p.run.paused and self._free_slots() > 0:
             if not await self._circuit_allows():
                 return
             free = self._free_slots()
@@ -285,8 +287,9 @@ class MapScheduler:
                 # success (one fsync for both). A failure keeps its slot until
                 # the failure limits and the circuit breaker have seen it.
                 self.running.pop(item, None)
+                may = self.stopping is None and not self.p.run.paused
                 closed = self.circuit is None or self.p.circuit.state == "closed"
-                plans = self._plan(self._free_slots()) if self.stopping is None and closed else []
+                plans = self._plan(self._free_slots()) if may and closed else []
                 await self._dispatch(plans, before=events)
             else:
                 await self._append(events)
@@ -343,7 +346,7 @@ class MapScheduler:
             )
         ]
         retry = self.spec.retry
-        if o.interrupted and self.stopping == "interrupted":
+        if o.interrupted and self.stopping in ("interrupted", "cancelled"):
             # The engine is stopping: the item runs again on resume, at once.
             events.append(
                 ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=utc_now())
@@ -366,6 +369,43 @@ class MapScheduler:
                     attempt=attempt,
                     error_type=error_type,
                     signature=events[0].signature,  # type: ignore[attr-defined]
+                    reason=reason,
+                )
+            )
+        return events
+
+    def abandon(self, item: str, attempt: int, message: str) -> list[Event]:
+        """Events for an attempt whose engine died before its outcome was recorded.
+
+        The attempt counts: it fails as ``interrupted``, and is retried at once
+        while attempts remain (``interrupted`` retries by default), or goes
+        where ``on_item_failure`` says.
+        """
+        stable = "the engine stopped before this attempt's outcome was recorded"
+        events: list[Event] = [
+            ItemFailed(
+                item=item,
+                attempt=attempt,
+                error_type="interrupted",
+                signature=signature("interrupted", stable),
+                message=message or stable,
+                duration=0.0,
+                resources=_resources(),
+            )
+        ]
+        retry = self.spec.retry
+        if "interrupted" in retry.retry_on and attempt < retry.max_attempts:
+            events.append(
+                ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=utc_now())
+            )
+        elif self.spec.on_item_failure == "dlq":
+            reason = "retries exhausted" if "interrupted" in retry.retry_on else "not retryable"
+            events.append(
+                ItemDeadLettered(
+                    item=item,
+                    attempt=attempt,
+                    error_type="interrupted",
+                    signature=signature("interrupted", stable),
                     reason=reason,
                 )
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,16 +295,21 @@ def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
     return problems
 
 
-def load_workflow(path: str | Path) -> LoadedWorkflow:
-    """Read, parse and validate a workflow file (YAML or JSON)."""
+def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkflow:
+    """Read, parse and validate a workflow file (YAML or JSON).
+
+    ``raw``: the file's bytes, already read (a run's frozen copy, loaded as if
+    from ``path`` so that its directory is the workflow's).
+    """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise EngineError(
-            f"{path}: cannot read the workflow ({exc.strerror})",
-            hint="check the path",
-        ) from None
+    if raw is None:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise EngineError(
+                f"{path}: cannot read the workflow ({exc.strerror})",
+                hint="check the path",
+            ) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -317,3 +323,38 @@ def load_workflow(path: str | Path) -> LoadedWorkflow:
         raise WorkflowError(template_problems)
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     return LoadedWorkflow(spec=spec, path=path.resolve(), text=text, hash=digest)
+
+
+def describe_changes(old: Workflow, new: Workflow, *, limit: int = 20) -> list[str]:
+    """What differs between two workflows, one ``field.path: old -> new`` line each."""
+    before = old.model_dump(mode="json", by_alias=True, exclude_unset=False)
+    after = new.model_dump(mode="json", by_alias=True, exclude_unset=False)
+    lines: list[str] = []
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if a == b:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                path = f"{where}.{key}" if where else str(key)
+                if key not in a:
+                    lines.append(f"{path}: added ({short(b[key])})")
+                elif key not in b:
+                    lines.append(f"{path}: removed (was {short(a[key])})")
+                else:
+                    walk(a[key], b[key], path)
+            return
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for index, (x, y) in enumerate(zip(a, b, strict=True)):
+                walk(x, y, f"{where}[{index}]")
+            return
+        lines.append(f"{where}: {short(a)} -> {short(b)}")
+
+    walk(before, after, "")
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"... and {len(lines) - limit} more"]
+    return lines

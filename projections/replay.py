@@ -133,7 +133,11 @@ class Projections:
 
 
 def replay(
-    path: str | os.PathLike[str], *, until: int | None = None, verify: bool = True
+    path: str | os.PathLike[str],
+    *,
+    until: int | None = None,
+    verify: bool = True,
+    into: Projections | None = None,
 ) -> Projections:
     """Rebuild every projection from the ledger at ``path`` in one pass.
 
@@ -141,9 +145,10 @@ def replay(
     the hash chain); a torn tail ends the replay (see ``.scan.torn``),
     corruption raises :class:`~ledger.errors.LedgerCorrupt`. ``until`` stops
     after that seq. A large ledger's chain is checked by a parallel process
-    while this one decodes and folds.
+    while this one decodes and folds. ``into``: fresh projections configured
+    by the caller (a circuit breaker's error types) to fold into.
     """
-    projections = Projections()
+    projections = into if into is not None else Projections()
     reader = LedgerReader(path)
     background = None
     end = None

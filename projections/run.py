@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from ledger.events import (
     LedgerRecovered,
     LockAcquired,
+    MapEnqueued,
     Record,
     RunAborted,
     RunCancelRequested,
@@ -19,6 +20,7 @@ from ledger.events import (
     RunResumed,
     RunStarted,
     RunUnpaused,
+    StepSucceeded,
 )
 from projections.base import Projection, handles
 
@@ -94,6 +96,12 @@ class RunProjection(Projection):
         """Dispatching is paused (``engine pause``) until ``run.unpaused``."""
         self.cancel_requested = False
         self.cancel_force = False
+        self.steps_done: set[tuple[str, int]] = set()
+        """(phase, index) of setup and reduce steps that succeeded."""
+        self.captures: dict[str, Any] = {}
+        """Values captured by setup steps (``capture_output``), as recorded."""
+        self.map_enqueued = False
+        """The map's item list is complete in the ledger (``map.enqueued``)."""
         self.lock_holders: list[LockHolder] = []
         self.recoveries: list[Recovery] = []
         self.events = 0
@@ -134,6 +142,16 @@ class RunProjection(Projection):
         self.reason = None
         if self.started_at is None:
             self.started_at = record.ts
+
+    @handles(StepSucceeded)
+    def _step(self, record: Record, e: StepSucceeded) -> None:
+        self.steps_done.add((e.phase, e.index))
+        if e.phase == "setup" and e.captured:
+            self.captures[e.captured] = e.captured_value
+
+    @handles(MapEnqueued)
+    def _enqueued(self, record: Record, e: MapEnqueued) -> None:
+        self.map_enqueued = True
 
     @handles(RunPaused)
     def _paused(self, record: Record, e: RunPaused) -> None:
