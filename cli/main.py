@@ -5,12 +5,17 @@ from __future__ import annotations
 import signal
 import sys
 
+_early = {"armed": False, "pending": False}
+
 
 def _terminated(signum: int, _frame: object) -> None:
     # Until a run installs its own handlers (and after it removes them), SIGTERM
-    # ends the engine as SIGINT does: exit 130, nothing half-written (every
-    # ledger append is atomic on disk), the run resumable.
-    raise KeyboardInterrupt
+    # ends the engine as SIGINT does: exit 130, with nothing half-written
+    # (every ledger append is atomic on disk) and the run resumable. During
+    # the imports below it is only noted, and acted on once they are done.
+    if _early["armed"]:
+        raise KeyboardInterrupt
+    _early["pending"] = True
 
 
 signal.signal(signal.SIGTERM, _terminated)
@@ -23,6 +28,9 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     try:
+        _early["armed"] = True
+        if _early["pending"]:
+            raise KeyboardInterrupt
         cli(prog_name="engine")
     except KeyboardInterrupt:  # outside a command's own handling (start-up)
         sys.stderr.write("engine: interrupted\n")

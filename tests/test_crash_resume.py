@@ -31,15 +31,16 @@ from ledger.reader import verify_ledger
 from projections.replay import replay
 from tests.conftest import projections_json
 
-AGENT = """#!/bin/sh
+AGENT = """#!/bin/bash
+# Times come from bash's own clock (no subprocess a signal could cut short).
 log="$1"; item="$2"; ms="$3"
 # Writes to a dead engine's pipes fail rather than kill: every end is logged.
 trap '' PIPE
-trap 'echo "end $item $ENGINE_ATTEMPT $(date +%s%N) killed" >> "$log"; exit 143' TERM
-echo "start $item $ENGINE_ATTEMPT $(date +%s%N)" >> "$log"
+trap 'trap "" TERM; echo "end $item $ENGINE_ATTEMPT ${EPOCHREALTIME/./}000 killed" >> "$log"; exit 143' TERM
+echo "start $item $ENGINE_ATTEMPT ${EPOCHREALTIME/./}000" >> "$log"
 sleep "0.$(printf %03d "$ms")" &
 wait $!
-echo "end $item $ENGINE_ATTEMPT $(date +%s%N)" >> "$log"
+echo "end $item $ENGINE_ATTEMPT ${EPOCHREALTIME/./}000" >> "$log"
 """
 
 RUN_ID = "crash"
