@@ -11,6 +11,7 @@ checked against.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -36,7 +37,12 @@ AGENT = """#!/bin/bash
 log="$1"; item="$2"; ms="$3"
 # Writes to a dead engine's pipes fail rather than kill: every end is logged.
 trap '' PIPE
-trap 'trap "" TERM; echo "end $item $ENGINE_ATTEMPT ${EPOCHREALTIME/./}000 killed" >> "$log"; exit 143' TERM
+killed() {
+  trap "" TERM
+  echo "end $item $ENGINE_ATTEMPT ${EPOCHREALTIME/./}000 killed" >> "$log"
+  exit 143
+}
+trap killed TERM
 echo "start $item $ENGINE_ATTEMPT ${EPOCHREALTIME/./}000" >> "$log"
 sleep "0.$(printf %03d "$ms")" &
 wait $!
@@ -114,9 +120,7 @@ def _finish_and_check(home: Path, side: Path, items: int = 200) -> None:
     assert len(ids) == items
     successes = Counter(r.data.item for r in records if r.type == "item.succeeded")
     assert set(successes) == set(ids) and set(successes.values()) == {1}
-    success_at = {
-        ids[r.data.item]: _epoch(r.ts) for r in records if r.type == "item.succeeded"
-    }
+    success_at = {ids[r.data.item]: _epoch(r.ts) for r in records if r.type == "item.succeeded"}
     dispatches = Counter(ids[r.data.item] for r in records if r.type == "item.dispatched")
 
     starts: dict[int, list[tuple[int, int]]] = {}
@@ -135,7 +139,7 @@ def _finish_and_check(home: Path, side: Path, items: int = 200) -> None:
         assert len(runs) <= dispatches[item], (item, runs, dispatches[item])
         assert all(ns / 1e9 <= success_at[item] for ns, _ in runs), item
         # No two executions of one item overlapped in time.
-        for (ns, attempt), (next_ns, _) in zip(runs, runs[1:], strict=False):
+        for (_ns, attempt), (next_ns, _) in itertools.pairwise(runs):
             end = ends.get((item, attempt))
             assert end is not None, f"item {item} attempt {attempt} has no end"
             assert end <= next_ns, f"item {item}: attempt {attempt} overlaps the next"
