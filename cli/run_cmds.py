@@ -18,14 +18,12 @@ from cli.progress import Progress, summary_table
 from engine.home import RunRef, list_runs
 from engine.mock_agent import main as mock_agent_main
 from engine.runner import RunOptions, RunResult, execute_run, resume_run
-from engine.status import dlq_view, status_view
+from engine.status import status_view
 from engine.templates import TEMPLATES, write_template
 from engine.workflow import load_workflow
 from ledger.errors import EngineError
-from projections.replay import replay
 
 __all__ = [
-    "dlq",
     "drive",
     "init_cmd",
     "mock_agent_cmd",
@@ -208,32 +206,6 @@ def runs_cmd(obj: Context, as_json: bool) -> None:
         click.echo(
             f"{v.run_id[:40]:<40} {v.status:<12} {v.items.total:>7,} "
             f"{v.items.succeeded + v.items.skipped:>7,} {v.items.dead:>6,}  {v.started_at or '-'}"
-        )
-
-
-@cli.group("dlq")
-def dlq() -> None:
-    """The dead-letter queue: items that failed for good."""
-
-
-@dlq.command("list")
-@click.argument("run")
-@click.option("--json", "as_json", is_flag=True, help="Print the items as JSON.")
-@click.pass_obj
-def dlq_list(obj: Context, run: str, as_json: bool) -> None:
-    """List a run's dead-lettered items."""
-    items = dlq_view(replay(obj.run(run).ledger))
-    if as_json:
-        echo_json(items)
-        return
-    if not items:
-        click.echo("the dead-letter queue is empty")
-        return
-    click.echo(f"{'ITEM':<32} {'ATTEMPTS':>8} {'ERROR TYPE':<18} {'SIGNATURE':<12} LAST ERROR")
-    for d in items:
-        click.echo(
-            f"{d.item_id[:32]:<32} {d.attempts:>8} {d.error_type:<18} {d.signature[:12]:<12} "
-            f"{d.last_error[:60]}"
         )
 
 

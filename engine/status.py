@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from engine.home import RunRef, effective_status
+from engine.spec import TRANSIENT_ERROR_TYPES
+from projections.dlq import DLQEntry, Failure
 from projections.items import ItemCounts
 from projections.replay import Projections, replay
 
-__all__ = ["DLQItemView", "RunStatusView", "dlq_view", "status_view"]
+__all__ = ["DLQItemView", "RunStatusView", "dlq_entries", "dlq_view", "status_view", "triage"]
 
 
 class RunStatusView(msgspec.Struct, kw_only=True):
@@ -51,13 +55,52 @@ class DLQItemView(msgspec.Struct, kw_only=True):
     signature: str
     last_error: str
     failed_at: str
+    reason: str
+    """Why it was dead-lettered: ``retries exhausted`` or ``not retryable``."""
+    reprocessable: bool
+    """Its failures look transient: a retry may well succeed (see :func:`triage`)."""
+    needs_review: bool
+    """Its failures look like something a person must fix first (see :func:`triage`)."""
+
+
+TRANSIENT = frozenset(TRANSIENT_ERROR_TYPES)
+REVIEW_TYPES = frozenset({"validation_failed", "merge_conflict"})
+REVIEW_PATTERN = re.compile(
+    r"permission denied|not permitted|forbidden|unauthori[sz]ed|access denied|"
+    r"invalid|malformed|corrupt|checksum|schema|validation",
+    re.IGNORECASE,
+)
+
+
+def triage(history: list[Failure], last_type: str) -> tuple[bool, bool]:
+    """(reprocessable, needs_review) of a dead item, from its failure history.
+
+    * ``needs_review``: the last failure is ``validation_failed`` or
+      ``merge_conflict``, or any failure's message speaks of permissions,
+      invalid or corrupt data (permission denied, forbidden, unauthorized,
+      invalid, malformed, corrupt, checksum, schema, validation).
+    * ``reprocessable``: not ``needs_review``, and the last failure's type is
+      transient (timeout, hung, rate_limited, api_error, resource_exhausted,
+      worker_lost, interrupted): it ran out of attempts, not of chances.
+    """
+    review = last_type in REVIEW_TYPES or any(
+        REVIEW_PATTERN.search(f.message) or REVIEW_PATTERN.search(f.stderr_tail[-2000:])
+        for f in history
+    )
+    return (not review and last_type in TRANSIENT), review
+
+
+def dlq_entries(p: Projections) -> list[DLQEntry]:
+    """Every dead item with its whole failure history, oldest first."""
+    entries = [e for e in map(p.dlq.entry, p.dlq.dead) if e is not None]
+    entries.sort(key=lambda e: (e.failed_at, e.item_id))
+    return entries
 
 
 def dlq_view(p: Projections) -> list[DLQItemView]:
     out = []
-    for item in p.dlq.dead:
-        entry = p.dlq.entry(item)
-        assert entry is not None
+    for entry in dlq_entries(p):
+        reprocessable, review = triage(entry.history, entry.error_type)
         out.append(
             DLQItemView(
                 item_id=entry.item_id,
@@ -66,7 +109,9 @@ def dlq_view(p: Projections) -> list[DLQItemView]:
                 signature=entry.signature,
                 last_error=entry.last_error,
                 failed_at=entry.failed_at,
+                reason=entry.reason,
+                reprocessable=reprocessable,
+                needs_review=review,
             )
         )
-    out.sort(key=lambda d: (d.failed_at, d.item_id))
     return out

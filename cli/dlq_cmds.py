@@ -1,0 +1,292 @@
+"""``engine dlq``: the dead-letter queue of a run: list, show, retry, purge, export."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import getpass
+import io
+import os
+import socket
+import sys
+
+import click
+import msgspec
+
+from cli.app import Context, cli, echo_json
+from cli.run_cmds import drive
+from engine.runner import RunOptions, resume_run
+from engine.status import DLQItemView, dlq_entries, dlq_view
+from ledger.errors import EngineError
+from ledger.events import DLQPurged
+from ledger.writer import LedgerWriter
+from projections.replay import Projections, replay
+
+__all__ = ["dlq"]
+
+
+class NothingSelected(EngineError):
+    exit_code = 2
+
+
+def _who() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def _since(value: str | None) -> str | None:
+    """An RFC 3339 time (or a date) to compare ledger timestamps with."""
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a time (use e.g. 2026-11-21 or 2026-11-21T09:30:00Z)",
+            param_hint="--since",
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _select(
+    p: Projections,
+    items: tuple[str, ...],
+    *,
+    every: bool,
+    error_type: str | None,
+    signature: str | None,
+    since: str | None = None,
+) -> list[DLQItemView]:
+    """Dead items named, or matching the filters (``--all`` for every one)."""
+    views = dlq_view(p)
+    if items:
+        dead = {v.item_id: v for v in views}
+        missing = [i for i in items if i not in dead]
+        if missing:
+            where = "purged from" if all(m in p.dlq.purged for m in missing) else "not in"
+            raise NothingSelected(
+                f"{', '.join(missing[:5])}: {where} the dead-letter queue",
+                hint="see which items are: engine dlq list RUN",
+            )
+        views = [dead[i] for i in items]
+    elif not (every or error_type or signature or since):
+        raise click.UsageError("name items, or select them with --all, --error-type, --signature")
+    if error_type:
+        views = [v for v in views if v.error_type == error_type]
+    if signature:
+        prefix = signature.removeprefix("sha256:")
+        views = [v for v in views if v.signature.removeprefix("sha256:").startswith(prefix)]
+    if since:
+        views = [v for v in views if v.failed_at >= since]
+    return views
+
+
+@cli.group("dlq")
+def dlq() -> None:
+    """The dead-letter queue: items that failed for good."""
+
+
+@dlq.command("list")
+@click.argument("run")
+@click.option("--error-type", help="Only items whose last error is of this type.")
+@click.option("--signature", help="Only items with this failure signature (a prefix will do).")
+@click.option("--since", help="Only items dead-lettered at or after this time (RFC 3339 or date).")
+@click.option("--json", "as_json", is_flag=True, help="Print the items as JSON.")
+@click.pass_obj
+def dlq_list(
+    obj: Context,
+    run: str,
+    error_type: str | None,
+    signature: str | None,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """List a run's dead-lettered items (oldest first).
+
+    Each says whether it is reprocessable (its failures look transient) and
+    whether it needs review (permission, validation or corruption-like
+    failures); docs/operations.md gives the rule.
+    """
+    p = replay(obj.run(run).ledger)
+    views = _select(
+        p, (), every=True, error_type=error_type, signature=signature, since=_since(since)
+    )
+    if as_json:
+        echo_json(views)
+        return
+    if not views:
+        click.echo("the dead-letter queue is empty" if not p.dlq.dead else "no item matches")
+        return
+    click.echo(f"{'ITEM':<28} {'ATT':>3} {'ERROR TYPE':<18} {'SIGNATURE':<12} {'TRIAGE':<7} ERROR")
+    for v in views:
+        triage = "review" if v.needs_review else "retry" if v.reprocessable else "-"
+        click.echo(
+            f"{v.item_id[:28]:<28} {v.attempts:>3} {v.error_type[:18]:<18} "
+            f"{v.signature.removeprefix('sha256:')[:12]:<12} {triage:<7} {v.last_error[:50]}"
+        )
+    if p.dlq.purged:
+        click.echo(f"({len(p.dlq.purged)} purged item(s) not shown)")
+
+
+@dlq.command("show")
+@click.argument("run")
+@click.argument("item")
+@click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
+@click.pass_obj
+def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
+    """One dead item's whole failure history: every attempt, its error, its logs."""
+    ref = obj.run(run)
+    p = replay(ref.ledger)
+    entry = p.dlq.entry(item)
+    if entry is None:
+        where = "was purged from" if item in p.dlq.purged else "is not in"
+        raise NothingSelected(
+            f"{item}: {where} the dead-letter queue of {ref.run_id}",
+            hint=f"see which items are: engine dlq list {ref.run_id}",
+        )
+    view = next(v for v in dlq_view(p) if v.item_id == item)
+    if as_json:
+        data = msgspec.to_builtins(entry)
+        data.update(reprocessable=view.reprocessable, needs_review=view.needs_review)
+        echo_json(data)
+        return
+    triage = (
+        "needs review"
+        if view.needs_review
+        else "reprocessable"
+        if view.reprocessable
+        else "not transient"
+    )
+    click.echo(f"item      {entry.item_id}")
+    click.echo(f"status    dead since {entry.failed_at} ({entry.reason}); {triage}")
+    click.echo(f"attempts  {entry.attempts}; last error {entry.error_type}: {entry.last_error}")
+    for f in entry.history:
+        code = f"exit {f.exit_code}" if f.exit_code is not None else ""
+        if f.signal is not None:
+            code = f"signal {f.signal}"
+        click.echo("")
+        click.echo(
+            f"attempt {f.attempt}  {f.ts}  {f.error_type}  {code}  {f.duration:.3f}s  "
+            f"signature {f.signature.removeprefix('sha256:')[:12]}"
+        )
+        click.echo(f"  message  {f.message}")
+        for name, path in (("stdout", f.stdout), ("stderr", f.stderr)):
+            if path:
+                click.echo(f"  {name}   {ref.run_dir / path}")
+        if f.stderr_tail:
+            click.echo("  stderr tail:")
+            for line in f.stderr_tail.splitlines()[-20:]:
+                click.echo(f"    {line}")
+
+
+@dlq.command("retry")
+@click.argument("run")
+@click.argument("items", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every item in the dead-letter queue.")
+@click.option("--error-type", help="Items whose last error is of this type.")
+@click.option("--signature", help="Items with this failure signature (a prefix will do).")
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), help="Attempts at once (overrides max_parallel)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+@click.option(
+    "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
+)
+@click.pass_obj
+def dlq_retry(
+    obj: Context,
+    run: str,
+    items: tuple[str, ...],
+    every: bool,
+    error_type: str | None,
+    signature: str | None,
+    jobs: int | None,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Run dead items again (named, or selected by filter).
+
+    Each comes back with `item.requeued`; attempt numbers go on from the
+    ledger; one that succeeds leaves the DLQ. The run resumes for them (and
+    for anything else it had left), so its lock is taken: exit 3 if an
+    engine holds it.
+    """
+    ref = obj.run(run, allow_ledger_file=False)
+    selected = _select(
+        replay(ref.ledger), items, every=every, error_type=error_type, signature=signature
+    )
+    if not selected:
+        raise NothingSelected(
+            f"no dead item of {ref.run_id} matches", hint=f"see them: engine dlq list {ref.run_id}"
+        )
+    options = RunOptions(max_parallel=jobs, requeue=[v.item_id for v in selected])
+    drive(obj, lambda o: resume_run(ref.run_dir, o), options, as_json, no_progress)
+
+
+@dlq.command("purge")
+@click.argument("run")
+@click.argument("items", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every item in the dead-letter queue.")
+@click.pass_obj
+def dlq_purge(obj: Context, run: str, items: tuple[str, ...], every: bool) -> None:
+    """Hide dead items from the DLQ (a `dlq.purged` event; no ledger line is deleted).
+
+    Takes the run's lock to write the event: exit 3 if an engine holds it.
+    """
+    ref = obj.run(run, allow_ledger_file=False)
+    p = replay(ref.ledger)
+    selected = _select(p, items, every=every, error_type=None, signature=None)
+    if not selected:
+        click.echo("the dead-letter queue is empty: nothing to purge")
+        return
+    writer = LedgerWriter.open(ref.run_dir, p.run.run_id or ref.run_id, command="engine dlq purge")
+    try:
+        writer.append(DLQPurged(items=[v.item_id for v in selected], by=_who()))
+    finally:
+        writer.close()
+    click.echo(f"purged {len(selected)} item(s) from the dead-letter queue of {ref.run_id}")
+
+
+EXPORT_COLUMNS = (
+    "item_id",
+    "attempts",
+    "error_type",
+    "signature",
+    "last_error",
+    "failed_at",
+    "reason",
+    "reprocessable",
+    "needs_review",
+)
+
+
+@dlq.command("export")
+@click.argument("run")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: one entry a line, with its whole history; csv: one row an item.",
+)
+@click.pass_obj
+def dlq_export(obj: Context, run: str, fmt: str) -> None:
+    """Write the dead-letter queue to standard output."""
+    p = replay(obj.run(run).ledger)
+    views = {v.item_id: v for v in dlq_view(p)}
+    if fmt == "jsonl":
+        encoder = msgspec.json.Encoder()
+        for entry in dlq_entries(p):
+            data = msgspec.to_builtins(entry)
+            view = views[entry.item_id]
+            data.update(reprocessable=view.reprocessable, needs_review=view.needs_review)
+            sys.stdout.buffer.write(encoder.encode(data) + b"\n")
+        return
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    for view in views.values():
+        writer.writerow([getattr(view, c) for c in EXPORT_COLUMNS])
+    click.echo(out.getvalue(), nl=False)
