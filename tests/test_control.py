@@ -1,0 +1,115 @@
+"""`engine pause|unpause|cancel` from another process, acting on a live engine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ledger import LedgerReader
+from projections.replay import replay
+from tests.engine_helpers import write_workflow
+
+RUN = "steer"
+
+
+def _engine(home: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cli", "--home", str(home), *args]
+
+
+def _wait_for(ledger: Path, predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ledger.exists() and predicate(replay(ledger, verify=False)):
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the run")
+
+
+def _start(tmp_path: Path, items: int, command: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: steer
+        map:
+          command: seq 1 {items}
+          max_parallel: 2
+          agent_template:
+            - run: '{command}'
+        """,
+    )
+    home = tmp_path / "home"
+    proc = subprocess.Popen(
+        _engine(home, "run", str(wf), "--run-id", RUN, "--no-progress"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, home, home / "runs" / RUN / "ledger.ndjson"
+
+
+def test_pause_unpause_cancel_then_resume(tmp_path: Path) -> None:
+    proc, home, ledger = _start(tmp_path, 40, "sleep 0.2")
+    try:
+        _wait_for(ledger, lambda p: p.items.counts["succeeded"] >= 2)
+        paused = subprocess.run(_engine(home, "pause", RUN), capture_output=True, text=True)
+        assert paused.returncode == 0, paused.stderr
+        assert f"paused {RUN}" in paused.stdout
+        time.sleep(1.0)  # long enough for several attempts, had it not paused
+        unpaused = subprocess.run(_engine(home, "unpause", RUN), capture_output=True, text=True)
+        assert unpaused.returncode == 0, unpaused.stderr
+        _wait_for(ledger, lambda p: p.items.counts["succeeded"] >= 8)
+        cancelled = subprocess.run(_engine(home, "cancel", RUN), capture_output=True, text=True)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert proc.wait(30) == 130
+    finally:
+        proc.kill()
+    records = list(LedgerReader(ledger).records())
+    types = [r.type for r in records]
+    paused_at = types.index("run.paused")
+    unpaused_at = types.index("run.unpaused")
+    assert "item.dispatched" not in types[paused_at:unpaused_at]  # nothing started while paused
+    assert types[paused_at:unpaused_at].count("item.succeeded") <= 2  # running ones finished
+    assert types.index("run.cancel_requested") < types.index("run.aborted")
+    assert "item.dispatched" not in types[types.index("run.cancel_requested") :]
+    assert replay(ledger).run.status == "aborted"
+    again = subprocess.run(_engine(home, "pause", RUN), capture_output=True, text=True)
+    assert again.returncode == 2 and "is not running (it is aborted)" in again.stderr
+    resumed = subprocess.run(
+        _engine(home, "resume", RUN, "--no-progress"), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    p = replay(ledger)
+    assert p.run.status == "completed" and p.items.counts["succeeded"] == 40
+
+
+def test_cancel_force_kills_at_once(tmp_path: Path) -> None:
+    # Attempts that ignore SIGTERM: only --force (SIGKILL at once) ends them quickly.
+    proc, home, ledger = _start(tmp_path, 4, "trap \"\" TERM; sleep 30")
+    try:
+        _wait_for(ledger, lambda p: p.items.counts["running"] == 2)
+        started = time.monotonic()
+        forced = subprocess.run(
+            _engine(home, "cancel", RUN, "--force"), capture_output=True, text=True
+        )
+        assert forced.returncode == 0, forced.stderr
+        assert proc.wait(30) == 130
+        assert time.monotonic() - started < 4  # no 5 s grace period
+    finally:
+        proc.kill()
+    failed = [r.data for r in LedgerReader(ledger).records() if r.type == "item.failed"]
+    assert len(failed) == 2 and all(f.error_type == "interrupted" for f in failed)
+    done = subprocess.run(_engine(home, "cancel", RUN), capture_output=True, text=True)
+    assert done.returncode == 2 and "aborted already" in done.stderr
+
+
+def test_cancel_of_a_run_no_engine_holds(tmp_path: Path) -> None:
+    proc, home, ledger = _start(tmp_path, 4, "sleep 30")
+    _wait_for(ledger, lambda p: p.items.counts["running"] == 2)
+    proc.kill()
+    proc.wait()
+    cancelled = subprocess.run(_engine(home, "cancel", RUN), capture_output=True, text=True)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "no engine was running it" in cancelled.stdout
+    p = replay(ledger)
+    assert p.run.status == "aborted" and "while no engine ran it" in (p.run.reason or "")
