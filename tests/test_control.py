@@ -52,14 +52,20 @@ def test_pause_unpause_cancel_then_resume(tmp_path: Path) -> None:
     proc, home, ledger = _start(tmp_path, 40, "sleep 0.2")
     try:
         _wait_for(ledger, lambda p: p.items.counts["succeeded"] >= 2)
-        paused = subprocess.run(_engine(home, "pause", RUN), capture_output=True, text=True)
+        paused = subprocess.run(
+            _engine(home, "pause", RUN), capture_output=True, text=True, check=False
+        )
         assert paused.returncode == 0, paused.stderr
         assert f"paused {RUN}" in paused.stdout
         time.sleep(1.0)  # long enough for several attempts, had it not paused
-        unpaused = subprocess.run(_engine(home, "unpause", RUN), capture_output=True, text=True)
+        unpaused = subprocess.run(
+            _engine(home, "unpause", RUN), capture_output=True, text=True, check=False
+        )
         assert unpaused.returncode == 0, unpaused.stderr
         _wait_for(ledger, lambda p: p.items.counts["succeeded"] >= 8)
-        cancelled = subprocess.run(_engine(home, "cancel", RUN), capture_output=True, text=True)
+        cancelled = subprocess.run(
+            _engine(home, "cancel", RUN), capture_output=True, text=True, check=False
+        )
         assert cancelled.returncode == 0, cancelled.stderr
         assert proc.wait(30) == 130
     finally:
@@ -73,7 +79,7 @@ def test_pause_unpause_cancel_then_resume(tmp_path: Path) -> None:
     assert types.index("run.cancel_requested") < types.index("run.aborted")
     assert "item.dispatched" not in types[types.index("run.cancel_requested") :]
     assert replay(ledger).run.status == "aborted"
-    again = subprocess.run(_engine(home, "pause", RUN), capture_output=True, text=True)
+    again = subprocess.run(_engine(home, "pause", RUN), capture_output=True, text=True, check=False)
     assert again.returncode == 2 and "is not running (it is aborted)" in again.stderr
     resumed = subprocess.run(
         _engine(home, "resume", RUN, "--no-progress"), capture_output=True, text=True
@@ -85,7 +91,7 @@ def test_pause_unpause_cancel_then_resume(tmp_path: Path) -> None:
 
 def test_cancel_force_kills_at_once(tmp_path: Path) -> None:
     # Attempts that ignore SIGTERM: only --force (SIGKILL at once) ends them quickly.
-    proc, home, ledger = _start(tmp_path, 4, "trap \"\" TERM; sleep 30")
+    proc, home, ledger = _start(tmp_path, 4, 'trap "" TERM; sleep 30')
     try:
         _wait_for(ledger, lambda p: p.items.counts["running"] == 2)
         started = time.monotonic()
@@ -99,7 +105,7 @@ def test_cancel_force_kills_at_once(tmp_path: Path) -> None:
         proc.kill()
     failed = [r.data for r in LedgerReader(ledger).records() if r.type == "item.failed"]
     assert len(failed) == 2 and all(f.error_type == "interrupted" for f in failed)
-    done = subprocess.run(_engine(home, "cancel", RUN), capture_output=True, text=True)
+    done = subprocess.run(_engine(home, "cancel", RUN), capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "aborted already" in done.stderr
 
 
@@ -108,7 +114,9 @@ def test_cancel_of_a_run_no_engine_holds(tmp_path: Path) -> None:
     _wait_for(ledger, lambda p: p.items.counts["running"] == 2)
     proc.kill()
     proc.wait()
-    cancelled = subprocess.run(_engine(home, "cancel", RUN), capture_output=True, text=True)
+    cancelled = subprocess.run(
+        _engine(home, "cancel", RUN), capture_output=True, text=True, check=False
+    )
     assert cancelled.returncode == 0, cancelled.stderr
     assert "no engine was running it" in cancelled.stdout
     p = replay(ledger)
