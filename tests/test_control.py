@@ -82,7 +82,7 @@ def test_pause_unpause_cancel_then_resume(tmp_path: Path) -> None:
     again = subprocess.run(_engine(home, "pause", RUN), capture_output=True, text=True, check=False)
     assert again.returncode == 2 and "is not running (it is aborted)" in again.stderr
     resumed = subprocess.run(
-        _engine(home, "resume", RUN, "--no-progress"), capture_output=True, text=True
+        _engine(home, "resume", RUN, "--no-progress"), capture_output=True, text=True, check=False
     )
     assert resumed.returncode == 0, resumed.stderr
     p = replay(ledger)
@@ -96,7 +96,7 @@ def test_cancel_force_kills_at_once(tmp_path: Path) -> None:
         _wait_for(ledger, lambda p: p.items.counts["running"] == 2)
         started = time.monotonic()
         forced = subprocess.run(
-            _engine(home, "cancel", RUN, "--force"), capture_output=True, text=True
+            _engine(home, "cancel", RUN, "--force"), capture_output=True, text=True, check=False
         )
         assert forced.returncode == 0, forced.stderr
         assert proc.wait(30) == 130
