@@ -57,6 +57,10 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--executor", default="local", show_default=True, help="local (dask://HOST:PORT comes later)."
 )
+@click.option("--no-cache", is_flag=True, help="Neither use nor fill the workflow's cache.")
+@click.option(
+    "--refresh-cache", is_flag=True, help="Run every item, and store its result in the cache."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 @click.option(
     "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
@@ -69,6 +73,8 @@ def run_cmd(
     jobs: int | None,
     variables: tuple[str, ...],
     executor: str,
+    no_cache: bool,
+    refresh_cache: bool,
     as_json: bool,
     no_progress: bool,
 ) -> None:
@@ -84,7 +90,13 @@ def run_cmd(
             hint="use --executor local",
         )
     loaded = load_workflow(workflow)
-    options = RunOptions(run_id=run_id, max_parallel=jobs, variables=_variables(variables))
+    options = RunOptions(
+        run_id=run_id,
+        max_parallel=jobs,
+        variables=_variables(variables),
+        no_cache=no_cache,
+        refresh_cache=refresh_cache,
+    )
     drive(obj, lambda o: execute_run(loaded, obj.home, o), options, as_json, no_progress)
 
 
@@ -137,6 +149,10 @@ def drive(
     is_flag=True,
     help="Go on with a workflow file that changed since the run started (recorded).",
 )
+@click.option("--no-cache", is_flag=True, help="Neither use nor fill the workflow's cache.")
+@click.option(
+    "--refresh-cache", is_flag=True, help="Run every item, and store its result in the cache."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 @click.option(
     "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
@@ -148,6 +164,8 @@ def resume_cmd(
     include_dlq: bool,
     jobs: int | None,
     allow_changed: bool,
+    no_cache: bool,
+    refresh_cache: bool,
     as_json: bool,
     no_progress: bool,
 ) -> None:

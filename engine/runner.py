@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from engine import engine_version
+from engine.cache import ItemHooks
 from engine.executor import AttemptRequest, Executor
 from engine.items import ItemsError, load_items
 from engine.local import LocalExecutor, agent_argv
@@ -625,6 +626,19 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
                 max_parallel=options.max_parallel or spec.map.max_parallel,
                 circuit=spec.circuit_breaker,
                 on_change=lambda: options.on_change(run.p),
+                hooks=ItemHooks(
+                    home=run.run_dir.parent.parent,
+                    run_id=run.run_id,
+                    workspace=run.loaded.directory,
+                    spec=spec.map,
+                    cache=spec.cache,
+                    mode="off"
+                    if options.no_cache
+                    else "refresh"
+                    if options.refresh_cache
+                    else "use",
+                    context=lambda item, value: dict(run.request(item, 0, "", value).context),
+                ),
             )
             stop.scheduler = scheduler
             if stop.interrupted():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.cache import ArtifactError, ItemHooks
 from engine.classify import classify, signature
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
 from engine.items import canonical_json
@@ -108,6 +110,7 @@ class MapScheduler:
         on_change: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        hooks: ItemHooks | None = None,
     ) -> None:
         self.writer = writer
         self.p = projections
@@ -119,6 +122,8 @@ class MapScheduler:
         self.circuit = circuit
         self.on_change = on_change
         self.rng = rng or random.Random()
+        self.hooks = hooks if hooks is not None and hooks.active else None
+        """The cache lookup before an item's attempt, its artifacts after a success."""
         self.clock = clock
         self.running: dict[str, Attempt] = {}
         """Attempts whose process is alive (they count against max_parallel)."""
@@ -232,7 +237,18 @@ class MapScheduler:
 
         Write-ahead: the dispatches are durable before any process starts.
         """
+        taken = list(plans)
         try:
+            if self.hooks is not None:
+                extra: list[Event] = []
+                keep = []
+                for plan in plans:
+                    attempts = self.p.items.items[plan.item].attempts
+                    hit, events = await self.hooks.check(plan.item, plan.value, attempts)
+                    extra += events
+                    if not hit:
+                        keep.append(plan)
+                before, plans = [*before, *extra], keep
             await self._append(
                 [
                     *before,
@@ -260,7 +276,7 @@ class MapScheduler:
                     # outcome says so, and the item runs again on resume.
                     await handle.cancel()
         finally:
-            for plan in plans:
+            for plan in taken:
                 self.reserved.pop(plan.item, None)
 
     async def _supervise(self, item: str, attempt: int, handle: Attempt) -> None:
@@ -281,6 +297,18 @@ class MapScheduler:
                 )
             outcome = await handle.wait()
             events = self._outcome_events(item, attempt, outcome)
+            if outcome.ok and self.hooks is not None:
+                try:
+                    stored = await self.hooks.on_success(
+                        item, attempt, self.values.get(item), outcome
+                    )
+                except (OSError, ArtifactError) as exc:
+                    outcome = dataclasses.replace(
+                        outcome, ok=False, invalid_output=f"artifacts: {exc}"
+                    )
+                    events = self._outcome_events(item, attempt, outcome)
+                else:
+                    events = [*stored, *events]
             if outcome.ok:
                 # The process is gone: its slot is free at once, and the next
                 # item's dispatch is made durable in the same append as this

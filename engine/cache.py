@@ -1,0 +1,221 @@
+"""Item caching and artifacts.
+
+Artifacts: after an item succeeds, the files its steps declare
+(``artifacts:``, paths or globs inside the workspace, templates allowed) are
+hashed and copied into the content store; ``artifact.written`` records
+each (path, sha256, size).
+
+Caching (``cache:`` in the workflow): an item's cache key is the SHA-256 of
+the canonical JSON of its rendered commands, its value, the rendered
+``cache.key`` entries and the hashes of the ``cache.inputs`` files. A
+success is stored under ``<home>/cache/``; a later run (any run) whose item
+has the same key skips it (``cache.hit``, ``item.skipped``), reuses its
+result, and restores its artifacts atomically (a file that already has the
+same content is left alone: ``nochange``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.executor import AttemptOutcome
+from engine.items import canonical_json
+from engine.spec import CacheSpec, MapSpec
+from engine.store import ContentStore, file_sha256
+from engine.template import TemplateError, render_text
+from ledger.atomic import atomic_write, make_private_dir
+from ledger.events import ArtifactWritten, CacheHit, CacheMiss, Event, ItemSkipped
+
+__all__ = ["CacheEntry", "ItemHooks"]
+
+CACHE_FORMAT = 1
+
+
+class StoredArtifact(msgspec.Struct, frozen=True):
+    path: str
+    sha256: str
+    size: int
+    mode: int = 0o644
+
+
+class CacheEntry(msgspec.Struct, frozen=True, kw_only=True):
+    v: int = CACHE_FORMAT
+    key: str
+    item: str
+    run: str
+    result: Any = None
+    artifacts: list[StoredArtifact] = []
+
+
+class ArtifactError(Exception):
+    pass
+
+
+class ItemHooks:
+    """What happens around an item's attempts: the cache lookup before, artifacts after."""
+
+    def __init__(
+        self,
+        *,
+        home: Path,
+        run_id: str,
+        workspace: Path,
+        spec: MapSpec,
+        cache: CacheSpec | None,
+        mode: str,
+        context: Callable[[str, Any], dict[str, Any]],
+    ) -> None:
+        """``mode``: ``use`` (look up and store), ``refresh`` (store only), ``off``."""
+        self.store = ContentStore(home)
+        self.cache_dir = home / "cache"
+        self.run_id = run_id
+        self.workspace = workspace.resolve()
+        self.spec = spec
+        self.cache = cache if cache is not None and cache.enabled and mode != "off" else None
+        self.lookup = mode == "use"
+        self.context = context
+        self._inputs: dict[str, str] | None = None
+        self.patterns = [p for step in spec.agent_template for p in step.artifacts]
+
+    @property
+    def active(self) -> bool:
+        return self.cache is not None or bool(self.patterns)
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def _input_hashes(self) -> dict[str, str]:
+        """``cache.inputs`` files by path, hashed once per run."""
+        if self._inputs is None:
+            assert self.cache is not None
+            found: dict[str, str] = {}
+            for pattern in self.cache.inputs:
+                for name in sorted(glob.glob(pattern, root_dir=self.workspace, recursive=True)):
+                    path = self.workspace / name
+                    if path.is_file():
+                        found[name] = file_sha256(path)[0]
+            self._inputs = found
+        return self._inputs
+
+    def key(self, item: str, value: Any) -> str:
+        assert self.cache is not None
+        context = self.context(item, value)
+        commands = []
+        for step in self.spec.agent_template:
+            try:
+                commands.append(render_text(step.text, context))
+            except TemplateError:
+                commands.append(step.text)
+        extra = []
+        for template in self.cache.key:
+            try:
+                extra.append(render_text(template, context))
+            except TemplateError:
+                extra.append(template)
+        payload = {
+            "v": CACHE_FORMAT,
+            "commands": commands,
+            "item": value,
+            "key": extra,
+            "inputs": self._input_hashes(),
+        }
+        return "sha256:" + hashlib.sha256(canonical_json(payload)).hexdigest()
+
+    def _entry_path(self, key: str) -> Path:
+        digest = key.removeprefix("sha256:")
+        return self.cache_dir / digest[:2] / f"{digest}.json"
+
+    # --- before an attempt --------------------------------------------------------------
+
+    async def check(self, item: str, value: Any, attempts: int) -> tuple[bool, list[Event]]:
+        """(hit, events): on a hit the item is skipped, its artifacts restored."""
+        if self.cache is None:
+            return False, []
+        key = await asyncio.to_thread(self.key, item, value)
+        entry = None
+        if self.lookup:
+            try:
+                entry = msgspec.json.decode(self._entry_path(key).read_bytes(), type=CacheEntry)
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+                entry = None
+            if entry is not None and not all(self.store.has(a.sha256) for a in entry.artifacts):
+                entry = None  # its artifacts are gone from the store: run it again
+        if entry is None:
+            return False, [CacheMiss(item=item, key=key)]
+        events: list[Event] = [CacheHit(item=item, key=key)]
+        events += await asyncio.to_thread(self._restore, item, attempts, entry)
+        events.append(ItemSkipped(item=item, reason="cache", cache_key=key, result=entry.result))
+        return True, events
+
+    def _restore(self, item: str, attempts: int, entry: CacheEntry) -> list[Event]:
+        events: list[Event] = []
+        for a in entry.artifacts:
+            dest = self._inside(a.path)
+            changed = self.store.restore(a.sha256, dest, mode=a.mode)
+            events.append(
+                ArtifactWritten(
+                    item=item,
+                    attempt=attempts,
+                    path=a.path,
+                    sha256=a.sha256,
+                    size=a.size,
+                    status="restored" if changed else "nochange",
+                )
+            )
+        return events
+
+    # --- after a success ----------------------------------------------------------------
+
+    async def on_success(
+        self, item: str, attempt: int, value: Any, outcome: AttemptOutcome
+    ) -> list[Event]:
+        """Store the item's artifacts (and its cache entry); the events saying so."""
+        if not self.active:
+            return []
+        return await asyncio.to_thread(self._after, item, attempt, value, outcome)
+
+    def _after(self, item: str, attempt: int, value: Any, outcome: AttemptOutcome) -> list[Event]:
+        stored: list[StoredArtifact] = []
+        events: list[Event] = []
+        context = self.context(item, value)
+        for pattern in self.patterns:
+            try:
+                rendered = render_text(pattern, context)
+            except TemplateError:
+                rendered = pattern
+            for name in sorted(glob.glob(rendered, root_dir=self.workspace, recursive=True)):
+                path = self._inside(name)
+                if not path.is_file():
+                    continue
+                digest, size = self.store.put_file(path)
+                relative = str(path.relative_to(self.workspace))
+                stored.append(
+                    StoredArtifact(relative, digest, size, mode=path.stat().st_mode & 0o777)
+                )
+                events.append(
+                    ArtifactWritten(
+                        item=item, attempt=attempt, path=relative, sha256=digest, size=size
+                    )
+                )
+        if self.cache is not None:
+            key = self.key(item, value)
+            entry = CacheEntry(
+                key=key, item=item, run=self.run_id, result=outcome.result, artifacts=stored
+            )
+            target = self._entry_path(key)
+            make_private_dir(target.parent)
+            atomic_write(target, msgspec.json.encode(entry))
+        return events
+
+    def _inside(self, name: str) -> Path:
+        """A workspace path, refusing one that leads outside it."""
+        path = (self.workspace / name).resolve()
+        if path != self.workspace and self.workspace not in path.parents:
+            raise ArtifactError(f"artifact {name!r} is outside the workspace {self.workspace}")
+        return path
