@@ -113,6 +113,7 @@ def drive(
     started = time.monotonic()
     options.command = shlex.join(["engine", *sys.argv[1:]])
     options.on_change = progress.update
+    options.warn = lambda message: click.echo(message, err=True)
     with progress:
         result = asyncio.run(start(options))
     wall = time.monotonic() - started

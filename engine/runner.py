@@ -30,6 +30,7 @@ from engine.executor import AttemptRequest, Executor
 from engine.items import ItemsError, load_items
 from engine.local import LocalExecutor, agent_argv
 from engine.scheduler import MapScheduler
+from engine.snapshot import Snapshot, compare, save_snapshot, take_snapshot
 from engine.spec import Step
 from engine.store import ContentStore
 from engine.workflow import LoadedWorkflow, describe_changes, load_workflow
@@ -83,6 +84,8 @@ class RunOptions:
     """Resume with a workflow whose file differs from the run's frozen copy."""
     no_cache: bool = False
     refresh_cache: bool = False
+    warn: Callable[[str], None] = lambda _message: None
+    """Where warnings go (a resume in a workspace that changed)."""
 
 
 @dataclass
@@ -462,8 +465,11 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
     run.p.apply_all(run.writer.opening)
     run.p.enable_scheduling()
     atomic_write(run.run_dir / "workflow.yml", loaded.text.encode())
+    snapshot = await asyncio.to_thread(take_snapshot, loaded.directory, home=home)
+    save_snapshot(snapshot, run.run_dir / "snapshot.json")
     opening: list[Event] = [
         RunCreated(
+            snapshot_id=snapshot.id,
             workflow_name=spec.name,
             workflow_path=str(loaded.path),
             workflow_hash=loaded.hash,
@@ -510,13 +516,19 @@ async def resume_run(
     before = replay(ledger)  # read-only, no lock: only to refuse early
     run_id = before.run.run_id or run_dir.name
     requeue = options.requeue
-    if before.run.status == "completed" and requeue is None:
+    dlq_wanted = requeue is not None or (options.include_dlq and bool(before.dlq.dead))
+    if before.run.status == "completed" and not dlq_wanted:
         counts = before.items.counts
         dead = len(before.dlq.dead)
         raise ResumeRefused(
             f"run {run_id!r} is completed ({counts['succeeded']} succeeded, {dead} in the "
             "dead-letter queue): there is nothing to resume",
-            hint=(f"retry its dead items with: engine dlq retry {run_id} --all; " if dead else "")
+            hint=(
+                f"retry its dead items with: engine resume {run_id} --include-dlq "
+                f"(or engine dlq retry {run_id} ITEM...); "
+                if dead
+                else ""
+            )
             + "or start the workflow afresh: engine run WORKFLOW",
         )
     frozen = _frozen_workflow(run_dir, before)
@@ -548,6 +560,9 @@ async def resume_run(
     run.p.enable_scheduling()
     run.restore_captures()
     spec = workflow.spec
+    home = run_dir.parent.parent
+    snapshot = await asyncio.to_thread(take_snapshot, workflow.directory, home=home)
+    _warn_if_workspace_changed(run, snapshot, options.warn)
     opening: list[Event] = [
         RunResumed(
             pid=os.getpid(),
@@ -556,6 +571,7 @@ async def resume_run(
             allow_changed=bool(changes),
             workflow_hash=workflow.hash,
             changes=changes,
+            snapshot_id=snapshot.id,
             max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
         )
     ]
@@ -564,6 +580,25 @@ async def resume_run(
     if run.p.run.paused:
         opening.append(RunUnpaused(by="resume"))
     return await _drive(run, opening, resuming=True)
+
+
+def _warn_if_workspace_changed(run: _Run, snapshot: Snapshot, warn: Callable[[str], None]) -> None:
+    """A resume in a workspace that changed since the run started goes on, with a warning."""
+    started = run.p.run.snapshot_id
+    if started is None or started == snapshot.id:
+        return
+    try:
+        old = msgspec.json.decode((run.run_dir / "snapshot.json").read_bytes())["files"]
+    except (OSError, msgspec.DecodeError, KeyError, TypeError):
+        old = {}
+    changed, added, removed = compare(old, snapshot.files)
+    examples = ", ".join((changed + added + removed)[:5])
+    warn(
+        f"warning: the workspace changed since run {run.run_id} started ({started} -> "
+        f"{snapshot.id}: {len(changed)} changed, {len(added)} added, {len(removed)} removed"
+        + (f"; e.g. {examples}" if examples else "")
+        + "); going on"
+    )
 
 
 def _requeue_events(run: _Run) -> list[Event]:

@@ -1,0 +1,98 @@
+"""`engine resume`: setup not run twice, captures restored, refusals, warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from cli.main import cli
+from ledger import LedgerReader
+from projections.replay import replay
+from tests.engine_helpers import run_workflow, write_workflow
+
+WORKFLOW = """
+name: resumable
+setup:
+  - run: |
+      echo once >> setup.log; echo '{"prefix": "P"}'
+    capture_output: conf
+    capture_format: json
+map:
+  items: [a, b, c]
+  id: "${item}"
+  max_parallel: 2
+  max_failures: 1
+  retry: {max_attempts: 1}
+  agent_template:
+    - run: |
+        [ "${item}" = b ] && [ ! -f fixed ] && { echo "b is broken" >&2; exit 1; }
+        echo "${conf.prefix}-${item}"
+      output: text
+reduce:
+  - run: echo "reduced ${map.successful}" >> reduce.log
+"""
+
+
+def _engine(home: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+
+
+def test_resume_skips_setup_restores_captures_and_runs_reduce(tmp_path: Path) -> None:
+    wf = write_workflow(tmp_path, WORKFLOW)
+    home = tmp_path / "home"
+    first = run_workflow(wf, home)
+    assert first.status == "failed"  # max_failures: b failed
+    assert not (tmp_path / "reduce.log").exists()
+    (tmp_path / "fixed").write_text("")
+    resumed = _engine(home, "resume", first.run_id, "--include-dlq", "--no-progress")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert (tmp_path / "setup.log").read_text() == "once\n"  # not run again
+    assert (tmp_path / "reduce.log").read_text() == "reduced 3\n"
+    records = list(LedgerReader(first.run_dir / "ledger.ndjson").records())
+    results = {r.data.item: r.data.result for r in records if r.type == "item.succeeded"}
+    assert results == {"a": "P-a", "b": "P-b", "c": "P-c"}  # the capture came back
+    assert [r.type for r in records].count("step.started") == 2  # setup once, reduce once
+    assert any(r.type == "item.requeued" and r.data.item == "b" for r in records)
+    again = _engine(home, "resume", first.run_id)
+    assert again.exit_code == 2 and "is completed" in again.stderr
+    assert "engine run WORKFLOW" in again.stderr
+
+
+def test_changed_workflow_is_refused_unless_allowed_and_workspace_changes_warn(
+    tmp_path: Path,
+) -> None:
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: changing
+        map:
+          items: [a, b]
+          max_parallel: 2
+          agent_template:
+            - run: cat input.txt > /dev/null && exit 1
+        """,
+    )
+    (tmp_path / "input.txt").write_text("v1\n")
+    home = tmp_path / "home"
+    first = run_workflow(wf, home)
+    assert first.status == "completed" and first.exit_code == 1
+    run_dir = first.run_dir
+    ledger = run_dir / "ledger.ndjson"
+    assert replay(ledger).run.status == "completed"  # with two dead items to retry
+    wf.write_text(wf.read_text().replace("max_parallel: 2", "max_parallel: 3"))
+    refused = _engine(home, "dlq", "retry", first.run_id, "--all")
+    assert refused.exit_code == 2
+    assert "the workflow changed" in refused.stderr
+    assert "map.max_parallel: 2 -> 3" in refused.stderr and "--allow-changed" in refused.stderr
+    (tmp_path / "input.txt").write_text("v2\n")
+    wf.write_text(wf.read_text().replace("max_parallel: 3", "max_parallel: 2"))
+    warned = _engine(home, "dlq", "retry", first.run_id, "--all", "--no-progress")
+    assert warned.exit_code == 1  # they fail again
+    assert "warning: the workspace changed" in warned.stderr and "input.txt" in warned.stderr
+    wf.write_text(wf.read_text().replace("max_parallel: 2", "max_parallel: 3"))
+    allowed = _engine(home, "resume", first.run_id, "--allow-changed", "--include-dlq")
+    assert allowed.exit_code == 1, allowed.stderr
+    resumed = [r.data for r in LedgerReader(ledger).records() if r.type == "run.resumed"]
+    assert resumed[-1].allow_changed and resumed[-1].changes == ["map.max_parallel: 2 -> 3"]
+    assert (run_dir / "workflow.yml").read_text() == wf.read_text()
