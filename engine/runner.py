@@ -459,10 +459,25 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
     run_dir = home / "runs" / run_id
     if (run_dir / "ledger.ndjson").exists():
         return await resume_run(run_dir, options, workflow=loaded)
+    return await _create(loaded, run_dir, run_id, options, create=True)
+
+
+async def _create(
+    loaded: LoadedWorkflow, run_dir: Path, run_id: str, options: RunOptions, *, create: bool
+) -> RunResult:
+    """Create the run (``create=False``: its ledger exists, without ``run.created``)."""
     run = _Run(loaded, run_dir, run_id, options)
     spec = loaded.spec
-    run.writer = LedgerWriter.open(run.run_dir, run.run_id, create=True, command=options.command)
-    run.p.apply_all(run.writer.opening)
+    home = run_dir.parent.parent
+    run.writer = LedgerWriter.open(run.run_dir, run.run_id, create=create, command=options.command)
+    if create:
+        run.p.apply_all(run.writer.opening)
+    else:
+        try:
+            replay(run_dir / "ledger.ndjson", into=run.p)
+        except BaseException:
+            run.writer.close()
+            raise
     run.p.enable_scheduling()
     atomic_write(run.run_dir / "workflow.yml", loaded.text.encode())
     snapshot = await asyncio.to_thread(take_snapshot, loaded.directory, home=home)
@@ -531,6 +546,16 @@ async def resume_run(
             )
             + "or start the workflow afresh: engine run WORKFLOW",
         )
+    if before.run.created_at is None:
+        # Stopped between taking the lock and recording run.created: create it now.
+        if workflow is None:
+            if not (run_dir / "workflow.yml").is_file():
+                raise ResumeRefused(
+                    f"run {run_id!r} was stopped before it was created: nothing to resume",
+                    hint=f"start it again: engine run WORKFLOW --run-id {run_id}",
+                )
+            workflow = load_workflow(run_dir / "workflow.yml")
+        return await _create(workflow, run_dir, run_id, options, create=False)
     frozen = _frozen_workflow(run_dir, before)
     if workflow is None:
         workflow = frozen

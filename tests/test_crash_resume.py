@@ -87,10 +87,17 @@ def _stop_repeatedly(
     rng = random.Random(seed)
     done = 0
     codes: list[int] = []
-    command = _engine(home, "run", str(wf), "--run-id", RUN_ID)
+    ledger = home / "runs" / RUN_ID / "ledger.ndjson"
     while done < stops:
+        # Killed before it froze the workflow, it is started again with `engine run`
+        # (which resumes an existing id); otherwise `engine resume`.
+        frozen = ledger.with_name("workflow.yml")
+        command = (
+            _engine(home, "resume", RUN_ID)
+            if ledger.exists() and frozen.exists()
+            else _engine(home, "run", str(wf), "--run-id", RUN_ID)
+        )
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        command = _engine(home, "resume", RUN_ID)
         time.sleep(rng.uniform(0.25, 0.9))  # start-up, enqueue, mid-map: wherever it is
         if proc.poll() is None:
             proc.send_signal(signum)
@@ -173,6 +180,7 @@ def test_sigterm_is_graceful_and_resumable(tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)
 def test_soak_two_hundred_sigkills(tmp_path: Path) -> None:
     wf, home, side = _setup(tmp_path, seed=2026, items=1500)
     kills, _codes = _stop_repeatedly(wf, home, stops=200, signum=signal.SIGKILL, seed=2026)

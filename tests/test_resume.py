@@ -96,3 +96,27 @@ def test_changed_workflow_is_refused_unless_allowed_and_workspace_changes_warn(
     resumed = [r.data for r in LedgerReader(ledger).records() if r.type == "run.resumed"]
     assert resumed[-1].allow_changed and resumed[-1].changes == ["map.max_parallel: 2 -> 3"]
     assert (run_dir / "workflow.yml").read_text() == wf.read_text()
+
+
+def test_a_run_stopped_before_run_created_is_created_on_the_next_start(tmp_path: Path) -> None:
+    from ledger.writer import LedgerWriter
+
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: early
+        map:
+          items: [1, 2]
+          agent_template:
+            - run: "true"
+        """,
+    )
+    home = tmp_path / "home"
+    # What a kill right after taking the lock leaves: a ledger with lock.acquired only.
+    LedgerWriter.open(home / "runs" / "early-1", "early-1", create=True).close()
+    refused = _engine(home, "resume", "early-1")
+    assert refused.exit_code == 2 and "stopped before it was created" in refused.stderr
+    done = _engine(home, "run", str(wf), "--run-id", "early-1", "--no-progress")
+    assert done.exit_code == 0, done.stderr
+    types = [r.type for r in LedgerReader(home / "runs" / "early-1" / "ledger.ndjson").records()]
+    assert types.count("run.created") == 1 and types[-1] == "run.completed"
