@@ -99,12 +99,14 @@ class PendingProjection(Projection):
             if queued.get(item) == not_before:
                 heapq.heappush(self._ready, (_rank(self.items.items[item]), index, item))
         ready = self._ready
+        items = self.items.items
         while ready:
-            item = ready[0][2]
+            rank, _index, item = ready[0]
             waiting_until = queued.get(item)
-            if waiting_until is not None and waiting_until <= now:
+            if waiting_until is not None and waiting_until <= now and rank == _rank(items[item]):
                 return item
-            heapq.heappop(ready)  # stale: dispatched, skipped, or waiting again
+            # Stale: dispatched, skipped, waiting again, or queued since with another rank.
+            heapq.heappop(ready)
         return None
 
     def ready_items(self, now: str, limit: int, exclude: Container[str] = frozenset()) -> list[str]:

@@ -129,6 +129,11 @@ def _finish_and_check(home: Path, side: Path, items: int = 200) -> None:
     assert set(successes) == set(ids) and set(successes.values()) == {1}
     success_at = {ids[r.data.item]: _epoch(r.ts) for r in records if r.type == "item.succeeded"}
     dispatches = Counter(ids[r.data.item] for r in records if r.type == "item.dispatched")
+    keys: dict[str, set[str]] = {}
+    for r in records:
+        if r.type == "item.dispatched":
+            keys.setdefault(r.data.item, set()).add(r.data.idempotency_key)
+    assert all(len(k) == 1 for k in keys.values())  # one key for every attempt and resume
 
     starts: dict[int, list[tuple[int, int]]] = {}
     ends: dict[tuple[int, int], int] = {}
