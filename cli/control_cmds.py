@@ -1,7 +1,7 @@
 """``engine pause|unpause|cancel``: steer a running engine from another terminal.
 
-The command writes what the user wants to ``control.json`` in the run
-directory; the engine holding the run watches that file, records the
+The command writes what the user wants to ``control/control.json`` in the
+run directory; the engine holding the run watches that file, records the
 request in the ledger (only the lock holder writes it) and acts. The
 command then waits for that record, so it reports what the engine did, not
 what was asked. A run that no engine holds can only be cancelled: the
@@ -20,7 +20,7 @@ import msgspec
 
 from cli.app import Context, cli
 from engine.home import RunRef
-from ledger.atomic import atomic_write
+from ledger.atomic import atomic_write, make_private_dir
 from ledger.errors import EngineError
 from ledger.events import RunAborted
 from ledger.lock import RunLock
@@ -29,7 +29,7 @@ from projections.replay import replay
 
 __all__ = ["cancel_cmd", "pause_cmd", "unpause_cmd"]
 
-CONTROL = "control.json"
+CONTROL = "control/control.json"
 CONFIRM_WAIT = 10.0
 
 
@@ -57,6 +57,7 @@ def _request(ref: RunRef, change: dict[str, object], wanted: tuple[bytes, ...], 
     except (OSError, msgspec.DecodeError):
         current = {}
     current.update(change, by=_who(), at=time.time())
+    make_private_dir(path.parent)
     atomic_write(path, msgspec.json.encode(current))
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

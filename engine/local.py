@@ -237,6 +237,9 @@ class _Guardian:
         self.pid = -1
         self._owner = -1
         """The process that started it (a forked child must start its own)."""
+        self._pending: dict[int, bool] = {}
+        """Process groups to register (True) or unregister (False) with the next batch."""
+        self._timer: asyncio.TimerHandle | None = None
 
     def _start(self) -> None:
         self._owner = os.getpid()
@@ -263,23 +266,52 @@ class _Guardian:
             os.close(read_end)
         self.fd = write_end
 
-    def _send(self, line: bytes) -> None:
+    def _send(self, data: bytes) -> None:
         if self._owner != os.getpid():
             self._start()
         if self.fd < 0:
             return
         try:
-            os.write(self.fd, line)
+            os.write(self.fd, data)
         except OSError:  # the guardian is gone; resume still finds what it left running
             os.close(self.fd)
             self.fd = -1
 
+    # Registrations are sent in batches, a few milliseconds late: a write wakes
+    # the guardian (tens of microseconds a time), and most attempts of a busy
+    # run end before their batch goes, so theirs never needs sending. What a
+    # dead engine left unregistered, the next resume stops before anything runs.
+
     def register(self, pgid: int) -> None:
-        self._send(b"+%d\n" % pgid)
+        self._pending[pgid] = True
+        self._schedule()
 
     def unregister(self, pgid: int) -> None:
-        self._send(b"-%d\n" % pgid)
+        if self._pending.pop(pgid, None):
+            return  # never sent: nothing to take back
+        self._pending[pgid] = False
+        self._schedule()
 
+    def _schedule(self) -> None:
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._timer = loop.call_later(GUARDIAN_BATCH, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        pending, self._pending = self._pending, {}
+        if pending:
+            lines = (b"%s%d\n" % (b"+" if on else b"-", pgid) for pgid, on in pending.items())
+            self._send(b"".join(lines))
+
+
+GUARDIAN_BATCH = 0.02
+"""Seconds registrations wait to be sent to the guardian together."""
 
 GUARDIAN_GRACE = 5.0
 """Seconds the guardian waits after SIGTERM before it sends SIGKILL."""
@@ -294,6 +326,8 @@ def _forget_guardian_in_child() -> None:
         with contextlib.suppress(OSError):
             os.close(_GUARDIAN.fd)
         _GUARDIAN.fd = -1
+    _GUARDIAN._pending = {}
+    _GUARDIAN._timer = None
 
 
 os.register_at_fork(after_in_child=_forget_guardian_in_child)

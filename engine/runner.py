@@ -34,7 +34,7 @@ from engine.snapshot import Snapshot, compare, save_snapshot, take_snapshot
 from engine.spec import Step
 from engine.store import ContentStore
 from engine.workflow import LoadedWorkflow, describe_changes, load_workflow
-from ledger.atomic import atomic_write
+from ledger.atomic import atomic_write, make_private_dir
 from ledger.errors import EngineError
 from ledger.events import (
     Event,
@@ -349,7 +349,9 @@ class _Run:
 class _Control:
     """``engine pause|unpause|cancel`` from another terminal, seen by the running engine.
 
-    Those commands write ``control.json`` in the run directory (atomically):
+    Those commands write ``control/control.json`` in the run directory
+    (atomically; a directory of its own, so that the watch never wakes for
+    the ledger's appends):
     the state the user wants (``paused``, ``cancel``). The engine watches the
     file (inotify, through watchfiles), records each change in the ledger
     (only the lock holder writes it), and acts on it: no new dispatches while
@@ -357,7 +359,7 @@ class _Control:
     once with ``force``), and ``run.aborted``.
     """
 
-    FILE = "control.json"
+    FILE = "control/control.json"
 
     def __init__(self, run: _Run, stop: _Stop) -> None:
         self.run = run
@@ -372,6 +374,7 @@ class _Control:
         # A request left for an engine that is gone is not this engine's to act on.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        make_private_dir(self.path.parent)
         self._task = asyncio.ensure_future(self._watch())
 
     async def stop(self) -> None:
@@ -393,11 +396,11 @@ class _Control:
             return path == target
 
         async for _changes in watchfiles.awatch(
-            self.run.run_dir,
+            self.path.parent,
             watch_filter=only_control,
             stop_event=self._stop_event,
-            debounce=20,
-            step=10,
+            debounce=50,
+            step=50,  # the watcher thread checks for the stop every step: not too often
             recursive=False,
         ):
             await self.apply()

@@ -91,10 +91,11 @@ def _git(workspace: Path, *args: str) -> bytes:
 
 
 def _from_git(workspace: Path, home: Path, skip: set[Path]) -> dict[str, str] | None:
-    if not (workspace / ".git").exists():
-        inside = _git(workspace, "rev-parse", "--is-inside-work-tree").strip()
-        if inside != b"true":
-            return None
+    if not any((d / ".git").exists() for d in (workspace, *workspace.parents)):
+        return None  # not in a repository: no need to ask git
+    inside = _git(workspace, "rev-parse", "--is-inside-work-tree").strip()
+    if inside != b"true":
+        return None
     staged = _git(workspace, "ls-files", "-s", "-z")
     modified = set(_git(workspace, "ls-files", "-m", "-z").split(b"\0"))
     others = _git(workspace, "ls-files", "-o", "--exclude-standard", "-z").split(b"\0")
