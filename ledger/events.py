@@ -43,6 +43,7 @@ __all__ = [
     "LockAcquired",
     "LogRef",
     "MapEnqueued",
+    "PatternAcknowledged",
     "Record",
     "RunAborted",
     "RunCancelRequested",
@@ -393,6 +394,19 @@ class ArtifactWritten(Event, frozen=True):
     """``stored``, ``restored`` or ``nochange``."""
 
 
+# --- remediation (the patterns ledger under the home directory) ------------------
+
+
+class PatternAcknowledged(Event, frozen=True):
+    TYPE: ClassVar[str] = "pattern.acknowledged"
+    signature: str
+    """The failure signature that was addressed."""
+    note: str
+    ref: str | None = None
+    """A commit, ticket or link for the fix."""
+    by: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -429,6 +443,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CircuitHalfOpen,
         CircuitClosed,
         ArtifactWritten,
+        PatternAcknowledged,
     )
 }
 """Every event payload class by its ``type``."""

@@ -1,0 +1,232 @@
+"""``engine query``, ``engine patterns ack`` and ``engine stats``: questions to ledgers."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import getpass
+import io
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from cli.app import Context, cli, echo_json
+from engine.home import list_runs
+from engine.query import NAMED, QueryError, QueryResult, connect, find_named, run_sql
+from engine.stats import run_stats
+from ledger.events import PatternAcknowledged
+from ledger.writer import LedgerWriter
+
+__all__ = ["patterns", "query_cmd", "stats_cmd"]
+
+WIDTH = 80
+
+
+def patterns_ledger(home: Path) -> Path:
+    return home / "patterns" / "ledger.ndjson"
+
+
+def _cell(value: Any, column: str = "") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.strftime("%m-%d %H:%M")  # UTC; json and csv have it whole
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if not math.isnan(value) else "NaN"
+    if column == "signature" and isinstance(value, str):
+        return value.removeprefix("sha256:")[:10]  # the first 10 hex digits identify it
+    return str(value).replace("\n", " ")
+
+
+TEXT_COLUMNS = {"example", "message", "remedy", "ack_note", "last_error", "reason", "ack_ref"}
+"""Long free text: shrunk first when a table is too wide (json and csv keep it whole)."""
+
+
+def format_table(result: QueryResult, width: int = WIDTH) -> str:
+    """Columns fitted to ``width``: free-text columns give way first, then the widest;
+    columns that cannot fit at all are left out (and named)."""
+    if not result.columns:
+        return ""
+    columns = list(result.columns)
+    cells = [[_cell(v, c) for v, c in zip(row, columns, strict=True)] for row in result.rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    hidden: list[str] = []
+    while len(columns) > 1 and sum(min(w, 10) for w in widths) + 2 * (len(widths) - 1) > width:
+        hidden.insert(0, columns.pop())
+        widths.pop()
+        for r in cells:
+            r.pop()
+    room = width - 2 * (len(widths) - 1)
+    text = [i for i, c in enumerate(columns) if c in TEXT_COLUMNS]
+    for floor, candidates in ((16, text), (6, list(range(len(widths))))):
+        while sum(widths) > room:
+            shrinkable = [i for i in candidates if widths[i] > floor]
+            if not shrinkable:
+                break
+            widest = max(shrinkable, key=lambda i: widths[i])
+            widths[widest] -= 1
+
+    def fit(text: str, w: int) -> str:
+        return text if len(text) <= w else text[: max(w - 1, 0)] + "…"
+
+    lines = ["  ".join(fit(c, w).ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append("  ".join(fit(c, w).ljust(w) for c, w in zip(row, widths, strict=True)))
+    lines = [line.rstrip() for line in lines]
+    count = f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''}"
+    if hidden:
+        count += f"; not shown: {', '.join(hidden)} (--format json has them)"
+    lines.append(count + ")")
+    return "\n".join(lines)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value
+
+
+def emit(result: QueryResult, fmt: str) -> None:
+    if fmt == "json":
+        echo_json([{k: _json_value(v) for k, v in r.items()} for r in result.records()])
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(result.columns)
+        for row in result.rows:
+            writer.writerow([_json_value(v) for v in row])
+        click.echo(out.getvalue(), nl=False)
+    else:
+        click.echo(format_table(result))
+
+
+def _ledgers(obj: Context, run: str | None, every: bool) -> list[Path]:
+    if every:
+        return [ref.ledger for ref in list_runs(obj.home) if ref.ledger.is_file()]
+    assert run is not None
+    return [obj.run(run).ledger]
+
+
+@cli.command("query")
+@click.argument("args", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Query every run under the home directory.")
+@click.option("--sql", help="Run this SQL (views: events, failures, attempts, items, heartbeats).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table fits 80 columns; json is an array of row objects.",
+)
+@click.option("--list", "list_", is_flag=True, help="List the named queries.")
+@click.pass_obj
+def query_cmd(
+    obj: Context, args: tuple[str, ...], every: bool, sql: str | None, fmt: str, list_: bool
+) -> None:
+    """Ask a run's ledger (or every run's, with --all) a named question or SQL.
+
+    \b
+    engine query RUN "failures by signature"
+    engine query --all "failure patterns"
+    engine query RUN --sql "SELECT type, count(*) FROM events GROUP BY type"
+    """
+    if list_:
+        for q in NAMED.values():
+            click.echo(f"{q.name:<24} {q.summary}")
+        return
+    words = list(args)
+    run = None if every else (words.pop(0) if words else None)
+    if run is None and not every:
+        raise click.UsageError("name a run (or --all), then a query name or --sql")
+    name = " ".join(words)
+    if sql is None and not name:
+        raise click.UsageError("name a query (engine query --list) or give --sql")
+    if sql is not None and name:
+        raise click.UsageError("give a query name or --sql, not both")
+    query = find_named(name).sql if sql is None else sql
+    con = connect(_ledgers(obj, run, every), acks=patterns_ledger(obj.home))
+    emit(run_sql(con, query), fmt)
+
+
+@cli.group("patterns")
+def patterns() -> None:
+    """Recurring failures and their remediation."""
+
+
+@patterns.command("ack")
+@click.argument("signature")
+@click.option("--note", required=True, help="What was done about it.")
+@click.option("--ref", help="A commit, ticket or link for the fix.")
+@click.pass_obj
+def patterns_ack(obj: Context, signature: str, note: str, ref: str | None) -> None:
+    """Record that a recurring failure was addressed.
+
+    Kept in a ledger of its own under the home directory (same format and
+    guarantees as a run's). `engine query --all "failure patterns"` then
+    shows the signature as acknowledged, and as a regression if it fails
+    again afterwards. A prefix of the signature will do if it is unique.
+    """
+    full = _resolve_signature(obj, signature)
+    path = patterns_ledger(obj.home)
+    writer = LedgerWriter.open(
+        path.parent, "patterns", create=not path.exists(), command="engine patterns ack"
+    )
+    try:
+        who = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+        writer.append(PatternAcknowledged(signature=full, note=note, ref=ref, by=who))
+    finally:
+        writer.close()
+    click.echo(f"acknowledged {full[:19]}…: {note}")
+
+
+def _resolve_signature(obj: Context, given: str) -> str:
+    ledgers = [ref.ledger for ref in list_runs(obj.home) if ref.ledger.is_file()]
+    wanted = given if given.startswith("sha256:") else "sha256:" + given
+    if not ledgers:
+        if len(wanted) == 71:
+            return wanted
+        raise QueryError(f"no failure has the signature {given!r}", hint="give it whole")
+    con = connect(ledgers)
+    found = [
+        r[0]
+        for r in run_sql(
+            con,
+            "SELECT DISTINCT signature FROM failures WHERE starts_with(signature, "
+            + "'"
+            + wanted.replace("'", "''")
+            + "')",
+        ).rows
+    ]
+    if len(found) == 1:
+        return str(found[0])
+    if not found:
+        if len(wanted) == 71:
+            return wanted  # not seen (yet): acknowledged ahead of time
+        raise QueryError(
+            f"no failure has a signature starting with {given!r}",
+            hint='see them: engine query --all "failures by signature"',
+        )
+    raise QueryError(
+        f"{given!r} matches {len(found)} signatures", hint="give more of it (or all 64 hex digits)"
+    )
+
+
+@cli.command("stats")
+@click.argument("run", default="latest")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_obj
+def stats_cmd(obj: Context, run: str, as_json: bool) -> None:
+    """Wall time, items/s, attempt duration percentiles, parallel efficiency, retry cost."""
+    stats = run_stats(obj.run(run).ledger)
+    if as_json:
+        echo_json(stats)
+        return
+    for key, value in msgspec.to_builtins(stats).items():
+        click.echo(f"{key:<26} {_cell(value) if value is not None else '-'}")
