@@ -40,6 +40,7 @@ bench: install
 	  || echo "GNU parallel not installed: the dispatch benchmark will say so"
 	$(BIN)/python benchmarks/bench_ledger.py --out benchmarks/results-ledger.md
 	$(BIN)/python benchmarks/bench_dispatch.py --out benchmarks/results-dispatch.md
+	$(BIN)/python benchmarks/bench_query.py --out benchmarks/results-query.md
 
 schemas: install
 	$(BIN)/engine schema --out schemas

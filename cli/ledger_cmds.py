@@ -9,18 +9,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+import msgspec
 import watchfiles
 
 from cli.app import EXIT_FAILED, Context, cli, echo_json
 from cli.render import record_line, summary_lines
 from engine.home import effective_status
+from engine.report import build_report, render_html, render_markdown
 from engine.schemas import generate_schemas, render, write_schemas
+from ledger.atomic import atomic_write
 from ledger.errors import LedgerCorrupt
 from ledger.events import Record
 from ledger.reader import LedgerReader, ScanResult, TornTail, verify_ledger
 from projections.replay import replay
 
-__all__ = ["audit", "replay_cmd", "schema_cmd", "tail_cmd"]
+__all__ = ["audit", "audit_report", "replay_cmd", "schema_cmd", "tail_cmd"]
 
 
 def _warn_torn(torn: TornTail | None, ledger: Path) -> None:
@@ -230,6 +233,35 @@ def audit_verify(obj: Context, run: str, as_json: bool) -> None:
 
 
 # --- schema ------------------------------------------------------------------------
+
+
+@audit.command("report")
+@click.argument("run")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "json", "html"]),
+    default="md",
+    show_default=True,
+    help="html: one self-contained file with a timeline and a failures chart.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+@click.pass_obj
+def audit_report(obj: Context, run: str, fmt: str, output: Path | None) -> None:
+    """A run's audit trail for review: who, when, what, and every item's attempts."""
+    ref = obj.run(run, allow_ledger_file=False)
+    report = build_report(ref.run_dir)
+    if fmt == "json":
+        text = msgspec.json.encode(report).decode() + "\n"
+    elif fmt == "html":
+        text = render_html(report)
+    else:
+        text = render_markdown(report)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    atomic_write(output, text.encode())
+    click.echo(f"wrote {output}")
 
 
 @cli.command("schema")

@@ -9,6 +9,7 @@ import io
 import math
 import os
 import socket
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,8 @@ def format_table(result: QueryResult, width: int = WIDTH) -> str:
     lines = [line.rstrip() for line in lines]
     count = f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''}"
     if hidden:
-        count += f"; not shown: {', '.join(hidden)} (--format json has them)"
-    lines.append(count + ")")
+        count += f"; not shown: {', '.join(hidden)}, which --format json has"
+    lines += textwrap.wrap(count + ")", width)
     return "\n".join(lines)
 
 
@@ -183,31 +184,26 @@ def patterns_ack(obj: Context, signature: str, note: str, ref: str | None) -> No
         writer.append(PatternAcknowledged(signature=full, note=note, ref=ref, by=who))
     finally:
         writer.close()
-    click.echo(f"acknowledged {full[:19]}…: {note}")
+    click.echo(f"acknowledged {full.removeprefix('sha256:')[:12]}: {note}")
 
 
 def _resolve_signature(obj: Context, given: str) -> str:
+    """The full signature a (unique) prefix names, as the ledgers record it."""
+    wanted = given.removeprefix("sha256:").lower()
+    if not wanted or any(c not in "0123456789abcdef" for c in wanted) or len(wanted) > 64:
+        raise QueryError(f"{given!r} is not a signature", hint="give its hex digits")
     ledgers = [ref.ledger for ref in list_runs(obj.home) if ref.ledger.is_file()]
-    wanted = given if given.startswith("sha256:") else "sha256:" + given
-    if not ledgers:
-        if len(wanted) == 71:
-            return wanted
-        raise QueryError(f"no failure has the signature {given!r}", hint="give it whole")
-    con = connect(ledgers)
-    found = [
-        r[0]
-        for r in run_sql(
-            con,
-            "SELECT DISTINCT signature FROM failures WHERE starts_with(signature, "
-            + "'"
-            + wanted.replace("'", "''")
-            + "')",
-        ).rows
-    ]
+    found: list[str] = []
+    if ledgers:
+        sql = (
+            "SELECT DISTINCT signature FROM failures "
+            f"WHERE starts_with(replace(signature, 'sha256:', ''), '{wanted}')"
+        )
+        found = [str(r[0]) for r in run_sql(connect(ledgers), sql).rows]
     if len(found) == 1:
-        return str(found[0])
+        return found[0]
     if not found:
-        if len(wanted) == 71:
+        if len(wanted) == 64:
             return wanted  # not seen (yet): acknowledged ahead of time
         raise QueryError(
             f"no failure has a signature starting with {given!r}",

@@ -1,0 +1,409 @@
+"""``engine audit report``: a run's audit trail for review, as Markdown, JSON or HTML.
+
+Who ran it (user, host, engine version) and when; the workflow's hash and a
+copy; the workspace snapshot; the variables (secrets as ``***``); every
+lock holder and resume; ledger recoveries; and each item's timeline of
+attempts and outcomes. The HTML is one self-contained file (inline CSS and
+SVG charts, no script, nothing fetched) that reads offline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.workflow import load_yaml
+from ledger.events import (
+    ItemDeadLettered,
+    ItemDispatched,
+    ItemFailed,
+    ItemSkipped,
+    ItemSucceeded,
+    RunResumed,
+)
+from ledger.reader import LedgerReader
+from projections.replay import replay
+
+__all__ = ["build_report", "render_html", "render_markdown"]
+
+CHART_ITEMS = 300
+"""Items drawn in the HTML timeline (the tables list every one)."""
+
+
+def _epoch(ts: str) -> float:
+    return dt.datetime.fromisoformat(ts).timestamp()
+
+
+def build_report(run_dir: Path) -> dict[str, Any]:
+    ledger = run_dir / "ledger.ndjson"
+    p = replay(ledger)
+    run = p.run
+    created: dict[str, Any] = {}
+    resumes: list[dict[str, Any]] = []
+    items: dict[str, list[dict[str, Any]]] = {}
+    finals: dict[str, str] = {}
+    for record in LedgerReader(ledger).records():
+        data = record.data
+        if record.type == "run.created":
+            created = msgspec.to_builtins(data)
+        elif isinstance(data, RunResumed):
+            resumes.append({"seq": record.seq, "ts": record.ts, **msgspec.to_builtins(data)})
+        elif isinstance(data, ItemDispatched):
+            items.setdefault(data.item, []).append(
+                {"attempt": data.attempt, "dispatched_at": record.ts, "outcome": "no outcome"}
+            )
+        elif isinstance(data, ItemSucceeded | ItemFailed):
+            for attempt in reversed(items.get(data.item, [])):
+                if attempt["attempt"] == data.attempt:
+                    attempt["finished_at"] = record.ts
+                    attempt["duration"] = data.duration
+                    if isinstance(data, ItemSucceeded):
+                        attempt["outcome"] = "succeeded"
+                    else:
+                        attempt["outcome"] = data.error_type
+                        attempt["message"] = data.message
+                    break
+        elif isinstance(data, ItemDeadLettered):
+            finals[data.item] = "dead"
+        elif isinstance(data, ItemSkipped):
+            finals[data.item] = f"skipped ({data.reason})"
+    workflow_text = created.get("workflow", "")
+    secrets: list[str] = []
+    env: dict[str, str] = {}
+    try:
+        spec = load_yaml(workflow_text) if workflow_text else {}
+        if isinstance(spec, dict):
+            secrets = [str(s) for s in spec.get("secrets") or []]
+            env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+    except Exception:
+        pass
+    variables = {**env, **created.get("vars", {})}
+    variables.update(dict.fromkeys(secrets, "***"))
+    snapshot: dict[str, Any] = {"id": run.snapshot_id}
+    try:
+        manifest = msgspec.json.decode((run_dir / "snapshot.json").read_bytes())
+        snapshot.update(
+            method=manifest.get("method"),
+            files=len(manifest.get("files", {})),
+            manifest=manifest.get("files", {}),
+        )
+    except (OSError, msgspec.DecodeError):
+        pass
+    states = {s.item: s for s in p.items.items.values()}
+    timeline = []
+    for item in sorted(states, key=lambda i: states[i].index):
+        timeline.append(
+            {
+                "item": item,
+                "status": finals.get(item, states[item].status),
+                "attempts": items.get(item, []),
+            }
+        )
+    return {
+        "run_id": run.run_id,
+        "status": run.status,
+        "reason": run.reason,
+        "ran_by": {
+            "user": created.get("user"),
+            "host": created.get("host"),
+            "engine_version": created.get("engine_version"),
+        },
+        "when": {
+            "created_at": run.created_at,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+        },
+        "workflow": {
+            "name": run.workflow,
+            "path": run.workflow_path,
+            "hash": run.workflow_hash,
+            "text": workflow_text,
+        },
+        "snapshot": snapshot,
+        "variables": variables,
+        "secrets": secrets,
+        "lock_holders": [msgspec.to_builtins(h) for h in run.lock_holders],
+        "resumes": resumes,
+        "recoveries": [msgspec.to_builtins(r) for r in run.recoveries],
+        "items": msgspec.to_builtins(p.items.item_counts()),
+        "failures_by_type": dict(
+            sorted(_count_types(timeline).items(), key=lambda kv: (-kv[1], kv[0]))
+        ),
+        "timeline": timeline,
+        "events": run.events,
+    }
+
+
+def _count_types(timeline: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in timeline:
+        for attempt in entry["attempts"]:
+            outcome = attempt["outcome"]
+            if outcome not in ("succeeded", "no outcome"):
+                counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+# --- Markdown ----------------------------------------------------------------------------
+
+
+def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        return ("" if v is None else str(v)).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def _snapshot_text(r: dict[str, Any]) -> str:
+    return f"{r['snapshot'].get('id')} ({r['snapshot'].get('files', '?')} files)"
+
+
+def _holders(r: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [h["seq"], h["pid"], h["host"], h["started_at"], h["command"]] for h in r["lock_holders"]
+    ]
+
+
+TIMELINE_HEADERS = ["item", "status", "attempt", "dispatched", "finished", "seconds", "outcome"]
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    lines = [f"# Audit report: run `{r['run_id']}`", ""]
+    lines += _md_table(
+        ["", ""],
+        [
+            ["status", r["status"] + (f" ({r['reason']})" if r["reason"] else "")],
+            ["ran by", f"{r['ran_by']['user']} on {r['ran_by']['host']}"],
+            ["engine version", r["ran_by"]["engine_version"]],
+            ["created", r["when"]["created_at"]],
+            ["started", r["when"]["started_at"]],
+            ["finished", r["when"]["finished_at"] or "-"],
+            ["workflow", f"{r['workflow']['name']} ({r['workflow']['path']})"],
+            ["workflow hash", f"`{r['workflow']['hash']}`"],
+            ["workspace snapshot", _snapshot_text(r)],
+            ["events", r["events"]],
+        ],
+    )
+    lines += ["", "## Items", ""]
+    lines += _md_table(list(r["items"]), [list(r["items"].values())])
+    lines += ["", "## Variables", ""]
+    lines += _md_table(["name", "value"], [[k, v] for k, v in sorted(r["variables"].items())])
+    lines += ["", "## Lock holders", ""]
+    lines += _md_table(
+        ["seq", "pid", "host", "since", "command"],
+        _holders(r),
+    )
+    lines += ["", "## Resumes", ""]
+    if r["resumes"]:
+        lines += _md_table(
+            ["seq", "at", "pid", "host", "include dlq", "workflow changes"],
+            [
+                [x["seq"], x["ts"], x["pid"], x["host"], x["include_dlq"], "; ".join(x["changes"])]
+                for x in r["resumes"]
+            ],
+        )
+    else:
+        lines.append("none")
+    lines += ["", "## Ledger recoveries", ""]
+    if r["recoveries"]:
+        lines += _md_table(
+            ["seq", "at", "offset", "bytes", "moved to", "reason"],
+            [
+                [x["seq"], x["ts"], x["offset"], x["length"], x["moved_to"], x["reason"]]
+                for x in r["recoveries"]
+            ],
+        )
+    else:
+        lines.append("none")
+    lines += ["", "## Failures by type", ""]
+    failures = [[k, v] for k, v in r["failures_by_type"].items()]
+    lines += _md_table(["error type", "attempts"], failures)
+    lines += ["", "## Timeline", ""]
+    rows = []
+    for entry in r["timeline"]:
+        for a in entry["attempts"] or [{}]:
+            rows.append(
+                [
+                    entry["item"],
+                    entry["status"],
+                    a.get("attempt", ""),
+                    a.get("dispatched_at", ""),
+                    a.get("finished_at", ""),
+                    a.get("duration", ""),
+                    a.get("outcome", ""),
+                ]
+            )
+    lines += _md_table(TIMELINE_HEADERS, rows)
+    lines += ["", "## Workflow", "", "```yaml", r["workflow"]["text"].rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+# --- HTML --------------------------------------------------------------------------------
+
+COLORS = {"succeeded": "#2e7d32", "no outcome": "#9e9e9e"}
+FAIL_COLOR = "#c62828"
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;
+text-align:left;vertical-align:top}th{background:#f5f5f5}code,pre{font:12px ui-monospace,monospace}
+pre{background:#f7f7f7;padding:1em;overflow:auto}.muted{color:#777}
+"""
+
+
+def _h(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_h(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_h(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _timeline_svg(r: dict[str, Any]) -> str:
+    entries = [e for e in r["timeline"] if e["attempts"]][:CHART_ITEMS]
+    spans = [
+        (_epoch(a["dispatched_at"]), _epoch(a.get("finished_at") or a["dispatched_at"]))
+        for e in entries
+        for a in e["attempts"]
+    ]
+    if not spans:
+        return '<p class="muted">no attempts</p>'
+    start = min(s for s, _ in spans)
+    end = max(e for _, e in spans) or start
+    total = max(end - start, 1e-6)
+    row, left, width = 14, 190, 860
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 10}" '
+        f'height="{row * len(entries) + 30}" role="img" aria-label="attempts over time">'
+    ]
+    for i, entry in enumerate(entries):
+        y = 10 + i * row
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 10}" font-size="10" text-anchor="end">'
+            f"{_h(entry['item'][:32])}</text>"
+        )
+        for a in entry["attempts"]:
+            s = _epoch(a["dispatched_at"])
+            e = _epoch(a.get("finished_at") or a["dispatched_at"])
+            x = left + (s - start) / total * width
+            w = max((e - s) / total * width, 1.5)
+            color = COLORS.get(a["outcome"], FAIL_COLOR)
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 3}" fill="{color}">'
+                f"<title>{_h(entry['item'])} attempt {a['attempt']}: {_h(a['outcome'])} "
+                f"({a.get('duration', '?')} s)</title></rect>"
+            )
+    y = 10 + len(entries) * row + 14
+    parts.append(f'<text x="{left}" y="{y}" font-size="10">0 s</text>')
+    parts.append(
+        f'<text x="{left + width}" y="{y}" font-size="10" text-anchor="end">{total:.1f} s</text>'
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _failures_svg(r: dict[str, Any]) -> str:
+    counts = r["failures_by_type"]
+    if not counts:
+        return '<p class="muted">no failures</p>'
+    top = max(counts.values())
+    row, left, width = 22, 170, 600
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 60}" '
+        f'height="{row * len(counts) + 10}" role="img" aria-label="failures by type">'
+    ]
+    for i, (kind, count) in enumerate(counts.items()):
+        y = 5 + i * row
+        w = count / top * width
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 14}" font-size="12" text-anchor="end">{_h(kind)}</text>'
+            f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{row - 6}" fill="{FAIL_COLOR}"/>'
+            f'<text x="{left + w + 6}" y="{y + 14}" font-size="12">{count}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(r: dict[str, Any]) -> str:
+    summary = _html_table(
+        ["", ""],
+        [
+            ["status", r["status"] + (f" ({r['reason']})" if r["reason"] else "")],
+            ["ran by", f"{r['ran_by']['user']} on {r['ran_by']['host']}"],
+            ["engine version", r["ran_by"]["engine_version"]],
+            ["created", r["when"]["created_at"]],
+            ["started", r["when"]["started_at"]],
+            ["finished", r["when"]["finished_at"] or "-"],
+            ["workflow", f"{r['workflow']['name']} ({r['workflow']['path']})"],
+            ["workflow hash", r["workflow"]["hash"]],
+            ["workspace snapshot", _snapshot_text(r)],
+        ],
+    )
+    rows = []
+    for entry in r["timeline"]:
+        for a in entry["attempts"] or [{}]:
+            rows.append(
+                [
+                    entry["item"],
+                    entry["status"],
+                    a.get("attempt", ""),
+                    a.get("dispatched_at", ""),
+                    a.get("finished_at", ""),
+                    a.get("duration", ""),
+                    a.get("outcome", ""),
+                ]
+            )
+    shown = min(len([e for e in r["timeline"] if e["attempts"]]), CHART_ITEMS)
+    body = [
+        f"<h1>Audit report: run {_h(r['run_id'])}</h1>",
+        summary,
+        "<h2>Items</h2>",
+        _html_table(list(r["items"]), [list(r["items"].values())]),
+        f"<h2>Timeline</h2><p class='muted'>each bar an attempt (green succeeded, red failed, "
+        f"grey no outcome); the first {shown} items</p>",
+        _timeline_svg(r),
+        "<h2>Failures by type</h2>",
+        _failures_svg(r),
+        "<h2>Variables</h2>",
+        _html_table(["name", "value"], [[k, v] for k, v in sorted(r["variables"].items())]),
+        "<h2>Lock holders</h2>",
+        _html_table(
+            ["seq", "pid", "host", "since", "command"],
+            _holders(r),
+        ),
+        "<h2>Resumes</h2>",
+        _html_table(
+            ["seq", "at", "pid", "host", "include dlq", "workflow changes"],
+            [
+                [x["seq"], x["ts"], x["pid"], x["host"], x["include_dlq"], "; ".join(x["changes"])]
+                for x in r["resumes"]
+            ],
+        ),
+        "<h2>Ledger recoveries</h2>",
+        _html_table(
+            ["seq", "at", "offset", "bytes", "moved to", "reason"],
+            [
+                [x["seq"], x["ts"], x["offset"], x["length"], x["moved_to"], x["reason"]]
+                for x in r["recoveries"]
+            ],
+        ),
+        "<h2>Per-item timeline</h2>",
+        _html_table(TIMELINE_HEADERS, rows),
+        "<h2>Workflow</h2>",
+        f"<pre>{_h(r['workflow']['text'])}</pre>",
+    ]
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>Audit report: {_h(r['run_id'])}</title><style>{STYLE}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )

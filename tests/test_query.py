@@ -1,0 +1,251 @@
+"""`engine query`, `patterns ack`, `stats`, `audit report`; private files; secrets."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cli.main import cli
+from engine.query import NAMED
+from ledger import LedgerReader
+from tests.engine_helpers import run_workflow, write_workflow
+
+FAILING = """
+name: {name}
+map:
+  items: [ok-1, ok-2, flaky-1, flaky-2, broken-1]
+  id: "${{item}}"
+  max_parallel: 2
+  retry: {{max_attempts: 2, initial: 10ms}}
+  agent_template:
+    - run: |
+        case "${{item}}" in
+          ok-*) sleep 0.05; echo fine ;;
+          flaky-*) echo "429 rate limit exceeded" >&2; exit 1 ;;
+          broken-*) echo "open config.yml: permission denied" >&2; exit 13 ;;
+        esac
+"""
+
+
+def _engine(home: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+
+
+def _run(tmp_path: Path, name: str = "q") -> tuple[Path, str]:
+    wf = write_workflow(tmp_path / name, FAILING.format(name=name))
+    result = run_workflow(wf, tmp_path / "home")
+    return tmp_path / "home", result.run_id
+
+
+def _json(result: Result) -> list[dict[str, object]]:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)  # type: ignore[no-any-return]
+
+
+def test_failures_by_signature_has_the_promised_columns_and_counts(tmp_path: Path) -> None:
+    home, run = _run(tmp_path)
+    rows = _json(_engine(home, "query", run, "failures by signature", "--format", "json"))
+    assert list(rows[0]) == [
+        "signature", "error_type", "count", "items", "first_seen", "last_seen", "example",
+    ]  # fmt: skip
+    by_type = {r["error_type"]: r for r in rows}
+    assert by_type["rate_limited"]["count"] == 4 and by_type["rate_limited"]["items"] == 2
+    assert by_type["command_failed"]["count"] == 1
+    assert "permission denied" in str(by_type["command_failed"]["example"])
+    # The same answer from the ledger itself, independently of DuckDB.
+    failed = [r.data for r in LedgerReader(home / "runs" / run / "ledger.ndjson").records()
+              if r.type == "item.failed"]  # fmt: skip
+    assert sum(int(r["count"]) for r in rows) == len(failed)  # type: ignore[call-overload]
+    text = _engine(home, "query", run, "failures", "by", "signature").output
+    assert all(len(line) <= 80 for line in text.splitlines())
+    table = list(csv.reader(io.StringIO(
+        _engine(home, "query", run, "failures by signature", "--format", "csv").output
+    )))  # fmt: skip
+    assert table[0][:3] == ["signature", "error_type", "count"] and len(table) == 3
+
+
+def test_every_named_query_runs_and_fits_80_columns(tmp_path: Path) -> None:
+    home, run = _run(tmp_path)
+    listed = _engine(home, "query", "--list").output.splitlines()
+    assert [line.split("  ")[0].strip() for line in listed] == list(NAMED)
+    for name in NAMED:
+        out = _engine(home, "query", run, name)
+        assert out.exit_code == 0, (name, out.output)
+        assert all(len(line) <= 80 for line in out.output.splitlines()), name
+    dlq = _json(_engine(home, "query", run, "dlq", "--format", "json"))
+    assert sorted(str(r["item"]) for r in dlq) == ["broken-1", "flaky-1", "flaky-2"]
+    items = _json(
+        _engine(home, "query", run, "--sql", "SELECT status, count(*) AS n FROM items "
+                "GROUP BY status ORDER BY status", "--format", "json")
+    )  # fmt: skip
+    assert items == [{"status": "dead", "n": 3}, {"status": "succeeded", "n": 2}]
+
+
+def test_bad_sql_and_unknown_names_are_one_line_exit_2(tmp_path: Path) -> None:
+    home, run = _run(tmp_path)
+    near = _engine(home, "query", run, "failures by signatur")
+    assert near.exit_code == 2 and "did you mean 'failures by signature'" in near.output
+    assert len(near.output.strip().splitlines()) == 1
+    bad = _engine(home, "query", run, "--sql", "SELEC 1")
+    assert bad.exit_code == 2 and "the query failed" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1 and "Traceback" not in bad.output
+
+
+def test_a_torn_last_line_is_left_out(tmp_path: Path) -> None:
+    home, run = _run(tmp_path)
+    ledger = home / "runs" / run / "ledger.ndjson"
+    whole = _json(_engine(home, "query", run, "--sql", "SELECT count(*) AS n FROM events",
+                          "--format", "json"))  # fmt: skip
+    with open(ledger, "ab") as f:
+        f.write(b'{"v":1,"seq":99999,"ts":"2026-')  # an append caught half-way
+    torn = _json(_engine(home, "query", str(ledger), "--sql", "SELECT count(*) AS n FROM events",
+                         "--format", "json"))  # fmt: skip
+    assert torn == whole
+
+
+def test_failure_patterns_across_runs_ack_and_regression(tmp_path: Path) -> None:
+    home, first = _run(tmp_path, "p1")
+    _run(tmp_path, "p2")
+    patterns = _json(_engine(home, "query", "--all", "failure patterns", "--format", "json"))
+    rate = next(p for p in patterns if p["error_type"] == "rate_limited")
+    assert rate["count"] == 8 and rate["runs"] == 2 and rate["state"] == "open"
+    assert "max_parallel" in str(rate["remedy"]) and float(rate["priority"]) > 0  # type: ignore[arg-type]
+    assert all(int(p["count"]) >= 3 for p in patterns)  # type: ignore[call-overload]
+    signature = str(rate["signature"])
+    acked = _engine(home, "patterns", "ack", signature[:12], "--note", "lowered max_parallel",
+                    "--ref", "abc123")  # fmt: skip
+    assert acked.exit_code == 0, acked.output
+    ledger = home / "patterns" / "ledger.ndjson"
+    assert [r.type for r in LedgerReader(ledger).records()][-1] == "pattern.acknowledged"
+    assert _engine(home, "audit", "verify", str(ledger)).exit_code == 0
+    after = _json(_engine(home, "query", "--all", "failure patterns", "--format", "json"))
+    rate = next(p for p in after if p["signature"] == signature)
+    assert rate["state"] == "acknowledged" and rate["ack_ref"] == "abc123"
+    _run(tmp_path, "p3")  # it fails again after the fix: a regression
+    again = _json(_engine(home, "query", "--all", "failure patterns", "--format", "json"))
+    assert next(p for p in again if p["signature"] == signature)["state"] == "regression"
+    unknown = _engine(home, "patterns", "ack", "ffff", "--note", "x")
+    assert unknown.exit_code == 2 and "no failure has a signature" in unknown.output
+    assert first
+
+
+def test_stats(tmp_path: Path) -> None:
+    home, run = _run(tmp_path)
+    stats = json.loads(_engine(home, "stats", run, "--json").output)
+    records = list(LedgerReader(home / "runs" / run / "ledger.ndjson").records())
+    durations = sorted(
+        r.data.duration for r in records if r.type in ("item.succeeded", "item.failed")
+    )
+    assert stats["attempts"] == len(durations) == 7  # 2 ok, 2 x 2 rate-limited, 1 not retried
+    assert stats["attempt_p50_s"] == pytest.approx(durations[3], abs=1e-6)
+    assert stats["attempt_p99_s"] <= durations[-1]
+    assert stats["failed_attempts"] == 5 and stats["items_finished"] == 5
+    assert stats["backoff_s"] > 0 and stats["max_parallel"] == 2
+    assert 0 < stats["parallel_efficiency"] <= 1
+    assert stats["items_per_s"] == pytest.approx(5 / stats["wall_s"], rel=1e-3)
+
+
+def test_audit_report_markdown_json_and_self_contained_html(tmp_path: Path) -> None:
+    home, run = _run(tmp_path)
+    md = _engine(home, "audit", "report", run).output
+    for heading in ("## Lock holders", "## Resumes", "## Ledger recoveries", "## Timeline",
+                    "## Variables", "## Workflow", "workflow hash", "workspace snapshot"):  # fmt: skip
+        assert heading in md
+    report = json.loads(_engine(home, "audit", "report", run, "--format", "json").output)
+    assert {e["item"] for e in report["timeline"]} == {
+        "ok-1", "ok-2", "flaky-1", "flaky-2", "broken-1",
+    }  # fmt: skip
+    flaky = next(e for e in report["timeline"] if e["item"] == "flaky-1")
+    assert [a["outcome"] for a in flaky["attempts"]] == ["rate_limited", "rate_limited"]
+    assert report["ran_by"]["user"] and report["workflow"]["hash"].startswith("sha256:")
+    out = tmp_path / "report.html"
+    assert _engine(home, "audit", "report", run, "--format", "html", "-o", str(out)).exit_code == 0
+    page = out.read_text()
+    assert page.count("<svg") == 2 and "<script" not in page
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched
+    assert "broken-1" in page and "rate_limited" in page
+
+
+def test_files_the_engine_creates_are_private(tmp_path: Path) -> None:
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: private
+        cache: {}
+        map:
+          items: [a, b]
+          agent_template:
+            - run: echo out; echo err >&2; mkdir -p build; echo x > "build/${item}"
+              artifacts: ["build/${item}"]
+              capture_output: seen
+        setup:
+          - run: echo setup
+        """,
+    )
+    home = tmp_path / "home"
+    run = run_workflow(wf, home)
+    _engine(home, "patterns", "ack", "0" * 64, "--note", "n")
+    _engine(home, "audit", "report", run.run_id, "-o", str(home / "runs" / run.run_id / "r.md"))
+    checked = 0
+    for root, dirs, files in os.walk(home):
+        for d in dirs:
+            mode = stat.S_IMODE(os.stat(os.path.join(root, d)).st_mode)
+            assert mode == 0o700, (os.path.join(root, d), oct(mode))
+        for f in files:
+            mode = stat.S_IMODE(os.stat(os.path.join(root, f)).st_mode)
+            assert mode == 0o600, (os.path.join(root, f), oct(mode))
+            checked += 1
+    assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+    assert checked >= 10  # ledger, lock, workflow, snapshot, logs, results, cache, store, ...
+
+
+def test_a_secret_appears_nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "s3cr3t-Value-91f2"
+    monkeypatch.setenv("MY_TOKEN", secret)
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: secretive
+        secrets: [MY_TOKEN]
+        cache: {}
+        setup:
+          - run: echo "setup sees $MY_TOKEN"
+            capture_output: seen
+        map:
+          items: [a, b]
+          retry: {max_attempts: 1}
+          agent_template:
+            - run: |
+                echo "stdout $MY_TOKEN"
+                echo "stderr $MY_TOKEN" >&2
+                if [ "${item}" = b ]; then echo "error: token $MY_TOKEN rejected" >&2; exit 3; fi
+            - run: |
+                printf '{"token": "%s"}\\n' "$MY_TOKEN"
+              output: json
+        reduce:
+          - run: echo "reduce $MY_TOKEN ${seen}"
+        """,
+    )
+    home = tmp_path / "home"
+    result = run_workflow(wf, home)
+    assert result.projections.items.counts["succeeded"] == 1
+    _engine(home, "audit", "report", result.run_id, "-o", str(result.run_dir / "report.md"))
+    searched = redacted = 0
+    for root in (result.run_dir, home / "cache", home / "store"):
+        for path in root.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert secret.encode() not in data, path
+                searched += 1
+                redacted += b"***" in data
+    assert searched >= 8 and redacted >= 4  # logs, ledger, results, cache entry
+    failed = [r.data for r in LedgerReader(result.run_dir / "ledger.ndjson").records()
+              if r.type == "item.failed"]  # fmt: skip
+    assert "token *** rejected" in failed[0].message
