@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_ledger import make_ledger  # noqa: E402
+from bench_ledger import make_ledger
 
 DUCKDB_CHILD = """
 import json, sys, time

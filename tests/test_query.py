@@ -155,8 +155,9 @@ def test_stats(tmp_path: Path) -> None:
 def test_audit_report_markdown_json_and_self_contained_html(tmp_path: Path) -> None:
     home, run = _run(tmp_path)
     md = _engine(home, "audit", "report", run).output
-    for heading in ("## Lock holders", "## Resumes", "## Ledger recoveries", "## Timeline",
-                    "## Variables", "## Workflow", "workflow hash", "workspace snapshot"):  # fmt: skip
+    headings = ["## Lock holders", "## Resumes", "## Ledger recoveries", "## Timeline"]
+    headings += ["## Variables", "## Workflow", "workflow hash", "workspace snapshot"]
+    for heading in headings:
         assert heading in md
     report = json.loads(_engine(home, "audit", "report", run, "--format", "json").output)
     assert {e["item"] for e in report["timeline"]} == {
