@@ -83,6 +83,7 @@ def _engine(home: Path, *args: str) -> list[str]:
 def _stop_repeatedly(
     wf: Path, home: Path, *, stops: int, signum: int, seed: int
 ) -> tuple[int, list[int]]:
+    side = wf.parent / "side.log"
     """Start, stop at a random moment, resume, ... ``stops`` times (or until it completes)."""
     rng = random.Random(seed)
     done = 0
@@ -98,7 +99,17 @@ def _stop_repeatedly(
             else _engine(home, "run", str(wf), "--run-id", RUN_ID)
         )
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.25, 0.9))  # start-up, enqueue, mid-map: wherever it is
+        if len(codes) % 3 == 0:
+            time.sleep(rng.uniform(0.05, 0.9))  # start-up, enqueue, mid-map: wherever it is
+        else:
+            # Mid-map, where most of the work is: once this engine has started commands.
+            before = side.stat().st_size if side.exists() else 0
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and proc.poll() is None:
+                if side.exists() and side.stat().st_size > before:
+                    break
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
             proc.send_signal(signum)
             done += 1
