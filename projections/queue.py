@@ -82,8 +82,8 @@ class PendingProjection(Projection):
             self.queued.pop(e.item, None)
             return
         not_before = state.retry_at or ""
-        if self.queued.get(e.item) == not_before:
-            return
+        if self.queued.get(e.item) == not_before and not isinstance(e, ItemRequeued):
+            return  # already queued as it is (a requeue changes its rank: queue it again)
         self.queued[e.item] = not_before
         if not_before:
             heapq.heappush(self._delayed, (not_before, state.index, e.item))
