@@ -181,7 +181,13 @@ def resume_cmd(
     the run.
     """
     ref = obj.run(run, allow_ledger_file=False)
-    options = RunOptions(max_parallel=jobs, include_dlq=include_dlq, allow_changed=allow_changed)
+    options = RunOptions(
+        max_parallel=jobs,
+        include_dlq=include_dlq,
+        allow_changed=allow_changed,
+        no_cache=no_cache,
+        refresh_cache=refresh_cache,
+    )
     drive(obj, lambda o: resume_run(ref.run_dir, o), options, as_json, no_progress)
 
 

@@ -137,7 +137,10 @@ class ItemHooks:
         """(hit, events): on a hit the item is skipped, its artifacts restored."""
         if self.cache is None:
             return False, []
-        key = await asyncio.to_thread(self.key, item, value)
+        try:
+            key = await asyncio.to_thread(self.key, item, value)
+        except OSError as exc:  # an input file went away or cannot be read
+            return False, [CacheMiss(item=item, key="", reason=f"no key: {exc}")]
         entry = None
         if self.lookup:
             try:
@@ -147,9 +150,14 @@ class ItemHooks:
             if entry is not None and not all(self.store.has(a.sha256) for a in entry.artifacts):
                 entry = None  # its artifacts are gone from the store: run it again
         if entry is None:
-            return False, [CacheMiss(item=item, key=key)]
-        events: list[Event] = [CacheHit(item=item, key=key)]
-        events += await asyncio.to_thread(self._restore, item, attempts, entry)
+            reason = "" if self.lookup else "refresh: not looked up"
+            return False, [CacheMiss(item=item, key=key, reason=reason)]
+        try:
+            restored = await asyncio.to_thread(self._restore, item, attempts, entry)
+        except (OSError, ArtifactError) as exc:
+            # The workspace will not take the cached artifacts back: run the item instead.
+            return False, [CacheMiss(item=item, key=key, reason=f"cannot restore: {exc}")]
+        events: list[Event] = [CacheHit(item=item, key=key), *restored]
         events.append(ItemSkipped(item=item, reason="cache", cache_key=key, result=entry.result))
         return True, events
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -462,11 +462,30 @@ def _rfc3339(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _redact(text: str, secrets: tuple[str, ...]) -> str:
+def secret_forms(secrets: Sequence[str]) -> tuple[str, ...]:
+    """Each secret as it may appear in output: raw, and escaped inside JSON strings."""
+    forms: set[str] = set()
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
-    return text
+            forms.add(secret)
+            forms.add(json.dumps(secret)[1:-1])
+            forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def redact_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    """``value`` with every secret in every string replaced by ``***``."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, list):
+        return [redact_value(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {redact_value(k, secrets): redact_value(v, secrets) for k, v in value.items()}
+    return value
 
 
 class _Log:
@@ -485,6 +504,9 @@ class _Log:
         self.tail_size = 0
         self.digest: Any = None
         self.secret_bytes = secrets
+        self.hold = max((len(x) for x in secrets), default=1) - 1
+        """Bytes kept back until more come: a secret may arrive in two writes."""
+        self.carry = b""
 
     @property
     def path(self) -> str:
@@ -495,8 +517,23 @@ class _Log:
         return f"{self.directory}/.{self.name}.tmp"
 
     def write(self, data: bytes) -> None:
-        for secret in self.secret_bytes:
-            data = data.replace(secret, b"***")
+        if self.secret_bytes:
+            data = self.carry + data
+            for secret in self.secret_bytes:
+                data = data.replace(secret, b"***")
+            if self.hold:
+                data, self.carry = data[: -self.hold], data[-self.hold :]
+        self._write(data)
+
+    def flush(self) -> None:
+        """Write what was kept back (the stream has ended)."""
+        if self.carry:
+            data, self.carry = self.carry, b""
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
         if self.fd < 0:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             self.fd = os.open(self.tmp, flags, FILE_MODE)
@@ -526,6 +563,7 @@ class _Log:
 
     def finish(self) -> LogRef | None:
         """Make the log durable under its name; an empty log leaves no file."""
+        self.flush()
         if self.fd < 0:
             return None
         os.fsync(self.fd)
@@ -558,7 +596,7 @@ class LocalAttempt(Attempt):
         if logs not in _MADE:
             make_private_dir(Path(logs))
             _MADE.add(logs)
-        secrets = tuple(s.encode() for s in request.redact if s)
+        secrets = tuple(s.encode() for s in secret_forms(request.redact))
         self.out = _Log(logs, f"{self.base}.stdout", secrets)
         self.err = _Log(logs, f"{self.base}.stderr", secrets)
         # Only the attempt touches (creates) this file; it needs no durability.
@@ -748,6 +786,8 @@ class LocalAttempt(Attempt):
                     os.killpg(child.pid, signal.SIGKILL)
                 await child.drained
         _GUARDIAN.unregister(child.pid)
+        self.out.flush()
+        self.err.flush()
         code = child.returncode
         return {
             "exit_code": code if code is not None and code >= 0 else None,
@@ -807,9 +847,9 @@ class LocalAttempt(Attempt):
             if stdout_ref is not None or stderr_ref is not None:
                 fsync_dir(request.run_dir / "logs")
             self._publish(None)
-        secrets = tuple(request.redact)
-        if isinstance(result, str):
-            result = _redact(result, secrets)
+        secrets = secret_forms(request.redact)
+        result = redact_value(result, secrets)
+        captures = redact_value(captures, secrets)
         return AttemptOutcome(
             ok=not failed and invalid is None,
             duration=time.monotonic() - self.started,

@@ -28,7 +28,7 @@ from engine import engine_version
 from engine.cache import ItemHooks
 from engine.executor import AttemptRequest, Executor
 from engine.items import ItemsError, load_items
-from engine.local import LocalExecutor, agent_argv
+from engine.local import LocalExecutor, agent_argv, redact_value, secret_forms
 from engine.scheduler import MapScheduler
 from engine.snapshot import Snapshot, compare, save_snapshot, take_snapshot
 from engine.spec import Step
@@ -87,6 +87,14 @@ class RunOptions:
     warn: Callable[[str], None] = lambda _message: None
     """Where warnings go (a resume in a workspace that changed)."""
 
+    def cache_mode(self, recorded: str = "use") -> str:
+        """``off`` with --no-cache, ``refresh`` with --refresh-cache, else ``recorded``."""
+        if self.no_cache:
+            return "off"
+        if self.refresh_cache:
+            return "refresh"
+        return recorded
+
 
 @dataclass
 class RunResult:
@@ -131,7 +139,11 @@ class _Run:
         circuit = self.spec.circuit_breaker
         self.p = Projections(circuit_on=circuit.on if circuit else ())
         self.env: dict[str, str] = {**self.spec.env, **options.variables}
-        self.secret_values = [os.environ.get(name, "") for name in self.spec.secrets]
+        self.secret_values = [
+            options.variables.get(name) or os.environ.get(name, "") for name in self.spec.secrets
+        ]
+        # What is recorded never holds a secret, even one given with --var.
+        options.command = redact_value(options.command, secret_forms(self.secret_values))
         self.context: dict[str, Any] = {"env": self.env, "run": {"id": self.run_id}}
         self.writer: LedgerWriter | None = None
         self.output: list[str] = []
@@ -492,7 +504,7 @@ async def _create(
             workflow_path=str(loaded.path),
             workflow_hash=loaded.hash,
             workflow=loaded.text,
-            vars=dict(options.variables),
+            vars={k: "***" if k in spec.secrets else v for k, v in options.variables.items()},
             engine_version=engine_version(),
             user=getpass.getuser(),
             host=socket.gethostname(),
@@ -502,6 +514,7 @@ async def _create(
             host=socket.gethostname(),
             max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
             executor=run.executor.name,
+            cache=options.cache_mode(),
         ),
     ]
     return await _drive(run, opening)
@@ -576,7 +589,12 @@ async def resume_run(
                 hint="undo the change, or resume with --allow-changed to run the changed "
                 "workflow (recorded in the ledger)",
             )
-    variables = {**before.run.vars, **options.variables}
+    # A secret given with --var was recorded as ***: a resume takes it from the
+    # environment (or a new --var), never from the ledger.
+    recorded = {
+        k: v for k, v in before.run.vars.items() if not (v == "***" and k in workflow.spec.secrets)
+    }
+    variables = {**recorded, **options.variables}
     options = dataclasses.replace(options, variables=variables)
     run = _Run(workflow, run_dir, run_id, options)
     run.writer = LedgerWriter.open(run_dir, run_id, create=False, command=options.command)
@@ -601,6 +619,7 @@ async def resume_run(
             changes=changes,
             snapshot_id=snapshot.id,
             max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
+            cache=options.cache_mode(run.p.run.cache_mode),
         )
     ]
     if changes:
@@ -695,11 +714,7 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
                     workspace=run.loaded.directory,
                     spec=spec.map,
                     cache=spec.cache,
-                    mode="off"
-                    if options.no_cache
-                    else "refresh"
-                    if options.refresh_cache
-                    else "use",
+                    mode=run.p.run.cache_mode,
                     context=lambda item, value: dict(run.request(item, 0, "", value).context),
                 ),
             )

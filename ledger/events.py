@@ -111,6 +111,8 @@ class RunStarted(Event, frozen=True):
     host: str
     max_parallel: int | None = None
     executor: str = "local"
+    cache: str = "use"
+    """``use``, ``refresh`` (run everything, store results) or ``off`` (--no-cache)."""
 
 
 class RunResumed(Event, frozen=True):
@@ -127,6 +129,8 @@ class RunResumed(Event, frozen=True):
     snapshot_id: str | None = None
     """The workspace snapshot at this resume."""
     max_parallel: int | None = None
+    cache: str = "use"
+    """As ``run.started``: a resume keeps the run's cache mode unless told otherwise."""
 
 
 class RunPaused(Event, frozen=True):
@@ -364,6 +368,8 @@ class CacheMiss(Event, frozen=True):
     TYPE: ClassVar[str] = "cache.miss"
     item: str
     key: str
+    reason: str = ""
+    """Why a cached entry could not be used (empty: there was none)."""
 
 
 class CircuitOpened(Event, frozen=True):

@@ -100,6 +100,8 @@ class RunProjection(Projection):
         """(phase, index) of setup and reduce steps that succeeded."""
         self.captures: dict[str, Any] = {}
         """Values captured by setup steps (``capture_output``), as recorded."""
+        self.cache_mode = "use"
+        """How the run uses the cache (the last ``run.started`` or ``run.resumed``)."""
         self.map_enqueued = False
         """The map's item list is complete in the ledger (``map.enqueued``)."""
         self.lock_holders: list[LockHolder] = []
@@ -128,6 +130,7 @@ class RunProjection(Projection):
     @handles(RunStarted)
     def _started(self, record: Record, e: RunStarted) -> None:
         self.status = "running"
+        self.cache_mode = e.cache
         self.finished_at = None
         self.reason = None
         if self.started_at is None:
@@ -138,6 +141,9 @@ class RunProjection(Projection):
         self.status = "running"
         self.resumes += 1
         self.cancel_requested = self.cancel_force = False
+        self.cache_mode = e.cache
+        if e.allow_changed and e.workflow_hash:
+            self.workflow_hash = e.workflow_hash  # the changed workflow is the run's now
         self.finished_at = None
         self.reason = None
         if self.started_at is None:

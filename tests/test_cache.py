@@ -134,3 +134,49 @@ def test_artifacts_are_content_addressed_and_stay_in_the_workspace(tmp_path: Pat
         assert "must stay inside the workspace" in str(exc)
     else:
         raise AssertionError("an artifact outside the workspace was accepted")
+
+
+def test_artifacts_that_cannot_be_restored_make_a_miss_not_a_crash(tmp_path: Path) -> None:
+    wf = _setup(tmp_path, {"a": "one"})
+    home = tmp_path / "home"
+    run_workflow(wf, home)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    for f in (tmp_path / "out").iterdir():
+        f.unlink()
+    (tmp_path / "out").rmdir()
+    (tmp_path / "out").symlink_to(outside)  # the artifact's place now leads out of the workspace
+    second = run_workflow(wf, home)
+    misses = records(second, "cache.miss")
+    assert len(misses) == 1 and misses[0].data.reason.startswith("cannot restore")
+    failed = records(second, "item.failed")
+    assert len(failed) == 1 and "outside the workspace" in failed[0].data.message
+    assert second.status == "completed" and not records(second, "cache.hit")
+
+
+def test_a_resume_keeps_the_runs_cache_mode_unless_told(tmp_path: Path) -> None:
+    import asyncio
+
+    from engine.runner import RunOptions, resume_run
+
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: modes
+        cache: {}
+        map:
+          items: [ok, bad]
+          retry: {max_attempts: 1}
+          agent_template:
+            - run: '[ "${item}" = ok ]'
+        """,
+    )
+    first = run_workflow(wf, tmp_path / "home", no_cache=True)
+    assert records(first, "run.started")[0].data.cache == "off"
+    assert not records(first, "cache.miss")  # the cache was not even looked at
+    asyncio.run(resume_run(first.run_dir, RunOptions(include_dlq=True)))
+    asyncio.run(resume_run(first.run_dir, RunOptions(include_dlq=True, refresh_cache=True)))
+    resumed = [r.data.cache for r in records(first, "run.resumed")]
+    assert resumed == ["off", "refresh"]
+    misses = records(first, "cache.miss")  # refresh stores, never looks up
+    assert [m.data.reason for m in misses] == ["refresh: not looked up"]

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,45 +209,60 @@ def test_files_the_engine_creates_are_private(tmp_path: Path) -> None:
 
 
 def test_a_secret_appears_nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    secret = "s3cr3t-Value-91f2"
+    # One secret from the environment, with characters JSON must escape; one given
+    # with --var. Commands print them whole, in two halves, and inside JSON.
+    secret = 's3cr3t"Va\\lüe-91f2'
+    given = "var-s3cr3t-7c1d"
     monkeypatch.setenv("MY_TOKEN", secret)
+    monkeypatch.delenv("VAR_TOKEN", raising=False)
     wf = write_workflow(
         tmp_path,
-        """
+        f"""
         name: secretive
-        secrets: [MY_TOKEN]
-        cache: {}
+        secrets: [MY_TOKEN, VAR_TOKEN]
+        cache: {{}}
         setup:
-          - run: echo "setup sees $MY_TOKEN"
+          - run: echo "setup sees $MY_TOKEN and $VAR_TOKEN"
             capture_output: seen
         map:
           items: [a, b]
-          retry: {max_attempts: 1}
+          retry: {{max_attempts: 1}}
           agent_template:
             - run: |
-                echo "stdout $MY_TOKEN"
+                echo "stdout $MY_TOKEN $VAR_TOKEN"
                 echo "stderr $MY_TOKEN" >&2
-                if [ "${item}" = b ]; then echo "error: token $MY_TOKEN rejected" >&2; exit 3; fi
-            - run: |
-                printf '{"token": "%s"}\\n' "$MY_TOKEN"
+                printf "half %s" "${{MY_TOKEN%???????}}" >&2; sleep 0.2
+                printf "%s done\\n" "${{MY_TOKEN#???????????}}" >&2
+                if [ "${{item}}" = b ]; then echo "error: token $MY_TOKEN rejected" >&2; exit 3; fi
+            - argv: ["{sys.executable}", "-c",
+                     "import json, os; print(json.dumps({{'t': os.environ['MY_TOKEN'],
+                      'v': [os.environ['VAR_TOKEN']]}}))"]
               output: json
         reduce:
-          - run: echo "reduce $MY_TOKEN ${seen}"
+          - run: echo "reduce $MY_TOKEN ${{seen}}"
         """,
     )
     home = tmp_path / "home"
-    result = run_workflow(wf, home)
+    result = run_workflow(
+        wf, home, variables={"VAR_TOKEN": given}, command=f"engine run x --var VAR_TOKEN={given}"
+    )
     assert result.projections.items.counts["succeeded"] == 1
     _engine(home, "audit", "report", result.run_id, "-o", str(result.run_dir / "report.md"))
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], given}
     searched = redacted = 0
     for root in (result.run_dir, home / "cache", home / "store"):
         for path in root.rglob("*"):
             if path.is_file():
                 data = path.read_bytes()
-                assert secret.encode() not in data, path
+                for form in forms:
+                    assert form.encode() not in data, (path, form)
                 searched += 1
                 redacted += b"***" in data
     assert searched >= 8 and redacted >= 4  # logs, ledger, results, cache entry
-    failed = [r.data for r in LedgerReader(result.run_dir / "ledger.ndjson").records()
-              if r.type == "item.failed"]  # fmt: skip
+    records = list(LedgerReader(result.run_dir / "ledger.ndjson").records())
+    failed = [r.data for r in records if r.type == "item.failed"]
     assert "token *** rejected" in failed[0].message
+    succeeded = [r.data for r in records if r.type == "item.succeeded"]
+    assert succeeded[0].result == {"t": "***", "v": ["***"]}
+    created = next(r.data for r in records if r.type == "run.created")
+    assert created.vars == {"VAR_TOKEN": "***"}
