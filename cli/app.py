@@ -84,6 +84,10 @@ class EngineGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("engine: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except click.UsageError as exc:
+            # One line, like every other error: what is wrong, and where to look.
+            where = exc.ctx.command_path if exc.ctx is not None else "engine"
+            raise CliError(f"{exc.format_message()} (see: {where} --help)", 2) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except OSError as exc:

@@ -97,6 +97,9 @@ def pause_cmd(obj: Context, run: str) -> None:
     ref = obj.run(run, allow_ledger_file=False)
     if _live(ref) is None:
         raise _not_running(ref, "pause")
+    if replay(ref.ledger).run.paused:
+        click.echo(f"{ref.run_id} is paused already (engine unpause {ref.run_id} goes on)")
+        return
     _request(ref, {"paused": True}, (b"run.paused",), CONFIRM_WAIT)
     click.echo(
         f"paused {ref.run_id}: no new attempts start; running ones finish "

@@ -57,6 +57,7 @@ def _select(
     error_type: str | None,
     signature: str | None,
     since: str | None = None,
+    selectors: str = "--all, --error-type or --signature",
 ) -> list[DLQItemView]:
     """Dead items named, or matching the filters (``--all`` for every one)."""
     views = dlq_view(p)
@@ -69,9 +70,9 @@ def _select(
                 f"{', '.join(missing[:5])}: {where} the dead-letter queue",
                 hint="see which items are: engine dlq list RUN",
             )
-        views = [dead[i] for i in items]
+        views = [dead[i] for i in dict.fromkeys(items)]  # each once, in the order given
     elif not (every or error_type or signature or since):
-        raise click.UsageError("name items, or select them with --all, --error-type, --signature")
+        raise click.UsageError(f"name items, or select them with {selectors}")
     if error_type:
         views = [v for v in views if v.error_type == error_type]
     if signature:
@@ -236,7 +237,7 @@ def dlq_purge(obj: Context, run: str, items: tuple[str, ...], every: bool) -> No
     """
     ref = obj.run(run, allow_ledger_file=False)
     p = replay(ref.ledger)
-    selected = _select(p, items, every=every, error_type=None, signature=None)
+    selected = _select(p, items, every=every, error_type=None, signature=None, selectors="--all")
     if not selected:
         click.echo("the dead-letter queue is empty: nothing to purge")
         return

@@ -18,7 +18,7 @@ from engine.home import effective_status
 from engine.report import build_report, render_html, render_markdown
 from engine.schemas import generate_schemas, render, write_schemas
 from ledger.atomic import atomic_write
-from ledger.errors import LedgerCorrupt
+from ledger.errors import EngineError, LedgerCorrupt
 from ledger.events import Record
 from ledger.reader import LedgerReader, ScanResult, TornTail, verify_ledger
 from projections.replay import replay
@@ -260,7 +260,13 @@ def audit_report(obj: Context, run: str, fmt: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    atomic_write(output, text.encode())
+    try:
+        atomic_write(output, text.encode())
+    except OSError as exc:
+        raise EngineError(
+            f"{output}: cannot write the report ({exc.strerror})",
+            hint="check that its directory exists and is writable",
+        ) from None
     click.echo(f"wrote {output}")
 
 

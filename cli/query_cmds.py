@@ -140,7 +140,7 @@ def query_cmd(
     """
     if list_:
         for q in NAMED.values():
-            click.echo(f"{q.name:<24} {q.summary}")
+            click.echo(f"{q.name:<22} {q.summary}"[:WIDTH])
         return
     words = list(args)
     run = None if every else (words.pop(0) if words else None)
@@ -151,6 +151,8 @@ def query_cmd(
         raise click.UsageError("name a query (engine query --list) or give --sql")
     if sql is not None and name:
         raise click.UsageError("give a query name or --sql, not both")
+    if sql is not None and not sql.strip():
+        raise QueryError("--sql is empty", hint="give a SELECT over events, failures, ...")
     query = find_named(name).sql if sql is None else sql
     con = connect(_ledgers(obj, run, every), acks=patterns_ledger(obj.home))
     emit(run_sql(con, query), fmt)
@@ -174,6 +176,8 @@ def patterns_ack(obj: Context, signature: str, note: str, ref: str | None) -> No
     shows the signature as acknowledged, and as a regression if it fails
     again afterwards. A prefix of the signature will do if it is unique.
     """
+    if not note.strip():
+        raise QueryError("--note is empty", hint="say what was done about it")
     full = _resolve_signature(obj, signature)
     path = patterns_ledger(obj.home)
     writer = LedgerWriter.open(
@@ -190,8 +194,11 @@ def patterns_ack(obj: Context, signature: str, note: str, ref: str | None) -> No
 def _resolve_signature(obj: Context, given: str) -> str:
     """The full signature a (unique) prefix names, as the ledgers record it."""
     wanted = given.removeprefix("sha256:").lower()
-    if not wanted or any(c not in "0123456789abcdef" for c in wanted) or len(wanted) > 64:
-        raise QueryError(f"{given!r} is not a signature", hint="give its hex digits")
+    if any(c not in "0123456789abcdef" for c in wanted) or not 6 <= len(wanted) <= 64:
+        raise QueryError(
+            f"{given!r} is not a signature (6 to 64 hex digits)",
+            hint='see them: engine query --all "failures by signature"',
+        )
     ledgers = [ref.ledger for ref in list_runs(obj.home) if ref.ledger.is_file()]
     found: list[str] = []
     if ledgers:

@@ -112,8 +112,10 @@ class Executor(abc.ABC):
     async def start(self, request: AttemptRequest) -> Attempt:
         """Start an attempt; return once it is running."""
 
-    async def reclaim(self, run_id: str) -> dict[str, int]:
+    async def reclaim(self, run_id: str, run_dir: Path | None = None) -> dict[str, int]:
         """Stop whatever an earlier engine left running for ``run_id`` (before a resume).
+
+        ``run_dir`` tells the run apart from one with the same id under another home.
 
         Returns, per item, how many leftovers were stopped.
         """

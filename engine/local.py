@@ -888,14 +888,17 @@ class LocalExecutor(Executor):
     async def start(self, request: AttemptRequest) -> Attempt:
         return LocalAttempt(request)
 
-    async def reclaim(self, run_id: str, grace: float = GUARDIAN_GRACE) -> dict[str, int]:
+    async def reclaim(
+        self, run_id: str, run_dir: Path | None = None, grace: float = GUARDIAN_GRACE
+    ) -> dict[str, int]:
         """Stop every process an earlier engine left running for ``run_id``.
 
-        Attempts carry ``ENGINE_RUN_ID`` in their environment, and so do the
-        processes they start: those still alive are found in ``/proc``, their
-        groups sent SIGTERM, and after ``grace`` seconds SIGKILL.
+        Attempts carry ``ENGINE_RUN_ID`` and ``ENGINE_RUN_DIR`` in their
+        environment, and so do the processes they start: those still alive are
+        found in ``/proc``, their groups sent SIGTERM, and after ``grace``
+        seconds SIGKILL.
         """
-        found = await asyncio.to_thread(run_processes, run_id)
+        found = await asyncio.to_thread(run_processes, run_id, run_dir)
         groups = {pgid for pgid, _item in found.values()}
         if not groups:
             return {}
@@ -915,9 +918,14 @@ class LocalExecutor(Executor):
         return per_item
 
 
-def run_processes(run_id: str) -> dict[int, tuple[int, str]]:
-    """Live processes of attempts of ``run_id`` (by their environment): pid -> (pgid, item)."""
+def run_processes(run_id: str, run_dir: Path | None = None) -> dict[int, tuple[int, str]]:
+    """Live processes of attempts of ``run_id`` (by their environment): pid -> (pgid, item).
+
+    With ``run_dir``, only those of the run in that directory (another home may
+    hold a run with the same id).
+    """
     marker = b"ENGINE_RUN_ID=" + os.fsencode(run_id)
+    place = b"ENGINE_RUN_DIR=" + os.fsencode(str(run_dir)) if run_dir is not None else None
     me = os.getpid()
     found: dict[int, tuple[int, str]] = {}
     try:
@@ -930,7 +938,7 @@ def run_processes(run_id: str) -> dict[int, tuple[int, str]]:
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 environ = f.read().split(b"\0")
-            if marker not in environ:
+            if marker not in environ or (place is not None and place not in environ):
                 continue
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read()

@@ -17,6 +17,8 @@ import secrets as _secrets
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ import msgspec
 
 from engine import engine_version
 from engine.cache import ItemHooks
-from engine.executor import AttemptRequest, Executor
+from engine.executor import Attempt, AttemptRequest, Executor
 from engine.items import ItemsError, load_items
 from engine.local import LocalExecutor, agent_argv, redact_value, secret_forms
 from engine.scheduler import MapScheduler
@@ -150,6 +152,10 @@ class _Run:
         self._base_env: dict[str, str] | None = None
         self.agent_command = agent_argv(self.spec.agent.command)
         self.store = ContentStore(run_dir.parent.parent)
+        self.began = time.time()
+        """When this engine took up the run (before it took the lock)."""
+        self.current_step: Attempt | None = None
+        """The setup or reduce step running now (a signal or a cancel stops it)."""
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -170,6 +176,7 @@ class _Run:
                 env["PATH"] = bin_dir + (os.pathsep + path if path else "")
             env.update(self.env)
             env["ENGINE_RUN_ID"] = self.run_id
+            env["ENGINE_RUN_DIR"] = str(self.run_dir)
             self._base_env = env
         return self._base_env
 
@@ -225,10 +232,17 @@ class _Run:
             )
             request = self.request(f"{phase}-{index}", 1, "", None, steps=[step])
             attempt = await self.local.start(request)
-            outcome = await attempt.wait()
+            self.current_step = attempt
+            try:
+                outcome = await attempt.wait()
+            finally:
+                self.current_step = None
             if not outcome.ok:
                 reason = (outcome.stderr_tail.strip().splitlines() or [""])[-1]
-                if outcome.timed_out:
+                if outcome.interrupted:
+                    kind = "interrupted"
+                    reason = "stopped (the engine was interrupted or the run cancelled)"
+                elif outcome.timed_out:
                     kind = "timeout"
                     reason = f"timed out after {step.timeout}s"
                 else:
@@ -377,29 +391,37 @@ class _Control:
         self.run = run
         self.stop_ = stop
         self.path = run.run_dir / self.FILE
-        self._task: asyncio.Future[None] | None = None
-        self._stop_event = asyncio.Event()
+        self._thread: threading.Thread | None = None
+        self._stop_event = threading.Event()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
         self.by = ""
 
-    def start(self) -> None:
-        # A request left for an engine that is gone is not this engine's to act on.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+    async def start(self) -> None:
         make_private_dir(self.path.parent)
-        self._task = asyncio.ensure_future(self._watch())
+        loop = asyncio.get_running_loop()
+        # A thread of its own, stopped and joined when the run ends: nothing
+        # lingers after it (a later fork must find the process single-threaded).
+        self._thread = threading.Thread(
+            target=self._watch, args=(loop,), name="engine-control", daemon=True
+        )
+        self._thread.start()
+        # A request made while this engine was starting (after it took the lock)
+        # is acted on now; one left for an engine that is gone is not.
+        await self.apply()
 
     async def stop(self) -> None:
         self._stop_event.set()
-        if self._task is not None:
-            self._task.cancel()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await task
 
     def cancelled(self) -> bool:
         return self.run.p.run.cancel_requested
 
-    async def _watch(self) -> None:
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         import watchfiles  # noqa: PLC0415 - imported when a run starts, not by every command
 
         target = str(self.path)
@@ -407,15 +429,22 @@ class _Control:
         def only_control(_change: object, path: str) -> bool:
             return path == target
 
-        async for _changes in watchfiles.awatch(
+        def schedule() -> None:
+            task = asyncio.ensure_future(self.apply())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        for _changes in watchfiles.watch(
             self.path.parent,
             watch_filter=only_control,
             stop_event=self._stop_event,
             debounce=50,
-            step=50,  # the watcher thread checks for the stop every step: not too often
+            step=50,  # the watcher checks for the stop every step: not too often
             recursive=False,
+            raise_interrupt=False,
         ):
-            await self.apply()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(schedule)
 
     async def apply(self) -> None:
         """Record and act on what ``control.json`` asks, where it differs from the ledger."""
@@ -426,6 +455,9 @@ class _Control:
                 return
             if not isinstance(wanted, dict):
                 return
+            at = wanted.get("at")
+            if not isinstance(at, int | float) or at < self.run.began:
+                return  # asked of an earlier engine
             by = str(wanted.get("by", ""))[:200]
             state = self.run.p.run
             scheduler = self.stop_.scheduler
@@ -444,6 +476,9 @@ class _Control:
                     self.stop_.tasks.add(
                         asyncio.ensure_future(scheduler.cancel_running(force=force))
                     )
+                step = self.run.current_step
+                if step is not None:
+                    self.stop_.tasks.add(asyncio.ensure_future(step.cancel(force=force)))
 
     async def finish_cancelled(self) -> RunResult:
         run = self.run
@@ -565,12 +600,11 @@ async def resume_run(
     if before.run.created_at is None:
         # Stopped between taking the lock and recording run.created: create it now.
         if workflow is None:
-            if not (run_dir / "workflow.yml").is_file():
-                raise ResumeRefused(
-                    f"run {run_id!r} was stopped before it was created: nothing to resume",
-                    hint=f"start it again: engine run WORKFLOW --run-id {run_id}",
-                )
-            workflow = load_workflow(run_dir / "workflow.yml")
+            # Its frozen copy does not say where the workflow (and its workspace) is.
+            raise ResumeRefused(
+                f"run {run_id!r} was stopped before it was created: nothing to resume",
+                hint=f"start it again: engine run WORKFLOW --run-id {run_id}",
+            )
         return await _create(workflow, run_dir, run_id, options, create=False)
     frozen = _frozen_workflow(run_dir, before)
     if workflow is None:
@@ -673,22 +707,24 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
         if stop.scheduler is not None:
             stop.scheduler.stop("interrupted")
             stop.tasks.add(asyncio.ensure_future(stop.scheduler.cancel_running()))
+        if run.current_step is not None:
+            stop.tasks.add(asyncio.ensure_future(run.current_step.cancel()))
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     control = _Control(run, stop)
     try:
         await run.append(opening)
-        control.start()
+        await control.start()
         if resuming:
             await _settle_interrupted(run)
         failure = await run.steps("setup", list(spec.setup))
-        if failure is not None:
-            return await run.finish_failed(failure)
         if stop.interrupted():
             return run.finish_interrupted()
         if control.cancelled():
             return await control.finish_cancelled()
+        if failure is not None:
+            return await run.finish_failed(failure)
         if spec.map is not None:
             try:
                 values = await run.enqueue()
@@ -735,8 +771,16 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
                     else "too many failed items (max_failures / failure_threshold)"
                 )
                 return await run.finish_failed(reason)
+        if stop.interrupted():
+            return run.finish_interrupted()
+        if control.cancelled():
+            return await control.finish_cancelled()
         run.context["map"] = run.map_context()
         failure = await run.steps("reduce", list(spec.reduce))
+        if stop.interrupted():
+            return run.finish_interrupted()
+        if control.cancelled():
+            return await control.finish_cancelled()
         if failure is not None:
             return await run.finish_failed(failure)
         counts = run.p.items.counts
@@ -764,7 +808,7 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
 async def _settle_interrupted(run: _Run) -> None:
     """Attempts a dead engine left without an outcome: stop leftovers, record them interrupted."""
     assert run.spec.map is not None or not run.p.items.items
-    leftovers = await run.executor.reclaim(run.run_id)
+    leftovers = await run.executor.reclaim(run.run_id, run.run_dir)
     running = [s for s in run.p.items.items.values() if s.status == "running"]
     if not running or run.spec.map is None:
         return

@@ -12,9 +12,11 @@ from ledger.events import (
     ItemDeadLettered,
     ItemDispatched,
     ItemFailed,
+    ItemRequeued,
     ItemRetryScheduled,
     ItemSkipped,
     ItemSucceeded,
+    LockAcquired,
     RunResumed,
     RunStarted,
 )
@@ -26,9 +28,13 @@ __all__ = ["RunStats", "run_stats"]
 class RunStats(msgspec.Struct, kw_only=True):
     run_id: str
     wall_s: float
+    """Time engines spent on the run: each session (lock taken to last record), summed,
+    so the time between a crash and its resume is not counted."""
+    span_s: float
     """First record to last."""
+    sessions: int
     items_finished: int
-    """Succeeded, dead-lettered or skipped."""
+    """Items that ended succeeded, dead-lettered or skipped (each counted once)."""
     items_per_s: float
     attempts: int
     attempt_p50_s: float | None
@@ -65,18 +71,26 @@ def run_stats(ledger: Path) -> RunStats:
     run_id = ""
     durations: list[float] = []
     failed_time = backoff = 0.0
-    failed = finished = attempts = heartbeats = 0
+    failed = attempts = heartbeats = 0
     parallel: int | None = None
+    final: dict[str, bool] = {}
+    sessions: list[list[float]] = []
     for record in LedgerReader(ledger).records():
         first = first or record.ts
         last = record.ts
         run_id = record.run
+        now = _epoch(record.ts)
+        if isinstance(record.data, LockAcquired) or not sessions:
+            sessions.append([now, now])
+        else:
+            sessions[-1][1] = now
         data = record.data
         if isinstance(data, ItemDispatched):
             attempts += 1
+            final.pop(data.item, None)
         elif isinstance(data, ItemSucceeded):
             durations.append(data.duration)
-            finished += 1
+            final[data.item] = True
         elif isinstance(data, ItemFailed):
             durations.append(data.duration)
             failed_time += data.duration
@@ -84,17 +98,22 @@ def run_stats(ledger: Path) -> RunStats:
         elif isinstance(data, ItemRetryScheduled):
             backoff += data.delay
         elif isinstance(data, ItemDeadLettered | ItemSkipped):
-            finished += 1
+            final[data.item] = True
+        elif isinstance(data, ItemRequeued):
+            final.pop(data.item, None)
         elif isinstance(data, Heartbeat):
             heartbeats += 1
         elif isinstance(data, RunStarted | RunResumed) and data.max_parallel:
             parallel = max(parallel or 0, data.max_parallel)
-    wall = _epoch(last) - _epoch(first) if first and last else 0.0
+    wall = sum(end - start for start, end in sessions)
+    finished = len(final)
     durations.sort()
     busy = sum(durations)
     return RunStats(
         run_id=run_id,
         wall_s=round(wall, 6),
+        span_s=round(_epoch(last) - _epoch(first), 6) if first and last else 0.0,
+        sessions=len(sessions),
         items_finished=finished,
         items_per_s=round(finished / wall, 3) if wall > 0 else 0.0,
         attempts=attempts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -121,3 +122,94 @@ def test_cancel_of_a_run_no_engine_holds(tmp_path: Path) -> None:
     assert "no engine was running it" in cancelled.stdout
     p = replay(ledger)
     assert p.run.status == "aborted" and "while no engine ran it" in (p.run.reason or "")
+
+
+def _start_with(tmp_path: Path, text: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    wf = write_workflow(tmp_path, text)
+    home = tmp_path / "home"
+    proc = subprocess.Popen(
+        _engine(home, "run", str(wf), "--run-id", RUN, "--no-progress"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, home, home / "runs" / RUN / "ledger.ndjson"
+
+
+SLOW_PHASES = """
+name: phases
+setup:
+  - run: {setup}
+map:
+  items: [1, 2]
+  agent_template:
+    - run: "true"
+reduce:
+  - run: {reduce}
+"""
+
+
+def test_sigterm_during_the_reduce_stops_it_and_exits_130(tmp_path: Path) -> None:
+    proc, _home, ledger = _start_with(
+        tmp_path, SLOW_PHASES.format(setup="'true'", reduce="sleep 30")
+    )
+    try:
+        _wait_for(ledger, lambda p: _reduce_started(ledger))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 130
+    finally:
+        proc.kill()
+    types = [r.type for r in LedgerReader(ledger).records()]
+    assert "run.completed" not in types and types[-1] == "step.failed"
+    failed = [r.data for r in LedgerReader(ledger).records() if r.type == "step.failed"]
+    assert failed[-1].error_type == "interrupted" and failed[-1].phase == "reduce"
+
+
+def test_cancel_during_setup_stops_the_step(tmp_path: Path) -> None:
+    proc, home, ledger = _start_with(
+        tmp_path, SLOW_PHASES.format(setup="sleep 30", reduce="'true'")
+    )
+    try:
+        _wait_for(ledger, lambda p: _setup_started(ledger))
+        started = time.monotonic()
+        cancelled = subprocess.run(
+            _engine(home, "cancel", RUN), capture_output=True, text=True, check=False
+        )
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert proc.wait(15) == 130 and time.monotonic() - started < 10
+    finally:
+        proc.kill()
+    p = replay(ledger)
+    assert p.run.status == "aborted" and not p.items.items  # the map never began
+
+
+def test_pause_asked_while_the_engine_starts_is_not_lost(tmp_path: Path) -> None:
+    proc, home, ledger = _start_with(tmp_path, SLOW_PHASES.format(setup="sleep 1", reduce="'true'"))
+    try:
+        _wait_for(ledger, lambda p: p.run.status == "running")
+        paused = subprocess.run(
+            _engine(home, "pause", RUN), capture_output=True, text=True, check=False
+        )
+        assert paused.returncode == 0, paused.stderr
+        time.sleep(1.5)  # setup is over by now: the map must not start
+        assert (
+            replay(ledger).items.counts["running"] + replay(ledger).items.counts["succeeded"] == 0
+        )
+        again = subprocess.run(
+            _engine(home, "pause", RUN), capture_output=True, text=True, check=False
+        )
+        assert again.returncode == 0 and "paused already" in again.stdout
+        subprocess.run(_engine(home, "unpause", RUN), capture_output=True, check=True)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+
+
+def _reduce_started(ledger: Path) -> bool:
+    return any(
+        r.type == "step.started" and r.data.phase == "reduce"
+        for r in LedgerReader(ledger).records()
+    )
+
+
+def _setup_started(ledger: Path) -> bool:
+    return any(r.type == "step.started" for r in LedgerReader(ledger).records())

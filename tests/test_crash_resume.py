@@ -90,12 +90,12 @@ def _stop_repeatedly(
     codes: list[int] = []
     ledger = home / "runs" / RUN_ID / "ledger.ndjson"
     while done < stops:
-        # Killed before it froze the workflow, it is started again with `engine run`
-        # (which resumes an existing id); otherwise `engine resume`.
-        frozen = ledger.with_name("workflow.yml")
+        # Killed before it recorded run.created, it is started again with `engine run`
+        # (which takes up an existing id); otherwise `engine resume`.
+        created = ledger.exists() and b'"type":"run.created"' in ledger.read_bytes()[:65536]
         command = (
             _engine(home, "resume", RUN_ID)
-            if ledger.exists() and frozen.exists()
+            if created
             else _engine(home, "run", str(wf), "--run-id", RUN_ID)
         )
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

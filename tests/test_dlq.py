@@ -101,6 +101,9 @@ def test_retry_continues_attempts_and_success_leaves_the_dlq(tmp_path: Path) -> 
     succeeded = {r.data.item: r.data.attempt for r in records if r.type == "item.succeeded"}
     assert succeeded == {"ok-1": 1, "flaky-1": 3, "flaky-2": 3}
     assert [r.type for r in records].count("run.completed") == 2
+    stats = json.loads(_engine(home, "stats", run, "--json").output)
+    assert stats["items_finished"] == 4 and stats["sessions"] == 2  # each item counted once
+    assert stats["wall_s"] <= stats["span_s"]
     nothing = _engine(home, "dlq", "retry", run, "flaky-1")
     assert nothing.exit_code == 2 and "not in the dead-letter queue" in nothing.output
 

@@ -56,21 +56,28 @@ def test_an_engine_killed_by_sigkill_takes_its_attempts_with_it(tmp_path: Path) 
 
 
 def test_reclaim_stops_a_leftover_of_the_run_and_only_that(tmp_path: Path) -> None:
-    env = {**os.environ, "ENGINE_RUN_ID": "left", "ENGINE_ITEM_ID": "item-7"}
-    leftover = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
-    other = subprocess.Popen(
-        ["sleep", "60"], env={**os.environ, "ENGINE_RUN_ID": "another"}, start_new_session=True
-    )
+    mine = {"ENGINE_RUN_ID": "left", "ENGINE_RUN_DIR": str(tmp_path / "a" / "runs" / "left")}
+    leftover = subprocess.Popen(
+        ["sleep", "60"], env={**os.environ, **mine, "ENGINE_ITEM_ID": "item-7"},
+        start_new_session=True,
+    )  # fmt: skip
+    # The same run id under another home, and another run: neither is touched.
+    same_id = {"ENGINE_RUN_ID": "left", "ENGINE_RUN_DIR": str(tmp_path / "b" / "runs" / "left")}
+    others = [
+        subprocess.Popen(["sleep", "60"], env={**os.environ, **env}, start_new_session=True)
+        for env in (same_id, {"ENGINE_RUN_ID": "another"})
+    ]
     try:
         deadline = time.monotonic() + 5
         while leftover.pid not in run_processes("left") and time.monotonic() < deadline:
             time.sleep(0.01)  # until exec has put the environment in place
-        assert run_processes("left") == {leftover.pid: (leftover.pid, "item-7")}
-        stopped = asyncio.run(LocalExecutor().reclaim("left", grace=2.0))
+        run_dir = Path(mine["ENGINE_RUN_DIR"])
+        assert run_processes("left", run_dir) == {leftover.pid: (leftover.pid, "item-7")}
+        stopped = asyncio.run(LocalExecutor().reclaim("left", run_dir, grace=2.0))
         assert stopped == {"item-7": 1}
         assert leftover.wait(5) == -signal.SIGTERM
-        assert other.poll() is None  # another run's process is left alone
+        assert all(p.poll() is None for p in others)
     finally:
-        for proc in (leftover, other):
+        for proc in (leftover, *others):
             proc.kill()
             proc.wait()

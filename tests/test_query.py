@@ -132,7 +132,9 @@ def test_failure_patterns_across_runs_ack_and_regression(tmp_path: Path) -> None
     _run(tmp_path, "p3")  # it fails again after the fix: a regression
     again = _json(_engine(home, "query", "--all", "failure patterns", "--format", "json"))
     assert next(p for p in again if p["signature"] == signature)["state"] == "regression"
-    unknown = _engine(home, "patterns", "ack", "ffff", "--note", "x")
+    short = _engine(home, "patterns", "ack", "ffff", "--note", "x")
+    assert short.exit_code == 2 and "is not a signature (6 to 64 hex digits)" in short.output
+    unknown = _engine(home, "patterns", "ack", "ffffff", "--note", "x")
     assert unknown.exit_code == 2 and "no failure has a signature" in unknown.output
     assert first
 

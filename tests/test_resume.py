@@ -120,3 +120,67 @@ def test_a_run_stopped_before_run_created_is_created_on_the_next_start(tmp_path:
     assert done.exit_code == 0, done.stderr
     types = [r.type for r in LedgerReader(home / "runs" / "early-1" / "ledger.ndjson").records()]
     assert types.count("run.created") == 1 and types[-1] == "run.completed"
+
+
+def test_a_hand_made_ledger_resumes_pending_then_interrupted_then_dead_each_once(
+    tmp_path: Path,
+) -> None:
+    from engine.workflow import load_workflow
+    from ledger.events import (
+        ItemDeadLettered,
+        ItemDispatched,
+        ItemEnqueued,
+        ItemFailed,
+        MapEnqueued,
+        RunCreated,
+        RunStarted,
+    )
+    from ledger.writer import LedgerWriter
+
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: handmade
+        map:
+          items: [pending, interrupted, dead]
+          id: "${item}"
+          max_parallel: 1
+          agent_template:
+            - run: echo "${item} $ENGINE_ATTEMPT" >> ran.log
+        """,
+    )
+    loaded = load_workflow(wf)
+    run_dir = tmp_path / "home" / "runs" / "hm"
+    writer = LedgerWriter.open(run_dir, "hm", create=True, command="test")
+    (run_dir / "workflow.yml").write_text(loaded.text)
+    writer.append_many(
+        [
+            RunCreated(workflow_name="handmade", workflow_path=str(loaded.path),
+                       workflow_hash=loaded.hash, workflow=loaded.text),
+            RunStarted(pid=1, host="h", max_parallel=1),
+            *(ItemEnqueued(item=i, index=n, value=i)
+              for n, i in enumerate(["pending", "interrupted", "dead"])),
+            MapEnqueued(total=3),
+            ItemDispatched(item="dead", attempt=1, idempotency_key="ik:x"),
+            ItemFailed(item="dead", attempt=1, error_type="command_failed", signature="s",
+                       message="boom"),
+            ItemDeadLettered(item="dead", attempt=1, error_type="command_failed",
+                             signature="s", reason="not retryable"),
+            ItemDispatched(item="interrupted", attempt=1, idempotency_key="ik:y"),
+        ]
+    )  # fmt: skip
+    writer.close()
+    resumed = _engine(tmp_path / "home", "resume", "hm", "--include-dlq", "--no-progress")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert (tmp_path / "ran.log").read_text().splitlines() == [
+        "pending 1",
+        "interrupted 2",
+        "dead 2",
+    ]
+    records = list(LedgerReader(run_dir / "ledger.ndjson").records())
+    interrupted = [
+        r.data for r in records if r.type == "item.failed" and r.data.item == "interrupted"
+    ]
+    assert [(f.attempt, f.error_type) for f in interrupted] == [(1, "interrupted")]
+    assert [r.data.item for r in records if r.type == "item.requeued"] == ["dead"]
+    assert replay(run_dir / "ledger.ndjson").items.counts["succeeded"] == 3
