@@ -45,7 +45,7 @@ from ledger.events import (
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
-__all__ = ["MapOutcome", "MapScheduler", "backoff_delay", "idempotency_key"]
+__all__ = ["IdempotencyKeys", "MapOutcome", "MapScheduler", "backoff_delay", "idempotency_key"]
 
 
 def idempotency_key(map_spec: MapSpec | Any, item_id: str, value: Any) -> str:
@@ -57,6 +57,24 @@ def idempotency_key(map_spec: MapSpec | Any, item_id: str, value: Any) -> str:
         map_spec = map_spec.model_dump(mode="json", by_alias=True)
     payload = {"map": map_spec, "item": item_id, "value": value}
     return "ik:" + hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+class IdempotencyKeys:
+    """:func:`idempotency_key` for one map step, its part of the JSON encoded once.
+
+    The canonical JSON of ``{"item", "map", "value"}`` (keys sorted) is the
+    item, the map step and the value in that order, so the map step's bytes
+    can be spliced in between: the same bytes, the same key.
+    """
+
+    def __init__(self, map_spec: MapSpec | Any) -> None:
+        if isinstance(map_spec, MapSpec):
+            map_spec = map_spec.model_dump(mode="json", by_alias=True)
+        self._middle = b',"map":' + canonical_json(map_spec) + b',"value":'
+
+    def __call__(self, item_id: str, value: Any) -> str:
+        data = b'{"item":' + canonical_json(item_id) + self._middle + canonical_json(value) + b"}"
+        return "ik:" + hashlib.sha256(data).hexdigest()
 
 
 def backoff_delay(retry: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
@@ -133,7 +151,7 @@ class MapScheduler:
         """Items being dispatched (taken from the queue, not yet started): their attempt."""
         self.wake = asyncio.Event()
         self.stopping: str | None = None
-        self._map_data = spec.model_dump(mode="json", by_alias=True)
+        self._keys = IdempotencyKeys(spec)
 
     # --- appending -------------------------------------------------------------------
 
@@ -227,7 +245,7 @@ class MapScheduler:
         for item in self.p.pending.ready_items(utc_now(), limit, exclude=self.reserved):
             attempt = self.p.items.items[item].attempts + 1
             value = self.values.get(item)
-            key = idempotency_key(self._map_data, item, value)
+            key = self._keys(item, value)
             plans.append(_Plan(item, attempt, key, value))
             self.reserved[item] = attempt
         return plans

@@ -234,3 +234,30 @@ def test_ready_order_is_fresh_then_ran_before_then_back_from_the_dlq() -> None:
         "retry",
         "dead",
     ]
+
+
+def test_idempotency_keys_spliced_equal_the_canonical_definition() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from engine.scheduler import IdempotencyKeys, idempotency_key
+    from engine.spec import MapSpec
+
+    spec = MapSpec.model_validate(
+        {"items": [1], "agent_template": [{"run": "echo ${item}"}], "max_parallel": 3}
+    )
+    keys = IdempotencyKeys(spec)
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
+
+    @settings(max_examples=200, deadline=None)
+    @given(item=st.text(), value=values)
+    def same(item: str, value: object) -> None:
+        assert keys(item, value) == idempotency_key(spec, item, value)
+
+    same()
