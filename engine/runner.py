@@ -628,7 +628,8 @@ async def resume_run(
     recorded = {
         k: v for k, v in before.run.vars.items() if not (v == "***" and k in workflow.spec.secrets)
     }
-    variables = {**recorded, **options.variables}
+    given = dict(options.variables)
+    variables = {**recorded, **given}
     options = dataclasses.replace(options, variables=variables)
     run = _Run(workflow, run_dir, run_id, options)
     run.writer = LedgerWriter.open(run_dir, run_id, create=False, command=options.command)
@@ -654,6 +655,7 @@ async def resume_run(
             snapshot_id=snapshot.id,
             max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
             cache=options.cache_mode(run.p.run.cache_mode),
+            vars={k: "***" if k in spec.secrets else v for k, v in given.items()},
         )
     ]
     if changes:

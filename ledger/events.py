@@ -131,6 +131,9 @@ class RunResumed(Event, frozen=True):
     max_parallel: int | None = None
     cache: str = "use"
     """As ``run.started``: a resume keeps the run's cache mode unless told otherwise."""
+    vars: dict[str, str] = {}
+    """Variables given anew for this resume (``engine run --run-id ID --var K=V``;
+    secrets as ``***``)."""
 
 
 class RunPaused(Event, frozen=True):

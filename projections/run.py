@@ -142,6 +142,7 @@ class RunProjection(Projection):
         self.resumes += 1
         self.cancel_requested = self.cancel_force = False
         self.cache_mode = e.cache
+        self.vars.update(e.vars)
         if e.allow_changed and e.workflow_hash:
             self.workflow_hash = e.workflow_hash  # the changed workflow is the run's now
         self.finished_at = None

@@ -184,3 +184,41 @@ def test_a_hand_made_ledger_resumes_pending_then_interrupted_then_dead_each_once
     assert [(f.attempt, f.error_type) for f in interrupted] == [(1, "interrupted")]
     assert [r.data.item for r in records if r.type == "item.requeued"] == ["dead"]
     assert replay(run_dir / "ledger.ndjson").items.counts["succeeded"] == 3
+
+
+def test_variables_given_again_on_a_resume_are_recorded(tmp_path: Path) -> None:
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: vars
+        secrets: [TOKEN]
+        map:
+          items: [a]
+          retry: {max_attempts: 1}
+          agent_template:
+            - run: '[ "${env.MODE}" = fixed ]'
+        """,
+    )
+    first = run_workflow(wf, tmp_path / "home", variables={"MODE": "broken"})
+    assert first.projections.items.counts["dead"] == 1
+    again = _engine(
+        tmp_path / "home", "run", str(wf), "--run-id", first.run_id, "--var", "MODE=fixed",
+        "--var", "TOKEN=t0ps3cret", "--no-progress",
+    )  # fmt: skip
+    assert again.exit_code == 2 and "is completed" in again.stderr  # nothing to take up
+    resumed = _engine(tmp_path / "home", "resume", first.run_id, "--include-dlq", "--no-progress")
+    assert resumed.exit_code == 1  # the recorded MODE=broken still applies
+    import asyncio
+
+    from engine.runner import RunOptions, resume_run
+
+    result = asyncio.run(
+        resume_run(first.run_dir, RunOptions(include_dlq=True,
+                                             variables={"MODE": "fixed", "TOKEN": "t0ps3cret"}))
+    )  # fmt: skip
+    assert result.exit_code == 0
+    last = [r.data for r in LedgerReader(first.run_dir / "ledger.ndjson").records()
+            if r.type == "run.resumed"][-1]  # fmt: skip
+    assert last.vars == {"MODE": "fixed", "TOKEN": "***"}
+    assert replay(first.run_dir / "ledger.ndjson").run.vars["MODE"] == "fixed"
+    assert b"t0ps3cret" not in (first.run_dir / "ledger.ndjson").read_bytes()
