@@ -14,7 +14,7 @@ import click
 import msgspec
 
 from cli.app import Context, cli, echo_json
-from cli.run_cmds import drive
+from cli.run_cmds import AS_JSON, JOBS, NO_PROGRESS, drive
 from engine.runner import RunOptions, resume_run
 from engine.status import DLQItemView, dlq_entries, dlq_view
 from ledger.errors import EngineError
@@ -187,13 +187,9 @@ def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
 @click.option("--all", "every", is_flag=True, help="Every item in the dead-letter queue.")
 @click.option("--error-type", help="Items whose last error is of this type.")
 @click.option("--signature", help="Items with this failure signature (a prefix will do).")
-@click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), help="Attempts at once (overrides max_parallel)."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-@click.option(
-    "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
-)
+@JOBS
+@AS_JSON
+@NO_PROGRESS
 @click.pass_obj
 def dlq_retry(
     obj: Context,

@@ -45,26 +45,36 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+JOBS = click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), help="Attempts at once (overrides max_parallel)."
+)
+NO_CACHE = click.option(
+    "--no-cache", is_flag=True, help="Neither use nor fill the workflow's cache."
+)
+REFRESH_CACHE = click.option(
+    "--refresh-cache", is_flag=True, help="Run every item, and store its result in the cache."
+)
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+NO_PROGRESS = click.option(
+    "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
+)
+"""Options shared by the commands that run attempts (run, resume, dlq retry)."""
+
+
 @cli.command("run")
 @click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--run-id", help="The run's id [default: NAME-DATE-TIME-XXXX].")
-@click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), help="Attempts at once (overrides max_parallel)."
-)
+@JOBS
 @click.option(
     "--var", "variables", multiple=True, metavar="K=V", help="Set env.K for the run (repeatable)."
 )
 @click.option(
     "--executor", default="local", show_default=True, help="local (dask://HOST:PORT comes later)."
 )
-@click.option("--no-cache", is_flag=True, help="Neither use nor fill the workflow's cache.")
-@click.option(
-    "--refresh-cache", is_flag=True, help="Run every item, and store its result in the cache."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-@click.option(
-    "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
-)
+@NO_CACHE
+@REFRESH_CACHE
+@AS_JSON
+@NO_PROGRESS
 @click.pass_obj
 def run_cmd(
     obj: Context,
@@ -142,22 +152,16 @@ def drive(
 @cli.command("resume")
 @click.argument("run")
 @click.option("--include-dlq", is_flag=True, help="Run the dead-lettered items again too (last).")
-@click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), help="Attempts at once (overrides max_parallel)."
-)
+@JOBS
 @click.option(
     "--allow-changed",
     is_flag=True,
     help="Go on with a workflow file that changed since the run started (recorded).",
 )
-@click.option("--no-cache", is_flag=True, help="Neither use nor fill the workflow's cache.")
-@click.option(
-    "--refresh-cache", is_flag=True, help="Run every item, and store its result in the cache."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-@click.option(
-    "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
-)
+@NO_CACHE
+@REFRESH_CACHE
+@AS_JSON
+@NO_PROGRESS
 @click.pass_obj
 def resume_cmd(
     obj: Context,

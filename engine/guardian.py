@@ -20,15 +20,19 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 
-def alive_groups(groups: set[int]) -> set[int]:
-    """The groups that still have a process that is not a zombie."""
-    alive: set[int] = set()
+def processes() -> Iterator[tuple[int, list[bytes]]]:
+    """Every process as (pid, the fields of ``/proc/PID/stat`` after the name).
+
+    Field 0 is the state (``Z``: a zombie), 2 the process group, 11 and 12
+    user and system ticks, 21 the resident pages.
+    """
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return set(groups)
+        return
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -36,11 +40,17 @@ def alive_groups(groups: set[int]) -> set[int]:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read()
         except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if fields[0] != b"Z" and int(fields[2]) in groups:
-            alive.add(int(fields[2]))
-    return alive
+            continue  # gone meanwhile
+        yield int(entry), stat[stat.rfind(b")") + 2 :].split()
+
+
+def alive_groups(groups: set[int]) -> set[int]:
+    """The groups that still have a process that is not a zombie."""
+    return {
+        int(fields[2])
+        for _pid, fields in processes()
+        if fields[0] != b"Z" and int(fields[2]) in groups
+    }
 
 
 def _signal(groups: set[int], signum: int) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
-from engine.guardian import alive_groups
+from engine.guardian import alive_groups, processes
 from engine.spec import Step
 from engine.template import TemplateError, render_shell, render_text
 from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
@@ -47,25 +47,11 @@ def group_usage(pgid: int) -> tuple[int, float, int]:
     rss = 0
     cpu = 0.0
     count = 0
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return 0, 0.0, 0
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        # fields[0] is state (field 3); pgrp is field 5, utime 14, stime 15, rss 24.
-        if int(fields[2]) != pgid:
-            continue
-        count += 1
-        cpu += (int(fields[11]) + int(fields[12])) / _TICKS
-        rss += int(fields[21]) * _PAGE
+    for _pid, fields in processes():
+        if int(fields[2]) == pgid:
+            count += 1
+            cpu += (int(fields[11]) + int(fields[12])) / _TICKS
+            rss += int(fields[21]) * _PAGE
     return rss, cpu, count
 
 
@@ -928,30 +914,21 @@ def run_processes(run_id: str, run_dir: Path | None = None) -> dict[int, tuple[i
     place = b"ENGINE_RUN_DIR=" + os.fsencode(str(run_dir)) if run_dir is not None else None
     me = os.getpid()
     found: dict[int, tuple[int, str]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == me:
+    for pid, fields in processes():
+        if pid == me or fields[0] == b"Z":
             continue
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 environ = f.read().split(b"\0")
-            if marker not in environ or (place is not None and place not in environ):
-                continue
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
         except OSError:
             continue  # gone, or not ours to read
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if fields[0] == b"Z":
+        if marker not in environ or (place is not None and place not in environ):
             continue
         item = next(
             (v[len(b"ENGINE_ITEM_ID=") :] for v in environ if v.startswith(b"ENGINE_ITEM_ID=")),
             b"",
         )
-        found[int(entry)] = (int(fields[2]), os.fsdecode(item))
+        found[pid] = (int(fields[2]), os.fsdecode(item))
     return found
 
 

@@ -160,86 +160,88 @@ def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
-def _snapshot_text(r: dict[str, Any]) -> str:
-    return f"{r['snapshot'].get('id')} ({r['snapshot'].get('files', '?')} files)"
-
-
-def _holders(r: dict[str, Any]) -> list[list[Any]]:
+def _summary(r: dict[str, Any]) -> list[list[Any]]:
     return [
-        [h["seq"], h["pid"], h["host"], h["started_at"], h["command"]] for h in r["lock_holders"]
+        ["status", r["status"] + (f" ({r['reason']})" if r["reason"] else "")],
+        ["ran by", f"{r['ran_by']['user']} on {r['ran_by']['host']}"],
+        ["engine version", r["ran_by"]["engine_version"]],
+        ["created", r["when"]["created_at"]],
+        ["started", r["when"]["started_at"]],
+        ["finished", r["when"]["finished_at"] or "-"],
+        ["workflow", f"{r['workflow']['name']} ({r['workflow']['path']})"],
+        ["workflow hash", r["workflow"]["hash"]],
+        [
+            "workspace snapshot",
+            f"{r['snapshot'].get('id')} ({r['snapshot'].get('files', '?')} files)",
+        ],
+        ["events", r["events"]],
     ]
 
 
-TIMELINE_HEADERS = ["item", "status", "attempt", "dispatched", "finished", "seconds", "outcome"]
+Section = tuple[str, list[str], list[list[Any]]]
 
 
-def render_markdown(r: dict[str, Any]) -> str:
-    lines = [f"# Audit report: run `{r['run_id']}`", ""]
-    lines += _md_table(
-        ["", ""],
+def _sections(r: dict[str, Any]) -> list[Section]:
+    """The report's tables, in order: (title, headers, rows); both renderings use them."""
+    timeline = [
         [
-            ["status", r["status"] + (f" ({r['reason']})" if r["reason"] else "")],
-            ["ran by", f"{r['ran_by']['user']} on {r['ran_by']['host']}"],
-            ["engine version", r["ran_by"]["engine_version"]],
-            ["created", r["when"]["created_at"]],
-            ["started", r["when"]["started_at"]],
-            ["finished", r["when"]["finished_at"] or "-"],
-            ["workflow", f"{r['workflow']['name']} ({r['workflow']['path']})"],
-            ["workflow hash", f"`{r['workflow']['hash']}`"],
-            ["workspace snapshot", _snapshot_text(r)],
-            ["events", r["events"]],
-        ],
-    )
-    lines += ["", "## Items", ""]
-    lines += _md_table(list(r["items"]), [list(r["items"].values())])
-    lines += ["", "## Variables", ""]
-    lines += _md_table(["name", "value"], [[k, v] for k, v in sorted(r["variables"].items())])
-    lines += ["", "## Lock holders", ""]
-    lines += _md_table(
-        ["seq", "pid", "host", "since", "command"],
-        _holders(r),
-    )
-    lines += ["", "## Resumes", ""]
-    if r["resumes"]:
-        lines += _md_table(
+            entry["item"],
+            entry["status"],
+            a.get("attempt", ""),
+            a.get("dispatched_at", ""),
+            a.get("finished_at", ""),
+            a.get("duration", ""),
+            a.get("outcome", ""),
+        ]
+        for entry in r["timeline"]
+        for a in entry["attempts"] or [{}]
+    ]
+    return [
+        ("Items", list(r["items"]), [list(r["items"].values())]),
+        ("Variables", ["name", "value"], [[k, v] for k, v in sorted(r["variables"].items())]),
+        (
+            "Lock holders",
+            ["seq", "pid", "host", "since", "command"],
+            [
+                [h["seq"], h["pid"], h["host"], h["started_at"], h["command"]]
+                for h in r["lock_holders"]
+            ],
+        ),
+        (
+            "Resumes",
             ["seq", "at", "pid", "host", "include dlq", "workflow changes"],
             [
                 [x["seq"], x["ts"], x["pid"], x["host"], x["include_dlq"], "; ".join(x["changes"])]
                 for x in r["resumes"]
             ],
-        )
-    else:
-        lines.append("none")
-    lines += ["", "## Ledger recoveries", ""]
-    if r["recoveries"]:
-        lines += _md_table(
+        ),
+        (
+            "Ledger recoveries",
             ["seq", "at", "offset", "bytes", "moved to", "reason"],
             [
                 [x["seq"], x["ts"], x["offset"], x["length"], x["moved_to"], x["reason"]]
                 for x in r["recoveries"]
             ],
-        )
-    else:
-        lines.append("none")
-    lines += ["", "## Failures by type", ""]
-    failures = [[k, v] for k, v in r["failures_by_type"].items()]
-    lines += _md_table(["error type", "attempts"], failures)
-    lines += ["", "## Timeline", ""]
-    rows = []
-    for entry in r["timeline"]:
-        for a in entry["attempts"] or [{}]:
-            rows.append(
-                [
-                    entry["item"],
-                    entry["status"],
-                    a.get("attempt", ""),
-                    a.get("dispatched_at", ""),
-                    a.get("finished_at", ""),
-                    a.get("duration", ""),
-                    a.get("outcome", ""),
-                ]
-            )
-    lines += _md_table(TIMELINE_HEADERS, rows)
+        ),
+        (
+            "Failures by type",
+            ["error type", "attempts"],
+            list(map(list, r["failures_by_type"].items())),
+        ),
+        (
+            "Timeline",
+            ["item", "status", "attempt", "dispatched", "finished", "seconds", "outcome"],
+            timeline,
+        ),
+    ]
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    lines = [f"# Audit report: run `{r['run_id']}`", ""]
+    lines += _md_table(["", ""], _summary(r))
+    for title, headers, rows in _sections(r):
+        lines += ["", f"## {title}", ""]
+        lines += _md_table(headers, rows) if rows else ["none"]
     lines += ["", "## Workflow", "", "```yaml", r["workflow"]["text"].rstrip(), "```", ""]
     return "\n".join(lines)
 
@@ -334,73 +336,19 @@ def _failures_svg(r: dict[str, Any]) -> str:
 
 
 def render_html(r: dict[str, Any]) -> str:
-    summary = _html_table(
-        ["", ""],
-        [
-            ["status", r["status"] + (f" ({r['reason']})" if r["reason"] else "")],
-            ["ran by", f"{r['ran_by']['user']} on {r['ran_by']['host']}"],
-            ["engine version", r["ran_by"]["engine_version"]],
-            ["created", r["when"]["created_at"]],
-            ["started", r["when"]["started_at"]],
-            ["finished", r["when"]["finished_at"] or "-"],
-            ["workflow", f"{r['workflow']['name']} ({r['workflow']['path']})"],
-            ["workflow hash", r["workflow"]["hash"]],
-            ["workspace snapshot", _snapshot_text(r)],
-        ],
-    )
-    rows = []
-    for entry in r["timeline"]:
-        for a in entry["attempts"] or [{}]:
-            rows.append(
-                [
-                    entry["item"],
-                    entry["status"],
-                    a.get("attempt", ""),
-                    a.get("dispatched_at", ""),
-                    a.get("finished_at", ""),
-                    a.get("duration", ""),
-                    a.get("outcome", ""),
-                ]
-            )
     shown = min(len([e for e in r["timeline"] if e["attempts"]]), CHART_ITEMS)
     body = [
         f"<h1>Audit report: run {_h(r['run_id'])}</h1>",
-        summary,
-        "<h2>Items</h2>",
-        _html_table(list(r["items"]), [list(r["items"].values())]),
+        _html_table(["", ""], _summary(r)),
         f"<h2>Timeline</h2><p class='muted'>each bar an attempt (green succeeded, red failed, "
         f"grey no outcome); the first {shown} items</p>",
         _timeline_svg(r),
         "<h2>Failures by type</h2>",
         _failures_svg(r),
-        "<h2>Variables</h2>",
-        _html_table(["name", "value"], [[k, v] for k, v in sorted(r["variables"].items())]),
-        "<h2>Lock holders</h2>",
-        _html_table(
-            ["seq", "pid", "host", "since", "command"],
-            _holders(r),
-        ),
-        "<h2>Resumes</h2>",
-        _html_table(
-            ["seq", "at", "pid", "host", "include dlq", "workflow changes"],
-            [
-                [x["seq"], x["ts"], x["pid"], x["host"], x["include_dlq"], "; ".join(x["changes"])]
-                for x in r["resumes"]
-            ],
-        ),
-        "<h2>Ledger recoveries</h2>",
-        _html_table(
-            ["seq", "at", "offset", "bytes", "moved to", "reason"],
-            [
-                [x["seq"], x["ts"], x["offset"], x["length"], x["moved_to"], x["reason"]]
-                for x in r["recoveries"]
-            ],
-        ),
-        "<h2>Per-item timeline</h2>",
-        _html_table(TIMELINE_HEADERS, rows),
-        "<h2>Workflow</h2>",
-        f"<pre>{_h(r['workflow']['text'])}</pre>",
     ]
+    for title, headers, rows in _sections(r):
+        body += [f"<h2>{_h(title)}</h2>", _html_table(headers, rows)]
+    body += ["<h2>Workflow</h2>", f"<pre>{_h(r['workflow']['text'])}</pre>"]
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>Audit report: {_h(r['run_id'])}</title><style>{STYLE}</style></head><body>"

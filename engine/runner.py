@@ -31,7 +31,7 @@ from engine.cache import ItemHooks
 from engine.executor import Attempt, AttemptRequest, Executor
 from engine.items import ItemsError, load_items
 from engine.local import LocalExecutor, agent_argv, redact_value, secret_forms
-from engine.scheduler import MapScheduler
+from engine.scheduler import MapScheduler, abandon_events
 from engine.snapshot import Snapshot, compare, save_snapshot, take_snapshot
 from engine.spec import Step
 from engine.store import ContentStore
@@ -395,7 +395,6 @@ class _Control:
         self._stop_event = threading.Event()
         self._tasks: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
-        self.by = ""
 
     async def start(self) -> None:
         make_private_dir(self.path.parent)
@@ -468,7 +467,6 @@ class _Control:
                     scheduler.wake.set()
             cancel = wanted.get("cancel")
             if cancel in ("graceful", "force") and not state.cancel_requested:
-                self.by = by
                 force = cancel == "force"
                 await self.run.append([RunCancelRequested(by=by, force=force)])
                 if scheduler is not None:
@@ -482,7 +480,7 @@ class _Control:
 
     async def finish_cancelled(self) -> RunResult:
         run = self.run
-        by = self.by or "engine cancel"
+        by = run.p.run.cancel_by or "engine cancel"
         await run.append([RunAborted(reason=f"cancelled by {by}")])
         return RunResult(run.run_id, run.run_dir, "aborted", 130, run.p, f"cancelled by {by}")
 
@@ -715,16 +713,23 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     control = _Control(run, stop)
+
+    async def halted() -> RunResult | None:
+        """The result, once a signal or a cancel has stopped the run."""
+        if stop.interrupted():
+            return run.finish_interrupted()
+        if control.cancelled():
+            return await control.finish_cancelled()
+        return None
+
     try:
         await run.append(opening)
         await control.start()
         if resuming:
             await _settle_interrupted(run)
         failure = await run.steps("setup", list(spec.setup))
-        if stop.interrupted():
-            return run.finish_interrupted()
-        if control.cancelled():
-            return await control.finish_cancelled()
+        if (result := await halted()) is not None:
+            return result
         if failure is not None:
             return await run.finish_failed(failure)
         if spec.map is not None:
@@ -773,16 +778,12 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
                     else "too many failed items (max_failures / failure_threshold)"
                 )
                 return await run.finish_failed(reason)
-        if stop.interrupted():
-            return run.finish_interrupted()
-        if control.cancelled():
-            return await control.finish_cancelled()
+        if (result := await halted()) is not None:
+            return result
         run.context["map"] = run.map_context()
         failure = await run.steps("reduce", list(spec.reduce))
-        if stop.interrupted():
-            return run.finish_interrupted()
-        if control.cancelled():
-            return await control.finish_cancelled()
+        if (result := await halted()) is not None:
+            return result
         if failure is not None:
             return await run.finish_failed(failure)
         counts = run.p.items.counts
@@ -814,21 +815,11 @@ async def _settle_interrupted(run: _Run) -> None:
     running = [s for s in run.p.items.items.values() if s.status == "running"]
     if not running or run.spec.map is None:
         return
-    scheduler = MapScheduler(
-        writer=run.writer,  # type: ignore[arg-type]
-        projections=run.p,
-        spec=run.spec.map,
-        executor=run.executor,
-        values={},
-        request=run.request,
-        max_parallel=1,
-        circuit=None,
-    )
     events: list[Event] = []
     for state in sorted(running, key=lambda s: s.index):
         stopped = leftovers.get(state.item, 0)
         message = "the engine stopped before this attempt's outcome was recorded"
         if stopped:
             message += f" ({stopped} leftover process{'es' if stopped > 1 else ''} stopped)"
-        events += scheduler.abandon(state.item, state.attempts, message)
+        events += abandon_events(run.spec.map, state.item, state.attempts, message)
     await run.append(events)

@@ -45,7 +45,14 @@ from ledger.events import (
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
-__all__ = ["IdempotencyKeys", "MapOutcome", "MapScheduler", "backoff_delay", "idempotency_key"]
+__all__ = [
+    "IdempotencyKeys",
+    "MapOutcome",
+    "MapScheduler",
+    "abandon_events",
+    "backoff_delay",
+    "idempotency_key",
+]
 
 
 def idempotency_key(map_spec: MapSpec | Any, item_id: str, value: Any) -> str:
@@ -420,43 +427,6 @@ class MapScheduler:
             )
         return events
 
-    def abandon(self, item: str, attempt: int, message: str) -> list[Event]:
-        """Events for an attempt whose engine died before its outcome was recorded.
-
-        The attempt counts: it fails as ``interrupted``, and is retried at once
-        while attempts remain (``interrupted`` retries by default), or goes
-        where ``on_item_failure`` says.
-        """
-        stable = "the engine stopped before this attempt's outcome was recorded"
-        events: list[Event] = [
-            ItemFailed(
-                item=item,
-                attempt=attempt,
-                error_type="interrupted",
-                signature=signature("interrupted", stable),
-                message=message or stable,
-                duration=0.0,
-                resources=_resources(),
-            )
-        ]
-        retry = self.spec.retry
-        if "interrupted" in retry.retry_on and attempt < retry.max_attempts:
-            events.append(
-                ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=utc_now())
-            )
-        elif self.spec.on_item_failure == "dlq":
-            reason = "retries exhausted" if "interrupted" in retry.retry_on else "not retryable"
-            events.append(
-                ItemDeadLettered(
-                    item=item,
-                    attempt=attempt,
-                    error_type="interrupted",
-                    signature=signature("interrupted", stable),
-                    reason=reason,
-                )
-            )
-        return events
-
     async def _after_outcome(self, item: str, outcome: AttemptOutcome) -> None:
         circuit = self.circuit
         state = self.p.circuit
@@ -506,6 +476,44 @@ class MapScheduler:
             if finished >= minimum and failures / finished >= threshold:
                 return True
         return False
+
+
+def abandon_events(spec: MapSpec, item: str, attempt: int, message: str) -> list[Event]:
+    """Events for an attempt whose engine died before its outcome was recorded.
+
+    The attempt counts: it fails as ``interrupted``, and is retried at once
+    while attempts remain (``interrupted`` retries by default), or goes
+    where ``on_item_failure`` says.
+    """
+    stable = "the engine stopped before this attempt's outcome was recorded"
+    events: list[Event] = [
+        ItemFailed(
+            item=item,
+            attempt=attempt,
+            error_type="interrupted",
+            signature=signature("interrupted", stable),
+            message=message or stable,
+            duration=0.0,
+            resources=_resources(),
+        )
+    ]
+    retry = spec.retry
+    if "interrupted" in retry.retry_on and attempt < retry.max_attempts:
+        events.append(
+            ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=utc_now())
+        )
+    elif spec.on_item_failure == "dlq":
+        reason = "retries exhausted" if "interrupted" in retry.retry_on else "not retryable"
+        events.append(
+            ItemDeadLettered(
+                item=item,
+                attempt=attempt,
+                error_type="interrupted",
+                signature=signature("interrupted", stable),
+                reason=reason,
+            )
+        )
+    return events
 
 
 def _bounded(text: str, limit: int = 64 * 1024) -> str:

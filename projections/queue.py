@@ -45,10 +45,13 @@ class PendingProjection(Projection):
         self._ready: list[tuple[int, int, str]] = []
         """(rank, index, item): see :func:`_rank`."""
         self._delayed: list[tuple[str, int, str]] = []
+        self._queued_rank: dict[str, int] = {}
+        """The rank each queued item was queued with (see :func:`_rank`)."""
 
     def build(self) -> None:
         """Derive the queue from the items projection as it stands."""
         self.queued.clear()
+        self._queued_rank.clear()
         self._ready.clear()
         self._delayed.clear()
         for state in self.items.items.values():
@@ -59,6 +62,7 @@ class PendingProjection(Projection):
                 self._delayed.append((state.retry_at, state.index, state.item))
             else:
                 self.queued[state.item] = ""
+                self._queued_rank[state.item] = _rank(state)
                 self._ready.append((_rank(state), state.index, state.item))
         heapq.heapify(self._ready)
         heapq.heapify(self._delayed)
@@ -82,13 +86,17 @@ class PendingProjection(Projection):
             self.queued.pop(e.item, None)
             return
         not_before = state.retry_at or ""
-        if self.queued.get(e.item) == not_before and not isinstance(e, ItemRequeued):
-            return  # already queued as it is (a requeue changes its rank: queue it again)
+        rank = _rank(state)
+        if self.queued.get(e.item) == not_before and (
+            not_before or self._queued_rank.get(e.item) == rank
+        ):
+            return  # queued as it is already (a change of rank queues it again)
         self.queued[e.item] = not_before
+        self._queued_rank[e.item] = rank
         if not_before:
             heapq.heappush(self._delayed, (not_before, state.index, e.item))
         else:
-            heapq.heappush(self._ready, (_rank(state), state.index, e.item))
+            heapq.heappush(self._ready, (rank, state.index, e.item))
 
     def next_ready(self, now: str) -> str | None:
         """The next item that may run at ``now``, without taking it."""

@@ -96,6 +96,7 @@ class RunProjection(Projection):
         """Dispatching is paused (``engine pause``) until ``run.unpaused``."""
         self.cancel_requested = False
         self.cancel_force = False
+        self.cancel_by: str | None = None
         self.steps_done: set[tuple[str, int]] = set()
         """(phase, index) of setup and reduce steps that succeeded."""
         self.captures: dict[str, Any] = {}
@@ -141,6 +142,7 @@ class RunProjection(Projection):
         self.status = "running"
         self.resumes += 1
         self.cancel_requested = self.cancel_force = False
+        self.cancel_by = None
         self.cache_mode = e.cache
         self.vars.update(e.vars)
         if e.allow_changed and e.workflow_hash:
@@ -172,6 +174,7 @@ class RunProjection(Projection):
     def _cancel(self, record: Record, e: RunCancelRequested) -> None:
         self.cancel_requested = True
         self.cancel_force = self.cancel_force or e.force
+        self.cancel_by = self.cancel_by or e.by
 
     @handles(RunCompleted)
     def _completed(self, record: Record, e: RunCompleted) -> None:
