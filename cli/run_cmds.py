@@ -145,7 +145,7 @@ def drive(
             click.echo(f"  engine dlq list {result.run_id}        # what failed for good, and why")
         click.echo(f"  engine status {result.run_id}")
         if p.signatures.stats:
-            click.echo(f"  engine tail {result.run_id} --type item.failed --all")
+            click.echo(f'  engine query {result.run_id} "failures by signature"')
     sys.exit(result.exit_code)
 
 
