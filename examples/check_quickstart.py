@@ -42,8 +42,7 @@ def main() -> int:
         "3 in the dead-letter queue.\n"
         "The CLI is .venv/bin/engine (`export PATH=$PWD/.venv/bin:$PATH` to type `engine`); "
         "try the commands above,\n"
-        'or `engine query latest "failures by signature"`, `engine stats latest` and '
-        "`engine audit verify latest`."
+        "or `engine stats latest` and `engine audit report latest`."
     )
     return 0
 
