@@ -23,12 +23,13 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
 from engine.guardian import alive_groups, processes
+from engine.redact import redact_value, secret_forms
 from engine.spec import Step
 from engine.template import TemplateError, render_shell, render_text
 from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
@@ -446,32 +447,6 @@ def _devnull() -> int:
 
 def _rfc3339(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def secret_forms(secrets: Sequence[str]) -> tuple[str, ...]:
-    """Each secret as it may appear in output: raw, and escaped inside JSON strings."""
-    forms: set[str] = set()
-    for secret in secrets:
-        if secret:
-            forms.add(secret)
-            forms.add(json.dumps(secret)[1:-1])
-            forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
-    return tuple(sorted(forms, key=len, reverse=True))
-
-
-def redact_value(value: Any, secrets: tuple[str, ...]) -> Any:
-    """``value`` with every secret in every string replaced by ``***``."""
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return value
-    if isinstance(value, list):
-        return [redact_value(v, secrets) for v in value]
-    if isinstance(value, dict):
-        return {redact_value(k, secrets): redact_value(v, secrets) for k, v in value.items()}
-    return value
 
 
 class _Log:

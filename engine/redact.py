@@ -1,0 +1,202 @@
+"""Redaction: no secret's value reaches anything the engine writes.
+
+A workflow names its secrets (``secrets: [NAME]``); their values come from
+the environment or from ``--var NAME=VALUE``. A :class:`Redactor` replaces
+every occurrence of a value, and of the forms it takes when written inside
+a JSON string or a Python ``repr``, by ``***``. It is applied at the places
+where the engine writes:
+
+- every event a run appends passes :meth:`Redactor.event` in the ledger
+  writer, before it is encoded and hashed (ids, paths, messages, results,
+  captures, the recorded command line: every string of every record), so
+  what derives from the ledger (``results.json``, reports, exports, ``tail``,
+  ``query``, projections and their snapshots) holds no secret either;
+- the streams an attempt writes to its logs (byte by byte, in the local
+  executor), its parsed result and captures;
+- the command line recorded in the lock file: each argument is redacted
+  before the line is joined (:meth:`Redactor.command`), so shell quoting
+  cannot hide a value from the redactor;
+- item ids and values at enqueue, artifact names, cache entries, the
+  workspace manifest (``snapshot.json``) and the messages of errors that a
+  run raises.
+
+A redacted item id is the id: two items whose ids differ only in a secret
+become one id, and the second is recorded as a duplicate of the first.
+Templates whose result is recorded by design (``map.id``, ``artifacts``)
+may not reference a secret at all (:func:`secret_template_problems`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from engine.template import template_variables
+
+if TYPE_CHECKING:
+    from engine.spec import Workflow
+
+__all__ = [
+    "MASK",
+    "Redactor",
+    "redact_value",
+    "secret_forms",
+    "secret_template_problems",
+    "secret_values",
+]
+
+MASK = "***"
+"""What a secret becomes."""
+
+E = TypeVar("E", bound=msgspec.Struct)
+
+
+def secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Each secret as it may appear in output: raw, escaped inside JSON strings, in a repr.
+
+    Longest first, so that a form containing another is replaced whole.
+    """
+    forms: set[str] = set()
+    for secret in secrets:
+        if secret:
+            forms.add(secret)
+            forms.add(json.dumps(secret)[1:-1])
+            forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
+            forms.add(msgspec.json.encode(secret).decode()[1:-1])
+            forms.add(repr(secret)[1:-1])
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def redact_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    """``value`` with every secret in every string (and mapping key) replaced by ``***``."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, list | tuple):
+        return [redact_value(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {redact_value(k, secrets): redact_value(v, secrets) for k, v in value.items()}
+    return value
+
+
+def secret_values(
+    names: Iterable[str],
+    variables: Mapping[str, str],
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The values of the secrets ``names``: given with ``--var``, else from the environment."""
+    env = os.environ if environ is None else environ
+    values = [variables.get(name) or env.get(name, "") for name in names]
+    return [v for v in values if v]
+
+
+class Redactor:
+    """Replaces the values of a run's secrets (in all their forms) by ``***``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = [s for s in dict.fromkeys(secrets) if s]
+        self.forms = secret_forms(self.secrets)
+        # How a form looks inside an encoded record: a quick test before the slow path.
+        self._needles = tuple(
+            dict.fromkeys(msgspec.json.encode(form)[1:-1] for form in self.forms)
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.forms)
+
+    def text(self, text: str) -> str:
+        """``text`` with every secret replaced."""
+        return redact_value(text, self.forms)  # type: ignore[no-any-return]
+
+    def value(self, value: Any) -> Any:
+        """A JSON-like value with every string (and key) redacted."""
+        return redact_value(value, self.forms)
+
+    def contains(self, text: str) -> bool:
+        """Whether ``text`` holds a secret in one of its forms."""
+        return any(form in text for form in self.forms)
+
+    def command(self, argv: Sequence[str]) -> str:
+        """A command line for the record: each argument redacted, then shell-joined."""
+        return shlex.join(self.text(arg) for arg in argv)
+
+    def event(self, event: E) -> E:
+        """``event`` with every string of its data redacted (itself when none holds a secret)."""
+        if not self._needles:
+            return event
+        encoded = msgspec.json.encode(event)
+        if not any(needle in encoded for needle in self._needles):
+            return event
+        kind = type(event)
+        data = msgspec.to_builtins(event)
+        try:
+            return msgspec.convert(self.value(data), kind)
+        except msgspec.ValidationError:
+            pass
+        # A secret that is part of the engine's own vocabulary (a status, an
+        # error type) cannot be masked there: redact field by field, keeping
+        # each field that would no longer be valid.
+        for name in list(data):
+            trial = {**data, name: self.value(data[name])}
+            try:
+                msgspec.convert(trial, kind)
+            except msgspec.ValidationError:
+                continue
+            data = trial
+        return msgspec.convert(data, kind)
+
+
+def secret_template_problems(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
+    """Templates whose result is recorded (``map.id``, ``artifacts``) that reference a secret.
+
+    An id or an artifact's name is written to the ledger, reports and file
+    names; one made of a secret would be recorded as ``***``, which identifies
+    nothing. Each problem is ``(location, message)``.
+    """
+    secret_names = set(spec.secrets)
+    if not secret_names or spec.map is None:
+        return []
+
+    def secrets_in(text: str) -> list[str]:
+        found = []
+        for name in template_variables(text):
+            parts = name.split(".")
+            if parts[0] == "env" and (len(parts) == 1 or parts[1] in secret_names):
+                found.append(name)
+        return found
+
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    if spec.map.id is not None:
+        for name in secrets_in(spec.map.id):
+            problems.append(
+                (
+                    ("map", "id"),
+                    f"the id uses ${{{name}}}, a secret: ids are recorded, and a secret "
+                    "never is (build the id from the item: ${item.name})",
+                )
+            )
+
+    def walk(steps: Sequence[Any], loc: tuple[int | str, ...]) -> None:
+        for i, step in enumerate(steps):
+            for j, pattern in enumerate(step.artifacts):
+                for name in secrets_in(pattern):
+                    problems.append(
+                        (
+                            (*loc, i, "artifacts", j),
+                            f"the artifact name uses ${{{name}}}, a secret: artifact names "
+                            "are recorded, and a secret never is",
+                        )
+                    )
+            walk(step.on_failure, (*loc, i, "on_failure"))
+
+    walk(spec.map.agent_template, ("map", "agent_template"))
+    return problems
