@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shlex
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -121,7 +120,7 @@ def drive(
     console = Console(stderr=False)
     progress = Progress(console, enabled=console.is_terminal and not no_progress and not as_json)
     started = time.monotonic()
-    options.command = shlex.join(["engine", *sys.argv[1:]])
+    options.argv = ["engine", *sys.argv[1:]]
     options.on_change = progress.update
     options.warn = lambda message: click.echo(message, err=True)
     with progress:

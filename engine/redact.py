@@ -53,6 +53,30 @@ __all__ = [
 MASK = "***"
 """What a secret becomes."""
 
+ENGINE_FIELDS = frozenset(
+    {
+        "error_type",
+        "status",
+        "phase",
+        "signature",
+        "sha256",
+        "hash",
+        "key",
+        "cache_key",
+        "idempotency_key",
+        "workflow_hash",
+        "snapshot_id",
+        "executor",
+        "cache",
+        "ts",
+        "started_at",
+        "touched_at",
+    }
+)
+"""Event fields the engine fills from its own vocabulary or from hashes, never from
+user data: left as they are, so that a short secret that happens to be part of
+``timeout`` or of a digest cannot change what the record means."""
+
 E = TypeVar("E", bound=msgspec.Struct)
 
 
@@ -106,9 +130,7 @@ class Redactor:
         self.secrets = [s for s in dict.fromkeys(secrets) if s]
         self.forms = secret_forms(self.secrets)
         # How a form looks inside an encoded record: a quick test before the slow path.
-        self._needles = tuple(
-            dict.fromkeys(msgspec.json.encode(form)[1:-1] for form in self.forms)
-        )
+        self._needles = tuple(dict.fromkeys(msgspec.json.encode(form)[1:-1] for form in self.forms))
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -130,29 +152,20 @@ class Redactor:
         return shlex.join(self.text(arg) for arg in argv)
 
     def event(self, event: E) -> E:
-        """``event`` with every string of its data redacted (itself when none holds a secret)."""
+        """``event`` with every string of its data redacted (itself when none holds a secret).
+
+        Fields in :data:`ENGINE_FIELDS` are kept; the rest are redacted at any depth.
+        """
         if not self._needles:
             return event
         encoded = msgspec.json.encode(event)
         if not any(needle in encoded for needle in self._needles):
             return event
-        kind = type(event)
         data = msgspec.to_builtins(event)
-        try:
-            return msgspec.convert(self.value(data), kind)
-        except msgspec.ValidationError:
-            pass
-        # A secret that is part of the engine's own vocabulary (a status, an
-        # error type) cannot be masked there: redact field by field, keeping
-        # each field that would no longer be valid.
-        for name in list(data):
-            trial = {**data, name: self.value(data[name])}
-            try:
-                msgspec.convert(trial, kind)
-            except msgspec.ValidationError:
-                continue
-            data = trial
-        return msgspec.convert(data, kind)
+        for name, value in data.items():
+            if name not in ENGINE_FIELDS:
+                data[name] = self.value(value)
+        return msgspec.convert(data, type(event))
 
 
 def secret_template_problems(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:

@@ -30,7 +30,8 @@ from engine import engine_version
 from engine.cache import ItemHooks
 from engine.executor import Attempt, AttemptRequest, Executor
 from engine.items import ItemsError, load_items
-from engine.local import LocalExecutor, agent_argv, redact_value, secret_forms
+from engine.local import LocalExecutor, agent_argv
+from engine.redact import Redactor, secret_values
 from engine.scheduler import MapScheduler, abandon_events
 from engine.snapshot import Snapshot, compare, save_snapshot, take_snapshot
 from engine.spec import Step
@@ -77,6 +78,9 @@ class RunOptions:
     variables: dict[str, str] = field(default_factory=dict)
     executor: Executor | None = None
     command: str = ""
+    """The command line to record (redacted here); ``argv`` wins when given."""
+    argv: list[str] | None = None
+    """The command line as its words: each is redacted before they are joined."""
     on_change: Callable[[Projections], None] = lambda _p: None
     include_dlq: bool = False
     """Resume: dead items run again too (after everything else)."""
@@ -141,11 +145,14 @@ class _Run:
         circuit = self.spec.circuit_breaker
         self.p = Projections(circuit_on=circuit.on if circuit else ())
         self.env: dict[str, str] = {**self.spec.env, **options.variables}
-        self.secret_values = [
-            options.variables.get(name) or os.environ.get(name, "") for name in self.spec.secrets
-        ]
-        # What is recorded never holds a secret, even one given with --var.
-        options.command = redact_value(options.command, secret_forms(self.secret_values))
+        self.secret_values = secret_values(self.spec.secrets, options.variables)
+        self.redactor = Redactor(self.secret_values)
+        # What is recorded never holds a secret, even one given with --var: each
+        # word is redacted before the line is joined (quoting would hide it after).
+        if options.argv is not None:
+            options.command = self.redactor.command(options.argv)
+        else:
+            options.command = self.redactor.text(options.command)
         self.context: dict[str, Any] = {"env": self.env, "run": {"id": self.run_id}}
         self.writer: LedgerWriter | None = None
         self.output: list[str] = []
@@ -217,7 +224,7 @@ class _Run:
             heartbeat_interval=spec.map.heartbeat.interval if spec.map else 10.0,
             hung_after=spec.map.heartbeat.hung_after if (steps is None and spec.map) else None,
             agent_command=self.agent_command,
-            redact=[s for s in self.secret_values if s],
+            redact=list(self.secret_values),
         )
 
     # --- phases -----------------------------------------------------------------------------
@@ -517,7 +524,13 @@ async def _create(
     run = _Run(loaded, run_dir, run_id, options)
     spec = loaded.spec
     home = run_dir.parent.parent
-    run.writer = LedgerWriter.open(run.run_dir, run.run_id, create=create, command=options.command)
+    run.writer = LedgerWriter.open(
+        run.run_dir,
+        run.run_id,
+        create=create,
+        command=options.command,
+        redact=run.redactor.event,
+    )
     if create:
         run.p.apply_all(run.writer.opening)
     else:
@@ -630,7 +643,13 @@ async def resume_run(
     variables = {**recorded, **given}
     options = dataclasses.replace(options, variables=variables)
     run = _Run(workflow, run_dir, run_id, options)
-    run.writer = LedgerWriter.open(run_dir, run_id, create=False, command=options.command)
+    run.writer = LedgerWriter.open(
+        run_dir,
+        run_id,
+        create=False,
+        command=options.command,
+        redact=run.redactor.event,
+    )
     try:
         replay(ledger, into=run.p)  # under the lock: what the ledger says now
     except BaseException:

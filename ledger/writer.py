@@ -68,6 +68,7 @@ class LedgerWriter:
         next_seq: int,
         last_hash: bytes,
         clock: Callable[[], str] = utc_now,
+        redact: Callable[[Event], Event] | None = None,
     ) -> None:
         self.path = path
         self.run_id = run_id
@@ -94,6 +95,7 @@ class LedgerWriter:
         self._io_busy = False
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._clock = clock
+        self._redact = redact
 
     # --- opening ------------------------------------------------------------
 
@@ -106,6 +108,7 @@ class LedgerWriter:
         create: bool = False,
         command: str | None = None,
         clock: Callable[[], str] = utc_now,
+        redact: Callable[[Event], Event] | None = None,
     ) -> LedgerWriter:
         """Lock the run, recover a torn tail, and return a writer at its end.
 
@@ -113,6 +116,9 @@ class LedgerWriter:
         missing. The first records appended are ``ledger.recovered`` (when a
         torn tail was moved aside) and ``lock.acquired``. ``clock`` gives
         each record's ``ts`` (RFC 3339 UTC); tests pass a fixed one.
+        ``redact``: every event passes it before it is encoded and hashed
+        (the engine's redactor: what it returns is what is recorded, and
+        what the returned records carry).
         """
         run_dir = Path(run_dir)
         if create:
@@ -146,6 +152,7 @@ class LedgerWriter:
             next_seq=scan.records,
             last_hash=scan.last_hash,
             clock=clock,
+            redact=redact,
         )
         try:
             opening: list[Event] = []
@@ -289,7 +296,9 @@ class LedgerWriter:
         template = body_template(ts=ts, run=run)
         encode = _encode_event
         new_hash = sha256
-        for event in events:
+        redact = self._redact
+        for given in events:
+            event = given if redact is None else redact(given)
             kind = event.TYPE
             body = template % (seq, _TYPE_BYTES[kind], encode(event))
             if len(body) + SUFFIX_LEN > MAX_RECORD_BYTES:

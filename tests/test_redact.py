@@ -1,0 +1,113 @@
+"""Redaction: units of engine.redact, and the places a secret used to leak from."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import msgspec
+
+from engine.redact import Redactor, secret_forms
+from ledger import LedgerReader
+from ledger.events import ArtifactWritten, ItemFailed, LockAcquired
+from tests.conftest import ENGINE
+from tests.engine_helpers import write_workflow
+
+QUOTED = 'it\'s "q" \\ 7f3a'
+"""A secret that shell quoting and JSON escaping both change."""
+
+
+def _engine(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [ENGINE, "--home", str(home), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _forms(secret: str) -> list[bytes]:
+    return [f.encode() for f in secret_forms([secret])] + [shlex.quote(secret).encode()]
+
+
+# --- units ----------------------------------------------------------------------------
+
+
+def test_forms_cover_json_and_repr_escapes() -> None:
+    forms = set(secret_forms([QUOTED]))
+    assert QUOTED in forms
+    assert json.dumps(QUOTED)[1:-1] in forms
+    assert repr(QUOTED)[1:-1] in forms
+    assert secret_forms(["", ""]) == ()
+
+
+def test_command_redacts_each_word_before_joining() -> None:
+    r = Redactor([QUOTED])
+    line = r.command(["engine", "run", "wf.yml", "--var", f"TOKEN={QUOTED}"])
+    assert shlex.split(line) == ["engine", "run", "wf.yml", "--var", "TOKEN=***"]
+    # Joined first, the quoting hides the value from the redactor:
+    assert r.text(shlex.join(["--var", f"TOKEN={QUOTED}"])) != "--var TOKEN=***"
+
+
+def test_event_redaction_keeps_what_holds_no_secret() -> None:
+    r = Redactor(["s3cret"])
+    plain = ArtifactWritten(item="a", attempt=1, path="out/a.txt", sha256="sha256:00", size=1)
+    assert r.event(plain) is plain
+    leaky = ArtifactWritten(item="a-s3cret", attempt=1, path="s3cret.txt", sha256="x", size=1)
+    assert r.event(leaky) == ArtifactWritten(
+        item="a-***", attempt=1, path="***.txt", sha256="x", size=1
+    )
+    assert Redactor().event(leaky) is leaky
+
+
+def test_event_redaction_leaves_engine_vocabulary_valid() -> None:
+    # A secret that is part of an error type cannot be masked there; the rest is.
+    r = Redactor(["timeout"])
+    event = ItemFailed(
+        item="a", attempt=1, error_type="timeout", signature="s", message="timeout after 3s"
+    )
+    out = r.event(event)
+    assert out.error_type == "timeout" and out.message == "*** after 3s"
+    msgspec.json.decode(msgspec.json.encode(out), type=ItemFailed)
+
+
+# --- regressions ----------------------------------------------------------------------
+
+
+def test_var_secret_with_quotes_is_not_recorded_in_the_lock_or_ledger(tmp_path: Path) -> None:
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: quoted
+        secrets: [TOKEN]
+        map:
+          items: [a]
+          agent_template:
+            - run: test -n "$TOKEN"
+        """,
+    )
+    home = tmp_path / "home"
+    proc = _engine(
+        home, "run", str(wf), "--run-id", "q", "--var", f"TOKEN={QUOTED}", "--no-progress"
+    )
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    run_dir = home / "runs" / "q"
+    lock = json.loads((run_dir / "lock").read_text())
+    acquired = [
+        r.data
+        for r in LedgerReader(run_dir / "ledger.ndjson").records()
+        if r.type == "lock.acquired"
+    ]
+    assert acquired and isinstance(acquired[0], LockAcquired)
+    for command in (lock["command"], acquired[0].command):
+        assert shlex.split(command)[-3:] == ["--var", "TOKEN=***", "--no-progress"]
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for form in _forms(QUOTED):
+                assert form not in data, (path, form)
