@@ -18,6 +18,7 @@ from typing import Any
 import pydantic
 import yaml
 
+from engine.redact import secret_template_problems
 from engine.spec import Step, Workflow
 from engine.template import scan_shell, template_variables
 from ledger.errors import EngineError
@@ -317,7 +318,7 @@ def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkfl
     spec, root = parse_workflow(text, file=str(path))
     template_problems = [
         Problem(str(path), _node_line(root, loc), _loc_text(loc), message)
-        for loc, message in check_templates(spec)
+        for loc, message in [*check_templates(spec), *secret_template_problems(spec)]
     ]
     if template_problems:
         raise WorkflowError(template_problems)

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from engine.redact import Redactor, secret_forms
 from ledger import LedgerReader
@@ -111,3 +112,34 @@ def test_var_secret_with_quotes_is_not_recorded_in_the_lock_or_ledger(tmp_path: 
             data = path.read_bytes()
             for form in _forms(QUOTED):
                 assert form not in data, (path, form)
+
+
+@pytest.mark.parametrize("literal", [False, True])
+def test_id_template_referencing_a_secret_is_refused(tmp_path: Path, literal: bool) -> None:
+    where = "id" if literal else "artifacts"
+    text = (
+        """
+        name: ids
+        secrets: [TOKEN]
+        map:
+          items: [a]
+          id: "${item}-${env.TOKEN}"
+          agent_template:
+            - run: "true"
+        """
+        if literal
+        else """
+        name: ids
+        secrets: [TOKEN]
+        map:
+          items: [a]
+          agent_template:
+            - run: "true"
+              artifacts: ["out/${env.TOKEN}.txt"]
+        """
+    )
+    wf = write_workflow(tmp_path, text)
+    proc = _engine(tmp_path / "home", "validate", str(wf))
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert f"{wf}:" in err and "a secret" in err and where in err
