@@ -27,6 +27,7 @@ import msgspec
 
 from engine.executor import AttemptOutcome
 from engine.items import canonical_json
+from engine.redact import Redactor
 from engine.spec import CacheSpec, MapSpec
 from engine.store import ContentStore, file_sha256
 from engine.template import TemplateError, render_text
@@ -71,6 +72,7 @@ class ItemHooks:
         cache: CacheSpec | None,
         mode: str,
         context: Callable[[str, Any], dict[str, Any]],
+        redactor: Redactor | None = None,
     ) -> None:
         """``mode``: ``use`` (look up and store), ``refresh`` (store only), ``off``."""
         self.store = ContentStore(home)
@@ -83,6 +85,7 @@ class ItemHooks:
         self.context = context
         self._inputs: dict[str, str] | None = None
         self.patterns = [p for step in spec.agent_template for p in step.artifacts]
+        self.redactor = redactor or Redactor()
 
     @property
     def active(self) -> bool:
@@ -211,10 +214,16 @@ class ItemHooks:
                         item=item, attempt=attempt, path=relative, sha256=digest, size=size
                     )
                 )
-        if self.cache is not None:
+        # An artifact named with a secret is recorded as ***: a cache entry would
+        # have to keep its real name, so the item is not cached.
+        if self.cache is not None and not any(self.redactor.contains(a.path) for a in stored):
             key = self.key(item, value)
             entry = CacheEntry(
-                key=key, item=item, run=self.run_id, result=outcome.result, artifacts=stored
+                key=key,
+                item=self.redactor.text(item),
+                run=self.run_id,
+                result=self.redactor.value(outcome.result),
+                artifacts=stored,
             )
             target = self._entry_path(key)
             make_private_dir(target.parent)

@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from engine.items import LoadedItems, WorkItem
 from engine.template import template_variables
+from ledger.errors import EngineError
 
 if TYPE_CHECKING:
     from engine.spec import Workflow
@@ -150,6 +152,39 @@ class Redactor:
     def command(self, argv: Sequence[str]) -> str:
         """A command line for the record: each argument redacted, then shell-joined."""
         return shlex.join(self.text(arg) for arg in argv)
+
+    def keys(self, mapping: Mapping[str, str]) -> dict[str, str]:
+        """``mapping`` with its keys redacted (a manifest of file names)."""
+        return {self.text(k): v for k, v in mapping.items()}
+
+    def error(self, exc: EngineError) -> EngineError:
+        """``exc`` with its message and hint redacted (in place, for raising again)."""
+        if self:
+            exc.message = self.text(exc.message)
+            exc.hint = None if exc.hint is None else self.text(exc.hint)
+            exc.args = tuple(self.text(a) if isinstance(a, str) else a for a in exc.args)
+        return exc
+
+    def items(self, loaded: LoadedItems) -> LoadedItems:
+        """Items with their ids and values redacted, duplicates found again among them.
+
+        A redacted id is the item's identity from then on: two items whose ids
+        differ only in a secret get one id, and the later one is a duplicate.
+        """
+        if not self:
+            return loaded
+        every = [(w.index, w) for w in loaded.items] + [(w.index, w) for w, _ in loaded.duplicates]
+        items: list[WorkItem] = []
+        duplicates: list[tuple[WorkItem, int]] = []
+        first: dict[str, int] = {}
+        for index, work in sorted(every, key=lambda pair: pair[0]):
+            redacted = WorkItem(self.text(work.id), index, self.value(work.value))
+            if redacted.id in first:
+                duplicates.append((redacted, first[redacted.id]))
+            else:
+                first[redacted.id] = index
+                items.append(redacted)
+        return LoadedItems(items, duplicates)
 
     def event(self, event: E) -> E:
         """``event`` with every string of its data redacted (itself when none holds a secret).

@@ -327,6 +327,8 @@ class _Run:
         loaded = await asyncio.to_thread(
             load_items, spec, self.loaded.directory, self.process_env(), dict(self.context)
         )
+        # Ids and values as the ledger will hold them: what the items are from now on.
+        loaded = self.redactor.items(loaded)
         values = {w.id: w.value for w in loaded.items}
         batch: list[Event] = [
             ItemEnqueued(item=w.id, index=w.index, value=w.value)
@@ -542,6 +544,7 @@ async def _create(
     run.p.enable_scheduling()
     atomic_write(run.run_dir / "workflow.yml", loaded.text.encode())
     snapshot = await asyncio.to_thread(take_snapshot, loaded.directory, home=home)
+    snapshot.files = run.redactor.keys(snapshot.files)
     save_snapshot(snapshot, run.run_dir / "snapshot.json")
     opening: list[Event] = [
         RunCreated(
@@ -660,6 +663,7 @@ async def resume_run(
     spec = workflow.spec
     home = run_dir.parent.parent
     snapshot = await asyncio.to_thread(take_snapshot, workflow.directory, home=home)
+    snapshot.files = run.redactor.keys(snapshot.files)
     _warn_if_workspace_changed(run, snapshot, options.warn)
     opening: list[Event] = [
         RunResumed(
@@ -778,6 +782,7 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
                     cache=spec.cache,
                     mode=run.p.run.cache_mode,
                     context=lambda item, value: dict(run.request(item, 0, "", value).context),
+                    redactor=run.redactor,
                 ),
             )
             stop.scheduler = scheduler
@@ -820,6 +825,9 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
         return RunResult(
             run.run_id, run.run_dir, "completed", 1 if failed else 0, run.p, output=run.output
         )
+    except EngineError as exc:
+        run.redactor.error(exc)  # its message reaches the terminal
+        raise
     finally:
         await control.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):

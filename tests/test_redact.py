@@ -15,7 +15,7 @@ from engine.redact import Redactor, secret_forms
 from ledger import LedgerReader
 from ledger.events import ArtifactWritten, ItemFailed, LockAcquired
 from tests.conftest import ENGINE
-from tests.engine_helpers import write_workflow
+from tests.engine_helpers import records, run_workflow, write_workflow
 
 QUOTED = 'it\'s "q" \\ 7f3a'
 """A secret that shell quoting and JSON escaping both change."""
@@ -143,3 +143,55 @@ def test_id_template_referencing_a_secret_is_refused(tmp_path: Path, literal: bo
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert f"{wf}:" in err and "a secret" in err and where in err
+
+
+def test_secrets_in_item_values_ids_artifacts_and_snapshot_are_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "tok-9d2e'\"x"
+    monkeypatch.setenv("MY_TOKEN", secret)
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: leaky
+        secrets: [MY_TOKEN]
+        cache: {}
+        map:
+          command: 'printf "%s\\n" "a-$MY_TOKEN" "a-***" "b"'
+          id: "${item}"
+          max_parallel: 1
+          agent_template:
+            - run: |
+                mkdir -p out
+                echo done > "out/${item_id}.txt"
+                echo done > "out/$MY_TOKEN.txt"
+                echo "${item}"
+              artifacts: ["out/*.txt"]
+              output: text
+        """,
+    )
+    home = tmp_path / "home"
+    first = run_workflow(wf, home)
+    assert first.exit_code == 0
+    p = first.projections
+    # "a-<secret>" is recorded as "a-***": the item "a-***" is its duplicate.
+    assert sorted(p.items.items) == ["a-***", "b"]
+    assert p.items.duplicates == 1 or len(records(first, "item.duplicate")) == 1
+    assert {r.data.item: r.data.result for r in records(first, "item.succeeded")} == {
+        "a-***": "a-***",
+        "b": "b",
+    }
+    written = {r.data.path for r in records(first, "artifact.written")}
+    assert "out/***.txt" in written
+    second = run_workflow(wf, home)  # its snapshot sees the files named with the secret
+    assert second.exit_code == 0
+    manifest = json.loads((second.run_dir / "snapshot.json").read_bytes())["files"]
+    assert "out/***.txt" in manifest
+    scanned = 0
+    for path in home.rglob("*"):
+        if path.is_file() and path.stat().st_size and "store" not in path.parts:
+            data = path.read_bytes()
+            for form in _forms(secret):
+                assert form not in data, (path, form)
+            scanned += 1
+    assert scanned >= 10
