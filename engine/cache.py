@@ -189,7 +189,11 @@ class ItemHooks:
         """Store the item's artifacts (and its cache entry); the events saying so."""
         if not self.active:
             return []
-        return await asyncio.to_thread(self._after, item, attempt, value, outcome)
+        try:
+            return await asyncio.to_thread(self._after, item, attempt, value, outcome)
+        except (OSError, ArtifactError) as exc:
+            # Its message names files, and becomes the item's error and signature.
+            raise ArtifactError(self.redactor.text(str(exc))) from None
 
     def _after(self, item: str, attempt: int, value: Any, outcome: AttemptOutcome) -> list[Event]:
         stored: list[StoredArtifact] = []

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from engine.classify import signature
 from engine.redact import Redactor, secret_forms
 from ledger import LedgerReader
 from ledger.events import ArtifactWritten, ItemFailed, LockAcquired
@@ -195,3 +196,29 @@ def test_secrets_in_item_values_ids_artifacts_and_snapshot_are_redacted(
                 assert form not in data, (path, form)
             scanned += 1
     assert scanned >= 10
+
+
+def test_an_artifact_error_naming_a_secret_is_redacted_before_its_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "lnk-4b1c'\"y"
+    monkeypatch.setenv("MY_TOKEN", secret)
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: outside
+        secrets: [MY_TOKEN]
+        map:
+          items: [a]
+          retry: {max_attempts: 1}
+          agent_template:
+            - run: mkdir -p out && ln -sf /etc/hostname "out/$MY_TOKEN"
+              artifacts: ["out/*"]
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    failed = records(result, "item.failed")[0].data
+    assert isinstance(failed, ItemFailed)
+    assert failed.error_type == "validation_failed" and "out/***" in failed.message
+    # The signature is of what is recorded: equal for every secret's value.
+    assert failed.signature == signature("validation_failed", failed.message)
