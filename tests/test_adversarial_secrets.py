@@ -4,11 +4,12 @@ Real engines (subprocesses) run workflows that push every secret through
 every channel a value can take: stdout and stderr, a JSON result (values and
 keys), a setup capture, a failing item's error and stderr tail, an
 ``on_failure`` step, item values and item ids from ``map.command``, artifact
-file names, the next run's workspace manifest, a resume's warning, a failing
-``map.command`` and a failing setup step (their errors on the terminal), a
-reduce step's output, and the command line (``--var``). The secrets are
-chosen to defeat naive redaction: quotes, backslashes, a newline, control
-characters, non-ASCII, shell and HTML metacharacters.
+file names, an artifact error naming a file, the next run's workspace
+manifest, a resume's warning, a failing ``map.command`` and a failing setup
+step (their errors on the terminal), a reduce step's output, and the command
+line (``--var``). The secrets are chosen to defeat naive redaction: quotes,
+backslashes, a newline, control characters, non-ASCII, shell and HTML
+metacharacters.
 
 Then every file under the home, and the output of every command that shows
 a run (status, runs, replay, stats, tail, query, dlq, audit), is searched
@@ -66,6 +67,11 @@ elif mode == "step":
     for name in FILE_SAFE:
         with open(f"out/{index}-{values[name]}.txt", "w") as f:
             f.write("artifact\n")
+    if index == 0:  # a file outside the workspace: an artifact error that names it
+        try:
+            os.symlink("/etc/hostname", f"out/0-{values['SEC_QUOTE']}.lnk")
+        except FileExistsError:
+            pass
     if index == len(NAMES):
         print("error: the server said no to " + " and ".join(values.values()), file=sys.stderr)
         sys.exit(3)
@@ -258,7 +264,7 @@ def test_no_secret_reaches_any_file_or_output(
     reports = home / "reports"
     reports.mkdir()
     dead_id = "fails"
-    assert json.loads(_cli(runner, home, "status", "a", "--json"))["dlq"] == 1
+    assert json.loads(_cli(runner, home, "status", "a", "--json"))["dlq"] == 2
     commands: list[list[str]] = [["runs", "--json"]]
     for rid in ("a", "b", "c"):
         commands += [
@@ -343,6 +349,7 @@ CHANNELS_FILE_SAFE = [
 ]
 CHANNELS_ONE = [
     "--var on the command line (lock, lock.acquired)",
+    "an artifact error naming a file (SEC_QUOTE, in a repr)",
     "failing map.command stderr on the terminal (SEC_QUOTE, SEC_UNI)",
     "failing setup step stderr (SEC_HTML, SEC_NL)",
 ]
@@ -350,4 +357,4 @@ CHANNELS_ONE = [
 
 def _vector_count() -> int:
     n = len(_secret_values("x"))
-    return n * len(CHANNELS_ALL) + len(FILE_SAFE) * len(CHANNELS_FILE_SAFE) + 5
+    return n * len(CHANNELS_ALL) + len(FILE_SAFE) * len(CHANNELS_FILE_SAFE) + 6
