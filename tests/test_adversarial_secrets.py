@@ -253,9 +253,7 @@ def test_no_secret_reaches_any_file_or_output(
     leaks.output("engine run next.yml", nxt.stdout, nxt.stderr)
     assert nxt.returncode != 0, nxt.stderr
     # 4. A setup step that fails with secrets on its stderr.
-    bad = _engine(
-        home, env, "run", "setup.yml", "--run-id", "c", "--var", var, "--no-progress", cwd=work
-    )
+    bad = _engine(home, env, "run", "setup.yml", "--run-id", "c", "--var", var, "--json", cwd=work)
     leaks.output("engine run setup.yml", bad.stdout, bad.stderr)
     assert bad.returncode == 1, bad.stderr
 
