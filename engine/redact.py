@@ -186,6 +186,16 @@ class Redactor:
                 items.append(redacted)
         return LoadedItems(items, duplicates)
 
+    def command_line(self, line: str) -> str:
+        """A command line given as text, redacted word by word when a word holds a secret."""
+        try:
+            words = shlex.split(line)
+        except ValueError:  # unbalanced quotes: not a shell line
+            return self.text(line)
+        if any(self.contains(word) for word in words):
+            return self.command(words)
+        return self.text(line)
+
     def event(self, event: E) -> E:
         """``event`` with every string of its data redacted (itself when none holds a secret).
 

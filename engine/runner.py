@@ -152,7 +152,7 @@ class _Run:
         if options.argv is not None:
             options.command = self.redactor.command(options.argv)
         else:
-            options.command = self.redactor.text(options.command)
+            options.command = self.redactor.command_line(options.command)
         self.context: dict[str, Any] = {"env": self.env, "run": {"id": self.run_id}}
         self.writer: LedgerWriter | None = None
         self.output: list[str] = []

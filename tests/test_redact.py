@@ -55,6 +55,14 @@ def test_command_redacts_each_word_before_joining() -> None:
     assert r.text(shlex.join(["--var", f"TOKEN={QUOTED}"])) != "--var TOKEN=***"
 
 
+def test_a_command_line_given_as_text_is_redacted_word_by_word() -> None:
+    r = Redactor([QUOTED])
+    line = shlex.join(["engine", "run", "--var", f"TOKEN={QUOTED}"])
+    assert shlex.split(r.command_line(line)) == ["engine", "run", "--var", "TOKEN=***"]
+    assert r.command_line("engine run 'unbalanced") == "engine run 'unbalanced"
+    assert r.command_line("engine  run x") == "engine  run x"  # no secret: as given
+
+
 def test_event_redaction_keeps_what_holds_no_secret() -> None:
     r = Redactor(["s3cret"])
     plain = ArtifactWritten(item="a", attempt=1, path="out/a.txt", sha256="sha256:00", size=1)
