@@ -28,6 +28,7 @@ may not reference a secret at all (:func:`secret_template_problems`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from engine.items import LoadedItems, WorkItem
+from engine.items import LoadedItems, WorkItem, canonical_json
 from engine.template import template_variables
 from ledger.errors import EngineError
 
@@ -170,6 +171,7 @@ class Redactor:
 
         A redacted id is the item's identity from then on: two items whose ids
         differ only in a secret get one id, and the later one is a duplicate.
+        A default id (the hash of the value) is the hash of the redacted value.
         """
         if not self:
             return loaded
@@ -178,7 +180,11 @@ class Redactor:
         duplicates: list[tuple[WorkItem, int]] = []
         first: dict[str, int] = {}
         for index, work in sorted(every, key=lambda pair: pair[0]):
-            redacted = WorkItem(self.text(work.id), index, self.value(work.value))
+            value = self.value(work.value)
+            ident = self.text(work.id)
+            if value != work.value and work.id == _default_id(work.value):
+                ident = _default_id(value)  # the hash of the value as recorded
+            redacted = WorkItem(ident, index, value)
             if redacted.id in first:
                 duplicates.append((redacted, first[redacted.id]))
             else:
@@ -211,6 +217,10 @@ class Redactor:
             if name not in ENGINE_FIELDS:
                 data[name] = self.value(value)
         return msgspec.convert(data, type(event))
+
+
+def _default_id(value: Any) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
 
 
 def secret_template_problems(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -12,6 +13,7 @@ import msgspec
 import pytest
 
 from engine.classify import signature
+from engine.items import canonical_json
 from engine.redact import Redactor, secret_forms
 from ledger import LedgerReader
 from ledger.events import ArtifactWritten, ItemFailed, LockAcquired
@@ -230,3 +232,26 @@ def test_an_artifact_error_naming_a_secret_is_redacted_before_its_signature(
     assert failed.error_type == "validation_failed" and "out/***" in failed.message
     # The signature is of what is recorded: equal for every secret's value.
     assert failed.signature == signature("validation_failed", failed.message)
+
+
+def test_default_ids_are_hashes_of_the_redacted_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_TOKEN", "hash-5e6f")
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: hashed
+        secrets: [MY_TOKEN]
+        map:
+          command: 'printf "%s\\n" "x-$MY_TOKEN" "x-***" "y"'
+          agent_template:
+            - run: "true"
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    enqueued = {r.data.item: r.data.value for r in records(result, "item.enqueued")}
+    assert sorted(enqueued.values()) == ["x-***", "y"]
+    for item, value in enqueued.items():
+        assert item == "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
+    assert len(records(result, "item.duplicate")) == 1
