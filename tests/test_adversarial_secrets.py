@@ -221,6 +221,7 @@ def workspace(tmp_path: Path) -> Iterator[tuple[Path, Path, dict[str, str], dict
 
 def test_no_secret_reaches_any_file_or_output(
     workspace: tuple[Path, Path, dict[str, str], dict[str, str]],
+    request: pytest.FixtureRequest,
 ) -> None:
     work, home, env, secrets = workspace
     leaks = Leaks(secrets)
@@ -307,16 +308,29 @@ def test_no_secret_reaches_any_file_or_output(
     leaks.scan_tree(home)
     vectors = _vector_count()
     forms = sum(len(f) for f in leaks.forms.values())
-    print(
-        f"\nsecret-leak vectors: {vectors} ({len(secrets)} secrets x channels), "
+    counts = (
+        f"secret-leak vectors: {vectors} ({len(secrets)} secrets x channels), "
         f"forms searched: {forms}, files scanned: {leaks.files}, "
         f"command outputs scanned: {leaks.outputs}, leaks: {len(leaks.found)}"
     )
+    _report(request, counts)
     assert leaks.files >= 40 and leaks.outputs >= 50
     assert not leaks.found, "\n".join(leaks.found[:40])
     # What was said is still said, with the secrets masked.
     assert b"cannot list: *** ***" in nxt.stderr, nxt.stderr
     assert b"login failed for ***" in bad.stdout + bad.stderr
+
+
+def _report(request: pytest.FixtureRequest, line: str) -> None:
+    """A line in the output of pytest, also when output is captured."""
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n{line}")
 
 
 def _cli(runner: CliRunner, home: Path, *args: str) -> str:
