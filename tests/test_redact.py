@@ -15,7 +15,7 @@ import pytest
 from engine.classify import signature
 from engine.items import canonical_json
 from engine.redact import Redactor, secret_forms
-from ledger import LedgerReader
+from ledger import LedgerReader, LedgerWriter, verify_ledger
 from ledger.events import ArtifactWritten, ItemFailed, LockAcquired
 from tests.conftest import ENGINE
 from tests.engine_helpers import records, run_workflow, write_workflow
@@ -85,6 +85,24 @@ def test_event_redaction_leaves_engine_vocabulary_valid() -> None:
     out = r.event(event)
     assert out.error_type == "timeout" and out.message == "*** after 3s"
     msgspec.json.decode(msgspec.json.encode(out), type=ItemFailed)
+
+
+def test_the_writer_redacts_before_hashing(tmp_path: Path) -> None:
+    redactor = Redactor(["s3cret"])
+    writer = LedgerWriter.open(
+        tmp_path / "r", "r", create=True, command="engine --var T=s3cret", redact=redactor.event
+    )
+    with writer:
+        record = writer.append(
+            ItemFailed(item="a-s3cret", attempt=1, error_type="command_failed", signature="x")
+        )
+    assert record.data.item == "a-***"  # what the live projections are given
+    path = tmp_path / "r" / "ledger.ndjson"
+    assert b"s3cret" not in path.read_bytes()
+    assert verify_ledger(path).records == 2  # lock.acquired (redacted too) and item.failed
+    assert [r.data.item for r in LedgerReader(path).records() if r.type == "item.failed"] == [
+        "a-***"
+    ]
 
 
 # --- regressions ----------------------------------------------------------------------
