@@ -95,8 +95,12 @@ def _secret_values(tag: str) -> dict[str, str]:
         "SEC_SHELL": f"$(id);`id`|&*?[x]${{HOME}}-{tag}f",
         "SEC_HTML": f"<b>&amp;'x'</b>-{tag}g",
         "VAR_TOK": f"v'a r\"$x|{tag}h",
+        "VAR_NL": f"--v\\ar\nnl=ü '\"-{tag}i",
     }
 
+
+GIVEN = ["VAR_TOK", "VAR_NL"]
+"""Secrets given with --var (the others come from the environment)."""
 
 FILE_SAFE = ["SEC_QUOTE", "SEC_BSL", "SEC_UNI", "SEC_SHELL", "VAR_TOK"]
 """Secrets that can be part of a file name (no slash, no control character)."""
@@ -205,8 +209,8 @@ def workspace(tmp_path: Path) -> Iterator[tuple[Path, Path, dict[str, str], dict
     tag = _secrets.token_hex(4)
     secrets = _secret_values(tag)
     names = sorted(secrets)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEC_", "VAR_TOK"))}
-    env.update({k: v for k, v in secrets.items() if k != "VAR_TOK"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEC_", "VAR_"))}
+    env.update({k: v for k, v in secrets.items() if k not in GIVEN})
     env["LEAK_NAMES"] = json.dumps(names)
     env["LEAK_FILE_SAFE"] = json.dumps(FILE_SAFE)
     work = tmp_path / "work"
@@ -225,12 +229,11 @@ def test_no_secret_reaches_any_file_or_output(
 ) -> None:
     work, home, env, secrets = workspace
     leaks = Leaks(secrets)
-    var = f"VAR_TOK={secrets['VAR_TOK']}"
+    given = {name: secrets[name] for name in GIVEN}
+    var = [a for name, value in given.items() for a in ("--var", f"{name}={value}")]
 
     # 1. The run: every channel, one item dead-lettered.
-    run = _engine(
-        home, env, "run", "wf.yml", "--run-id", "a", "--var", var, "--no-progress", cwd=work
-    )
+    run = _engine(home, env, "run", "wf.yml", "--run-id", "a", *var, "--no-progress", cwd=work)
     leaks.output("engine run", run.stdout, run.stderr)
     assert run.returncode == 1, run.stderr.decode(errors="replace")
     # 2. A resume of it: the workspace changed (artifacts named with secrets).
@@ -238,7 +241,7 @@ def test_no_secret_reaches_any_file_or_output(
     # a run knows only the secrets it is given.
     resume = _engine(
         home,
-        {**env, "VAR_TOK": secrets["VAR_TOK"]},
+        {**env, **given},
         "resume",
         "a",
         "--include-dlq",
@@ -248,13 +251,11 @@ def test_no_secret_reaches_any_file_or_output(
     leaks.output("engine resume", resume.stdout, resume.stderr)
     assert resume.returncode == 1 and b"workspace changed" in resume.stderr, resume.stderr
     # 3. The next run's snapshot sees those files; its map.command fails loudly.
-    nxt = _engine(
-        home, env, "run", "next.yml", "--run-id", "b", "--var", var, "--no-progress", cwd=work
-    )
+    nxt = _engine(home, env, "run", "next.yml", "--run-id", "b", *var, "--no-progress", cwd=work)
     leaks.output("engine run next.yml", nxt.stdout, nxt.stderr)
     assert nxt.returncode != 0, nxt.stderr
     # 4. A setup step that fails with secrets on its stderr.
-    bad = _engine(home, env, "run", "setup.yml", "--run-id", "c", "--var", var, "--json", cwd=work)
+    bad = _engine(home, env, "run", "setup.yml", "--run-id", "c", *var, "--json", cwd=work)
     leaks.output("engine run setup.yml", bad.stdout, bad.stderr)
     assert bad.returncode == 1, bad.stderr
 
@@ -360,7 +361,7 @@ CHANNELS_FILE_SAFE = [
     "resume warning about the workspace",
 ]
 CHANNELS_ONE = [
-    "--var on the command line (lock, lock.acquired)",
+    "--var on the command line (lock, lock.acquired), two secrets",
     "an artifact error naming a file (SEC_QUOTE, in a repr)",
     "failing map.command stderr on the terminal (SEC_QUOTE, SEC_UNI)",
     "failing setup step stderr (SEC_HTML, SEC_NL)",
@@ -369,4 +370,4 @@ CHANNELS_ONE = [
 
 def _vector_count() -> int:
     n = len(_secret_values("x"))
-    return n * len(CHANNELS_ALL) + len(FILE_SAFE) * len(CHANNELS_FILE_SAFE) + 6
+    return n * len(CHANNELS_ALL) + len(FILE_SAFE) * len(CHANNELS_FILE_SAFE) + 7
