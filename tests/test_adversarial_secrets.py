@@ -69,7 +69,7 @@ elif mode == "step":
             f.write("artifact\n")
     if index == 0:  # a file outside the workspace: an artifact error that names it
         try:
-            os.symlink("/etc/hostname", f"out/0-{values['SEC_QUOTE']}.lnk")
+            os.symlink("../../outside.txt", f"out/0-{values['SEC_QUOTE']}.lnk")
         except FileExistsError:
             pass
     if index == len(NAMES):
@@ -216,6 +216,7 @@ def workspace(tmp_path: Path) -> Iterator[tuple[Path, Path, dict[str, str], dict
     work = tmp_path / "work"
     work.mkdir()
     (work / "leak.py").write_text(LEAK_SCRIPT)
+    (tmp_path / "outside.txt").write_text("not in the workspace\n")
     listed = json.dumps(names)
     (work / "wf.yml").write_text(WORKFLOW.format(names=listed, py=sys.executable))
     (work / "next.yml").write_text(NEXT.format(names=listed))

@@ -232,7 +232,7 @@ def test_an_artifact_error_naming_a_secret_is_redacted_before_its_signature(
     secret = "lnk-4b1c'\"y"
     monkeypatch.setenv("MY_TOKEN", secret)
     wf = write_workflow(
-        tmp_path,
+        tmp_path / "work",
         """
         name: outside
         secrets: [MY_TOKEN]
@@ -240,10 +240,11 @@ def test_an_artifact_error_naming_a_secret_is_redacted_before_its_signature(
           items: [a]
           retry: {max_attempts: 1}
           agent_template:
-            - run: mkdir -p out && ln -sf /etc/hostname "out/$MY_TOKEN"
+            - run: mkdir -p out && ln -sf ../../outside.txt "out/$MY_TOKEN"
               artifacts: ["out/*"]
         """,
     )
+    (tmp_path / "outside.txt").write_text("not in the workspace\n")  # beside the workspace
     result = run_workflow(wf, tmp_path / "home")
     failed = records(result, "item.failed")[0].data
     assert isinstance(failed, ItemFailed)
