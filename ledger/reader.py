@@ -2,15 +2,18 @@
 
 The reader never modifies the file. It reads in bounded chunks, checks each
 line (fixed-width hash suffix, hash chain, typed decode, seq), and stops at
-the first invalid line. What follows decides what that line is:
+the first invalid line. That line and what follows it decide what it is:
 
-* a **torn tail**: the invalid line and everything after it are incomplete
-  or malformed (a write the crash cut short). Readers stop before it and
-  report it; the writer moves it aside on open (see :mod:`ledger.writer`).
-* **corruption**: the invalid line is itself a well-formed record that fails
-  the chain or the sequence, or a well-formed record follows it. A torn write
-  cannot produce either, so the file was changed after it was written:
-  :class:`~ledger.errors.LedgerCorrupt` names the seq and byte offset.
+* a **torn tail**: what a crash can leave after the last record the writer
+  finished, and nothing else: a last line cut short (no newline, and not a
+  complete record with a wrong hash), or a zero-filled run reaching the end
+  of the file. Readers stop before it and report it; the writer moves it
+  aside on open (see :mod:`ledger.writer`).
+* **corruption**: anything else, above all a complete line (newline and
+  all) that is not the valid next record, or a last line that has the full
+  hash suffix but a wrong hash. A crash cannot produce either, so the file
+  was changed after it was written: :class:`~ledger.errors.LedgerCorrupt`
+  names the seq and byte offset.
 """
 
 from __future__ import annotations
@@ -181,16 +184,24 @@ class LedgerReader:
                 yield offset, line, record
                 offset += len(line) + 1
 
-    def verify(self, *, end: int | None = None) -> ScanResult:
-        """Check the chain and sequence without decoding JSON.
+    def verify(self, *, end: int | None = None, decode: bool = True) -> ScanResult:
+        """Check the sequence and the hash chain, and that every record decodes.
 
-        ``end`` (a line boundary) stops the pass there instead of at the end
-        of the file; classifying an invalid line still reads past it.
+        The chain is checked on the raw bytes (no JSON parsing); ``decode``
+        also decodes each record with the typed decoder, as every other
+        reader does, so that a record with a recomputed hash but an unknown
+        ``type`` or wrongly typed ``data`` is refused here too. Only a pass
+        whose records are decoded elsewhere (replay's parallel chain check)
+        turns it off. ``end`` (a line boundary) stops the pass there instead
+        of at the end of the file; classifying an invalid line still reads
+        past it.
         """
         prev, seq, offset, _ = self._origin()
         new_hash = sha256
+        decode_line = record_decoder.decode if decode else None
         seq_prefix = SEQ_PREFIX + b"%d,"
         limit = None if end is None else end - offset
+        bad: bytes | None = None
         with open(self.path, "rb") as f:
             f.seek(offset)
             source = _Lines(f, self.chunk_size, limit)
@@ -199,29 +210,28 @@ class LedgerReader:
                     assert line is not None
                     digest = line[-66:-2]
                     if line[-75:-66] != HASH_PREFIX or not line.startswith(seq_prefix % seq):
+                        bad = line
                         break
                     h = new_hash(prev)
                     h.update(line[:-75])
                     if h.hexdigest().encode() != digest or line[-2:] != HASH_END:
+                        bad = line
                         break
+                    if decode_line is not None:
+                        try:
+                            decode_line(line)
+                        except _DECODE_ERRORS:
+                            bad = line
+                            break
                     prev = digest
                     offset += len(line) + 1
                     seq += 1
                 else:
                     continue
                 break
-            else:
-                if not source.overlong:
-                    rest = source.rest
-                    torn = (
-                        TornTail(offset, len(rest), seq, "incomplete last line (no newline)")
-                        if rest
-                        else None
-                    )
-                    self.result = ScanResult(seq, prev, offset, offset + len(rest), torn)
-                    return self.result
-        bad = self._classify_suffix(offset, seq, prev)
-        self.result = ScanResult(seq, prev, offset, offset + bad.length, bad)
+        torn = self._judge_suffix(offset, seq, prev, bad=bad, source=source)
+        size = offset + (0 if torn is None else torn.length)
+        self.result = ScanResult(seq, prev, offset, size, torn)
         return self.result
 
     # --- the scan ---------------------------------------------------------
@@ -244,6 +254,7 @@ class LedgerReader:
             f.seek(offset)
             source = _Lines(f, self.chunk_size, None if end is None else end - offset)
             failed = False
+            bad: bytes | None = None
             for chunk_lines in source:
                 lines: list[bytes] = chunk_lines  # type: ignore[assignment]  # no None here
                 start = offset
@@ -296,21 +307,14 @@ class LedgerReader:
                     last_ts = records[-1].ts
                     yield records, lines, start
                 if failed:
+                    bad = lines[n]
                     break
                 if until is not None and seq > until:
                     self.result = ScanResult(seq, prev, offset, offset, None, last_ts)
                     return
-            if failed or source.overlong:
-                torn = self._classify_suffix(offset, seq, prev)
-                self.result = ScanResult(seq, prev, offset, offset + torn.length, torn, last_ts)
-                return
-            rest = source.rest
-            tail = (
-                TornTail(offset, len(rest), seq, "incomplete last line (no newline)")
-                if rest
-                else None
-            )
-            self.result = ScanResult(seq, prev, offset, offset + len(rest), tail, last_ts)
+        torn = self._judge_suffix(offset, seq, prev, bad=bad, source=source)
+        size = offset + (0 if torn is None else torn.length)
+        self.result = ScanResult(seq, prev, offset, size, torn, last_ts)
 
     def _origin(self) -> tuple[bytes, int, int, str | None]:
         start = self._start
@@ -318,59 +322,98 @@ class LedgerReader:
             return GENESIS_HASH, 0, 0, None
         return start.last_hash, start.records, start.end_offset, start.last_ts
 
-    def _classify_suffix(self, offset: int, seq: int, prev: bytes) -> TornTail:
-        """Classify the suffix that starts at ``offset``: torn tail or corruption.
+    def _judge_suffix(
+        self, offset: int, seq: int, prev: bytes, *, bad: bytes | None, source: _Lines
+    ) -> TornTail | None:
+        """Judge what follows the last valid record: nothing, a torn tail, or corruption.
 
-        A crash can leave a last line without its newline, or blocks of
-        zeros where data never reached the disk; it cannot leave a complete
-        line of other bytes, nor a well-formed record after a bad one.
+        ``bad`` is the first invalid complete line (without its newline), if
+        the pass stopped at one; otherwise ``source`` says whether the file
+        ends with an unterminated line (``rest``) or a line longer than any
+        record (``overlong``). A crash can leave a last line cut short or
+        zero-filled blocks; it cannot complete a line it did not write, nor
+        write a full hash suffix over the wrong bytes. Raises LedgerCorrupt.
         """
+        if bad is not None:
+            if bad.strip(b"\x00"):
+                raise LedgerCorrupt(
+                    self.path, seq=seq, offset=offset, reason=_diagnose(bad, seq, prev)
+                )
+            return self._zero_tail(offset, seq, prev, _ZERO_LINE)
+        if source.overlong:
+            return self._zero_tail(offset, seq, prev, "a line longer than any record")
+        rest = source.rest
+        if not rest:
+            return None
+        return self._unterminated(offset, seq, prev, rest, len(rest))
+
+    def _unterminated(
+        self, offset: int, seq: int, prev: bytes, tail: bytes, length: int
+    ) -> TornTail:
+        """Judge a last line without a newline (``tail``; ``length`` bytes to the end)."""
+        cut = tail.rstrip(b"\x00")
+        if not cut:
+            return TornTail(offset, length, seq, "zero-filled tail")
+        reason = ""
+        if split_line(cut) is not None:  # a whole record but for its newline
+            reason = _diagnose(cut, seq, prev)
+            if reason == _VALID:
+                return TornTail(offset, length, seq, "last record without its newline")
+        elif split_line(cut[:-1]) is not None:  # a whole record, its newline replaced
+            reason = _diagnose(cut[:-1], seq, prev)
+            if reason == _VALID:
+                reason = "the record's newline was replaced"
+        if reason:
+            raise LedgerCorrupt(self.path, seq=seq, offset=offset, reason=reason)
+        return TornTail(offset, length, seq, "incomplete last line (no newline)")
+
+    def _zero_tail(self, offset: int, seq: int, prev: bytes, reason: str) -> TornTail:
+        """Judge the suffix at ``offset`` when it does not start with a record.
+
+        It is torn when it is zeros (and newlines) to the end of the file, or
+        one unterminated line of a record's length at most followed by zeros;
+        anything else is corruption (``reason`` says what is wrong).
+        """
+        length = 0
+        newline = other = False
+        cut = 0  # bytes up to the last non-zero one
         with open(self.path, "rb") as g:
             g.seek(offset)
-            first = True
-            reason = ""
-            pos = offset
-            source = _Lines(g, self.chunk_size, None, skip_overlong=True)
-            for lines in source:
+            while chunk := g.read(self.chunk_size):
+                newline = newline or b"\n" in chunk
+                if chunk.translate(None, b"\x00\n"):
+                    other = True
+                    cut = length + len(chunk.rstrip(b"\x00"))
+                length += len(chunk)
+            if other and not newline and cut <= _MAX_LINE:
+                g.seek(offset)
+                return self._unterminated(offset, seq, prev, g.read(cut), length)
+        if other:
+            found = self._next_record(offset)
+            if found is not None:
+                reason += f"; a valid record follows at byte offset {found}"
+            elif reason == _ZERO_LINE:
+                reason += " followed by other bytes (a torn write leaves only zeros after it)"
+            raise LedgerCorrupt(self.path, seq=seq, offset=offset, reason=reason)
+        return TornTail(offset, length, seq, "zero-filled tail")
+
+    def _next_record(self, offset: int) -> int | None:
+        """The byte offset of the first well-formed record after ``offset`` (slow path)."""
+        pos = offset
+        with open(self.path, "rb") as g:
+            g.seek(offset)
+            for lines in _Lines(g, self.chunk_size, None, skip_overlong=True):
                 for line in lines:
-                    if first:
-                        first = False
-                        if line is None:
-                            reason = "a line longer than any record"
-                        else:
-                            reason = _diagnose(line, seq, prev)
-                            if _well_formed(line) or _complete_garbage(line):
-                                raise LedgerCorrupt(
-                                    self.path, seq=seq, offset=offset, reason=reason
-                                )
-                    elif line is not None and _well_formed(line):
-                        raise LedgerCorrupt(
-                            self.path,
-                            seq=seq,
-                            offset=offset,
-                            reason=f"{reason}; a valid record follows at byte offset {pos}",
-                        )
+                    if line is not None and pos > offset and split_line(line) is not None:
+                        with contextlib.suppress(*_DECODE_ERRORS):
+                            record_decoder.decode(line)
+                            return pos
                     pos += (len(line) if line is not None else 0) + 1
-            end = pos + len(source.rest)
-            if first:
-                reason = "incomplete last line (no newline)"
-        return TornTail(offset, end - offset, seq, reason)
+        return None
 
 
-def _complete_garbage(line: bytes) -> bool:
-    """A whole line (newline and all) that no crash could have produced."""
-    return b"\x00" not in line and bool(line.strip())
-
-
-def _well_formed(line: bytes) -> bool:
-    """Whether ``line`` is a complete record that decodes (chain unchecked)."""
-    if split_line(line) is None:
-        return False
-    try:
-        record_decoder.decode(line)
-    except _DECODE_ERRORS:
-        return False
-    return True
+_VALID = "valid record"
+_ZERO_LINE = "a zero-filled line"
 
 
 def _diagnose(line: bytes, seq: int, prev: bytes) -> str:
@@ -393,16 +436,18 @@ def _diagnose(line: bytes, seq: int, prev: bytes) -> str:
         record_decoder.decode(line)
     except _DECODE_ERRORS as exc:
         return f"record does not decode: {exc}"
-    return "invalid record"
+    return _VALID
 
 
 def verify_ledger(path: str | os.PathLike[str], *, parallel: bool = True) -> ScanResult:
-    """Check a ledger's chain and sequence; raise LedgerCorrupt if broken.
+    """Check a ledger's sequence, chain and records; raise LedgerCorrupt if broken.
 
-    A large ledger is checked in two halves at once (this process and a
-    forked child), which the chain allows: each line carries the hash it
-    continues from, so the second half starts from the hash written in the
-    last line of the first, and the first half's pass checks that line.
+    Every record is also decoded with the typed decoder, so what passes here
+    is what every other command reads. A large ledger is checked in two
+    halves at once (this process and a forked child), which the chain
+    allows: each line carries the hash it continues from, so the second half
+    starts from the hash written in the last line of the first, and the
+    first half's pass checks that line.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -459,15 +504,21 @@ class BackgroundVerify:
     """
 
     def __init__(
-        self, path: str, *, start: ScanResult | None = None, end: int | None = None
+        self,
+        path: str,
+        *,
+        start: ScanResult | None = None,
+        end: int | None = None,
+        decode: bool = True,
     ) -> None:
+        """``decode=False``: the chain only (the caller decodes every record itself)."""
         self.path = path
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child; its result arrives by pipe
             os.close(read_end)
             try:
-                result = LedgerReader(path, start=start).verify(end=end)
+                result = LedgerReader(path, start=start).verify(end=end, decode=decode)
                 torn = result.torn
                 message: dict[str, object] = {
                     "records": result.records,

@@ -155,7 +155,7 @@ def replay(
     if verify and until is None and can_verify_in_background(path):
         # Both passes stop at the same byte, even if a writer is appending.
         end = os.path.getsize(path)
-        background = BackgroundVerify(os.fspath(path), end=end)
+        background = BackgroundVerify(os.fspath(path), end=end, decode=False)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # projections hold no cycles; collector passes only cost time
     try:

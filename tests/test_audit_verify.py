@@ -111,3 +111,112 @@ def test_missing_ledger_is_bad_input(tmp_path: Path) -> None:
     proc = _verify(tmp_path / "nope.ndjson")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def _every_change_of_one_byte(line: bytes) -> list[tuple[int, bytes]]:
+    """(position, replacement) pairs covering every byte of ``line`` with hostile values."""
+    out: list[tuple[int, bytes]] = []
+    for pos in range(len(line)):
+        for replacement in (b"\x00", b"\n", b"x"):
+            if line[pos : pos + 1] != replacement:
+                out.append((pos, replacement))
+    return out
+
+
+def test_one_changed_byte_in_the_last_record_is_never_a_torn_tail(tmp_path: Path) -> None:
+    """A NUL, a newline or any other byte written into the last complete record is
+    corruption (its seq named), never a torn tail to be moved aside; the one
+    exception is its newline turned into a zero, which is exactly the shape of a
+    write cut short before its newline (and the record is intact)."""
+    from ledger import LedgerCorrupt, verify_ledger
+
+    last = len(LINES) - 1
+    start = _offset(LINES, last)
+    path = tmp_path / "ledger.ndjson"
+    torn: list[tuple[int, bytes]] = []
+    for pos, replacement in _every_change_of_one_byte(LINES[-1]):
+        line = LINES[-1][:pos] + replacement + LINES[-1][pos + 1 :]
+        path.write_bytes(b"".join(LINES[:-1]) + line)
+        try:
+            result = verify_ledger(path)
+        except LedgerCorrupt as exc:
+            assert (exc.seq, exc.offset) == (last, start), (pos, replacement, exc)
+            continue
+        assert result.torn is not None, (pos, replacement)
+        torn.append((pos, replacement))
+    assert torn == [(len(LINES[-1]) - 1, b"\x00")]
+
+
+@pytest.mark.parametrize("replacement", [b"\x00", b"\n", b"x"])
+def test_changed_byte_in_the_last_record_exits_1_naming_it(
+    tmp_path: Path, replacement: bytes
+) -> None:
+    line = LINES[-1]
+    pos = line.index(b'"data":') + 10
+    path = tmp_path / "ledger.ndjson"
+    path.write_bytes(b"".join(LINES[:-1]) + line[:pos] + replacement + line[pos + 1 :])
+    proc = _verify(path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"seq {len(LINES) - 1} at byte offset {_offset(LINES, len(LINES) - 1)}" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def _rechain(lines: list[bytes]) -> list[bytes]:
+    """The same records with every hash recomputed (what a forger would do)."""
+    from ledger.codec import GENESIS_HASH, line_hash
+
+    prev = GENESIS_HASH
+    out = []
+    for line in lines:
+        body = line[:-76]
+        digest = line_hash(prev, body)
+        out.append(body + b',"hash":"' + digest + b'"}\n')
+        prev = digest
+    return out
+
+
+@pytest.mark.parametrize(
+    ("where", "old", "new"),
+    [
+        ("middle", b'"type":"item.', b'"type":"item.bogus_'),  # an unknown type
+        ("middle", b'"attempt":1', b'"attempt":"one"'),  # data of the wrong type
+        ("last", b'"type":"run.completed"', b'"type":"run.finished"'),
+        ("last", b'"succeeded":3', b'"succeeded":[3]'),
+    ],
+)
+def test_verify_decodes_what_it_verifies(
+    tmp_path: Path, where: str, old: bytes, new: bytes
+) -> None:
+    """A record with a correct seq and recomputed hash that no other command would
+    read is not "chain intact"."""
+    lines = list(LINES)
+    index = len(lines) - 1
+    if where == "middle":
+        index = next(i for i in range(MIDDLE, len(lines)) if old in lines[i])
+    assert old in lines[index]
+    lines[index] = lines[index].replace(old, new, 1)
+    path = tmp_path / "ledger.ndjson"
+    path.write_bytes(b"".join(_rechain(lines)))
+    proc = _verify(path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"seq {index} at byte offset {_offset(LINES, index)}" in proc.stderr
+    assert "does not decode" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_verify_decodes_in_both_halves_of_a_parallel_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger import LedgerCorrupt, verify_ledger
+    from ledger import reader as reader_module
+
+    monkeypatch.setattr(reader_module, "PARALLEL_VERIFY_BYTES", 1)
+    lines = list(LINES)
+    index = len(lines) - 2  # in the second half, checked by the forked child
+    lines[index] = lines[index].replace(b'"type":"', b'"type":"bogus.', 1)
+    path = tmp_path / "ledger.ndjson"
+    path.write_bytes(b"".join(_rechain(lines)))
+    assert reader_module._split_point(str(path)) is not None
+    with pytest.raises(LedgerCorrupt) as info:
+        verify_ledger(path)
+    assert info.value.seq == index and "does not decode" in info.value.reason

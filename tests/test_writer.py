@@ -180,7 +180,7 @@ def test_zero_filled_tail_is_torn_not_corrupt(tmp_path: Path) -> None:
     path.write_bytes(good + b"\x00" * 300 + b"\n" + b"\x00" * 40)
     result = verify_ledger(path)
     assert result.torn is not None and result.torn.offset == len(good)
-    assert result.torn.reason == "blank or zero-filled line"
+    assert result.torn.reason == "zero-filled tail"
     with LedgerWriter.open(run_dir, "r") as w:
         w.append(ItemEnqueued(item="b", index=1))
     assert verify_ledger(path).records == 5
@@ -191,3 +191,34 @@ def test_appends_after_close_are_refused(tmp_path: Path) -> None:
     w.close()
     with pytest.raises(Exception, match="writer is closed"):
         w.append(ItemEnqueued(item="a", index=0))
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b'"item":"b"', b'"item":"\x00"'),  # one changed byte: not a torn tail
+        (b'"type":"item.enqueued"', b'"type":"item.unheard"'),  # hash recomputed below
+    ],
+)
+def test_open_refuses_a_changed_last_record_and_leaves_the_file(
+    tmp_path: Path, old: bytes, new: bytes
+) -> None:
+    from ledger.codec import line_hash
+
+    run_dir = tmp_path / "r"
+    with LedgerWriter.open(run_dir, "r", create=True) as w:
+        w.append_many([ItemEnqueued(item="a", index=0), ItemEnqueued(item="b", index=1)])
+    path = run_dir / "ledger.ndjson"
+    lines = path.read_bytes().splitlines(keepends=True)
+    changed = lines[-1].replace(old, new)
+    if b"unheard" in new:  # a forger recomputes the hash: the chain holds, the type does not
+        body = changed[:-76]
+        changed = body + b',"hash":"' + line_hash(lines[-2][-67:-3], body) + b'"}\n'
+    data = b"".join(lines[:-1]) + changed
+    path.write_bytes(data)
+    with pytest.raises(LedgerCorrupt) as info:
+        LedgerWriter.open(run_dir, "r")
+    assert info.value.seq == len(lines) - 1
+    assert info.value.offset == len(b"".join(lines[:-1]))
+    assert path.read_bytes() == data
+    assert not list(run_dir.glob("ledger.ndjson.torn-*"))
