@@ -185,11 +185,13 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def audit_verify(obj: Context, run: str, as_json: bool) -> None:
-    """Check a ledger's hash chain and sequence.
+    """Check a ledger's hash chain, sequence and records.
 
     RUN is a run id, `latest`, or a path to a run directory or ledger file.
-    Exit 0 when intact (a torn tail is a warning); 1 on corruption or
-    tampering, naming the first bad seq and its byte offset.
+    Every record is also decoded as every other command reads it (a known
+    type, data of the right types). Exit 0 when intact (a torn tail is a
+    warning); 1 on corruption or tampering, naming the first bad seq and
+    its byte offset.
     """
     ref = obj.run(run)
     try:
