@@ -1,22 +1,19 @@
-"""The run's writer lock: an OS ``flock`` on ``<run-dir>/lock``.
+"""The run's writer lock: an OS ``flock`` on the run directory itself.
 
-The lock file holds the holder's pid, host, command and start time (JSON), so
-a refused second writer can say who holds the run. An OS lock dies with its
-process, so a crashed holder never leaves a stale lock behind.
+The lock is taken on the directory ``<run-dir>/`` (opened read-only), not on
+a file in it: a directory cannot be unlinked from under its holder while it
+holds anything, and deleting or replacing any file in it (the ``lock`` file
+included) changes nothing about who holds the run. Two writers can only
+both hold "the lock of a run directory" if they hold two different
+directories, and the writer also locks the ledger file's own inode (see
+:mod:`ledger.writer`), so two writers never append to one ledger.
 
-The holder's details are written through :func:`ledger.atomic.atomic_write`,
-which replaces the file (a new inode). That is safe because of one
-invariant: *the inode at the path is locked by whoever holds the run*.
-
-1. To acquire, open the path, ``flock`` it without blocking, and check the
-   locked descriptor still is the inode at the path (it may have been
-   replaced in between); if not, try again.
-2. Holding that inode, write the new details to a temporary file, lock the
-   temporary file, and only then rename it over the path. The old inode is
-   released after the rename.
-
-A contender either finds the current inode locked, or locks a replaced one
-and sees the mismatch in step 1.
+``<run-dir>/lock`` is only the holder's business card: its pid, host,
+command and start time (JSON), written atomically after the lock is taken,
+so that a refused second writer can say who holds the run. When that file
+is gone or stale, the holder is read from ``/proc/locks`` instead. An OS
+lock dies with its process, so a crashed holder never leaves a stale lock
+behind.
 """
 
 from __future__ import annotations
@@ -31,10 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ledger.atomic import FILE_MODE, atomic_write
-from ledger.errors import LedgerLocked
+from ledger.atomic import atomic_write
+from ledger.errors import LedgerError, LedgerLocked
 
-__all__ = ["LOCK_NAME", "RunLock", "read_holder"]
+__all__ = ["LOCK_NAME", "RunLock", "lock_fd", "read_holder", "who_holds"]
 
 LOCK_NAME = "lock"
 
@@ -53,8 +50,8 @@ def read_holder(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
-def _held_per_proc_locks(path: Path) -> bool | None:
-    """Whether an flock is held on ``path``'s inode per /proc/locks; None if unknown."""
+def _flock_holders(path: str | os.PathLike[str]) -> list[int] | None:
+    """Pids holding an flock on ``path``'s inode per /proc/locks; None if unknown."""
     try:
         st = os.stat(path)
         with open("/proc/locks", encoding="ascii") as f:
@@ -62,12 +59,46 @@ def _held_per_proc_locks(path: Path) -> bool | None:
     except OSError:
         return None
     key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids: list[int] = []
     for line in table.splitlines():
         parts = line.split()
         # "1: FLOCK  ADVISORY  WRITE 2273 fe:00:2164373 0 EOF" (blocked waiters have "->")
         if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == key:
-            return True
-    return False
+            pids.append(int(parts[4]) if parts[4].lstrip("-").isdigit() else -1)
+    return pids
+
+
+def _describe_pid(pid: int) -> dict[str, Any]:
+    """What this host knows of a live process: its pid, host and command line."""
+    holder: dict[str, Any] = {"pid": pid, "host": socket.gethostname()}
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().rstrip(b"\0").split(b"\0")
+        holder["command"] = " ".join(a.decode("utf-8", "replace") for a in argv)
+    return holder
+
+
+def who_holds(path: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The holder of the lock on ``path``: the lock file's details if they are the
+    live holder's, else what ``/proc/locks`` and ``/proc/<pid>`` say."""
+    details = read_holder(run_dir)
+    pids = [p for p in (_flock_holders(path) or []) if p > 0]
+    if not pids or (details is not None and details.get("pid") in pids):
+        return details or {}
+    return _describe_pid(pids[0])
+
+
+def lock_fd(fd: int, *, path: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> None:
+    """Take an exclusive flock on ``fd`` without waiting; LedgerLocked when held."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LedgerLocked(os.fspath(run_dir), holder=who_holds(path, run_dir)) from None
+    except OSError as exc:
+        raise LedgerError(
+            f"{path}: cannot lock ({exc.strerror})",
+            hint="keep runs on a local file system that supports flock",
+        ) from None
 
 
 class RunLock:
@@ -81,6 +112,7 @@ class RunLock:
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
+        """The holder's details (informational: the lock is on the directory)."""
         self._fd: int | None = None
         self.holder: dict[str, Any] = {}
 
@@ -88,53 +120,38 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def _lock_current(self) -> int:
-        """Lock the inode now at the path; raise LedgerLocked if held."""
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise LedgerLocked(str(self.run_dir), holder=read_holder(self.run_dir)) from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                return fd
+    def _lock_dir(self) -> int:
+        """Lock the run directory; raise LedgerLocked if held."""
+        try:
+            fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise LedgerError(
+                f"{self.run_dir}: no such run directory", hint="check the run id"
+            ) from None
+        try:
+            lock_fd(fd, path=self.run_dir, run_dir=self.run_dir)
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     def acquire(self, *, command: str | None = None) -> dict[str, Any]:
         """Take the lock and record who holds it; returns the holder details."""
         if self._fd is not None:
             return self.holder
-        old_fd = self._lock_current()
+        fd = self._lock_dir()
         holder = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "command": command if command is not None else " ".join(sys.argv),
             "started_at": _now(),
         }
-        new_fd: list[int] = []
-
-        def lock_new(fd: int) -> None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            new_fd.append(fd)
-
         try:
-            atomic_write(
-                self.path,
-                (json.dumps(holder, sort_keys=True) + "\n").encode(),
-                before_rename=lock_new,
-            )
+            atomic_write(self.path, (json.dumps(holder, sort_keys=True) + "\n").encode())
         except BaseException:
-            for fd in new_fd:
-                os.close(fd)
-            os.close(old_fd)
+            os.close(fd)
             raise
-        os.close(old_fd)
-        self._fd = new_fd[0]
+        self._fd = fd
         self.holder = holder
         return holder
 
@@ -155,13 +172,13 @@ class RunLock:
         """
         if self._fd is not None:
             return self.holder
-        if not self.path.exists():
+        if not self.run_dir.is_dir():
             return None
-        held = _held_per_proc_locks(self.path)
-        if held is not None:
-            return (read_holder(self.run_dir) or {"pid": None}) if held else None
+        pids = _flock_holders(self.run_dir)
+        if pids is not None:
+            return (who_holds(self.run_dir, self.run_dir) or {"pid": None}) if pids else None
         try:
-            fd = self._lock_current()
+            fd = self._lock_dir()
         except LedgerLocked as exc:
             return exc.holder or {"pid": None}
         fcntl.flock(fd, fcntl.LOCK_UN)

@@ -1,8 +1,10 @@
 """The ledger writer: one per run, append-only, group-committed, fail-stop.
 
 * **One writer per run.** :meth:`LedgerWriter.open` takes the run's
-  :class:`~ledger.lock.RunLock`; a second writer gets
-  :class:`~ledger.errors.LedgerLocked` naming the holder.
+  :class:`~ledger.lock.RunLock` (an flock on the run directory) and an flock
+  on the ledger file's inode; a second writer gets
+  :class:`~ledger.errors.LedgerLocked` naming the holder, whatever happened
+  to the ``lock`` file.
 * **Recovery on open.** A torn tail is copied aside to
   ``ledger.ndjson.torn-<offset>``, the file is truncated to the last valid
   record and fsynced, and a ``ledger.recovered`` event records it before
@@ -44,7 +46,7 @@ from ledger.events import (
     Record,
     decode_record,
 )
-from ledger.lock import RunLock
+from ledger.lock import RunLock, lock_fd
 from ledger.reader import LedgerReader, TornTail
 
 __all__ = ["LEDGER_NAME", "LedgerWriter"]
@@ -136,12 +138,16 @@ class LedgerWriter:
                 os.fsync(fd)
                 os.close(fd)
                 fsync_dir(run_dir)
+            fd = _open_locked(path, run_dir)
+        except BaseException:
+            lock.release()
+            raise
+        try:
             scan = LedgerReader(path).verify()
             torn = scan.torn
             moved_to = _move_aside(path, torn) if torn is not None else ""
-
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except BaseException:
+            os.close(fd)
             lock.release()
             raise
         writer = cls(
@@ -409,6 +415,27 @@ def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -
             future.set_result(None)
         else:
             future.set_exception(error)
+
+
+def _open_locked(path: Path, run_dir: Path) -> int:
+    """Open the ledger for appending, holding an flock on its own inode.
+
+    The run directory's lock keeps a second writer out of the run; this one
+    keeps it off the file, whatever path leads to it (a hard link, a moved
+    file): two writers never append to one ledger inode.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        lock_fd(fd, path=path, run_dir=run_dir)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise LedgerError(
+                f"{path}: the ledger was replaced while it was being opened",
+                hint="make sure no other program writes to the run directory, then retry",
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _move_aside(path: Path, torn: TornTail) -> str:

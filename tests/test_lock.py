@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -13,8 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli.app import EngineGroup
-from ledger import LedgerLocked, LedgerWriter, RunLock
-from tests.conftest import HELPERS
+from ledger import LedgerLocked, LedgerReader, LedgerWriter, RunLock, verify_ledger
+from ledger.events import ItemEnqueued
+from tests.conftest import ENGINE, HELPERS
 
 
 def _start_holder(run_dir: Path) -> subprocess.Popen[str]:
@@ -128,3 +131,96 @@ def test_probe_never_takes_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert holder.stdout is not None
         holder.stdout.close()
     assert RunLock(tmp_path / "run").probe() is None
+
+
+def test_deleting_or_replacing_the_lock_file_does_not_free_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    holder = _start_holder(run_dir)
+    try:
+        (run_dir / "lock").unlink()
+        with pytest.raises(LedgerLocked) as info:
+            LedgerWriter.open(run_dir, "locked")
+        if Path("/proc/locks").exists():  # the details come from the live lock instead
+            assert info.value.holder["pid"] == holder.pid
+            assert "holder.py" in str(info.value.holder.get("command"))
+        assert RunLock(run_dir).probe() is not None
+        (run_dir / "lock").write_text('{"pid": 1, "host": "elsewhere"}\n')  # a stale card
+        with pytest.raises(LedgerLocked) as info:
+            LedgerWriter.open(run_dir, "locked")
+        if Path("/proc/locks").exists():
+            assert info.value.holder["pid"] == holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    with LedgerWriter.open(run_dir, "locked") as w:
+        assert w.lock.held
+
+
+def test_one_ledger_reached_through_two_run_directories_has_one_writer(tmp_path: Path) -> None:
+    """The ledger's own inode is locked too: a hard link (or a moved file) does not
+    let a second writer append to a ledger a first one is appending to."""
+    first_dir = tmp_path / "a"
+    with LedgerWriter.open(first_dir, "r", create=True) as first:
+        second_dir = tmp_path / "b"
+        second_dir.mkdir()
+        os.link(first_dir / "ledger.ndjson", second_dir / "ledger.ndjson")
+        with pytest.raises(LedgerLocked):
+            LedgerWriter.open(second_dir, "r")
+        first.append(ItemEnqueued(item="a", index=0))
+    assert verify_ledger(first_dir / "ledger.ndjson").records == 2
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_live_run_whose_lock_file_was_deleted_refuses_a_second_engine(tmp_path: Path) -> None:
+    """A real engine mid-item; its lock file deleted; a second engine on the same run
+    exits 3 naming the first; the first finishes and its ledger is intact."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    wf = tmp_path / "wf.yml"
+    wf.write_text(
+        "name: slow\n"
+        "map:\n"
+        "  items: [slow]\n"
+        "  agent_template:\n"
+        f"    - run: touch {started}; while [ ! -f {release} ]; do sleep 0.05; done\n"
+    )
+    home = tmp_path / "home"
+    run_dir = home / "runs" / "live"
+    first = subprocess.Popen(
+        [ENGINE, "--home", str(home), "run", str(wf), "--run-id", "live", "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: started.exists() or first.poll() is not None, "the slow item to start")
+        assert first.poll() is None, first.communicate()[1]
+        (run_dir / "lock").unlink()
+        for second in (
+            [ENGINE, "--home", str(home), "resume", "live", "--no-progress"],
+            [ENGINE, "--home", str(home), "run", str(wf), "--run-id", "live", "--no-progress"],
+        ):
+            proc = subprocess.run(second, capture_output=True, text=True, timeout=60, check=False)
+            assert proc.returncode == 3, proc.stderr
+            assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+            if Path("/proc/locks").exists():
+                assert f"run is locked by pid {first.pid} " in proc.stderr
+        release.touch()
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, err
+    ledger = run_dir / "ledger.ndjson"
+    assert verify_ledger(ledger).torn is None
+    records = list(LedgerReader(ledger).records())
+    assert [r.type for r in records].count("lock.acquired") == 1
+    assert records[-1].type == "run.completed"
