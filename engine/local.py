@@ -454,6 +454,11 @@ class _Log:
 
     Paths are plain strings: an attempt builds two of these, and most never
     see a byte (no output, no file).
+
+    A write that fails (a full disk) is never raised to the pipe's reader
+    callback, which would fail again at every chunk: the log stops there,
+    keeps draining into its in-memory tail only, drops its file at the end,
+    and ``error`` makes the attempt fail (``resource_exhausted``).
     """
 
     def __init__(self, directory: str, name: str, secrets: tuple[bytes, ...]) -> None:
@@ -468,6 +473,8 @@ class _Log:
         self.hold = max((len(x) for x in secrets), default=1) - 1
         """Bytes kept back until more come: a secret may arrive in two writes."""
         self.carry = b""
+        self.error: OSError | None = None
+        """The first failed write, open or sync; the file is abandoned after it."""
 
     @property
     def path(self) -> str:
@@ -495,22 +502,27 @@ class _Log:
     def _write(self, data: bytes) -> None:
         if not data:
             return
-        if self.fd < 0:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            self.fd = os.open(self.tmp, flags, FILE_MODE)
-            self.digest = hashlib.sha256()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        self.size += len(data)
-        self.digest.update(data)
+        if self.error is None:
+            try:
+                if self.fd < 0:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                    self.fd = os.open(self.tmp, flags, FILE_MODE)
+                    self.digest = hashlib.sha256()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError as exc:
+                self.error = exc
+            else:
+                self.size += len(data)
+                self.digest.update(data)
         self.tail.append(data)
         self.tail_size += len(data)
         while self.tail_size > TAIL_BYTES and len(self.tail) > 1:
             self.tail_size -= len(self.tail.popleft())
 
     def read_from(self, offset: int) -> bytes:
-        if self.fd < 0 or offset >= self.size:
+        if self.fd < 0 or offset >= self.size or self.error is not None:
             return b""
         with open(self.tmp, "rb") as f:
             f.seek(offset)
@@ -523,14 +535,31 @@ class _Log:
         return "\n".join(text.splitlines()[-lines:])
 
     def finish(self) -> LogRef | None:
-        """Make the log durable under its name; an empty log leaves no file."""
+        """Make the log durable under its name; an empty log leaves no file.
+
+        A log whose write or sync failed leaves no file either (what it
+        holds is not what the command printed) and no reference.
+        """
         self.flush()
         if self.fd < 0:
             return None
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -2  # finished: nothing more is written
-        os.replace(self.tmp, self.path)
+        fd, self.fd = self.fd, -2  # finished: nothing more is written
+        try:
+            if self.error is None:
+                os.fsync(fd)
+        except OSError as exc:
+            self.error = exc
+        finally:
+            os.close(fd)
+        try:
+            if self.error is None:
+                os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.error = exc
+        if self.error is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+            return None
         return LogRef(
             path=f"logs/{self.name}",
             sha256="sha256:" + self.digest.hexdigest(),
@@ -806,8 +835,17 @@ class LocalAttempt(Attempt):
             stdout_ref = self.out.finish()
             stderr_ref = self.err.finish()
             if stdout_ref is not None or stderr_ref is not None:
-                fsync_dir(request.run_dir / "logs")
+                try:
+                    fsync_dir(request.run_dir / "logs")
+                except OSError as exc:
+                    self.err.error = self.err.error or exc
             self._publish(None)
+        lost = self.out.error or self.err.error
+        if lost is not None:  # the logs are not what the command printed: not a success
+            failed = True
+            note = f"\nengine: cannot write the attempt's log: {lost}\n".encode()
+            self.err.tail.append(note)
+            self.err.tail_size += len(note)
         secrets = secret_forms(request.redact)
         result = redact_value(result, secrets)
         captures = redact_value(captures, secrets)
