@@ -303,11 +303,11 @@ class LedgerReader:
                         prev = lines[len(records) - 1][-66:-2]
                 n = len(records)
                 offset = start + sum(map(len, lines[:n])) + n
+                bad = lines[n] if failed else None
                 if records:
                     last_ts = records[-1].ts
                     yield records, lines, start
                 if failed:
-                    bad = lines[n]
                     break
                 if until is not None and seq > until:
                     self.result = ScanResult(seq, prev, offset, offset, None, last_ts)
@@ -355,7 +355,9 @@ class LedgerReader:
         if not cut:
             return TornTail(offset, length, seq, "zero-filled tail")
         reason = ""
-        if split_line(cut) is not None:  # a whole record but for its newline
+        if b"\x00" in cut:  # no record holds a zero byte: not a line cut short
+            reason = "zero bytes followed by other bytes (a torn write leaves only zeros after it)"
+        elif split_line(cut) is not None:  # a whole record but for its newline
             reason = _diagnose(cut, seq, prev)
             if reason == _VALID:
                 return TornTail(offset, length, seq, "last record without its newline")

@@ -89,3 +89,44 @@ def test_replay_reads_up_to_a_torn_tail(tmp_path: Path) -> None:
     assert p.seq == len(LINES) - 2
     assert p.scan is not None and p.scan.torn is not None
     assert p.scan.torn.offset == LAST_START
+
+
+_HEAD = b"".join(LINES[:-1])
+_LAST = LINES[-1]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "verdict"),
+    [
+        (_LAST[:50], "torn"),  # a line cut short
+        (_LAST[:50] + b"\x00" * 4000, "torn"),  # ... and blocks never written
+        (b"\x00" * 5000, "torn"),  # a zero run reaching the end of the file
+        (b"\x00" * 300 + b"\n" + b"\x00" * 40, "torn"),
+        (_LAST[:-1], "torn"),  # cut just before its newline; the record itself is intact
+        (_LAST[:-1] + b"\x00" * 10, "torn"),
+        (_LAST[:-1] + b"x", "corrupt"),  # its newline replaced
+        (_LAST[:-10] + b'0000000"}', "corrupt"),  # the full suffix shape, the wrong hash
+        (_LAST[:50] + b"\x00" + _LAST[51:-1], "corrupt"),  # a zero inside, then more
+        (b"\x00" * 300 + b"abc", "corrupt"),  # zeros followed by other bytes
+        (b"\x00" * 300 + b"\n" + _LAST, "corrupt"),  # zeros, then a whole record
+        (_LAST[:50] + b"\n", "corrupt"),  # a complete line that is no record
+        (b"x" * (300 * 1024), "corrupt"),  # longer than any record can be
+    ],
+)
+def test_what_is_torn_and_what_is_corrupt_after_the_last_record(
+    tmp_path: Path, suffix: bytes, verdict: str
+) -> None:
+    from ledger import LedgerCorrupt
+
+    path = tmp_path / "ledger.ndjson"
+    path.write_bytes(_HEAD + suffix)
+    try:
+        result = LedgerReader(path).verify()
+    except LedgerCorrupt as exc:
+        assert verdict == "corrupt", exc
+        assert (exc.seq, exc.offset) == (len(LINES) - 1, len(_HEAD))
+        return
+    assert verdict == "torn", result
+    assert result.torn is not None
+    assert (result.torn.offset, result.torn.length) == (len(_HEAD), len(suffix))
+    assert result.records == len(LINES) - 1
