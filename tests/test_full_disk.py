@@ -162,7 +162,8 @@ def test_a_full_ledger_disk_stops_with_one_line_and_resumes(
     wf.write_text(
         "name: filler\n"
         "map:\n"
-        "  items: [1, 2, 3]\n"
+        # More records than the ledger's last, partly filled page can take.
+        "  items: [" + ", ".join(str(n) for n in range(40)) + "]\n"
         "  max_parallel: 1\n"
         "  agent_template:\n"
         f"    - run: '[ -f {marker} ] || {{ touch {marker}; cat /dev/zero > {filler}; }}; true'\n"
@@ -179,4 +180,4 @@ def test_a_full_ledger_disk_stops_with_one_line_and_resumes(
     again = _engine(home, "resume", "full", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     types = [r.type for r in LedgerReader(ledger).records()]
-    assert types.count("item.succeeded") == 3 and types[-1] == "run.completed"
+    assert types.count("item.succeeded") == 40 and types[-1] == "run.completed"
