@@ -14,6 +14,8 @@ the first invalid line. That line and what follows it decide what it is:
   hash suffix but a wrong hash. A crash cannot produce either, so the file
   was changed after it was written: :class:`~ledger.errors.LedgerCorrupt`
   names the seq and byte offset.
+
+The rule itself lives in :mod:`ledger._tail`.
 """
 
 from __future__ import annotations
@@ -25,15 +27,15 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import BinaryIO
 
 import msgspec
 
+from ledger._lines import DECODE_ERRORS, Lines
+from ledger._tail import TornTail, judge_suffix
 from ledger.codec import (
     GENESIS_HASH,
     HASH_END,
     HASH_PREFIX,
-    MAX_RECORD_BYTES,
     SEQ_PREFIX,
     parse_seq,
     split_line,
@@ -47,19 +49,6 @@ CHUNK_SIZE = 1 << 16
 """Bytes read at a time; memory stays bounded by this and one record. Small
 chunks keep a chunk's lines and records in the CPU cache (64 KiB replays
 about a third faster than 4 MiB here)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TornTail:
-    """An incomplete or malformed suffix after the last valid record."""
-
-    offset: int
-    """Byte offset of the first byte after the last valid record."""
-    length: int
-    """Bytes from ``offset`` to the end of the file."""
-    seq: int
-    """The seq the first torn record would have had."""
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,75 +66,6 @@ class ScanResult:
     torn: TornTail | None
     """The torn tail, if the file has one."""
     last_ts: str | None = None
-
-
-_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
-_MAX_LINE = MAX_RECORD_BYTES  # no valid line is longer; a longer one is invalid at once
-
-
-class _Lines:
-    """Complete lines, chunk by chunk, with memory bounded by a chunk and one record.
-
-    After iterating, ``rest`` holds an incomplete last line (no newline), and
-    ``overlong`` says iteration stopped at a line longer than any record can
-    be (the caller treats it as invalid). With ``skip_overlong`` such a line
-    is yielded as ``None`` instead, and reading goes on after it.
-    """
-
-    def __init__(
-        self, f: BinaryIO, chunk_size: int, limit: int | None, *, skip_overlong: bool = False
-    ) -> None:
-        self.f = f
-        self.chunk_size = chunk_size
-        self.remaining = -1 if limit is None else limit
-        self.skip_overlong = skip_overlong
-        self.rest = b""
-        self.overlong = False
-
-    def __iter__(self) -> Iterator[list[bytes | None]]:
-        parts: list[bytes] = []
-        pending = 0
-        skipping = False
-        while self.remaining:
-            size = self.chunk_size if self.remaining < 0 else min(self.chunk_size, self.remaining)
-            chunk = self.f.read(size)
-            if self.remaining > 0:
-                self.remaining -= len(chunk)
-            if not chunk:
-                break
-            cut = chunk.rfind(b"\n") + 1
-            if cut == 0:
-                if skipping:
-                    continue
-                parts.append(chunk)
-                pending += len(chunk)
-                if pending > _MAX_LINE:
-                    if not self.skip_overlong:
-                        self.overlong = True
-                        self.rest = b"".join(parts)
-                        return
-                    skipping = True
-                    parts, pending = [], 0
-                continue
-            head = chunk[:cut]
-            out: list[bytes | None] = []
-            if skipping:
-                first_nl = head.find(b"\n")
-                out.append(None)
-                head = head[first_nl + 1 :]
-                skipping = False
-            elif parts:
-                head = b"".join(parts) + head
-            lines = head.split(b"\n")
-            lines.pop()
-            out.extend(lines)
-            tail = chunk[cut:]
-            parts, pending = ([tail], len(tail)) if tail else ([], 0)
-            yield out
-        if skipping:
-            yield [None]
-            parts = []
-        self.rest = b"".join(parts)
 
 
 class LedgerReader:
@@ -204,7 +124,7 @@ class LedgerReader:
         bad: bytes | None = None
         with open(self.path, "rb") as f:
             f.seek(offset)
-            source = _Lines(f, self.chunk_size, limit)
+            source = Lines(f, self.chunk_size, limit)
             for lines in source:
                 for line in lines:
                     assert line is not None
@@ -220,7 +140,7 @@ class LedgerReader:
                     if decode_line is not None:
                         try:
                             decode_line(line)
-                        except _DECODE_ERRORS:
+                        except DECODE_ERRORS:
                             bad = line
                             break
                     prev = digest
@@ -229,7 +149,7 @@ class LedgerReader:
                 else:
                     continue
                 break
-        torn = self._judge_suffix(offset, seq, prev, bad=bad, source=source)
+        torn = judge_suffix(self.path, self.chunk_size, offset, seq, prev, bad=bad, source=source)
         size = offset + (0 if torn is None else torn.length)
         self.result = ScanResult(seq, prev, offset, size, torn)
         return self.result
@@ -252,7 +172,7 @@ class LedgerReader:
         prev, seq, offset, last_ts = self._origin()
         with open(self.path, "rb") as f:
             f.seek(offset)
-            source = _Lines(f, self.chunk_size, None if end is None else end - offset)
+            source = Lines(f, self.chunk_size, None if end is None else end - offset)
             failed = False
             bad: bytes | None = None
             for chunk_lines in source:
@@ -275,7 +195,7 @@ class LedgerReader:
                             break
                         try:
                             record = decode_line(line)
-                        except _DECODE_ERRORS:
+                        except DECODE_ERRORS:
                             failed = True
                             break
                         if record.seq != seq:
@@ -291,7 +211,7 @@ class LedgerReader:
                             break
                         try:
                             record = decode_line(line)
-                        except _DECODE_ERRORS:
+                        except DECODE_ERRORS:
                             failed = True
                             break
                         if record.seq != seq:
@@ -312,7 +232,7 @@ class LedgerReader:
                 if until is not None and seq > until:
                     self.result = ScanResult(seq, prev, offset, offset, None, last_ts)
                     return
-        torn = self._judge_suffix(offset, seq, prev, bad=bad, source=source)
+        torn = judge_suffix(self.path, self.chunk_size, offset, seq, prev, bad=bad, source=source)
         size = offset + (0 if torn is None else torn.length)
         self.result = ScanResult(seq, prev, offset, size, torn, last_ts)
 
@@ -321,124 +241,6 @@ class LedgerReader:
         if start is None:
             return GENESIS_HASH, 0, 0, None
         return start.last_hash, start.records, start.end_offset, start.last_ts
-
-    def _judge_suffix(
-        self, offset: int, seq: int, prev: bytes, *, bad: bytes | None, source: _Lines
-    ) -> TornTail | None:
-        """Judge what follows the last valid record: nothing, a torn tail, or corruption.
-
-        ``bad`` is the first invalid complete line (without its newline), if
-        the pass stopped at one; otherwise ``source`` says whether the file
-        ends with an unterminated line (``rest``) or a line longer than any
-        record (``overlong``). A crash can leave a last line cut short or
-        zero-filled blocks; it cannot complete a line it did not write, nor
-        write a full hash suffix over the wrong bytes. Raises LedgerCorrupt.
-        """
-        if bad is not None:
-            if bad.strip(b"\x00"):
-                raise LedgerCorrupt(
-                    self.path, seq=seq, offset=offset, reason=_diagnose(bad, seq, prev)
-                )
-            return self._zero_tail(offset, seq, prev, _ZERO_LINE)
-        if source.overlong:
-            return self._zero_tail(offset, seq, prev, "a line longer than any record")
-        rest = source.rest
-        if not rest:
-            return None
-        return self._unterminated(offset, seq, prev, rest, len(rest))
-
-    def _unterminated(
-        self, offset: int, seq: int, prev: bytes, tail: bytes, length: int
-    ) -> TornTail:
-        """Judge a last line without a newline (``tail``; ``length`` bytes to the end)."""
-        cut = tail.rstrip(b"\x00")
-        if not cut:
-            return TornTail(offset, length, seq, "zero-filled tail")
-        reason = ""
-        if b"\x00" in cut:  # no record holds a zero byte: not a line cut short
-            reason = "zero bytes followed by other bytes (a torn write leaves only zeros after it)"
-        elif split_line(cut) is not None:  # a whole record but for its newline
-            reason = _diagnose(cut, seq, prev)
-            if reason == _VALID:
-                return TornTail(offset, length, seq, "last record without its newline")
-        elif split_line(cut[:-1]) is not None:  # a whole record, its newline replaced
-            reason = _diagnose(cut[:-1], seq, prev)
-            if reason == _VALID:
-                reason = "the record's newline was replaced"
-        if reason:
-            raise LedgerCorrupt(self.path, seq=seq, offset=offset, reason=reason)
-        return TornTail(offset, length, seq, "incomplete last line (no newline)")
-
-    def _zero_tail(self, offset: int, seq: int, prev: bytes, reason: str) -> TornTail:
-        """Judge the suffix at ``offset`` when it does not start with a record.
-
-        It is torn when it is zeros (and newlines) to the end of the file, or
-        one unterminated line of a record's length at most followed by zeros;
-        anything else is corruption (``reason`` says what is wrong).
-        """
-        length = 0
-        newline = other = False
-        cut = 0  # bytes up to the last non-zero one
-        with open(self.path, "rb") as g:
-            g.seek(offset)
-            while chunk := g.read(self.chunk_size):
-                newline = newline or b"\n" in chunk
-                if chunk.translate(None, b"\x00\n"):
-                    other = True
-                    cut = length + len(chunk.rstrip(b"\x00"))
-                length += len(chunk)
-            if other and not newline and cut <= _MAX_LINE:
-                g.seek(offset)
-                return self._unterminated(offset, seq, prev, g.read(cut), length)
-        if other:
-            found = self._next_record(offset)
-            if found is not None:
-                reason += f"; a valid record follows at byte offset {found}"
-            elif reason == _ZERO_LINE:
-                reason += " followed by other bytes (a torn write leaves only zeros after it)"
-            raise LedgerCorrupt(self.path, seq=seq, offset=offset, reason=reason)
-        return TornTail(offset, length, seq, "zero-filled tail")
-
-    def _next_record(self, offset: int) -> int | None:
-        """The byte offset of the first well-formed record after ``offset`` (slow path)."""
-        pos = offset
-        with open(self.path, "rb") as g:
-            g.seek(offset)
-            for lines in _Lines(g, self.chunk_size, None, skip_overlong=True):
-                for line in lines:
-                    if line is not None and pos > offset and split_line(line) is not None:
-                        with contextlib.suppress(*_DECODE_ERRORS):
-                            record_decoder.decode(line)
-                            return pos
-                    pos += (len(line) if line is not None else 0) + 1
-        return None
-
-
-_VALID = "valid record"
-_ZERO_LINE = "a zero-filled line"
-
-
-def _diagnose(line: bytes, seq: int, prev: bytes) -> str:
-    """Say why ``line`` is not the valid record ``seq`` (the slow path)."""
-    parts = split_line(line)
-    if parts is None:
-        if not line.strip(b"\x00 \t\r"):
-            return "blank or zero-filled line"
-        return "line does not end with the hash suffix"
-    body, digest = parts
-    found = parse_seq(body)
-    if found is None:
-        return "record does not start with the v1 envelope"
-    if found != seq:
-        kind = "a record is missing" if found > seq else "records are out of order"
-        return f"expected seq {seq}, found seq {found} ({kind})"
-    if sha256(prev + body).hexdigest().encode() != digest:
-        return "hash mismatch (the record or its predecessor was changed)"
-    try:
-        record_decoder.decode(line)
-    except _DECODE_ERRORS as exc:
-        return f"record does not decode: {exc}"
-    return _VALID
 
 
 def verify_ledger(path: str | os.PathLike[str], *, parallel: bool = True) -> ScanResult:
