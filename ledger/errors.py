@@ -114,9 +114,9 @@ def _describe_holder(holder: dict[str, object]) -> str:
         return "another process (holder unknown)"
     pid = holder.get("pid", "?")
     host = holder.get("host", "?")
-    started = holder.get("started_at", "?")
+    started = holder.get("started_at")
     command = holder.get("command")
-    text = f"pid {pid} on {host} since {started}"
+    text = f"pid {pid} on {host}" + (f" since {started}" if started else "")
     if command:
         text += f" ({command})"
     return text
