@@ -31,7 +31,7 @@ from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, H
 from engine.guardian import alive_groups, processes
 from engine.redact import redact_value, secret_forms
 from engine.spec import Step
-from engine.template import TemplateError, render_shell, render_text
+from engine.template import TemplateError, render_argv, render_shell, render_text
 from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
 from ledger.events import LogRef
 
@@ -717,10 +717,11 @@ class LocalAttempt(Attempt):
         env["ENGINE_HEARTBEAT_FILE"] = self.heartbeat_file
         for key, value in step.env.items():
             env[key] = render_text(value, context)
-        if step.kind == "argv":
-            return [render_text(a, context) for a in step.argv or []], env
-        if step.kind == "claude":
-            return [*request.agent_command, render_text(step.claude or "", context)], env
+        if step.kind != "shell":
+            agent = list(request.agent_command) if step.kind == "claude" else []
+            words = [*agent, step.claude or ""] if step.kind == "claude" else [*(step.argv or [])]
+            argv, variables = render_argv(words, context, literal=len(agent))
+            return argv, {**env, **variables}
         command, variables = render_shell(step.text, context)
         env.update(variables)
         return ["/bin/sh", "-c", command], env

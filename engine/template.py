@@ -3,82 +3,81 @@
 A value never changes a command's syntax. In a shell command every
 ``${name}`` is replaced by a reference to an environment variable that holds
 the value (``"${ENGINE_VAR_1}"``, quoted), so the shell sees data, never
-code. A variable inside single quotes cannot work that way and is a
-validation error. ``argv`` steps and agent prompts substitute values into
-single arguments, with no shell at all.
+code. When the text is code for another shell (``bash -c "..."``, ``eval``,
+backticks, a here-document read by ``sh``), the reference is written so that
+*that* shell expands it (``engine/shellscan.py``). A placement where no shell
+would expand a value as data (single quotes, arithmetic) is a validation
+error. ``argv`` steps and agent prompts substitute values into single
+arguments, with no shell at all, except a shell's command string
+(``[sh, -c, "..."]``), rendered like a shell command.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgspec
 
+from engine.shellscan import (
+    VARIABLE,
+    Placement,
+    TemplateError,
+    command_strings,
+    foreign_code,
+    reference,
+    scan,
+)
+
 __all__ = [
     "VARIABLE",
+    "Placement",
     "TemplateError",
+    "argv_problems",
+    "render_argv",
     "render_shell",
     "render_text",
     "scan_shell",
+    "shell_problems",
     "template_variables",
     "value_text",
 ]
 
-VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*)\}")
-"""``${name}`` or ``${name.field.sub}``."""
-
-
-class TemplateError(ValueError):
-    """A variable is unknown, unset, or placed where it cannot be safe."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    start: int
-    end: int
-    name: str
-    quoting: str
-    """``none``, ``double`` or ``single``: the shell quoting around it."""
-
 
 def scan_shell(command: str) -> list[Placement]:
-    """Every ``${...}`` in a shell command with the quoting it stands in."""
-    found: list[Placement] = []
-    state = "none"
-    i = 0
-    n = len(command)
-    while i < n:
-        c = command[i]
-        if state == "single":
-            if c == "'":
-                state = "none"
-            i += 1
+    """Every ``${...}`` in a shell command, with the quoting of each shell that reads it."""
+    return scan(command)
+
+
+def shell_problems(command: str) -> list[str]:
+    """Why some variable of a shell command cannot carry its value as data (empty: none)."""
+    try:
+        return [p.problem for p in scan(command) if p.problem is not None]
+    except TemplateError as exc:
+        return [str(exc)]
+
+
+def argv_problems(args: Sequence[str], *, literal: int = 0) -> list[str]:
+    """The same for a program's arguments: only a shell's command string is code."""
+    problems: list[str] = []
+    for index, program in foreign_code(args):
+        if index >= literal:
+            for name in template_variables(args[index]):
+                problems.append(str(Placement(0, 0, name, ("foreign",), (program,)).problem))
+    for index, shell, env_lost in command_strings(args):
+        if index < literal:
             continue
-        if c == "\\" and i + 1 < n:
-            i += 2
+        try:
+            placements = scan(args[index])
+        except TemplateError as exc:
+            problems.append(str(exc))
             continue
-        if c == "'" and state == "none":
-            # Look for variables inside the single-quoted span too.
-            close = command.find("'", i + 1)
-            span_end = n if close < 0 else close
-            for m in VARIABLE.finditer(command, i + 1, span_end):
-                found.append(Placement(m.start(), m.end(), m.group(1), "single"))
-            i = span_end + 1
-            continue
-        if c == '"':
-            state = "double" if state == "none" else "none"
-            i += 1
-            continue
-        var = VARIABLE.match(command, i)
-        if var:
-            found.append(Placement(var.start(), var.end(), var.group(1), state))
-            i = var.end()
-            continue
-        i += 1
-    return found
+        for found in placements:
+            p = replace(found, shells=(shell, *found.shells), env_lost=found.env_lost or env_lost)
+            if p.problem is not None:
+                problems.append(p.problem)
+    return problems
 
 
 def template_variables(text: str) -> list[str]:
@@ -119,15 +118,40 @@ def render_text(template: str, context: Mapping[str, Any]) -> str:
 def render_shell(command: str, context: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     """A shell command whose variables are environment references, and that environment."""
     env: dict[str, str] = {}
+    return _render_shell(command, context, env), env
+
+
+def render_argv(
+    args: Sequence[str], context: Mapping[str, Any], *, literal: int = 0
+) -> tuple[list[str], dict[str, str]]:
+    """A program's arguments, and the environment they reference.
+
+    Each argument is one template rendered as plain text, except a shell's
+    command string (``[sh, -c, "..."]``), which is rendered as a shell command
+    so that the shell expands each value as data. The first ``literal``
+    arguments (an agent's command line) are kept as they are.
+    """
+    problems = argv_problems(args, literal=literal)
+    if problems:
+        raise TemplateError(problems[0])
+    code = {index for index, _, _ in command_strings(args)}
+    env: dict[str, str] = {}
+    out = list(args[:literal])
+    for index in range(literal, len(args)):
+        if index in code:
+            out.append(_render_shell(args[index], context, env))
+        else:
+            out.append(render_text(args[index], context))
+    return out, env
+
+
+def _render_shell(command: str, context: Mapping[str, Any], env: dict[str, str]) -> str:
     out: list[str] = []
     last = 0
-    by_value: dict[str, str] = {}
-    for placement in scan_shell(command):
-        if placement.quoting == "single":
-            raise TemplateError(
-                f"${{{placement.name}}} is inside single quotes, where its value could "
-                "not be passed safely (use double quotes)"
-            )
+    by_value = {text: var for var, text in env.items()}
+    for placement in scan(command):
+        if placement.problem is not None:
+            raise TemplateError(placement.problem)
         text = value_text(_lookup(placement.name, context))
         var = by_value.get(text)
         if var is None:
@@ -135,7 +159,7 @@ def render_shell(command: str, context: Mapping[str, Any]) -> tuple[str, dict[st
             by_value[text] = var
             env[var] = text
         out.append(command[last : placement.start])
-        out.append(f"${{{var}}}" if placement.quoting == "double" else f'"${{{var}}}"')
+        out.append(reference(placement, var))
         last = placement.end
     out.append(command[last:])
-    return "".join(out), env
+    return "".join(out)

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import yaml
 
 from engine.redact import secret_template_problems
 from engine.spec import Step, Workflow
-from engine.template import scan_shell, template_variables
+from engine.template import argv_problems, shell_problems, template_variables
 from ledger.errors import EngineError
 
 __all__ = ["LoadedWorkflow", "Problem", "WorkflowError", "load_workflow", "parse_workflow"]
@@ -225,6 +226,14 @@ _ITEM = {"item", "item_id", "item_index", "item_total", "attempt"}
 _MAP = {"map"}
 
 
+def _agent_words(spec: Workflow) -> list[str]:
+    """The agent's command line as words (a prompt is appended to them)."""
+    try:
+        return shlex.split(spec.agent.command)
+    except ValueError:
+        return []
+
+
 def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
     """Variables that are unknown where they are used, or placed unsafely."""
     problems: list[tuple[tuple[int | str, ...], str]] = []
@@ -236,19 +245,17 @@ def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
             known = roots | captures
             if step.kind == "shell":
                 key = "run" if step.run is not None else "shell"
-                for placement in scan_shell(step.text):
-                    if placement.quoting == "single":
-                        problems.append(
-                            (
-                                (*here, key),
-                                f"${{{placement.name}}} is inside single quotes, where its "
-                                "value cannot be passed safely (use double quotes)",
-                            )
-                        )
+                problems.extend(((*here, key), p) for p in shell_problems(step.text))
                 texts = [(key, step.text)]
             elif step.kind == "argv":
+                problems.extend(((*here, "argv"), p) for p in argv_problems(step.argv or []))
                 texts = [("argv", a) for a in step.argv or []]
             else:
+                agent = _agent_words(spec)
+                prompt = [*agent, step.claude or ""]
+                problems.extend(
+                    ((*here, "claude"), p) for p in argv_problems(prompt, literal=len(agent))
+                )
                 texts = [("claude", step.claude or "")]
             texts += [("env", v) for v in step.env.values()]
             for key, text in texts:
@@ -269,18 +276,10 @@ def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
     check_steps(spec.setup, ("setup",), _COMMON)
     if spec.map is not None and spec.map.command is not None:
         known = _COMMON | captures
-        for placement in scan_shell(spec.map.command):
-            if placement.quoting == "single":
-                problems.append(
-                    (
-                        ("map", "command"),
-                        f"${{{placement.name}}} is inside single quotes (use double quotes)",
-                    )
-                )
-            elif placement.name.split(".")[0] not in known:
-                problems.append(
-                    (("map", "command"), f"unknown variable ${{{placement.name}}} here")
-                )
+        problems.extend((("map", "command"), p) for p in shell_problems(spec.map.command))
+        for name in template_variables(spec.map.command):
+            if name.split(".")[0] not in known:
+                problems.append((("map", "command"), f"unknown variable ${{{name}}} here"))
     if spec.map is not None:
         check_steps(spec.map.agent_template, ("map", "agent_template"), _COMMON | _ITEM)
         if spec.map.id is not None:

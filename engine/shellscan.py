@@ -1,0 +1,648 @@
+"""Where each ``${...}`` of a shell command stands, for every shell that reads it.
+
+A command can hand text to another shell: the command string of
+``bash -c "..."``, the arguments of ``eval``, a here-document read by
+``sh``, the body of backticks. A value's reference must be expanded by the
+shell that runs the code, quoted for the quoting it has *there*; expanded
+any earlier, its text would become code. So each placement carries a chain:
+its quoting at every level, from the command as written to the shell that
+expands it. ``docs/workflow.md`` ("Injection safety") states the rule.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+__all__ = [
+    "VARIABLE",
+    "Placement",
+    "TemplateError",
+    "command_strings",
+    "foreign_code",
+    "reference",
+    "scan",
+]
+
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*)\}")
+"""``${name}`` or ``${name.field.sub}``."""
+
+SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "yash", "posh"})
+"""Programs whose ``-c`` argument (or standard input) is shell code, by last path component."""
+SHELL_WORDS = frozenset({"$SHELL", "${SHELL}", "$BASH", "${BASH}", "$0", "${0}"})
+DROPS_ENV = frozenset({"sudo", "doas", "docker", "podman", "kubectl"})
+"""Launchers that do not pass their environment on to the shell they start."""
+ARITHMETIC_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+# Quoting contexts. A value can be expanded as data in the first three.
+_REFERENCE = {"none": '"${%s}"', "double": "${%s}", "heredoc": "${%s}"}
+# What must be escaped to pass text through a level unchanged.
+_ESCAPES = {
+    "none": "\\$\"`'",
+    "double": '\\$"`',
+    "heredoc": "\\$`",
+    "backtick": "\\$`",
+    "backtick-double": '\\$`"',
+    "single": "",
+    "heredoc-quoted": "",
+}
+
+
+MAX_DEPTH = 32
+"""Command substitutions, backticks and command strings nested deeper than this are refused."""
+
+
+class TemplateError(ValueError):
+    """A variable is unknown, unset, or placed where it cannot be safe."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One ``${name}`` in a shell command."""
+
+    start: int
+    end: int
+    name: str
+    chain: tuple[str, ...]
+    """Its quoting at each level, outermost first; the last is where it is expanded."""
+    shells: tuple[str, ...] = ()
+    """The shell (or ``eval``) of each command-string level it passes into."""
+    env_lost: str | None = None
+    """A launcher on the way that drops the environment carrying the value."""
+
+    @property
+    def quoting(self) -> str:
+        """The quoting where the value is expanded (``none``, ``double``, ``single``, ...)."""
+        return self.chain[-1]
+
+    @property
+    def problem(self) -> str | None:
+        """Why this placement cannot carry a value as data, with the safe form; or None."""
+        var = f"${{{self.name}}}"
+        shell = self.shells[-1] if self.shells else None
+        where = f" in the command string of {shell}" if shell else ""
+        if shell is not None and self.chain[-1] == "foreign":
+            fix = ""
+        elif shell == "eval":
+            fix = f'set a variable first: v="{var}"; eval \'… "$v"\''
+        elif shell:
+            fix = f'pass it as an argument: {shell} -c \'… "$1"\' _ "{var}"'
+        else:
+            fix = "use double quotes"
+        kind = "arithmetic" if "arithmetic" in self.chain else self.chain[-1]
+        if kind == "single":
+            return (
+                f"{var} is inside single quotes{where}, where its value cannot be passed "
+                f"safely ({fix})"
+            )
+        if kind == "heredoc-quoted":
+            return (
+                f"{var} is in a here-document with a quoted delimiter{where}, which is not "
+                "expanded (write the delimiter unquoted, as <<EOF)"
+            )
+        if kind == "arithmetic":
+            return (
+                f"{var} is in an arithmetic expression{where}, where the shell evaluates a "
+                "value as code (pass it to a program that reads numbers, as "
+                f'expr "{var}" + 1, or test it first with case)'
+            )
+        if kind == "foreign" and shell == "ssh":
+            return (
+                f"{var} is in the command ssh runs, which a remote shell reads as code "
+                f"(send the value on standard input: printf '%s' \"{var}\" | ssh HOST "
+                "'v=$(cat); … \"$v\"')"
+            )
+        if kind == "foreign":
+            return (
+                f"{var} is in code for {shell}, which would run its value as code (pass it as "
+                f"an argument and read it there: {_foreign_fix(shell or '', var)})"
+            )
+        if kind == "escaped":
+            return (
+                f"{var} is escaped or in a comment{where}, where that shell would not "
+                "expand it (remove the backslash)"
+            )
+        if self.env_lost:
+            return (
+                f"{var} is in the command string of {shell} started by {self.env_lost}, "
+                f"which does not pass on the environment that carries the value ({fix})"
+            )
+        return None
+
+
+def _foreign_fix(program: str, var: str) -> str:
+    if program.startswith(("python", "pypy")):
+        return f"{program} -c '… sys.argv[1]' \"{var}\""
+    if program in ("node", "nodejs"):
+        return f"{program} -e '… process.argv[1]' \"{var}\""
+    if program == "php":
+        return f"php -r '… $argv[1]' \"{var}\""
+    if program in _AWKS:
+        return f"{program} -v v=\"{var}\" '… v'"
+    if program == "lua":
+        return f"lua -e '… arg[1]' \"{var}\""
+    return f"{program} -e '… $ARGV[0]' \"{var}\""
+
+
+def reference(placement: Placement, variable: str) -> str:
+    """The text that stands for ``placement``: ``variable`` expanded by the right shell."""
+    text = _REFERENCE[placement.chain[-1]] % variable
+    for level in reversed(placement.chain[:-1]):
+        text = "".join("\\" + c if c in _ESCAPES[level] else c for c in text)
+    return text
+
+
+def scan(command: str, *, depth: int = 0) -> list[Placement]:
+    """Every ``${...}`` in a shell command, in order, with its chain of quoting."""
+    scanner = _Scanner(command, depth)
+    scanner.parse_list(0, top=True)
+    return sorted(scanner.found, key=lambda p: p.start)
+
+
+def command_strings(words: Sequence[str]) -> list[tuple[int, str, str | None]]:
+    """Which words of a simple command are shell code: ``(index, shell, env_lost)``.
+
+    The first operand after options including ``c`` of a shell named anywhere
+    in the command (``bash -c``, ``sudo sh -ec``, ``find . -exec sh -c``), or
+    every argument of ``eval`` when it is the command.
+    """
+    start = _command_start(words)
+    if start < len(words) and words[start] == "eval":
+        return [(k, "eval", None) for k in range(start + 1, len(words))]
+    found = _shell_at(words, start)
+    if found is None:
+        return []
+    at, index, has_c = found
+    if not has_c or index >= len(words):
+        return []
+    return [(index, words[at], _env_lost(words[start:at]))]
+
+
+def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:
+    """Words that are code for a program other than a local shell: ``(index, program)``.
+
+    The code argument of an interpreter (``python3 -c``, ``perl -e``, ``node -e``,
+    ``ruby -e``, ``php -r``, an ``awk`` program) and the command of ``ssh``.
+    """
+    start = _command_start(words)
+    for i in range(start, len(words)):
+        name = words[i].rsplit("/", 1)[-1]
+        if name == "ssh":
+            j = i + 1
+            while j < len(words) and words[j].startswith("-"):
+                j += 2 if words[j][-1] in _SSH_ARGUMENT and len(words[j]) == 2 else 1
+            return [(k, "ssh") for k in range(j + 1, len(words))]
+        if name in _AWKS:
+            j = i + 1
+            while j < len(words) and words[j].startswith("-") and words[j] != "--":
+                if words[j] in ("-f", "--file") or words[j].startswith("-f"):
+                    return []
+                j += 2 if words[j] in ("-F", "-v") else 1
+            j += j < len(words) and words[j] == "--"
+            return [(j, name)] if j < len(words) else []
+        options = next((o for p, o in _INTERPRETERS if p.fullmatch(name)), None)
+        if options is not None:
+            for j in range(i + 1, len(words) - 1):
+                if words[j] in options:
+                    return [(j + 1, name)]
+            return []
+    return []
+
+
+_RESERVED = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "time"})
+_RESERVED |= {"command", "builtin", "exec", "nohup"}
+_ARRAY_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]]*\]\+?=")
+_SSH_ARGUMENT = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
+_AWKS = frozenset({"awk", "gawk", "mawk", "nawk"})
+_INTERPRETERS = [
+    (re.compile(r"python[0-9.]*|pypy[0-9.]*"), ("-c",)),
+    (re.compile(r"perl|ruby|lua|Rscript|osascript"), ("-e", "-E")),
+    (re.compile(r"node|nodejs"), ("-e", "-p", "--eval", "--print")),
+    (re.compile(r"php"), ("-r",)),
+]
+
+
+def _command_start(words: Sequence[str]) -> int:
+    """The index of the command's name: past assignments and reserved words."""
+    start = 0
+    while start < len(words) and (
+        _ASSIGNMENT.match(words[start])
+        or _ARRAY_ASSIGNMENT.match(words[start])
+        or words[start] in _RESERVED
+    ):
+        start += 1
+    return start
+
+
+def reads_stdin_script(words: Sequence[str]) -> tuple[str, str | None] | None:
+    """``(shell, env_lost)`` when the command is a shell reading its code from stdin."""
+    start = _command_start(words)
+    found = _shell_at(words, start)
+    if found is None:
+        return None
+    at, index, has_c = found
+    options = words[at + 1 : index]
+    if has_c or (index < len(words) and not any("s" in o[1:] for o in options)):
+        return None
+    return words[at], _env_lost(words[start:at])
+
+
+def _shell_at(words: Sequence[str], start: int) -> tuple[int, int, bool] | None:
+    """The first shell word's index, its first operand's, and whether it has ``-c``."""
+    for i in range(start, len(words)):
+        word = words[i]
+        if word.rsplit("/", 1)[-1] not in SHELLS and word not in SHELL_WORDS:
+            continue
+        j = i + 1
+        has_c = False
+        while j < len(words):
+            option = words[j]
+            if option == "--":
+                j += 1
+                break
+            if option.startswith("--"):
+                j += 2 if option in ("--rcfile", "--init-file") else 1
+                continue
+            if len(option) > 1 and option[0] in "-+" and option[1:].isalpha():
+                has_c = has_c or "c" in option[1:]
+                j += 2 if "o" in option[1:] or "O" in option[1:] else 1
+                continue
+            break
+        return i, j, has_c
+    return None
+
+
+def _env_lost(launchers: Sequence[str]) -> str | None:
+    for k, word in enumerate(launchers):
+        name = word.rsplit("/", 1)[-1]
+        if name in DROPS_ENV:
+            return name
+        if name == "env" and any(
+            w in ("-i", "-", "--ignore-environment") for w in launchers[k + 1 :]
+        ):
+            return "env -i"
+    return None
+
+
+@dataclass
+class _Word:
+    """A word (or a here-document body) as the shell will see it once it is unquoted."""
+
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+    marks: list[tuple[int, int]] = field(default_factory=list)
+    """(placement index, offset in the unquoted text)."""
+    started: bool = False
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.length += len(text)
+        self.started = True
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+@dataclass
+class _Heredoc:
+    delimiter: str
+    quoted: bool
+    strip_tabs: bool
+    words: list[_Word]
+
+
+class _Scanner:
+    def __init__(self, text: str, depth: int) -> None:
+        self.text = text
+        self.n = len(text)
+        self.found: list[Placement] = []
+        self.depth = depth
+
+    def deeper(self) -> int:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise TemplateError(
+                f"the command nests substitutions or shells more than {MAX_DEPTH} deep "
+                "(split it into steps or a script)"
+            )
+        return self.depth
+
+    # --- placements ----------------------------------------------------------------
+
+    def place(self, match: re.Match[str], chain: tuple[str, ...], word: _Word | None) -> None:
+        if word is not None:
+            word.marks.append((len(self.found), word.length))
+            word.add(match.group(0))
+        self.found.append(Placement(match.start(), match.end(), match.group(1), chain))
+
+    def adopt(self, inner: list[Placement], level: str, offsets: list[int]) -> None:
+        """Placements found in a nested text (backticks), mapped to this text."""
+        for p in inner:
+            start = offsets[p.start]
+            self.found.append(
+                replace(p, start=start, end=start + p.end - p.start, chain=(level, *p.chain))
+            )
+
+    def command_string(self, word: _Word, shell: str, env_lost: str | None) -> None:
+        """The word is code for ``shell``: its placements are expanded there."""
+        inner = {p.start: p for p in scan(word.text, depth=self.deeper())}
+        self.depth -= 1
+        for index, offset in word.marks:
+            outer = self.found[index]
+            p = inner.get(offset)
+            if p is None:
+                self.found[index] = replace(
+                    outer, chain=(*outer.chain, "escaped"), shells=(shell,), env_lost=env_lost
+                )
+                continue
+            self.found[index] = replace(
+                outer,
+                chain=(*outer.chain, *p.chain),
+                shells=(shell, *p.shells),
+                env_lost=env_lost or p.env_lost,
+            )
+
+    def mark(self, word: _Word, kind: str, program: str | None) -> None:
+        """Every placement of ``word`` is where ``kind`` says (arithmetic, foreign code)."""
+        for index, _ in word.marks:
+            p = self.found[index]
+            shells = (*p.shells, program) if program else p.shells
+            self.found[index] = replace(p, chain=(*p.chain[:-1], kind), shells=shells)
+
+    def end_command(self, words: list[_Word]) -> None:
+        texts = [w.text for w in words]
+        for index, shell, env_lost in command_strings(texts):
+            self.command_string(words[index], shell, env_lost)
+        for index, program in foreign_code(texts):
+            self.mark(words[index], "foreign", program)
+        start = _command_start(texts)
+        first = texts[start] if start < len(texts) else ""
+        arithmetic = first == "let" or (first == "[[" and bool(ARITHMETIC_TESTS & set(texts)))
+        if first in ("declare", "typeset", "local", "export", "readonly"):
+            arithmetic = any(t.startswith("-") and "i" in t for t in texts[start + 1 :])
+        for k, word in enumerate(words):
+            if arithmetic or (k < start and _ARRAY_ASSIGNMENT.match(texts[k])):
+                self.mark(word, "arithmetic", None)
+
+    # --- the grammar, as far as quoting goes ----------------------------------------
+
+    def parse_list(self, i: int, *, top: bool = False) -> int:
+        """Commands up to the ``)`` that closes a ``$(`` (or the end); returns past it."""
+        t, n = self.text, self.n
+        words: list[_Word] = []
+        word = _Word()
+        heredocs: list[_Heredoc] = []
+        depth = 0
+
+        def end_word() -> None:
+            nonlocal word
+            if word.started:
+                words.append(word)
+            word = _Word()
+
+        def end_command() -> None:
+            nonlocal words
+            end_word()
+            self.end_command(words)
+            words = []
+
+        while i < n:
+            c = t[i]
+            if c == "\\":
+                if t.startswith("\n", i + 1):
+                    i += 2
+                    continue
+                word.add(t[i + 1 : i + 2])
+                i += 2
+            elif c == "'":
+                i = self.parse_single(i + 1, word)
+            elif c == '"':
+                word.started = True
+                i = self.parse_double(i + 1, word, mode="double", end=n)
+            elif c == "`":
+                i = self.parse_backtick(i + 1, word, in_double=False)
+            elif c == "$":
+                i = self.parse_dollar(i, word, "none")
+            elif c == "#" and not word.started:
+                newline = t.find("\n", i)
+                i = n if newline < 0 else newline
+            elif c in " \t":
+                end_word()
+                i += 1
+            elif c == "\n":
+                end_command()
+                i = self.read_heredocs(i + 1, heredocs)
+                heredocs = []
+            elif c in ";&|":
+                end_command()
+                i += 1
+            elif c == "(" and t.startswith("((", i) and not word.started and not words:
+                i = self.parse_arithmetic(i + 2)
+            elif c == "(":
+                depth += 1
+                end_command()
+                i += 1
+            elif c == ")":
+                end_command()
+                i += 1
+                if depth == 0 and not top:
+                    return i
+                depth -= 1
+            elif t.startswith("<<", i) and not t.startswith("<<<", i):
+                end_word()
+                i, heredoc = self.parse_heredoc_operator(i + 2, words)
+                heredocs.append(heredoc)
+            elif c in "<>":
+                end_word()
+                while i < n and t[i] in "<>&":
+                    i += 1
+            else:
+                word.add(c)
+                i += 1
+        end_command()
+        self.read_heredocs(n, heredocs)
+        return i
+
+    def parse_single(self, i: int, word: _Word) -> int:
+        t = self.text
+        close = t.find("'", i)
+        end = self.n if close < 0 else close
+        last = i
+        for m in VARIABLE.finditer(t, i, end):
+            word.add(t[last : m.start()])
+            self.place(m, ("single",), word)
+            last = m.end()
+        word.add(t[last:end])
+        return end + 1
+
+    def parse_double(self, i: int, word: _Word, *, mode: str, end: int) -> int:
+        """Inside ``"..."`` (mode ``double``) or an unquoted here-document body (``heredoc``)."""
+        t = self.text
+        special = '$`"\\\n' if mode == "double" else "$`\\\n"
+        while i < end:
+            c = t[i]
+            if c == '"' and mode == "double":
+                return i + 1
+            if c == "\\" and i + 1 < end and t[i + 1] in special:
+                if t[i + 1] != "\n":
+                    word.add(t[i + 1])
+                i += 2
+            elif c == "`":
+                i = self.parse_backtick(i + 1, word, in_double=mode == "double")
+            elif c == "$":
+                i = self.parse_dollar(i, word, mode)
+            else:
+                word.add(c)
+                i += 1
+        return i
+
+    def parse_dollar(self, i: int, word: _Word, quoting: str) -> int:
+        t = self.text
+        m = VARIABLE.match(t, i)
+        if m:
+            self.place(m, (quoting,), word)
+            return m.end()
+        if t.startswith("$((", i):
+            word.add("_")
+            return self.parse_arithmetic(i + 3)
+        if t.startswith("$(", i):
+            word.add("_")
+            self.deeper()
+            end = self.parse_list(i + 2)
+            self.depth -= 1
+            return end
+        if t.startswith("${", i):
+            return self.parse_parameter(i + 2, word, quoting)
+        if t.startswith("$'", i) and quoting == "none":
+            return self.parse_single(i + 2, word)
+        word.add("$")
+        return i + 1
+
+    def parse_parameter(self, i: int, word: _Word, quoting: str) -> int:
+        """``${name...}`` of the shell's own: a subscript in it is arithmetic."""
+        t = self.text
+        word.add("${")
+        depth = 0
+        while i < self.n:
+            m = VARIABLE.match(t, i)
+            if m:
+                self.place(m, ("arithmetic" if depth else quoting,), word)
+                i = m.end()
+                continue
+            c = t[i]
+            word.add(c)
+            i += 1
+            if c == "[":
+                depth += 1
+            elif c == "]":
+                depth = max(0, depth - 1)
+            elif c == "}":
+                break
+        return i
+
+    def parse_arithmetic(self, i: int) -> int:
+        """``$(( ... ))`` or ``(( ... ))``: every value in it is an expression."""
+        t = self.text
+        depth = 0
+        while i < self.n:
+            m = VARIABLE.match(t, i)
+            if m:
+                self.place(m, ("arithmetic",), None)
+                i = m.end()
+                continue
+            if t.startswith("$(", i) and not t.startswith("$((", i):
+                self.deeper()
+                i = self.parse_list(i + 2)
+                self.depth -= 1
+                continue
+            c = t[i]
+            i += 1
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                if depth == 0 and t.startswith(")", i):
+                    return i + 1
+                depth -= 1
+        return i
+
+    def parse_backtick(self, i: int, word: _Word, *, in_double: bool) -> int:
+        """```...```: a new command; ``\\$``, ``\\``` and ``\\\\`` lose their backslash."""
+        t = self.text
+        keep = '$`\\"' if in_double else "$`\\"
+        body: list[str] = []
+        offsets: list[int] = []
+        while i < self.n and t[i] != "`":
+            if t[i] == "\\" and i + 1 < self.n:
+                if t[i + 1] not in keep:
+                    body.append("\\")
+                    offsets.append(i)
+                body.append(t[i + 1])
+                offsets.append(i + 1)
+                i += 2
+                continue
+            body.append(t[i])
+            offsets.append(i)
+            i += 1
+        offsets.append(i)
+        inner = scan("".join(body), depth=self.deeper())
+        self.depth -= 1
+        self.adopt(inner, "backtick-double" if in_double else "backtick", offsets)
+        word.add("_")
+        return i + 1
+
+    def parse_heredoc_operator(self, i: int, words: list[_Word]) -> tuple[int, _Heredoc]:
+        t = self.text
+        strip = t.startswith("-", i)
+        i += strip
+        while i < self.n and t[i] in " \t":
+            i += 1
+        start = i
+        while i < self.n and t[i] not in " \t\n;&|<>()":
+            if t[i] in "'\"":
+                close = t.find(t[i], i + 1)
+                i = self.n if close < 0 else close + 1
+            else:
+                i += 1
+        raw = t[start:i]
+        try:
+            delimiter = "".join(shlex.split(raw)) if raw else ""
+        except ValueError:
+            delimiter = raw
+        quoted = any(q in raw for q in "'\"\\")
+        return i, _Heredoc(delimiter, quoted, strip, words)
+
+    def read_heredocs(self, i: int, heredocs: list[_Heredoc]) -> int:
+        """The bodies of the here-documents started on the line that just ended."""
+        t = self.text
+        for heredoc in heredocs:
+            start = i
+            end = self.n
+            while i < self.n:
+                newline = t.find("\n", i)
+                stop = self.n if newline < 0 else newline
+                line = t[i:stop]
+                if (line.lstrip("\t") if heredoc.strip_tabs else line) == heredoc.delimiter:
+                    end = i
+                    i = stop + 1
+                    break
+                i = stop + 1
+            else:
+                i = self.n
+            body = _Word()
+            if heredoc.quoted:
+                last = start
+                for m in VARIABLE.finditer(t, start, end):
+                    body.add(t[last : m.start()])
+                    self.place(m, ("heredoc-quoted",), body)
+                    last = m.end()
+                body.add(t[last:end])
+            else:
+                self.parse_double(start, body, mode="heredoc", end=end)
+            shell = reads_stdin_script([w.text for w in heredoc.words])
+            if shell is not None:
+                self.command_string(body, *shell)
+        return i
