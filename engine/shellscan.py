@@ -382,7 +382,7 @@ class _Scanner:
         start = _command_start(texts)
         first = texts[start] if start < len(texts) else ""
         arithmetic = first == "let" or (first == "[[" and bool(ARITHMETIC_TESTS & set(texts)))
-        if first in ("declare", "typeset", "local", "export", "readonly"):
+        if first in ("declare", "typeset", "local"):
             arithmetic = any(t.startswith("-") and "i" in t for t in texts[start + 1 :])
         for k, word in enumerate(words):
             if arithmetic or (k < start and _ARRAY_ASSIGNMENT.match(texts[k])):
