@@ -1,0 +1,345 @@
+"""Injection, adversarially: every placement of a value times every hostile payload.
+
+For each pair either validation refuses the placement (exit 2, located), or
+the command runs the value as data only: no ``PWNED`` file appears, and the
+command prints exactly the value's bytes. Most pairs are checked by
+rendering and running the shell directly (one shell per placement, every
+payload in its own command group); a workflow of refused placements goes through
+``engine validate`` and one of safe placements through a real run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from engine.template import (
+    TemplateError,
+    argv_problems,
+    render_argv,
+    render_shell,
+    shell_problems,
+)
+from tests.conftest import ENGINE
+from tests.engine_helpers import records, run_workflow
+
+PAYLOADS = [
+    "$(touch PWNED)",
+    "`touch PWNED`",
+    "; touch PWNED",
+    "&& touch PWNED",
+    "|| touch PWNED",
+    "| touch PWNED",
+    "& touch PWNED &",
+    "\ntouch PWNED\n",
+    "x\ntouch PWNED",
+    "EOF\ntouch PWNED\nEOF",
+    "'; touch PWNED; '",
+    '"; touch PWNED; "',
+    "x' \"$(touch PWNED)\" '",
+    '\\"; touch PWNED; \\"',
+    "\\$(touch PWNED)",
+    "\\`touch PWNED\\`",
+    "$((1+1)) a[$(touch PWNED)]",
+    "${IFS}touch${IFS}PWNED",
+    "$HOME ${HOME} ~ ~root",
+    "*",
+    "[a-z]* ?",
+    "{a,b} !! !x",
+    "'",
+    '"',
+    "\\",
+    "\\\\n\\",
+    "a  b\t\tc  ",
+    " ",
+    "",
+    "-n",
+    "--help",
+    "%s %d %n",
+    "# comment",
+    ")",
+    "}",
+    "ünïcødé ☃ 日本語 \u200b\U0001f600",
+    "\x01\x02\x1b[31m\x7f",
+]
+
+Expect = Callable[[str], str]
+
+
+def exact(v: str) -> str:
+    return v
+
+
+def substituted(v: str) -> str:
+    """What ``$( )`` and backticks keep: all but the trailing newlines."""
+    return v.rstrip("\n")
+
+
+def line(v: str) -> str:
+    return v + "\n"
+
+
+@dataclass(frozen=True)
+class Shell:
+    template: str
+    expect: Expect | None = exact
+    """None: validation must refuse the placement."""
+
+
+P = "printf '%s'"
+SHELL_PLACEMENTS = [
+    # the command's own shell
+    Shell(f"{P} ${{item}}"),
+    Shell(f'{P} "${{item}}"'),
+    Shell(f"{P} pre${{item}}post", lambda v: f"pre{v}post"),
+    Shell(f'x=${{item}}; {P} "$x"'),
+    Shell(f'for x in ${{item}}; do {P} "$x"; done'),
+    Shell(f"case ${{item}} in *) {P} ${{item}};; esac"),
+    Shell(f"({P} ${{item}})"),
+    Shell(f"{{ {P} ${{item}}; }}"),
+    Shell(f"{P} ${{item}} | cat"),
+    Shell(f'{P} "${{UNSET_ENGINE_TEST:-${{item}}}}"'),
+    Shell(f"{P} ${{item}} # and ${{item}} in a comment"),
+    # command substitution: a fresh quoting context
+    Shell(f'{P} "$({P} ${{item}})"', substituted),
+    Shell(f'{P} "$({P} "${{item}}")"', substituted),
+    Shell(f'{P} "$({P} "$({P} ${{item}})")"', substituted),
+    Shell(f'{P} "`{P} ${{item}}`"', substituted),
+    Shell(f'x=`{P} ${{item}}`; {P} "$x"', substituted),
+    Shell(f'x=$({P} ${{item}}); {P} "$x"', substituted),
+    # here-documents
+    Shell("cat <<EOF\n${item}\nEOF", line),
+    Shell("cat <<-EOF\n\t${item}\n\tEOF", line),
+    Shell(f"sh <<EOF\n{P} ${{item}}\nEOF"),
+    Shell(f"sh <<'EOF'\n{P} ${{item}}\nEOF"),
+    Shell(f'bash -s <<EOF\n{P} "${{item}}"\nEOF'),
+    # nested shells: the inner shell expands a reference
+    Shell(f'bash -c "{P} ${{item}}"'),
+    Shell(f'bash -c "{P} \\"${{item}}\\""'),
+    Shell("bash -c 'printf \"%s\" ${item}'"),
+    Shell('sh -c \'printf "%s" "${item}"\''),
+    Shell(f'sh -ec "{P} ${{item}}"'),
+    Shell(f'bash -o pipefail -c "{P} ${{item}}"'),
+    Shell(f'/bin/sh -c -- "{P} ${{item}}"'),
+    Shell(f'bash -c "sh -c \\"{P} ${{item}}\\""'),
+    Shell('bash -c "cat <<EOF\n${item}\nEOF"', line),
+    Shell('bash -c "cat <<< ${item}"', line),
+    Shell(f'bash -c "x=\\$({P} ${{item}}); {P} \\"\\$x\\""', substituted),
+    Shell(f'bash -c "x=\\`{P} ${{item}}\\`; {P} \\"\\$x\\""', substituted),
+    Shell(f'{P} "$(bash -c "{P} ${{item}}")"', substituted),
+    Shell(f'env A=1 sh -c "{P} ${{item}}"'),
+    Shell(f'timeout 60 sh -c "{P} ${{item}}"'),
+    Shell(f'find . -maxdepth 0 -exec sh -c "{P} ${{item}}" \\;'),
+    Shell(f'echo x | xargs sh -c "{P} ${{item}}"'),
+    Shell('bash -c \'printf "%s" "$1"\' _ ${item}'),
+    Shell(f'eval "{P} ${{item}}"'),
+    Shell(f"eval {P} ${{item}}"),
+    Shell(f'if eval "{P} ${{item}}"; then :; fi'),
+    # refused: no shell would expand the value as data here
+    Shell(f"{P} '${{item}}'", None),
+    Shell(f"{P} $'${{item}}'", None),
+    Shell(f"bash -c \"{P} '${{item}}'\"", None),
+    Shell(f"eval \"{P} '${{item}}'\"", None),
+    Shell(f'bash -c "{P} \\\\${{item}}"', None),
+    Shell("cat <<'EOF'\n${item}\nEOF", None),
+    Shell('cat <<"EOF"\n${item}\nEOF', None),
+    Shell("echo $(( ${item} + 1 ))", None),
+    Shell("(( ${item} ))", None),
+    Shell('bash -c "(( ${item} ))"', None),
+    Shell('bash -c "let x=${item}"', None),
+    Shell('bash -c "[[ ${item} -eq 1 ]]"', None),
+    Shell('bash -c "declare -i x=${item}"', None),
+    Shell('bash -c "a[${item}]=1"', None),
+    Shell('bash -c "echo \\${a[${item}]}"', None),
+    Shell(f'sudo sh -c "{P} ${{item}}"', None),
+    Shell(f'env -i sh -c "{P} ${{item}}"', None),
+    Shell(f'docker exec box sh -c "{P} ${{item}}"', None),
+    Shell("python3 -c \"print('${item}')\"", None),
+    Shell("perl -e \"print '${item}'\"", None),
+    Shell("node -e \"console.log('${item}')\"", None),
+    Shell('awk "BEGIN { print \\"${item}\\" }"', None),
+    Shell('ssh -p 22 host "echo ${item}"', None),
+]
+
+
+@dataclass(frozen=True)
+class Argv:
+    words: tuple[str, ...]
+    literal: int = 0
+    """Leading words kept as they are (an agent's command line; the prompt follows)."""
+    expect: Expect | None = exact
+
+
+ARGV_PLACEMENTS = [
+    Argv(("printf", "%s", "${item}")),
+    Argv(("sh", "-c", f"{P} ${{item}}")),
+    Argv(("bash", "-c", 'printf "%s" "${item}"')),
+    Argv(("sh", "-c", 'printf "%s" "$1"', "_", "${item}")),
+    Argv(("env", "sh", "-c", f"{P} ${{item}}")),
+    Argv(("bash", "-c", f'eval "{P} ${{item}}"')),
+    # an agent whose command is a shell: the prompt is its command string
+    Argv(("sh", "-c", f"{P} ${{item}}"), literal=2),
+    Argv(("bash", "-lc", f"{P} ${{item}}"), literal=2),
+    Argv(("sh", "-c", 'printf "%s" "$0"', "${item}"), literal=3),
+    Argv(("sh", "-c", f"{P} '${{item}}'"), expect=None),
+    Argv(("sh", "-c", f"{P} '${{item}}'"), literal=2, expect=None),
+    Argv(("sudo", "sh", "-c", f"{P} ${{item}}"), expect=None),
+    Argv(("python3", "-c", "print('${item}')"), expect=None),
+]
+
+
+def _start_batch(workdir: Path, commands: list[tuple[str, bool]]) -> subprocess.Popen[bytes]:
+    """Run one command per payload, in one shell: ``(command, takes the value in ENGINE_VAR_1)``."""
+    script = []
+    for k, (command, by_reference) in enumerate(commands):
+        export = f'export ENGINE_VAR_1="$ENGINE_TEST_P{k}"\n' if by_reference else ""
+        script.append(f"{{\n{export}{command}\n}} >out-{k} 2>err-{k}\n")
+    env = {**os.environ, **{f"ENGINE_TEST_P{k}": p for k, p in enumerate(PAYLOADS)}}
+    return subprocess.Popen(["/bin/sh", "-c", "".join(script)], cwd=workdir, env=env)
+
+
+def _check_outputs(workdir: Path, shown: str, expect: Expect) -> list[str]:
+    failures = []
+    if list(workdir.rglob("PWNED")):
+        failures.append(f"{shown!r}: a PWNED file appeared")
+    for k, payload in enumerate(PAYLOADS):
+        got = (workdir / f"out-{k}").read_bytes()
+        if got != expect(payload).encode():
+            err = (workdir / f"err-{k}").read_bytes()[:200]
+            failures.append(f"{shown!r} with {payload!r}: printed {got!r} (stderr {err!r})")
+    return failures
+
+
+def _workdir(tmp_path: Path, n: int) -> Path:
+    workdir = tmp_path / f"w{n}"
+    workdir.mkdir()
+    for name in ("a-file", "b-file"):  # so that a stray glob shows
+        (workdir / name).write_text("")
+    return workdir
+
+
+def test_every_placement_times_every_payload(tmp_path: Path, capsys) -> None:
+    failures: list[str] = []
+    batches: list[tuple[subprocess.Popen[bytes], Path, Shell | Argv]] = []
+    refused = safe = 0
+    for n, placement in enumerate(SHELL_PLACEMENTS):
+        rendered: set[str] = set()
+        for payload in PAYLOADS:
+            try:
+                command, env = render_shell(placement.template, {"item": payload})
+            except TemplateError:
+                rendered.add("refused")
+                continue
+            rendered.add(command)
+            assert list(env) == ["ENGINE_VAR_1"] and env["ENGINE_VAR_1"] == payload
+        problems = shell_problems(placement.template)
+        # The value never changes the command's text, nor whether it is refused.
+        assert len(rendered) == 1, (placement.template, rendered)
+        if placement.expect is None:
+            assert rendered == {"refused"} and problems, placement.template
+            refused += len(PAYLOADS)
+            continue
+        assert not problems and rendered != {"refused"}, (placement.template, problems)
+        workdir = _workdir(tmp_path, n)
+        batches.append(
+            (_start_batch(workdir, [(rendered.pop(), True)] * len(PAYLOADS)), workdir, placement)
+        )
+        safe += len(PAYLOADS)
+    for n, argv in enumerate(ARGV_PLACEMENTS, start=len(SHELL_PLACEMENTS)):
+        problems = argv_problems(argv.words, literal=argv.literal)
+        if argv.expect is None:
+            assert problems, argv
+            with pytest.raises(TemplateError):
+                render_argv(argv.words, {"item": "x"}, literal=argv.literal)
+            refused += len(PAYLOADS)
+            continue
+        assert not problems, (argv, problems)
+        commands = []
+        for payload in PAYLOADS:
+            words, env = render_argv(argv.words, {"item": payload}, literal=argv.literal)
+            assert set(env) <= {"ENGINE_VAR_1"} and all(v == payload for v in env.values())
+            commands.append((shlex.join(words), bool(env)))  # the words exactly, as an exec
+        workdir = _workdir(tmp_path, n)
+        batches.append((_start_batch(workdir, commands), workdir, argv))
+        safe += len(PAYLOADS)
+    for process, workdir, placed in batches:
+        process.wait(timeout=120)
+        assert placed.expect is not None
+        shown = placed.template if isinstance(placed, Shell) else " ".join(placed.words)
+        failures += _check_outputs(workdir, shown, placed.expect)
+    placements = len(SHELL_PLACEMENTS) + len(ARGV_PLACEMENTS)
+    with capsys.disabled():
+        print(
+            f"\ninjection suite: {placements} placements x {len(PAYLOADS)} payloads = "
+            f"{placements * len(PAYLOADS)} pairs: {refused} refused at validation, "
+            f"{safe} ran as data only, {len(failures)} failed"
+        )
+    assert refused + safe == placements * len(PAYLOADS)
+    assert not failures, "\n".join(failures[:20])
+
+
+def test_refused_placements_are_located_exit_2_through_the_cli(tmp_path: Path) -> None:
+    refused = [p.template for p in SHELL_PLACEMENTS if p.expect is None]
+    steps = [{"run": t} for t in refused] + [
+        {"argv": list(a.words)} for a in ARGV_PLACEMENTS if a.expect is None and not a.literal
+    ]
+    text = "name: refused\nmap:\n  items: [a]\n  agent_template:\n"
+    for step in steps:
+        key, value = next(iter(step.items()))
+        text += f"    - {key}: {json.dumps(value)}\n"
+    (tmp_path / "wf.yml").write_text(text)
+    proc = subprocess.run(
+        [ENGINE, "validate", "wf.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    for k, step in enumerate(steps):
+        key = next(iter(step))
+        where = f"wf.yml:{5 + k}: map.agent_template[{k}].{key}: ${{item}} "
+        assert sum(ln.startswith(where) for ln in lines) >= 1, (where, lines)
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+END_TO_END = {
+    "dollar": f'{P} "$({P} ${{item.v}})" > dollar-${{item.n}}',
+    "bash": f'bash -c "{P} ${{item.v}} > bash-${{item.n}}"',
+    "single": "sh -c 'printf \"%s\" ${item.v} > single-${item.n}'",
+    "eval": f'eval "{P} ${{item.v}} > eval-${{item.n}}"',
+    "heredoc": f"sh <<EOF\n{P} ${{item.v}} > heredoc-${{item.n}}\nEOF",
+}
+
+
+def test_a_real_run_keeps_every_payload_data(tmp_path: Path) -> None:
+    (tmp_path / "items.json").write_text(
+        json.dumps([{"v": v, "n": i} for i, v in enumerate(PAYLOADS)])
+    )
+    steps = [{"run": c} for c in END_TO_END.values()]
+    steps.append({"argv": ["sh", "-c", f"{P} ${{item.v}} > argv-${{item.n}}"]})
+    steps.append({"claude": f"{P} ${{item.v}} > agent-${{item.n}}"})
+    workflow = {
+        "name": "hostile",
+        "agent": {"command": "sh -c"},
+        "map": {
+            "input": "items.json",
+            "id": "item-${item.n}",
+            "max_parallel": 4,
+            "agent_template": steps,
+        },
+    }
+    (tmp_path / "wf.json").write_text(json.dumps(workflow))
+    result = run_workflow(tmp_path / "wf.json", tmp_path / "home")
+    assert result.exit_code == 0, [r.data for r in records(result, "item.failed")][:3]
+    assert not list(tmp_path.rglob("PWNED"))
+    for prefix in [*END_TO_END, "argv", "agent"]:
+        expect = substituted if prefix == "dollar" else exact
+        for i, payload in enumerate(PAYLOADS):
+            got = (tmp_path / f"{prefix}-{i}").read_bytes()
+            assert got == expect(payload).encode(), (prefix, payload, got)
