@@ -184,13 +184,15 @@ def command_strings(words: Sequence[str]) -> list[tuple[int, str, str | None]]:
 def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:
     """Words that are code for a program other than a local shell: ``(index, program)``.
 
-    The code argument of an interpreter (``python3 -c``, ``perl -e``, ``node -e``,
-    ``ruby -e``, ``php -r``, an ``awk`` program) and the command of ``ssh``.
+    The code argument of an interpreter named anywhere in the command
+    (``python3 -c``, ``perl -e``, ``node -e``, ``ruby -e``, ``php -r``, an
+    ``awk`` program), among the options before its script; and the command
+    of ``ssh`` when ssh is the command.
     """
     start = _command_start(words)
     for i in range(start, len(words)):
         name = words[i].rsplit("/", 1)[-1]
-        if name == "ssh":
+        if name == "ssh" and i == start:
             j = i + 1
             while j < len(words) and words[j].startswith("-"):
                 j += 2 if words[j][-1] in _SSH_ARGUMENT and len(words[j]) == 2 else 1
@@ -208,6 +210,8 @@ def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:
             for j in range(i + 1, len(words) - 1):
                 if words[j] in options:
                     return [(j + 1, name)]
+                if not words[j].startswith("-") or words[j] == "-m":
+                    break  # a script or module: the options after it are its own
             return []
     return []
 

@@ -209,3 +209,31 @@ def test_unsafe_argv_and_agent_placements_are_refused(tmp_path: Path) -> None:
     )
     assert ":8: map.agent_template[1].claude: ${item} is in an arithmetic expression" in lines[1]
     assert ":9: map.agent_template[2].argv: ${item} is in code for python3" in lines[2]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        'python3 manage.py -c "${item}"',
+        'python3 -m tool -c "${item}"',
+        'rsync -e ssh src "${item}"',
+        'awk -F, "{print \\$1}" "${item}"',
+        'bash -c \'echo "$1"\' _ "${item}"',
+        'echo "sh -c ${item}"',
+        "cat <<EOF\n${item}\nEOF",
+        '[ "${item}" -eq 1 ]',
+        '[[ "${item}" == a* ]]',
+    ],
+)
+def test_safe_placements_near_the_refused_ones_validate(tmp_path: Path, command: str) -> None:
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: fine
+        map:
+          items: [a]
+          agent_template:
+            - run: {json.dumps(command)}
+        """,
+    )
+    load_workflow(wf)
