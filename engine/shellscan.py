@@ -84,8 +84,13 @@ class Placement:
         var = f"${{{self.name}}}"
         shell = self.shells[-1] if self.shells else None
         where = f" in the command string of {shell}" if shell else ""
-        if shell is not None and self.chain[-1] == "foreign":
-            fix = ""
+        if shell == "ssh":
+            fix = (
+                f"send the value on standard input: printf '%s' \"{var}\" | ssh HOST "
+                "'v=$(cat); … \"$v\"'"
+            )
+        elif shell is not None and self.chain[-1] in ("foreign", "foreign-output"):
+            fix = f"pass it as an argument and read it there: {_foreign_fix(shell, var)}"
         elif shell == "eval":
             fix = f'set a variable first: v="{var}"; eval \'… "$v"\''
         elif shell:
@@ -110,15 +115,12 @@ class Placement:
                 f'expr "{var}" + 1, or test it first with case)'
             )
         if kind == "foreign" and shell == "ssh":
-            return (
-                f"{var} is in the command ssh runs, which a remote shell reads as code "
-                f"(send the value on standard input: printf '%s' \"{var}\" | ssh HOST "
-                "'v=$(cat); … \"$v\"')"
-            )
+            return f"{var} is in the command ssh runs, which a remote shell reads as code ({fix})"
         if kind == "foreign":
+            return f"{var} is in code for {shell}, which would run its value as code ({fix})"
+        if kind in ("shell-output", "foreign-output"):
             return (
-                f"{var} is in code for {shell}, which would run its value as code (pass it as "
-                f"an argument and read it there: {_foreign_fix(shell or '', var)})"
+                f"{var} is in a command substitution whose output becomes code for {shell} ({fix})"
             )
         if kind == "escaped":
             return (
@@ -299,6 +301,8 @@ class _Word:
     length: int = 0
     marks: list[tuple[int, int]] = field(default_factory=list)
     """(placement index, offset in the unquoted text)."""
+    substituted: list[int] = field(default_factory=list)
+    """Placements inside command substitutions of the word: their output is in its text."""
     started: bool = False
 
     def add(self, text: str) -> None:
@@ -355,6 +359,7 @@ class _Scanner:
         """The word is code for ``shell``: its placements are expanded there."""
         inner = {p.start: p for p in scan(word.text, depth=self.deeper())}
         self.depth -= 1
+        self.output_is_code(word, "shell-output", shell)
         for index, offset in word.marks:
             outer = self.found[index]
             p = inner.get(offset)
@@ -370,6 +375,13 @@ class _Scanner:
                 env_lost=env_lost or p.env_lost,
             )
 
+    def output_is_code(self, word: _Word, kind: str, program: str) -> None:
+        """Placements in the word's substitutions: their output becomes code."""
+        for index in word.substituted:
+            p = self.found[index]
+            if p.problem is None:
+                self.found[index] = replace(p, chain=(*p.chain, kind), shells=(program,))
+
     def mark(self, word: _Word, kind: str, program: str | None) -> None:
         """Every placement of ``word`` is where ``kind`` says (arithmetic, foreign code)."""
         for index, _ in word.marks:
@@ -383,6 +395,7 @@ class _Scanner:
             self.command_string(words[index], shell, env_lost)
         for index, program in foreign_code(texts):
             self.mark(words[index], "foreign", program)
+            self.output_is_code(words[index], "foreign-output", program)
         start = _command_start(texts)
         first = texts[start] if start < len(texts) else ""
         arithmetic = first == "let" or (first == "[[" and bool(ARITHMETIC_TESTS & set(texts)))
@@ -401,10 +414,13 @@ class _Scanner:
         word = _Word()
         heredocs: list[_Heredoc] = []
         depth = 0
+        cases = 0  # open ``case ... esac``: a ``)`` there ends a pattern
 
         def end_word() -> None:
-            nonlocal word
+            nonlocal word, cases
             if word.started:
+                if not words and word.text in ("case", "esac"):
+                    cases = max(0, cases + (1 if word.text == "case" else -1))
                 words.append(word)
             word = _Word()
 
@@ -453,9 +469,10 @@ class _Scanner:
             elif c == ")":
                 end_command()
                 i += 1
-                if depth == 0 and not top:
+                if depth > 0:
+                    depth -= 1
+                elif not cases and not top:
                     return i
-                depth -= 1
             elif t.startswith("<<", i) and not t.startswith("<<<", i):
                 end_word()
                 i, heredoc = self.parse_heredoc_operator(i + 2, words)
@@ -516,7 +533,9 @@ class _Scanner:
         if t.startswith("$(", i):
             word.add("_")
             self.deeper()
+            before = len(self.found)
             end = self.parse_list(i + 2)
+            word.substituted.extend(range(before, len(self.found)))
             self.depth -= 1
             return end
         if t.startswith("${", i):
@@ -594,6 +613,7 @@ class _Scanner:
         offsets.append(i)
         inner = scan("".join(body), depth=self.deeper())
         self.depth -= 1
+        word.substituted.extend(range(len(self.found), len(self.found) + len(inner)))
         self.adopt(inner, "backtick-double" if in_double else "backtick", offsets)
         word.add("_")
         return i + 1

@@ -159,6 +159,11 @@ def test_nested_shells_receive_a_reference_not_the_text(tmp_path: Path) -> None:
         ),
         ("echo $(( ${item} + 1 ))", "${item} is in an arithmetic expression"),
         (
+            'bash -c "cd $(dirname ${item}) && make"',
+            "${item} is in a command substitution whose output becomes code for bash (pass it "
+            'as an argument: bash -c \'… "$1"\' _ "${item}")',
+        ),
+        (
             'python3 -c "print(${item})"',
             "${item} is in code for python3, which would run its value as code (pass it as "
             "an argument and read it there: python3 -c '… sys.argv[1]' \"${item}\")",
