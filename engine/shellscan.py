@@ -2,159 +2,30 @@
 
 A command can hand text to another shell: the command string of
 ``bash -c "..."``, the arguments of ``eval``, a here-document read by
-``sh``, the body of backticks. A value's reference must be expanded by the
-shell that runs the code, quoted for the quoting it has *there*; expanded
-any earlier, its text would become code. So each placement carries a chain:
-its quoting at every level, from the command as written to the shell that
-expands it. ``docs/workflow.md`` ("Injection safety") states the rule.
+``sh``, the body of backticks. Expanded before that shell runs it, a value's
+text would become code. ``scan`` follows the quoting of the command (and of
+every text it hands on) far enough to say, for each placement, its quoting
+at every level (``engine.placement.Placement``). ``docs/workflow.md``
+("Injection safety") states the rule.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-__all__ = [
-    "VARIABLE",
-    "Placement",
-    "TemplateError",
-    "command_strings",
-    "foreign_code",
-    "reference",
-    "scan",
-]
+from engine.placement import MAX_DEPTH, VARIABLE, Placement, TemplateError
+from engine.shellcode import (
+    ARITHMETIC_TESTS,
+    command_start,
+    command_strings,
+    foreign_code,
+    is_array_assignment,
+    reads_stdin_script,
+)
 
-VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*)\}")
-"""``${name}`` or ``${name.field.sub}``."""
-
-SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "yash", "posh"})
-"""Programs whose ``-c`` argument (or standard input) is shell code, by last path component."""
-SHELL_WORDS = frozenset({"$SHELL", "${SHELL}", "$BASH", "${BASH}", "$0", "${0}"})
-DROPS_ENV = frozenset({"sudo", "doas", "docker", "podman", "kubectl"})
-"""Launchers that do not pass their environment on to the shell they start."""
-ARITHMETIC_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
-_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
-
-# Quoting contexts. A value can be expanded as data in the first three.
-_REFERENCE = {"none": '"${%s}"', "double": "${%s}", "heredoc": "${%s}"}
-# What must be escaped to pass text through a level unchanged.
-_ESCAPES = {
-    "none": "\\$\"`'",
-    "double": '\\$"`',
-    "heredoc": "\\$`",
-    "backtick": "\\$`",
-    "backtick-double": '\\$`"',
-    "single": "",
-    "heredoc-quoted": "",
-}
-
-
-MAX_DEPTH = 32
-"""Command substitutions, backticks and command strings nested deeper than this are refused."""
-
-
-class TemplateError(ValueError):
-    """A variable is unknown, unset, or placed where it cannot be safe."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """One ``${name}`` in a shell command."""
-
-    start: int
-    end: int
-    name: str
-    chain: tuple[str, ...]
-    """Its quoting at each level, outermost first; the last is where it is expanded."""
-    shells: tuple[str, ...] = ()
-    """The shell (or ``eval``) of each command-string level it passes into."""
-    env_lost: str | None = None
-    """A launcher on the way that drops the environment carrying the value."""
-
-    @property
-    def quoting(self) -> str:
-        """The quoting where the value is expanded (``none``, ``double``, ``single``, ...)."""
-        return self.chain[-1]
-
-    @property
-    def problem(self) -> str | None:
-        """Why this placement cannot carry a value as data, with the safe form; or None."""
-        var = f"${{{self.name}}}"
-        shell = self.shells[-1] if self.shells else None
-        where = f" in the command string of {shell}" if shell else ""
-        if shell == "ssh":
-            fix = (
-                f"send the value on standard input: printf '%s' \"{var}\" | ssh HOST "
-                "'v=$(cat); … \"$v\"'"
-            )
-        elif shell is not None and self.chain[-1] in ("foreign", "foreign-output"):
-            fix = f"pass it as an argument and read it there: {_foreign_fix(shell, var)}"
-        elif shell == "eval":
-            fix = f'set a variable first: v="{var}"; eval \'… "$v"\''
-        elif shell:
-            fix = f'pass it as an argument: {shell} -c \'… "$1"\' _ "{var}"'
-        else:
-            fix = "use double quotes"
-        kind = "arithmetic" if "arithmetic" in self.chain else self.chain[-1]
-        if kind == "single":
-            return (
-                f"{var} is inside single quotes{where}, where its value cannot be passed "
-                f"safely ({fix})"
-            )
-        if kind == "heredoc-quoted":
-            return (
-                f"{var} is in a here-document with a quoted delimiter{where}, which is not "
-                "expanded (write the delimiter unquoted, as <<EOF)"
-            )
-        if kind == "arithmetic":
-            return (
-                f"{var} is in an arithmetic expression{where}, where the shell evaluates a "
-                "value as code (pass it to a program that reads numbers, as "
-                f'expr "{var}" + 1, or test it first with case)'
-            )
-        if kind == "foreign" and shell == "ssh":
-            return f"{var} is in the command ssh runs, which a remote shell reads as code ({fix})"
-        if kind == "foreign":
-            return f"{var} is in code for {shell}, which would run its value as code ({fix})"
-        if kind in ("shell-output", "foreign-output"):
-            return (
-                f"{var} is in a command substitution whose output becomes code for {shell} ({fix})"
-            )
-        if kind == "escaped":
-            return (
-                f"{var} is escaped or in a comment{where}, where that shell would not "
-                "expand it (remove the backslash)"
-            )
-        if self.env_lost:
-            return (
-                f"{var} is in the command string of {shell} started by {self.env_lost}, "
-                f"which does not pass on the environment that carries the value ({fix})"
-            )
-        return None
-
-
-def _foreign_fix(program: str, var: str) -> str:
-    if program.startswith(("python", "pypy")):
-        return f"{program} -c '… sys.argv[1]' \"{var}\""
-    if program in ("node", "nodejs"):
-        return f"{program} -e '… process.argv[1]' \"{var}\""
-    if program == "php":
-        return f"php -r '… $argv[1]' \"{var}\""
-    if program in _AWKS:
-        return f"{program} -v v=\"{var}\" '… v'"
-    if program == "lua":
-        return f"lua -e '… arg[1]' \"{var}\""
-    return f"{program} -e '… $ARGV[0]' \"{var}\""
-
-
-def reference(placement: Placement, variable: str) -> str:
-    """The text that stands for ``placement``: ``variable`` expanded by the right shell."""
-    text = _REFERENCE[placement.chain[-1]] % variable
-    for level in reversed(placement.chain[:-1]):
-        text = "".join("\\" + c if c in _ESCAPES[level] else c for c in text)
-    return text
+__all__ = ["scan"]
 
 
 def scan(command: str, *, depth: int = 0) -> list[Placement]:
@@ -162,135 +33,6 @@ def scan(command: str, *, depth: int = 0) -> list[Placement]:
     scanner = _Scanner(command, depth)
     scanner.parse_list(0, top=True)
     return sorted(scanner.found, key=lambda p: p.start)
-
-
-def command_strings(words: Sequence[str]) -> list[tuple[int, str, str | None]]:
-    """Which words of a simple command are shell code: ``(index, shell, env_lost)``.
-
-    The first operand after options including ``c`` of a shell named anywhere
-    in the command (``bash -c``, ``sudo sh -ec``, ``find . -exec sh -c``), or
-    every argument of ``eval`` when it is the command.
-    """
-    start = _command_start(words)
-    if start < len(words) and words[start] == "eval":
-        return [(k, "eval", None) for k in range(start + 1, len(words))]
-    found = _shell_at(words, start)
-    if found is None:
-        return []
-    at, index, has_c = found
-    if not has_c or index >= len(words):
-        return []
-    return [(index, words[at], _env_lost(words[start:at]))]
-
-
-def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:
-    """Words that are code for a program other than a local shell: ``(index, program)``.
-
-    The code argument of an interpreter named anywhere in the command
-    (``python3 -c``, ``perl -e``, ``node -e``, ``ruby -e``, ``php -r``, an
-    ``awk`` program), among the options before its script; and the command
-    of ``ssh`` when ssh is the command.
-    """
-    start = _command_start(words)
-    for i in range(start, len(words)):
-        name = words[i].rsplit("/", 1)[-1]
-        if name == "ssh" and i == start:
-            j = i + 1
-            while j < len(words) and words[j].startswith("-"):
-                j += 2 if words[j][-1] in _SSH_ARGUMENT and len(words[j]) == 2 else 1
-            return [(k, "ssh") for k in range(j + 1, len(words))]
-        if name in _AWKS:
-            j = i + 1
-            while j < len(words) and words[j].startswith("-") and words[j] != "--":
-                if words[j] in ("-f", "--file") or words[j].startswith("-f"):
-                    return []
-                j += 2 if words[j] in ("-F", "-v") else 1
-            j += j < len(words) and words[j] == "--"
-            return [(j, name)] if j < len(words) else []
-        options = next((o for p, o in _INTERPRETERS if p.fullmatch(name)), None)
-        if options is not None:
-            for j in range(i + 1, len(words) - 1):
-                if words[j] in options:
-                    return [(j + 1, name)]
-                if not words[j].startswith("-") or words[j] == "-m":
-                    break  # a script or module: the options after it are its own
-            return []
-    return []
-
-
-_RESERVED = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "time"})
-_RESERVED |= {"command", "builtin", "exec", "nohup"}
-_ARRAY_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]]*\]\+?=")
-_SSH_ARGUMENT = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
-_AWKS = frozenset({"awk", "gawk", "mawk", "nawk"})
-_INTERPRETERS = [
-    (re.compile(r"python[0-9.]*|pypy[0-9.]*"), ("-c",)),
-    (re.compile(r"perl|ruby|lua|Rscript|osascript"), ("-e", "-E")),
-    (re.compile(r"node|nodejs"), ("-e", "-p", "--eval", "--print")),
-    (re.compile(r"php"), ("-r",)),
-]
-
-
-def _command_start(words: Sequence[str]) -> int:
-    """The index of the command's name: past assignments and reserved words."""
-    start = 0
-    while start < len(words) and (
-        _ASSIGNMENT.match(words[start])
-        or _ARRAY_ASSIGNMENT.match(words[start])
-        or words[start] in _RESERVED
-    ):
-        start += 1
-    return start
-
-
-def reads_stdin_script(words: Sequence[str]) -> tuple[str, str | None] | None:
-    """``(shell, env_lost)`` when the command is a shell reading its code from stdin."""
-    start = _command_start(words)
-    found = _shell_at(words, start)
-    if found is None:
-        return None
-    at, index, has_c = found
-    options = words[at + 1 : index]
-    if has_c or (index < len(words) and not any("s" in o[1:] for o in options)):
-        return None
-    return words[at], _env_lost(words[start:at])
-
-
-def _shell_at(words: Sequence[str], start: int) -> tuple[int, int, bool] | None:
-    """The first shell word's index, its first operand's, and whether it has ``-c``."""
-    for i in range(start, len(words)):
-        word = words[i]
-        if word.rsplit("/", 1)[-1] not in SHELLS and word not in SHELL_WORDS:
-            continue
-        j = i + 1
-        has_c = False
-        while j < len(words):
-            option = words[j]
-            if option == "--":
-                j += 1
-                break
-            if option.startswith("--"):
-                j += 2 if option in ("--rcfile", "--init-file") else 1
-                continue
-            if len(option) > 1 and option[0] in "-+" and option[1:].isalpha():
-                has_c = has_c or "c" in option[1:]
-                j += 2 if "o" in option[1:] or "O" in option[1:] else 1
-                continue
-            break
-        return i, j, has_c
-    return None
-
-
-def _env_lost(launchers: Sequence[str]) -> str | None:
-    for k, word in enumerate(launchers):
-        name = word.rsplit("/", 1)[-1]
-        if name in DROPS_ENV:
-            return name
-        if name == "env" and any(
-            w in ("-i", "-", "--ignore-environment") for w in launchers[k + 1 :]
-        ):
-            return "env -i"
-    return None
 
 
 @dataclass
@@ -396,13 +138,13 @@ class _Scanner:
         for index, program in foreign_code(texts):
             self.mark(words[index], "foreign", program)
             self.output_is_code(words[index], "foreign-output", program)
-        start = _command_start(texts)
+        start = command_start(texts)
         first = texts[start] if start < len(texts) else ""
         arithmetic = first == "let" or (first == "[[" and bool(ARITHMETIC_TESTS & set(texts)))
         if first in ("declare", "typeset", "local"):
             arithmetic = any(t.startswith("-") and "i" in t for t in texts[start + 1 :])
         for k, word in enumerate(words):
-            if arithmetic or (k < start and _ARRAY_ASSIGNMENT.match(texts[k])):
+            if arithmetic or (k < start and is_array_assignment(texts[k])):
                 self.mark(word, "arithmetic", None)
 
     # --- the grammar, as far as quoting goes ----------------------------------------

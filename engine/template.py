@@ -5,11 +5,13 @@ A value never changes a command's syntax. In a shell command every
 the value (``"${ENGINE_VAR_1}"``, quoted), so the shell sees data, never
 code. When the text is code for another shell (``bash -c "..."``, ``eval``,
 backticks, a here-document read by ``sh``), the reference is written so that
-*that* shell expands it (``engine/shellscan.py``). A placement where no shell
-would expand a value as data (single quotes, arithmetic) is a validation
-error. ``argv`` steps and agent prompts substitute values into single
-arguments, with no shell at all, except a shell's command string
-(``[sh, -c, "..."]``), rendered like a shell command.
+*that* shell expands it: ``shellscan`` finds where each placement stands,
+``shellcode`` which words are code for which program, ``placement`` how a
+reference is written there. A placement where no shell would expand a value
+as data (single quotes, arithmetic) is a validation error. ``argv`` steps
+and agent prompts substitute values into single arguments, with no shell at
+all, except a shell's command string (``[sh, -c, "..."]``), rendered like a
+shell command.
 """
 
 from __future__ import annotations
@@ -20,15 +22,9 @@ from typing import Any
 
 import msgspec
 
-from engine.shellscan import (
-    VARIABLE,
-    Placement,
-    TemplateError,
-    command_strings,
-    foreign_code,
-    reference,
-    scan,
-)
+from engine.placement import VARIABLE, Placement, TemplateError, reference
+from engine.shellcode import command_strings, foreign_code
+from engine.shellscan import scan
 
 __all__ = [
     "VARIABLE",

@@ -1,0 +1,141 @@
+"""A placement of a ``${...}`` in a shell command: its quoting at every level.
+
+A value's reference must be expanded by the shell that runs the code, quoted
+for the quoting it has *there*. ``chain`` lists the quoting at each level,
+from the command as written to the shell that expands it; ``reference``
+writes the reference so that each level passes it on unexpanded, and
+``problem`` says why a placement cannot carry a value as data, with the safe
+form. ``docs/workflow.md`` ("Injection safety") states the rule.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from engine.shellcode import AWKS
+
+__all__ = ["MAX_DEPTH", "VARIABLE", "Placement", "TemplateError", "reference"]
+
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*)\}")
+"""``${name}`` or ``${name.field.sub}``."""
+
+
+# Quoting contexts. A value can be expanded as data in the first three.
+_REFERENCE = {"none": '"${%s}"', "double": "${%s}", "heredoc": "${%s}"}
+# What must be escaped to pass text through a level unchanged.
+_ESCAPES = {
+    "none": "\\$\"`'",
+    "double": '\\$"`',
+    "heredoc": "\\$`",
+    "backtick": "\\$`",
+    "backtick-double": '\\$`"',
+    "single": "",
+    "heredoc-quoted": "",
+}
+
+
+MAX_DEPTH = 32
+"""Command substitutions, backticks and command strings nested deeper than this are refused."""
+
+
+class TemplateError(ValueError):
+    """A variable is unknown, unset, or placed where it cannot be safe."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One ``${name}`` in a shell command."""
+
+    start: int
+    end: int
+    name: str
+    chain: tuple[str, ...]
+    """Its quoting at each level, outermost first; the last is where it is expanded."""
+    shells: tuple[str, ...] = ()
+    """The shell (or ``eval``) of each command-string level it passes into."""
+    env_lost: str | None = None
+    """A launcher on the way that drops the environment carrying the value."""
+
+    @property
+    def quoting(self) -> str:
+        """The quoting where the value is expanded (``none``, ``double``, ``single``, ...)."""
+        return self.chain[-1]
+
+    @property
+    def problem(self) -> str | None:
+        """Why this placement cannot carry a value as data, with the safe form; or None."""
+        var = f"${{{self.name}}}"
+        shell = self.shells[-1] if self.shells else None
+        where = f" in the command string of {shell}" if shell else ""
+        if shell == "ssh":
+            fix = (
+                f"send the value on standard input: printf '%s' \"{var}\" | ssh HOST "
+                "'v=$(cat); … \"$v\"'"
+            )
+        elif shell is not None and self.chain[-1] in ("foreign", "foreign-output"):
+            fix = f"pass it as an argument and read it there: {_foreign_fix(shell, var)}"
+        elif shell == "eval":
+            fix = f'set a variable first: v="{var}"; eval \'… "$v"\''
+        elif shell:
+            fix = f'pass it as an argument: {shell} -c \'… "$1"\' _ "{var}"'
+        else:
+            fix = "use double quotes"
+        kind = "arithmetic" if "arithmetic" in self.chain else self.chain[-1]
+        if kind == "single":
+            return (
+                f"{var} is inside single quotes{where}, where its value cannot be passed "
+                f"safely ({fix})"
+            )
+        if kind == "heredoc-quoted":
+            return (
+                f"{var} is in a here-document with a quoted delimiter{where}, which is not "
+                "expanded (write the delimiter unquoted, as <<EOF)"
+            )
+        if kind == "arithmetic":
+            return (
+                f"{var} is in an arithmetic expression{where}, where the shell evaluates a "
+                "value as code (pass it to a program that reads numbers, as "
+                f'expr "{var}" + 1, or test it first with case)'
+            )
+        if kind == "foreign" and shell == "ssh":
+            return f"{var} is in the command ssh runs, which a remote shell reads as code ({fix})"
+        if kind == "foreign":
+            return f"{var} is in code for {shell}, which would run its value as code ({fix})"
+        if kind in ("shell-output", "foreign-output"):
+            return (
+                f"{var} is in a command substitution whose output becomes code for {shell} ({fix})"
+            )
+        if kind == "escaped":
+            return (
+                f"{var} is escaped or in a comment{where}, where that shell would not "
+                "expand it (remove the backslash)"
+            )
+        if self.env_lost:
+            return (
+                f"{var} is in the command string of {shell} started by {self.env_lost}, "
+                f"which does not pass on the environment that carries the value ({fix})"
+            )
+        return None
+
+
+def _foreign_fix(program: str, var: str) -> str:
+    if program.startswith(("python", "pypy")):
+        return f"{program} -c '… sys.argv[1]' \"{var}\""
+    if program in ("node", "nodejs"):
+        return f"{program} -e '… process.argv[1]' \"{var}\""
+    if program == "php":
+        return f"php -r '… $argv[1]' \"{var}\""
+    if program in AWKS:
+        return f"{program} -v v=\"{var}\" '… v'"
+    if program == "lua":
+        return f"lua -e '… arg[1]' \"{var}\""
+    return f"{program} -e '… $ARGV[0]' \"{var}\""
+
+
+def reference(placement: Placement, variable: str) -> str:
+    """The text that stands for ``placement``: ``variable`` expanded by the right shell."""
+    text = _REFERENCE[placement.chain[-1]] % variable
+    for level in reversed(placement.chain[:-1]):
+        text = "".join("\\" + c if c in _ESCAPES[level] else c for c in text)
+    return text

@@ -1,0 +1,173 @@
+"""Which words of a shell command are code, and for which program.
+
+A simple command's words, as the shell will pass them once unquoted, say
+whether some of them are code for another program: the command string of a
+shell (``bash -c "..."``), the arguments of ``eval``, the script a shell reads
+from standard input, the code of an interpreter (``python3 -c``) or of a
+remote shell (``ssh host ...``). The rule is stated in ``docs/workflow.md``
+("Injection safety").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = [
+    "ARITHMETIC_TESTS",
+    "AWKS",
+    "SHELLS",
+    "command_start",
+    "command_strings",
+    "foreign_code",
+    "is_array_assignment",
+    "is_assignment",
+    "reads_stdin_script",
+]
+
+SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "yash", "posh"})
+"""Programs whose ``-c`` argument (or standard input) is shell code, by last path component."""
+SHELL_WORDS = frozenset({"$SHELL", "${SHELL}", "$BASH", "${BASH}", "$0", "${0}"})
+DROPS_ENV = frozenset({"sudo", "doas", "docker", "podman", "kubectl"})
+"""Launchers that do not pass their environment on to the shell they start."""
+ARITHMETIC_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def command_strings(words: Sequence[str]) -> list[tuple[int, str, str | None]]:
+    """Which words of a simple command are shell code: ``(index, shell, env_lost)``.
+
+    The first operand after options including ``c`` of a shell named anywhere
+    in the command (``bash -c``, ``sudo sh -ec``, ``find . -exec sh -c``), or
+    every argument of ``eval`` when it is the command.
+    """
+    start = command_start(words)
+    if start < len(words) and words[start] == "eval":
+        return [(k, "eval", None) for k in range(start + 1, len(words))]
+    found = _shell_at(words, start)
+    if found is None:
+        return []
+    at, index, has_c = found
+    if not has_c or index >= len(words):
+        return []
+    return [(index, words[at], _env_lost(words[start:at]))]
+
+
+def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:
+    """Words that are code for a program other than a local shell: ``(index, program)``.
+
+    The code argument of an interpreter named anywhere in the command
+    (``python3 -c``, ``perl -e``, ``node -e``, ``ruby -e``, ``php -r``, an
+    ``awk`` program), among the options before its script; and the command
+    of ``ssh`` when ssh is the command.
+    """
+    start = command_start(words)
+    for i in range(start, len(words)):
+        name = words[i].rsplit("/", 1)[-1]
+        if name == "ssh" and i == start:
+            j = i + 1
+            while j < len(words) and words[j].startswith("-"):
+                j += 2 if words[j][-1] in _SSH_ARGUMENT and len(words[j]) == 2 else 1
+            return [(k, "ssh") for k in range(j + 1, len(words))]
+        if name in AWKS:
+            j = i + 1
+            while j < len(words) and words[j].startswith("-") and words[j] != "--":
+                if words[j] in ("-f", "--file") or words[j].startswith("-f"):
+                    return []
+                j += 2 if words[j] in ("-F", "-v") else 1
+            j += j < len(words) and words[j] == "--"
+            return [(j, name)] if j < len(words) else []
+        options = next((o for p, o in _INTERPRETERS if p.fullmatch(name)), None)
+        if options is not None:
+            for j in range(i + 1, len(words) - 1):
+                if words[j] in options:
+                    return [(j + 1, name)]
+                if not words[j].startswith("-") or words[j] == "-m":
+                    break  # a script or module: the options after it are its own
+            return []
+    return []
+
+
+_RESERVED = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "time"})
+_RESERVED |= {"command", "builtin", "exec", "nohup"}
+_ARRAY_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]]*\]\+?=")
+_SSH_ARGUMENT = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
+AWKS = frozenset({"awk", "gawk", "mawk", "nawk"})
+_INTERPRETERS = [
+    (re.compile(r"python[0-9.]*|pypy[0-9.]*"), ("-c",)),
+    (re.compile(r"perl|ruby|lua|Rscript|osascript"), ("-e", "-E")),
+    (re.compile(r"node|nodejs"), ("-e", "-p", "--eval", "--print")),
+    (re.compile(r"php"), ("-r",)),
+]
+
+
+def command_start(words: Sequence[str]) -> int:
+    """The index of the command's name: past assignments and reserved words."""
+    start = 0
+    while start < len(words) and (
+        _ASSIGNMENT.match(words[start])
+        or _ARRAY_ASSIGNMENT.match(words[start])
+        or words[start] in _RESERVED
+    ):
+        start += 1
+    return start
+
+
+def reads_stdin_script(words: Sequence[str]) -> tuple[str, str | None] | None:
+    """``(shell, env_lost)`` when the command is a shell reading its code from stdin."""
+    start = command_start(words)
+    found = _shell_at(words, start)
+    if found is None:
+        return None
+    at, index, has_c = found
+    options = words[at + 1 : index]
+    if has_c or (index < len(words) and not any("s" in o[1:] for o in options)):
+        return None
+    return words[at], _env_lost(words[start:at])
+
+
+def _shell_at(words: Sequence[str], start: int) -> tuple[int, int, bool] | None:
+    """The first shell word's index, its first operand's, and whether it has ``-c``."""
+    for i in range(start, len(words)):
+        word = words[i]
+        if word.rsplit("/", 1)[-1] not in SHELLS and word not in SHELL_WORDS:
+            continue
+        j = i + 1
+        has_c = False
+        while j < len(words):
+            option = words[j]
+            if option == "--":
+                j += 1
+                break
+            if option.startswith("--"):
+                j += 2 if option in ("--rcfile", "--init-file") else 1
+                continue
+            if len(option) > 1 and option[0] in "-+" and option[1:].isalpha():
+                has_c = has_c or "c" in option[1:]
+                j += 2 if "o" in option[1:] or "O" in option[1:] else 1
+                continue
+            break
+        return i, j, has_c
+    return None
+
+
+def _env_lost(launchers: Sequence[str]) -> str | None:
+    for k, word in enumerate(launchers):
+        name = word.rsplit("/", 1)[-1]
+        if name in DROPS_ENV:
+            return name
+        if name == "env" and any(
+            w in ("-i", "-", "--ignore-environment") for w in launchers[k + 1 :]
+        ):
+            return "env -i"
+    return None
+
+
+def is_assignment(word: str) -> bool:
+    """``NAME=...`` (a variable assignment before a command)."""
+    return bool(_ASSIGNMENT.match(word))
+
+
+def is_array_assignment(word: str) -> bool:
+    """``NAME[...]=...`` (bash: its subscript is arithmetic)."""
+    return bool(_ARRAY_ASSIGNMENT.match(word))
