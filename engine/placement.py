@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.shellcode import AWKS
+from engine.shellcode import AWKS, SHELL_RUNNERS
 
 __all__ = ["MAX_DEPTH", "VARIABLE", "Placement", "TemplateError", "reference"]
 
@@ -74,7 +74,7 @@ class Placement:
                 "'v=$(cat); … \"$v\"'"
             )
         elif shell is not None and self.chain[-1] in ("foreign", "foreign-output"):
-            fix = f"pass it as an argument and read it there: {_foreign_fix(shell, var)}"
+            fix = _foreign_fix(shell, var)
         elif shell == "eval":
             fix = f'set a variable first: v="{var}"; eval \'… "$v"\''
         elif shell:
@@ -100,6 +100,8 @@ class Placement:
             )
         if kind == "foreign" and shell == "ssh":
             return f"{var} is in the command ssh runs, which a remote shell reads as code ({fix})"
+        if kind == "foreign" and shell in SHELL_RUNNERS:
+            return f"{var} is in the command {shell} runs in a shell, as code ({fix})"
         if kind == "foreign":
             return f"{var} is in code for {shell}, which would run its value as code ({fix})"
         if kind in ("shell-output", "foreign-output"):
@@ -120,17 +122,33 @@ class Placement:
 
 
 def _foreign_fix(program: str, var: str) -> str:
+    """How to give ``program`` the value as data instead."""
+    argument = "pass it as an argument and read it there: "
     if program.startswith(("python", "pypy")):
-        return f"{program} -c '… sys.argv[1]' \"{var}\""
+        return f"{argument}{program} -c '… sys.argv[1]' \"{var}\""
     if program in ("node", "nodejs"):
-        return f"{program} -e '… process.argv[1]' \"{var}\""
+        return f"{argument}{program} -e '… process.argv[1]' \"{var}\""
     if program == "php":
-        return f"php -r '… $argv[1]' \"{var}\""
+        return f"{argument}php -r '… $argv[1]' \"{var}\""
     if program in AWKS:
-        return f"{program} -v v=\"{var}\" '… v'"
+        return f"{argument}{program} -v v=\"{var}\" '… v'"
     if program == "lua":
-        return f"lua -e '… arg[1]' \"{var}\""
-    return f"{program} -e '… $ARGV[0]' \"{var}\""
+        return f"{argument}lua -e '… arg[1]' \"{var}\""
+    if program == "watch":
+        return f'run the shell without joining: watch -x sh -c \'… "$1"\' _ "{var}"'
+    if program in ("su", "runuser"):
+        return (
+            f"send the value on standard input: printf '%s' \"{var}\" | {program} USER -c "
+            "'v=$(cat); … \"$v\"'"
+        )
+    if program in ("flock", "script"):
+        return f'run the shell yourself: {program} … sh -c \'… "$1"\' _ "{var}"'
+    if program in ("perl", "ruby"):
+        return f"{argument}{program} -e '… $ARGV[0]' \"{var}\""
+    return (
+        f'give it to the step as an environment variable, env: {{V: "{var}"}}, '
+        f"and read V in {program}'s own syntax"
+    )
 
 
 def reference(placement: Placement, variable: str) -> str:

@@ -17,6 +17,7 @@ __all__ = [
     "ARITHMETIC_TESTS",
     "AWKS",
     "SHELLS",
+    "SHELL_RUNNERS",
     "command_start",
     "command_strings",
     "foreign_code",
@@ -58,8 +59,10 @@ def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:
 
     The code argument of an interpreter named anywhere in the command
     (``python3 -c``, ``perl -e``, ``node -e``, ``ruby -e``, ``php -r``, an
-    ``awk`` program), among the options before its script; and the command
-    of ``ssh`` when ssh is the command.
+    ``awk`` program, ``fish -c``, ``pwsh -Command``), among the options
+    before its script; the ``-c`` argument of ``su``, ``runuser``, ``flock``
+    and ``script``; and the command of ``ssh`` and of ``watch`` when they
+    are the command.
     """
     start = command_start(words)
     for i in range(start, len(words)):
@@ -77,6 +80,16 @@ def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:
                 j += 2 if words[j] in ("-F", "-v") else 1
             j += j < len(words) and words[j] == "--"
             return [(j, name)] if j < len(words) else []
+        if name in SHELL_RUNNERS and name != "watch":
+            code = [j + 1 for j in range(i + 1, len(words) - 1) if words[j] in ("-c", "--command")]
+            return [(code[0], name)] if code else []
+        if name == "watch" and i == start:
+            j = i + 1
+            while j < len(words) and words[j].startswith("-"):
+                if words[j] in ("-x", "--exec"):
+                    return []
+                j += 2 if words[j] in ("-n", "--interval") else 1
+            return [(k, name) for k in range(j, len(words))]
         options = next((o for p, o in _INTERPRETERS if p.fullmatch(name)), None)
         if options is not None:
             for j in range(i + 1, len(words) - 1):
@@ -98,7 +111,11 @@ _INTERPRETERS = [
     (re.compile(r"perl|ruby|lua|Rscript|osascript"), ("-e", "-E")),
     (re.compile(r"node|nodejs"), ("-e", "-p", "--eval", "--print")),
     (re.compile(r"php"), ("-r",)),
+    (re.compile(r"fish|csh|tcsh"), ("-c",)),
+    (re.compile(r"pwsh|powershell"), ("-c", "-Command", "-command")),
 ]
+SHELL_RUNNERS = frozenset({"su", "runuser", "flock", "script", "watch"})
+"""Run a command line in a shell of their own (the argument of ``-c``; watch: its operands)."""
 
 
 def command_start(words: Sequence[str]) -> int:

@@ -141,6 +141,7 @@ SHELL_PLACEMENTS = [
     Shell(f'find . -maxdepth 0 -exec sh -c "{P} ${{item}}" \\;'),
     Shell(f'echo x | xargs sh -c "{P} ${{item}}"'),
     Shell('bash -c \'printf "%s" "$1"\' _ ${item}'),
+    Shell(f"flock lock sh -c '{P} \"$1\"' _ ${{item}}"),
     Shell(f'eval "{P} ${{item}}"'),
     Shell(f"eval {P} ${{item}}"),
     Shell(f'if eval "{P} ${{item}}"; then :; fi'),
@@ -172,6 +173,10 @@ SHELL_PLACEMENTS = [
     Shell("node -e \"console.log('${item}')\"", None),
     Shell('awk "BEGIN { print \\"${item}\\" }"', None),
     Shell('ssh -p 22 host "echo ${item}"', None),
+    Shell('su nobody -c "echo ${item}"', None),
+    Shell('flock lock -c "echo ${item}"', None),
+    Shell("watch -n 1 echo ${item}", None),
+    Shell('fish -c "echo ${item}"', None),
 ]
 
 
