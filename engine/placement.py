@@ -108,6 +108,11 @@ class Placement:
             return (
                 f"{var} is in a command substitution whose output becomes code for {shell} ({fix})"
             )
+        if kind == "name":
+            return (
+                f"{var} is used as a variable name{where}, which a shell can evaluate as code "
+                f'(bash runs the $(...) of a[$(...)]; use a fixed name: v="{var}")'
+            )
         if kind == "escaped":
             return (
                 f"{var} is escaped or in a comment{where}, where that shell would not "

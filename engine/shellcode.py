@@ -24,6 +24,7 @@ __all__ = [
     "is_array_assignment",
     "is_assignment",
     "reads_stdin_script",
+    "variable_names",
 ]
 
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "yash", "posh"})
@@ -39,12 +40,16 @@ def command_strings(words: Sequence[str]) -> list[tuple[int, str, str | None]]:
     """Which words of a simple command are shell code: ``(index, shell, env_lost)``.
 
     The first operand after options including ``c`` of a shell named anywhere
-    in the command (``bash -c``, ``sudo sh -ec``, ``find . -exec sh -c``), or
-    every argument of ``eval`` when it is the command.
+    in the command (``bash -c``, ``sudo sh -ec``, ``find . -exec sh -c``),
+    every argument of ``eval``, and the action of ``trap``, when they are the
+    command.
     """
     start = command_start(words)
     if start < len(words) and words[start] == "eval":
         return [(k, "eval", None) for k in range(start + 1, len(words))]
+    if start < len(words) and words[start] == "trap":
+        k = start + 1 + (start + 1 < len(words) and words[start + 1] == "--")
+        return [(k, "trap", None)] if k < len(words) else []
     found = _shell_at(words, start)
     if found is None:
         return []
@@ -52,6 +57,37 @@ def command_strings(words: Sequence[str]) -> list[tuple[int, str, str | None]]:
     if not has_c or index >= len(words):
         return []
     return [(index, words[at], _env_lost(words[start:at]))]
+
+
+def variable_names(words: Sequence[str]) -> list[tuple[int, bool]]:
+    """Words used as variable names: ``(index, only up to its first "=")``.
+
+    The operands of ``read``, ``unset``, ``declare``, ``typeset``, ``local``,
+    ``export``, ``readonly`` (their name part), the name after ``printf -v``,
+    and the operand of a ``-v`` test. bash evaluates a subscript in a name
+    (``a[$(...)]``), and a name can set any variable (``PATH=...``).
+    """
+    start = command_start(words)
+    if start >= len(words):
+        return []
+    first = words[start]
+    operands = []
+    k = start + 1
+    while k < len(words):
+        if words[k].startswith("-") and len(words[k]) > 1:
+            # read -d DELIM, -n COUNT, -p PROMPT, ...: the next word is not a name
+            k += 2 if first == "read" and words[k][-1] in "dinNptu" else 1
+            continue
+        operands.append(k)
+        k += 1
+    if first in ("read", "unset"):
+        return [(k, False) for k in operands]
+    if first in ("declare", "typeset", "local", "export", "readonly"):
+        return [(k, True) for k in operands]
+    after_v = [k + 1 for k in range(start, len(words) - 1) if words[k] == "-v"]
+    if first in ("printf", "[[", "[", "test") and after_v:
+        return [(after_v[0], False)]
+    return []
 
 
 def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:

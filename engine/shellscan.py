@@ -23,6 +23,7 @@ from engine.shellcode import (
     foreign_code,
     is_array_assignment,
     reads_stdin_script,
+    variable_names,
 )
 
 __all__ = ["scan"]
@@ -124,9 +125,13 @@ class _Scanner:
             if p.problem is None:
                 self.found[index] = replace(p, chain=(*p.chain, kind), shells=(program,))
 
-    def mark(self, word: _Word, kind: str, program: str | None) -> None:
-        """Every placement of ``word`` is where ``kind`` says (arithmetic, foreign code)."""
-        for index, _ in word.marks:
+    def mark(
+        self, word: _Word, kind: str, program: str | None, *, before: int | None = None
+    ) -> None:
+        """The placements of ``word`` (before offset ``before``) are where ``kind`` says."""
+        for index, offset in word.marks:
+            if before is not None and offset >= before:
+                continue
             p = self.found[index]
             shells = (*p.shells, program) if program else p.shells
             self.found[index] = replace(p, chain=(*p.chain[:-1], kind), shells=shells)
@@ -146,6 +151,15 @@ class _Scanner:
         for k, word in enumerate(words):
             if arithmetic or (k < start and is_array_assignment(texts[k])):
                 self.mark(word, "arithmetic", None)
+        for k, name_part in variable_names(texts):
+            equals = texts[k].find("=") if name_part else -1
+            self.mark(words[k], "name", None, before=equals if equals >= 0 else None)
+
+    @staticmethod
+    def no_name(words: list[_Word]) -> bool:
+        """No command name yet (so ``((`` is arithmetic): only ``if``, ``for``, ...."""
+        texts = [w.text for w in words]
+        return texts == ["for"] or command_start(texts) == len(texts)
 
     # --- the grammar, as far as quoting goes ----------------------------------------
 
@@ -202,7 +216,7 @@ class _Scanner:
             elif c in ";&|":
                 end_command()
                 i += 1
-            elif c == "(" and t.startswith("((", i) and not word.started and not words:
+            elif c == "(" and t.startswith("((", i) and not word.started and self.no_name(words):
                 i = self.parse_arithmetic(i + 2)
             elif c == "(":
                 depth += 1
@@ -236,6 +250,21 @@ class _Scanner:
         end = self.n if close < 0 else close
         last = i
         for m in VARIABLE.finditer(t, i, end):
+            word.add(t[last : m.start()])
+            self.place(m, ("single",), word)
+            last = m.end()
+        word.add(t[last:end])
+        return end + 1
+
+    def parse_ansi(self, i: int, word: _Word) -> int:
+        """``$'...'`` (bash): no expansion inside; ``\\'`` does not end it."""
+        t = self.text
+        start = i
+        while i < self.n and t[i] != "'":
+            i += 2 if t[i] == "\\" else 1
+        end = min(i, self.n)
+        last = start
+        for m in VARIABLE.finditer(t, start, end):
             word.add(t[last : m.start()])
             self.place(m, ("single",), word)
             last = m.end()
@@ -283,7 +312,7 @@ class _Scanner:
         if t.startswith("${", i):
             return self.parse_parameter(i + 2, word, quoting)
         if t.startswith("$'", i) and quoting == "none":
-            return self.parse_single(i + 2, word)
+            return self.parse_ansi(i + 2, word)
         word.add("$")
         return i + 1
 
