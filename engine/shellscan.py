@@ -66,6 +66,39 @@ class _Heredoc:
     words: list[_Word]
 
 
+@dataclass
+class _List:
+    """The command being read in a list (top level or a ``$( )``)."""
+
+    word: _Word = field(default_factory=_Word)
+    words: list[_Word] = field(default_factory=list)
+    heredocs: list[_Heredoc] = field(default_factory=list)
+    herestrings: list[_Word] = field(default_factory=list)
+    """The words after ``<<<``: the command's standard input."""
+    herestring_next: bool = False
+    depth: int = 0
+    """Open ``(`` subshells."""
+    cases: int = 0
+    """Open ``case ... esac``: a ``)`` there ends a pattern."""
+
+    def end_word(self) -> None:
+        word = self.word
+        if word.started:
+            if self.herestring_next:
+                self.herestrings.append(word)
+                self.herestring_next = False
+            else:
+                if not self.words and word.text in ("case", "esac"):
+                    self.cases = max(0, self.cases + (1 if word.text == "case" else -1))
+                self.words.append(word)
+        self.word = _Word()
+
+    def no_name(self) -> bool:
+        """No command name yet (so ``((`` is arithmetic): only ``if``, ``for``, ...."""
+        texts = [w.text for w in self.words]
+        return texts == ["for"] or command_start(texts) == len(texts)
+
+
 class _Scanner:
     def __init__(self, text: str, depth: int) -> None:
         self.text = text
@@ -155,44 +188,18 @@ class _Scanner:
             equals = texts[k].find("=") if name_part else -1
             self.mark(words[k], "name", None, before=equals if equals >= 0 else None)
 
-    @staticmethod
-    def no_name(words: list[_Word]) -> bool:
-        """No command name yet (so ``((`` is arithmetic): only ``if``, ``for``, ...."""
-        texts = [w.text for w in words]
-        return texts == ["for"] or command_start(texts) == len(texts)
-
     # --- the grammar, as far as quoting goes ----------------------------------------
 
     def parse_list(self, i: int, *, top: bool = False) -> int:
         """Commands up to the ``)`` that closes a ``$(`` (or the end); returns past it."""
         t, n = self.text, self.n
-        words: list[_Word] = []
-        word = _Word()
-        heredocs: list[_Heredoc] = []
-        depth = 0
-        cases = 0  # open ``case ... esac``: a ``)`` there ends a pattern
-
-        def end_word() -> None:
-            nonlocal word, cases
-            if word.started:
-                if not words and word.text in ("case", "esac"):
-                    cases = max(0, cases + (1 if word.text == "case" else -1))
-                words.append(word)
-            word = _Word()
-
-        def end_command() -> None:
-            nonlocal words
-            end_word()
-            self.end_command(words)
-            words = []
-
+        state = _List()
         while i < n:
             c = t[i]
+            word = state.word
             if c == "\\":
-                if t.startswith("\n", i + 1):
-                    i += 2
-                    continue
-                word.add(t[i + 1 : i + 2])
+                if not t.startswith("\n", i + 1):
+                    word.add(t[i + 1 : i + 2])
                 i += 2
             elif c == "'":
                 i = self.parse_single(i + 1, word)
@@ -207,42 +214,54 @@ class _Scanner:
                 newline = t.find("\n", i)
                 i = n if newline < 0 else newline
             elif c in " \t":
-                end_word()
+                state.end_word()
                 i += 1
             elif c == "\n":
-                end_command()
-                i = self.read_heredocs(i + 1, heredocs)
-                heredocs = []
+                self.end_list_command(state)
+                i = self.read_heredocs(i + 1, state.heredocs)
+                state.heredocs = []
             elif c in ";&|":
-                end_command()
+                self.end_list_command(state)
                 i += 1
-            elif c == "(" and t.startswith("((", i) and not word.started and self.no_name(words):
+            elif c == "(" and t.startswith("((", i) and not word.started and state.no_name():
                 i = self.parse_arithmetic(i + 2)
             elif c == "(":
-                depth += 1
-                end_command()
+                state.depth += 1
+                self.end_list_command(state)
                 i += 1
             elif c == ")":
-                end_command()
+                self.end_list_command(state)
                 i += 1
-                if depth > 0:
-                    depth -= 1
-                elif not cases and not top:
+                if state.depth > 0:
+                    state.depth -= 1
+                elif not state.cases and not top:
                     return i
             elif t.startswith("<<", i) and not t.startswith("<<<", i):
-                end_word()
-                i, heredoc = self.parse_heredoc_operator(i + 2, words)
-                heredocs.append(heredoc)
+                state.end_word()
+                i, heredoc = self.parse_heredoc_operator(i + 2, state.words)
+                state.heredocs.append(heredoc)
             elif c in "<>":
-                end_word()
+                state.end_word()
+                state.herestring_next = t.startswith("<<<", i)
                 while i < n and t[i] in "<>&":
                     i += 1
             else:
                 word.add(c)
                 i += 1
-        end_command()
-        self.read_heredocs(n, heredocs)
+        self.end_list_command(state)
+        self.read_heredocs(n, state.heredocs)
         return i
+
+    def end_list_command(self, state: _List) -> None:
+        state.end_word()
+        words = state.words
+        self.end_command(words)
+        shell = reads_stdin_script([w.text for w in words]) if state.herestrings else None
+        if shell is not None:
+            for here in state.herestrings:
+                self.command_string(here, *shell)
+        state.herestrings = []
+        state.words = []
 
     def parse_single(self, i: int, word: _Word) -> int:
         t = self.text

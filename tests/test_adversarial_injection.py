@@ -122,6 +122,8 @@ SHELL_PLACEMENTS = [
     Shell(f"sh <<EOF\n{P} ${{item}}\nEOF"),
     Shell(f"sh <<'EOF'\n{P} ${{item}}\nEOF"),
     Shell(f'bash -s <<EOF\n{P} "${{item}}"\nEOF'),
+    Shell(f'bash -c "bash <<< \\"{P} ${{item}}\\""'),
+    Shell(f'bash -c "bash -s <<< \'{P} \\"${{item}}\\"\'"'),
     # nested shells: the inner shell expands a reference
     Shell(f'bash -c "{P} ${{item}}"'),
     Shell(f'bash -c "{P} \\"${{item}}\\""'),
