@@ -371,3 +371,71 @@ def test_a_real_run_keeps_every_payload_data(tmp_path: Path) -> None:
         for i, payload in enumerate(PAYLOADS):
             got = (tmp_path / f"{prefix}-{i}").read_bytes()
             assert got == expect(payload).encode(), (prefix, payload, got)
+
+
+def _escape_around_variables(text: str, chars: str) -> str:
+    """Backslash ``chars`` in ``text`` as its author would, leaving ``${item}`` as written."""
+    out = []
+    for k, part in enumerate(text.split("${item}")):
+        out.append("${item}" if k else "")
+        out.append("".join("\\" + c if c in chars else c for c in part))
+    return "".join(out)
+
+
+IN_DOUBLE_QUOTES = '\\$`"'
+"""What a person backslashes to put a command inside double quotes (or eval's)."""
+IN_HEREDOC = "\\$`"
+"""... inside an unquoted here-document or backticks."""
+
+
+def _random_nesting(rng, depth: int) -> tuple[str, bool]:
+    """A command printing ``${item}`` through ``depth`` random layers; and whether a
+    layer is a substitution (which drops trailing newlines)."""
+    if depth == 0:
+        return rng.choice(["printf %s ${item}", 'printf %s "${item}"']), False
+    inner, substitution = _random_nesting(rng, depth - 1)
+    choice = rng.randrange(7)
+    if choice == 0:
+        return (
+            f'bash -c "{_escape_around_variables(inner, IN_DOUBLE_QUOTES)}"',
+            substitution,
+        )
+    if choice == 1 and "'" not in inner:
+        return f"sh -c '{inner}'", substitution
+    if choice == 2:
+        return f'eval "{_escape_around_variables(inner, IN_DOUBLE_QUOTES)}"', substitution
+    if choice == 3 and "EOF" not in inner:
+        return f"sh <<EOF\n{_escape_around_variables(inner, IN_HEREDOC)}\nEOF\n", substitution
+    if choice == 4 and "EOF" not in inner:
+        return f"sh <<'EOF'\n{inner}\nEOF\n", substitution
+    if choice == 5:
+        return f'printf %s "$({inner})"', True
+    if "`" not in inner:
+        return f'x=`{_escape_around_variables(inner, IN_HEREDOC)}`; printf %s "$x"', True
+    return f"{{ {inner}\n}}", substitution
+
+
+def test_random_nestings_keep_values_data(tmp_path: Path, rng, capsys) -> None:
+    # Layers the suite above does not list: shells in substitutions in here-
+    # documents in eval..., each escaped as a person would write it.
+    batches = []
+    for n in range(40):
+        template, substitution = _random_nesting(rng, rng.randint(2, 4))
+        assert not shell_problems(template), template
+        command, _ = render_shell(template, {"item": "x"})
+        workdir = _workdir(tmp_path, n)
+        batches.append(
+            (
+                _start_batch(workdir, [(command, True)] * len(PAYLOADS)),
+                workdir,
+                template,
+                substitution,
+            )
+        )
+    failures = []
+    for process, workdir, template, substitution in batches:
+        process.wait(timeout=120)
+        failures += _check_outputs(workdir, template, substituted if substitution else exact)
+    with capsys.disabled():
+        print(f"\nrandom nestings: 40 commands x {len(PAYLOADS)} payloads, {len(failures)} failed")
+    assert not failures, "\n".join(failures[:10])
