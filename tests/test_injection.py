@@ -220,7 +220,7 @@ def test_unsafe_argv_and_agent_placements_are_refused(tmp_path: Path) -> None:
     "command",
     [
         'python3 manage.py -c "${item}"',
-        'python3 -m tool -c "${item}"',
+        'python3 -m lint -c "${item}"',
         'rsync -e ssh src "${item}"',
         'awk -F, "{print \\$1}" "${item}"',
         'bash -c \'echo "$1"\' _ "${item}"',
