@@ -10,12 +10,14 @@ timestamps, quoted values), so one cause groups across items and runs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import signal as _signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.patterns import Pattern, compile_pattern
 from engine.spec import ClassifyRule
 
 __all__ = ["BUILTIN_RULES", "Classification", "classify", "error_message", "signature"]
@@ -37,7 +39,13 @@ BUILTIN_RULES: tuple[tuple[str, str], ...] = (
 )
 """Built-in (pattern, error type) rules, tried after the workflow's own."""
 
-_COMPILED = [(re.compile(p, re.I), t) for p, t in BUILTIN_RULES]
+_COMPILED = [(compile_pattern(p, ignore_case=True), t) for p, t in BUILTIN_RULES]
+
+
+@functools.lru_cache(maxsize=256)
+def _rule(pattern: str) -> Pattern:
+    """A workflow's ``classify`` pattern, by RE2 (linear time; checked at validation)."""
+    return compile_pattern(pattern, ignore_case=True)
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,7 @@ def classify(
     else:
         haystack = f"{stderr_tail}\n{stdout_tail}"
         for rule in rules:
-            if re.search(rule.pattern, haystack, re.I):
+            if _rule(rule.pattern).search(haystack):
                 error_type = rule.as_
                 break
         if error_type is None:

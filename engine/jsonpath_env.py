@@ -1,13 +1,25 @@
 """The python-jsonpath environment behind ``map.json_path`` and ``map.filter``.
 
 Its own module so that runs without either never import python-jsonpath.
+Every regular expression in a path or a filter (``=~ /.../``, ``match()``,
+``search()``) is compiled by RE2 (see :mod:`engine.patterns`), so no pattern
+can make matching take exponential time; a literal pattern that RE2 cannot
+compile is a syntax error of the path or filter.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jsonpath
-from jsonpath.filter import UNDEFINED
+from jsonpath.exceptions import JSONPathSyntaxError
+from jsonpath.filter import UNDEFINED, BaseExpression, RegexLiteral
 from jsonpath.function_extensions import ExpressionType, FilterFunction
+from jsonpath.parse import Parser
+from jsonpath.stream import TokenStream
+from jsonpath.token import TOKEN_RE_FLAGS
+
+from engine.patterns import Pattern, PatternError, compile_pattern
 
 __all__ = ["environment"]
 
@@ -40,10 +52,61 @@ class _IsNull(FilterFunction):
         return value is None or value is UNDEFINED
 
 
+class _Pattern(FilterFunction):
+    """``match(value, re)`` (whole string) or ``search(value, re)``, by RE2."""
+
+    arg_types = [ExpressionType.VALUE, ExpressionType.VALUE]
+    return_type = ExpressionType.LOGICAL
+
+    def __init__(self, *, whole: bool) -> None:
+        self.whole = whole
+        self.cache: dict[str, Pattern | None] = {}
+
+    def __call__(self, value: object, pattern: object) -> bool:
+        if not isinstance(value, str) or not isinstance(pattern, str):
+            return False
+        if pattern not in self.cache:
+            if len(self.cache) > 300:
+                self.cache.clear()
+            try:
+                self.cache[pattern] = compile_pattern(pattern)
+            except PatternError:
+                self.cache[pattern] = None  # RFC 9535: a bad pattern matches nothing
+        compiled = self.cache[pattern]
+        if compiled is None:
+            return False
+        found = compiled.fullmatch(value) if self.whole else compiled.search(value)
+        return found is not None
+
+
+class _Parser(Parser):
+    """``/re/flags`` literals compiled by RE2; a bad one is a syntax error."""
+
+    def parse_regex(self, stream: TokenStream) -> BaseExpression:
+        token = stream.current()
+        flags = ""
+        if stream.peek().kind == TOKEN_RE_FLAGS:
+            stream.next()
+            flags = stream.next().value
+        try:
+            compiled: Any = compile_pattern(
+                token.value, ignore_case="i" in flags, dot_all="s" in flags, multi_line="m" in flags
+            )
+        except PatternError as exc:
+            raise JSONPathSyntaxError(f"/{token.value}/: {exc}", token=token) from None
+        return RegexLiteral(value=compiled)
+
+
+class _Environment(jsonpath.JSONPathEnvironment):
+    parser_class = _Parser
+
+
 def environment() -> jsonpath.JSONPathEnvironment:
-    env = jsonpath.JSONPathEnvironment()
+    env = _Environment()
     env.function_extensions["ends_with"] = _EndsWith()
     env.function_extensions["starts_with"] = env.function_extensions["startswith"]
     env.function_extensions["includes"] = _Includes()
     env.function_extensions["is_null"] = _IsNull()
+    env.function_extensions["match"] = _Pattern(whole=True)
+    env.function_extensions["search"] = _Pattern(whole=False)
     return env
