@@ -91,7 +91,10 @@ def backoff_delay(retry: RetrySpec, failed_attempt: int, rng: random.Random) -> 
     elif retry.backoff == "linear":
         delay = retry.initial * failed_attempt
     else:
-        delay = retry.initial * retry.multiplier ** (failed_attempt - 1)
+        try:
+            delay = retry.initial * retry.multiplier ** (failed_attempt - 1)
+        except OverflowError:  # e.g. 1000.0 ** 200: far past any max
+            delay = retry.max
     delay = min(delay, retry.max)
     if retry.jitter:
         delay = rng.uniform(delay / 2, delay)

@@ -7,17 +7,26 @@ strings such as ``500ms``, ``10s``, ``2m``, ``1h30m``. See
 
 from __future__ import annotations
 
+import math
 import re
+import shlex
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     field_validator,
     model_validator,
 )
+
+from engine.limits import MAX_DURATION
+from engine.patterns import PatternError, compile_pattern
 
 __all__ = [
     "ERROR_TYPES",
@@ -64,31 +73,75 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def _seconds(number: float) -> float:
+    """A duration's seconds, checked: finite, not negative, at most a year."""
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError("a duration is a finite number of seconds (not NaN or infinity)")
+    if number < 0:
+        raise ValueError("a duration cannot be negative")
+    if number > MAX_DURATION:
+        raise ValueError(f"a duration is at most {MAX_DURATION:.0f} seconds (a year)")
+    return number
+
+
 def parse_duration(value: Any) -> Any:
-    """``"1h30m"`` -> 5400.0; numbers are seconds; other values pass through."""
+    """``"1h30m"`` -> 5400.0; numbers are seconds; anything else is refused."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '10s', '2m'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
+    if isinstance(value, int):
+        # Compared before float(): a 400-digit int would overflow it.
+        return _seconds(float(max(-1, min(value, int(MAX_DURATION) + 1))))
+    if isinstance(value, float):
+        return _seconds(value)
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
-        if text and _DURATION.sub("", text) == "":
-            return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
+        if 0 < len(text) <= 64 and _DURATION.sub("", text) == "":
+            return _seconds(sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text)))
         try:
-            number = float(text)
+            number = float(text) if len(text) <= 64 else math.nan
         except ValueError:
+            number = math.nan
+        if math.isnan(number) and text.lower().lstrip("+-") != "nan":
             raise ValueError(
-                f"{value!r} is not a duration (use e.g. '500ms', '10s', '2m', '1h30m')"
-            ) from None
-        if number < 0:
-            raise ValueError("a duration cannot be negative")
-        return number
+                f"{value[:40]!r} is not a duration (use e.g. '500ms', '10s', '2m', '1h30m')"
+            )
+        return _seconds(number)
     raise ValueError("a duration is a number of seconds or a string like '10s', '2m'")
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env_name(name: str) -> str:
+    """An environment variable's name: letters, digits and ``_``, not first a digit."""
+    if not _ENV_NAME.fullmatch(name):
+        raise ValueError(
+            f"{name[:40]!r} is not an environment variable name "
+            "(use letters, digits and _, not starting with a digit)"
+        )
+    return name
+
+
+def _env_names(env: dict[str, str]) -> dict[str, str]:
+    for name in env:
+        check_env_name(name)
+    return env
+
+
+def _env_name_list(names: list[str]) -> list[str]:
+    for name in names:
+        check_env_name(name)
+    return names
+
+
+EnvMap = Annotated[dict[str, str], AfterValidator(_env_names)]
+EnvNames = Annotated[list[str], AfterValidator(_env_name_list)]
+Count = Annotated[StrictInt, Field(le=2**62)]
+"""A whole number (``true`` or ``2.0`` is refused), small enough for the ledger."""
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds: a finite number from 0 to a year, or a string such as ``10s`` or ``1h30m``."""
 
 
 def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
@@ -99,7 +152,9 @@ def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class Step(_Model):
@@ -116,7 +171,7 @@ class Step(_Model):
     name: str | None = None
     timeout: Duration | None = None
     """Kill the step after this long (SIGTERM to its process group, then SIGKILL)."""
-    env: dict[str, str] = {}
+    env: EnvMap = {}
     cwd: str | None = None
     """Working directory, relative to the workflow's directory."""
     on_failure: list[Step] = []
@@ -176,13 +231,13 @@ Steps = Annotated[list[Step], BeforeValidator(_steps)]
 
 
 class RetrySpec(_Model):
-    max_attempts: int = Field(3, ge=1)
+    max_attempts: StrictInt = Field(3, ge=1, le=10_000)
     """Attempts in all, the first included."""
     backoff: Literal["fixed", "linear", "exponential"] = "exponential"
     initial: Duration = 2.0
-    multiplier: float = Field(2.0, ge=1.0)
+    multiplier: StrictFloat = Field(2.0, ge=1.0, le=1000.0)
     max: Duration = 60.0
-    jitter: bool = True
+    jitter: StrictBool = True
     """Spread each delay uniformly over [delay/2, delay]."""
     retry_on: list[ErrorType] = list(TRANSIENT_ERROR_TYPES)
 
@@ -202,9 +257,9 @@ class ClassifyRule(_Model):
     @classmethod
     def _compiles(cls, value: str) -> str:
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
+            compile_pattern(value, ignore_case=True)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
 
@@ -220,16 +275,16 @@ class MapSpec(_Model):
     """Template of the item's identity, e.g. ``${item.path}``; default: hash of the item."""
     filter: str | None = None
     sort_by: str | None = None
-    max_items: int | None = Field(None, ge=0)
-    offset: int = Field(0, ge=0)
-    max_parallel: int = Field(4, ge=1)
+    max_items: Count | None = Field(None, ge=0)
+    offset: Count = Field(0, ge=0)
+    max_parallel: StrictInt = Field(4, ge=1, le=100_000)
     timeout: Duration | None = None
     """Per item: all of its steps together."""
     retry: RetrySpec = RetrySpec()
     heartbeat: HeartbeatSpec = HeartbeatSpec()
     on_item_failure: Literal["dlq", "fail", "ignore"] = "dlq"
-    max_failures: int | None = Field(None, ge=1)
-    failure_threshold: float | None = Field(None, gt=0, le=1)
+    max_failures: Count | None = Field(None, ge=1)
+    failure_threshold: StrictFloat | None = Field(None, gt=0, le=1)
     """Stop when this fraction of finished items failed (after at least 10)."""
     agent_template: Steps
     classify: list[ClassifyRule] = []
@@ -243,7 +298,7 @@ class MapSpec(_Model):
 
 
 class CircuitBreakerSpec(_Model):
-    threshold: int = Field(5, ge=1)
+    threshold: StrictInt = Field(5, ge=1, le=1_000_000)
     cooldown: Duration = 30.0
     on: list[ErrorType] = ["rate_limited", "api_error"]
 
@@ -252,18 +307,31 @@ class CacheSpec(_Model):
     key: list[str] = ["${item}"]
     inputs: list[str] = []
     """Files whose content is part of the key (paths or globs)."""
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class AgentSpec(_Model):
     command: str = "claude -p"
     """The command a ``claude:`` step runs, with the prompt as its last argument."""
 
+    @field_validator("command")
+    @classmethod
+    def _splits(cls, value: str) -> str:
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"cannot split {value[:60]!r} into words: {exc} (close the quote)"
+            ) from None
+        if not words:
+            raise ValueError("is empty (name the agent's program, e.g. 'claude -p')")
+        return value
+
 
 class Workflow(_Model):
     name: str = Field(min_length=1)
-    env: dict[str, str] = {}
-    secrets: list[str] = []
+    env: EnvMap = {}
+    secrets: EnvNames = []
     """Names of environment variables passed to commands and never recorded."""
     agent: AgentSpec = AgentSpec()
     setup: Steps = []
