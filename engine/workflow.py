@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import pydantic
 import yaml
 
+from engine.items import ItemsError, check_value, compile_filter, compile_json_path, parse_sort
+from engine.limits import MAX_DEPTH, MAX_YAML_NODES, limits, read_bounded
 from engine.redact import secret_template_problems
 from engine.spec import Step, Workflow
 from engine.template import argv_problems, shell_problems, template_variables
@@ -173,35 +176,163 @@ def _message(error: Any, loc: tuple[int | str, ...]) -> str:
     return f"{message} ({fix})" if fix else message
 
 
+class _Refused(yaml.YAMLError):
+    """The document is valid YAML, but beyond what a workflow may be."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML with only true/false as booleans (``on:``, ``yes``, ``no`` stay strings)."""
+    """YAML with only true/false as booleans (``on:``, ``yes``, ``no`` stay strings).
+
+    Nesting is limited to :data:`MAX_DEPTH` while the document is composed.
+    """
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep (flatten it)", line)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+class _CLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The same, parsed by libyaml (ten times faster) when PyYAML was built with it."""
+
+
+_FAST = hasattr(yaml, "CSafeLoader")
+for _cls in (_Loader, _CLoader):
+    _cls.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:bool",
+        re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list("tTfF"),
+    )
+
+
+def _check_depth(text: str) -> None:
+    """Nesting within :data:`MAX_DEPTH`, from libyaml's events (no recursion, little memory).
+
+    Checked before libyaml composes the document, which it does recursively.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=_CLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark is not None else 1
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep (flatten it)", line)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _bad_text(value: str) -> str | None:
+    """Why a string cannot be passed to a command (a NUL, a lone surrogate), or None."""
+    if "\x00" in value:
+        return "holds a NUL character (\\0), which no command argument or variable can carry"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (\\ud800-\\udfff), which is not text (remove it)"
+    return None
+
+
+def _check_graph(root: yaml.Node) -> None:
+    """Every node once: strings that cannot be text, recursive aliases, and the expanded size.
+
+    Aliases share nodes, so the expanded size is summed over the graph with
+    each node's size counted once (a billion laughs is found in linear time).
+    """
+    sizes: dict[int, int] = {}
+    path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if done:
+            path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_YAML_NODES:
+                how = (
+                    "through its aliases (use fewer anchors)" if len(sizes) < MAX_YAML_NODES else ""
+                )
+                raise _Refused(
+                    f"holds over {MAX_YAML_NODES:,} values {how}".strip()
+                    + ("" if how else " (split the work: read the items from map.input)"),
+                    node.start_mark.line + 1,
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in path:
+            raise _Refused("an alias refers to its own anchor (remove the loop)", 1)
+        if isinstance(node, yaml.ScalarNode):
+            why = _bad_text(node.value) if isinstance(node.value, str) else None
+            if why is not None:
+                raise _Refused(f"a string {why}", node.start_mark.line + 1)
+            sizes[key] = 1
+            continue
+        path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
 
 
 def load_yaml(text: str) -> Any:
     """Parse YAML (or JSON) the way workflow files are parsed."""
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    return _parse(text)[1]
+
+
+def _parse(text: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data, from one pass of the parser."""
+    if _FAST:
+        _check_depth(text)
+    loader = _CLoader(text) if _FAST else _Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        _check_graph(root)
+        return root, loader.construct_document(root)
+    finally:
+        loader.dispose()
 
 
 def parse_workflow(text: str, *, file: str) -> tuple[Workflow, yaml.Node | None]:
     """Parse and validate workflow text; raise WorkflowError with every problem."""
     try:
-        root = yaml.compose(text, Loader=_Loader)
-        data = load_yaml(text)
+        root, data = _parse(text)
+    except _Refused as exc:
+        raise WorkflowError([Problem(file, exc.line, "", exc.message)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
+        if "nesting depth" in problem:  # libyaml's own limit, met before ours while scanning
+            raise WorkflowError(
+                [Problem(file, line, "", f"nested more than {MAX_DEPTH} levels deep (flatten it)")]
+            ) from None
         raise WorkflowError(
             [Problem(file, line, "", f"not valid YAML or JSON: {problem} (fix the syntax)")]
+        ) from None
+    except RecursionError:
+        raise WorkflowError(
+            [Problem(file, 1, "", f"nested too deeply (at most {MAX_DEPTH} levels)")]
         ) from None
     if not isinstance(data, dict):
         raise WorkflowError(
@@ -295,6 +426,32 @@ def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
     return problems
 
 
+def check_map(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
+    """The map's expressions compiled and its inline items checked, as when a run loads them."""
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    if spec.map is None:
+        return problems
+    checks: list[tuple[str, str | None, Callable[[str], object]]] = [
+        ("json_path", spec.map.json_path, compile_json_path),
+        ("filter", spec.map.filter, compile_filter),
+        ("sort_by", spec.map.sort_by, parse_sort),
+    ]
+    for key, text, compile_it in checks:
+        if text is None:
+            continue
+        try:
+            compile_it(text)
+        except ItemsError as exc:
+            message = str(exc).removeprefix(f"map.{key}: ")
+            problems.append((("map", key), message))
+    for index, value in enumerate(spec.map.items or []):
+        why = check_value(value)
+        if why is not None:
+            problems.append((("map", "items", index), why))
+            break
+    return problems
+
+
 def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkflow:
     """Read, parse and validate a workflow file (YAML or JSON).
 
@@ -303,21 +460,27 @@ def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkfl
     """
     path = Path(path)
     if raw is None:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise EngineError(
-                f"{path}: cannot read the workflow ({exc.strerror})",
-                hint="check the path",
-            ) from None
+        raw = read_bounded(
+            path,
+            limit=limits().workflow_bytes,
+            what="workflow file",
+            env_name="ENGINE_MAX_WORKFLOW_BYTES",
+        )
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise WorkflowError([Problem(str(path), 1, "", "not UTF-8 text")]) from None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise WorkflowError(
+            [Problem(str(path), line, "", f"not UTF-8 text (byte {exc.start}; save it as UTF-8)")]
+        ) from None
     spec, root = parse_workflow(text, file=str(path))
     template_problems = [
         Problem(str(path), _node_line(root, loc), _loc_text(loc), message)
-        for loc, message in [*check_templates(spec), *secret_template_problems(spec)]
+        for loc, message in [
+            *check_templates(spec),
+            *secret_template_problems(spec),
+            *check_map(spec),
+        ]
     ]
     if template_problems:
         raise WorkflowError(template_problems)
