@@ -14,9 +14,10 @@ from rich.console import Console
 
 from cli.app import Context, cli, echo_json
 from cli.progress import Progress, summary_table
-from engine.home import RunRef, list_runs
+from engine.home import RunRef, check_run_id, list_runs
 from engine.mock_agent import main as mock_agent_main
 from engine.runner import RunOptions, RunResult, execute_run, resume_run
+from engine.spec import check_env_name
 from engine.status import status_view
 from engine.templates import TEMPLATES, write_template
 from engine.workflow import load_workflow
@@ -38,8 +39,20 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise click.BadParameter(f"{pair!r} is not K=V", param_hint="--var")
+        try:
+            check_env_name(key)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise click.BadParameter(
+                f"{pair[:60]!r} is not K=V with K a variable name", param_hint="--var"
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise click.BadParameter(
+                f"{key}: the value is not UTF-8 text", param_hint="--var"
+            ) from None
         out[key] = value
     return out
 
@@ -98,6 +111,8 @@ def run_cmd(
             f"--executor {executor}: only the local executor is available",
             hint="use --executor local",
         )
+    if run_id is not None:
+        check_run_id(run_id)  # before anything is read or created
     loaded = load_workflow(workflow)
     options = RunOptions(
         run_id=run_id,

@@ -8,6 +8,7 @@ files). Home is ``--home``, else ``$ENGINE_HOME``, else ``./.engine``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from projections.replay import Projections
 
 __all__ = [
     "DEFAULT_HOME",
+    "BadRunId",
     "RunNotFound",
     "RunRef",
+    "check_run_id",
     "effective_status",
     "home_path",
     "list_runs",
@@ -29,6 +32,17 @@ __all__ = [
 ]
 
 DEFAULT_HOME = ".engine"
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A run id: one safe path component, found again by every command that takes ``RUN``."""
+KEYWORDS = frozenset({"latest"})
+"""Words that a ``RUN`` argument reads as something else than a run id."""
+
+
+class BadRunId(EngineError):
+    """A run id that is not one safe path component."""
+
+    exit_code = 2
 
 
 class RunNotFound(EngineError):
@@ -48,6 +62,27 @@ class RunRef:
     @property
     def exists(self) -> bool:
         return self.ledger.is_file()
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is a safe run id, else :class:`BadRunId` saying what is allowed.
+
+    A run id names a directory under ``<home>/runs``: 1 to 128 of ``A-Z a-z
+    0-9 . _ -``, starting with a letter or digit (so never ``.``, ``..``, a
+    hidden name or an option), and not a keyword (``latest``).
+    """
+    if RUN_ID.fullmatch(run_id) and run_id not in KEYWORDS:
+        return run_id
+    shown = run_id if len(run_id) <= 60 else run_id[:57] + "..."
+    why = (
+        f"{run_id!r} is a keyword of RUN arguments"
+        if run_id in KEYWORDS
+        else f"{shown!r} is not a run id"
+    )
+    raise BadRunId(
+        f"--run-id: {why}".replace("\n", "\\n"),
+        hint="use 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+    )
 
 
 def home_path(home: str | os.PathLike[str] | None = None) -> Path:

@@ -29,7 +29,8 @@ import msgspec
 from engine import engine_version
 from engine.cache import ItemHooks
 from engine.executor import Attempt, AttemptRequest, Executor
-from engine.items import ItemsError, load_items
+from engine.home import check_run_id
+from engine.items import ItemsError, LoadCancelled, LoadStop, load_items
 from engine.local import LocalExecutor, agent_argv
 from engine.redact import Redactor, secret_values
 from engine.scheduler import MapScheduler, abandon_events
@@ -117,7 +118,8 @@ class RunResult:
 
 def new_run_id(name: str) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40].strip("-") or "run"
+    slug = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)
+    slug = slug[:40].strip("-_") or "run"
     return f"{slug}-{stamp}-{_secrets.token_hex(2)}"
 
 
@@ -163,6 +165,8 @@ class _Run:
         """When this engine took up the run (before it took the lock)."""
         self.current_step: Attempt | None = None
         """The setup or reduce step running now (a signal or a cancel stops it)."""
+        self.loading: LoadStop | None = None
+        """The map's items being loaded now (a signal or a cancel stops that too)."""
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -317,16 +321,26 @@ class _Run:
                 values.setdefault(record.data.item, record.data.value)
         return values
 
-    async def enqueue(self) -> dict[str, Any]:
-        """The map's items, enqueued once: a resume finishes an enqueue a crash cut short."""
+    async def enqueue(self) -> dict[str, Any] | None:
+        """The map's items, enqueued once: a resume finishes an enqueue a crash cut short.
+
+        None when a signal or a cancel stopped the loading (nothing enqueued).
+        """
         spec = self.spec.map
         assert spec is not None
         known = self.enqueued_values() if self.p.items.items else {}
         if self.p.run.map_enqueued:
             return known
-        loaded = await asyncio.to_thread(
-            load_items, spec, self.loaded.directory, self.process_env(), dict(self.context)
-        )
+        stop = self.loading = LoadStop()
+        directory, env, context = self.loaded.directory, self.process_env(), dict(self.context)
+        try:
+            loaded = await _stoppable(
+                lambda: load_items(spec, directory, env, context, stop=stop), stop
+            )
+        except LoadCancelled:
+            return None
+        finally:
+            self.loading = None
         # Ids and values as the ledger will hold them: what the items are from now on.
         loaded = self.redactor.items(loaded)
         values = {w.id: w.value for w in loaded.items}
@@ -379,6 +393,42 @@ class _Run:
     def finish_interrupted(self) -> RunResult:
         """Stopped by a signal: nothing more is recorded; the run is resumable."""
         return RunResult(self.run_id, self.run_dir, "interrupted", 130, self.p, "interrupted")
+
+
+async def _stoppable(load: Callable[[], Any], stop: LoadStop) -> Any:
+    """``load()`` in a thread of its own, given up as soon as ``stop`` is cancelled.
+
+    Not a thread of asyncio's default pool: ``asyncio.run`` waits for those
+    at the end, and a load stopped in the middle of a long step (a large
+    document being decoded) must not hold up the engine's exit. The load
+    notices the stop at its next check and ends by itself.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = load(), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="engine-load-items", daemon=True).start()
+    while not done.done():
+        await asyncio.wait([done], timeout=0.05)
+        if stop.event.is_set():
+            done.cancel()
+            raise LoadCancelled
+    return done.result()
 
 
 class _Control:
@@ -486,6 +536,8 @@ class _Control:
                 step = self.run.current_step
                 if step is not None:
                     self.stop_.tasks.add(asyncio.ensure_future(step.cancel(force=force)))
+                if self.run.loading is not None:
+                    self.run.loading.cancel()
 
     async def finish_cancelled(self) -> RunResult:
         run = self.run
@@ -512,7 +564,7 @@ async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -
     A run id that exists already is resumed (``engine run`` on it is
     ``engine resume``).
     """
-    run_id = options.run_id or new_run_id(loaded.spec.name)
+    run_id = check_run_id(options.run_id) if options.run_id else new_run_id(loaded.spec.name)
     run_dir = home / "runs" / run_id
     if (run_dir / "ledger.ndjson").exists():
         return await resume_run(run_dir, options, workflow=loaded)
@@ -732,6 +784,8 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
             stop.tasks.add(asyncio.ensure_future(stop.scheduler.cancel_running()))
         if run.current_step is not None:
             stop.tasks.add(asyncio.ensure_future(run.current_step.cancel()))
+        if run.loading is not None:
+            run.loading.cancel()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -761,6 +815,8 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
             except ItemsError as exc:
                 await run.append([RunFailed(reason=str(exc))])
                 raise
+            if values is None:  # the loading was stopped
+                return await halted() or run.finish_interrupted()
             requeued = _requeue_events(run)
             if requeued:
                 await run.append(requeued)
