@@ -1,0 +1,403 @@
+"""Hostile workflows and inputs: each is refused with exit 2 and one line, quickly.
+
+A table of hostile cases, each run as a real ``engine validate`` (most) or
+``engine run`` subprocess: the engine must exit with the expected code
+within a deadline, with one line on stderr (FILE:LINE where there is a
+file), never a traceback or an "internal error". The signal cases check
+that SIGTERM and SIGINT end a run within a second or so in the phase that
+loads the map's items. ``test_counts`` prints how many cases there are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ENGINE
+
+DEADLINE = 20.0
+"""Seconds any case may take (most take well under one)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    workflow: str | bytes | None
+    """The workflow file's content; None when ``prepare`` makes the workflow path."""
+    expect: str
+    """A fragment of the one line on stderr."""
+    command: str = "validate"
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    prepare: Callable[[Path], str] | None = None
+    """Makes what the case needs under the directory; returns the workflow argument."""
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    code: int = 2
+
+
+def _map(items: str = "[1]", extra: str = "", step: str = "{run: echo ok}") -> str:
+    return f"name: t\n{extra}map:\n  items: {items}\n  agent_template:\n    - {step}\n"
+
+
+def _input_map(extra: str = "", step: str = "{run: echo ok}") -> str:
+    return f"name: t\nmap:\n  input: items.json\n{extra}  agent_template:\n    - {step}\n"
+
+
+def _fifo(name: str) -> Callable[[Path], str]:
+    def prepare(directory: Path) -> str:
+        os.mkfifo(directory / name)
+        return name
+
+    return prepare
+
+
+def _big_workflow(directory: Path) -> str:
+    """A valid workflow of 50 MB (inline items)."""
+    with open(directory / "big.yml", "w") as f:
+        f.write("name: big\nmap:\n  agent_template: [{run: echo}]\n  items:\n")
+        line = "  - " + "x" * 95 + "\n"
+        f.write(line * (50 * 1024 * 1024 // len(line)))
+    return "big.yml"
+
+
+def _many_items(directory: Path) -> str:
+    """6.5 million inline items."""
+    with open(directory / "many.yml", "w") as f:
+        f.write("name: many\nmap:\n  agent_template: [{run: echo}]\n  items: [")
+        f.write("0," * 6_500_000)
+        f.write("0]\n")
+    return "many.yml"
+
+
+def _deep_json_workflow(directory: Path) -> str:
+    doc = '{"name": "t", "map": {"agent_template": [{"run": "echo"}], "items": '
+    doc += "[" * 100_000 + "]" * 100_000 + "}}"
+    (directory / "deep.json").write_text(doc)
+    return "deep.json"
+
+
+_LAUGHS = "name: lol\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+)
+
+VALIDATE: list[Case] = [
+    # --- nesting, numbers, types ---
+    Case("nesting-900", _map("[" * 900 + "]" * 900), "nested more than 100 levels"),
+    Case("json-100000-deep", None, "nested more than 100 levels", prepare=_deep_json_workflow),
+    Case("timeout-400-digits", _map(extra="") + "  timeout: " + "9" * 400 + "\n", "at most"),
+    Case("timeout-1e999", _map() + "  timeout: 1e999\n", "finite"),
+    Case("timeout-inf", _map() + "  timeout: .inf\n", "finite"),
+    Case("timeout-nan", _map() + "  timeout: .nan\n", "finite"),
+    Case("timeout-nan-string", _map() + "  timeout: nan\n", "finite"),
+    Case("timeout-negative", _map() + "  timeout: -1\n", "negative"),
+    Case("timeout-huge-string", _map() + "  timeout: 99999999999999999999d\n", "at most"),
+    Case("retry-initial-nan", _map() + "  retry: {initial: .nan}\n", "finite"),
+    Case("retry-initial-1e308", _map() + "  retry: {initial: 1.0e+308}\n", "at most"),
+    Case("retry-multiplier-1e308", _map() + "  retry: {multiplier: 1.0e+308}\n", "less than"),
+    Case("retry-multiplier-nan", _map() + "  retry: {multiplier: .nan}\n", "finite"),
+    Case("retry-max-attempts-true", _map() + "  retry: {max_attempts: true}\n", "integer"),
+    Case("max-parallel-true", _map() + "  max_parallel: true\n", "integer"),
+    Case("max-parallel-float", _map() + "  max_parallel: 2.0\n", "integer"),
+    Case("max-parallel-string", _map() + "  max_parallel: '4'\n", "integer"),
+    Case("max-parallel-huge", _map() + "  max_parallel: " + "9" * 30 + "\n", "less than"),
+    Case("max-items-huge", _map() + "  max_items: " + "9" * 400 + "\n", "less than"),
+    Case("jitter-number", _map() + "  retry: {jitter: 1}\n", "boolean"),
+    Case("failure-threshold-true", _map() + "  failure_threshold: true\n", "number"),
+    Case("cooldown-inf", _map(extra="circuit_breaker: {cooldown: .inf}\n"), "finite"),
+    Case("heartbeat-nan", _map() + "  heartbeat: {interval: .nan}\n", "finite"),
+    # --- text that no command can carry ---
+    Case("not-utf8", b"name: t\nmap:\n  items: ['\xff\xfe']\n", "not UTF-8"),
+    Case("lone-surrogate", _map('["\\ud800"]'), "invalid Unicode character escape"),
+    Case("nul-in-item", _map('["a\\0b"]'), "NUL"),
+    Case("nul-in-env", _map(extra='env: {A: "x\\0y"}\n'), "NUL"),
+    Case("nul-in-command", _map(step='{run: "echo \\0"}'), "NUL"),
+    Case("env-name-equals", _map(extra="env: {'A=B': x}\n"), "not an environment variable"),
+    Case("env-name-empty", _map(extra="env: {'': x}\n"), "not an environment variable"),
+    Case("env-name-digit", _map(extra="env: {'1A': x}\n"), "not an environment variable"),
+    Case("step-env-name", _map(step="{run: echo, env: {'A B': x}}"), "not an environment"),
+    Case("secret-name", _map(extra="secrets: ['A=B']\n"), "not an environment variable"),
+    Case("item-inf", _map("[1.0e+999]"), "not finite"),
+    Case("item-bigint", _map("[" + "9" * 30 + "]"), "beyond 64 bits"),
+    Case("item-binary", _map("[!!binary aGVsbG8=]"), "not JSON data"),
+    Case("item-set", _map("[!!set {a: null}]"), "not JSON data"),
+    Case("item-date", _map("[{when: 2024-01-01}]"), "not JSON data"),
+    Case("python-tag", _map("[!!python/object:os.system {}]"), "not valid YAML"),
+    # --- the agent command ---
+    Case("agent-command-quote", _map(extra='agent: {command: "claude \'-p"}\n'), "close the quote"),
+    Case("agent-command-empty", _map(extra="agent: {command: ''}\n"), "is empty"),
+    Case("agent-command-blank", _map(extra="agent: {command: '   '}\n"), "is empty"),
+    # --- expressions and patterns ---
+    Case("filter-bad-regex", _map() + "  filter: 'item =~ /(/'\n", "not a valid regular"),
+    Case("filter-backreference", _map() + "  filter: 'item =~ /(a)\\1/'\n", "RE2 syntax"),
+    Case("filter-syntax", _map() + "  filter: 'item.a =='\n", "cannot parse"),
+    Case("filter-deep-parens", _map() + "  filter: '" + "(" * 5000 + "'\n", "map.filter"),
+    Case("json-path-bad-regex", _map() + "  json_path: '$[?@.a =~ /(/]'\n", "not a valid"),
+    Case("json-path-syntax", _map() + "  json_path: '$['\n", "map.json_path"),
+    Case("json-path-deep", _map() + "  json_path: '$" + "[?(" * 3000 + "'\n", "map.json_path"),
+    Case("sort-by-bad", _map() + "  sort_by: 'nonsense DESC'\n", "map.sort_by"),
+    Case("classify-bad-regex", _map() + "  classify: [{pattern: '(', as: api_error}]\n", "valid"),
+    Case("classify-lookahead", _map() + "  classify: [{pattern: '(?=x)', as: hung}]\n", "RE2"),
+    # --- size and shape ---
+    Case("billion-laughs", _LAUGHS, "through its aliases"),
+    Case("recursive-alias", "name: t\nmap: &m\n  items: [*m]\n", "refers to its own anchor"),
+    Case("workflow-50mb", None, "over the 1,048,576-byte limit", prepare=_big_workflow),
+    Case("inline-6.5m-items", None, "byte limit", prepare=_many_items),
+    Case(
+        "workflow-over-set-limit",
+        _map() + "#" * 5000 + "\n",
+        "over the 1,000-byte limit",
+        env={"ENGINE_MAX_WORKFLOW_BYTES": "1000"},
+    ),
+    Case("workflow-fifo", None, "a FIFO", prepare=_fifo("wf.yml")),
+    Case("workflow-dev-zero", None, "a character device", prepare=lambda _d: "/dev/zero"),
+    Case("workflow-missing", None, "cannot read", prepare=lambda _d: "missing.yml"),
+    Case("workflow-directory", None, "directory", prepare=str),
+    Case("workflow-list", "[1, 2]\n", "a workflow is a mapping"),
+    Case("workflow-empty", "", "a workflow is a mapping"),
+]
+
+RUN: list[Case] = [
+    Case("input-fifo", _input_map(), "a FIFO", command="run", prepare=_fifo("items.json")),
+    Case(
+        "input-dev-zero",
+        _input_map().replace("items.json", "/dev/zero"),
+        "a character device",
+        command="run",
+    ),
+    Case("input-not-utf8", _input_map(), "not UTF-8", command="run", files={"items.json": b"\xff"}),
+    Case(
+        "input-deep-json",
+        _input_map(),
+        "nested too deeply",
+        command="run",
+        files={"items.json": "[" * 100_000 + "]" * 100_000},
+    ),
+    Case(
+        "input-1e999", _input_map(), "out of range", command="run", files={"items.json": "[1e999]"}
+    ),
+    Case("input-nul", _input_map(), "NUL", command="run", files={"items.json": '["a\\u0000b"]'}),
+    Case(
+        "input-surrogate",
+        _input_map(),
+        "not valid JSON",
+        command="run",
+        files={"items.json": '["\\ud800"]'},
+    ),
+    Case(
+        "input-over-limit",
+        _input_map(),
+        "over the 1,000-byte limit",
+        command="run",
+        files={"items.json": json.dumps(list(range(1000)))},
+        env={"ENGINE_MAX_INPUT_BYTES": "1000"},
+    ),
+    Case(
+        "input-too-many-items",
+        _input_map(),
+        "more than 10 items",
+        command="run",
+        files={"items.json": json.dumps(list(range(11)))},
+        env={"ENGINE_MAX_ITEMS": "10"},
+    ),
+    Case(
+        "command-endless-output",
+        "name: t\nmap:\n  command: yes\n  agent_template: [{run: echo}]\n",
+        "printed more than the 100,000-byte limit",
+        command="run",
+        env={"ENGINE_MAX_INPUT_BYTES": "100000"},
+    ),
+    Case(
+        "command-not-utf8",
+        "name: t\nmap:\n  command: \"printf '\\\\377\\\\n'\"\n  agent_template: [{run: echo}]\n",
+        "not UTF-8",
+        command="run",
+    ),
+    Case(
+        "filter-catastrophic-regex",
+        _map(json.dumps(["a" * 40 + "!"] * 3 + ["aaaa"]), step="{run: 'true'}")
+        + "  filter: 'item =~ /(a+)+$/'\n",
+        "",
+        command="run",
+        code=0,
+    ),
+    Case(
+        "classify-catastrophic-regex",
+        _map(step="{run: 'echo " + "a" * 40 + "! >&2; exit 3'}")
+        + "  retry: {max_attempts: 1}\n  classify: [{pattern: '(a+)+$', as: api_error}]\n",
+        "",
+        command="run",
+        code=1,
+    ),
+    Case("var-bad-name", _map(), "--var", command="run", args=("--var", "A B=1")),
+    Case("var-empty-name", _map(), "--var", command="run", args=("--var", "=1")),
+]
+
+RUN_IDS = [
+    "../evil",
+    "..",
+    ".",
+    "/tmp/abs",
+    "a/b",
+    "a\nb",
+    "latest",
+    "",
+    ".hidden",
+    "-x",
+    "é",
+    "a" * 129,
+]
+RUN += [
+    Case(f"run-id-{i}", _map(), "--run-id", command="run", args=(f"--run-id={run_id}",))
+    for i, run_id in enumerate(RUN_IDS)
+]
+
+CASES = VALIDATE + RUN
+
+
+def _engine(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str, float]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [ENGINE, "--home", str(cwd / "home"), *argv],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=DEADLINE,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    return proc.returncode, proc.stderr.decode("utf-8", "replace"), time.monotonic() - started
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input(case: Case, tmp_path: Path) -> None:
+    for name, content in case.files.items():
+        data = content.encode() if isinstance(content, str) else content
+        (tmp_path / name).write_bytes(data)
+    if case.prepare is not None:
+        workflow = case.prepare(tmp_path)
+    else:
+        assert case.workflow is not None
+        data = case.workflow.encode() if isinstance(case.workflow, str) else case.workflow
+        (tmp_path / "wf.yml").write_bytes(data)
+        workflow = "wf.yml"
+    argv = [case.command, workflow, *case.args]
+    if case.command == "run":
+        argv.append("--no-progress")
+    code, stderr, took = _engine(argv, tmp_path, case.env)
+    assert code == case.code, f"exit {code}, expected {case.code}; stderr: {stderr}"
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    if case.code == 2:
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, f"{len(lines)} lines on stderr: {stderr}"
+        assert case.expect in lines[0], lines[0]
+    assert took < DEADLINE
+    if case.id.startswith("run-id-"):
+        # Nothing was created anywhere: not outside the home, not even inside it.
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["wf.yml"]
+
+
+def test_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    by_command = Counter(c.command for c in CASES)
+    by_code = Counter(c.code for c in CASES)
+    with capsys.disabled():
+        print(
+            f"\nadversarial inputs: {len(CASES)} hostile cases "
+            f"({by_command['validate']} via validate, {by_command['run']} via run; "
+            f"{by_code[2]} refused with exit 2, {by_code[0] + by_code[1]} finishing in time) "
+            f"+ {len(SIGNAL_CASES)} signal cases (exit 130)"
+        )
+    assert len(CASES) == len({c.id for c in CASES})
+
+
+# --- signals while the items load -------------------------------------------------------
+
+SIGNAL_CASES = [
+    ("slow-command-sigterm", signal.SIGTERM, "command"),
+    ("slow-command-sigint", signal.SIGINT, "command"),
+    ("slow-filter-sigterm", signal.SIGTERM, "filter"),
+]
+STOP_WITHIN = 2.0
+"""Seconds from the signal to the engine's exit (1 s is the target; margin for a loaded CI)."""
+
+
+def _wait_for(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _slow_filter_workflow(directory: Path) -> str:
+    items = [{"n": i, "name": f"item-{i}", "tags": ["a", "b"]} for i in range(300_000)]
+    (directory / "items.json").write_text(json.dumps(items))
+    return (
+        "name: t\nsetup:\n  - run: touch setup-done\nmap:\n  input: items.json\n"
+        "  filter: \"item.n >= 0 and search(item.name, 'item-[0-9]+') and "
+        "contains(item.tags, 'a')\"\n  agent_template: [{run: echo}]\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "signum", "phase"), SIGNAL_CASES, ids=[c[0] for c in SIGNAL_CASES]
+)
+def test_signal_while_items_load(name: str, signum: int, phase: str, tmp_path: Path) -> None:
+    if phase == "command":
+        text = (
+            "name: t\nmap:\n  command: \"echo $$ > command.pid; sleep 60; echo '[1]'\"\n"
+            "  agent_template: [{run: echo}]\n"
+        )
+        ready = tmp_path / "command.pid"
+    else:
+        text = _slow_filter_workflow(tmp_path)
+        ready = tmp_path / "setup-done"
+    (tmp_path / "wf.yml").write_text(text)
+    proc = subprocess.Popen(
+        [ENGINE, "--home", str(tmp_path / "home"), "run", "wf.yml", "--no-progress"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: ready.exists() and ready.stat().st_size >= 0, str(ready))
+        if phase == "command":
+            _wait_for(lambda: ready.read_text().strip().isdigit(), "the command's pid")
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        code = proc.wait(timeout=DEADLINE)
+        took = time.monotonic() - sent
+        assert proc.stderr is not None
+        stderr = proc.stderr.read().decode("utf-8", "replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert code == 130, stderr
+    assert took < STOP_WITHIN, f"exited {took:.2f}s after the signal"
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) <= 1, stderr
+    if phase == "command":
+        pid = int(ready.read_text())
+        _wait_for(lambda: not _alive(pid), "the map command to be gone", deadline=5.0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
