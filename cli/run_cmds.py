@@ -75,7 +75,11 @@ NO_PROGRESS = click.option(
 
 @cli.command("run")
 @click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run-id", help="The run's id [default: NAME-DATE-TIME-XXXX].")
+@click.option(
+    "--run-id",
+    help="The run's id: 1-128 of A-Z a-z 0-9 . _ -, first a letter or digit, not `latest` "
+    "[default: NAME-DATE-TIME-XXXX].",
+)
 @JOBS
 @click.option(
     "--var", "variables", multiple=True, metavar="K=V", help="Set env.K for the run (repeatable)."
@@ -255,7 +259,13 @@ def runs_cmd(obj: Context, as_json: bool) -> None:
 @cli.command("validate")
 @click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
 def validate_cmd(workflow: Path) -> None:
-    """Check a workflow file; print every problem as FILE:LINE: field: what (fix)."""
+    """Check a workflow file; print every problem as FILE:LINE: field: what (fix).
+
+    Types, durations, names, templates, filter, json_path, sort_by and
+    regular expressions (RE2) are checked, and inline items; the file must be
+    a regular file within ENGINE_MAX_WORKFLOW_BYTES (1 MiB). Exit 0 when it
+    is valid, 2 when it is not.
+    """
     loaded = load_workflow(workflow)
     spec = loaded.spec
     steps = len(spec.setup) + len(spec.reduce) + (len(spec.map.agent_template) if spec.map else 0)
