@@ -1,0 +1,164 @@
+"""The bounds on inputs, in-process: the pure-Python YAML path, values, run ids, stops."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import workflow as workflow_module
+from engine.home import BadRunId, check_run_id
+from engine.items import ItemsError, LoadCancelled, LoadStop, check_value, load_items
+from engine.limits import InputRefused, read_bounded
+from engine.spec import MapSpec, parse_duration
+from engine.workflow import WorkflowError, parse_workflow
+
+STEP = "  agent_template: [{run: echo}]\n"
+
+
+@pytest.fixture(params=[True, False], ids=["libyaml", "pure-python"])
+def yaml_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both parsers: libyaml when PyYAML has it, and the pure-Python fallback."""
+    if request.param and not workflow_module._FAST:
+        pytest.skip("PyYAML was built without libyaml")
+    monkeypatch.setattr(workflow_module, "_FAST", request.param)
+    return bool(request.param)
+
+
+def _problem(text: str) -> str:
+    with pytest.raises(WorkflowError) as info:
+        parse_workflow(text, file="wf.yml")
+    return str(info.value)
+
+
+def test_deep_nesting_is_refused_with_its_line(yaml_path: bool) -> None:
+    text = "name: t\nmap:\n" + STEP + "  items:\n    - " + "[" * 500 + "]" * 500 + "\n"
+    message = _problem(text)
+    assert message.startswith("wf.yml:") and "nested more than 100 levels" in message
+
+
+def test_billion_laughs_is_refused_quickly(yaml_path: bool) -> None:
+    text = "name: t\na: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for i in range(1, 10):
+        previous = "a" if i == 1 else f"a{i - 1}"
+        text += f"a{i}: &a{i} [" + ", ".join([f"*{previous}"] * 10) + "]\n"
+    started = time.monotonic()
+    message = _problem(text)
+    assert "through its aliases" in message
+    assert time.monotonic() - started < 5
+
+
+def test_recursive_alias_is_refused(yaml_path: bool) -> None:
+    assert "refers to its own anchor" in _problem("name: t\nmap: &m\n  items: [*m]\n")
+
+
+def test_strings_no_command_can_carry_are_refused_with_their_line(yaml_path: bool) -> None:
+    text = 'name: t\nenv:\n  A: "x\\0y"\nmap:\n  items: [1]\n' + STEP
+    assert _problem(text).startswith("wf.yml:3: a string holds a NUL")
+
+
+def test_a_lone_surrogate_is_refused_by_the_pure_python_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workflow_module, "_FAST", False)
+    text = 'name: t\nmap:\n  items: ["\\ud800"]\n' + STEP
+    assert "lone surrogate" in _problem(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (float("nan"), "not finite"),
+        ([float("inf")], "not finite"),
+        (2**64, "beyond 64 bits"),
+        ({"a": "x\x00"}, "NUL"),
+        ("\udc80", "lone surrogate"),
+        ({1: "x"}, "not a string"),
+        (b"bytes", "not JSON data"),
+        ({"a": [[[[]]]]}, None),
+    ],
+)
+def test_check_value(value: object, why: str | None) -> None:
+    found = check_value(value)
+    assert (found is None) if why is None else (found is not None and why in found)
+
+
+def test_check_value_depth() -> None:
+    deep: list[object] = []
+    for _ in range(150):
+        deep = [deep]
+    assert "nested more than 100" in (check_value(deep) or "")
+
+
+@pytest.mark.parametrize(
+    "value", ["9" * 400, 10**400, "1e999", float("nan"), "nan", "inf", -1, "-5s", True, "x" * 100]
+)
+def test_durations_are_finite_and_bounded(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize("good", ["run-1", "A.b_c-d", "9", "x" * 128])
+def test_good_run_ids(good: str) -> None:
+    assert check_run_id(good) == good
+
+
+@pytest.mark.parametrize(
+    "bad", ["", ".", "..", "../x", "a/b", "/abs", "a\nb", "latest", ".x", "-x", "é", "x" * 129]
+)
+def test_bad_run_ids(bad: str) -> None:
+    with pytest.raises(BadRunId) as info:
+        check_run_id(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_read_bounded_never_blocks_on_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_bounded(fifo, limit=100, what="test file", env_name="X")
+        except InputRefused as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "reading a FIFO blocked"
+    assert result and "a FIFO" in str(result[0])
+
+
+def test_a_stop_kills_the_map_command(tmp_path: Path) -> None:
+    spec = MapSpec.model_validate(
+        {
+            "command": "echo $$ > pid; sleep 60; echo '[1]'",
+            "agent_template": [{"run": "echo"}],
+        }
+    )
+    stop = LoadStop()
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_items(spec, tmp_path, dict(os.environ), stop=stop)
+        except (LoadCancelled, ItemsError) as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not ((tmp_path / "pid").exists() and (tmp_path / "pid").read_text().strip()):
+        assert time.monotonic() < deadline, "the command did not start"
+        time.sleep(0.02)
+    stop.cancel()
+    thread.join(5)
+    assert not thread.is_alive(), "the load did not stop"
+    assert errors and isinstance(errors[0], LoadCancelled)
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
