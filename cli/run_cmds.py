@@ -58,7 +58,10 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 JOBS = click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), help="Attempts at once (overrides max_parallel)."
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1, max=100_000),
+    help="Attempts at once (overrides max_parallel).",
 )
 NO_CACHE = click.option(
     "--no-cache", is_flag=True, help="Neither use nor fill the workflow's cache."

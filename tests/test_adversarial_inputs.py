@@ -324,6 +324,7 @@ SIGNAL_CASES = [
     ("slow-command-sigterm", signal.SIGTERM, "command"),
     ("slow-command-sigint", signal.SIGINT, "command"),
     ("slow-filter-sigterm", signal.SIGTERM, "filter"),
+    ("workspace-snapshot-sigterm", signal.SIGTERM, "snapshot"),
 ]
 STOP_WITHIN = 2.0
 """Seconds from the signal to the engine's exit (1 s is the target; margin for a loaded CI)."""
@@ -337,12 +338,14 @@ def _wait_for(condition: Callable[[], bool], what: str, deadline: float = DEADLI
 
 
 def _slow_filter_workflow(directory: Path) -> str:
-    items = [{"n": i, "name": f"item-{i}", "tags": ["a", "b"]} for i in range(300_000)]
+    """A filter that takes seconds over a small file (so decoding it is quick)."""
+    items = [{"n": i, "name": f"item-{i}", "tags": ["a", "b"]} for i in range(40_000)]
     (directory / "items.json").write_text(json.dumps(items))
+    terms = " and ".join(f"search(item.name, 'item-[0-9]+{i}*')" for i in range(12))
     return (
         "name: t\nsetup:\n  - run: touch setup-done\nmap:\n  input: items.json\n"
-        "  filter: \"item.n >= 0 and search(item.name, 'item-[0-9]+') and "
-        "contains(item.tags, 'a')\"\n  agent_template: [{run: echo}]\n"
+        f"  filter: \"item.n >= 0 and {terms} and contains(item.tags, 'a')\"\n"
+        "  agent_template: [{run: echo}]\n"
     )
 
 
@@ -356,9 +359,15 @@ def test_signal_while_items_load(name: str, signum: int, phase: str, tmp_path: P
             "  agent_template: [{run: echo}]\n"
         )
         ready = tmp_path / "command.pid"
-    else:
+    elif phase == "filter":
         text = _slow_filter_workflow(tmp_path)
         ready = tmp_path / "setup-done"
+    else:  # a large (sparse) file makes the workspace snapshot take seconds
+        with open(tmp_path / "large.bin", "wb") as f:
+            f.truncate(8 << 30)
+        text = "name: t\nmap:\n  items: [1]\n  agent_template: [{run: echo}]\n"
+        ready = tmp_path / "large.bin"
+
     (tmp_path / "wf.yml").write_text(text)
     proc = subprocess.Popen(
         [ENGINE, "--home", str(tmp_path / "home"), "run", "wf.yml", "--no-progress"],
@@ -368,7 +377,10 @@ def test_signal_while_items_load(name: str, signum: int, phase: str, tmp_path: P
         stdin=subprocess.DEVNULL,
     )
     try:
-        _wait_for(lambda: ready.exists() and ready.stat().st_size >= 0, str(ready))
+        if phase == "snapshot":  # the engine is reading the large file
+            _wait_for(lambda: _has_open(proc.pid, ready), "the snapshot to read large.bin")
+        else:
+            _wait_for(ready.exists, str(ready))
         if phase == "command":
             _wait_for(lambda: ready.read_text().strip().isdigit(), "the command's pid")
         sent = time.monotonic()
@@ -389,6 +401,21 @@ def test_signal_while_items_load(name: str, signum: int, phase: str, tmp_path: P
     if phase == "command":
         pid = int(ready.read_text())
         _wait_for(lambda: not _alive(pid), "the map command to be gone", deadline=5.0)
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` (the test's own engine) has ``path`` open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _alive(pid: int) -> bool:
