@@ -23,27 +23,28 @@ thread (:class:`LoadStop`): a signal ends it within a fraction of a second.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import math
-import os
 import re
-import selectors
-import signal
-import subprocess
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.limits import MAX_DEPTH, InputRefused, limits, read_bounded
+from engine.item_sources import (
+    NEVER,
+    ItemsError,
+    LoadCancelled,
+    LoadStop,
+    check_value,
+    read_source,
+    too_many,
+)
+from engine.limits import limits
 from engine.spec import MapSpec
-from engine.template import TemplateError, render_shell, render_text
-from ledger.errors import EngineError
+from engine.template import TemplateError, render_text
 
 if TYPE_CHECKING:
     from jsonpath import JSONPathEnvironment
@@ -62,75 +63,6 @@ __all__ = [
     "load_items",
     "parse_sort",
 ]
-
-
-class ItemsError(EngineError):
-    """The map's items cannot be loaded, selected or identified."""
-
-    exit_code = 2
-
-
-class LoadCancelled(Exception):
-    """Loading was stopped (a signal, a cancel); nothing was enqueued."""
-
-
-@dataclass
-class LoadStop:
-    """Stops a load running in another thread: its checks raise, its command is killed."""
-
-    event: threading.Event = field(default_factory=threading.Event)
-    process: subprocess.Popen[bytes] | None = None
-
-    def cancel(self) -> None:
-        self.event.set()
-        process = self.process
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(OSError):
-                os.killpg(process.pid, signal.SIGKILL)
-
-    def check(self) -> None:
-        if self.event.is_set():
-            raise LoadCancelled
-
-
-_NEVER = LoadStop()
-_INT_RANGE = 2**63
-
-
-def check_value(value: Any) -> str | None:
-    """Why an item's value is not JSON data the engine can pass on, or None if it is."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
-    while stack:
-        v, where, depth = stack.pop()
-        at = f" at {where}" if where else ""
-        if depth > MAX_DEPTH:
-            return f"nested more than {MAX_DEPTH} levels deep{at} (flatten it)"
-        if v is None or isinstance(v, bool):
-            continue
-        if isinstance(v, int):
-            if not -_INT_RANGE <= v < _INT_RANGE:
-                return f"a whole number{at} is beyond 64 bits (quote it as a string)"
-        elif isinstance(v, float):
-            if not math.isfinite(v):
-                return f"a number{at} is not finite (NaN or infinity; quote it as a string)"
-        elif isinstance(v, str):
-            if "\x00" in v:
-                return f"a string{at} holds a NUL character (\\0), which no command can receive"
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return f"a string{at} holds a lone surrogate, which is not text"
-        elif isinstance(v, list):
-            stack.extend((x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v))
-        elif isinstance(v, dict):
-            for k, x in v.items():
-                if not isinstance(k, str):
-                    return f"a key{at} is {type(k).__name__}, not a string (quote it)"
-                stack.append((k, f"{where}.{k[:40]}", depth + 1))
-                stack.append((x, f"{where}.{k[:40]}", depth + 1))
-        else:
-            return f"a value{at} is {type(v).__name__}, not JSON data (quote it as a string)"
-    return None
 
 
 def canonical_json(value: Any) -> bytes:
@@ -287,177 +219,7 @@ def _sort(values: list[Any], keys: list[SortKey]) -> list[Any]:
     return ordered
 
 
-# --- loading ---------------------------------------------------------------------------
-
-_decode_json = msgspec.json.Decoder()
-
-
-def _json(text: str, where: str) -> Any:
-    """Strict JSON (no NaN, numbers in range), or ItemsError."""
-    try:
-        return _decode_json.decode(text)
-    except RecursionError:
-        raise ItemsError(
-            f"{where}: nested too deeply", hint=f"at most {MAX_DEPTH} levels"
-        ) from None
-    except msgspec.DecodeError as exc:
-        raise ItemsError(f"{where}: not valid JSON: {exc}", hint="fix the JSON") from None
-
-
-def _parse_lines(text: str, where: str, stop: LoadStop) -> list[Any]:
-    items: list[Any] = []
-    cap = limits().items
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if number % 1024 == 0:
-            stop.check()
-        if len(items) >= cap:
-            raise _too_many(where, cap)
-        stripped = line.strip()
-        if stripped[0] in '[{"-0123456789' or stripped in ("true", "false", "null"):
-            try:
-                items.append(_decode_json.decode(stripped))
-                continue
-            except (msgspec.DecodeError, RecursionError):
-                pass
-        items.append(line)
-    return items
-
-
-def _parse_document(text: str, where: str, stop: LoadStop) -> Any:
-    stripped = text.strip()
-    if not stripped:
-        return []
-    if stripped[0] in "[{":
-        try:
-            return _decode_json.decode(stripped)
-        except (msgspec.DecodeError, RecursionError):
-            if stripped[0] == "[":
-                _json(stripped, where)  # raises, saying why
-    return _parse_lines(text, where, stop)
-
-
-def _text(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ItemsError(
-            f"{where}: not UTF-8 text (line {line}, byte {exc.start})",
-            hint="convert it to UTF-8 (e.g. iconv -t UTF-8)",
-        ) from None
-
-
-def _too_many(where: str, cap: int) -> ItemsError:
-    return ItemsError(
-        f"{where}: more than {cap:,} items",
-        hint="split the work into several runs, or raise ENGINE_MAX_ITEMS",
-    )
-
-
-def _run_command(
-    argv: list[str], directory: Path, env: Mapping[str, str], stop: LoadStop
-) -> tuple[int, bytes, bytes]:
-    """Run ``map.command``: its exit code, stdout (bounded) and the end of its stderr.
-
-    It runs in a session of its own, so that a stop or an oversized output
-    kills it and whatever it started.
-    """
-    cap = limits().input_bytes
-    stop.check()
-    process = subprocess.Popen(
-        argv,
-        cwd=directory,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    stop.process = process
-    out: list[bytes] = []
-    size = 0
-    err = b""
-    try:
-        assert process.stdout is not None and process.stderr is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ, "out")
-            selector.register(process.stderr, selectors.EVENT_READ, "err")
-            while selector.get_map():
-                stop.check()
-                for key, _ in selector.select(timeout=0.1):
-                    chunk = os.read(key.fd, 1 << 16)
-                    if not chunk:
-                        selector.unregister(key.fileobj)
-                    elif key.data == "out":
-                        out.append(chunk)
-                        size += len(chunk)
-                        if size > cap:
-                            raise ItemsError(
-                                f"map.command: printed more than the {cap:,}-byte limit",
-                                hint="print fewer or smaller items, or raise "
-                                "ENGINE_MAX_INPUT_BYTES=BYTES",
-                            )
-                    else:
-                        err = (err + chunk)[-65536:]
-        while process.poll() is None:
-            stop.check()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=0.1)
-    finally:
-        if process.poll() is None:
-            with contextlib.suppress(OSError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        stop.process = None
-        process.stdout.close()  # type: ignore[union-attr]
-        process.stderr.close()  # type: ignore[union-attr]
-    stop.check()
-    return process.returncode, b"".join(out), err
-
-
-def _source(
-    spec: MapSpec,
-    directory: Path,
-    env: Mapping[str, str],
-    context: Mapping[str, Any],
-    stop: LoadStop,
-) -> Any:
-    if spec.items is not None:
-        return spec.items
-    if spec.input is not None:
-        path = directory / spec.input
-        try:
-            data = read_bounded(
-                path,
-                limit=limits().input_bytes,
-                what="map input",
-                env_name="ENGINE_MAX_INPUT_BYTES",
-            )
-        except InputRefused as exc:
-            raise ItemsError(
-                f"map.input: {exc.message}",
-                hint=exc.hint or "check the path (relative to the workflow file)",
-            ) from None
-        return _parse_document(_text(data, str(path)), str(path), stop)
-    assert spec.command is not None
-    try:
-        command, variables = render_shell(spec.command, context)
-    except TemplateError as exc:
-        raise ItemsError(f"map.command: {exc}") from None
-    code, out, err = _run_command(["/bin/sh", "-c", command], directory, {**env, **variables}, stop)
-    if code != 0:
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        raise ItemsError(
-            f"map.command exited {code}: {tail[0][:200]}",
-            hint="run the command by hand to see why",
-        )
-    where = "map.command output"
-    return _parse_document(_text(out, where), where, stop)
-
-
-def select(spec: MapSpec, document: Any, stop: LoadStop = _NEVER) -> list[Any]:
+def select(spec: MapSpec, document: Any, stop: LoadStop = NEVER) -> list[Any]:
     """JSONPath, filter, sort, offset and max_items applied to a document."""
     cap = limits().items
     if spec.json_path:
@@ -476,7 +238,7 @@ def select(spec: MapSpec, document: Any, stop: LoadStop = _NEVER) -> list[Any]:
             hint="add json_path to select the list, e.g. $.files[*]",
         )
     if len(values) > cap:
-        raise _too_many("map", cap)
+        raise too_many("map", cap)
     stop.check()
     if spec.filter:
         compiled = compile_filter(spec.filter)
@@ -525,13 +287,13 @@ def load_items(
     env: Mapping[str, str],
     context: Mapping[str, Any] | None = None,
     *,
-    stop: LoadStop = _NEVER,
+    stop: LoadStop = NEVER,
 ) -> LoadedItems:
     """Load, select and identify the map's items (``context``: variables for ``command``).
 
     ``stop``: cancelled from another thread, loading raises :class:`LoadCancelled`.
     """
-    document = _source(spec, directory, env, context or {"env": env}, stop)
+    document = read_source(spec, directory, env, context or {"env": env}, stop)
     values = select(spec, document, stop)
     items: list[WorkItem] = []
     duplicates: list[tuple[WorkItem, int]] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import workflow as workflow_module
+from engine import workflow_yaml as workflow_module
 from engine.home import BadRunId, check_run_id
 from engine.items import ItemsError, LoadCancelled, LoadStop, check_value, load_items
 from engine.limits import InputRefused, read_bounded
