@@ -256,6 +256,7 @@ def read_source(
                 limit=limits().input_bytes,
                 what="map input",
                 env_name="ENGINE_MAX_INPUT_BYTES",
+                stream_hint="to read a stream, use `command: cat PATH` instead of input",
             )
         except InputRefused as exc:
             raise ItemsError(

@@ -86,7 +86,14 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_bounded(path: str | os.PathLike[str], *, limit: int, what: str, env_name: str) -> bytes:
+def read_bounded(
+    path: str | os.PathLike[str],
+    *,
+    limit: int,
+    what: str,
+    env_name: str,
+    stream_hint: str = "save it to a regular file first",
+) -> bytes:
     """A regular file's bytes, at most ``limit`` of them; never blocks on a FIFO or device.
 
     The file is opened non-blocking (opening a FIFO without a writer would

@@ -37,8 +37,9 @@ class Case:
     """A fragment of the one line on stderr."""
     command: str = "validate"
     files: dict[str, str | bytes] = field(default_factory=dict)
-    prepare: Callable[[Path], str] | None = None
-    """Makes what the case needs under the directory; returns the workflow argument."""
+    prepare: Callable[[Path], str | None] | None = None
+    """Makes what the case needs under the directory; returns the workflow argument
+    (None: the case's ``workflow``, written to ``wf.yml``)."""
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     code: int = 2
@@ -58,6 +59,29 @@ def _fifo(name: str) -> Callable[[Path], str]:
         return name
 
     return prepare
+
+
+def _symlink(target: str) -> Callable[[Path], str]:
+    def prepare(directory: Path) -> str:
+        (directory / "wf.yml").symlink_to(target)
+        return "wf.yml"
+
+    return prepare
+
+
+def _only(make: Callable[[Path], object]) -> Callable[[Path], str | None]:
+    """Make something beside the case's workflow (written as usual)."""
+
+    def prepare(directory: Path) -> str | None:
+        make(directory)
+        return None
+
+    return prepare
+
+
+def _fifo_behind_symlink(directory: Path) -> None:
+    os.mkfifo(directory / "fifo")
+    (directory / "items.json").symlink_to(directory / "fifo")
 
 
 def _big_workflow(directory: Path) -> str:
@@ -161,16 +185,50 @@ VALIDATE: list[Case] = [
     Case("workflow-dev-zero", None, "a character device", prepare=lambda _d: "/dev/zero"),
     Case("workflow-missing", None, "cannot read", prepare=lambda _d: "missing.yml"),
     Case("workflow-directory", None, "directory", prepare=str),
+    Case("workflow-symlink-to-dev-zero", None, "a character device", prepare=_symlink("/dev/zero")),
+    Case("workflow-dev-stdin", None, "not a regular file", prepare=lambda _d: "/dev/stdin"),
+    Case("workflow-utf16", _map().encode("utf-16"), "not UTF-8"),
+    Case("workflow-utf8-bom", b"\xef\xbb\xbf" + _map().encode(), "", code=0),
+    Case("workflow-tabs", "name: t\nmap:\n\titems: [1]\n", "not valid YAML"),
+    Case("max-parallel-zero", _map() + "  max_parallel: 0\n", "greater than or equal to 1"),
+    Case("name-list", _map().replace("name: t", "name: [a]"), "string"),
+    Case("duration-unit-trick", _map() + "  timeout: 1e999s\n", "not a duration"),
     Case("workflow-list", "[1, 2]\n", "a workflow is a mapping"),
     Case("workflow-empty", "", "a workflow is a mapping"),
 ]
 
 RUN: list[Case] = [
-    Case("input-fifo", _input_map(), "a FIFO", command="run", prepare=_fifo("items.json")),
+    Case(
+        "input-directory",
+        _input_map(),
+        "the map input is a directory",
+        command="run",
+        prepare=_only(lambda d: (d / "items.json").mkdir()),
+    ),
+    Case(
+        "input-symlink-to-fifo",
+        _input_map(),
+        "the map input is a FIFO",
+        command="run",
+        prepare=_only(_fifo_behind_symlink),
+    ),
+    Case(
+        "input-proc-mem",
+        _input_map().replace("items.json", "/proc/self/mem"),
+        "cannot read",
+        command="run",
+    ),
+    Case(
+        "input-fifo",
+        _input_map(),
+        "the map input is a FIFO",
+        command="run",
+        prepare=_only(lambda d: os.mkfifo(d / "items.json")),
+    ),
     Case(
         "input-dev-zero",
         _input_map().replace("items.json", "/dev/zero"),
-        "a character device",
+        "the map input is a character device",
         command="run",
     ),
     Case("input-not-utf8", _input_map(), "not UTF-8", command="run", files={"items.json": b"\xff"}),
@@ -282,9 +340,8 @@ def test_hostile_input(case: Case, tmp_path: Path) -> None:
     for name, content in case.files.items():
         data = content.encode() if isinstance(content, str) else content
         (tmp_path / name).write_bytes(data)
-    if case.prepare is not None:
-        workflow = case.prepare(tmp_path)
-    else:
+    workflow = case.prepare(tmp_path) if case.prepare is not None else None
+    if workflow is None:
         assert case.workflow is not None
         data = case.workflow.encode() if isinstance(case.workflow, str) else case.workflow
         (tmp_path / "wf.yml").write_bytes(data)
