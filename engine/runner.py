@@ -31,6 +31,7 @@ from engine.cache import ItemHooks
 from engine.executor import Attempt, AttemptRequest, Executor
 from engine.home import check_run_id
 from engine.items import ItemsError, LoadCancelled, LoadStop, load_items
+from engine.loading import in_thread, stoppable
 from engine.local import LocalExecutor, agent_argv
 from engine.redact import Redactor, secret_values
 from engine.scheduler import MapScheduler, abandon_events
@@ -70,8 +71,6 @@ __all__ = ["ResumeRefused", "RunOptions", "RunResult", "execute_run", "new_run_i
 ENQUEUE_BATCH = 1000
 CAPTURE_INLINE_LIMIT = 64 * 1024
 RESULTS_INLINE_LIMIT = 64 * 1024
-LOAD_STOP_GRACE = 5.0
-"""Seconds a stopped load of the items may take to notice the stop and end."""
 
 
 @dataclass
@@ -336,7 +335,7 @@ class _Run:
         stop = self.loading = LoadStop()
         directory, env, context = self.loaded.directory, self.process_env(), dict(self.context)
         try:
-            loaded = await _stoppable(
+            loaded = await stoppable(
                 lambda: load_items(spec, directory, env, context, stop=stop), stop
             )
         except LoadCancelled:
@@ -395,56 +394,6 @@ class _Run:
     def finish_interrupted(self) -> RunResult:
         """Stopped by a signal: nothing more is recorded; the run is resumable."""
         return RunResult(self.run_id, self.run_dir, "interrupted", 130, self.p, "interrupted")
-
-
-def _in_thread(work: Callable[[], Any]) -> asyncio.Future[Any]:
-    """``work()`` in a daemon thread of its own; its result as a future of the running loop.
-
-    Not a thread of asyncio's default pool: ``asyncio.run`` waits for those
-    at the end, so a signal that arrives during a long step (hashing a large
-    workspace, decoding a large document) would not end the engine until the
-    step is done. An abandoned thread ends with the process.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[Any] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if done.done():
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)
-
-    def target() -> None:
-        try:
-            result, error = work(), None
-        except BaseException as exc:  # handed to the awaiting task
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=target, name="engine-worker", daemon=True).start()
-    return done
-
-
-async def _stoppable(load: Callable[[], Any], stop: LoadStop) -> Any:
-    """``load()`` in a thread of its own, ended as soon as ``stop`` is cancelled.
-
-    The load checks the stop every few hundred items (and its command is
-    killed), so it ends within a fraction of a second; it is waited for, up
-    to :data:`LOAD_STOP_GRACE`, because a thread still inside a native
-    library (RE2) when the interpreter exits can abort the process.
-    """
-    done = _in_thread(load)
-    while not done.done():
-        await asyncio.wait([done], timeout=0.05)
-        if stop.event.is_set():
-            await asyncio.wait([done], timeout=LOAD_STOP_GRACE)
-            if done.done() and not done.cancelled():
-                done.exception()  # retrieved: the load was stopped
-            raise LoadCancelled
-    return done.result()
 
 
 class _Control:
@@ -611,7 +560,7 @@ async def _create(
             raise
     run.p.enable_scheduling()
     atomic_write(run.run_dir / "workflow.yml", loaded.text.encode())
-    snapshot = await _in_thread(lambda: take_snapshot(loaded.directory, home=home))
+    snapshot = await in_thread(lambda: take_snapshot(loaded.directory, home=home))
     snapshot.files = run.redactor.keys(snapshot.files)
     save_snapshot(snapshot, run.run_dir / "snapshot.json")
     opening: list[Event] = [
@@ -730,7 +679,7 @@ async def resume_run(
     run.restore_captures()
     spec = workflow.spec
     home = run_dir.parent.parent
-    snapshot = await _in_thread(lambda: take_snapshot(workflow.directory, home=home))
+    snapshot = await in_thread(lambda: take_snapshot(workflow.directory, home=home))
     snapshot.files = run.redactor.keys(snapshot.files)
     _warn_if_workspace_changed(run, snapshot, options.warn)
     opening: list[Event] = [
