@@ -925,7 +925,8 @@ def run_processes(run_id: str, run_dir: Path | None = None) -> dict[int, tuple[i
     hold a run with the same id).
     """
     marker = b"ENGINE_RUN_ID=" + os.fsencode(run_id)
-    place = b"ENGINE_RUN_DIR=" + os.fsencode(str(run_dir)) if run_dir is not None else None
+    # Attempts carry the run directory resolved (absolute, no symlinks).
+    place = b"ENGINE_RUN_DIR=" + os.fsencode(str(run_dir.resolve())) if run_dir else None
     me = os.getpid()
     found: dict[int, tuple[int, str]] = {}
     for pid, fields in processes():

@@ -142,7 +142,11 @@ class _Run:
         self.spec = loaded.spec
         self.options = options
         self.run_id = run_id
-        self.run_dir = run_dir
+        # Absolute, symlinks resolved: it is exported to every command
+        # (ENGINE_RUN_DIR, heartbeat files) and matched against what a dead
+        # engine's leftovers carry, whatever the working directory or the
+        # spelling of --home.
+        self.run_dir = run_dir.resolve()
         self.executor = options.executor or LocalExecutor()
         self.local = LocalExecutor()
         circuit = self.spec.circuit_breaker
@@ -161,7 +165,7 @@ class _Run:
         self.output: list[str] = []
         self._base_env: dict[str, str] | None = None
         self.agent_command = agent_argv(self.spec.agent.command)
-        self.store = ContentStore(run_dir.parent.parent)
+        self.store = ContentStore(self.run_dir.parent.parent)
         self.began = time.time()
         """When this engine took up the run (before it took the lock)."""
         self.current_step: Attempt | None = None
