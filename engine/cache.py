@@ -161,7 +161,10 @@ class ItemHooks:
             # The workspace will not take the cached artifacts back: run the item instead.
             return False, [CacheMiss(item=item, key=key, reason=f"cannot restore: {exc}")]
         events: list[Event] = [CacheHit(item=item, key=key), *restored]
-        events.append(ItemSkipped(item=item, reason="cache", cache_key=key, result=entry.result))
+        result, ref = self.store.inline_or_ref(entry.result)
+        events.append(
+            ItemSkipped(item=item, reason="cache", cache_key=key, result=result, result_ref=ref)
+        )
         return True, events
 
     def _restore(self, item: str, attempts: int, entry: CacheEntry) -> list[Event]:

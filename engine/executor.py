@@ -74,9 +74,17 @@ class AttemptOutcome:
     interrupted: bool = False
     invalid_output: str | None = None
     """Why the result could not be read (``output: json`` that is not JSON)."""
+    error_type: str | None = None
+    """A failure the engine itself found, typed (``validation_failed``: a value
+    that cannot reach a process; ``unknown``: an error in the engine's own
+    code). ``error`` says what it was."""
+    error: str | None = None
     stderr_tail: str = ""
     stdout_tail: str = ""
     result: Any = None
+    result_ref: str | None = None
+    """The result's digest in the content store, when it is too large for a record
+    (``result`` is then None)."""
     stdout: LogRef | None = None
     stderr: LogRef | None = None
     captures: dict[str, Any] = field(default_factory=dict)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, H
 from engine.guardian import alive_groups, processes
 from engine.redact import redact_value, secret_forms
 from engine.spec import Step
-from engine.template import TemplateError, render_argv, render_shell, render_text
+from engine.template import render_argv, render_shell, render_text, value_text
 from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
 from ledger.events import LogRef
 
@@ -84,6 +84,45 @@ def _pidfds_work() -> bool:
 
 
 _PIDFD = _pidfds_work()
+
+
+ARG_LIMIT = 32 * _PAGE
+"""Bytes one argument, or one ``NAME=value`` environment entry, can hold
+(Linux's MAX_ARG_STRLEN, the terminating NUL included): 128 KiB."""
+
+
+class Unpassable(ValueError):
+    """A value that cannot reach a process (a NUL byte, a bad name, too long)."""
+
+
+def _encoded_size(text: str, what: str) -> int:
+    """Bytes of ``text`` as the process gets it; :class:`Unpassable` if it cannot."""
+    if "\0" in text:
+        raise Unpassable(f"{what} contains a NUL byte, which no process can be given")
+    if text.isascii():
+        return len(text)  # known without encoding anything (CPython keeps the flag)
+    try:
+        return len(os.fsencode(text))
+    except UnicodeEncodeError:
+        raise Unpassable(f"{what} is not valid text (a lone surrogate)") from None
+
+
+def check_passable(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Raise :class:`Unpassable` for what ``exec`` would refuse, saying what and how to fix it."""
+    hint = "; read a large item from the file $ENGINE_ITEM_FILE names instead"
+    for index, arg in enumerate(argv):
+        what = f"argument {index} of the command"
+        size = _encoded_size(arg, what)
+        if size + 1 > ARG_LIMIT:
+            raise Unpassable(f"{what} is {size} bytes, over the {ARG_LIMIT} one can hold{hint}")
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key:
+            raise Unpassable(f"illegal environment variable name {key!r}")
+        what = f"environment variable {key}"
+        _encoded_size(key, f"the name of {what}")
+        size = len(key) + 1 + _encoded_size(value, f"the value of {what}")
+        if size + 1 > ARG_LIMIT:
+            raise Unpassable(f"{what} is {size} bytes, over the {ARG_LIMIT} one can hold{hint}")
 
 
 _WATCH_AFTER = 0.05
@@ -579,6 +618,8 @@ class LocalAttempt(Attempt):
         self._samples: deque[HeartbeatSample] = deque()
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
+        self._files: dict[str, str] = {}
+        """Values too large for the environment, in files: text -> path."""
         name = hashlib.sha256(request.item_id.encode()).hexdigest()[:16]
         self.base = f"{name}-{request.attempt}"
         run_dir = str(request.run_dir)
@@ -715,6 +756,8 @@ class LocalAttempt(Attempt):
         request = self.request
         env = dict(request.env)
         env["ENGINE_HEARTBEAT_FILE"] = self.heartbeat_file
+        if "item" in context and (item_file := self._item_file(context["item"])) is not None:
+            env["ENGINE_ITEM_FILE"] = item_file
         for key, value in step.env.items():
             env[key] = render_text(value, context)
         if step.kind != "shell":
@@ -723,8 +766,67 @@ class LocalAttempt(Attempt):
             argv, variables = render_argv(words, context, literal=len(agent))
             return argv, {**env, **variables}
         command, variables = render_shell(step.text, context)
+        command = self._large_values_from_files(command, variables, env)
         env.update(variables)
         return ["/bin/sh", "-c", command], env
+
+    # --- values too large for the environment -----------------------------------------
+
+    def _value_file(self, name: str, text: str) -> str:
+        """A private file holding ``text`` for this attempt (removed when it ends)."""
+        path = self._files.get(text)
+        if path is None:
+            directory = f"{self.request.run_dir}/values"
+            if directory not in _MADE:
+                make_private_dir(Path(directory))
+                _MADE.add(directory)
+            path = f"{directory}/{self.base}.{name}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            try:
+                view = memoryview(os.fsencode(text))
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            self._files[text] = path
+        return path
+
+    def _remove_value_files(self) -> None:
+        for path in self._files.values():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._files.clear()
+
+    def _item_file(self, item: Any) -> str | None:
+        """``ENGINE_ITEM_FILE``: the item's text in a file, when it is too large for an argument."""
+        if isinstance(item, str) and len(item) * 4 < ARG_LIMIT:
+            return None  # the common case, decided without encoding anything
+        text = value_text(item)
+        if _encoded_size(text, "the item") + 1 < ARG_LIMIT:
+            return None
+        return self._value_file("item", text)
+
+    def _large_values_from_files(
+        self, command: str, variables: dict[str, str], env: dict[str, str]
+    ) -> str:
+        """Variables too large for the environment reach the shell through files.
+
+        Each such ``NAME`` is left out of the environment; ``NAME_FILE`` names
+        a file holding its value, and the command starts by reading it into
+        the (unexported) shell variable ``NAME``, so ``${NAME}`` references
+        expand to the value as before (in builtins, pipes, redirections: an
+        argument of a program cannot hold it anyway).
+        """
+        prefix = []
+        for name, text in list(variables.items()):
+            if len(name) + 1 + _encoded_size(text, f"${{{name}}}") + 1 < ARG_LIMIT:
+                continue
+            del variables[name]
+            env[f"{name}_FILE"] = self._value_file(name, text)
+            prefix.append(
+                f'{name}=$(cat "${name}_FILE"; printf x) || exit 125; {name}=${{{name}%x}}; '
+            )
+        return "".join(prefix) + command
 
     async def _step(
         self, step: Step, context: dict[str, Any], deadline: float | None
@@ -733,9 +835,9 @@ class LocalAttempt(Attempt):
         request = self.request
         try:
             argv, env = self._argv(step, context)
-        except TemplateError as exc:
-            self.err.write(f"engine: {exc}\n".encode())
-            return {"exit_code": None, "error": str(exc), "stdout": b""}
+            check_passable(argv, env)
+        except ValueError as exc:  # a template error, or a value no process can be given
+            return self._not_started(str(exc))
         cwd = str(request.cwd / step.cwd) if step.cwd else str(request.cwd)
         limit = step.timeout
         if deadline is not None:
@@ -755,6 +857,8 @@ class LocalAttempt(Attempt):
             where = f" in {cwd}" if exc.filename == cwd else ""
             self.err.write(f"engine: cannot start {argv[0]!r}{where}: {exc.strerror}\n".encode())
             return {"exit_code": 127, "error": f"cannot start {argv[0]!r}", "stdout": b""}
+        except ValueError as exc:  # refused by the spawn itself (the shared environment)
+            return self._not_started(f"cannot start {argv[0]!r}: {exc}")
         self.child = child
         self.pgid = child.pid
         _GUARDIAN.register(child.pid)
@@ -785,6 +889,16 @@ class LocalAttempt(Attempt):
             "signal": -code if code is not None and code < 0 else None,
             "timed_out": timed_out,
             "stdout": self.out.read_from(out_start),
+        }
+
+    def _not_started(self, message: str) -> dict[str, Any]:
+        """A step that could not be started: a ``validation_failed`` failure, said in its log."""
+        self.err.write(f"engine: {message}\n".encode())
+        return {
+            "exit_code": None,
+            "error": message,
+            "error_type": "validation_failed",
+            "stdout": b"",
         }
 
     async def _run(self) -> AttemptOutcome:
@@ -822,7 +936,7 @@ class LocalAttempt(Attempt):
                 if index == len(request.steps) - 1 and step.output is not None:
                     if step.output == "json":
                         try:
-                            result = json.loads(stdout)
+                            result = json.loads(stdout, parse_constant=_not_json)
                         except ValueError as exc:
                             invalid = f"output is not JSON: {exc}"
                     else:
@@ -841,6 +955,7 @@ class LocalAttempt(Attempt):
                 except OSError as exc:
                     self.err.error = self.err.error or exc
             self._publish(None)
+            self._remove_value_files()
         lost = self.out.error or self.err.error
         if lost is not None:  # the logs are not what the command printed: not a success
             failed = True
@@ -859,6 +974,8 @@ class LocalAttempt(Attempt):
             hung=self.hung and not self.cancelled,
             interrupted=self.cancelled,
             invalid_output=invalid,
+            error_type=outcome.get("error_type"),
+            error=outcome.get("error"),
             stderr_tail=self.err.tail_text(),
             stdout_tail=self.out.tail_text(20),
             result=result,
@@ -869,10 +986,15 @@ class LocalAttempt(Attempt):
         )
 
 
+def _not_json(name: str) -> Any:
+    """``NaN``, ``Infinity``: Python's json reads them, JSON (and the ledger) has none."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _capture(stdout: str, fmt: str) -> Any:
     if fmt == "json":
         try:
-            return json.loads(stdout)
+            return json.loads(stdout, parse_constant=_not_json)
         except ValueError:
             return stdout.strip()
     if fmt == "lines":

@@ -28,7 +28,7 @@ import msgspec
 
 from engine import engine_version
 from engine.cache import ItemHooks
-from engine.executor import Attempt, AttemptRequest, Executor
+from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
 from engine.home import check_run_id
 from engine.items import ItemsError, LoadCancelled, LoadStop, load_items
 from engine.loading import in_thread, stoppable
@@ -37,7 +37,7 @@ from engine.redact import Redactor, secret_values
 from engine.scheduler import MapScheduler, abandon_events
 from engine.snapshot import Snapshot, compare, save_snapshot, take_snapshot
 from engine.spec import Step
-from engine.store import ContentStore
+from engine.store import INLINE_LIMIT, ContentStore
 from engine.workflow import LoadedWorkflow, describe_changes, load_workflow
 from ledger.atomic import atomic_write, make_private_dir
 from ledger.errors import EngineError
@@ -126,6 +126,12 @@ def new_run_id(name: str) -> str:
 
 class RunExists(EngineError):
     exit_code = 2
+
+
+class StoreMissing(EngineError):
+    """A value the ledger references is missing from the content store."""
+
+    exit_code = 1
 
 
 class ResumeRefused(EngineError):
@@ -251,6 +257,14 @@ class _Run:
             self.current_step = attempt
             try:
                 outcome = await attempt.wait()
+            except Exception as exc:  # an error in the engine fails the step, typed
+                self.options.warn(f"engine: error while running {phase} step {index + 1}: {exc}")
+                outcome = AttemptOutcome(
+                    ok=False,
+                    duration=0.0,
+                    error_type="unknown",
+                    error=f"engine error: {type(exc).__name__}: {exc}"[:4096],
+                )
             finally:
                 self.current_step = None
             if not outcome.ok:
@@ -261,6 +275,8 @@ class _Run:
                 elif outcome.timed_out:
                     kind = "timeout"
                     reason = f"timed out after {step.timeout}s"
+                elif outcome.error_type is not None:
+                    kind, reason = outcome.error_type, outcome.error or outcome.error_type
                 else:
                     kind = "command_failed"
                     reason = reason or f"exited with code {outcome.exit_code}"
@@ -322,9 +338,28 @@ class _Run:
         assert self.writer is not None
         values: dict[str, Any] = {}
         for record in LedgerReader(self.writer.path).records():
-            if isinstance(record.data, ItemEnqueued):
-                values.setdefault(record.data.item, record.data.value)
+            data = record.data
+            if isinstance(data, ItemEnqueued) and data.item not in values:
+                values[data.item] = self.stored(data.value, data.value_ref)
         return values
+
+    def stored(self, inline: Any, ref: str | None) -> Any:
+        """A recorded value: inline, or (``ref``) read back from the content store."""
+        if ref is None:
+            return inline
+        try:
+            return self.store.get_json(ref)
+        except (OSError, ValueError, msgspec.DecodeError) as exc:
+            raise StoreMissing(
+                f"{self.store.path(ref)}: the stored value {ref} the ledger references "
+                f"cannot be read ({exc})",
+                hint="restore the home's store/ directory from a backup of this run",
+            ) from None
+
+    def enqueue_event(self, item: str, index: int, value: Any) -> ItemEnqueued:
+        """``item.enqueued``, its value in the content store when too large for the record."""
+        inline, ref = self.store.inline_or_ref(value)
+        return ItemEnqueued(item=item, index=index, value=inline, value_ref=ref)
 
     async def enqueue(self) -> dict[str, Any] | None:
         """The map's items, enqueued once: a resume finishes an enqueue a crash cut short.
@@ -350,9 +385,7 @@ class _Run:
         loaded = self.redactor.items(loaded)
         values = {w.id: w.value for w in loaded.items}
         batch: list[Event] = [
-            ItemEnqueued(item=w.id, index=w.index, value=w.value)
-            for w in loaded.items
-            if w.id not in known
+            self.enqueue_event(w.id, w.index, w.value) for w in loaded.items if w.id not in known
         ]
         if not self.p.items.duplicates:
             batch += [
@@ -371,7 +404,7 @@ class _Run:
         for record in LedgerReader(self.writer.path).records():
             data = record.data
             if isinstance(data, ItemSucceeded | ItemSkipped):
-                out[data.item] = data.result
+                out[data.item] = self.stored(data.result, data.result_ref)
         return out
 
     def map_context(self) -> dict[str, Any]:
@@ -395,9 +428,53 @@ class _Run:
         await self.append([RunFailed(reason=reason)])
         return RunResult(self.run_id, self.run_dir, "failed", 1, self.p, reason)
 
+    async def finish_engine_error(self, error: BaseException) -> RunResult:
+        """An error in the engine stopped the run: failed (resumable), never completed.
+
+        When even ``run.failed`` cannot be recorded (the writer stopped), the
+        error goes up as it is; the run is then interrupted, and resumable.
+        """
+        reason = f"engine error: {type(error).__name__}: {error}"
+        if not isinstance(error, IncompleteMap):
+            reason += f"; resume the run to finish it: engine resume {self.run_id}"
+        self.options.warn(f"engine: {reason}")
+        try:
+            return await self.finish_failed(reason[:4096])
+        except Exception:
+            raise error from None
+
     def finish_interrupted(self) -> RunResult:
         """Stopped by a signal: nothing more is recorded; the run is resumable."""
         return RunResult(self.run_id, self.run_dir, "interrupted", 130, self.p, "interrupted")
+
+
+class IncompleteMap(EngineError):
+    """The map ended with items neither done nor dead: the run cannot be completed."""
+
+    exit_code = 1
+
+    def __init__(self, unfinished: dict[str, list[str]]) -> None:
+        self.unfinished = unfinished
+        shown = "; ".join(
+            f"{len(items)} {status} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
+            for status, items in unfinished.items()
+        )
+        super().__init__(
+            f"the map ended with items still unfinished: {shown}",
+            hint="this is an engine bug; resume the run to finish them",
+        )
+
+
+def _unfinished(p: Projections) -> dict[str, list[str]]:
+    """Items still running or pending, by status: a run with any is not complete."""
+    counts = p.items.counts
+    if not (counts["running"] or counts["pending"]):
+        return {}
+    out: dict[str, list[str]] = {}
+    for state in p.items.items.values():
+        if state.status in ("running", "pending"):
+            out.setdefault(state.status, []).append(state.item)
+    return out
 
 
 class _Control:
@@ -567,13 +644,17 @@ async def _create(
     snapshot = await in_thread(lambda: take_snapshot(loaded.directory, home=home))
     snapshot.files = run.redactor.keys(snapshot.files)
     save_snapshot(snapshot, run.run_dir / "snapshot.json")
+    # A workflow too large to copy into run.created is kept in the store.
+    large = len(loaded.text) * 4 > INLINE_LIMIT and len(loaded.text.encode()) > INLINE_LIMIT
+    workflow_ref = run.store.put_bytes(loaded.text.encode()) if large else None
     opening: list[Event] = [
         RunCreated(
             snapshot_id=snapshot.id,
             workflow_name=spec.name,
             workflow_path=str(loaded.path),
             workflow_hash=loaded.hash,
-            workflow=loaded.text,
+            workflow="" if large else loaded.text,
+            workflow_ref=workflow_ref,
             vars={k: "***" if k in spec.secrets else v for k, v in options.variables.items()},
             engine_version=engine_version(),
             user=getpass.getuser(),
@@ -809,6 +890,8 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
                     context=lambda item, value: dict(run.request(item, 0, "", value).context),
                     redactor=run.redactor,
                 ),
+                warn=options.warn,
+                store=run.store,
             )
             stop.scheduler = scheduler
             if stop.interrupted():
@@ -820,6 +903,9 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
                 return run.finish_interrupted()
             if outcome.stopped == "cancelled":
                 return await control.finish_cancelled()
+            if outcome.stopped == "engine_error":
+                assert outcome.error is not None
+                return await run.finish_engine_error(outcome.error)
             if outcome.stopped is not None:
                 reason = (
                     "an item failed and on_item_failure is 'fail'"
@@ -836,6 +922,9 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
         if failure is not None:
             return await run.finish_failed(failure)
         counts = run.p.items.counts
+        unfinished = _unfinished(run.p)
+        if unfinished:
+            return await run.finish_engine_error(IncompleteMap(unfinished))
         await run.append(
             [
                 RunCompleted(

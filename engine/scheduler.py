@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import math
 import os
 import random
 import shutil
@@ -29,7 +30,9 @@ from engine.classify import classify, signature
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
 from engine.items import canonical_json
 from engine.spec import CircuitBreakerSpec, MapSpec, RetrySpec
+from engine.store import ContentStore
 from ledger.codec import utc_now
+from ledger.errors import LedgerWriteFailed
 from ledger.events import (
     CircuitClosed,
     CircuitHalfOpen,
@@ -46,11 +49,13 @@ from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
 __all__ = [
+    "MAX_RETRY_DELAY",
     "IdempotencyKeys",
     "MapOutcome",
     "MapScheduler",
     "abandon_events",
     "backoff_delay",
+    "failure_events",
     "idempotency_key",
 ]
 
@@ -84,8 +89,16 @@ class IdempotencyKeys:
         return "ik:" + hashlib.sha256(data).hexdigest()
 
 
+MAX_RETRY_DELAY = 7 * 86400.0
+"""The longest wait before a retry, whatever the retry settings compute."""
+
+
 def backoff_delay(retry: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
-    """Seconds before the attempt after ``failed_attempt`` (1-based)."""
+    """Seconds before the attempt after ``failed_attempt`` (1-based).
+
+    Always a finite number from 0 to :data:`MAX_RETRY_DELAY`: a delay that
+    overflows or is not a number waits the longest.
+    """
     if retry.backoff == "fixed":
         delay = retry.initial
     elif retry.backoff == "linear":
@@ -95,10 +108,16 @@ def backoff_delay(retry: RetrySpec, failed_attempt: int, rng: random.Random) -> 
             delay = retry.initial * retry.multiplier ** (failed_attempt - 1)
         except OverflowError:  # e.g. 1000.0 ** 200: far past any max
             delay = retry.max
-    delay = min(delay, retry.max)
+    delay = _bounded_delay(min(delay, retry.max))
     if retry.jitter:
         delay = rng.uniform(delay / 2, delay)
-    return delay
+    return _bounded_delay(delay)
+
+
+def _bounded_delay(delay: float) -> float:
+    if math.isnan(delay):
+        return MAX_RETRY_DELAY
+    return min(max(delay, 0.0), MAX_RETRY_DELAY)
 
 
 def _rfc3339(epoch: float) -> str:
@@ -118,7 +137,9 @@ class _Plan:
 @dataclass
 class MapOutcome:
     stopped: str | None = None
-    """Why dispatching stopped early: ``interrupted``, ``max_failures``, ``item_failed``."""
+    """Why dispatching stopped early: ``interrupted``, ``max_failures``, ``item_failed``,
+    ``engine_error`` (then ``error`` is what stopped it)."""
+    error: BaseException | None = None
 
 
 class MapScheduler:
@@ -139,6 +160,8 @@ class MapScheduler:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         hooks: ItemHooks | None = None,
+        warn: Callable[[str], None] = lambda _line: None,
+        store: ContentStore | None = None,
     ) -> None:
         self.writer = writer
         self.p = projections
@@ -161,6 +184,13 @@ class MapScheduler:
         """Items being dispatched (taken from the queue, not yet started): their attempt."""
         self.wake = asyncio.Event()
         self.stopping: str | None = None
+        self.store = store
+        """Where a result too large for its record goes (without one, it is recorded inline)."""
+        self.warn = warn
+        """Where the one line about an engine error goes (stderr)."""
+        self.fatal: BaseException | None = None
+        """The error that left nothing recordable (the writer stopped): the run stops."""
+        self._background: set[asyncio.Future[None]] = set()
         self._keys = IdempotencyKeys(spec)
 
     # --- appending -------------------------------------------------------------------
@@ -180,7 +210,11 @@ class MapScheduler:
 
     async def run(self) -> MapOutcome:
         while True:
-            await self._dispatch_ready()
+            try:
+                await self._dispatch_ready()
+            except Exception as exc:  # an engine error stops the run, never drops
+                self.warn(f"engine: error while dispatching: {_describe(exc)}")
+                self._stop_fatally(exc)
             if not self.tasks and (self.stopping or self.p.pending.empty):
                 break
             self.wake.clear()
@@ -190,7 +224,24 @@ class MapScheduler:
                     await asyncio.wait_for(self.wake.wait(), timeout)
             elif self.stopping is None and not self.p.pending.empty:
                 await asyncio.sleep(0.01)
-        return MapOutcome(stopped=self.stopping)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        return MapOutcome(stopped=self.stopping, error=self.fatal)
+
+    def _stop_fatally(self, exc: BaseException) -> None:
+        """Nothing more can be recorded: stop dispatching and stop what runs.
+
+        The run ends failed or interrupted, never completed; what had no
+        recorded outcome runs again on resume.
+        """
+        if self.fatal is None:
+            self.fatal = exc
+        self.stopping = "engine_error"
+        self.wake.set()
+        if self.running:
+            task = asyncio.ensure_future(self.cancel_running())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def cancel_running(self, *, force: bool = False) -> None:
         """Terminate every running attempt (their outcomes record ``interrupted``)."""
@@ -292,8 +343,13 @@ class MapScheduler:
                 ]
             )
             for plan in plans:
-                request = self.make_request(plan.item, plan.attempt, plan.key, plan.value)
-                handle = await self.executor.start(request)
+                try:
+                    request = self.make_request(plan.item, plan.attempt, plan.key, plan.value)
+                    handle = await self.executor.start(request)
+                except Exception as exc:  # the attempt fails, typed
+                    del self.reserved[plan.item]
+                    await self._record_engine_error(plan.item, plan.attempt, exc, "starting")
+                    continue
                 self.running[plan.item] = handle
                 self.tasks[plan.item] = asyncio.ensure_future(
                     self._supervise(plan.item, plan.attempt, handle)
@@ -308,52 +364,104 @@ class MapScheduler:
                 self.reserved.pop(plan.item, None)
 
     async def _supervise(self, item: str, attempt: int, handle: Attempt) -> None:
+        """Watch an attempt and record its outcome; no error of the engine drops it.
+
+        An error while watching ends the attempt with an ``unknown`` failure
+        (recorded like any other outcome); an error while recording records a
+        minimal failure instead; when even that cannot be written, the run
+        stops (resumable).
+        """
+        started = time.monotonic()
         try:
-            async for sample in handle.heartbeats():
-                await self._append(
-                    [
-                        Heartbeat(
-                            item=item,
-                            attempt=attempt,
-                            pid=sample.pid,
-                            rss=sample.rss,
-                            cpu=sample.cpu,
-                            output_bytes=sample.output_bytes,
-                            touched_at=sample.touched_at,
-                        )
-                    ]
+            try:
+                outcome = await self._watch(item, attempt, handle)
+            except Exception as exc:  # the attempt fails, typed
+                self.warn(f"engine: error while running item {item!r}: {_describe(exc)}")
+                with contextlib.suppress(Exception):
+                    await handle.cancel(force=True)
+                outcome = AttemptOutcome(
+                    ok=False,
+                    duration=time.monotonic() - started,
+                    error_type="unknown",
+                    error=f"engine error while running the attempt: {_describe(exc)}",
                 )
-            outcome = await handle.wait()
-            events = self._outcome_events(item, attempt, outcome)
-            if outcome.ok and self.hooks is not None:
-                try:
-                    stored = await self.hooks.on_success(
-                        item, attempt, self.values.get(item), outcome
-                    )
-                except (OSError, ArtifactError) as exc:
-                    outcome = dataclasses.replace(
-                        outcome, ok=False, invalid_output=f"artifacts: {exc}"
-                    )
-                    events = self._outcome_events(item, attempt, outcome)
-                else:
-                    events = [*stored, *events]
-            if outcome.ok:
-                # The process is gone: its slot is free at once, and the next
-                # item's dispatch is made durable in the same append as this
-                # success (one fsync for both). A failure keeps its slot until
-                # the failure limits and the circuit breaker have seen it.
-                self.running.pop(item, None)
-                may = self.stopping is None and not self.p.run.paused
-                closed = self.circuit is None or self.p.circuit.state == "closed"
-                plans = self._plan(self._free_slots()) if may and closed else []
-                await self._dispatch(plans, before=events)
-            else:
-                await self._append(events)
-            await self._after_outcome(item, outcome)
+            try:
+                await self._record_outcome(item, attempt, outcome)
+            except Exception as exc:  # the attempt fails, typed
+                await self._record_engine_error(item, attempt, exc, "recording the outcome of")
         finally:
             self.running.pop(item, None)
             self.tasks.pop(item, None)
             self.wake.set()
+
+    async def _record_engine_error(
+        self, item: str, attempt: int, exc: BaseException, doing: str
+    ) -> None:
+        """The last resort: a small ``unknown`` failure for an attempt without an outcome."""
+        self.warn(f"engine: error while {doing} item {item!r} attempt {attempt}: {_describe(exc)}")
+        self.running.pop(item, None)
+        if isinstance(exc, LedgerWriteFailed) or self.fatal is not None:
+            self._stop_fatally(exc)
+            return
+        state = self.p.items.items.get(item)
+        if state is None or state.status != "running" or state.attempts != attempt:
+            return  # its outcome is recorded; what failed came after
+        message = f"engine error while {doing} the attempt: {_describe(exc)}"
+        events = failure_events(self.spec, item, attempt, "unknown", message)
+        try:
+            await self._append(events)
+            await self._after_outcome(item, AttemptOutcome(ok=False, duration=0.0))
+        except Exception as again:  # nothing can be recorded: stop the run
+            self.warn(f"engine: cannot record the failure of item {item!r}: {_describe(again)}")
+            self._stop_fatally(again)
+
+    async def _watch(self, item: str, attempt: int, handle: Attempt) -> AttemptOutcome:
+        """The attempt's heartbeats, recorded as they come; then its outcome."""
+        async for sample in handle.heartbeats():
+            await self._append(
+                [
+                    Heartbeat(
+                        item=item,
+                        attempt=attempt,
+                        pid=sample.pid,
+                        rss=sample.rss,
+                        cpu=sample.cpu,
+                        output_bytes=sample.output_bytes,
+                        touched_at=sample.touched_at,
+                    )
+                ]
+            )
+        return await handle.wait()
+
+    async def _record_outcome(self, item: str, attempt: int, outcome: AttemptOutcome) -> None:
+        """The outcome's events (with the retry or dead-letter decision), in one append."""
+        if outcome.ok and self.store is not None and outcome.result is not None:
+            # A large result is made durable in the store before the record naming it.
+            result, ref = await asyncio.to_thread(self.store.inline_or_ref, outcome.result)
+            if ref is not None:
+                outcome = dataclasses.replace(outcome, result=result, result_ref=ref)
+        events = self._outcome_events(item, attempt, outcome)
+        if outcome.ok and self.hooks is not None:
+            try:
+                stored = await self.hooks.on_success(item, attempt, self.values.get(item), outcome)
+            except (OSError, ArtifactError) as exc:
+                outcome = dataclasses.replace(outcome, ok=False, invalid_output=f"artifacts: {exc}")
+                events = self._outcome_events(item, attempt, outcome)
+            else:
+                events = [*stored, *events]
+        if outcome.ok:
+            # The process is gone: its slot is free at once, and the next
+            # item's dispatch is made durable in the same append as this
+            # success (one fsync for both). A failure keeps its slot until
+            # the failure limits and the circuit breaker have seen it.
+            self.running.pop(item, None)
+            may = self.stopping is None and not self.p.run.paused
+            closed = self.circuit is None or self.p.circuit.state == "closed"
+            plans = self._plan(self._free_slots()) if may and closed else []
+            await self._dispatch(plans, before=events)
+        else:
+            await self._append(events)
+        await self._after_outcome(item, outcome)
 
     # --- outcomes ------------------------------------------------------------------------
 
@@ -368,6 +476,7 @@ class MapScheduler:
                     result=o.result,
                     stdout=o.stdout,
                     stderr=o.stderr,
+                    result_ref=o.result_ref,
                 )
             ]
         c = classify(
@@ -381,8 +490,11 @@ class MapScheduler:
             rules=self.spec.classify,
         )
         error_type, message = c.error_type, c.message
-        if o.invalid_output is not None and not (o.timed_out or o.hung or o.interrupted):
-            error_type, message = "validation_failed", o.invalid_output
+        if not (o.timed_out or o.hung or o.interrupted):
+            if o.error_type is not None:
+                error_type, message = o.error_type, o.error or o.error_type
+            elif o.invalid_output is not None:
+                error_type, message = "validation_failed", o.invalid_output
         events: list[Event] = [
             ItemFailed(
                 item=item,
@@ -489,34 +601,59 @@ def abandon_events(spec: MapSpec, item: str, attempt: int, message: str) -> list
     where ``on_item_failure`` says.
     """
     stable = "the engine stopped before this attempt's outcome was recorded"
+    return failure_events(spec, item, attempt, "interrupted", message or stable, stable=stable)
+
+
+def failure_events(
+    spec: MapSpec,
+    item: str,
+    attempt: int,
+    error_type: str,
+    message: str,
+    *,
+    stable: str | None = None,
+) -> list[Event]:
+    """A failed attempt without an outcome from its executor, and what follows it.
+
+    It is retried at once while attempts remain and ``error_type`` is retried,
+    else it goes where ``on_item_failure`` says. ``stable``: the text the
+    failure's signature is made of (by default ``message``); the message
+    is kept under 4 KiB, so the record always fits.
+    """
+    message = _bounded(message, 4096)
+    sig = signature(error_type, stable if stable is not None else message)
     events: list[Event] = [
         ItemFailed(
             item=item,
             attempt=attempt,
-            error_type="interrupted",
-            signature=signature("interrupted", stable),
-            message=message or stable,
+            error_type=error_type,
+            signature=sig,
+            message=message,
             duration=0.0,
             resources=_resources(),
         )
     ]
     retry = spec.retry
-    if "interrupted" in retry.retry_on and attempt < retry.max_attempts:
+    if error_type in retry.retry_on and attempt < retry.max_attempts:
         events.append(
             ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=utc_now())
         )
     elif spec.on_item_failure == "dlq":
-        reason = "retries exhausted" if "interrupted" in retry.retry_on else "not retryable"
+        reason = "retries exhausted" if error_type in retry.retry_on else "not retryable"
         events.append(
             ItemDeadLettered(
-                item=item,
-                attempt=attempt,
-                error_type="interrupted",
-                signature=signature("interrupted", stable),
-                reason=reason,
+                item=item, attempt=attempt, error_type=error_type, signature=sig, reason=reason
             )
         )
     return events
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one short line: its type and message."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    if len(text) > 500:
+        text = text[:500] + "..."
+    return f"{type(exc).__name__}: {text}"
 
 
 def _bounded(text: str, limit: int = 64 * 1024) -> str:

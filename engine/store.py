@@ -12,12 +12,19 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from ledger.atomic import FILE_MODE, atomic_write, fsync_dir, make_private_dir
 
-__all__ = ["ContentStore", "file_sha256"]
+__all__ = ["INLINE_LIMIT", "ContentStore", "file_sha256"]
 
 _CHUNK = 1 << 20
+
+INLINE_LIMIT = 64 * 1024
+"""Bytes of JSON a value may take inside a ledger record; a larger one is stored
+here and the record references it (records are at most 256 KiB)."""
 
 
 def file_sha256(path: str | os.PathLike[str]) -> tuple[str, int]:
@@ -29,6 +36,14 @@ def file_sha256(path: str | os.PathLike[str]) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return "sha256:" + digest.hexdigest(), size
+
+
+def _surely_small(value: Any) -> bool:
+    """True for values whose JSON is surely under :data:`INLINE_LIMIT` (no encoding needed)."""
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    # A character is at most 6 bytes of JSON (``\u0000``).
+    return isinstance(value, str) and len(value) * 6 < INLINE_LIMIT
 
 
 class ContentStore:
@@ -69,6 +84,23 @@ class ContentStore:
 
     def get_bytes(self, digest: str) -> bytes:
         return self.path(digest).read_bytes()
+
+    def inline_or_ref(self, value: Any) -> tuple[Any, str | None]:
+        """``(value, None)`` when small enough for a record, else ``(None, digest)``.
+
+        The digest is that of the value's JSON, stored here (durably) before
+        the record that references it is written.
+        """
+        if _surely_small(value):
+            return value, None
+        encoded = msgspec.json.encode(value)
+        if len(encoded) <= INLINE_LIMIT:
+            return value, None
+        return None, self.put_bytes(encoded)
+
+    def get_json(self, digest: str) -> Any:
+        """A value stored by :meth:`inline_or_ref`."""
+        return msgspec.json.decode(self.get_bytes(digest))
 
     def restore(self, digest: str, dest: Path, mode: int | None = None) -> bool:
         """Put the stored bytes at ``dest`` atomically; False when ``dest`` already has them."""

@@ -96,6 +96,10 @@ class RunCreated(Event, frozen=True):
     """``sha256:<hex>`` of the workflow file's bytes."""
     workflow: str = ""
     """A copy of the workflow file's text, frozen at creation."""
+    workflow_ref: str | None = None
+    """``sha256:<hex>`` of the workflow file's bytes in the content store
+    (``<home>/store/sha256/<first 2 hex>/<hex>``) when the file is too large
+    to copy into the record; ``workflow`` is then empty."""
     snapshot_id: str | None = None
     """The workspace snapshot (``snap-<12 hex>``), when one was taken."""
     vars: dict[str, str] = {}
@@ -252,6 +256,10 @@ class ItemEnqueued(Event, frozen=True):
     """Position among the map's items, after filter, sort and offset."""
     value: Any = None
     """The item itself, as loaded."""
+    value_ref: str | None = None
+    """``sha256:<hex>`` of the item's JSON in the content store
+    (``<home>/store/sha256/<first 2 hex>/<hex>``) when it is too large to keep
+    in the record; ``value`` is then null."""
 
 
 class MapEnqueued(Event, frozen=True):
@@ -301,6 +309,10 @@ class ItemSucceeded(Event, frozen=True):
     result: Any = None
     stdout: LogRef | None = None
     stderr: LogRef | None = None
+    result_ref: str | None = None
+    """``sha256:<hex>`` of the result's JSON in the content store
+    (``<home>/store/sha256/<first 2 hex>/<hex>``) when it is too large to keep
+    in the record; ``result`` is then null."""
 
 
 class ItemFailed(Event, frozen=True):
@@ -359,6 +371,10 @@ class ItemSkipped(Event, frozen=True):
     """``cache`` (a cache hit) or ``done`` (already succeeded)."""
     cache_key: str | None = None
     result: Any = None
+    result_ref: str | None = None
+    """``sha256:<hex>`` of the result's JSON in the content store
+    (``<home>/store/sha256/<first 2 hex>/<hex>``) when it is too large to keep
+    in the record; ``result`` is then null."""
 
 
 class CacheHit(Event, frozen=True):
