@@ -52,6 +52,9 @@ class AttemptRequest:
     prepare it once."""
     redact: Sequence[str] = ()
     """Values (secrets) replaced by ``***`` in logs, tails and results."""
+    allow_background: bool = False
+    """Keep what a step leaves running in its process group when it ends
+    (``map.allow_background``); by default it is stopped."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,14 @@ from engine.template import render_argv, render_shell, render_text, value_text
 from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
 from ledger.events import LogRef
 
-__all__ = ["LocalExecutor", "group_usage", "terminate_group"]
+__all__ = [
+    "LocalExecutor",
+    "group_members",
+    "group_usage",
+    "process_command",
+    "stop_group_leftovers",
+    "terminate_group",
+]
 
 TAIL_LINES = 100
 TAIL_BYTES = 64 * 1024
@@ -65,6 +72,36 @@ async def terminate_group(pgid: int, exited: asyncio.Future[Any] | None, grace: 
             await asyncio.wait_for(asyncio.shield(exited), grace)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+async def stop_group_leftovers(pgid: int, grace: float) -> int:
+    """Stop what is left in a step's process group once its leader has exited.
+
+    SIGTERM, up to ``grace`` seconds for them to go, then SIGKILL; returns how
+    many processes were left. One signal-0 probe when nothing is (the usual case).
+    """
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return 0
+    left = await asyncio.to_thread(group_members, pgid)
+    if not left:
+        return 0  # zombies only, waiting for their parent (init) to reap them
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not await asyncio.to_thread(group_members, pgid):
+            break
+        await asyncio.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    return len(left)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group."""
+    return [pid for pid, fields in processes() if fields[0] != b"Z" and int(fields[2]) == pgid]
 
 
 @functools.lru_cache(maxsize=256)
@@ -399,6 +436,7 @@ class _Child:
         self._on_output = on_output
         self._pidfd = -1
         self._watching = False
+        self._fds = {out_r, err_r}
         for fd, sink in ((out_r, sinks[0]), (err_r, sinks[1])):
             loop.add_reader(fd, self._read, fd, sink)
         # Most children close their pipes by exiting, soon: that is seen without
@@ -431,6 +469,7 @@ class _Child:
             return
         self._loop.remove_reader(fd)
         os.close(fd)
+        self._fds.discard(fd)
         self._open -= 1
         if self._open == 0 and not self.drained.done():
             self.drained.set_result(None)
@@ -440,6 +479,20 @@ class _Child:
                 else:
                     self._watch_timer.cancel()
                     self._settle_exit()
+
+    def stop_reading(self) -> None:
+        """Close the pipes that are still open: their output ends here.
+
+        For pipes held by a process that left the step's process group
+        (``setsid``), which stopping the group cannot reach.
+        """
+        for fd in self._fds:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+        self._fds.clear()
+        self._open = 0
+        if not self.drained.done():
+            self.drained.set_result(None)
 
     def _reap(self) -> None:
         self._loop.remove_reader(self._pidfd)
@@ -879,7 +932,23 @@ class LocalAttempt(Attempt):
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.pid, signal.SIGKILL)
-                await child.drained
+                try:
+                    await asyncio.wait_for(asyncio.shield(child.drained), 1.0)
+                except TimeoutError:  # held by a process outside the group
+                    child.stop_reading()
+                    self.err.write(
+                        b"engine: stopped reading the step's output, held open by a process "
+                        b"that left its process group\n"
+                    )
+        if not request.allow_background:
+            stopped = await stop_group_leftovers(child.pid, request.kill_grace)
+            if stopped:
+                plural = "es" if stopped > 1 else ""
+                note = (
+                    f"engine: stopped {stopped} process{plural} the step left running in the "
+                    "background (map.allow_background: true keeps them)\n"
+                )
+                self.err.write(note.encode())
         _GUARDIAN.unregister(child.pid)
         self.out.flush()
         self.err.flush()
@@ -1067,6 +1136,16 @@ def run_processes(run_id: str, run_dir: Path | None = None) -> dict[int, tuple[i
         )
         found[pid] = (int(fields[2]), os.fsdecode(item))
     return found
+
+
+def process_command(pid: int) -> str:
+    """A process's command line, for a report ('' when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(4096)
+    except OSError:
+        return ""
+    return " ".join(os.fsdecode(part) for part in raw.split(b"\0") if part)[:300]
 
 
 def agent_argv(command: str) -> list[str]:

@@ -32,7 +32,7 @@ from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
 from engine.home import check_run_id
 from engine.items import ItemsError, LoadCancelled, LoadStop, load_items
 from engine.loading import in_thread, stoppable
-from engine.local import LocalExecutor, agent_argv
+from engine.local import LocalExecutor, agent_argv, process_command, run_processes
 from engine.redact import Redactor, secret_values
 from engine.scheduler import MapScheduler, abandon_events
 from engine.snapshot import Snapshot, compare, save_snapshot, take_snapshot
@@ -48,12 +48,14 @@ from ledger.events import (
     ItemRequeued,
     ItemSkipped,
     ItemSucceeded,
+    LeftoverProcess,
     MapEnqueued,
     RunAborted,
     RunCancelRequested,
     RunCompleted,
     RunCreated,
     RunFailed,
+    RunLeftovers,
     RunPaused,
     RunResumed,
     RunStarted,
@@ -240,6 +242,7 @@ class _Run:
             hung_after=spec.map.heartbeat.hung_after if (steps is None and spec.map) else None,
             agent_command=self.agent_command,
             redact=list(self.secret_values),
+            allow_background=spec.map.allow_background if spec.map else False,
         )
 
     # --- phases -----------------------------------------------------------------------------
@@ -424,7 +427,36 @@ class _Run:
             "results": encoded.decode() if len(encoded) <= RESULTS_INLINE_LIMIT else str(path),
         }
 
+    async def end_leftovers(self) -> None:
+        """Processes of the run that outlived their steps, as the run ends: stopped, and said.
+
+        A step's own process group is stopped when the step ends; what is
+        found here left it (``setsid``) or was kept (``map.allow_background``,
+        then it is reported and left running). One line on stderr, and a
+        ``run.leftovers`` record.
+        """
+        keep = self.spec.map.allow_background if self.spec.map else False
+        found = await asyncio.to_thread(run_processes, self.run_id, self.run_dir)
+        if not found:
+            return
+        processes = [
+            LeftoverProcess(pid=pid, pgid=pgid, item=item, command=process_command(pid))
+            for pid, (pgid, item) in sorted(found.items())
+        ]
+        if not keep:
+            await self.local.reclaim(self.run_id, self.run_dir)
+        shown = ", ".join(f"pid {p.pid} ({p.item}: {p.command[:60]})" for p in processes[:3])
+        more = f" and {len(processes) - 3} more" if len(processes) > 3 else ""
+        what = "left running (map.allow_background)" if keep else "stopped"
+        self.options.warn(
+            f"engine: {len(processes)} process{'es' if len(processes) > 1 else ''} of run "
+            f"{self.run_id} outlived {'their steps' if len(processes) > 1 else 'its step'}, "
+            f"{what}: {shown}{more}"
+        )
+        await self.append([RunLeftovers(processes=processes[:100], stopped=not keep)])
+
     async def finish_failed(self, reason: str) -> RunResult:
+        await self.end_leftovers()
         await self.append([RunFailed(reason=reason)])
         return RunResult(self.run_id, self.run_dir, "failed", 1, self.p, reason)
 
@@ -588,6 +620,7 @@ class _Control:
     async def finish_cancelled(self) -> RunResult:
         run = self.run
         by = run.p.run.cancel_by or "engine cancel"
+        await run.end_leftovers()
         await run.append([RunAborted(reason=f"cancelled by {by}")])
         return RunResult(run.run_id, run.run_dir, "aborted", 130, run.p, f"cancelled by {by}")
 
@@ -925,6 +958,7 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
         unfinished = _unfinished(run.p)
         if unfinished:
             return await run.finish_engine_error(IncompleteMap(unfinished))
+        await run.end_leftovers()
         await run.append(
             [
                 RunCompleted(

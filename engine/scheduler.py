@@ -66,9 +66,17 @@ def idempotency_key(map_spec: MapSpec | Any, item_id: str, value: Any) -> str:
     ``map_spec`` may also be the map step already dumped to JSON-able data.
     """
     if isinstance(map_spec, MapSpec):
-        map_spec = map_spec.model_dump(mode="json", by_alias=True)
+        map_spec = _key_material(map_spec)
     payload = {"map": map_spec, "item": item_id, "value": value}
     return "ik:" + hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+_NOT_IN_KEYS = frozenset({"allow_background"})
+"""Map settings about supervising the work, not the work: keys stay as they were."""
+
+
+def _key_material(map_spec: MapSpec) -> Any:
+    return map_spec.model_dump(mode="json", by_alias=True, exclude=set(_NOT_IN_KEYS))
 
 
 class IdempotencyKeys:
@@ -81,7 +89,7 @@ class IdempotencyKeys:
 
     def __init__(self, map_spec: MapSpec | Any) -> None:
         if isinstance(map_spec, MapSpec):
-            map_spec = map_spec.model_dump(mode="json", by_alias=True)
+            map_spec = _key_material(map_spec)
         self._middle = b',"map":' + canonical_json(map_spec) + b',"value":'
 
     def __call__(self, item_id: str, value: Any) -> str:

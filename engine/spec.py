@@ -288,6 +288,11 @@ class MapSpec(_Model):
     """Stop when this fraction of finished items failed (after at least 10)."""
     agent_template: Steps
     classify: list[ClassifyRule] = []
+    allow_background: bool = False
+    """Keep what a step leaves running in the background (``cmd &``, a double
+    fork, ``setsid``) when it ends; by default it is stopped with the step,
+    and whatever escaped its process group is stopped at the end of the run.
+    Applies to the setup and reduce steps too."""
 
     @model_validator(mode="after")
     def _one_source(self) -> MapSpec:

@@ -40,6 +40,7 @@ __all__ = [
     "ItemSkipped",
     "ItemSucceeded",
     "LedgerRecovered",
+    "LeftoverProcess",
     "LockAcquired",
     "LogRef",
     "MapEnqueued",
@@ -50,6 +51,7 @@ __all__ = [
     "RunCompleted",
     "RunCreated",
     "RunFailed",
+    "RunLeftovers",
     "RunPaused",
     "RunResumed",
     "RunStarted",
@@ -175,6 +177,27 @@ class RunAborted(Event, frozen=True):
     TYPE: ClassVar[str] = "run.aborted"
     reason: str
     signal: int | None = None
+
+
+class LeftoverProcess(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A process of the run still alive after the step that started it ended."""
+
+    pid: int
+    pgid: int
+    item: str = ""
+    """The item (or ``setup-N``/``reduce-N``) of the attempt it came from."""
+    command: str = ""
+    """Its command line (at most 300 characters)."""
+
+
+class RunLeftovers(Event, frozen=True):
+    TYPE: ClassVar[str] = "run.leftovers"
+    processes: list[LeftoverProcess] = []
+    """Processes carrying the run's ``ENGINE_RUN_ID`` still alive as the run
+    ends: they left their step's process group (``setsid``), or were kept
+    (``map.allow_background``)."""
+    stopped: bool = True
+    """Whether the engine stopped them (not with ``map.allow_background``)."""
 
 
 class LockAcquired(Event, frozen=True):
@@ -441,6 +464,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunCompleted,
         RunFailed,
         RunAborted,
+        RunLeftovers,
         RunPaused,
         RunUnpaused,
         RunCancelRequested,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ledger import LedgerReader
+from tests.engine_helpers import records, run_workflow, write_workflow
 
 WORKER = """\
 import os, pathlib, sys, time
@@ -138,3 +139,106 @@ def test_resume_with_the_home_spelled_differently_stops_the_dead_engines_leftove
     interrupted = [r.data for r in records if r.type == "item.failed"]
     assert len(interrupted) == 1
     assert "1 leftover process stopped" in interrupted[0].message
+
+
+# --- what a successful step leaves behind ----------------------------------------------
+
+SETSID = (
+    f"{sys.executable} -c 'import os, sys, time; os.setsid(); "
+    'open(sys.argv[1], "w").write(str(os.getpid())); time.sleep(300)\' setsid.pid'
+)
+
+
+def _pid(path: Path) -> int:
+    _wait_for(lambda: path.exists() and path.read_text().strip() != "", f"{path.name}")
+    return int(path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("command", "pid_file"),
+    [
+        # A background job with its output redirected: the pipes close, it lives on.
+        ("sleep 300 > /dev/null 2>&1 & echo $! > bg.pid", "bg.pid"),
+        # A double fork: reparented to init, still in the step's process group.
+        ("sh -c 'sleep 300 > /dev/null 2>&1 & echo $! > dbl.pid'", "dbl.pid"),
+    ],
+)
+def test_what_a_successful_step_leaves_in_its_group_is_stopped_when_it_ends(
+    tmp_path: Path, own_pids: list[int], command: str, pid_file: str
+) -> None:
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: bg
+        map:
+          items: [one]
+          agent_template:
+            - run: "{command}"
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    pid = _pid(tmp_path / pid_file)
+    own_pids.append(pid)
+    assert (result.status, result.exit_code) == ("completed", 0)
+    assert not _alive(pid), "the background process outlived its step"
+    (succeeded,) = records(result, "item.succeeded")
+    assert succeeded.data.stderr is not None
+    log = (result.run_dir / succeeded.data.stderr.path).read_text()
+    assert "engine: stopped 1 process the step left running in the background" in log
+    assert records(result, "run.leftovers") == []
+
+
+def test_a_process_that_left_its_group_is_stopped_and_reported_at_the_end_of_the_run(
+    tmp_path: Path, own_pids: list[int]
+) -> None:
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: setsid
+        map:
+          items: [one]
+          id: "${item}"
+          agent_template:
+            - run: |
+                COMMAND &
+                while ! test -s setsid.pid; do sleep 0.01; done
+        """.replace("COMMAND", SETSID),
+    )
+    warnings: list[str] = []
+    result = run_workflow(wf, tmp_path / "home", warn=warnings.append)
+    pid = _pid(tmp_path / "setsid.pid")
+    own_pids.append(pid)
+    assert (result.status, result.exit_code) == ("completed", 0)
+    assert not _alive(pid)
+    (leftovers,) = records(result, "run.leftovers")
+    assert leftovers.data.stopped is True
+    assert [(p.pid, p.item) for p in leftovers.data.processes] == [(pid, "one")]
+    assert len(warnings) == 1 and f"pid {pid} (one:" in warnings[0], warnings
+    assert "1 process of run" in warnings[0] and "stopped" in warnings[0]
+
+
+def test_allow_background_keeps_them_and_the_end_of_the_run_says_so(
+    tmp_path: Path, own_pids: list[int]
+) -> None:
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: keep
+        map:
+          items: [one]
+          id: "${item}"
+          allow_background: true
+          agent_template:
+            - run: sleep 300 > /dev/null 2>&1 & echo $! > bg.pid
+        """,
+    )
+    warnings: list[str] = []
+    result = run_workflow(wf, tmp_path / "home", warn=warnings.append)
+    pid = _pid(tmp_path / "bg.pid")
+    own_pids.append(pid)
+    assert (result.status, result.exit_code) == ("completed", 0)
+    assert _alive(pid)
+    (leftovers,) = records(result, "run.leftovers")
+    assert leftovers.data.stopped is False
+    assert [p.pid for p in leftovers.data.processes] == [pid]
+    assert "left running (map.allow_background)" in warnings[0]
