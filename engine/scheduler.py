@@ -328,10 +328,16 @@ class MapScheduler:
         try:
             if self.hooks is not None:
                 extra: list[Event] = []
-                keep = []
+                keep: list[_Plan] = []
                 for plan in plans:
                     attempts = self.p.items.items[plan.item].attempts
-                    hit, events = await self.hooks.check(plan.item, plan.value, attempts)
+                    try:
+                        hit, events = await self.hooks.check(plan.item, plan.value, attempts)
+                    except Exception as exc:  # the cache failed: stop, but record ``before``
+                        self.warn(f"engine: error while looking up the cache: {_describe(exc)}")
+                        self._stop_fatally(exc)
+                        keep = []
+                        break
                     extra += events
                     if not hit:
                         keep.append(plan)

@@ -287,3 +287,43 @@ def test_a_retry_delay_is_always_a_finite_bounded_number(
     retry = RetrySpec.model_construct(**{**RetrySpec().model_dump(), **settings})
     delay = backoff_delay(retry, attempt, random.Random(1))
     assert math.isfinite(delay) and 0 <= delay <= MAX_RETRY_DELAY
+
+
+def test_a_failing_cache_lookup_stops_the_run_but_keeps_the_success_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.cache import ItemHooks
+    from engine.runner import RunOptions, resume_run
+
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: cache
+        cache: {key: ["${item}"]}
+        map:
+          items: [a, b]
+          id: "${item}"
+          max_parallel: 1
+          agent_template:
+            - run: echo "${item}" >> ran.log
+        """,
+    )
+    check = ItemHooks.check
+
+    async def breaks_on_b(self: ItemHooks, item: str, value: Any, attempts: int) -> Any:
+        if item == "b":
+            raise RuntimeError("the cache broke")
+        return await check(self, item, value, attempts)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ItemHooks, "check", breaks_on_b)
+        warnings: list[str] = []
+        result = run_workflow(wf, tmp_path / "home", warn=warnings.append)
+    assert (result.status, result.exit_code) == ("failed", 1)
+    assert "engine error: RuntimeError: the cache broke" in (result.reason or "")
+    assert [r.data.item for r in records(result, "item.succeeded")] == ["a"]
+    assert result.projections.items.items["b"].status == "pending"
+    assert any("looking up the cache" in w for w in warnings)
+    resumed = asyncio.run(resume_run(result.run_dir, RunOptions()))
+    assert (resumed.status, resumed.exit_code) == ("completed", 0)
+    assert (tmp_path / "ran.log").read_text() == "a\nb\n"
