@@ -361,7 +361,13 @@ class _Run:
 
     def enqueue_event(self, item: str, index: int, value: Any) -> ItemEnqueued:
         """``item.enqueued``, its value in the content store when too large for the record."""
-        inline, ref = self.store.inline_or_ref(value)
+        try:
+            inline, ref = self.store.inline_or_ref(value)
+        except (UnicodeEncodeError, TypeError, ValueError) as exc:
+            raise ItemsError(
+                f"item {item!r} (index {index}): its value cannot be recorded as JSON ({exc})",
+                hint="fix the item source: text must be valid Unicode (no lone surrogates)",
+            ) from None
         return ItemEnqueued(item=item, index=index, value=inline, value_ref=ref)
 
     async def enqueue(self) -> dict[str, Any] | None:

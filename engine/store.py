@@ -42,8 +42,8 @@ def _surely_small(value: Any) -> bool:
     """True for values whose JSON is surely under :data:`INLINE_LIMIT` (no encoding needed)."""
     if value is None or isinstance(value, bool | int | float):
         return True
-    # A character is at most 6 bytes of JSON (``\u0000``).
-    return isinstance(value, str) and len(value) * 6 < INLINE_LIMIT
+    # A character is at most 6 bytes of JSON (``\u0000``); only ASCII surely encodes.
+    return isinstance(value, str) and value.isascii() and len(value) * 6 < INLINE_LIMIT
 
 
 class ContentStore:

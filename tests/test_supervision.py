@@ -327,3 +327,27 @@ def test_a_failing_cache_lookup_stops_the_run_but_keeps_the_success_before_it(
     resumed = asyncio.run(resume_run(result.run_dir, RunOptions()))
     assert (resumed.status, resumed.exit_code) == ("completed", 0)
     assert (tmp_path / "ran.log").read_text() == "a\nb\n"
+
+
+def test_an_item_value_no_json_can_hold_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    wf = write_workflow(
+        tmp_path,
+        r"""
+        name: surrogate
+        map:
+          items: ["a\ud800b"]
+          id: "n-${item_index}"
+          agent_template:
+            - run: "true"
+        """,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "--home", str(tmp_path / "home"), "run", str(wf)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0], done.stderr
