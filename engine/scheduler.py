@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from engine.cache import ArtifactError, ItemHooks
 from engine.classify import classify, signature
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
@@ -517,7 +519,7 @@ class MapScheduler:
                 signature=c.signature
                 if error_type == c.error_type
                 else signature(error_type, message),
-                message=message,
+                message=_bounded(message, 4096),
                 duration=round(o.duration, 6),
                 exit_code=o.exit_code,
                 signal=o.signal,
@@ -671,10 +673,16 @@ def _describe(exc: BaseException) -> str:
 
 
 def _bounded(text: str, limit: int = 64 * 1024) -> str:
-    data = text.encode()
-    if len(data) <= limit:
-        return text
-    return data[-limit:].decode("utf-8", "ignore")
+    """The end of ``text``, at most ``limit`` bytes as JSON (escapes counted: a control
+    character takes six), so that the record holding it always fits."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")  # no lone surrogates
+    size = len(msgspec.json.encode(text))
+    while size > limit:
+        keep = len(text) * limit // size - 1
+        text = text[len(text) - keep :] if keep > 0 else ""
+        size = len(msgspec.json.encode(text))
+    return text
 
 
 def _resources() -> dict[str, float]:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
@@ -351,3 +352,14 @@ def test_an_item_value_no_json_can_hold_is_one_line_and_exit_2(tmp_path: Path) -
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "internal error" not in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("text", ["\x01" * 65536, "é\x02" * 40000, "a\ud800" * 9000, "ok"])
+def test_a_failure_tail_fits_its_record_once_escaped(text: str) -> None:
+    # A tail of control characters takes six bytes each as JSON: a 64 KiB tail
+    # made item.failed too large to record, and the failure lost its type.
+    from engine.scheduler import _bounded
+
+    bounded = _bounded(text)
+    assert len(msgspec.json.encode(bounded)) <= 64 * 1024
+    assert bounded and text.encode("utf-8", "replace").decode().endswith(bounded)
