@@ -128,6 +128,11 @@ ARG_LIMIT = 32 * _PAGE
 (Linux's MAX_ARG_STRLEN, the terminating NUL included): 128 KiB."""
 
 
+VARIABLES_BUDGET = 512 * 1024
+"""Bytes of a shell command's variables kept in its environment: the kernel
+allows about 2 MiB for all arguments and the environment together."""
+
+
 class Unpassable(ValueError):
     """A value that cannot reach a process (a NUL byte, a bad name, too long)."""
 
@@ -868,13 +873,21 @@ class LocalAttempt(Attempt):
         a file holding its value, and the command starts by reading it into
         the (unexported) shell variable ``NAME``, so ``${NAME}`` references
         expand to the value as before (in builtins, pipes, redirections: an
-        argument of a program cannot hold it anyway).
+        argument of a program cannot hold it anyway). Each value over
+        :data:`ARG_LIMIT` goes that way, then the largest others while they
+        come to more than :data:`VARIABLES_BUDGET` together.
         """
+        sizes = {
+            name: len(name) + 2 + _encoded_size(text, f"${{{name}}}")
+            for name, text in variables.items()
+        }
+        total = sum(sizes.values())
         prefix = []
-        for name, text in list(variables.items()):
-            if len(name) + 1 + _encoded_size(text, f"${{{name}}}") + 1 < ARG_LIMIT:
-                continue
-            del variables[name]
+        for name in sorted(sizes, key=sizes.__getitem__, reverse=True):
+            if sizes[name] <= ARG_LIMIT and total <= VARIABLES_BUDGET:
+                break
+            total -= sizes[name]
+            text = variables.pop(name)
             env[f"{name}_FILE"] = self._value_file(name, text)
             prefix.append(
                 f'{name}=$(cat "${name}_FILE"; printf x) || exit 125; {name}=${{{name}%x}}; '

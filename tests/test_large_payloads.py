@@ -8,6 +8,7 @@ large for the environment reaches a shell command through a file.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 
@@ -117,3 +118,26 @@ def test_a_workflow_over_a_record_and_its_items_are_stored_and_a_resume_reads_th
     assert (resumed.status, resumed.exit_code) == ("completed", 0), resumed.reason
     results = json.loads((first.run_dir / "results.json").read_text())
     assert results == {f"item-{n}": str(len(v)) for n, v in enumerate(values)}
+
+
+def test_many_values_too_large_together_still_reach_the_shell(tmp_path: Path) -> None:
+    # 24 values of 100 KiB: each fits an environment entry, together they are
+    # over what exec takes for the arguments and environment (about 2 MiB).
+    fields = {f"f{n}": chr(ord("a") + n) * (100 * 1024) for n in range(24)}
+    (tmp_path / "items.json").write_text(json.dumps([fields]))
+    refs = "".join(f"${{item.f{n}}}" for n in range(24))
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: many
+        map:
+          input: items.json
+          agent_template:
+            - run: printf '%s' "{refs}" | sha256sum | cut -c1-64
+              output: text
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    assert (result.status, result.exit_code) == ("completed", 0), records(result, "item.failed")
+    expected = hashlib.sha256("".join(fields.values()).encode()).hexdigest()
+    assert list(json.loads((result.run_dir / "results.json").read_text()).values()) == [expected]
