@@ -363,3 +363,54 @@ def test_a_failure_tail_fits_its_record_once_escaped(text: str) -> None:
     bounded = _bounded(text)
     assert len(msgspec.json.encode(bounded)) <= 64 * 1024
     assert bounded and text.encode("utf-8", "replace").decode().endswith(bounded)
+
+
+def test_when_nothing_can_be_recorded_the_run_stops_resumable_never_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.runner import RunOptions, execute_run, resume_run
+    from engine.workflow import load_workflow
+    from ledger.errors import LedgerWriteFailed
+    from ledger.events import ItemSucceeded
+    from ledger.writer import LedgerWriter
+
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: stopped-writer
+        map:
+          items: [a, b, c, d]
+          id: "${item}"
+          max_parallel: 1
+          agent_template:
+            - run: echo "${item}" >> ran.log
+        """,
+    )
+    append = LedgerWriter.append_async
+
+    async def fails_at_b(self: LedgerWriter, events: Any) -> Any:
+        batch = list(events)
+        if any(isinstance(e, ItemSucceeded) and e.item == "b" for e in batch):
+            # As a failed fsync does: the writer stops for good.
+            self._failed = OSError(5, "Input/output error")
+        return await append(self, batch)
+
+    warnings: list[str] = []
+    with monkeypatch.context() as patched:
+        patched.setattr(LedgerWriter, "append_async", fails_at_b)
+        with pytest.raises(LedgerWriteFailed):
+            asyncio.run(
+                execute_run(
+                    load_workflow(wf),
+                    tmp_path / "home",
+                    RunOptions(run_id="r", warn=warnings.append),
+                )
+            )
+    ledger = tmp_path / "home" / "runs" / "r" / "ledger.ndjson"
+    types = [r.type for r in LedgerReader(ledger).records()]
+    assert "run.completed" not in types and "run.failed" not in types
+    assert warnings and all("\n" not in w for w in warnings)
+    resumed = asyncio.run(resume_run(ledger.parent, RunOptions()))
+    assert (resumed.status, resumed.exit_code) == ("completed", 0)
+    succeeded = [r.data.item for r in LedgerReader(ledger).records() if r.type == "item.succeeded"]
+    assert sorted(succeeded) == ["a", "b", "c", "d"]
