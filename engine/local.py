@@ -151,20 +151,34 @@ def _encoded_size(text: str, what: str) -> int:
 
 def check_passable(argv: Sequence[str], env: Mapping[str, str]) -> None:
     """Raise :class:`Unpassable` for what ``exec`` would refuse, saying what and how to fix it."""
-    hint = "; read a large item from the file $ENGINE_ITEM_FILE names instead"
     for index, arg in enumerate(argv):
+        if arg.isascii() and len(arg) < ARG_LIMIT and "\0" not in arg:
+            continue  # the usual case, decided at once
         what = f"argument {index} of the command"
         size = _encoded_size(arg, what)
         if size + 1 > ARG_LIMIT:
-            raise Unpassable(f"{what} is {size} bytes, over the {ARG_LIMIT} one can hold{hint}")
+            raise Unpassable(f"{what} is {size} bytes, over the {ARG_LIMIT} one can hold{_HINT}")
     for key, value in env.items():
+        if (
+            key.isascii()
+            and value.isascii()
+            and len(key) + len(value) + 2 <= ARG_LIMIT
+            and key
+            and "=" not in key
+            and "\0" not in key
+            and "\0" not in value
+        ):
+            continue
         if not key or "=" in key or "\0" in key:
             raise Unpassable(f"illegal environment variable name {key!r}")
         what = f"environment variable {key}"
         _encoded_size(key, f"the name of {what}")
         size = len(key) + 1 + _encoded_size(value, f"the value of {what}")
         if size + 1 > ARG_LIMIT:
-            raise Unpassable(f"{what} is {size} bytes, over the {ARG_LIMIT} one can hold{hint}")
+            raise Unpassable(f"{what} is {size} bytes, over the {ARG_LIMIT} one can hold{_HINT}")
+
+
+_HINT = "; read a large item from the file $ENGINE_ITEM_FILE names instead"
 
 
 _WATCH_AFTER = 0.05
