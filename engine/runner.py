@@ -185,6 +185,8 @@ class _Run:
 
     async def append(self, events: list[Event]) -> None:
         assert self.writer is not None
+        if any(isinstance(e, RunCompleted) for e in events) and (unfinished := _unfinished(self.p)):
+            raise IncompleteMap(unfinished)  # the one rule: never completed with work left
         records = await self.writer.append_async(events)
         self.p.apply_all(records)
         self.options.on_change(self.p)
@@ -473,9 +475,10 @@ class _Run:
         error goes up as it is; the run is then interrupted, and resumable.
         """
         reason = f"engine error: {type(error).__name__}: {error}"
-        if not isinstance(error, IncompleteMap):
+        if isinstance(error, IncompleteMap):
+            self.options.warn(f"engine: {reason}")  # said nowhere else
+        else:
             reason += f"; resume the run to finish it: engine resume {self.run_id}"
-        self.options.warn(f"engine: {reason}")
         try:
             return await self.finish_failed(reason[:4096])
         except Exception:
@@ -954,6 +957,8 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
                 return await run.finish_failed(reason)
         if (result := await halted()) is not None:
             return result
+        if unfinished := _unfinished(run.p):
+            return await run.finish_engine_error(IncompleteMap(unfinished))
         run.context["map"] = run.map_context()
         failure = await run.steps("reduce", list(spec.reduce))
         if (result := await halted()) is not None:

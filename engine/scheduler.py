@@ -428,7 +428,6 @@ class MapScheduler:
             await self._append(events)
             await self._after_outcome(item, AttemptOutcome(ok=False, duration=0.0))
         except Exception as again:  # nothing can be recorded: stop the run
-            self.warn(f"engine: cannot record the failure of item {item!r}: {_describe(again)}")
             self._stop_fatally(again)
 
     async def _watch(self, item: str, attempt: int, handle: Attempt) -> AttemptOutcome:
