@@ -414,9 +414,11 @@ class MapScheduler:
         self, item: str, attempt: int, exc: BaseException, doing: str
     ) -> None:
         """The last resort: a small ``unknown`` failure for an attempt without an outcome."""
-        self.warn(f"engine: error while {doing} item {item!r} attempt {attempt}: {_describe(exc)}")
         self.running.pop(item, None)
-        if isinstance(exc, LedgerWriteFailed) or self.fatal is not None:
+        if self.fatal is not None:
+            return  # said already: the run is stopping, nothing more can be recorded
+        self.warn(f"engine: error while {doing} item {item!r} attempt {attempt}: {_describe(exc)}")
+        if isinstance(exc, LedgerWriteFailed):
             self._stop_fatally(exc)
             return
         state = self.p.items.items.get(item)
