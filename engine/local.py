@@ -1166,13 +1166,13 @@ def run_processes(run_id: str, run_dir: Path | None = None) -> dict[int, tuple[i
 
 
 def process_command(pid: int) -> str:
-    """A process's command line, for a report ('' when it is gone)."""
+    """A process's command line, for a report ('' when it is gone; at most 64 KiB read)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read(4096)
+            raw = f.read(65536)
     except OSError:
         return ""
-    return " ".join(os.fsdecode(part) for part in raw.split(b"\0") if part)[:300]
+    return " ".join(part.decode("utf-8", "replace") for part in raw.split(b"\0") if part)
 
 
 def agent_argv(command: str) -> list[str]:

@@ -448,7 +448,12 @@ class _Run:
         if not found:
             return
         processes = [
-            LeftoverProcess(pid=pid, pgid=pgid, item=item, command=process_command(pid))
+            LeftoverProcess(
+                pid=pid,
+                pgid=pgid,
+                item=item,
+                command=self.redactor.text(process_command(pid))[:300],
+            )
             for pid, (pgid, item) in sorted(found.items())
         ]
         if not keep:
@@ -688,7 +693,8 @@ async def _create(
     save_snapshot(snapshot, run.run_dir / "snapshot.json")
     # A workflow too large to copy into run.created is kept in the store.
     large = len(loaded.text) * 4 > INLINE_LIMIT and len(loaded.text.encode()) > INLINE_LIMIT
-    workflow_ref = run.store.put_bytes(loaded.text.encode()) if large else None
+    # Stored as recorded inline would be: redacted.
+    workflow_ref = run.store.put_bytes(run.redactor.text(loaded.text).encode()) if large else None
     opening: list[Event] = [
         RunCreated(
             snapshot_id=snapshot.id,

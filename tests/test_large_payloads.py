@@ -12,6 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from engine.runner import RunOptions, resume_run
 from engine.store import ContentStore
 from ledger.codec import MAX_RECORD_BYTES
@@ -141,3 +143,28 @@ def test_many_values_too_large_together_still_reach_the_shell(tmp_path: Path) ->
     assert (result.status, result.exit_code) == ("completed", 0), records(result, "item.failed")
     expected = hashlib.sha256("".join(fields.values()).encode()).hexdigest()
     assert list(json.loads((result.run_dir / "results.json").read_text()).values()) == [expected]
+
+
+def test_what_goes_to_the_store_is_redacted_like_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BIG_TOKEN", "tok-4f1c9e")
+    padding = "p" * (300 * 1024)
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: secret
+        secrets: [BIG_TOKEN]
+        # the token's value, written into the file by mistake: tok-4f1c9e
+        # {padding}
+        map:
+          items: [1]
+          agent_template:
+            - run: "true"
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    (created,) = records(result, "run.created")
+    assert created.data.workflow_ref is not None
+    stored = ContentStore(tmp_path / "home").get_bytes(created.data.workflow_ref)
+    assert b"tok-4f1c9e" not in stored and b"written into the file by mistake: ***" in stored
