@@ -223,7 +223,8 @@ class MapScheduler:
             try:
                 await self._dispatch_ready()
             except Exception as exc:  # an engine error stops the run, never drops
-                self.warn(f"engine: error while dispatching: {_describe(exc)}")
+                if not isinstance(exc, LedgerWriteFailed):  # that one ends the run, said then
+                    self.warn(f"engine: error while dispatching: {_describe(exc)}")
                 self._stop_fatally(exc)
             if not self.tasks and (self.stopping or self.p.pending.empty):
                 break
@@ -392,7 +393,8 @@ class MapScheduler:
             try:
                 outcome = await self._watch(item, attempt, handle)
             except Exception as exc:  # the attempt fails, typed
-                self.warn(f"engine: error while running item {item!r}: {_describe(exc)}")
+                if not isinstance(exc, LedgerWriteFailed):  # that one ends the run, said then
+                    self.warn(f"engine: error while running item {item!r}: {_describe(exc)}")
                 with contextlib.suppress(Exception):
                     await handle.cancel(force=True)
                 outcome = AttemptOutcome(
@@ -417,10 +419,10 @@ class MapScheduler:
         self.running.pop(item, None)
         if self.fatal is not None:
             return  # said already: the run is stopping, nothing more can be recorded
-        self.warn(f"engine: error while {doing} item {item!r} attempt {attempt}: {_describe(exc)}")
         if isinstance(exc, LedgerWriteFailed):
-            self._stop_fatally(exc)
+            self._stop_fatally(exc)  # the run ends with this error: its one line
             return
+        self.warn(f"engine: error while {doing} item {item!r} attempt {attempt}: {_describe(exc)}")
         state = self.p.items.items.get(item)
         if state is None or state.status != "running" or state.attempts != attempt:
             return  # its outcome is recorded; what failed came after
