@@ -40,7 +40,7 @@ if pids.exists() and alive(int(pids.read_text())):
     with witness.open("a") as f:
         f.write(f"overlap attempt {os.environ['ENGINE_ATTEMPT']}\\n")
 if os.environ["ENGINE_ATTEMPT"] == "1" and os.fork() == 0:
-    # A worker in a session of its own: the guardian, which stops the
+    # A worker that left the attempt's process group (setsid): the guardian, which stops the
     # attempt's process group when the engine dies, does not know it.
     os.setsid()
     tmp = here / "worker.pid.tmp"
