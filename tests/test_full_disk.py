@@ -182,9 +182,4 @@ def test_a_full_ledger_disk_stops_with_one_line_and_resumes(
     assert again.returncode == 0, again.stderr
     types = [r.type for r in LedgerReader(ledger).records()]
     assert types.count("item.succeeded") == 40 and types[-1] == "run.completed"
-    if "Task exception was never retrieved" in first.stderr:
-        pytest.xfail(
-            "issue 9 item 1: a failed append inside an item's supervision is still "
-            "reported by asyncio as an unretrieved task exception"
-        )
     _no_noise(first.stderr)
