@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -264,9 +264,14 @@ def select(spec: MapSpec, document: Any, stop: LoadStop = NEVER) -> list[Any]:
     return values
 
 
+def default_id(value: Any) -> str:
+    """An item's id when the workflow gives no ``id`` template: the hash of its value."""
+    return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
+
+
 def item_id(spec: MapSpec, value: Any, index: int, env: Mapping[str, str]) -> str:
     if spec.id is None:
-        return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
+        return default_id(value)
     try:
         rendered = render_text(spec.id, {"item": value, "item_index": index, "env": env})
     except TemplateError as exc:
@@ -295,19 +300,26 @@ def load_items(
     """
     document = read_source(spec, directory, env, context or {"env": env}, stop)
     values = select(spec, document, stop)
-    items: list[WorkItem] = []
-    duplicates: list[tuple[WorkItem, int]] = []
-    first: dict[str, int] = {}
+    works: list[WorkItem] = []
     for index, value in enumerate(values):
         if index % 1024 == 0:
             stop.check()
         why = check_value(value)
         if why is not None:
             raise ItemsError(f"map: item {index}: {why}", hint="fix the item source")
-        work = WorkItem(item_id(spec, value, index, env), index, value)
+        works.append(WorkItem(item_id(spec, value, index, env), index, value))
+    return dedupe(works)
+
+
+def dedupe(works: Iterable[WorkItem]) -> LoadedItems:
+    """Items in order, each id kept by its first holder; the later ones are duplicates."""
+    items: list[WorkItem] = []
+    duplicates: list[tuple[WorkItem, int]] = []
+    first: dict[str, int] = {}
+    for work in works:
         if work.id in first:
             duplicates.append((work, first[work.id]))
         else:
-            first[work.id] = index
+            first[work.id] = work.index
             items.append(work)
     return LoadedItems(items, duplicates)

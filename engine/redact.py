@@ -28,7 +28,6 @@ may not reference a secret at all (:func:`secret_template_problems`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from engine.items import LoadedItems, WorkItem, canonical_json
+from engine.items import LoadedItems, WorkItem, dedupe, default_id
 from engine.template import template_variables
 from ledger.errors import EngineError
 
@@ -175,22 +174,15 @@ class Redactor:
         """
         if not self:
             return loaded
-        every = [(w.index, w) for w in loaded.items] + [(w.index, w) for w, _ in loaded.duplicates]
-        items: list[WorkItem] = []
-        duplicates: list[tuple[WorkItem, int]] = []
-        first: dict[str, int] = {}
-        for index, work in sorted(every, key=lambda pair: pair[0]):
-            value = self.value(work.value)
-            ident = self.text(work.id)
-            if value != work.value and work.id == _default_id(work.value):
-                ident = _default_id(value)  # the hash of the value as recorded
-            redacted = WorkItem(ident, index, value)
-            if redacted.id in first:
-                duplicates.append((redacted, first[redacted.id]))
-            else:
-                first[redacted.id] = index
-                items.append(redacted)
-        return LoadedItems(items, duplicates)
+        every = sorted([*loaded.items, *(w for w, _ in loaded.duplicates)], key=lambda w: w.index)
+        return dedupe(self._item(work) for work in every)
+
+    def _item(self, work: WorkItem) -> WorkItem:
+        value = self.value(work.value)
+        ident = self.text(work.id)
+        if value != work.value and work.id == default_id(work.value):
+            ident = default_id(value)  # the hash of the value as recorded
+        return WorkItem(ident, work.index, value)
 
     def command_line(self, line: str) -> str:
         """A command line given as text, redacted word by word when a word holds a secret."""
@@ -217,10 +209,6 @@ class Redactor:
             if name not in ENGINE_FIELDS:
                 data[name] = self.value(value)
         return msgspec.convert(data, type(event))
-
-
-def _default_id(value: Any) -> str:
-    return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
 
 
 def secret_template_problems(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
