@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import signal
 import textwrap
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.runner import RunOptions, RunResult, execute_run
 from engine.workflow import load_workflow
@@ -14,6 +19,16 @@ from ledger import LedgerReader
 from ledger.events import Record
 from projections.replay import replay
 from tests.conftest import projections_json
+
+T = TypeVar("T")
+
+DEADLINE = 60.0
+"""Seconds a test waits for a condition before it fails.
+
+Generous on purpose: on a loaded machine a start-up can take seconds. A
+deadline only bounds how long a broken feature takes to fail; it is never a
+measure of speed (timing figures belong in benchmarks/).
+"""
 
 
 def write_workflow(directory: Path, text: str, name: str = "wf.yml") -> Path:
@@ -46,3 +61,97 @@ def records(result: RunResult, type_: str | None = None) -> list[Record]:
 
 
 MOCK = "engine mock-agent --script agent.json -p"
+
+
+def poll(predicate: Callable[[], T], timeout: float = DEADLINE, interval: float = 0.02) -> T | None:
+    """Call ``predicate`` until it returns something true (returned) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = DEADLINE, what: str = "") -> T:
+    """Wait until ``predicate`` returns something true and return it; fail after ``timeout``."""
+    value = poll(predicate, timeout)
+    if not value:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+    return value
+
+
+async def wait_for_async(
+    predicate: Callable[[], T], timeout: float = DEADLINE, what: str = ""
+) -> T:
+    """:func:`wait_for` inside an event loop (the loop keeps running while it waits)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+    return value
+
+
+async def within(awaitable: Awaitable[T], timeout: float = DEADLINE, what: str = "") -> T:
+    """Await with a deadline: an AssertionError naming ``what`` instead of hanging."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+def unique_run_id(prefix: str) -> str:
+    """A run id no other test run uses, on this machine or any (processes are matched by it)."""
+    return f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def ledger_has(ledger: Path, type_: str, count: int = 1) -> bool:
+    """True once ``ledger`` holds at least ``count`` records of ``type_`` (a cheap byte scan)."""
+    try:
+        data = ledger.read_bytes()
+    except FileNotFoundError:
+        return False
+    return data.count(b'"type":"' + type_.encode() + b'"') >= count
+
+
+def _status_mask(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def catches(pid: int, signum: int) -> bool:
+    """True once process ``pid`` has a handler for ``signum`` (its own code is running).
+
+    A signal that lands before (while the interpreter itself starts) takes
+    the default action whatever the program does, so a test that wants to see
+    the program handle a signal waits for this first.
+    """
+    return bool(_status_mask(pid, "SigCgt") & (1 << (signum - 1)))
+
+
+def dying(pid: int) -> bool:
+    """True if ``pid`` is on its way out, not running any more.
+
+    A fatal signal makes the kernel queue SIGKILL to the process; once it acts
+    on it, the process is exiting (PF_EXITING in its flags) until it is a
+    zombie. Either way it runs no more code of its own, whatever the load.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True  # gone
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X") or int(fields[6]) & 0x4:  # PF_EXITING
+        return True
+    kill = 1 << (signal.SIGKILL - 1)
+    return bool((_status_mask(pid, "SigPnd") | _status_mask(pid, "ShdPnd")) & kill)
