@@ -885,7 +885,10 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
         if run.loading is not None:
             run.loading.cancel()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # asyncio resets a removed handler to the default action (SIGTERM would then
+    # kill the engine outright): the handlers in place before are put back.
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in before:
         loop.add_signal_handler(signum, on_signal, signum)
     control = _Control(run, stop)
 
@@ -995,8 +998,10 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
         raise
     finally:
         await control.stop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum, handler in before.items():
             loop.remove_signal_handler(signum)
+            if handler is not None:
+                signal.signal(signum, handler)
         run.writer.close()
 
 
