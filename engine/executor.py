@@ -123,10 +123,11 @@ class Executor(abc.ABC):
     async def start(self, request: AttemptRequest) -> Attempt:
         """Start an attempt; return once it is running."""
 
-    async def reclaim(self, run_id: str, run_dir: Path | None = None) -> dict[str, int]:
+    async def reclaim(self, run_id: str, run_dir: Path) -> dict[str, int]:
         """Stop whatever an earlier engine left running for ``run_id`` (before a resume).
 
-        ``run_dir`` tells the run apart from one with the same id under another home.
+        ``run_dir`` tells the run apart from one with the same id under another home:
+        only processes of this run directory are stopped.
 
         Returns, per item, how many leftovers were stopped.
         """

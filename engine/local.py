@@ -1107,7 +1107,7 @@ class LocalExecutor(Executor):
         return LocalAttempt(request)
 
     async def reclaim(
-        self, run_id: str, run_dir: Path | None = None, grace: float = GUARDIAN_GRACE
+        self, run_id: str, run_dir: Path, grace: float = GUARDIAN_GRACE
     ) -> dict[str, int]:
         """Stop every process an earlier engine left running for ``run_id``.
 
@@ -1136,11 +1136,11 @@ class LocalExecutor(Executor):
         return per_item
 
 
-def run_processes(run_id: str, run_dir: Path | None = None) -> dict[int, tuple[int, str]]:
+def run_processes(run_id: str, run_dir: Path) -> dict[int, tuple[int, str]]:
     """Live processes of attempts of ``run_id`` (by their environment): pid -> (pgid, item).
 
-    With ``run_dir``, only those of the run in that directory (another home may
-    hold a run with the same id).
+    Only those of the run in ``run_dir``: another home (another checkout, another
+    user's test) may hold a run with the same id at the same time.
     """
     marker = b"ENGINE_RUN_ID=" + os.fsencode(run_id)
     # Attempts carry the run directory resolved (absolute, no symlinks).
