@@ -7,17 +7,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from engine.local import LocalExecutor, run_processes
+from tests.engine_helpers import DEADLINE, wait_for
+
+ROOT = Path(__file__).parent.parent
 
 ENGINE = """
 import asyncio, os, signal, sys
 from pathlib import Path
+from engine import local
 from engine.executor import AttemptRequest
 from engine.local import LocalExecutor
 from engine.spec import Step
+from tests.engine_helpers import wait_for_async
 
 async def main():
     run_dir = Path(sys.argv[1])
@@ -28,9 +32,11 @@ async def main():
         cwd=run_dir, run_dir=run_dir,
     )
     await LocalExecutor().start(request)
-    while not (run_dir / "pid").exists():
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # the guardian has heard of the attempt by now
+    await wait_for_async(lambda: (run_dir / "pid").exists(), what="the attempt to start")
+    guardian = local._GUARDIAN
+    await wait_for_async(
+        lambda: guardian.fd >= 0 and not guardian._pending, what="the guardian to be told"
+    )
     os.kill(os.getpid(), signal.SIGKILL)
 
 asyncio.run(main())
@@ -46,13 +52,15 @@ def _alive(pid: int) -> bool:
 
 
 def test_an_engine_killed_by_sigkill_takes_its_attempts_with_it(tmp_path: Path) -> None:
-    engine = subprocess.run([sys.executable, "-c", ENGINE, str(tmp_path)], check=False)
+    engine = subprocess.run(
+        [sys.executable, "-c", ENGINE, str(tmp_path)],
+        cwd=ROOT,
+        check=False,
+        timeout=DEADLINE,
+    )
     assert engine.returncode == -signal.SIGKILL
     pid = int((tmp_path / "pid").read_text())
-    deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not _alive(pid), "the attempt outlived its engine"
+    wait_for(lambda: not _alive(pid), what="the attempt to end with its engine")
 
 
 def test_reclaim_stops_a_leftover_of_the_run_and_only_that(tmp_path: Path) -> None:
@@ -68,14 +76,13 @@ def test_reclaim_stops_a_leftover_of_the_run_and_only_that(tmp_path: Path) -> No
         for env in (same_id, {"ENGINE_RUN_ID": "another"})
     ]
     try:
-        deadline = time.monotonic() + 5
-        while leftover.pid not in run_processes("left") and time.monotonic() < deadline:
-            time.sleep(0.01)  # until exec has put the environment in place
         run_dir = Path(mine["ENGINE_RUN_DIR"])
+        # Until exec has put the environment in place.
+        wait_for(lambda: leftover.pid in run_processes("left", run_dir), what="the leftover")
         assert run_processes("left", run_dir) == {leftover.pid: (leftover.pid, "item-7")}
         stopped = asyncio.run(LocalExecutor().reclaim("left", run_dir, grace=2.0))
         assert stopped == {"item-7": 1}
-        assert leftover.wait(5) == -signal.SIGTERM
+        assert leftover.wait(DEADLINE) == -signal.SIGTERM
         assert all(p.poll() is None for p in others)
     finally:
         for proc in (leftover, *others):
