@@ -11,6 +11,7 @@ checked against.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -31,6 +32,7 @@ from ledger import LedgerReader
 from ledger.reader import verify_ledger
 from projections.replay import replay
 from tests.conftest import projections_json
+from tests.engine_helpers import catches, dying, poll, unique_run_id, wait_for
 
 AGENT = """#!/bin/bash
 # Times come from bash's own clock (no subprocess a signal could cut short).
@@ -49,10 +51,8 @@ wait $!
 echo "end $item $ENGINE_ATTEMPT ${EPOCHREALTIME/./}000" >> "$log"
 """
 
-RUN_ID = "crash"
 
-
-def _setup(tmp_path: Path, seed: int, items: int = 200) -> tuple[Path, Path, Path]:
+def _setup(tmp_path: Path, seed: int, items: int = 200) -> tuple[Path, Path, Path, str]:
     rng = random.Random(seed)
     agent = tmp_path / "agent.sh"
     agent.write_text(AGENT)
@@ -73,59 +73,79 @@ map:
     - argv: ["{agent}", "{side}", "${{item.n}}", "${{item.ms}}"]
 """
     )
-    return wf, tmp_path / "home", side
+    # Unique on this machine: another checkout may be running this test right now.
+    return wf, tmp_path / "home", side, unique_run_id("crash")
 
 
 def _engine(home: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "cli", "--home", str(home), *args, "--no-progress"]
 
 
+def _left_running(run_id: str, run_dir: Path) -> list[int]:
+    """Processes of this run (this run directory, not just this id) still running."""
+    return [pid for pid in run_processes(run_id, run_dir) if not dying(pid)]
+
+
+def _handles(proc: subprocess.Popen[bytes], signum: int) -> bool:
+    return proc.poll() is not None or catches(proc.pid, signum)
+
+
+def _started_more(proc: subprocess.Popen[bytes], side: Path, before: int) -> bool:
+    return proc.poll() is not None or (side.exists() and side.stat().st_size > before)
+
+
 def _stop_repeatedly(
-    wf: Path, home: Path, *, stops: int, signum: int, seed: int
+    wf: Path, home: Path, run_id: str, *, stops: int, signum: int, seed: int
 ) -> tuple[int, list[int]]:
-    side = wf.parent / "side.log"
     """Start, stop at a random moment, resume, ... ``stops`` times (or until it completes)."""
+    side = wf.parent / "side.log"
     rng = random.Random(seed)
     done = 0
     codes: list[int] = []
-    ledger = home / "runs" / RUN_ID / "ledger.ndjson"
+    run_dir = home / "runs" / run_id
+    ledger = run_dir / "ledger.ndjson"
     while done < stops:
         # Killed before it recorded run.created, it is started again with `engine run`
         # (which takes up an existing id); otherwise `engine resume`.
         created = ledger.exists() and b'"type":"run.created"' in ledger.read_bytes()[:65536]
         command = (
-            _engine(home, "resume", RUN_ID)
+            _engine(home, "resume", run_id)
             if created
-            else _engine(home, "run", str(wf), "--run-id", RUN_ID)
+            else _engine(home, "run", str(wf), "--run-id", run_id)
         )
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if signum != signal.SIGKILL:
+            # A signal that lands while the interpreter itself starts, before any
+            # engine code runs, takes the default action: the moments that count
+            # begin once the engine handles it.
+            wait_for(
+                functools.partial(_handles, proc, signum),
+                what="the engine to install its signal handlers",
+            )
         if len(codes) % 3 == 0:
             time.sleep(rng.uniform(0.05, 0.9))  # start-up, enqueue, mid-map: wherever it is
         else:
-            # Mid-map, where most of the work is: once this engine has started commands.
+            # Mid-map, where most of the work is: once this engine has started commands
+            # (or, near the end, once it has none left to start).
             before = side.stat().st_size if side.exists() else 0
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and proc.poll() is None:
-                if side.exists() and side.stat().st_size > before:
-                    break
-                time.sleep(0.01)
+            poll(functools.partial(_started_more, proc, side, before), timeout=30)
             time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
             proc.send_signal(signum)
             done += 1
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=120)
         codes.append(proc.returncode)
         if proc.returncode == 0:
             break  # finished before the signal
         assert proc.returncode in (130, -signal.SIGKILL), err.decode()
         if signum == signal.SIGTERM:
             # Graceful: nothing of the run is left running once the engine is gone.
-            assert run_processes(RUN_ID) == {}
+            assert _left_running(run_id, run_dir) == []
     return done, codes
 
 
-def _finish_and_check(home: Path, side: Path, items: int = 200) -> None:
-    run_dir = home / "runs" / RUN_ID
+def _finish_and_check(home: Path, side: Path, run_id: str, items: int = 200) -> None:
+    run_dir = home / "runs" / run_id
     ledger = run_dir / "ledger.ndjson"
     if replay(ledger).run.status != "completed":
         result = asyncio.run(resume_run(run_dir, RunOptions()))
@@ -175,43 +195,44 @@ def _epoch(ts: str) -> float:
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
-    wf, home, side = _setup(tmp_path, seed=11)
-    kills, _codes = _stop_repeatedly(wf, home, stops=20, signum=signal.SIGKILL, seed=11)
+    wf, home, side, run_id = _setup(tmp_path, seed=11)
+    kills, _codes = _stop_repeatedly(wf, home, run_id, stops=20, signum=signal.SIGKILL, seed=11)
     assert kills >= 20
-    _finish_and_check(home, side)
+    _finish_and_check(home, side, run_id)
 
 
 def test_sigterm_is_graceful_and_resumable(tmp_path: Path) -> None:
-    wf, home, side = _setup(tmp_path, seed=5)
-    stops, codes = _stop_repeatedly(wf, home, stops=8, signum=signal.SIGTERM, seed=5)
+    wf, home, side, run_id = _setup(tmp_path, seed=5)
+    stops, codes = _stop_repeatedly(wf, home, run_id, stops=8, signum=signal.SIGTERM, seed=5)
     assert stops >= 8 and 130 in codes
-    ledger = home / "runs" / RUN_ID / "ledger.ndjson"
+    ledger = home / "runs" / run_id / "ledger.ndjson"
     interrupted = [
         r
         for r in LedgerReader(ledger).records()
         if r.type == "item.failed" and r.data.error_type == "interrupted"
     ]
     assert interrupted  # attempts stopped by SIGTERM were recorded as such
-    _finish_and_check(home, side)
+    _finish_and_check(home, side, run_id)
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
 def test_soak_two_hundred_sigkills(tmp_path: Path) -> None:
-    wf, home, side = _setup(tmp_path, seed=2026, items=1500)
-    kills, _codes = _stop_repeatedly(wf, home, stops=200, signum=signal.SIGKILL, seed=2026)
+    wf, home, side, run_id = _setup(tmp_path, seed=2026, items=1500)
+    kills, _codes = _stop_repeatedly(wf, home, run_id, stops=200, signum=signal.SIGKILL, seed=2026)
     assert kills >= 200
-    _finish_and_check(home, side, items=1500)
+    _finish_and_check(home, side, run_id, items=1500)
 
 
 def test_two_resumes_at_the_same_instant(tmp_path: Path) -> None:
-    wf, home, side = _setup(tmp_path, seed=3, items=60)
+    wf, home, side, run_id = _setup(tmp_path, seed=3, items=60)
     first = subprocess.Popen(
-        _engine(home, "run", str(wf), "--run-id", RUN_ID, "-j", "1"),
+        _engine(home, "run", str(wf), "--run-id", run_id, "-j", "1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(1.0)
+    # Killed mid-map: once its first command has started (a run to resume).
+    wait_for(lambda: side.exists() and side.stat().st_size > 0, what="the first command")
     first.kill()
     first.wait()
     gate = threading.Barrier(2)
@@ -220,7 +241,7 @@ def test_two_resumes_at_the_same_instant(tmp_path: Path) -> None:
     def resume() -> None:
         gate.wait()
         proc = subprocess.run(
-            _engine(home, "resume", RUN_ID, "-j", "1"), capture_output=True, text=True, check=False
+            _engine(home, "resume", run_id, "-j", "1"), capture_output=True, text=True, check=False
         )
         results.append((proc.returncode, proc.stderr))
 
@@ -234,5 +255,5 @@ def test_two_resumes_at_the_same_instant(tmp_path: Path) -> None:
     refused = next(err for code, err in results if code == 3)
     assert "run is locked by" in refused and "pid" in refused
     assert len(refused.strip().splitlines()) <= 2  # one clear line (and its hint), no traceback
-    _finish_and_check(home, side, items=60)
-    assert os.path.exists(home / "runs" / RUN_ID / "lock")
+    _finish_and_check(home, side, run_id, items=60)
+    assert os.path.exists(home / "runs" / run_id / "lock")
