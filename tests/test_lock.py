@@ -18,6 +18,7 @@ from cli.app import EngineGroup
 from ledger import LedgerLocked, LedgerReader, LedgerWriter, RunLock, verify_ledger
 from ledger.events import ItemEnqueued
 from tests.conftest import ENGINE, HELPERS
+from tests.engine_helpers import DEADLINE
 
 
 def _start_holder(run_dir: Path) -> subprocess.Popen[str]:
@@ -48,10 +49,10 @@ def test_second_writer_refused_then_free_at_once_after_holder_dies(tmp_path: Pat
         holder.wait()
         assert holder.stdout is not None
         holder.stdout.close()
-    started = time.monotonic()
+    # Taken at once: the lock is never waited for (a held one is refused), so a
+    # stale lock left by the dead holder would raise LedgerLocked here.
     with LedgerWriter.open(run_dir, "locked") as w:
         assert w.lock.held
-    assert time.monotonic() - started < 1.0  # no stale lock to wait out
     assert RunLock(run_dir).probe() is None
 
 
@@ -70,25 +71,44 @@ def test_lock_in_the_same_process_is_exclusive(tmp_path: Path) -> None:
 def test_racing_acquirers_exactly_one_wins(tmp_path: Path) -> None:
     """Many processes race for one lock (with the file replaced under them)."""
     code = (
-        "import sys, time\n"
+        "import sys\n"
         "from ledger import RunLock, LedgerLocked\n"
         "lock = RunLock(sys.argv[1])\n"
-        "while time.time() < float(sys.argv[2]): pass\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"  # the start: every racer is ready
         "try:\n"
         "    lock.acquire(command='racer')\n"
         "except LedgerLocked:\n"
-        "    print('refused'); sys.exit(0)\n"
-        "print('won', flush=True); time.sleep(4.0)\n"
+        "    print('refused', flush=True); sys.exit(0)\n"
+        "print('won', flush=True)\n"
+        "sys.stdin.readline()\n"  # held until every racer has tried
     )
-    go = time.time() + 1.5
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, str(tmp_path), str(go)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", code, str(tmp_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(8)
     ]
-    outs = [p.communicate(timeout=30)[0].strip() for p in procs]
+    try:
+        # However slowly they start, they all race: each waits for the start.
+        assert all(_line(p) == "ready" for p in procs)
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [_line(p) for p in procs]
+    finally:
+        for p in procs:
+            p.communicate(timeout=DEADLINE)
     assert sorted(outs) == ["refused"] * 7 + ["won"]
+
+
+def _line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    return proc.stdout.readline().strip()
 
 
 def test_locked_error_exits_3_with_one_line() -> None:
