@@ -6,16 +6,16 @@ Each executor (the local one now, Dask next) runs this same suite.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.executor import AttemptRequest, Executor
+from engine.executor import AttemptRequest, Executor, HeartbeatSample
 from engine.local import LocalExecutor
 from engine.spec import Step
+from tests.engine_helpers import wait_for_async, within
 
 EXECUTORS: list[Callable[[], Executor]] = [LocalExecutor]
 
@@ -75,11 +75,26 @@ def test_failure_exit_code_and_environment(executor: Executor, tmp_path: Path) -
 
 def test_heartbeats_while_running(executor: Executor, tmp_path: Path) -> None:
     async def main() -> None:
+        # It runs until the test has had three heartbeats (then it is let go).
+        done = tmp_path / "done"
         attempt = await executor.start(
-            _request(tmp_path, [{"run": "sleep 0.6"}], heartbeat_interval=0.1)
+            _request(
+                tmp_path,
+                [{"run": f"while [ ! -e {done} ]; do sleep 0.02; done"}],
+                heartbeat_interval=0.1,
+            )
         )
-        samples = [s async for s in attempt.heartbeats()]
-        outcome = await attempt.wait()
+
+        async def collect() -> list[HeartbeatSample]:
+            samples = []
+            async for sample in attempt.heartbeats():
+                samples.append(sample)
+                if len(samples) == 3:
+                    done.touch()
+            return samples
+
+        samples = await within(collect(), what="three heartbeats and the end")
+        outcome = await within(attempt.wait(), what="the outcome")
         assert outcome.ok
         assert len(samples) >= 3
         assert all(s.pid for s in samples)
@@ -89,17 +104,18 @@ def test_heartbeats_while_running(executor: Executor, tmp_path: Path) -> None:
 
 def test_timeout_and_cancel(executor: Executor, tmp_path: Path) -> None:
     async def main() -> None:
-        started = time.monotonic()
         attempt = await executor.start(
-            _request(tmp_path, [{"run": "sleep 30"}], timeout=0.3, kill_grace=0.2)
+            _request(tmp_path, [{"run": "sleep 300"}], timeout=0.3, kill_grace=0.2)
         )
-        outcome = await attempt.wait()
+        outcome = await within(attempt.wait(), what="the timeout to end the attempt")
         assert outcome.timed_out and not outcome.ok
-        assert time.monotonic() - started < 5
-        attempt = await executor.start(_request(tmp_path, [{"run": "sleep 30"}], kill_grace=0.2))
-        await asyncio.sleep(0.2)
+        started = tmp_path / "started"
+        attempt = await executor.start(
+            _request(tmp_path, [{"run": f"touch {started}; sleep 300"}], kill_grace=0.2)
+        )
+        await wait_for_async(started.exists, what="the attempt to start")
         await attempt.cancel()
-        outcome = await attempt.wait()
+        outcome = await within(attempt.wait(), what="the cancel to end the attempt")
         assert outcome.interrupted and not outcome.ok
 
     asyncio.run(main())
@@ -109,11 +125,10 @@ def test_a_background_child_holding_the_pipes_does_not_hang_the_attempt(
     executor: Executor, tmp_path: Path
 ) -> None:
     async def main() -> None:
-        started = time.monotonic()
-        attempt = await executor.start(_request(tmp_path, [{"run": "sleep 30 & echo started"}]))
-        outcome = await attempt.wait()
+        attempt = await executor.start(_request(tmp_path, [{"run": "sleep 300 & echo started"}]))
+        # The leader's exit ends it (the group is killed), not the child's.
+        outcome = await within(attempt.wait(), what="the attempt to end with its leader")
         assert outcome.ok and outcome.stdout_tail == "started"
-        assert time.monotonic() - started < 5  # the leader's exit ends it; the group is killed
 
     asyncio.run(main())
 
