@@ -170,18 +170,20 @@ def test_hung_detection(tmp_path: Path) -> None:
 
 
 def test_touching_the_heartbeat_file_keeps_an_attempt_alive(tmp_path: Path) -> None:
-    write_script(tmp_path, {"default": {"hang": True, "touch": 0.1}})
+    # A shell loop, not the mock agent: on a loaded machine a Python program can
+    # take longer to start than hung_after, and be declared hung before its
+    # first touch. Silent on stdout and stderr: only the touches show it alive.
     wf = write_workflow(
         tmp_path,
-        f"""
+        """
         name: alive
-        agent: {{command: "{MOCK}"}}
         map:
           items: [a]
-          timeout: 2s
-          heartbeat: {{interval: 0.3s, hung_after: 0.8s}}
-          retry: {{max_attempts: 1}}
-          agent_template: [{{claude: "x"}}]
+          timeout: 3s
+          heartbeat: {interval: 0.3s, hung_after: 1.5s}
+          retry: {max_attempts: 1}
+          agent_template:
+            - run: while :; do touch "$ENGINE_HEARTBEAT_FILE"; sleep 0.1; done
         """,
     )
     result = run_workflow(wf, tmp_path / "home")
