@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from ledger import LedgerReader
 from projections.replay import replay
 from tests.conftest import ENGINE
-from tests.engine_helpers import MOCK, records, run_workflow, write_script, write_workflow
+from tests.engine_helpers import (
+    DEADLINE,
+    MOCK,
+    dying,
+    ledger_has,
+    records,
+    run_workflow,
+    wait_for,
+    write_script,
+    write_workflow,
+)
 
 
 def _ts(value: str) -> float:
@@ -85,24 +93,15 @@ def test_sigint_stops_terminates_attempts_and_exits_130(tmp_path: Path) -> None:
         text=True,
     )
     ledger = home / "runs" / "sig" / "ledger.ndjson"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if ledger.exists() and ledger.read_text().count('"type":"heartbeat"') >= 3:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: ledger_has(ledger, "heartbeat", 3), what="three heartbeats")
     proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 130, err
     recs = list(LedgerReader(ledger).records())
     pids = {r.data.pid for r in recs if r.type == "heartbeat"}
     assert pids
-    for pid in pids:  # every attempt's process is gone
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        with open(f"/proc/{pid}/stat") as f:
-            assert f.read().split()[2] == "Z", f"attempt process {pid} still running"
+    for pid in pids:  # every attempt's process is gone (or a zombie, or exiting)
+        assert dying(pid), f"attempt process {pid} still running"
     failed = [r.data for r in recs if r.type == "item.failed"]
     assert len(failed) == 3 and {f.error_type for f in failed} == {"interrupted"}
     assert len([r for r in recs if r.type == "item.retry_scheduled"]) == 3

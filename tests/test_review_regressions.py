@@ -16,6 +16,7 @@ from ledger import LedgerCorrupt, LedgerWriter, RecordInvalid, verify_ledger
 from ledger.events import ItemEnqueued, ItemFailed
 from projections.replay import replay
 from tests.conftest import FIXTURE_LEDGER
+from tests.engine_helpers import wait_for
 
 
 def test_values_that_would_not_read_back_are_refused(tmp_path: Path) -> None:
@@ -110,7 +111,8 @@ def test_async_appends_survive_a_closed_loop(tmp_path: Path) -> None:
 
     asyncio.run(abandon())  # that loop is closed while its append is in flight
     w._sync = real_sync
-    time.sleep(0.5)
+    # Until the I/O thread has made it durable and settled it (on the closed loop).
+    wait_for(lambda: w._durable_seq >= 1 and not w._io_busy, what="the abandoned append")
 
     async def again() -> int:
         records = await asyncio.wait_for(w.append_async([ItemEnqueued(item="b", index=1)]), 5)
