@@ -238,11 +238,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--out", type=Path, help="Also write the markdown tables to this file.")
+    ap.add_argument(
+        "--work", type=Path, default=WORK, help=f"Scratch directory (default {WORK.name}/ here)."
+    )
     args = ap.parse_args()
+    work: Path = args.work
     repeat = 1 if args.quick else args.repeat
     n_events = 2_000 if args.quick else args.events
     per_thread_single = 50 if args.quick else 3_000
-    WORK.mkdir(exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
 
     def say(text: str = "") -> None:
@@ -267,28 +271,28 @@ def main() -> int:
         per_thread -= per_thread % batch
         eng, thr, each, lite, per_sync = [], [], [], [], []
         for r in range(repeat):
-            for d in WORK.glob("append-*"):
+            for d in work.glob("append-*"):
                 shutil.rmtree(d)
-            rate, ps = bench_engine(WORK / f"append-engine-{r}", threads, per_thread, batch)
+            rate, ps = bench_engine(work / f"append-engine-{r}", threads, per_thread, batch)
             eng.append(rate)
             per_sync.append(ps)
             rate, _ = bench_engine(
-                WORK / f"append-threads-{r}", threads, per_thread, batch, use_threads=True
+                work / f"append-threads-{r}", threads, per_thread, batch, use_threads=True
             )
             thr.append(rate)
             each_n = max(batch, per_thread // (8 if batch > 1 else 1))
             each_n -= each_n % batch
-            each.append(bench_fsync_each(WORK / f"append-each-{r}", threads, each_n, batch))
-            lite.append(bench_sqlite(WORK / f"append-sqlite-{r}", threads, per_thread, batch))
+            each.append(bench_fsync_each(work / f"append-each-{r}", threads, each_n, batch))
+            lite.append(bench_sqlite(work / f"append-sqlite-{r}", threads, per_thread, batch))
         e, t, f, s = median(eng), median(thr), median(each), median(lite)
         say(
             f"| {threads} | {batch} | {e:,.0f} | {median(per_sync):.1f} | {t:,.0f} | {f:,.0f} "
             f"| {s:,.0f} | {e / f:.1f}x | {e / s:.1f}x |"
         )
-    for d in WORK.glob("append-*"):
+    for d in work.glob("append-*"):
         shutil.rmtree(d)
 
-    ledger_path = WORK / "replay" / "ledger.ndjson"
+    ledger_path = work / "replay" / "ledger.ndjson"
     if ledger_path.exists():
         shutil.rmtree(ledger_path.parent)
     make_ledger(ledger_path, n_events)

@@ -12,7 +12,8 @@ BENCH = Path(__file__).parent.parent / "benchmarks" / "bench_ledger.py"
 def test_ledger_benchmark_quick(tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--out", str(out)],
+        # Scratch files under tmp_path: not in the checkout, where `make bench` may be running.
+        [sys.executable, str(BENCH), "--quick", "--out", str(out), "--work", str(tmp_path / "w")],
         capture_output=True,
         text=True,
         check=False,
