@@ -31,6 +31,13 @@ def _seed() -> int:
     return int(value)
 
 
+@pytest.fixture(autouse=True)
+def _own_home_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test (nor a process it starts) falls back on a home set in the shell:
+    one shared with other checkouts running the suite at the same time."""
+    monkeypatch.delenv("ENGINE_HOME", raising=False)
+
+
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> random.Random:
     """A seeded Random; the seed is printed in the header and on failure."""
