@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 HELPERS = Path(__file__).parent / "helpers"
 FIXTURE_LEDGER = FIXTURES / "run-fixture" / "ledger.ndjson"
 ENGINE = str(Path(sys.executable).with_name("engine"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests stop the processes they start with SIGINT, as Ctrl-C would. A suite
+    # started in the background by a script (`make test &`, nohup) inherits
+    # SIGINT ignored, and so would every process it starts: it is put back.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
