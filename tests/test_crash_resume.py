@@ -32,7 +32,7 @@ from ledger import LedgerReader
 from ledger.reader import verify_ledger
 from projections.replay import replay
 from tests.conftest import projections_json
-from tests.engine_helpers import catches, dying, poll, unique_run_id, wait_for
+from tests.engine_helpers import DEADLINE, catches, dying, poll, unique_run_id, wait_for
 
 AGENT = """#!/bin/bash
 # Times come from bash's own clock (no subprocess a signal could cut short).
@@ -133,7 +133,7 @@ def _stop_repeatedly(
         if proc.poll() is None:
             proc.send_signal(signum)
             done += 1
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=DEADLINE)
         codes.append(proc.returncode)
         if proc.returncode == 0:
             break  # finished before the signal
