@@ -6,8 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -18,7 +16,7 @@ from cli.app import EngineGroup
 from ledger import LedgerLocked, LedgerReader, LedgerWriter, RunLock, verify_ledger
 from ledger.events import ItemEnqueued
 from tests.conftest import ENGINE, HELPERS
-from tests.engine_helpers import DEADLINE
+from tests.engine_helpers import DEADLINE, wait_for
 
 
 def _start_holder(run_dir: Path) -> subprocess.Popen[str]:
@@ -192,13 +190,6 @@ def test_one_ledger_reached_through_two_run_directories_has_one_writer(tmp_path:
     assert verify_ledger(first_dir / "ledger.ndjson").records == 2
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_a_live_run_whose_lock_file_was_deleted_refuses_a_second_engine(tmp_path: Path) -> None:
     """A real engine mid-item; its lock file deleted; a second engine on the same run
     exits 3 naming the first; the first finishes and its ledger is intact."""
@@ -220,14 +211,18 @@ def test_a_live_run_whose_lock_file_was_deleted_refuses_a_second_engine(tmp_path
         text=True,
     )
     try:
-        _wait_for(lambda: started.exists() or first.poll() is not None, "the slow item to start")
+        wait_for(
+            lambda: started.exists() or first.poll() is not None, what="the slow item to start"
+        )
         assert first.poll() is None, first.communicate()[1]
         (run_dir / "lock").unlink()
         for second in (
             [ENGINE, "--home", str(home), "resume", "live", "--no-progress"],
             [ENGINE, "--home", str(home), "run", str(wf), "--run-id", "live", "--no-progress"],
         ):
-            proc = subprocess.run(second, capture_output=True, text=True, timeout=60, check=False)
+            proc = subprocess.run(
+                second, capture_output=True, text=True, timeout=DEADLINE, check=False
+            )
             assert proc.returncode == 3, proc.stderr
             assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
             if Path("/proc/locks").exists():
