@@ -924,6 +924,8 @@ class LocalAttempt(Attempt):
             remaining = max(0.0, deadline - time.monotonic())
             limit = remaining if limit is None else min(limit, remaining)
         out_start = self.out.size
+        if self.cancelled:  # cancelled before its process started: it never starts
+            return {"exit_code": None, "error": "cancelled before it started", "stdout": b""}
         try:
             child = _Child(
                 argv,

@@ -180,6 +180,8 @@ class _Run:
         """The setup or reduce step running now (a signal or a cancel stops it)."""
         self.loading: LoadStop | None = None
         """The map's items being loaded now (a signal or a cancel stops that too)."""
+        self.stopping = False
+        """A signal or a cancel has stopped the run: a step started now is stopped at once."""
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -260,6 +262,8 @@ class _Run:
             request = self.request(f"{phase}-{index}", 1, "", None, steps=[step])
             attempt = await self.local.start(request)
             self.current_step = attempt
+            if self.stopping:  # stopped while the step was being recorded or started
+                await attempt.cancel()
             try:
                 outcome = await attempt.wait()
             except Exception as exc:  # an error in the engine fails the step, typed
@@ -620,6 +624,7 @@ class _Control:
             if cancel in ("graceful", "force") and not state.cancel_requested:
                 force = cancel == "force"
                 await self.run.append([RunCancelRequested(by=by, force=force)])
+                self.run.stopping = True
                 if scheduler is not None:
                     scheduler.stop("cancelled")
                     self.stop_.tasks.add(
@@ -877,6 +882,7 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
 
     def on_signal(signum: int) -> None:
         stop.signal = signum
+        run.stopping = True
         if stop.scheduler is not None:
             stop.scheduler.stop("interrupted")
             stop.tasks.add(asyncio.ensure_future(stop.scheduler.cancel_running()))

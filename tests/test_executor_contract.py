@@ -6,6 +6,8 @@ Each executor (the local one now, Dask next) runs this same suite.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,5 +199,21 @@ def test_attempt_environment_is_laid_over_the_shared_one(
             assert "KEPT=yes" in lines and "OWN=1" in lines
             assert sum(line.startswith("SHARED=") for line in lines) == 1
         assert base == {"PATH": "/usr/bin:/bin", "SHARED": "base", "KEPT": "yes"}
+
+    asyncio.run(main())
+
+
+def test_a_cancel_before_the_process_starts_is_not_lost(executor: Executor, tmp_path: Path) -> None:
+    async def main() -> None:
+        ran = tmp_path / "ran"
+        attempt = await executor.start(_request(tmp_path, [{"run": f"touch {ran}; sleep 300"}]))
+        # Should it start anyway, it is killed after a while (and the test fails).
+        asyncio.get_running_loop().call_later(
+            30, lambda: attempt.pgid and os.killpg(attempt.pgid, signal.SIGKILL)
+        )
+        await attempt.cancel()  # at once: its first step runs before the attempt's task
+        outcome = await within(attempt.wait(), what="the outcome")
+        assert outcome.interrupted and not outcome.ok
+        assert not ran.exists()
 
     asyncio.run(main())

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 from pathlib import Path
 from types import FrameType
 
-from tests.engine_helpers import run_workflow, write_workflow
+import pytest
+
+from engine.executor import Attempt, AttemptRequest
+from engine.local import LocalExecutor
+from engine.runner import RunOptions, RunResult, execute_run
+from engine.workflow import load_workflow
+from tests.engine_helpers import records, run_workflow, within, write_workflow
 
 
 def test_a_run_puts_back_the_signal_handlers_it_found(tmp_path: Path) -> None:
@@ -34,3 +42,39 @@ def test_a_run_puts_back_the_signal_handlers_it_found(tmp_path: Path) -> None:
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)
+
+
+def test_a_signal_while_a_step_starts_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM lands after step.started is recorded, before the step is known
+    # as the running one: it must still be stopped, not left to run its course.
+    real_start = LocalExecutor.start
+
+    async def start_with_a_signal(self: LocalExecutor, request: AttemptRequest) -> Attempt:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.05)  # the loop hands the signal to the engine's handler
+        return await real_start(self, request)
+
+    monkeypatch.setattr(LocalExecutor, "start", start_with_a_signal)
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: stopped
+        setup:
+          - run: sleep 300
+        map:
+          items: [1]
+          agent_template:
+            - run: "true"
+        """,
+    )
+    loaded = load_workflow(wf)
+
+    async def main() -> RunResult:
+        return await within(execute_run(loaded, tmp_path / "home", RunOptions()), what="the run")
+
+    result = asyncio.run(main())
+    assert result.exit_code == 130
+    failed = [r.data for r in records(result, "step.failed")]
+    assert [f.error_type for f in failed] == ["interrupted"]
