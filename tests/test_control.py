@@ -80,6 +80,7 @@ def test_pause_unpause_cancel_then_resume(tmp_path: Path) -> None:
         assert proc.wait(DEADLINE) == 130
     finally:
         proc.kill()
+        proc.wait()  # reaped even when the test fails: no warning in a later test
     records = list(LedgerReader(ledger).records())
     types = [r.type for r in records]
     paused_at = types.index("run.paused")
@@ -117,6 +118,7 @@ def test_cancel_force_kills_at_once(tmp_path: Path) -> None:
         assert proc.wait(DEADLINE) == 130
     finally:
         proc.kill()
+        proc.wait()  # reaped even when the test fails: no warning in a later test
     records = list(LedgerReader(ledger).records())
     failed = [r for r in records if r.type == "item.failed"]
     assert len(failed) == 2 and all(f.data.error_type == "interrupted" for f in failed)
@@ -178,6 +180,7 @@ def test_sigterm_during_the_reduce_stops_it_and_exits_130(tmp_path: Path) -> Non
         assert proc.wait(DEADLINE) == 130  # long before the step would end
     finally:
         proc.kill()
+        proc.wait()  # reaped even when the test fails: no warning in a later test
     types = [r.type for r in LedgerReader(ledger).records()]
     assert "run.completed" not in types and types[-1] == "step.failed"
     failed = [r.data for r in LedgerReader(ledger).records() if r.type == "step.failed"]
@@ -197,6 +200,7 @@ def test_cancel_during_setup_stops_the_step(tmp_path: Path) -> None:
         assert proc.wait(DEADLINE) == 130  # long before the step would end
     finally:
         proc.kill()
+        proc.wait()  # reaped even when the test fails: no warning in a later test
     p = replay(ledger)
     assert p.run.status == "aborted" and not p.items.items  # the map never began
 
@@ -229,6 +233,7 @@ def test_pause_asked_while_the_engine_starts_is_not_lost(tmp_path: Path) -> None
         assert proc.wait(DEADLINE) == 0
     finally:
         proc.kill()
+        proc.wait()  # reaped even when the test fails: no warning in a later test
 
 
 def _ts(value: str) -> float:
