@@ -1146,7 +1146,7 @@ def run_processes(run_id: str, run_dir: Path) -> dict[int, tuple[int, str]]:
     """
     marker = b"ENGINE_RUN_ID=" + os.fsencode(run_id)
     # Attempts carry the run directory resolved (absolute, no symlinks).
-    place = b"ENGINE_RUN_DIR=" + os.fsencode(str(run_dir.resolve())) if run_dir else None
+    place = b"ENGINE_RUN_DIR=" + os.fsencode(str(run_dir.resolve()))
     me = os.getpid()
     found: dict[int, tuple[int, str]] = {}
     for pid, fields in processes():
@@ -1157,7 +1157,7 @@ def run_processes(run_id: str, run_dir: Path) -> dict[int, tuple[int, str]]:
                 environ = f.read().split(b"\0")
         except OSError:
             continue  # gone, or not ours to read
-        if marker not in environ or (place is not None and place not in environ):
+        if marker not in environ or place not in environ:
             continue
         item = next(
             (v[len(b"ENGINE_ITEM_ID=") :] for v in environ if v.startswith(b"ENGINE_ITEM_ID=")),

@@ -15,6 +15,7 @@ from engine.items import ItemsError, LoadCancelled, LoadStop, check_value, load_
 from engine.limits import InputRefused, read_bounded
 from engine.spec import MapSpec, parse_duration
 from engine.workflow import WorkflowError, parse_workflow
+from tests.engine_helpers import wait_for
 
 STEP = "  agent_template: [{run: echo}]\n"
 
@@ -48,7 +49,7 @@ def test_billion_laughs_is_refused_quickly(yaml_path: bool) -> None:
     started = time.monotonic()
     message = _problem(text)
     assert "through its aliases" in message
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # expanded, it would hold 10**10 values
 
 
 def test_recursive_alias_is_refused(yaml_path: bool) -> None:
@@ -151,10 +152,8 @@ def test_a_stop_kills_the_map_command(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not ((tmp_path / "pid").exists() and (tmp_path / "pid").read_text().strip()):
-        assert time.monotonic() < deadline, "the command did not start"
-        time.sleep(0.02)
+    pid = tmp_path / "pid"
+    wait_for(lambda: pid.exists() and pid.read_text().strip(), what="the command to start")
     stop.cancel()
     thread.join(5)
     assert not thread.is_alive(), "the load did not stop"

@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ledger import LedgerReader
-from tests.engine_helpers import records, run_workflow, write_workflow
+from tests.engine_helpers import records, run_workflow, wait_for, write_workflow
 
 WORKER = """\
 import os, pathlib, sys, time
@@ -53,14 +52,6 @@ if os.environ["ENGINE_ATTEMPT"] == "1":
 with witness.open("a") as f:
     f.write(f"done attempt {os.environ['ENGINE_ATTEMPT']}\\n")
 """
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -112,7 +103,7 @@ def test_resume_with_the_home_spelled_differently_stops_the_dead_engines_leftove
     )
     pid_file = first_cwd / "worker.pid"
     try:
-        _wait_for(pid_file.exists, "the first attempt's worker to start")
+        wait_for(pid_file.exists, what="the first attempt's worker to start")
     finally:
         engine.kill()  # SIGKILL: nothing in the engine can react
         engine.wait()
@@ -154,7 +145,7 @@ SETSID = (
 
 
 def _pid(path: Path) -> int:
-    _wait_for(lambda: path.exists() and path.read_text().strip() != "", f"{path.name}")
+    wait_for(lambda: path.exists() and path.read_text().strip() != "", what=path.name)
     return int(path.read_text())
 
 
