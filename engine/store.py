@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ class ContentStore:
         target = self.path(digest)
         if not target.exists():
             make_private_dir(target.parent)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp = _temporary(target, "tmp")
             shutil.copyfile(source, tmp)
             os.chmod(tmp, FILE_MODE)
             with open(tmp, "rb") as f:
@@ -111,7 +112,7 @@ class ContentStore:
             except OSError:
                 pass
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.restore")
+        tmp = _temporary(dest, "restore")
         shutil.copyfile(self.path(digest), tmp)
         if mode is not None:
             os.chmod(tmp, mode)
@@ -120,3 +121,9 @@ class ContentStore:
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
         return True
+
+
+def _temporary(path: Path, suffix: str) -> Path:
+    """A temporary name beside ``path`` that no other writer uses, in this process or another
+    (attempts store the same content at the same time from threads of one engine)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.{suffix}")
