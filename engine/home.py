@@ -127,6 +127,9 @@ def resolve_run(ref: str, home: Path, *, allow_ledger_file: bool = True) -> RunR
                 hint="start one with `engine run WORKFLOW`, or pass --home",
             )
         return runs[-1]
+    run_dir = home / "runs" / ref
+    if os.sep not in ref and not ref.startswith(".") and (run_dir / LEDGER_NAME).is_file():
+        return RunRef(ref, run_dir, run_dir / LEDGER_NAME)  # a run id first, then a path
     path = Path(ref)
     if os.sep in ref or ref.startswith(".") or path.exists():
         if path.is_dir():
@@ -141,7 +144,6 @@ def resolve_run(ref: str, home: Path, *, allow_ledger_file: bool = True) -> RunR
             return RunRef(path.resolve().parent.name, path.parent, path)
         if path.exists() or os.sep in ref:
             raise RunNotFound(f"{ref}: no such run directory or ledger file")
-    run_dir = home / "runs" / ref
     if not (run_dir / LEDGER_NAME).is_file():
         raise RunNotFound(
             f"no run {ref!r} under {home / 'runs'}",

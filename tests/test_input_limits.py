@@ -161,3 +161,29 @@ def test_a_stop_kills_the_map_command(tmp_path: Path) -> None:
     pid = int((tmp_path / "pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("run_id", ["h", "wf.yml"])
+def test_a_run_id_that_is_also_a_relative_path_names_the_run(tmp_path: Path, run_id: str) -> None:
+    # `--run-id h` with the home at ./h, or `--run-id wf.yml` beside the workflow: commands
+    # given the id find the run, not the directory or file of that name.
+    import subprocess
+
+    from tests.conftest import ENGINE
+
+    (tmp_path / "wf.yml").write_text(
+        "name: t\nmap:\n  items: [1]\n  agent_template: [{run: 'true'}]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ENGINE_HOME"}
+
+    def engine(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [ENGINE, "--home", "h", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+
+    assert engine("run", "wf.yml", "--run-id", run_id, "--no-progress").returncode == 0
+    status = engine("status", run_id, "--json")
+    assert status.returncode == 0, status.stderr
+    assert f'"{run_id}"' in status.stdout
+    verify = engine("audit", "verify", run_id)
+    assert verify.returncode == 0, verify.stderr
