@@ -13,7 +13,13 @@ from typing import Any
 
 import jsonpath
 from jsonpath.exceptions import JSONPathSyntaxError
-from jsonpath.filter import UNDEFINED, BaseExpression, RegexLiteral
+from jsonpath.filter import (
+    UNDEFINED,
+    BaseExpression,
+    FunctionExtension,
+    RegexLiteral,
+    StringLiteral,
+)
 from jsonpath.function_extensions import ExpressionType, FilterFunction
 from jsonpath.parse import Parser
 from jsonpath.stream import TokenStream
@@ -95,6 +101,24 @@ class _Parser(Parser):
         except PatternError as exc:
             raise JSONPathSyntaxError(f"/{token.value}/: {exc}", token=token) from None
         return RegexLiteral(value=compiled)
+
+    def parse_function_extension(self, stream: TokenStream) -> BaseExpression:
+        """``match(x, 'literal')`` and ``search(...)``: a literal RE2 cannot compile is an error."""
+        token = stream.current()
+        expression = super().parse_function_extension(stream)
+        if isinstance(expression, FunctionExtension) and expression.name in _PATTERN_FUNCTIONS:
+            for arg in expression.args[1:2]:
+                if isinstance(arg, StringLiteral):
+                    try:
+                        compile_pattern(arg.value)
+                    except PatternError as exc:
+                        raise JSONPathSyntaxError(
+                            f"{expression.name}(): {arg.value!r}: {exc}", token=token
+                        ) from None
+        return expression
+
+
+_PATTERN_FUNCTIONS = frozenset({"match", "search"})
 
 
 class _Environment(jsonpath.JSONPathEnvironment):

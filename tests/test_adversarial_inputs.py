@@ -166,6 +166,8 @@ VALIDATE: list[Case] = [
     Case("filter-syntax", _map() + "  filter: 'item.a =='\n", "cannot parse"),
     Case("filter-deep-parens", _map() + "  filter: '" + "(" * 5000 + "'\n", "map.filter"),
     Case("json-path-bad-regex", _map() + "  json_path: '$[?@.a =~ /(/]'\n", "not a valid"),
+    Case("json-path-bad-match", _map() + "  json_path: \"$[?match(@, '(')]\"\n", "not a valid"),
+    Case("filter-bad-search", _map() + "  filter: \"search(item, 'a(')\"\n", "not a valid"),
     Case("json-path-syntax", _map() + "  json_path: '$['\n", "map.json_path"),
     Case("json-path-deep", _map() + "  json_path: '$" + "[?(" * 3000 + "'\n", "map.json_path"),
     Case("sort-by-bad", _map() + "  sort_by: 'nonsense DESC'\n", "map.sort_by"),

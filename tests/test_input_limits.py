@@ -178,7 +178,12 @@ def test_a_run_id_that_is_also_a_relative_path_names_the_run(tmp_path: Path, run
 
     def engine(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [ENGINE, "--home", "h", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+            [ENGINE, "--home", "h", *args],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
         )
 
     assert engine("run", "wf.yml", "--run-id", run_id, "--no-progress").returncode == 0
