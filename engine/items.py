@@ -42,7 +42,7 @@ from engine.item_sources import (
     read_source,
     too_many,
 )
-from engine.limits import limits
+from engine.limits import MAX_ID_BYTES, limits
 from engine.spec import MapSpec
 from engine.template import TemplateError, render_text
 
@@ -283,6 +283,12 @@ def item_id(spec: MapSpec, value: Any, index: int, env: Mapping[str, str]) -> st
     why = check_value(rendered)
     if why is not None:
         raise ItemsError(f"map.id: item {index}: the id {why.removeprefix('a string ')}")
+    if len(rendered.encode("utf-8")) > MAX_ID_BYTES:
+        raise ItemsError(
+            f"map.id: item {index}: the id is {len(rendered.encode('utf-8')):,} bytes, "
+            f"over the {MAX_ID_BYTES:,}-byte limit",
+            hint="make map.id a short field of the item (a path, a key), not the whole value",
+        )
     return rendered
 
 

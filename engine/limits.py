@@ -17,6 +17,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_DURATION",
     "MAX_YAML_NODES",
+    "MAX_ID_BYTES",
     "InputRefused",
     "Limits",
     "limits",
@@ -27,6 +28,8 @@ MAX_DEPTH = 100
 """How deeply a workflow or an item may nest (lists and mappings)."""
 MAX_YAML_NODES = 1_000_000
 """How many values a workflow may hold once its aliases are expanded."""
+MAX_ID_BYTES = 4096
+"""The longest item id (UTF-8 bytes): an id is in every record of its item, whole."""
 MAX_DURATION = 366 * 86400.0
 """The longest duration (a timeout, a retry delay, a cooldown): a year."""
 

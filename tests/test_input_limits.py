@@ -192,3 +192,13 @@ def test_a_run_id_that_is_also_a_relative_path_names_the_run(tmp_path: Path, run
     assert f'"{run_id}"' in status.stdout
     verify = engine("audit", "verify", run_id)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_an_id_over_the_limit_is_refused_when_items_load(tmp_path: Path) -> None:
+    # The id is in every record of its item: one over 256 KiB made every enqueue fail,
+    # and the run could never be resumed.
+    spec = MapSpec.model_validate(
+        {"items": ["x" * 5000, "short"], "id": "${item}", "agent_template": [{"run": "true"}]}
+    )
+    with pytest.raises(ItemsError, match="over the 4,096-byte limit"):
+        load_items(spec, tmp_path, {})
