@@ -16,8 +16,9 @@ from ledger.errors import EngineError
 __all__ = [
     "MAX_DEPTH",
     "MAX_DURATION",
-    "MAX_YAML_NODES",
+    "MAX_ENV_ENTRY",
     "MAX_ID_BYTES",
+    "MAX_YAML_NODES",
     "InputRefused",
     "Limits",
     "limits",
@@ -30,6 +31,8 @@ MAX_YAML_NODES = 1_000_000
 """How many values a workflow may hold once its aliases are expanded."""
 MAX_ID_BYTES = 4096
 """The longest item id (UTF-8 bytes): an id is in every record of its item, whole."""
+MAX_ENV_ENTRY = 128 * 1024
+"""Bytes of one ``NAME=value`` environment entry, its NUL included (Linux's MAX_ARG_STRLEN)."""
 MAX_DURATION = 366 * 86400.0
 """The longest duration (a timeout, a retry delay, a cooldown): a year."""
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from engine.limits import MAX_DURATION
+from engine.limits import MAX_DURATION, MAX_ENV_ENTRY
 from engine.patterns import PatternError, compile_pattern
 
 __all__ = [
@@ -123,8 +123,14 @@ def check_env_name(name: str) -> str:
 
 
 def _env_names(env: dict[str, str]) -> dict[str, str]:
-    for name in env:
+    for name, value in env.items():
         check_env_name(name)
+        size = len(name.encode("utf-8")) + len(value.encode("utf-8", "surrogatepass")) + 2
+        if size > MAX_ENV_ENTRY:
+            raise ValueError(
+                f"the entry {name}=... is {size:,} bytes: an environment entry holds at most "
+                f"{MAX_ENV_ENTRY:,} (put the value in a file and give its path)"
+            )
     return env
 
 

@@ -148,6 +148,7 @@ VALIDATE: list[Case] = [
     Case("env-name-equals", _map(extra="env: {'A=B': x}\n"), "not an environment variable"),
     Case("env-name-empty", _map(extra="env: {'': x}\n"), "not an environment variable"),
     Case("env-name-digit", _map(extra="env: {'1A': x}\n"), "not an environment variable"),
+    Case("env-value-huge", _map(extra="env: {BIG: " + "y" * 200_000 + "}\n"), "at most 131,072"),
     Case("step-env-name", _map(step="{run: echo, env: {'A B': x}}"), "not an environment"),
     Case("secret-name", _map(extra="secrets: ['A=B']\n"), "not an environment variable"),
     Case("item-inf", _map("[1.0e+999]"), "not finite"),
