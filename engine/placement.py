@@ -148,6 +148,8 @@ def _foreign_fix(program: str, var: str) -> str:
         )
     if program in ("flock", "script"):
         return f'run the shell yourself: {program} … sh -c \'… "$1"\' _ "{var}"'
+    if program == "env -S":
+        return f'run the program without env -S: sh -c \'… "$1"\' _ "{var}"'
     if program in ("perl", "ruby"):
         return f"{argument}{program} -e '… $ARGV[0]' \"{var}\""
     return (

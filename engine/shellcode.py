@@ -29,7 +29,10 @@ __all__ = [
 
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "yash", "posh"})
 """Programs whose ``-c`` argument (or standard input) is shell code, by last path component."""
-SHELL_WORDS = frozenset({"$SHELL", "${SHELL}", "$BASH", "${BASH}", "$0", "${0}"})
+_SHELL_PARAMETER = re.compile(r"\$(?:SHELL|BASH|0|\{(?:SHELL|BASH|0)(?:[-:=+?#%/^,][^}]*)?\})")
+"""``$SHELL``, ``${SHELL:-sh}``, ``$BASH``, ``$0``: a parameter that names the running shell."""
+STDIN_SCRIPTS = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+"""Script operands that make a shell read its code from standard input."""
 DROPS_ENV = frozenset({"sudo", "doas", "docker", "podman", "kubectl"})
 """Launchers that do not pass their environment on to the shell they start."""
 ARITHMETIC_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
@@ -103,6 +106,13 @@ def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:
     start = command_start(words)
     for i in range(start, len(words)):
         name = words[i].rsplit("/", 1)[-1]
+        if name == "env":  # env -S 'sh -c' ...: a command line env splits, then runs
+            split = next(
+                (j for j in range(i + 1, len(words)) if words[j].startswith(("-S", "--split"))),
+                None,
+            )
+            if split is not None:
+                return [(k, "env -S") for k in range(split, len(words))]
         if name == "ssh" and i == start:
             j = i + 1
             while j < len(words) and words[j].startswith("-"):
@@ -169,12 +179,18 @@ def command_start(words: Sequence[str]) -> int:
 def reads_stdin_script(words: Sequence[str]) -> tuple[str, str | None] | None:
     """``(shell, env_lost)`` when the command is a shell reading its code from stdin."""
     start = command_start(words)
+    if start + 1 < len(words) and words[start] in (".", "source"):
+        # `. /dev/stdin <<EOF`: the running shell reads the here-document as its own code
+        return ("eval", None) if words[start + 1] in STDIN_SCRIPTS else None
     found = _shell_at(words, start)
     if found is None:
         return None
     at, index, has_c = found
     options = words[at + 1 : index]
-    if has_c or (index < len(words) and not any("s" in o[1:] for o in options)):
+    if has_c:
+        return None
+    reads_stdin = index >= len(words) or words[index] in STDIN_SCRIPTS
+    if not reads_stdin and not any("s" in o[1:] for o in options):
         return None
     return words[at], _env_lost(words[start:at])
 
@@ -183,7 +199,7 @@ def _shell_at(words: Sequence[str], start: int) -> tuple[int, int, bool] | None:
     """The first shell word's index, its first operand's, and whether it has ``-c``."""
     for i in range(start, len(words)):
         word = words[i]
-        if word.rsplit("/", 1)[-1] not in SHELLS and word not in SHELL_WORDS:
+        if not is_shell_word(word):
             continue
         j = i + 1
         has_c = False
@@ -202,6 +218,11 @@ def _shell_at(words: Sequence[str], start: int) -> tuple[int, int, bool] | None:
             break
         return i, j, has_c
     return None
+
+
+def is_shell_word(word: str) -> bool:
+    """``bash``, ``/bin/sh``, ``$SHELL``, ``${SHELL:-sh}``: a word that starts a shell."""
+    return word.rsplit("/", 1)[-1] in SHELLS or bool(_SHELL_PARAMETER.fullmatch(word))
 
 
 def _env_lost(launchers: Sequence[str]) -> str | None:
