@@ -837,8 +837,9 @@ class LocalAttempt(Attempt):
             words = [*agent, step.claude or ""] if step.kind == "claude" else [*(step.argv or [])]
             argv, variables = render_argv(words, context, literal=len(agent))
             return argv, {**env, **variables}
-        command, variables = render_shell(step.text, context)
-        command = self._large_values_from_files(command, variables, env)
+        in_children: set[str] = set()
+        command, variables = render_shell(step.text, context, in_children=in_children)
+        command = self._large_values_from_files(command, variables, env, in_children)
         env.update(variables)
         return ["/bin/sh", "-c", command], env
 
@@ -879,7 +880,11 @@ class LocalAttempt(Attempt):
         return self._value_file("item", text)
 
     def _large_values_from_files(
-        self, command: str, variables: dict[str, str], env: dict[str, str]
+        self,
+        command: str,
+        variables: dict[str, str],
+        env: dict[str, str],
+        in_children: set[str],
     ) -> str:
         """Variables too large for the environment reach the shell through files.
 
@@ -889,7 +894,9 @@ class LocalAttempt(Attempt):
         expand to the value as before (in builtins, pipes, redirections: an
         argument of a program cannot hold it anyway). Each value over
         :data:`ARG_LIMIT` goes that way, then the largest others while they
-        come to more than :data:`VARIABLES_BUDGET` together.
+        come to more than :data:`VARIABLES_BUDGET` together. A shell the
+        command starts (``bash -c``) would not see such a variable: a value it
+        expands that must go through a file fails the attempt (:class:`Unpassable`).
         """
         sizes = {
             name: len(name) + 2 + _encoded_size(text, f"${{{name}}}")
@@ -900,6 +907,12 @@ class LocalAttempt(Attempt):
         for name in sorted(sizes, key=sizes.__getitem__, reverse=True):
             if sizes[name] <= ARG_LIMIT and total <= VARIABLES_BUDGET:
                 break
+            if name in in_children:
+                raise Unpassable(
+                    f"a value of {sizes[name]:,} bytes is expanded by a shell the command "
+                    "starts, whose environment cannot hold it; read it there from a file "
+                    "(bash -c 'v=$(cat \"$ENGINE_ITEM_FILE\"); …' for the item)"
+                )
             total -= sizes[name]
             text = variables.pop(name)
             env[f"{name}_FILE"] = self._value_file(name, text)

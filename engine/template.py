@@ -111,10 +111,17 @@ def render_text(template: str, context: Mapping[str, Any]) -> str:
     return VARIABLE.sub(lambda m: value_text(_lookup(m.group(1), context)), template)
 
 
-def render_shell(command: str, context: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
-    """A shell command whose variables are environment references, and that environment."""
+def render_shell(
+    command: str, context: Mapping[str, Any], *, in_children: set[str] | None = None
+) -> tuple[str, dict[str, str]]:
+    """A shell command whose variables are environment references, and that environment.
+
+    ``in_children`` (when given) receives the variables that a shell started
+    by the command expands (``bash -c "... ${item}"``): those must be in its
+    environment, not only in the command's own shell.
+    """
     env: dict[str, str] = {}
-    return _render_shell(command, context, env), env
+    return _render_shell(command, context, env, in_children), env
 
 
 def render_argv(
@@ -141,7 +148,16 @@ def render_argv(
     return out, env
 
 
-def _render_shell(command: str, context: Mapping[str, Any], env: dict[str, str]) -> str:
+_SAME_SHELL = frozenset({"eval", "trap"})
+"""Command-string levels run by the shell that holds the variables, not by a child."""
+
+
+def _render_shell(
+    command: str,
+    context: Mapping[str, Any],
+    env: dict[str, str],
+    in_children: set[str] | None = None,
+) -> str:
     out: list[str] = []
     last = 0
     by_value = {text: var for var, text in env.items()}
@@ -154,6 +170,8 @@ def _render_shell(command: str, context: Mapping[str, Any], env: dict[str, str])
             var = f"ENGINE_VAR_{len(by_value) + 1}"
             by_value[text] = var
             env[var] = text
+        if in_children is not None and not _SAME_SHELL.issuperset(placement.shells):
+            in_children.add(var)
         out.append(command[last : placement.start])
         out.append(reference(placement, var))
         last = placement.end

@@ -168,3 +168,25 @@ def test_what_goes_to_the_store_is_redacted_like_the_record(
     assert created.data.workflow_ref is not None
     stored = ContentStore(tmp_path / "home").get_bytes(created.data.workflow_ref)
     assert b"tok-4f1c9e" not in stored and b"written into the file by mistake: ***" in stored
+
+
+def test_a_large_value_a_child_shell_expands_fails_the_attempt_loudly(tmp_path: Path) -> None:
+    # The value goes through a file into the command's own shell, unexported: a shell the
+    # command starts would see an empty variable, and the item would succeed with nothing.
+    (tmp_path / "items.json").write_text(json.dumps(["y" * 200_000]))
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: child
+        map:
+          input: items.json
+          agent_template:
+            - run: bash -c 'printf %s "${item}" | wc -c'
+              output: text
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    assert records(result, "item.succeeded") == []
+    (failed,) = records(result, "item.failed")
+    assert failed.data.error_type == "validation_failed"
+    assert "a shell the command starts" in failed.data.message
