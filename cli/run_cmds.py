@@ -145,6 +145,7 @@ def drive(
     options.argv = ["engine", *sys.argv[1:]]
     options.on_change = progress.update
     options.warn = lambda message: click.echo(message, err=True)
+    options.adopt_orphans = True  # this process is the engine: its orphans are the run's
     with progress:
         result = asyncio.run(start(options))
     wall = time.monotonic() - started

@@ -29,6 +29,7 @@ from typing import Any
 
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
 from engine.guardian import alive_groups, processes
+from engine.orphans import OWN, adopting
 from engine.redact import redact_value, secret_forms
 from engine.spec import Step
 from engine.template import render_argv, render_shell, render_text, value_text
@@ -346,6 +347,7 @@ class _Guardian:
             return
         finally:
             os.close(read_end)
+        OWN.add(self.pid)
         self.fd = write_end
 
     def _send(self, data: bytes) -> None:
@@ -447,6 +449,7 @@ class _Child:
         finally:
             os.close(out_w)
             os.close(err_w)
+        OWN.add(self.pid)
         self.returncode: int | None = None
         self.exited: asyncio.Future[Any] = loop.create_future()
         self.drained: asyncio.Future[None] = loop.create_future()
@@ -525,6 +528,8 @@ class _Child:
             return self.returncode
         if self.popen is not None:
             self.returncode = self.popen.wait() if flags == 0 else self.popen.poll()
+            if self.returncode is not None:
+                OWN.discard(self.pid)
             return self.returncode
         try:
             pid, status = os.waitpid(self.pid, flags)
@@ -532,10 +537,12 @@ class _Child:
             # Reaped elsewhere (nothing in the engine does): its status is lost,
             # and an attempt whose status is unknown did not succeed.
             self.returncode = 255
+            OWN.discard(self.pid)
             return self.returncode
         if pid == 0:
             return None
         self.returncode = os.waitstatus_to_exitcode(status)
+        OWN.discard(self.pid)
         return self.returncode
 
     def _settle_exit(self) -> None:
@@ -1155,12 +1162,15 @@ def run_processes(run_id: str, run_dir: Path) -> dict[int, tuple[int, str]]:
     """Live processes of attempts of ``run_id`` (by their environment): pid -> (pgid, item).
 
     Only those of the run in ``run_dir``: another home (another checkout, another
-    user's test) may hold a run with the same id at the same time.
+    user's test) may hold a run with the same id at the same time. While this
+    engine adopts orphans (:mod:`engine.orphans`), its adopted children count
+    too when their environment was cleared (``env -i``): no other run's.
     """
     marker = b"ENGINE_RUN_ID=" + os.fsencode(run_id)
     # Attempts carry the run directory resolved (absolute, no symlinks).
     place = b"ENGINE_RUN_DIR=" + os.fsencode(str(run_dir.resolve()))
     me = os.getpid()
+    parent = str(me).encode() if adopting() else None
     found: dict[int, tuple[int, str]] = {}
     for pid, fields in processes():
         if pid == me or fields[0] == b"Z":
@@ -1170,7 +1180,10 @@ def run_processes(run_id: str, run_dir: Path) -> dict[int, tuple[int, str]]:
                 environ = f.read().split(b"\0")
         except OSError:
             continue  # gone, or not ours to read
-        if marker not in environ or place not in environ:
+        orphan = fields[1] == parent and pid not in OWN
+        if orphan and not any(v.startswith(b"ENGINE_RUN_ID=") for v in environ):
+            pass  # adopted, its environment cleared: of this run
+        elif marker not in environ or place not in environ:
             continue
         item = next(
             (v[len(b"ENGINE_ITEM_ID=") :] for v in environ if v.startswith(b"ENGINE_ITEM_ID=")),

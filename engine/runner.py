@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from engine import engine_version
+from engine import engine_version, orphans
 from engine.cache import ItemHooks
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
 from engine.home import check_run_id
@@ -96,6 +96,10 @@ class RunOptions:
     refresh_cache: bool = False
     warn: Callable[[str], None] = lambda _message: None
     """Where warnings go (a resume in a workspace that changed)."""
+    adopt_orphans: bool = False
+    """Adopt the orphans of the run's processes (:mod:`engine.orphans`), so that one that
+    left its session and cleared its environment is still stopped at the run's end. For
+    the engine's own process (the CLI): a library caller's other children are not ours."""
 
     def cache_mode(self, recorded: str = "use") -> str:
         """``off`` with --no-cache, ``refresh`` with --refresh-cache, else ``recorded``."""
@@ -462,7 +466,11 @@ class _Run:
         ]
         if not keep:
             await self.local.reclaim(self.run_id, self.run_dir)
-        shown = ", ".join(f"pid {p.pid} ({p.item}: {p.command[:60]})" for p in processes[:3])
+            orphans.reap()
+        shown = ", ".join(
+            f"pid {p.pid} ({p.item + ': ' if p.item else ''}{p.command[:60]})"
+            for p in processes[:3]
+        )
         more = f" and {len(processes) - 3} more" if len(processes) > 3 else ""
         what = "left running (map.allow_background)" if keep else "stopped"
         self.options.warn(
@@ -906,6 +914,8 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
             return await control.finish_cancelled()
         return None
 
+    if options.adopt_orphans:
+        orphans.adopt(True)
     try:
         await run.append(opening)
         await control.start()
@@ -1003,6 +1013,8 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
         run.redactor.error(exc)  # its message reaches the terminal
         raise
     finally:
+        if options.adopt_orphans:
+            orphans.adopt(False)
         await control.stop()
         for signum, handler in before.items():
             loop.remove_signal_handler(signum)

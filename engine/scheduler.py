@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from engine import orphans
 from engine.cache import ArtifactError, ItemHooks
 from engine.classify import classify, signature
 from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
@@ -411,6 +412,7 @@ class MapScheduler:
             self.running.pop(item, None)
             self.tasks.pop(item, None)
             self.wake.set()
+            orphans.reap()  # orphans the attempt's processes left, once they exit
 
     async def _record_engine_error(
         self, item: str, attempt: int, exc: BaseException, doing: str

@@ -237,3 +237,43 @@ def test_allow_background_keeps_them_and_the_end_of_the_run_says_so(
     assert leftovers.data.stopped is False
     assert [p.pid for p in leftovers.data.processes] == [pid]
     assert "left running (map.allow_background)" in warnings[0]
+
+
+def test_an_orphan_that_left_its_session_and_cleared_its_environment_is_stopped(
+    tmp_path: Path, own_pids: list[int]
+) -> None:
+    # (setsid env -i ... &): no process group, no session, no ENGINE_RUN_ID leads back to
+    # the run, and its parent is gone. The engine adopts its attempts' orphans, so it is
+    # still found, stopped and reported when the run ends, in a failing step as well.
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: orphan
+        map:
+          items: [ok, fails]
+          id: "${item}"
+          retry: {max_attempts: 1}
+          agent_template:
+            - run: |
+                (setsid env -i sh -c 'echo $$ > "$0.pid"; exec sleep 300' "$PWD/${item}" \\
+                  > /dev/null 2>&1 < /dev/null &)
+                while ! test -s "${item}.pid"; do sleep 0.01; done
+                test "${item}" = ok
+        """,
+    )
+    run = subprocess.run(
+        _cli("--home", str(tmp_path / "home"), "run", str(wf), "--run-id", "orphan"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    pids = [_pid(tmp_path / f"{item}.pid") for item in ("ok", "fails")]
+    own_pids.extend(pids)
+    assert run.returncode == 1, run.stderr  # one item failed, as written
+    assert [pid for pid in pids if _alive(pid)] == [], "an orphan outlived the run"
+    assert "2 processes of run orphan outlived their steps, stopped" in run.stderr
+    ledger = tmp_path / "home" / "runs" / "orphan" / "ledger.ndjson"
+    (leftovers,) = [r for r in LedgerReader(ledger).records() if r.type == "run.leftovers"]
+    assert sorted(p.pid for p in leftovers.data.processes) == sorted(pids)
