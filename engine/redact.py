@@ -201,7 +201,14 @@ class Redactor:
         """
         if not self._needles:
             return event
-        encoded = msgspec.json.encode(event)
+        return self.recorded(event, msgspec.json.encode(event))
+
+    def recorded(self, event: E, encoded: bytes) -> E:
+        """:meth:`event`, given the event's JSON already encoded (the ledger writer's hook).
+
+        Returns ``event`` itself when ``encoded`` holds no secret, so the writer
+        encodes again only an event that was redacted.
+        """
         if not any(needle in encoded for needle in self._needles):
             return event
         data = msgspec.to_builtins(event)

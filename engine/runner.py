@@ -689,7 +689,7 @@ async def _create(
         run.run_id,
         create=create,
         command=options.command,
-        redact=run.redactor.event,
+        redact=run.redactor.recorded if run.redactor else None,  # none: nothing to check
     )
     if create:
         run.p.apply_all(run.writer.opening)
@@ -814,7 +814,7 @@ async def resume_run(
         run_id,
         create=False,
         command=options.command,
-        redact=run.redactor.event,
+        redact=run.redactor.recorded if run.redactor else None,  # none: nothing to check
     )
     try:
         replay(ledger, into=run.p)  # under the lock: what the ledger says now

@@ -70,7 +70,7 @@ class LedgerWriter:
         next_seq: int,
         last_hash: bytes,
         clock: Callable[[], str] = utc_now,
-        redact: Callable[[Event], Event] | None = None,
+        redact: Callable[[Event, bytes], Event] | None = None,
     ) -> None:
         self.path = path
         self.run_id = run_id
@@ -110,7 +110,7 @@ class LedgerWriter:
         create: bool = False,
         command: str | None = None,
         clock: Callable[[], str] = utc_now,
-        redact: Callable[[Event], Event] | None = None,
+        redact: Callable[[Event, bytes], Event] | None = None,
     ) -> LedgerWriter:
         """Lock the run, recover a torn tail, and return a writer at its end.
 
@@ -118,9 +118,10 @@ class LedgerWriter:
         missing. The first records appended are ``ledger.recovered`` (when a
         torn tail was moved aside) and ``lock.acquired``. ``clock`` gives
         each record's ``ts`` (RFC 3339 UTC); tests pass a fixed one.
-        ``redact``: every event passes it before it is encoded and hashed
-        (the engine's redactor: what it returns is what is recorded, and
-        what the returned records carry).
+        ``redact``: every event passes it, with its JSON, before it is hashed
+        (the engine's redactor): what it returns is what is recorded, and
+        what the returned records carry; an event it returns unchanged is
+        not encoded again.
         """
         run_dir = Path(run_dir)
         if create:
@@ -304,9 +305,11 @@ class LedgerWriter:
         new_hash = sha256
         redact = self._redact
         for given in events:
-            event = given if redact is None else redact(given)
+            event, data = given, encode(given)
+            if redact is not None and (redacted := redact(given, data)) is not given:
+                event, data = redacted, encode(redacted)
             kind = event.TYPE
-            body = template % (seq, _TYPE_BYTES[kind], encode(event))
+            body = template % (seq, _TYPE_BYTES[kind], data)
             if len(body) + SUFFIX_LEN > MAX_RECORD_BYTES:
                 raise RecordTooLarge(
                     event_type=kind, size=len(body) + SUFFIX_LEN, limit=MAX_RECORD_BYTES

@@ -90,7 +90,7 @@ def test_event_redaction_leaves_engine_vocabulary_valid() -> None:
 def test_the_writer_redacts_before_hashing(tmp_path: Path) -> None:
     redactor = Redactor(["s3cret"])
     writer = LedgerWriter.open(
-        tmp_path / "r", "r", create=True, command="engine --var T=s3cret", redact=redactor.event
+        tmp_path / "r", "r", create=True, command="engine --var T=s3cret", redact=redactor.recorded
     )
     with writer:
         record = writer.append(
