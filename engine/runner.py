@@ -632,17 +632,7 @@ class _Control:
             if cancel in ("graceful", "force") and not state.cancel_requested:
                 force = cancel == "force"
                 await self.run.append([RunCancelRequested(by=by, force=force)])
-                self.run.stopping = True
-                if scheduler is not None:
-                    scheduler.stop("cancelled")
-                    self.stop_.tasks.add(
-                        asyncio.ensure_future(scheduler.cancel_running(force=force))
-                    )
-                step = self.run.current_step
-                if step is not None:
-                    self.stop_.tasks.add(asyncio.ensure_future(step.cancel(force=force)))
-                if self.run.loading is not None:
-                    self.run.loading.cancel()
+                self.stop_.halt(self.run, "cancelled", force=force)
 
     async def finish_cancelled(self) -> RunResult:
         run = self.run
@@ -662,6 +652,17 @@ class _Stop:
 
     def interrupted(self) -> bool:
         return self.signal is not None
+
+    def halt(self, run: _Run, reason: str, *, force: bool = False) -> None:
+        """Stop what runs now, in whatever phase: the map, the current step, the loading."""
+        run.stopping = True
+        if self.scheduler is not None:
+            self.scheduler.stop(reason)
+            self.tasks.add(asyncio.ensure_future(self.scheduler.cancel_running(force=force)))
+        if run.current_step is not None:
+            self.tasks.add(asyncio.ensure_future(run.current_step.cancel(force=force)))
+        if run.loading is not None:
+            run.loading.cancel()
 
 
 async def execute_run(loaded: LoadedWorkflow, home: Path, options: RunOptions) -> RunResult:
@@ -890,14 +891,7 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
 
     def on_signal(signum: int) -> None:
         stop.signal = signum
-        run.stopping = True
-        if stop.scheduler is not None:
-            stop.scheduler.stop("interrupted")
-            stop.tasks.add(asyncio.ensure_future(stop.scheduler.cancel_running()))
-        if run.current_step is not None:
-            stop.tasks.add(asyncio.ensure_future(run.current_step.cancel()))
-        if run.loading is not None:
-            run.loading.cancel()
+        stop.halt(run, "interrupted")
 
     # asyncio resets a removed handler to the default action (SIGTERM would then
     # kill the engine outright): the handlers in place before are put back.
@@ -991,9 +985,6 @@ async def _drive(run: _Run, opening: list[Event], *, resuming: bool = False) -> 
         if failure is not None:
             return await run.finish_failed(failure)
         counts = run.p.items.counts
-        unfinished = _unfinished(run.p)
-        if unfinished:
-            return await run.finish_engine_error(IncompleteMap(unfinished))
         await run.end_leftovers()
         await run.append(
             [
