@@ -88,16 +88,22 @@ async def stop_group_leftovers(pgid: int, grace: float) -> int:
     left = await asyncio.to_thread(group_members, pgid)
     if not left:
         return 0  # zombies only, waiting for their parent (init) to reap them
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not await asyncio.to_thread(group_members, pgid):
-            break
-        await asyncio.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    await stop_groups({pgid}, grace)
     return len(left)
+
+
+async def stop_groups(groups: set[int], grace: float) -> None:
+    """SIGTERM each process group, up to ``grace`` seconds for them to go, then SIGKILL."""
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while groups and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        groups = await asyncio.to_thread(alive_groups, groups)
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -1142,16 +1148,7 @@ class LocalExecutor(Executor):
         groups = {pgid for pgid, _item in found.values()}
         if not groups:
             return {}
-        for pgid in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while groups and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            groups = await asyncio.to_thread(alive_groups, groups)
-        for pgid in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
+        await stop_groups(groups, grace)
         per_item: dict[str, int] = {}
         for _pgid, item in found.values():
             per_item[item] = per_item.get(item, 0) + 1
