@@ -44,8 +44,8 @@ map:
 ENGINE_CHILD = """
 import asyncio, json, resource, sys, time
 from pathlib import Path
-from engine.runner import RunOptions, execute_run
-from engine.workflow import load_workflow
+from engine.run.runner import RunOptions, execute_run
+from engine.workflow.load import load_workflow
 t = time.perf_counter()
 workflow = load_workflow(sys.argv[1])
 result = asyncio.run(execute_run(workflow, Path(sys.argv[2]), RunOptions(max_parallel=4)))

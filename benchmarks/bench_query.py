@@ -33,7 +33,7 @@ from bench_ledger import make_ledger
 DUCKDB_CHILD = """
 import json, sys, time
 from pathlib import Path
-from engine.query import connect, run_named
+from engine.views.query import connect, run_named
 import duckdb
 t = time.perf_counter()
 result = run_named(connect([Path(sys.argv[1])]), "failures by signature")

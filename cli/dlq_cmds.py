@@ -15,8 +15,8 @@ import msgspec
 
 from cli.app import Context, cli, echo_json
 from cli.run_cmds import AS_JSON, JOBS, NO_PROGRESS, drive
-from engine.runner import RunOptions, resume_run
-from engine.status import DLQItemView, dlq_entries, dlq_view
+from engine.run.runner import RunOptions, resume_run
+from engine.views.status import DLQItemView, dlq_entries, dlq_view
 from ledger.errors import EngineError
 from ledger.events import DLQPurged
 from ledger.writer import LedgerWriter

@@ -15,8 +15,8 @@ import watchfiles
 from cli.app import EXIT_FAILED, Context, cli, echo_json
 from cli.render import record_line, summary_lines
 from engine.home import effective_status
-from engine.report import build_report, render_html, render_markdown
-from engine.schemas import generate_schemas, render, write_schemas
+from engine.views.report import build_report, render_html, render_markdown
+from engine.views.schemas import generate_schemas, render, write_schemas
 from ledger.atomic import atomic_write
 from ledger.errors import EngineError, LedgerCorrupt
 from ledger.events import Record

@@ -18,8 +18,8 @@ import msgspec
 
 from cli.app import Context, cli, echo_json
 from engine.home import list_runs
-from engine.query import NAMED, QueryError, QueryResult, connect, find_named, run_sql
-from engine.stats import run_stats
+from engine.views.query import NAMED, QueryError, QueryResult, connect, find_named, run_sql
+from engine.views.stats import run_stats
 from ledger.events import PatternAcknowledged
 from ledger.writer import LedgerWriter
 

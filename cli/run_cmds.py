@@ -15,12 +15,12 @@ from rich.console import Console
 from cli.app import Context, cli, echo_json
 from cli.progress import Progress, summary_table
 from engine.home import RunRef, check_run_id, list_runs
-from engine.mock_agent import main as mock_agent_main
-from engine.runner import RunOptions, RunResult, execute_run, resume_run
-from engine.spec import check_env_name
-from engine.status import status_view
-from engine.templates import TEMPLATES, write_template
-from engine.workflow import load_workflow
+from engine.run.runner import RunOptions, RunResult, execute_run, resume_run
+from engine.tools.mock_agent import main as mock_agent_main
+from engine.views.status import status_view
+from engine.workflow.load import load_workflow
+from engine.workflow.spec import check_env_name
+from engine.workflow.starters import TEMPLATES, write_template
 from ledger.errors import EngineError
 
 __all__ = [

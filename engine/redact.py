@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from engine.items import LoadedItems, WorkItem, dedupe, default_id
-from engine.template import template_variables
+from engine.items.selection import LoadedItems, WorkItem, dedupe, default_id
+from engine.workflow.template import template_variables
 from ledger.errors import EngineError
 
 if TYPE_CHECKING:
-    from engine.spec import Workflow
+    from engine.workflow.spec import Workflow
 
 __all__ = [
     "MASK",

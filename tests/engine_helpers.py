@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.runner import RunOptions, RunResult, execute_run
-from engine.workflow import load_workflow
+from engine.run.runner import RunOptions, RunResult, execute_run
+from engine.workflow.load import load_workflow
 from ledger import LedgerReader
 from ledger.events import Record
 from projections.replay import replay

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.template import (
+from engine.workflow.template import (
     TemplateError,
     argv_problems,
     render_argv,

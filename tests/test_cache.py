@@ -114,7 +114,7 @@ def test_artifacts_are_content_addressed_and_stay_in_the_workspace(tmp_path: Pat
     assert len(digests) == 1  # same bytes, one stored copy
     stored = tmp_path / "home" / "store" / "sha256" / digests.pop()[7:9]
     assert len(list(stored.iterdir())) == 1
-    from engine.workflow import WorkflowError, load_workflow
+    from engine.workflow.load import WorkflowError, load_workflow
 
     bad = write_workflow(
         tmp_path,
@@ -157,7 +157,7 @@ def test_artifacts_that_cannot_be_restored_make_a_miss_not_a_crash(tmp_path: Pat
 def test_a_resume_keeps_the_runs_cache_mode_unless_told(tmp_path: Path) -> None:
     import asyncio
 
-    from engine.runner import RunOptions, resume_run
+    from engine.run.runner import RunOptions, resume_run
 
     wf = write_workflow(
         tmp_path,

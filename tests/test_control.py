@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.executor import AttemptRequest
+from engine.exec.executor import AttemptRequest
 from ledger import LedgerReader
 from projections.replay import Projections, replay
 from tests.engine_helpers import DEADLINE, ledger_has, poll, wait_for, write_workflow

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.local import run_processes
-from engine.runner import RunOptions, resume_run
+from engine.exec.local.attempt import run_processes
+from engine.run.runner import RunOptions, resume_run
 from ledger import LedgerReader
 from ledger.reader import verify_ledger
 from projections.replay import replay

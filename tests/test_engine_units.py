@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.classify import classify, signature
-from engine.items import ItemsError, load_items, select
-from engine.scheduler import backoff_delay, idempotency_key
-from engine.spec import ClassifyRule, MapSpec, RetrySpec, parse_duration
-from engine.template import TemplateError, render_shell, scan_shell
+from engine.items.selection import ItemsError, load_items, select
+from engine.map.classify import classify, signature
+from engine.map.scheduler import backoff_delay, idempotency_key
+from engine.workflow.spec import ClassifyRule, MapSpec, RetrySpec, parse_duration
+from engine.workflow.template import TemplateError, render_shell, scan_shell
 
 
 @pytest.mark.parametrize(
@@ -240,8 +240,8 @@ def test_idempotency_keys_spliced_equal_the_canonical_definition() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from engine.scheduler import IdempotencyKeys, idempotency_key
-    from engine.spec import MapSpec
+    from engine.map.scheduler import IdempotencyKeys, idempotency_key
+    from engine.workflow.spec import MapSpec
 
     spec = MapSpec.model_validate(
         {"items": [1], "agent_template": [{"run": "echo ${item}"}], "max_parallel": 3}

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from engine.executor import AttemptRequest, Executor, HeartbeatSample
-from engine.local import LocalExecutor
-from engine.spec import Step
+from engine.exec.executor import AttemptRequest, Executor, HeartbeatSample
+from engine.exec.local.attempt import LocalExecutor
+from engine.workflow.spec import Step
 from tests.engine_helpers import wait_for_async, within
 
 EXECUTORS: list[Callable[[], Executor]] = [LocalExecutor]

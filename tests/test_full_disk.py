@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from engine.local import _Child, _Log
+from engine.exec.local.attempt import _Child, _Log
 from ledger import LedgerReader, verify_ledger
 from tests.conftest import ENGINE
 

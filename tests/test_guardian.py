@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.local import LocalExecutor, run_processes
+from engine.exec.local.attempt import LocalExecutor, run_processes
 from tests.engine_helpers import DEADLINE, wait_for
 
 ROOT = Path(__file__).parent.parent
@@ -17,10 +17,10 @@ ROOT = Path(__file__).parent.parent
 ENGINE = """
 import asyncio, os, signal, sys
 from pathlib import Path
-from engine import local
-from engine.executor import AttemptRequest
-from engine.local import LocalExecutor
-from engine.spec import Step
+from engine.exec.local import attempt as local
+from engine.exec.executor import AttemptRequest
+from engine.exec.local.attempt import LocalExecutor
+from engine.workflow.spec import Step
 from tests.engine_helpers import wait_for_async
 
 async def main():

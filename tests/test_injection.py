@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.workflow import WorkflowError, load_workflow
+from engine.workflow.load import WorkflowError, load_workflow
 from tests.engine_helpers import records, run_workflow, write_workflow
 
 NASTY = [

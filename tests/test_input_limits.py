@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import workflow_yaml as workflow_module
 from engine.home import BadRunId, check_run_id
-from engine.items import ItemsError, LoadCancelled, LoadStop, check_value, load_items
+from engine.items.selection import ItemsError, LoadCancelled, LoadStop, check_value, load_items
 from engine.limits import InputRefused, read_bounded
-from engine.spec import MapSpec, parse_duration
-from engine.workflow import WorkflowError, parse_workflow
+from engine.workflow import reading as workflow_module
+from engine.workflow.load import WorkflowError, parse_workflow
+from engine.workflow.spec import MapSpec, parse_duration
 from tests.engine_helpers import wait_for
 
 STEP = "  agent_template: [{run: echo}]\n"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.runner import RunOptions, resume_run
-from engine.store import ContentStore
+from engine.run.runner import RunOptions, resume_run
+from engine.store.content import ContentStore
 from ledger.codec import MAX_RECORD_BYTES
 from tests.engine_helpers import records, run_workflow, write_workflow
 

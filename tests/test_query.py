@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
-from engine.query import NAMED
+from engine.views.query import NAMED
 from ledger import LedgerReader
 from tests.engine_helpers import run_workflow, write_workflow
 

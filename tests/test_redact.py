@@ -12,8 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.classify import signature
-from engine.items import canonical_json
+from engine.items.selection import canonical_json
+from engine.map.classify import signature
 from engine.redact import Redactor, secret_forms
 from ledger import LedgerReader, LedgerWriter, verify_ledger
 from ledger.events import ArtifactWritten, ItemFailed, LockAcquired

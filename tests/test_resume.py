@@ -125,7 +125,7 @@ def test_a_run_stopped_before_run_created_is_created_on_the_next_start(tmp_path:
 def test_a_hand_made_ledger_resumes_pending_then_interrupted_then_dead_each_once(
     tmp_path: Path,
 ) -> None:
-    from engine.workflow import load_workflow
+    from engine.workflow.load import load_workflow
     from ledger.events import (
         ItemDeadLettered,
         ItemDispatched,
@@ -210,7 +210,7 @@ def test_variables_given_again_on_a_resume_are_recorded(tmp_path: Path) -> None:
     assert resumed.exit_code == 1  # the recorded MODE=broken still applies
     import asyncio
 
-    from engine.runner import RunOptions, resume_run
+    from engine.run.runner import RunOptions, resume_run
 
     result = asyncio.run(
         resume_run(first.run_dir, RunOptions(include_dlq=True,

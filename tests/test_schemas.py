@@ -9,7 +9,7 @@ import jsonschema
 from click.testing import CliRunner
 
 from cli.main import cli
-from engine.schemas import generate_schemas, render
+from engine.views.schemas import generate_schemas, render
 from ledger.events import EVENT_TYPES
 from projections.replay import replay
 from tests.conftest import FIXTURE_LEDGER, projections_json

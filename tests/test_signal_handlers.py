@@ -10,10 +10,10 @@ from types import FrameType
 
 import pytest
 
-from engine.executor import Attempt, AttemptRequest
-from engine.local import LocalExecutor
-from engine.runner import RunOptions, RunResult, execute_run
-from engine.workflow import load_workflow
+from engine.exec.executor import Attempt, AttemptRequest
+from engine.exec.local.attempt import LocalExecutor
+from engine.run.runner import RunOptions, RunResult, execute_run
+from engine.workflow.load import load_workflow
 from tests.engine_helpers import records, run_workflow, within, write_workflow
 
 

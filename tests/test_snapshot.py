@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import snapshot as snap
-from engine.snapshot import take_snapshot
+from engine.store import workspace as snap
+from engine.store.workspace import take_snapshot
 
 
 def _tree(root: Path) -> None:

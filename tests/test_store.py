@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from engine.store import ContentStore
+from engine.store.content import ContentStore
 
 
 def test_the_same_content_stored_at_once_by_many_threads(tmp_path: Path) -> None:

@@ -20,10 +20,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
-from engine.local import LocalExecutor
-from engine.scheduler import MAX_RETRY_DELAY, MapOutcome, MapScheduler, backoff_delay
-from engine.spec import RetrySpec, Step
+from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
+from engine.exec.local.attempt import LocalExecutor
+from engine.map.scheduler import MAX_RETRY_DELAY, MapOutcome, MapScheduler, backoff_delay
+from engine.workflow.spec import RetrySpec, Step
 from ledger import LedgerReader
 from projections.replay import replay
 from tests.engine_helpers import records, run_workflow, write_workflow
@@ -214,7 +214,7 @@ def test_the_cli_says_it_in_one_line_on_stderr(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from cli.main import main\n"
-        "from engine.scheduler import MapScheduler\n"
+        "from engine.map.scheduler import MapScheduler\n"
         "def broken(self, item, attempt, outcome):\n"
         "    raise RuntimeError('planted')\n"
         "MapScheduler._outcome_events = broken\n"
@@ -263,7 +263,7 @@ def test_run_completed_is_never_appended_while_items_are_unfinished(
     assert "2 pending (a, b)" in (result.reason or "")
     assert len(warnings) == 1
     # The run is not lost: a resume finishes it.
-    from engine.runner import RunOptions, resume_run
+    from engine.run.runner import RunOptions, resume_run
 
     resumed = asyncio.run(resume_run(result.run_dir, RunOptions()))
     assert (resumed.status, resumed.exit_code) == ("completed", 0)
@@ -294,8 +294,8 @@ def test_a_retry_delay_is_always_a_finite_bounded_number(
 def test_a_failing_cache_lookup_stops_the_run_but_keeps_the_success_before_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.cache import ItemHooks
-    from engine.runner import RunOptions, resume_run
+    from engine.run.runner import RunOptions, resume_run
+    from engine.store.cache import ItemHooks
 
     wf = write_workflow(
         tmp_path,
@@ -359,7 +359,7 @@ def test_an_item_value_no_json_can_hold_is_one_line_and_exit_2(tmp_path: Path) -
 def test_a_failure_tail_fits_its_record_once_escaped(text: str) -> None:
     # A tail of control characters takes six bytes each as JSON: a 64 KiB tail
     # made item.failed too large to record, and the failure lost its type.
-    from engine.scheduler import _bounded
+    from engine.map.scheduler import _bounded
 
     bounded = _bounded(text)
     assert len(msgspec.json.encode(bounded)) <= 64 * 1024
@@ -369,8 +369,8 @@ def test_a_failure_tail_fits_its_record_once_escaped(text: str) -> None:
 def test_when_nothing_can_be_recorded_the_run_stops_resumable_never_completed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from engine.runner import RunOptions, execute_run, resume_run
-    from engine.workflow import load_workflow
+    from engine.run.runner import RunOptions, execute_run, resume_run
+    from engine.workflow.load import load_workflow
     from ledger.errors import LedgerWriteFailed
     from ledger.events import ItemSucceeded
     from ledger.writer import LedgerWriter

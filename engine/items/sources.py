@@ -26,8 +26,8 @@ from typing import Any
 import msgspec
 
 from engine.limits import MAX_DEPTH, InputRefused, limits, read_bounded
-from engine.spec import MapSpec
-from engine.template import TemplateError, render_shell
+from engine.workflow.spec import MapSpec
+from engine.workflow.template import TemplateError, render_shell
 from ledger.errors import EngineError
 
 __all__ = [

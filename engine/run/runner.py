@@ -26,19 +26,20 @@ from typing import Any
 
 import msgspec
 
-from engine import engine_version, orphans
-from engine.cache import ItemHooks
-from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
+from engine import engine_version
+from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
+from engine.exec.local import orphans
+from engine.exec.local.attempt import LocalExecutor, agent_argv, process_command, run_processes
 from engine.home import check_run_id
-from engine.items import ItemsError, LoadCancelled, LoadStop, load_items
-from engine.loading import in_thread, stoppable
-from engine.local import LocalExecutor, agent_argv, process_command, run_processes
+from engine.items.selection import ItemsError, LoadCancelled, LoadStop, load_items
+from engine.map.scheduler import MapScheduler, abandon_events
 from engine.redact import Redactor, secret_values
-from engine.scheduler import MapScheduler, abandon_events
-from engine.snapshot import Snapshot, compare, save_snapshot, take_snapshot
-from engine.spec import Step
-from engine.store import INLINE_LIMIT, ContentStore
-from engine.workflow import LoadedWorkflow, describe_changes, load_workflow
+from engine.run.loading import in_thread, stoppable
+from engine.store.cache import ItemHooks
+from engine.store.content import INLINE_LIMIT, ContentStore
+from engine.store.workspace import Snapshot, compare, save_snapshot, take_snapshot
+from engine.workflow.load import LoadedWorkflow, describe_changes, load_workflow
+from engine.workflow.spec import Step
 from ledger.atomic import atomic_write, make_private_dir
 from ledger.errors import EngineError
 from ledger.events import (
@@ -97,7 +98,7 @@ class RunOptions:
     warn: Callable[[str], None] = lambda _message: None
     """Where warnings go (a resume in a workspace that changed)."""
     adopt_orphans: bool = False
-    """Adopt the orphans of the run's processes (:mod:`engine.orphans`), so that one that
+    """Adopt the orphans of the run's processes (:mod:`engine.exec.local.orphans`), so that one that
     left its session and cleared its environment is still stopped at the run's end. For
     the engine's own process (the CLI): a library caller's other children are not ours."""
 

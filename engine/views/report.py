@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from engine.workflow import load_yaml
+from engine.workflow.load import load_yaml
 from ledger.events import (
     ItemDeadLettered,
     ItemDispatched,

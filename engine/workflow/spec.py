@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from engine.limits import MAX_DURATION, MAX_ENV_ENTRY
-from engine.patterns import PatternError, compile_pattern
+from engine.workflow.patterns import PatternError, compile_pattern
 
 __all__ = [
     "ERROR_TYPES",

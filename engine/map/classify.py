@@ -17,8 +17,8 @@ import signal as _signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.patterns import Pattern, compile_pattern
-from engine.spec import ClassifyRule
+from engine.workflow.patterns import Pattern, compile_pattern
+from engine.workflow.spec import ClassifyRule
 
 __all__ = ["BUILTIN_RULES", "Classification", "classify", "error_message", "signature"]
 

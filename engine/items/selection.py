@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.item_sources import (
+from engine.items.sources import (
     NEVER,
     ItemsError,
     LoadCancelled,
@@ -43,8 +43,8 @@ from engine.item_sources import (
     too_many,
 )
 from engine.limits import MAX_ID_BYTES, limits
-from engine.spec import MapSpec
-from engine.template import TemplateError, render_text
+from engine.workflow.spec import MapSpec
+from engine.workflow.template import TemplateError, render_text
 
 if TYPE_CHECKING:
     from jsonpath import JSONPathEnvironment
@@ -97,7 +97,7 @@ def _jsonpath_error() -> type[Exception]:
 @functools.cache
 def _jsonpath() -> JSONPathEnvironment:
     """python-jsonpath with the engine's filter functions (imported on first use)."""
-    from engine import jsonpath_env  # noqa: PLC0415 - costly, rarely needed
+    from engine.items import jsonpath as jsonpath_env  # noqa: PLC0415 - costly, rarely needed
 
     return jsonpath_env.environment()
 

@@ -27,12 +27,12 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
-from engine.guardian import alive_groups, processes
-from engine.orphans import OWN, adopting
+from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
+from engine.exec.local.guardian import alive_groups, processes
+from engine.exec.local.orphans import OWN, adopting
 from engine.redact import redact_value, secret_forms
-from engine.spec import Step
-from engine.template import render_argv, render_shell, render_text, value_text
+from engine.workflow.spec import Step
+from engine.workflow.template import render_argv, render_shell, render_text, value_text
 from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
 from ledger.events import LogRef
 
@@ -314,7 +314,7 @@ def _spawn(
 
 
 class _Guardian:
-    """The engine's side of :mod:`engine.guardian` (one per engine process).
+    """The engine's side of :mod:`engine.exec.local.guardian` (one per engine process).
 
     Started at the first attempt; every attempt's process group is registered
     while it runs. If the engine dies, even by SIGKILL, the guardian sees its
@@ -1160,7 +1160,7 @@ def run_processes(run_id: str, run_dir: Path) -> dict[int, tuple[int, str]]:
 
     Only those of the run in ``run_dir``: another home (another checkout, another
     user's test) may hold a run with the same id at the same time. While this
-    engine adopts orphans (:mod:`engine.orphans`), its adopted children count
+    engine adopts orphans (:mod:`engine.exec.local.orphans`), its adopted children count
     too when their environment was cleared (``env -i``): no other run's.
     """
     marker = b"ENGINE_RUN_ID=" + os.fsencode(run_id)

@@ -19,12 +19,18 @@ from typing import Any
 import pydantic
 import yaml
 
-from engine.items import ItemsError, check_value, compile_filter, compile_json_path, parse_sort
+from engine.items.selection import (
+    ItemsError,
+    check_value,
+    compile_filter,
+    compile_json_path,
+    parse_sort,
+)
 from engine.limits import MAX_DEPTH, limits, read_bounded
 from engine.redact import secret_template_problems
-from engine.spec import Step, Workflow
-from engine.template import argv_problems, shell_problems, template_variables
-from engine.workflow_yaml import Refused, load_yaml, parse_yaml
+from engine.workflow.reading import Refused, load_yaml, parse_yaml
+from engine.workflow.spec import Step, Workflow
+from engine.workflow.template import argv_problems, shell_problems, template_variables
 from ledger.errors import EngineError
 
 __all__ = [

@@ -7,7 +7,7 @@ import re
 import msgspec
 
 from engine.home import RunRef, effective_status
-from engine.spec import TRANSIENT_ERROR_TYPES
+from engine.workflow.spec import TRANSIENT_ERROR_TYPES
 from projections.dlq import DLQEntry, Failure
 from projections.items import ItemCounts
 from projections.replay import Projections, replay

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from engine.items import LoadCancelled, LoadStop
+from engine.items.selection import LoadCancelled, LoadStop
 
 __all__ = ["LOAD_STOP_GRACE", "in_thread", "stoppable"]
 

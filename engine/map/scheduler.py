@@ -27,13 +27,13 @@ from typing import Any
 
 import msgspec
 
-from engine import orphans
-from engine.cache import ArtifactError, ItemHooks
-from engine.classify import classify, signature
-from engine.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
-from engine.items import canonical_json
-from engine.spec import CircuitBreakerSpec, MapSpec, RetrySpec
-from engine.store import ContentStore
+from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
+from engine.exec.local import orphans
+from engine.items.selection import canonical_json
+from engine.map.classify import classify, signature
+from engine.store.cache import ArtifactError, ItemHooks
+from engine.store.content import ContentStore
+from engine.workflow.spec import CircuitBreakerSpec, MapSpec, RetrySpec
 from ledger.codec import utc_now
 from ledger.errors import LedgerWriteFailed
 from ledger.events import (

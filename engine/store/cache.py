@@ -25,12 +25,12 @@ from typing import Any
 
 import msgspec
 
-from engine.executor import AttemptOutcome
-from engine.items import canonical_json
+from engine.exec.executor import AttemptOutcome
+from engine.items.selection import canonical_json
 from engine.redact import Redactor
-from engine.spec import CacheSpec, MapSpec
-from engine.store import ContentStore, file_sha256
-from engine.template import TemplateError, render_text
+from engine.store.content import ContentStore, file_sha256
+from engine.workflow.spec import CacheSpec, MapSpec
+from engine.workflow.template import TemplateError, render_text
 from ledger.atomic import atomic_write, make_private_dir
 from ledger.events import ArtifactWritten, CacheHit, CacheMiss, Event, ItemSkipped
 

@@ -5,7 +5,7 @@ A command can hand text to another shell: the command string of
 ``sh``, the body of backticks. Expanded before that shell runs it, a value's
 text would become code. ``scan`` follows the quoting of the command (and of
 every text it hands on) far enough to say, for each placement, its quoting
-at every level (``engine.placement.Placement``). ``docs/workflow.md``
+at every level (``engine.workflow.placement.Placement``). ``docs/workflow.md``
 ("Injection safety") states the rule.
 """
 
@@ -15,8 +15,8 @@ import re
 import shlex
 from dataclasses import dataclass, field, replace
 
-from engine.placement import MAX_DEPTH, VARIABLE, Placement, TemplateError
-from engine.shellcode import (
+from engine.workflow.placement import MAX_DEPTH, VARIABLE, Placement, TemplateError
+from engine.workflow.shellcode import (
     ARITHMETIC_TESTS,
     command_start,
     command_strings,

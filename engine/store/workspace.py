@@ -23,8 +23,8 @@ from pathlib import Path
 
 import msgspec
 
-from engine.items import canonical_json
-from engine.store import file_sha256
+from engine.items.selection import canonical_json
+from engine.store.content import file_sha256
 from ledger.atomic import atomic_write, make_private_dir
 
 __all__ = ["Snapshot", "compare", "take_snapshot"]

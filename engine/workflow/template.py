@@ -22,9 +22,9 @@ from typing import Any
 
 import msgspec
 
-from engine.placement import VARIABLE, Placement, TemplateError, reference
-from engine.shellcode import command_strings, foreign_code
-from engine.shellscan import scan
+from engine.workflow.placement import VARIABLE, Placement, TemplateError, reference
+from engine.workflow.shellcode import command_strings, foreign_code
+from engine.workflow.shellscan import scan
 
 __all__ = [
     "VARIABLE",

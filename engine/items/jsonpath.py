@@ -2,7 +2,7 @@
 
 Its own module so that runs without either never import python-jsonpath.
 Every regular expression in a path or a filter (``=~ /.../``, ``match()``,
-``search()``) is compiled by RE2 (see :mod:`engine.patterns`), so no pattern
+``search()``) is compiled by RE2 (see :mod:`engine.workflow.patterns`), so no pattern
 can make matching take exponential time; a literal pattern that RE2 cannot
 compile is a syntax error of the path or filter.
 """
@@ -25,7 +25,7 @@ from jsonpath.parse import Parser
 from jsonpath.stream import TokenStream
 from jsonpath.token import TOKEN_RE_FLAGS
 
-from engine.patterns import Pattern, PatternError, compile_pattern
+from engine.workflow.patterns import Pattern, PatternError, compile_pattern
 
 __all__ = ["environment"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.shellcode import AWKS, SHELL_RUNNERS
+from engine.workflow.shellcode import AWKS, SHELL_RUNNERS
 
 __all__ = ["MAX_DEPTH", "VARIABLE", "Placement", "TemplateError", "reference"]
 

@@ -1,0 +1,1 @@
+"""Executors: what runs an attempt, and the step semantics every executor shares."""

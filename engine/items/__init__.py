@@ -1,0 +1,1 @@
+"""The map's work items: where they come from, which are kept, in what order, and who they are."""

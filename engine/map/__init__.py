@@ -1,0 +1,1 @@
+"""The map phase: the scheduler loop, its pure decisions, and error classification."""

@@ -1,0 +1,1 @@
+"""A run from start to end: create, resume, recovery, the phases, control."""

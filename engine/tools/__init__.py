@@ -1,0 +1,1 @@
+"""Programs the engine ships for tests, examples and benchmarks."""
