@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ledger import LedgerWriter, verify_ledger
-from ledger.codec import GENESIS_HASH, encode_body, line_hash, utc_now
+from ledger.codec import GENESIS_HASH, encode_body, line_hash
 from ledger.events import (
     Event,
     Heartbeat,
@@ -42,6 +42,7 @@ from ledger.events import (
     ItemRetryScheduled,
     ItemSucceeded,
 )
+from ledger.times import utc_now
 
 WORK = Path(__file__).resolve().parent / ".work"
 

@@ -30,7 +30,6 @@ __all__ = [
     "echo_json",
 ]
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
@@ -38,16 +37,45 @@ EXIT_INTERRUPTED = 130
 
 
 class CliError(click.ClickException):
-    """An error shown as one line, with the exit code of its kind."""
+    """An error shown as one line; each subclass is one exit code of the contract."""
 
-    def __init__(self, message: str, exit_code: int, *, located: bool = False) -> None:
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, located: bool = False) -> None:
         super().__init__(message)
-        self.exit_code = exit_code  # type: ignore[misc]  # click declares it per class
         self.located = located
 
     def show(self, file: Any = None) -> None:
         message = self.format_message()
         click.echo(message if self.located else f"engine: error: {message}", err=True)
+
+
+class Failed(CliError):
+    """Exit 1: the run finished with failures, or a ledger or file cannot be used."""
+
+    exit_code = EXIT_FAILED
+
+
+class BadInput(CliError):
+    """Exit 2: bad input (a workflow, an argument, a run id, a query)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class Locked(CliError):
+    """Exit 3: another engine holds the run."""
+
+    exit_code = EXIT_LOCKED
+
+
+_BY_EXIT_CODE: dict[int, type[CliError]] = {
+    cls.exit_code: cls for cls in (Failed, BadInput, Locked)
+}
+
+
+def cli_error(exc: EngineError) -> CliError:
+    """The CLI's error for an engine error: the class of its kind's exit code."""
+    return _BY_EXIT_CODE.get(exc.exit_code, Failed)(str(exc), located=exc.located)
 
 
 _json = msgspec.json.Encoder()
@@ -80,29 +108,28 @@ class EngineGroup(click.Group):
         except EngineError as exc:
             if debug:
                 raise
-            raise CliError(str(exc), exc.exit_code, located=exc.located) from None
+            raise cli_error(exc) from None
         except KeyboardInterrupt:
             click.echo("engine: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.UsageError as exc:
             # One line, like every other error: what is wrong, and where to look.
             where = exc.ctx.command_path if exc.ctx is not None else "engine"
-            raise CliError(f"{exc.format_message()} (see: {where} --help)", 2) from None
+            raise BadInput(f"{exc.format_message()} (see: {where} --help)") from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except OSError as exc:
             if debug:
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
-            raise CliError(
-                f"{where}{exc.strerror or exc} (check the path and its permissions)", EXIT_FAILED
+            raise Failed(
+                f"{where}{exc.strerror or exc} (check the path and its permissions)"
             ) from None
         except Exception as exc:
             if debug:
                 raise
-            raise CliError(
-                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
-                EXIT_FAILED,
+            raise Failed(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)"
             ) from None
 
 

@@ -19,9 +19,9 @@ import click
 import msgspec
 
 from cli.app import Context, cli
+from engine.errors import NotConfirmed, NotRunning
 from engine.home import RunRef
 from ledger.atomic import atomic_write, make_private_dir
-from ledger.errors import EngineError
 from ledger.events import RunAborted
 from ledger.lock import RunLock
 from ledger.writer import LedgerWriter
@@ -31,14 +31,6 @@ __all__ = ["cancel_cmd", "pause_cmd", "unpause_cmd"]
 
 CONTROL = "control/control.json"
 CONFIRM_WAIT = 10.0
-
-
-class NotRunning(EngineError):
-    exit_code = 2
-
-
-class NotConfirmed(EngineError):
-    exit_code = 1
 
 
 def _who() -> str:
@@ -70,6 +62,8 @@ def _request(ref: RunRef, change: dict[str, object], wanted: tuple[bytes, ...], 
         time.sleep(0.05)
     raise NotConfirmed(
         f"{ref.run_id}: asked, but the engine did not confirm within {wait:.0f}s",
+        run_id=ref.run_id,
+        waited=wait,
         hint=f"check with: engine status {ref.run_id}; engine tail {ref.run_id}",
     )
 
@@ -83,6 +77,8 @@ def _not_running(ref: RunRef, what: str) -> NotRunning:
     shown = "interrupted" if status in ("running", "created") else status
     return NotRunning(
         f"{ref.run_id} is not running (it is {shown}): there is nothing to {what}",
+        run_id=ref.run_id,
+        status=shown,
         hint=f"engine resume {ref.run_id} runs it again"
         if shown in ("interrupted", "aborted", "failed")
         else "",
@@ -145,7 +141,11 @@ def cancel_cmd(obj: Context, run: str, force: bool) -> None:
         return
     p = replay(ref.ledger)
     if p.run.status in ("completed", "failed", "aborted"):
-        raise NotRunning(f"{ref.run_id} is {p.run.status} already: there is nothing to cancel")
+        raise NotRunning(
+            f"{ref.run_id} is {p.run.status} already: there is nothing to cancel",
+            run_id=ref.run_id,
+            status=p.run.status,
+        )
     writer = LedgerWriter.open(ref.run_dir, p.run.run_id or ref.run_id, command="engine cancel")
     try:
         writer.append(RunAborted(reason=f"cancelled by {_who()} while no engine ran it"))

@@ -15,18 +15,15 @@ import msgspec
 
 from cli.app import Context, cli, echo_json
 from cli.run_cmds import AS_JSON, JOBS, NO_PROGRESS, drive
+from engine.errors import NothingSelected
 from engine.run.runner import RunOptions, resume_run
 from engine.views.status import DLQItemView, dlq_entries, dlq_view
-from ledger.errors import EngineError
 from ledger.events import DLQPurged
+from ledger.times import FORMAT
 from ledger.writer import LedgerWriter
 from projections.replay import Projections, replay
 
 __all__ = ["dlq"]
-
-
-class NothingSelected(EngineError):
-    exit_code = 2
 
 
 def _who() -> str:
@@ -46,7 +43,7 @@ def _since(value: str | None) -> str | None:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return parsed.astimezone(dt.UTC).strftime(FORMAT)
 
 
 def _select(
@@ -68,6 +65,7 @@ def _select(
             where = "purged from" if all(m in p.dlq.purged for m in missing) else "not in"
             raise NothingSelected(
                 f"{', '.join(missing[:5])}: {where} the dead-letter queue",
+                items=missing,
                 hint="see which items are: engine dlq list RUN",
             )
         views = [dead[i] for i in dict.fromkeys(items)]  # each once, in the order given
@@ -144,6 +142,7 @@ def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
         where = "was purged from" if item in p.dlq.purged else "is not in"
         raise NothingSelected(
             f"{item}: {where} the dead-letter queue of {ref.run_id}",
+            items=[item],
             hint=f"see which items are: engine dlq list {ref.run_id}",
         )
     view = next(v for v in dlq_view(p) if v.item_id == item)
@@ -215,7 +214,9 @@ def dlq_retry(
     )
     if not selected:
         raise NothingSelected(
-            f"no dead item of {ref.run_id} matches", hint=f"see them: engine dlq list {ref.run_id}"
+            f"no dead item of {ref.run_id} matches",
+            items=list(items),
+            hint=f"see them: engine dlq list {ref.run_id}",
         )
     options = RunOptions(max_parallel=jobs, requeue=[v.item_id for v in selected])
     drive(obj, lambda o: resume_run(ref.run_dir, o), options, as_json, no_progress)

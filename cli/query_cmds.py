@@ -17,10 +17,12 @@ import click
 import msgspec
 
 from cli.app import Context, cli, echo_json
+from engine.errors import QueryError
 from engine.home import list_runs
-from engine.views.query import NAMED, QueryError, QueryResult, connect, find_named, run_sql
+from engine.views.query import NAMED, QueryResult, connect, find_named, run_sql
 from engine.views.stats import run_stats
 from ledger.events import PatternAcknowledged
+from ledger.times import FORMAT
 from ledger.writer import LedgerWriter
 
 __all__ = ["patterns", "query_cmd", "stats_cmd"]
@@ -89,7 +91,7 @@ def format_table(result: QueryResult, width: int = WIDTH) -> str:
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return value.strftime(FORMAT)
     return value
 
 

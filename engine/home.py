@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.errors import EngineError
+from engine.errors import BadRunId, RunNotFound
 from ledger.lock import RunLock
 from ledger.writer import LEDGER_NAME
 from projections.replay import Projections
@@ -37,18 +37,6 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A run id: one safe path component, found again by every command that takes ``RUN``."""
 KEYWORDS = frozenset({"latest"})
 """Words that a ``RUN`` argument reads as something else than a run id."""
-
-
-class BadRunId(EngineError):
-    """A run id that is not one safe path component."""
-
-    exit_code = 2
-
-
-class RunNotFound(EngineError):
-    """A ``RUN`` argument names no run."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +69,7 @@ def check_run_id(run_id: str) -> str:
     )
     raise BadRunId(
         f"--run-id: {why}".replace("\n", "\\n"),
+        run_id=run_id,
         hint="use 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
     )
 
@@ -124,6 +113,7 @@ def resolve_run(ref: str, home: Path, *, allow_ledger_file: bool = True) -> RunR
         if not runs:
             raise RunNotFound(
                 f"no runs under {home / 'runs'}",
+                ref=ref,
                 hint="start one with `engine run WORKFLOW`, or pass --home",
             )
         return runs[-1]
@@ -137,16 +127,18 @@ def resolve_run(ref: str, home: Path, *, allow_ledger_file: bool = True) -> RunR
             if not ledger.is_file():
                 raise RunNotFound(
                     f"{path}: not a run directory (no {LEDGER_NAME})",
+                    ref=ref,
                     hint="pass a run id, `latest`, or a run directory",
                 )
             return RunRef(path.resolve().name, path, ledger)
         if path.is_file() and allow_ledger_file:
             return RunRef(path.resolve().parent.name, path.parent, path)
         if path.exists() or os.sep in ref:
-            raise RunNotFound(f"{ref}: no such run directory or ledger file")
+            raise RunNotFound(f"{ref}: no such run directory or ledger file", ref=ref)
     if not (run_dir / LEDGER_NAME).is_file():
         raise RunNotFound(
             f"no run {ref!r} under {home / 'runs'}",
+            ref=ref,
             hint=f"see the run ids in {home / 'runs'}, or pass --home or a path",
         )
     return RunRef(ref, run_dir, run_dir / LEDGER_NAME)

@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from ledger.errors import EngineError
+from engine.errors import InputRefused
 
 __all__ = [
     "MAX_DEPTH",
@@ -35,12 +35,6 @@ MAX_ENV_ENTRY = 128 * 1024
 """Bytes of one ``NAME=value`` environment entry, its NUL included (Linux's MAX_ARG_STRLEN)."""
 MAX_DURATION = 366 * 86400.0
 """The longest duration (a timeout, a retry delay, a cooldown): a year."""
-
-
-class InputRefused(EngineError):
-    """A file or an output is not something the engine reads: too large, or not a file."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ hands them back. See ``docs/ledger-format.md`` for the byte format.
 from __future__ import annotations
 
 from ledger.atomic import atomic_write, fsync_dir, make_private_dir
-from ledger.codec import GENESIS_HASH, MAX_RECORD_BYTES, utc_now
+from ledger.codec import GENESIS_HASH, MAX_RECORD_BYTES
 from ledger.errors import (
     EngineError,
     LedgerCorrupt,
@@ -20,6 +20,7 @@ from ledger.errors import (
 from ledger.events import EVENT_TYPES, FORMAT_VERSION, RECORD_TYPES, Event, Record
 from ledger.lock import RunLock, read_holder
 from ledger.reader import LedgerReader, ScanResult, TornTail, verify_ledger
+from ledger.times import utc_now
 from ledger.writer import LEDGER_NAME, LedgerWriter
 
 __all__ = [

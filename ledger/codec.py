@@ -10,7 +10,6 @@ the chain needs no JSON parsing.
 
 from __future__ import annotations
 
-import time
 from hashlib import sha256
 
 import msgspec
@@ -29,7 +28,6 @@ __all__ = [
     "line_hash",
     "parse_seq",
     "split_line",
-    "utc_now",
 ]
 
 MAX_RECORD_BYTES = 256 * 1024
@@ -46,20 +44,6 @@ SUFFIX_LEN = len(HASH_PREFIX) + 64 + len(HASH_END) + 1
 SEQ_PREFIX = b'{"v":%d,"seq":' % FORMAT_VERSION
 
 _encode = msgspec.json.Encoder().encode
-
-
-_second_cache: tuple[int, str] = (-1, "")
-
-
-def utc_now() -> str:
-    """The current time as RFC 3339 UTC with microseconds (``...T12:00:00.000000Z``)."""
-    global _second_cache
-    second, fraction = divmod(time.time_ns() // 1000, 1_000_000)
-    cached_second, prefix = _second_cache  # one tuple: threads never see half an update
-    if cached_second != second:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second_cache = (second, prefix)
-    return f"{prefix}.{fraction:06d}Z"
 
 
 def body_template(*, ts: str, run: str) -> bytes:

@@ -19,7 +19,6 @@ behind.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import json
 import os
@@ -30,14 +29,11 @@ from typing import Any
 
 from ledger.atomic import atomic_write
 from ledger.errors import LedgerError, LedgerLocked
+from ledger.times import utc_now
 
 __all__ = ["LOCK_NAME", "RunLock", "lock_fd", "read_holder", "who_holds"]
 
 LOCK_NAME = "lock"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def read_holder(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -144,7 +140,7 @@ class RunLock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "command": command if command is not None else " ".join(sys.argv),
-            "started_at": _now(),
+            "started_at": utc_now(),
         }
         try:
             atomic_write(self.path, (json.dumps(holder, sort_keys=True) + "\n").encode())

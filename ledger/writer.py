@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 
 from ledger.atomic import FILE_MODE, atomic_write, fsync_dir, make_private_dir
-from ledger.codec import MAX_RECORD_BYTES, SUFFIX_LEN, body_template, utc_now
+from ledger.codec import MAX_RECORD_BYTES, SUFFIX_LEN, body_template
 from ledger.errors import LedgerError, LedgerWriteFailed, RecordInvalid, RecordTooLarge
 from ledger.events import (
     EVENT_TYPES,
@@ -48,6 +48,7 @@ from ledger.events import (
 )
 from ledger.lock import RunLock, lock_fd
 from ledger.reader import LedgerReader, TornTail
+from ledger.times import utc_now
 
 __all__ = ["LEDGER_NAME", "LedgerWriter"]
 

@@ -25,8 +25,6 @@ DEFAULT_ON = ("rate_limited", "api_error")
 
 
 class CircuitProjection(Projection):
-    name = "circuit"
-
     def __init__(self, on: Iterable[str] = DEFAULT_ON) -> None:
         self.on = frozenset(on)
         self.state: Literal["closed", "open", "half_open"] = "closed"

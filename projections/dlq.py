@@ -59,8 +59,6 @@ class DLQProjection(Projection):
     item's whole history needs, and what a success lets go of.
     """
 
-    name = "dlq"
-
     def __init__(self) -> None:
         self.history: dict[str, list[Record]] = {}
         """``item.failed`` records of items with no success yet."""

@@ -90,8 +90,6 @@ class ItemsView(msgspec.Struct, kw_only=True):
 
 
 class ItemsProjection(Projection):
-    name = "items"
-
     def __init__(self) -> None:
         self.items: dict[str, ItemState] = {}
         self.counts: dict[str, int] = dict.fromkeys(ITEM_STATUSES, 0)

@@ -36,8 +36,6 @@ __all__ = ["PendingProjection"]
 
 
 class PendingProjection(Projection):
-    name = "pending"
-
     def __init__(self, items: ItemsProjection) -> None:
         self.items = items
         self.queued: dict[str, str] = {}

@@ -76,8 +76,6 @@ class RunView(msgspec.Struct, kw_only=True):
 
 
 class RunProjection(Projection):
-    name = "run"
-
     def __init__(self) -> None:
         self.run_id: str | None = None
         self.status: RunStatus = "created"

@@ -26,8 +26,6 @@ class SignaturesView(msgspec.Struct, kw_only=True):
 
 
 class SignaturesProjection(Projection):
-    name = "signatures"
-
     def __init__(self) -> None:
         self.stats: dict[str, SignatureStat] = {}
         self._items: dict[str, set[str]] = {}

@@ -31,12 +31,6 @@ class LiveAttempt(msgspec.Struct, gc=False):
     last: Record | None = None
     heartbeats: int = 0
 
-    @property
-    def attempt(self) -> int:
-        data = self.dispatched.data
-        assert isinstance(data, ItemDispatched)
-        return data.attempt
-
 
 class AttemptLiveness(msgspec.Struct, kw_only=True):
     """A running attempt as shown in JSON."""
@@ -61,8 +55,6 @@ class WorkersView(msgspec.Struct, kw_only=True):
 
 
 class WorkersProjection(Projection):
-    name = "workers"
-
     def __init__(self) -> None:
         self.running: dict[str, LiveAttempt] = {}
         self.heartbeats = 0

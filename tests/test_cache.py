@@ -114,7 +114,8 @@ def test_artifacts_are_content_addressed_and_stay_in_the_workspace(tmp_path: Pat
     assert len(digests) == 1  # same bytes, one stored copy
     stored = tmp_path / "home" / "store" / "sha256" / digests.pop()[7:9]
     assert len(list(stored.iterdir())) == 1
-    from engine.workflow.load import WorkflowError, load_workflow
+    from engine.errors import WorkflowError
+    from engine.workflow.load import load_workflow
 
     bad = write_workflow(
         tmp_path,

@@ -30,6 +30,7 @@ from engine.exec.local.attempt import run_processes
 from engine.run.runner import RunOptions, resume_run
 from ledger import LedgerReader
 from ledger.reader import verify_ledger
+from ledger.times import epoch
 from projections.replay import replay
 from tests.conftest import projections_json
 from tests.engine_helpers import DEADLINE, catches, dying, poll, unique_run_id, wait_for
@@ -158,7 +159,7 @@ def _finish_and_check(home: Path, side: Path, run_id: str, items: int = 200) -> 
     assert len(ids) == items
     successes = Counter(r.data.item for r in records if r.type == "item.succeeded")
     assert set(successes) == set(ids) and set(successes.values()) == {1}
-    success_at = {ids[r.data.item]: _epoch(r.ts) for r in records if r.type == "item.succeeded"}
+    success_at = {ids[r.data.item]: epoch(r.ts) for r in records if r.type == "item.succeeded"}
     dispatches = Counter(ids[r.data.item] for r in records if r.type == "item.dispatched")
     keys: dict[str, set[str]] = {}
     for r in records:
@@ -186,12 +187,6 @@ def _finish_and_check(home: Path, side: Path, run_id: str, items: int = 200) -> 
             end = ends.get((item, attempt))
             assert end is not None, f"item {item} attempt {attempt} has no end"
             assert end <= next_ns, f"item {item}: attempt {attempt} overlaps the next"
-
-
-def _epoch(ts: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(ts).timestamp()
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.items.selection import ItemsError, load_items, select
+from engine.errors import ItemsError
+from engine.items.selection import load_items, select
 from engine.map.classify import classify, signature
 from engine.map.scheduler import backoff_delay, idempotency_key
 from engine.workflow.spec import ClassifyRule, MapSpec, RetrySpec, parse_duration

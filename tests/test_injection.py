@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.workflow.load import WorkflowError, load_workflow
+from engine.errors import WorkflowError
+from engine.workflow.load import load_workflow
 from tests.engine_helpers import records, run_workflow, write_workflow
 
 NASTY = [

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.home import BadRunId, check_run_id
-from engine.items.selection import ItemsError, LoadCancelled, LoadStop, check_value, load_items
-from engine.limits import InputRefused, read_bounded
+from engine.errors import BadRunId, InputRefused, ItemsError, WorkflowError
+from engine.home import check_run_id
+from engine.items.selection import LoadCancelled, LoadStop, check_value, load_items
+from engine.limits import read_bounded
 from engine.workflow import reading as workflow_module
-from engine.workflow.load import WorkflowError, parse_workflow
+from engine.workflow.load import parse_workflow
 from engine.workflow.spec import MapSpec, parse_duration
 from tests.engine_helpers import wait_for
 

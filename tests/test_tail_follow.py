@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from ledger import LedgerWriter
-from ledger.codec import encode_body, line_hash, utc_now
+from ledger.codec import encode_body, line_hash
 from ledger.events import Heartbeat, ItemEnqueued
+from ledger.times import utc_now
 from tests.conftest import ENGINE
 from tests.engine_helpers import DEADLINE, wait_for
 

@@ -33,15 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.items.sources import (
-    NEVER,
-    ItemsError,
-    LoadCancelled,
-    LoadStop,
-    check_value,
-    read_source,
-    too_many,
-)
+from engine.errors import ItemsError
+from engine.items.sources import NEVER, LoadCancelled, LoadStop, check_value, read_source, too_many
 from engine.limits import MAX_ID_BYTES, limits
 from engine.workflow.spec import MapSpec
 from engine.workflow.template import TemplateError, render_text

@@ -25,10 +25,10 @@ from typing import Any
 
 import msgspec
 
-from engine.limits import MAX_DEPTH, InputRefused, limits, read_bounded
+from engine.errors import InputRefused, ItemsError
+from engine.limits import MAX_DEPTH, limits, read_bounded
 from engine.workflow.spec import MapSpec
 from engine.workflow.template import TemplateError, render_shell
-from ledger.errors import EngineError
 
 __all__ = [
     "NEVER",
@@ -39,12 +39,6 @@ __all__ = [
     "read_source",
     "too_many",
 ]
-
-
-class ItemsError(EngineError):
-    """The map's items cannot be loaded, selected or identified."""
-
-    exit_code = 2
 
 
 class LoadCancelled(Exception):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import hashlib
 import math
 import os
@@ -34,7 +33,6 @@ from engine.map.classify import classify, signature
 from engine.store.cache import ArtifactError, ItemHooks
 from engine.store.content import ContentStore
 from engine.workflow.spec import CircuitBreakerSpec, MapSpec, RetrySpec
-from ledger.codec import utc_now
 from ledger.errors import LedgerWriteFailed
 from ledger.events import (
     CircuitClosed,
@@ -48,6 +46,7 @@ from ledger.events import (
     ItemRetryScheduled,
     ItemSucceeded,
 )
+from ledger.times import epoch, rfc3339, utc_now
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
@@ -129,10 +128,6 @@ def _bounded_delay(delay: float) -> float:
     if math.isnan(delay):
         return MAX_RETRY_DELAY
     return min(max(delay, 0.0), MAX_RETRY_DELAY)
-
-
-def _rfc3339(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,10 +265,10 @@ class MapScheduler:
         times: list[float] = []
         next_retry = self.p.pending.next_time()
         if next_retry is not None:
-            times.append(dt.datetime.fromisoformat(next_retry).timestamp() - now)
+            times.append(epoch(next_retry) - now)
         circuit = self.p.circuit
         if circuit.state == "open" and circuit.opened_at is not None:
-            opened = dt.datetime.fromisoformat(circuit.opened_at).timestamp()
+            opened = epoch(circuit.opened_at)
             times.append(opened + circuit.cooldown - now)
         if not times:
             return None
@@ -302,7 +297,7 @@ class MapScheduler:
             return True
         if circuit.state == "open":
             assert circuit.opened_at is not None
-            opened = dt.datetime.fromisoformat(circuit.opened_at).timestamp()
+            opened = epoch(circuit.opened_at)
             if self.clock() < opened + circuit.cooldown:
                 return False
             probe = self.p.pending.next_ready(utc_now())
@@ -547,7 +542,7 @@ class MapScheduler:
                     item=item,
                     attempt=attempt,
                     delay=round(delay, 6),
-                    not_before=_rfc3339(self.clock() + delay),
+                    not_before=rfc3339(self.clock() + delay),
                 )
             )
         elif self.spec.on_item_failure == "dlq":

@@ -27,11 +27,12 @@ from typing import Any
 import msgspec
 
 from engine import engine_version
+from engine.errors import IncompleteMap, ItemsError, ResumeRefused, StoreMissing
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
 from engine.exec.local import orphans
 from engine.exec.local.attempt import LocalExecutor, agent_argv, process_command, run_processes
 from engine.home import check_run_id
-from engine.items.selection import ItemsError, LoadCancelled, LoadStop, load_items
+from engine.items.selection import LoadCancelled, LoadStop, load_items
 from engine.map.scheduler import MapScheduler, abandon_events
 from engine.redact import Redactor, secret_values
 from engine.run.loading import in_thread, stoppable
@@ -129,22 +130,6 @@ def new_run_id(name: str) -> str:
     slug = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)
     slug = slug[:40].strip("-_") or "run"
     return f"{slug}-{stamp}-{_secrets.token_hex(2)}"
-
-
-class RunExists(EngineError):
-    exit_code = 2
-
-
-class StoreMissing(EngineError):
-    """A value the ledger references is missing from the content store."""
-
-    exit_code = 1
-
-
-class ResumeRefused(EngineError):
-    """The run cannot be resumed as asked (completed, or its workflow changed)."""
-
-    exit_code = 2
 
 
 class _Run:
@@ -367,6 +352,8 @@ class _Run:
             raise StoreMissing(
                 f"{self.store.path(ref)}: the stored value {ref} the ledger references "
                 f"cannot be read ({exc})",
+                ref=ref,
+                path=str(self.store.path(ref)),
                 hint="restore the home's store/ directory from a backup of this run",
             ) from None
 
@@ -505,23 +492,6 @@ class _Run:
     def finish_interrupted(self) -> RunResult:
         """Stopped by a signal: nothing more is recorded; the run is resumable."""
         return RunResult(self.run_id, self.run_dir, "interrupted", 130, self.p, "interrupted")
-
-
-class IncompleteMap(EngineError):
-    """The map ended with items neither done nor dead: the run cannot be completed."""
-
-    exit_code = 1
-
-    def __init__(self, unfinished: dict[str, list[str]]) -> None:
-        self.unfinished = unfinished
-        shown = "; ".join(
-            f"{len(items)} {status} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
-            for status, items in unfinished.items()
-        )
-        super().__init__(
-            f"the map ended with items still unfinished: {shown}",
-            hint="this is an engine bug; resume the run to finish them",
-        )
 
 
 def _unfinished(p: Projections) -> dict[str, list[str]]:
@@ -742,6 +712,7 @@ def _frozen_workflow(run_dir: Path, p: Projections) -> LoadedWorkflow:
     except OSError as exc:
         raise ResumeRefused(
             f"{run_dir / 'workflow.yml'}: the run's frozen workflow is missing ({exc.strerror})",
+            run_id=run_dir.name,
             hint="resume with the workflow file given explicitly: engine run WORKFLOW --run-id ID",
         ) from None
     return load_workflow(path, raw=raw)
@@ -768,6 +739,7 @@ async def resume_run(
         raise ResumeRefused(
             f"run {run_id!r} is completed ({counts['succeeded']} succeeded, {dead} in the "
             "dead-letter queue): there is nothing to resume",
+            run_id=run_id,
             hint=(
                 f"retry its dead items with: engine resume {run_id} --include-dlq "
                 f"(or engine dlq retry {run_id} ITEM...); "
@@ -782,6 +754,7 @@ async def resume_run(
             # Its frozen copy does not say where the workflow (and its workspace) is.
             raise ResumeRefused(
                 f"run {run_id!r} was stopped before it was created: nothing to resume",
+                run_id=run_id,
                 hint=f"start it again: engine run WORKFLOW --run-id {run_id}",
             )
         return await _create(workflow, run_dir, run_id, options, create=False)
@@ -799,6 +772,7 @@ async def resume_run(
             shown = "; ".join(changes[:5]) + ("; ..." if len(changes) > 5 else "")
             raise ResumeRefused(
                 f"{workflow.path}: the workflow changed since run {run_id!r} started: {shown}",
+                run_id=run_id,
                 hint="undo the change, or resume with --allow-changed to run the changed "
                 "workflow (recorded in the ledger)",
             )

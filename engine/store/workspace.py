@@ -18,7 +18,7 @@ import fnmatch
 import hashlib
 import os
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -39,7 +39,6 @@ class Snapshot:
     method: str
     """``git`` (the index consulted) or ``walk``."""
     truncated: bool = False
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(

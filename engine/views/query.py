@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import EngineError
+from engine.errors import QueryError
 
 __all__ = ["NAMED", "QueryError", "QueryResult", "connect", "run_named", "run_sql"]
 
@@ -24,12 +24,6 @@ COLUMNS = (
     "{'v': 'INTEGER', 'seq': 'BIGINT', 'ts': 'VARCHAR', 'type': 'VARCHAR', "
     "'run': 'VARCHAR', 'data': 'JSON', 'hash': 'VARCHAR'}"
 )
-
-
-class QueryError(EngineError):
-    """Bad SQL, an unknown query name, or nothing to query."""
-
-    exit_code = 2
 
 
 @dataclass

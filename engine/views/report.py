@@ -9,7 +9,6 @@ SVG charts, no script, nothing fetched) that reads offline.
 
 from __future__ import annotations
 
-import datetime as dt
 import html
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,13 @@ from ledger.events import (
     RunResumed,
 )
 from ledger.reader import LedgerReader
+from ledger.times import epoch
 from projections.replay import replay
 
 __all__ = ["build_report", "render_html", "render_markdown"]
 
 CHART_ITEMS = 300
 """Items drawn in the HTML timeline (the tables list every one)."""
-
-
-def _epoch(ts: str) -> float:
-    return dt.datetime.fromisoformat(ts).timestamp()
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:
@@ -273,7 +269,7 @@ def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
 def _timeline_svg(r: dict[str, Any]) -> str:
     entries = [e for e in r["timeline"] if e["attempts"]][:CHART_ITEMS]
     spans = [
-        (_epoch(a["dispatched_at"]), _epoch(a.get("finished_at") or a["dispatched_at"]))
+        (epoch(a["dispatched_at"]), epoch(a.get("finished_at") or a["dispatched_at"]))
         for e in entries
         for a in e["attempts"]
     ]
@@ -294,8 +290,8 @@ def _timeline_svg(r: dict[str, Any]) -> str:
             f"{_h(entry['item'][:32])}</text>"
         )
         for a in entry["attempts"]:
-            s = _epoch(a["dispatched_at"])
-            e = _epoch(a.get("finished_at") or a["dispatched_at"])
+            s = epoch(a["dispatched_at"])
+            e = epoch(a.get("finished_at") or a["dispatched_at"])
             x = left + (s - start) / total * width
             w = max((e - s) / total * width, 1.5)
             color = COLORS.get(a["outcome"], FAIL_COLOR)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import msgspec
@@ -21,6 +20,7 @@ from ledger.events import (
     RunStarted,
 )
 from ledger.reader import LedgerReader
+from ledger.times import epoch
 
 __all__ = ["RunStats", "run_stats"]
 
@@ -53,10 +53,6 @@ class RunStats(msgspec.Struct, kw_only=True):
     heartbeats: int
 
 
-def _epoch(ts: str) -> float:
-    return dt.datetime.fromisoformat(ts).timestamp()
-
-
 def _percentile(ordered: list[float], q: float) -> float | None:
     if not ordered:
         return None
@@ -79,7 +75,7 @@ def run_stats(ledger: Path) -> RunStats:
         first = first or record.ts
         last = record.ts
         run_id = record.run
-        now = _epoch(record.ts)
+        now = epoch(record.ts)
         if isinstance(record.data, LockAcquired) or not sessions:
             sessions.append([now, now])
         else:
@@ -112,7 +108,7 @@ def run_stats(ledger: Path) -> RunStats:
     return RunStats(
         run_id=run_id,
         wall_s=round(wall, 6),
-        span_s=round(_epoch(last) - _epoch(first), 6) if first and last else 0.0,
+        span_s=round(epoch(last) - epoch(first), 6) if first and last else 0.0,
         sessions=len(sessions),
         items_finished=finished,
         items_per_s=round(finished / wall, 3) if wall > 0 else 0.0,

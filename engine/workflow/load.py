@@ -12,26 +12,20 @@ import hashlib
 import json
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydantic
 import yaml
 
-from engine.items.selection import (
-    ItemsError,
-    check_value,
-    compile_filter,
-    compile_json_path,
-    parse_sort,
-)
+from engine.errors import ItemsError, WorkflowError
+from engine.items.selection import check_value, compile_filter, compile_json_path, parse_sort
 from engine.limits import MAX_DEPTH, limits, read_bounded
 from engine.redact import secret_template_problems
 from engine.workflow.reading import Refused, load_yaml, parse_yaml
 from engine.workflow.spec import Step, Workflow
 from engine.workflow.template import argv_problems, shell_problems, template_variables
-from ledger.errors import EngineError
 
 __all__ = [
     "LoadedWorkflow",
@@ -57,20 +51,6 @@ class Problem:
         return f"{self.file}:{self.line}: {where}{self.message}"
 
 
-class WorkflowError(EngineError):
-    """A workflow file is invalid; carries every problem found."""
-
-    exit_code = 2
-    located = True
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-    def __str__(self) -> str:
-        return self.message
-
-
 @dataclass(frozen=True)
 class LoadedWorkflow:
     """A validated workflow and the file it came from."""
@@ -80,7 +60,6 @@ class LoadedWorkflow:
     text: str
     hash: str
     """``sha256:<hex>`` of the file's bytes."""
-    lines: dict[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def directory(self) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import hashlib
 import json
@@ -35,6 +34,7 @@ from engine.workflow.spec import Step
 from engine.workflow.template import render_argv, render_shell, render_text, value_text
 from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
 from ledger.events import LogRef
+from ledger.times import rfc3339
 
 __all__ = [
     "LocalExecutor",
@@ -569,10 +569,6 @@ def _devnull() -> int:
     return _DEVNULL[0]
 
 
-def _rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class _Log:
     """One stream's log file: written as it comes, made durable at the end.
 
@@ -827,7 +823,7 @@ class LocalAttempt(Attempt):
                         rss=rss,
                         cpu=cpu,
                         output_bytes=self.out.size + self.err.size,
-                        touched_at=_rfc3339(touched) if touched else None,
+                        touched_at=rfc3339(touched) if touched else None,
                     )
                 )
             await asyncio.sleep(max(0.01, min(check, next_beat - time.monotonic())))
