@@ -43,3 +43,13 @@ def test_cli_reference_is_current() -> None:
     assert (DOCS / "cli.md").read_text() == render_cli_reference(), (
         "docs/cli.md is stale; run `make docs` and commit it"
     )
+
+
+def test_variables_table_is_the_declared_one() -> None:
+    """docs/workflow.md lists the variables exactly as engine.workflow.variables declares them."""
+    from engine.workflow.variables import docs_table
+
+    text = (DOCS / "workflow.md").read_text()
+    section = text.split("## Variables\n\n", 1)[1]
+    table = section[: section.index("\n\n") + 1]
+    assert table == docs_table()

@@ -26,6 +26,7 @@ from engine.redact import secret_template_problems
 from engine.workflow.reading import Refused, load_yaml, parse_yaml
 from engine.workflow.spec import Step, Workflow
 from engine.workflow.template import argv_problems, shell_problems, template_variables
+from engine.workflow.variables import Phase, known_roots
 
 __all__ = [
     "LoadedWorkflow",
@@ -207,11 +208,6 @@ def parse_workflow(text: str, *, file: str) -> tuple[Workflow, yaml.Node | None]
     return spec, root
 
 
-_COMMON = {"env", "run", "shell", "last"}
-_ITEM = {"item", "item_id", "item_index", "item_total", "attempt"}
-_MAP = {"map"}
-
-
 def _agent_words(spec: Workflow) -> list[str]:
     """The agent's command line as words (a prompt is appended to them)."""
     try:
@@ -225,10 +221,10 @@ def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
     problems: list[tuple[tuple[int | str, ...], str]] = []
     captures: set[str] = set()
 
-    def check_steps(steps: list[Step], loc: tuple[int | str, ...], roots: set[str]) -> None:
+    def check_steps(steps: list[Step], loc: tuple[int | str, ...], phase: Phase) -> None:
         for i, step in enumerate(steps):
             here = (*loc, i)
-            known = roots | captures
+            known = known_roots(phase, captures)
             if step.kind == "shell":
                 key = "run" if step.run is not None else "shell"
                 problems.extend(((*here, key), p) for p in shell_problems(step.text))
@@ -255,29 +251,29 @@ def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
                                 + ")",
                             )
                         )
-            check_steps(step.on_failure, (*here, "on_failure"), roots)
+            check_steps(step.on_failure, (*here, "on_failure"), phase)
             if step.capture_output:
                 captures.add(step.capture_output)
 
-    check_steps(spec.setup, ("setup",), _COMMON)
+    check_steps(spec.setup, ("setup",), "setup")
     if spec.map is not None and spec.map.command is not None:
-        known = _COMMON | captures
+        known = known_roots("map.command", captures)
         problems.extend((("map", "command"), p) for p in shell_problems(spec.map.command))
         for name in template_variables(spec.map.command):
             if name.split(".")[0] not in known:
                 problems.append((("map", "command"), f"unknown variable ${{{name}}} here"))
     if spec.map is not None:
-        check_steps(spec.map.agent_template, ("map", "agent_template"), _COMMON | _ITEM)
+        check_steps(spec.map.agent_template, ("map", "agent_template"), "map")
         if spec.map.id is not None:
             for name in template_variables(spec.map.id):
-                if name.split(".")[0] not in {"item", "item_index", "env"}:
+                if name.split(".")[0] not in known_roots("map.id"):
                     problems.append(
                         (
                             ("map", "id"),
                             f"unknown variable ${{{name}}} in the id (use ${{item...}})",
                         )
                     )
-    check_steps(spec.reduce, ("reduce",), _COMMON | _MAP)
+    check_steps(spec.reduce, ("reduce",), "reduce")
     return problems
 
 
