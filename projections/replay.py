@@ -19,6 +19,7 @@ from projections.items import AttemptsView, ItemsProjection, ItemsView
 from projections.queue import PendingProjection
 from projections.run import RunProjection, RunView
 from projections.signatures import SignaturesProjection, SignaturesView
+from projections.values import ValuesProjection
 from projections.workers import WorkersProjection, WorkersView
 
 __all__ = ["Projections", "ProjectionsView", "replay"]
@@ -47,7 +48,8 @@ class Projections:
     state.
     """
 
-    def __init__(self, *, circuit_on: Iterable[str] = DEFAULT_ON) -> None:
+    def __init__(self, *, circuit_on: Iterable[str] = DEFAULT_ON, values: bool = False) -> None:
+        """``values``: fold the values projection too (the engine reads its values back)."""
         self.run = RunProjection()
         self.items = ItemsProjection()
         self.dlq = DLQProjection()
@@ -55,6 +57,7 @@ class Projections:
         self.signatures = SignaturesProjection()
         self.pending = PendingProjection(self.items)
         self.circuit = CircuitProjection(circuit_on)
+        self.values = ValuesProjection() if values else None
         self.last: Record | None = None
         self.scan: ScanResult | None = None
         """Where the replayed ledger ended (set by :func:`replay`)."""
@@ -64,6 +67,8 @@ class Projections:
     def _build_table(self) -> None:
         """One dispatch table: event class -> the bound handlers that care."""
         projections = list(self.all())
+        if self.values is not None:
+            projections.append(self.values)
         if self.scheduling:
             projections.append(self.pending)  # after items: it reads item indexes
         table: dict[type[Event], list[BoundHandler]] = {}
