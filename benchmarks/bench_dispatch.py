@@ -44,7 +44,7 @@ map:
 ENGINE_CHILD = """
 import asyncio, json, resource, sys, time
 from pathlib import Path
-from engine.run.runner import RunOptions, execute_run
+from engine.run import RunOptions, execute_run
 from engine.workflow.load import load_workflow
 t = time.perf_counter()
 workflow = load_workflow(sys.argv[1])

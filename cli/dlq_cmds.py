@@ -16,7 +16,7 @@ import msgspec
 from cli.app import Context, cli, echo_json
 from cli.run_cmds import AS_JSON, JOBS, NO_PROGRESS, drive
 from engine.errors import NothingSelected
-from engine.run.runner import RunOptions, resume_run
+from engine.run import RunOptions, resume_run
 from engine.views.status import DLQItemView, dlq_entries, dlq_view
 from ledger.events import DLQPurged
 from ledger.times import FORMAT

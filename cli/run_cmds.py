@@ -15,7 +15,7 @@ from rich.console import Console
 from cli.app import Context, cli, echo_json
 from cli.progress import Progress, summary_table
 from engine.home import RunRef, check_run_id, list_runs
-from engine.run.runner import RunOptions, RunResult, execute_run, resume_run
+from engine.run import RunOptions, RunResult, execute_run, resume_run
 from engine.tools.mock_agent import main as mock_agent_main
 from engine.views.status import status_view
 from engine.workflow.load import load_workflow

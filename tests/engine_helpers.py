@@ -13,11 +13,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.run.runner import RunOptions, RunResult, execute_run
+import msgspec
+
+from engine.run import RunOptions, RunResult, execute_run
 from engine.workflow.load import load_workflow
 from ledger import LedgerReader
 from ledger.events import Record
-from projections.replay import replay
+from projections.replay import Projections, replay
 from tests.conftest import projections_json
 
 T = TypeVar("T")
@@ -51,6 +53,11 @@ def run_workflow(path: Path, home: Path, **options: Any) -> RunResult:
     ledger = result.run_dir / "ledger.ndjson"
     assert projections_json(result.projections) == projections_json(replay(ledger)), (
         "the engine's final projections differ from a replay of its ledger"
+    )
+    live, replayed = result.projections.values, replay(ledger, into=Projections(values=True)).values
+    assert live is not None and replayed is not None
+    assert msgspec.json.encode(live.to_json()) == msgspec.json.encode(replayed.to_json()), (
+        "the engine's values (items, results, steps) differ from a replay of its ledger"
     )
     return result
 

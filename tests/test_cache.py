@@ -158,7 +158,7 @@ def test_artifacts_that_cannot_be_restored_make_a_miss_not_a_crash(tmp_path: Pat
 def test_a_resume_keeps_the_runs_cache_mode_unless_told(tmp_path: Path) -> None:
     import asyncio
 
-    from engine.run.runner import RunOptions, resume_run
+    from engine.run import RunOptions, resume_run
 
     wf = write_workflow(
         tmp_path,

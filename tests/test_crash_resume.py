@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from engine.exec.local.attempt import run_processes
-from engine.run.runner import RunOptions, resume_run
+from engine.run import RunOptions, resume_run
 from ledger import LedgerReader
 from ledger.reader import verify_ledger
 from ledger.times import epoch

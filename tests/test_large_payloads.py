@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.run.runner import RunOptions, resume_run
+from engine.run import RunOptions, resume_run
 from engine.store.content import ContentStore
 from ledger.codec import MAX_RECORD_BYTES
 from tests.engine_helpers import records, run_workflow, write_workflow

@@ -210,7 +210,7 @@ def test_variables_given_again_on_a_resume_are_recorded(tmp_path: Path) -> None:
     assert resumed.exit_code == 1  # the recorded MODE=broken still applies
     import asyncio
 
-    from engine.run.runner import RunOptions, resume_run
+    from engine.run import RunOptions, resume_run
 
     result = asyncio.run(
         resume_run(first.run_dir, RunOptions(include_dlq=True,

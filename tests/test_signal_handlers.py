@@ -12,7 +12,7 @@ import pytest
 
 from engine.exec.executor import Attempt, AttemptRequest
 from engine.exec.local.attempt import LocalExecutor
-from engine.run.runner import RunOptions, RunResult, execute_run
+from engine.run import RunOptions, RunResult, execute_run
 from engine.workflow.load import load_workflow
 from tests.engine_helpers import records, run_workflow, within, write_workflow
 

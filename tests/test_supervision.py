@@ -263,7 +263,7 @@ def test_run_completed_is_never_appended_while_items_are_unfinished(
     assert "2 pending (a, b)" in (result.reason or "")
     assert len(warnings) == 1
     # The run is not lost: a resume finishes it.
-    from engine.run.runner import RunOptions, resume_run
+    from engine.run import RunOptions, resume_run
 
     resumed = asyncio.run(resume_run(result.run_dir, RunOptions()))
     assert (resumed.status, resumed.exit_code) == ("completed", 0)
@@ -294,7 +294,7 @@ def test_a_retry_delay_is_always_a_finite_bounded_number(
 def test_a_failing_cache_lookup_stops_the_run_but_keeps_the_success_before_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.run.runner import RunOptions, resume_run
+    from engine.run import RunOptions, resume_run
     from engine.store.cache import ItemHooks
 
     wf = write_workflow(
@@ -369,7 +369,7 @@ def test_a_failure_tail_fits_its_record_once_escaped(text: str) -> None:
 def test_when_nothing_can_be_recorded_the_run_stops_resumable_never_completed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from engine.run.runner import RunOptions, execute_run, resume_run
+    from engine.run import RunOptions, execute_run, resume_run
     from engine.workflow.load import load_workflow
     from ledger.errors import LedgerWriteFailed
     from ledger.events import ItemSucceeded

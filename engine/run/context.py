@@ -1,0 +1,236 @@
+"""One engine's hold on a run: what every phase of it shares.
+
+:class:`RunContext` holds the workflow and the options, the projections
+(kept current by :meth:`RunContext.append`, the one way the engine records
+anything), the ledger writer, the redactor and the content store; the
+environment every command of the run shares and the attempt requests built
+from it; and what a signal or a cancel must reach to stop the run in any
+phase (:meth:`RunContext.halt`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.errors import IncompleteMap, StoreMissing
+from engine.exec.executor import Attempt, AttemptRequest
+from engine.exec.local.attempt import LocalExecutor, agent_argv
+from engine.items.selection import LoadStop
+from engine.map.scheduler import MapScheduler
+from engine.redact import Redactor, secret_values
+from engine.run.options import RunOptions
+from engine.store.content import ContentStore
+from engine.workflow.load import LoadedWorkflow
+from engine.workflow.spec import Step
+from ledger.events import Event, RunCompleted
+from ledger.writer import LedgerWriter
+from projections.replay import Projections, replay
+from projections.values import ValuesProjection
+
+__all__ = ["RunContext", "unfinished"]
+
+
+class RunContext:
+    def __init__(
+        self, loaded: LoadedWorkflow, run_dir: Path, run_id: str, options: RunOptions
+    ) -> None:
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.options = options
+        self.run_id = run_id
+        # Absolute, symlinks resolved: it is exported to every command
+        # (ENGINE_RUN_DIR, heartbeat files) and matched against what a dead
+        # engine's leftovers carry, whatever the working directory or the
+        # spelling of --home.
+        self.run_dir = run_dir.resolve()
+        self.executor = options.executor or LocalExecutor()
+        self.local = LocalExecutor()
+        circuit = self.spec.circuit_breaker
+        self.p = Projections(circuit_on=circuit.on if circuit else (), values=True)
+        self.env: dict[str, str] = {**self.spec.env, **options.variables}
+        self.secret_values = secret_values(self.spec.secrets, options.variables)
+        self.redactor = Redactor(self.secret_values)
+        # What is recorded never holds a secret, even one given with --var: each
+        # word is redacted before the line is joined (quoting would hide it after).
+        if options.argv is not None:
+            options.command = self.redactor.command(options.argv)
+        else:
+            options.command = self.redactor.command_line(options.command)
+        self.context: dict[str, Any] = {"env": self.env, "run": {"id": self.run_id}}
+        self.writer: LedgerWriter | None = None
+        self.output: list[str] = []
+        """What the reduce steps printed."""
+        self._base_env: dict[str, str] | None = None
+        self.agent_command = agent_argv(self.spec.agent.command)
+        self.store = ContentStore(self.run_dir.parent.parent)
+        self.began = time.time()
+        """When this engine took up the run (before it took the lock)."""
+        self.setup_done = 0
+        """Setup steps done before this engine took the run up (skipped: see ``steps``)."""
+        self.current_step: Attempt | None = None
+        """The setup or reduce step running now (a signal or a cancel stops it)."""
+        self.loading: LoadStop | None = None
+        """The map's items being loaded now (a signal or a cancel stops that too)."""
+        self.scheduler: MapScheduler | None = None
+        """The map, while it runs (a signal or a cancel stops it)."""
+        self.stopping = False
+        """A signal or a cancel has stopped the run: a step started now is stopped at once."""
+        self.signal: int | None = None
+        """The signal (SIGINT, SIGTERM) that stopped the run."""
+        self._halting: set[asyncio.Future[None]] = set()
+
+    # --- the ledger ----------------------------------------------------------------------
+
+    def open(self, *, create: bool) -> None:
+        """Take the run's lock and open its ledger; the projections say what it holds.
+
+        ``create``: a new ledger (its opening records applied); else the
+        ledger is replayed, under the lock, into the projections.
+        """
+        self.writer = LedgerWriter.open(
+            self.run_dir,
+            self.run_id,
+            create=create,
+            command=self.options.command,
+            redact=self.redactor.recorded if self.redactor else None,  # none: nothing to check
+        )
+        if create:
+            self.p.apply_all(self.writer.opening)
+        else:
+            try:
+                replay(self.run_dir / "ledger.ndjson", into=self.p)
+            except BaseException:
+                self.writer.close()
+                raise
+        self.p.enable_scheduling()
+
+    async def append(self, events: list[Event]) -> None:
+        """Record ``events`` (durable when this returns) and fold them into the projections."""
+        assert self.writer is not None
+        if any(isinstance(e, RunCompleted) for e in events) and (left := unfinished(self.p)):
+            raise IncompleteMap(left)  # the one rule: never completed with work left
+        records = await self.writer.append_async(events)
+        self.p.apply_all(records)
+        self.options.on_change(self.p)
+
+    @property
+    def values(self) -> ValuesProjection:
+        """Item values, results and done steps, as recorded (:mod:`projections.values`)."""
+        assert self.p.values is not None
+        return self.p.values
+
+    def stored(self, inline: Any, ref: str | None) -> Any:
+        """A recorded value: inline, or (``ref``) read back from the content store."""
+        if ref is None:
+            return inline
+        try:
+            return self.store.get_json(ref)
+        except (OSError, ValueError, msgspec.DecodeError) as exc:
+            raise StoreMissing(
+                f"{self.store.path(ref)}: the stored value {ref} the ledger references "
+                f"cannot be read ({exc})",
+                ref=ref,
+                path=str(self.store.path(ref)),
+                hint="restore the home's store/ directory from a backup of this run",
+            ) from None
+
+    # --- commands ------------------------------------------------------------------------
+
+    def process_env(self) -> dict[str, str]:
+        """The environment every command of the run shares (one object: do not change it)."""
+        if self._base_env is None:
+            env = dict(os.environ)
+            # Commands can call `engine` (e.g. `engine mock-agent`) from this installation.
+            bin_dir = str(Path(sys.executable).parent)
+            path = env.get("PATH", "")
+            if bin_dir not in path.split(os.pathsep):
+                env["PATH"] = bin_dir + (os.pathsep + path if path else "")
+            env.update(self.env)
+            env["ENGINE_RUN_ID"] = self.run_id
+            env["ENGINE_RUN_DIR"] = str(self.run_dir)
+            self._base_env = env
+        return self._base_env
+
+    def request(
+        self, item: str, attempt: int, key: str, value: Any, *, steps: list[Step] | None = None
+    ) -> AttemptRequest:
+        """An attempt of a map item (``steps`` None) or of one setup or reduce step."""
+        spec = self.spec
+        assert spec.map is not None or steps is not None
+        env = {
+            "ENGINE_ITEM_ID": item,
+            "ENGINE_ATTEMPT": str(attempt),
+            "ENGINE_IDEMPOTENCY_KEY": key,
+        }
+        context = dict(self.context)
+        if steps is None:
+            assert spec.map is not None
+            state = self.p.items.items.get(item)
+            index = state.index if state is not None else 0
+            context.update(
+                item=value,
+                item_id=item,
+                item_index=index,
+                item_total=len(self.p.items.items),
+                attempt=attempt,
+            )
+        return AttemptRequest(
+            run_id=self.run_id,
+            item_id=item,
+            attempt=attempt,
+            idempotency_key=key,
+            steps=steps if steps is not None else spec.map.agent_template,  # type: ignore[union-attr]
+            context=context,
+            env=env,
+            base_env=self.process_env(),
+            cwd=self.loaded.directory,
+            run_dir=self.run_dir,
+            timeout=spec.map.timeout if (steps is None and spec.map) else None,
+            heartbeat_interval=spec.map.heartbeat.interval if spec.map else 10.0,
+            hung_after=spec.map.heartbeat.hung_after if (steps is None and spec.map) else None,
+            agent_command=self.agent_command,
+            redact=list(self.secret_values),
+            allow_background=spec.map.allow_background if spec.map else False,
+        )
+
+    # --- stopping ------------------------------------------------------------------------
+
+    def halt(self, reason: str, *, force: bool = False) -> None:
+        """Stop what runs now, in whatever phase: the map, the current step, the loading."""
+        self.stopping = True
+        if self.scheduler is not None:
+            self.scheduler.stop(reason)
+            self._halting.add(asyncio.ensure_future(self.scheduler.cancel_running(force=force)))
+        if self.current_step is not None:
+            self._halting.add(asyncio.ensure_future(self.current_step.cancel(force=force)))
+        if self.loading is not None:
+            self.loading.cancel()
+
+    @property
+    def interrupted(self) -> bool:
+        """A signal stopped the run."""
+        return self.signal is not None
+
+    @property
+    def cancelled(self) -> bool:
+        """``engine cancel`` stopped the run (``run.cancel_requested`` is recorded)."""
+        return self.p.run.cancel_requested
+
+
+def unfinished(p: Projections) -> dict[str, list[str]]:
+    """Items still running or pending, by status: a run with any is not complete."""
+    counts = p.items.counts
+    if not (counts["running"] or counts["pending"]):
+        return {}
+    out: dict[str, list[str]] = {}
+    for state in p.items.items.values():
+        if state.status in ("running", "pending"):
+            out.setdefault(state.status, []).append(state.item)
+    return out

@@ -1,0 +1,248 @@
+"""The phase driver: a run's opening recorded, then setup, enqueue, map, reduce, finish.
+
+Each phase goes as far as the ledger says is left (a resume skips what is
+done). Between phases, and whenever the map stops, the driver asks how the
+run stands: stopped by a signal (interrupted: nothing more is recorded,
+exit 130, resumable), cancelled (``run.aborted``, exit 130), failed
+(``run.failed``, exit 1), or on to the next phase. ``run.completed`` comes
+last, never with an item running or pending.
+
+While it drives, SIGINT and SIGTERM stop the run (:func:`handling_signals`)
+and ``control.json`` is watched (:class:`~engine.run.control.ControlWatcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
+from engine.errors import IncompleteMap, ItemsError
+from engine.exec.local import orphans
+from engine.map.scheduler import MapScheduler
+from engine.run.context import RunContext, unfinished
+from engine.run.control import ControlWatcher
+from engine.run.enqueue import enqueue
+from engine.run.options import RunResult
+from engine.run.recovery import end_leftovers, requeue_events, settle_interrupted
+from engine.run.steps import map_context, run_steps
+from engine.store.cache import ItemHooks
+from ledger.errors import EngineError
+from ledger.events import Event, RunAborted, RunCompleted, RunFailed
+
+__all__ = ["SIGNALS", "drive", "handling_signals"]
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a run (resumable)."""
+
+
+@contextlib.contextmanager
+def handling_signals(run: RunContext) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the run while inside; the handlers found are put back after.
+
+    asyncio's ``remove_signal_handler`` leaves the default action, not the
+    handler that was there before: a SIGTERM just after the run would then
+    kill the process outright (-15, nothing said) instead of reaching the
+    CLI's handler (exit 130 and a line on stderr) or a library caller's own.
+    """
+    loop = asyncio.get_running_loop()
+    before = {signum: signal.getsignal(signum) for signum in SIGNALS}
+
+    def on_signal(signum: int) -> None:
+        run.signal = signum
+        run.halt("interrupted")
+
+    installed: list[signal.Signals] = []
+    try:
+        for signum in SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+        yield
+    finally:
+        for number in installed:
+            loop.remove_signal_handler(number)
+            handler = before[number]
+            if handler is not None:  # None: not set from Python; nothing to put back
+                signal.signal(number, handler)
+
+
+async def drive(run: RunContext, opening: list[Event], *, resuming: bool = False) -> RunResult:
+    """Record ``opening``, then setup, map and reduce, as far as the ledger says is left."""
+    assert run.writer is not None
+    control = ControlWatcher(run)
+    adopt = run.options.adopt_orphans
+    try:
+        with handling_signals(run):
+            if adopt:
+                orphans.adopt(True)
+            try:
+                return await _phases(run, control, opening, resuming=resuming)
+            except EngineError as exc:
+                run.redactor.error(exc)  # its message reaches the terminal
+                raise
+            finally:
+                if adopt:
+                    orphans.adopt(False)
+                await control.stop()
+    finally:
+        run.writer.close()
+
+
+async def _phases(
+    run: RunContext, control: ControlWatcher, opening: list[Event], *, resuming: bool
+) -> RunResult:
+    spec = run.spec
+    await run.append(opening)
+    await control.start()
+    if resuming:
+        await settle_interrupted(run)
+    failure = await run_steps(run, "setup", list(spec.setup))
+    if (result := await _halted(run)) is not None:
+        return result
+    if failure is not None:
+        return await finish_failed(run, failure)
+    if spec.map is not None and (result := await _map(run)) is not None:
+        return result
+    if (result := await _halted(run)) is not None:
+        return result
+    if left := unfinished(run.p):
+        return await finish_engine_error(run, IncompleteMap(left))
+    run.context["map"] = map_context(run)
+    failure = await run_steps(run, "reduce", list(spec.reduce))
+    if (result := await _halted(run)) is not None:
+        return result
+    if failure is not None:
+        return await finish_failed(run, failure)
+    return await _complete(run)
+
+
+async def _map(run: RunContext) -> RunResult | None:
+    """Enqueue the items and run the map; the run's result if it ends here."""
+    try:
+        values = await enqueue(run)
+    except ItemsError as exc:
+        await run.append([RunFailed(reason=str(exc))])
+        raise
+    if values is None:  # the loading was stopped
+        return await _halted(run) or finish_interrupted(run)
+    requeued = requeue_events(run)
+    if requeued:
+        await run.append(requeued)
+    scheduler = run.scheduler = _scheduler(run, values)
+    if run.interrupted:
+        scheduler.stop("interrupted")
+    if run.cancelled:
+        scheduler.stop("cancelled")
+    outcome = await scheduler.run()
+    if outcome.stopped is None:
+        return None
+    if outcome.stopped == "interrupted":
+        return finish_interrupted(run)
+    if outcome.stopped == "cancelled":
+        return await finish_cancelled(run)
+    if outcome.stopped == "engine_error":
+        assert outcome.error is not None
+        return await finish_engine_error(run, outcome.error)
+    reason = (
+        "an item failed and on_item_failure is 'fail'"
+        if outcome.stopped == "item_failed"
+        else "too many failed items (max_failures / failure_threshold)"
+    )
+    return await finish_failed(run, reason)
+
+
+def _scheduler(run: RunContext, values: dict[str, object]) -> MapScheduler:
+    spec = run.spec
+    assert spec.map is not None and run.writer is not None
+    options = run.options
+    return MapScheduler(
+        writer=run.writer,
+        projections=run.p,
+        spec=spec.map,
+        executor=run.executor,
+        values=values,
+        request=run.request,
+        max_parallel=options.max_parallel or spec.map.max_parallel,
+        circuit=spec.circuit_breaker,
+        on_change=lambda: options.on_change(run.p),
+        hooks=ItemHooks(
+            home=run.run_dir.parent.parent,
+            run_id=run.run_id,
+            workspace=run.loaded.directory,
+            spec=spec.map,
+            cache=spec.cache,
+            mode=run.p.run.cache_mode,
+            context=lambda item, value: dict(run.request(item, 0, "", value).context),
+            redactor=run.redactor,
+        ),
+        warn=options.warn,
+        store=run.store,
+    )
+
+
+# --- how a run ends -----------------------------------------------------------------
+
+
+async def _halted(run: RunContext) -> RunResult | None:
+    """The result, once a signal or a cancel has stopped the run."""
+    if run.interrupted:
+        return finish_interrupted(run)
+    if run.cancelled:
+        return await finish_cancelled(run)
+    return None
+
+
+async def _complete(run: RunContext) -> RunResult:
+    counts = run.p.items.counts
+    await end_leftovers(run)
+    await run.append(
+        [
+            RunCompleted(
+                succeeded=counts["succeeded"],
+                failed=counts["failed"],
+                dead=counts["dead"],
+                skipped=counts["skipped"],
+            )
+        ]
+    )
+    failed = counts["failed"] + counts["dead"]
+    return RunResult(
+        run.run_id, run.run_dir, "completed", 1 if failed else 0, run.p, output=run.output
+    )
+
+
+async def finish_failed(run: RunContext, reason: str) -> RunResult:
+    await end_leftovers(run)
+    await run.append([RunFailed(reason=reason)])
+    return RunResult(run.run_id, run.run_dir, "failed", 1, run.p, reason)
+
+
+async def finish_engine_error(run: RunContext, error: BaseException) -> RunResult:
+    """An error in the engine stopped the run: failed (resumable), never completed.
+
+    When even ``run.failed`` cannot be recorded (the writer stopped), the
+    error goes up as it is; the run is then interrupted, and resumable.
+    """
+    reason = f"engine error: {type(error).__name__}: {error}"
+    if isinstance(error, IncompleteMap):
+        run.options.warn(f"engine: {reason}")  # said nowhere else
+    else:
+        reason += f"; resume the run to finish it: engine resume {run.run_id}"
+    try:
+        return await finish_failed(run, reason[:4096])
+    except Exception:
+        raise error from None
+
+
+def finish_interrupted(run: RunContext) -> RunResult:
+    """Stopped by a signal: nothing more is recorded; the run is resumable."""
+    return RunResult(run.run_id, run.run_dir, "interrupted", 130, run.p, "interrupted")
+
+
+async def finish_cancelled(run: RunContext) -> RunResult:
+    """Stopped by ``engine cancel``: ``run.aborted`` (resumable)."""
+    by = run.p.run.cancel_by or "engine cancel"
+    await end_leftovers(run)
+    await run.append([RunAborted(reason=f"cancelled by {by}")])
+    return RunResult(run.run_id, run.run_dir, "aborted", 130, run.p, f"cancelled by {by}")

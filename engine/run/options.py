@@ -1,0 +1,60 @@
+"""What a caller asks of a run (:class:`RunOptions`) and what it gets back (:class:`RunResult`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.exec.executor import Executor
+from projections.replay import Projections
+
+__all__ = ["RunOptions", "RunResult"]
+
+
+@dataclass
+class RunOptions:
+    run_id: str | None = None
+    max_parallel: int | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    executor: Executor | None = None
+    command: str = ""
+    """The command line to record (redacted here); ``argv`` wins when given."""
+    argv: list[str] | None = None
+    """The command line as its words: each is redacted before they are joined."""
+    on_change: Callable[[Projections], None] = lambda _p: None
+    include_dlq: bool = False
+    """Resume: dead items run again too (after everything else)."""
+    requeue: list[str] | None = None
+    """Resume for ``engine dlq retry``: these dead items run again."""
+    allow_changed: bool = False
+    """Resume with a workflow whose file differs from the run's frozen copy."""
+    no_cache: bool = False
+    refresh_cache: bool = False
+    warn: Callable[[str], None] = lambda _message: None
+    """Where warnings go (a resume in a workspace that changed)."""
+    adopt_orphans: bool = False
+    """Adopt the orphans of the run's processes (:mod:`engine.exec.local.orphans`), so that one that
+    left its session and cleared its environment is still stopped at the run's end. For
+    the engine's own process (the CLI): a library caller's other children are not ours."""
+
+    def cache_mode(self, recorded: str = "use") -> str:
+        """``off`` with --no-cache, ``refresh`` with --refresh-cache, else ``recorded``."""
+        if self.no_cache:
+            return "off"
+        if self.refresh_cache:
+            return "refresh"
+        return recorded
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    status: str
+    """completed, failed, aborted (cancelled) or interrupted (a signal)."""
+    exit_code: int
+    projections: Projections
+    reason: str | None = None
+    output: list[str] = field(default_factory=list)
+    """What the reduce steps printed (stdout), for the user to see."""

@@ -1,0 +1,86 @@
+"""What an engine finds of the ones before it, and what its own steps leave behind.
+
+* :func:`settle_interrupted`: attempts a dead engine left without an outcome
+  (its leftover processes stopped first) are recorded ``interrupted``;
+* :func:`requeue_events`: the dead items a resume brings back;
+* :func:`end_leftovers`: processes of the run that outlived their steps, as
+  the run ends: stopped (or left, with ``map.allow_background``) and said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from engine.exec.local import orphans
+from engine.exec.local.attempt import process_command, run_processes
+from engine.map.scheduler import abandon_events
+from engine.run.context import RunContext
+from ledger.events import Event, ItemRequeued, LeftoverProcess, RunLeftovers
+
+__all__ = ["end_leftovers", "requeue_events", "settle_interrupted"]
+
+
+async def settle_interrupted(run: RunContext) -> None:
+    """Attempts a dead engine left without an outcome: stop leftovers, record them interrupted."""
+    assert run.spec.map is not None or not run.p.items.items
+    leftovers = await run.executor.reclaim(run.run_id, run.run_dir)
+    running = [s for s in run.p.items.items.values() if s.status == "running"]
+    if not running or run.spec.map is None:
+        return
+    events: list[Event] = []
+    for state in sorted(running, key=lambda s: s.index):
+        stopped = leftovers.get(state.item, 0)
+        message = "the engine stopped before this attempt's outcome was recorded"
+        if stopped:
+            message += f" ({stopped} leftover process{'es' if stopped > 1 else ''} stopped)"
+        events += abandon_events(run.spec.map, state.item, state.attempts, message)
+    await run.append(events)
+
+
+def requeue_events(run: RunContext) -> list[Event]:
+    """``item.requeued`` for the dead items a resume brings back."""
+    options = run.options
+    wanted: list[str] = []
+    if options.requeue is not None:
+        wanted = [item for item in options.requeue if item in run.p.dlq.dead]
+    elif options.include_dlq:
+        wanted = sorted(run.p.dlq.dead, key=lambda item: run.p.items.items[item].index)
+    reason = "dlq retry" if options.requeue is not None else "resume --include-dlq"
+    return [ItemRequeued(item=item, reason=reason) for item in wanted]
+
+
+async def end_leftovers(run: RunContext) -> None:
+    """Processes of the run that outlived their steps, as the run ends: stopped, and said.
+
+    A step's own process group is stopped when the step ends; what is
+    found here left it (``setsid``) or was kept (``map.allow_background``,
+    then it is reported and left running). One line on stderr, and a
+    ``run.leftovers`` record.
+    """
+    keep = run.spec.map.allow_background if run.spec.map else False
+    found = await asyncio.to_thread(run_processes, run.run_id, run.run_dir)
+    if not found:
+        return
+    processes = [
+        LeftoverProcess(
+            pid=pid,
+            pgid=pgid,
+            item=item,
+            command=run.redactor.text(process_command(pid))[:300],
+        )
+        for pid, (pgid, item) in sorted(found.items())
+    ]
+    if not keep:
+        await run.local.reclaim(run.run_id, run.run_dir)
+        orphans.reap()
+    shown = ", ".join(
+        f"pid {p.pid} ({p.item + ': ' if p.item else ''}{p.command[:60]})" for p in processes[:3]
+    )
+    more = f" and {len(processes) - 3} more" if len(processes) > 3 else ""
+    what = "left running (map.allow_background)" if keep else "stopped"
+    run.options.warn(
+        f"engine: {len(processes)} process{'es' if len(processes) > 1 else ''} of run "
+        f"{run.run_id} outlived {'their steps' if len(processes) > 1 else 'its step'}, "
+        f"{what}: {shown}{more}"
+    )
+    await run.append([RunLeftovers(processes=processes[:100], stopped=not keep)])

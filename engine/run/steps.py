@@ -1,0 +1,187 @@
+"""Setup and reduce steps: running them in order, their captures, and what reduce sees.
+
+A setup step that succeeded before a resume is not run again, and its
+capture is restored (:func:`setup_plan`). Reduce steps always run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from engine.exec.executor import AttemptOutcome
+from engine.run.context import RunContext
+from engine.workflow.spec import Step
+from ledger.atomic import atomic_write
+from ledger.events import StepFailed, StepStarted, StepSucceeded
+from projections.values import DoneStep
+
+__all__ = [
+    "CAPTURE_INLINE_LIMIT",
+    "RESULTS_INLINE_LIMIT",
+    "SetupPlan",
+    "map_context",
+    "restore_captures",
+    "run_steps",
+    "setup_plan",
+]
+
+CAPTURE_INLINE_LIMIT = 64 * 1024
+RESULTS_INLINE_LIMIT = 64 * 1024
+
+
+async def run_steps(run: RunContext, phase: str, steps: list[Step]) -> str | None:
+    """Run setup or reduce steps in order; the failure reason, if one failed.
+
+    Setup steps before ``run.setup_done`` are done already (their captures restored).
+    """
+    first = run.setup_done if phase == "setup" else 0
+    for index, step in enumerate(steps):
+        if index < first:
+            continue
+        await run.append(
+            [StepStarted(phase=phase, index=index, name=step.name or "", command=step.text)]
+        )
+        outcome = await _attempt(run, phase, index, step)
+        if not outcome.ok:
+            event, reason = _failure(phase, index, step, outcome)
+            await run.append([event])
+            return f"{phase} step {index + 1} ({step.name or step.text[:60]}) failed: {reason}"
+        run.context.update(outcome.captures)
+        if phase == "reduce" and outcome.stdout is not None:
+            text = (run.run_dir / outcome.stdout.path).read_text(errors="replace")
+            run.output.append(text.rstrip("\n"))
+        captured = step.capture_output
+        await run.append(
+            [
+                StepSucceeded(
+                    phase=phase,
+                    index=index,
+                    duration=round(outcome.duration, 6),
+                    captured=captured,
+                    captured_value=_recordable(run, outcome.captures.get(captured))
+                    if captured
+                    else None,
+                    stdout=outcome.stdout,
+                    stderr=outcome.stderr,
+                )
+            ]
+        )
+    return None
+
+
+async def _attempt(run: RunContext, phase: str, index: int, step: Step) -> AttemptOutcome:
+    """One step's process, to its end; stopped at once when the run is stopping."""
+    request = run.request(f"{phase}-{index}", 1, "", None, steps=[step])
+    attempt = await run.local.start(request)
+    run.current_step = attempt
+    if run.stopping:  # stopped while the step was being recorded or started
+        await attempt.cancel()
+    try:
+        return await attempt.wait()
+    except Exception as exc:  # an error in the engine fails the step, typed
+        run.options.warn(f"engine: error while running {phase} step {index + 1}: {exc}")
+        return AttemptOutcome(
+            ok=False,
+            duration=0.0,
+            error_type="unknown",
+            error=f"engine error: {type(exc).__name__}: {exc}"[:4096],
+        )
+    finally:
+        run.current_step = None
+
+
+def _failure(phase: str, index: int, step: Step, outcome: AttemptOutcome) -> tuple[StepFailed, str]:
+    """``step.failed`` for a failed step, and why it failed in one line."""
+    reason = (outcome.stderr_tail.strip().splitlines() or [""])[-1]
+    if outcome.interrupted:
+        kind = "interrupted"
+        reason = "stopped (the engine was interrupted or the run cancelled)"
+    elif outcome.timed_out:
+        kind = "timeout"
+        reason = f"timed out after {step.timeout}s"
+    elif outcome.error_type is not None:
+        kind, reason = outcome.error_type, outcome.error or outcome.error_type
+    else:
+        kind = "command_failed"
+        reason = reason or f"exited with code {outcome.exit_code}"
+    event = StepFailed(
+        phase=phase,
+        index=index,
+        error_type=kind,
+        message=reason,
+        duration=round(outcome.duration, 6),
+        exit_code=outcome.exit_code,
+        signal=outcome.signal,
+        stderr_tail=outcome.stderr_tail[-8192:],
+        stdout=outcome.stdout,
+        stderr=outcome.stderr,
+    )
+    return event, reason
+
+
+def _recordable(run: RunContext, value: Any) -> Any:
+    """A captured value as the ledger keeps it: inline, or in the store when large."""
+    encoded = msgspec.json.encode(value)
+    if len(encoded) <= CAPTURE_INLINE_LIMIT:
+        return value
+    return {"$blob": run.store.put_bytes(encoded)}
+
+
+# --- a resume's setup ------------------------------------------------------------------
+
+
+@dataclass
+class SetupPlan:
+    """Which setup steps a resume skips."""
+
+    done: list[DoneStep] = field(default_factory=list)
+    """The steps done, in order: the first ``len(done)``."""
+
+
+def setup_plan(run: RunContext) -> SetupPlan:
+    """The setup steps done before, up to the first that is not."""
+    plan = SetupPlan()
+    recorded = run.values.steps
+    for index in range(len(run.spec.setup)):
+        done = recorded.get(("setup", index))
+        if done is None:
+            break
+        plan.done.append(done)
+    return plan
+
+
+def restore_captures(run: RunContext, done: list[DoneStep]) -> None:
+    """The captures of the setup steps done before a resume, back in the variables."""
+    for step in done:
+        if not step.captured:
+            continue
+        value = recorded = step.captured_value
+        if isinstance(recorded, dict) and set(recorded) == {"$blob"}:
+            value = msgspec.json.decode(run.store.get_bytes(recorded["$blob"]))
+        run.context[step.captured] = value
+
+
+# --- what reduce sees ------------------------------------------------------------------
+
+
+def map_context(run: RunContext) -> dict[str, Any]:
+    """``${map.*}`` for the reduce steps; every item's result written to ``results.json``."""
+    counts = run.p.items.counts
+    total = len(run.p.items.items)
+    successful = counts["succeeded"] + counts["skipped"]
+    failed = counts["failed"] + counts["dead"]
+    path = run.run_dir / "results.json"
+    results = {item: run.stored(e.result, e.result_ref) for item, e in run.values.results.items()}
+    encoded = msgspec.json.encode(results)
+    atomic_write(path, encoded + b"\n")
+    return {
+        "total": total,
+        "successful": successful,
+        "failed": failed,
+        "success_rate": round(successful / total, 4) if total else 0.0,
+        "results_file": str(path),
+        "results": encoded.decode() if len(encoded) <= RESULTS_INLINE_LIMIT else str(path),
+    }
