@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import getpass
 import io
-import os
-import socket
 import sys
 
 import click
@@ -16,18 +13,12 @@ import msgspec
 from cli.app import Context, cli, echo_json
 from cli.run_cmds import AS_JSON, JOBS, NO_PROGRESS, drive
 from engine.errors import NothingSelected
-from engine.run import RunOptions, resume_run
+from engine.run import RunOptions, control, resume_run
 from engine.views.status import DLQItemView, dlq_entries, dlq_view
-from ledger.events import DLQPurged
 from ledger.times import FORMAT
-from ledger.writer import LedgerWriter
 from projections.replay import Projections, replay
 
 __all__ = ["dlq"]
-
-
-def _who() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
 
 
 def _since(value: str | None) -> str | None:
@@ -238,11 +229,7 @@ def dlq_purge(obj: Context, run: str, items: tuple[str, ...], every: bool) -> No
     if not selected:
         click.echo("the dead-letter queue is empty: nothing to purge")
         return
-    writer = LedgerWriter.open(ref.run_dir, p.run.run_id or ref.run_id, command="engine dlq purge")
-    try:
-        writer.append(DLQPurged(items=[v.item_id for v in selected], by=_who()))
-    finally:
-        writer.close()
+    control.purge(ref, [v.item_id for v in selected], control.who())
     click.echo(f"purged {len(selected)} item(s) from the dead-letter queue of {ref.run_id}")
 
 

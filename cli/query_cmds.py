@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import getpass
 import io
 import math
-import os
-import socket
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,19 +16,14 @@ import msgspec
 from cli.app import Context, cli, echo_json
 from engine.errors import QueryError
 from engine.home import list_runs
+from engine.run.control import ack, patterns_ledger, who
 from engine.views.query import NAMED, QueryResult, connect, find_named, run_sql
 from engine.views.stats import run_stats
-from ledger.events import PatternAcknowledged
 from ledger.times import FORMAT
-from ledger.writer import LedgerWriter
 
 __all__ = ["patterns", "query_cmd", "stats_cmd"]
 
 WIDTH = 80
-
-
-def patterns_ledger(home: Path) -> Path:
-    return home / "patterns" / "ledger.ndjson"
 
 
 def _cell(value: Any, column: str = "") -> str:
@@ -181,15 +173,7 @@ def patterns_ack(obj: Context, signature: str, note: str, ref: str | None) -> No
     if not note.strip():
         raise QueryError("--note is empty", hint="say what was done about it")
     full = _resolve_signature(obj, signature)
-    path = patterns_ledger(obj.home)
-    writer = LedgerWriter.open(
-        path.parent, "patterns", create=not path.exists(), command="engine patterns ack"
-    )
-    try:
-        who = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
-        writer.append(PatternAcknowledged(signature=full, note=note, ref=ref, by=who))
-    finally:
-        writer.close()
+    ack(obj.home, full, note, link=ref, by=who())
     click.echo(f"acknowledged {full.removeprefix('sha256:')[:12]}: {note}")
 
 

@@ -1,31 +1,269 @@
-"""The control protocol, the engine's side: ``control.json`` watched and acted on.
+"""The control protocol: steering a run from another process, both sides.
 
-``engine pause|unpause|cancel`` write the state wanted to
-``control/control.json`` in the run directory (atomically; a directory of
-its own, so that the watch never wakes for the ledger's appends): ``paused``,
-``cancel``, with who asked (``by``) and when (``at``). The engine holding
-the run (:class:`ControlWatcher`) watches the file (inotify, through
-watchfiles), records each change in the ledger (only the lock holder writes
-it) and acts: no new dispatches while paused; on cancel, no new dispatches,
-running attempts terminated (at once with ``force``), and ``run.aborted``.
+**Asking** (:func:`request`, for ``engine pause|unpause|cancel``): the
+state wanted is written to ``control/control.json`` in the run directory,
+atomically (a directory of its own, so that the engine's watch never wakes
+for the ledger's appends): ``paused``, ``cancel``, with who asked (``by``)
+and when (``at``). The asker then waits, watching the ledger (inotify,
+through watchfiles), for the engine's answer: the record that says it was
+done (``run.paused``, ``run.unpaused``, ``run.aborted``), for at most
+:data:`CONFIRM_WAIT` seconds (:data:`CANCEL_WAIT` for a graceful cancel:
+the attempts' grace period comes first).
+
+**The engine** holding the run (:class:`ControlWatcher`) watches the file,
+records each change in the ledger (only the lock holder writes it) and
+acts: no new dispatches while paused; on cancel, no new dispatches, running
+attempts terminated (at once with ``force``), and ``run.aborted``.
+
+**Without an engine** the few changes that need none are written here, each
+under the run's lock like any other writer's: :func:`cancel_unheld`
+(``run.aborted`` for a run no engine holds), :func:`purge` (``dlq.purged``),
+and :func:`ack` (``pattern.acknowledged``, in the home's patterns ledger).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import os
+import socket
 import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from engine.errors import NotConfirmed, NotRunning
+from engine.home import RunRef
 from engine.run.context import RunContext
-from ledger.atomic import make_private_dir
-from ledger.events import RunCancelRequested, RunPaused, RunUnpaused
+from ledger.atomic import atomic_write, make_private_dir
+from ledger.events import (
+    DLQPurged,
+    PatternAcknowledged,
+    RunAborted,
+    RunCancelRequested,
+    RunPaused,
+    RunUnpaused,
+    record_decoder,
+)
+from ledger.lock import RunLock
+from ledger.reader import LedgerReader
+from ledger.writer import LedgerWriter
+from projections.replay import replay
 
-__all__ = ["CONTROL_FILE", "ControlWatcher"]
+__all__ = [
+    "CANCEL_WAIT",
+    "CONFIRM_WAIT",
+    "CONTROL_FILE",
+    "ControlWatcher",
+    "ack",
+    "cancel_unheld",
+    "holder",
+    "not_running",
+    "patterns_ledger",
+    "purge",
+    "request",
+    "who",
+]
 
 CONTROL_FILE = "control/control.json"
 """The request, relative to the run directory."""
+
+CONFIRM_WAIT = 10.0
+"""Seconds a request waits for the engine's answer (docs/operations.md says so)."""
+
+CANCEL_WAIT = 20.0
+"""Seconds a graceful cancel waits: running attempts get their grace period (5 s) first."""
+
+_WATCH_TIMEOUT_MS = 200
+"""The ledger's watch wakes at least this often (in ms) to see the deadline pass."""
+
+
+def who() -> str:
+    """This process, as a request names who asked: ``user@host pid N``."""
+    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def holder(ref: RunRef) -> dict[str, Any] | None:
+    """The live engine holding the run (its lock's details), or None: nobody runs it."""
+    return RunLock(ref.run_dir).probe()
+
+
+def not_running(ref: RunRef, what: str) -> NotRunning:
+    """The error for a request (``what``: pause, unpause) no engine is there to answer."""
+    status = replay(ref.ledger).run.status
+    shown = "interrupted" if status in ("running", "created") else status
+    return NotRunning(
+        f"{ref.run_id} is not running (it is {shown}): there is nothing to {what}",
+        run_id=ref.run_id,
+        status=shown,
+        hint=f"engine resume {ref.run_id} runs it again"
+        if shown in ("interrupted", "aborted", "failed")
+        else "",
+    )
+
+
+# --- asking a live engine -----------------------------------------------------------
+
+
+def _answers(change: Mapping[str, object]) -> frozenset[str]:
+    """The record types that answer a change: the engine did it."""
+    wanted: set[str] = set()
+    if "paused" in change:
+        wanted.add(RunPaused.TYPE if change["paused"] else RunUnpaused.TYPE)
+    if change.get("cancel") in ("graceful", "force"):
+        wanted.add(RunAborted.TYPE)
+    if not wanted:
+        raise ValueError(f"not a control request: {dict(change)!r}")
+    return frozenset(wanted)
+
+
+def request(
+    ref: RunRef,
+    change: Mapping[str, object],
+    *,
+    wait: float | None = None,
+    by: str | None = None,
+) -> str:
+    """Ask the engine running ``ref`` for ``change``; the type of the record it answered with.
+
+    ``change``: ``{"paused": bool}`` or ``{"cancel": "graceful" | "force"}``.
+    ``wait``: seconds to wait for the answer (by default :data:`CONFIRM_WAIT`,
+    :data:`CANCEL_WAIT` for a graceful cancel); then :class:`NotConfirmed`.
+    ``by``: who asks (by default this process, :func:`who`).
+    """
+    wanted = _answers(change)
+    if wait is None:
+        wait = CANCEL_WAIT if change.get("cancel") == "graceful" else CONFIRM_WAIT
+    ledger = ref.ledger.resolve()
+    start = ledger.stat().st_size  # the answer comes after what is there now
+    path = ref.run_dir / CONTROL_FILE
+    try:
+        current = msgspec.json.decode(path.read_bytes())
+        if not isinstance(current, dict):
+            current = {}
+    except (OSError, msgspec.DecodeError):
+        current = {}
+    current.update(change, by=by if by is not None else who(), at=time.time())
+    make_private_dir(path.parent)
+    atomic_write(path, msgspec.json.encode(current))
+    answer = _await_answer(ledger, start, wanted, wait)
+    if answer is None:
+        raise NotConfirmed(
+            f"{ref.run_id}: asked, but the engine did not confirm within {wait:.0f}s",
+            run_id=ref.run_id,
+            waited=wait,
+            hint=f"check with: engine status {ref.run_id}; engine tail {ref.run_id}",
+        )
+    return answer
+
+
+def _await_answer(ledger: Path, start: int, wanted: frozenset[str], wait: float) -> str | None:
+    """The first record of a ``wanted`` type appended after byte ``start``, within ``wait`` s.
+
+    The ledger is read when the watch reports it changed, and once as the
+    watch is up (an answer recorded before it was is not missed).
+    """
+    import watchfiles  # noqa: PLC0415 - only a request waits; most commands never do
+
+    deadline = time.monotonic() + wait
+    target = str(ledger)
+
+    def only_ledger(_change: object, path: str) -> bool:
+        return path == target
+
+    offset = start
+    first = True
+    for changes in watchfiles.watch(
+        ledger.parent,
+        watch_filter=only_ledger,
+        debounce=20,
+        step=10,
+        rust_timeout=_WATCH_TIMEOUT_MS,
+        yield_on_timeout=True,
+        recursive=False,
+    ):
+        if changes or first:
+            found, offset = _find(ledger, offset, wanted)
+            if found is not None:
+                return found
+        first = False
+        if time.monotonic() >= deadline:
+            return None
+    return None  # pragma: no cover - the watch ends only by the deadline
+
+
+def _find(ledger: Path, offset: int, wanted: frozenset[str]) -> tuple[str | None, int]:
+    """A ``wanted`` record among the complete lines after ``offset``; where they end."""
+    with open(ledger, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1  # a line still being written is read next time
+    for line in data[:end].splitlines():
+        try:
+            kind = record_decoder.decode(line).type
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            continue  # not for a request to judge: audit verify does
+        if kind in wanted:
+            return kind, offset + end
+    return None, offset + end
+
+
+# --- changes that need no engine ----------------------------------------------------
+
+
+def _recorded_run_id(ref: RunRef) -> str:
+    """The run id the ledger's records carry (its first record's; else the directory's name)."""
+    first = next(iter(LedgerReader(ref.ledger).records()), None)
+    return first.run if first is not None and first.run else ref.run_id
+
+
+def cancel_unheld(ref: RunRef, by: str) -> None:
+    """Abort a run no engine holds (``run.aborted``): resumable like any aborted run.
+
+    :class:`NotRunning` when it is completed, failed or aborted already;
+    :class:`~ledger.errors.LedgerLocked` when an engine took it up meanwhile.
+    """
+    p = replay(ref.ledger)
+    if p.run.status in ("completed", "failed", "aborted"):
+        raise NotRunning(
+            f"{ref.run_id} is {p.run.status} already: there is nothing to cancel",
+            run_id=ref.run_id,
+            status=p.run.status,
+        )
+    with LedgerWriter.open(
+        ref.run_dir, p.run.run_id or ref.run_id, command="engine cancel"
+    ) as writer:
+        writer.append(RunAborted(reason=f"cancelled by {by} while no engine ran it"))
+
+
+def purge(ref: RunRef, items: Sequence[str], by: str) -> None:
+    """Hide dead items from the DLQ: one ``dlq.purged`` (no ledger line is deleted).
+
+    Written under the run's lock: :class:`~ledger.errors.LedgerLocked` when an engine holds it.
+    """
+    with LedgerWriter.open(ref.run_dir, _recorded_run_id(ref), command="engine dlq purge") as w:
+        w.append(DLQPurged(items=list(items), by=by))
+
+
+def patterns_ledger(home: Path) -> Path:
+    """The home's ledger of acknowledged failure patterns."""
+    return home / "patterns" / "ledger.ndjson"
+
+
+def ack(home: Path, signature: str, note: str, *, link: str | None, by: str) -> None:
+    """Record that the failures of ``signature`` were addressed (``note``; ``link``: a fix).
+
+    In the home's patterns ledger (same format and guarantees as a run's).
+    """
+    path = patterns_ledger(home)
+    with LedgerWriter.open(
+        path.parent, "patterns", create=not path.exists(), command="engine patterns ack"
+    ) as writer:
+        writer.append(PatternAcknowledged(signature=signature, note=note, ref=link, by=by))
 
 
 # --- the engine's side --------------------------------------------------------------
