@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from types import FrameType
 
@@ -14,7 +17,30 @@ from engine.exec.executor import Attempt, AttemptRequest
 from engine.exec.local.attempt import LocalExecutor
 from engine.run import RunOptions, RunResult, execute_run
 from engine.workflow.load import load_workflow
-from tests.engine_helpers import records, run_workflow, within, write_workflow
+from tests.engine_helpers import DEADLINE, records, run_workflow, within, write_workflow
+
+AFTER_A_RUN = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    from pathlib import Path
+
+
+    def terminated(_signum, _frame):
+        sys.stderr.write("engine: interrupted\\n")
+        sys.exit(130)
+
+
+    signal.signal(signal.SIGTERM, terminated)
+
+    from engine.run import RunOptions, execute_run
+    from engine.workflow.load import load_workflow
+
+    loaded = load_workflow(Path(sys.argv[1]))
+    result = asyncio.run(execute_run(loaded, Path(sys.argv[2]), RunOptions()))
+    print("done", result.exit_code, flush=True)
+    sys.stdin.read()  # until SIGTERM
+    """
+)
 
 
 def test_a_run_puts_back_the_signal_handlers_it_found(tmp_path: Path) -> None:
@@ -42,6 +68,42 @@ def test_a_run_puts_back_the_signal_handlers_it_found(tmp_path: Path) -> None:
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)
+
+
+def test_sigterm_after_a_run_reaches_the_handler_from_before_it(tmp_path: Path) -> None:
+    # A process that ran a workflow to its end through the engine's API, then
+    # gets SIGTERM: its own handler runs (here as the CLI's: exit 130 and a
+    # line on stderr), not the default action (killed, -15, nothing said).
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: after
+        setup:
+          - run: "true"
+        map:
+          items: [1, 2]
+          agent_template:
+            - run: "true"
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AFTER_A_RUN, str(wf), str(tmp_path / "home")],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "done 0\n"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    assert err.endswith("engine: interrupted\n"), err
 
 
 def test_a_signal_while_a_step_starts_stops_it(
