@@ -1,4 +1,4 @@
-"""`engine resume`: setup not run twice, captures restored, refusals, warnings."""
+"""`engine resume`: setup not run twice (unless changed), captures restored, refusals, warnings."""
 
 from __future__ import annotations
 
@@ -222,3 +222,60 @@ def test_variables_given_again_on_a_resume_are_recorded(tmp_path: Path) -> None:
     assert last.vars == {"MODE": "fixed", "TOKEN": "***"}
     assert replay(first.run_dir / "ledger.ndjson").run.vars["MODE"] == "fixed"
     assert b"t0ps3cret" not in (first.run_dir / "ledger.ndjson").read_bytes()
+
+
+CHANGING_SETUP = """
+name: changing-setup
+setup:
+  - run: echo zero >> setup.log
+  - run: echo one >> setup.log; echo v1
+    capture_output: version
+  - run: test -e go && echo "two ${version}" >> setup.log
+map:
+  items: [a]
+  agent_template:
+    - run: "true"
+"""
+
+
+def test_a_changed_setup_step_runs_again_with_the_steps_after_it(tmp_path: Path) -> None:
+    # Setup steps are skipped on a resume only while they are the steps that
+    # succeeded: same place, same command, same capture. Step 2 changes (after
+    # step 3 failed): step 1 stays done; steps 2 and 3 run (3 sees the new capture).
+    wf = write_workflow(tmp_path, CHANGING_SETUP)
+    home = tmp_path / "home"
+    first = run_workflow(wf, home)
+    assert first.status == "failed" and "setup step 3" in (first.reason or "")
+    assert (tmp_path / "setup.log").read_text() == "zero\none\n"
+    wf.write_text(
+        wf.read_text().replace("echo one >> setup.log; echo v1", "echo ONE >> setup.log; echo v2")
+    )
+    (tmp_path / "go").write_text("")
+    resumed = _engine(home, "resume", first.run_id, "--allow-changed", "--no-progress")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert (tmp_path / "setup.log").read_text() == "zero\none\nONE\ntwo v2\n"
+    assert "setup step 2" in resumed.stderr and "changed since it succeeded" in resumed.stderr
+    records = list(LedgerReader(first.run_dir / "ledger.ndjson").records())
+    changes = next(r.data.changes for r in records if r.type == "run.resumed")
+    assert changes[-1] == (
+        "setup[1]: its command changed since it succeeded: "
+        "it runs again, and the setup steps after it"
+    )
+    started = [(r.data.phase, r.data.index) for r in records if r.type == "step.started"]
+    assert started == [("setup", 0), ("setup", 1), ("setup", 2), ("setup", 1), ("setup", 2)]
+
+
+def test_an_unchanged_setup_is_skipped_after_an_allowed_change_elsewhere(tmp_path: Path) -> None:
+    wf = write_workflow(tmp_path, CHANGING_SETUP)
+    home = tmp_path / "home"
+    first = run_workflow(wf, home)
+    assert first.status == "failed"
+    wf.write_text(wf.read_text().replace("items: [a]", "items: [a, b]"))
+    (tmp_path / "go").write_text("")
+    resumed = _engine(home, "resume", first.run_id, "--allow-changed", "--no-progress")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert (tmp_path / "setup.log").read_text() == "zero\none\ntwo v1\n"  # the capture restored
+    assert "changed since it succeeded" not in resumed.stderr
+    records = list(LedgerReader(first.run_dir / "ledger.ndjson").records())
+    changes = next(r.data.changes for r in records if r.type == "run.resumed")
+    assert changes == ['map.items: ["a"] -> ["a", "b"]']

@@ -3,8 +3,9 @@
 What is refused first (read-only, without the lock): a completed run with
 nothing to retry, a workflow that changed (without ``allow_changed``).
 Then, under the lock: the variables recorded (secrets never from the
-ledger), the setup steps done, the workspace compared with the run's, and
-``run.resumed``.
+ledger), the setup steps done as they are written now (a changed one runs
+again, and the steps after it: said on stderr and in ``run.resumed``), the
+workspace compared with the run's, and ``run.resumed``.
 """
 
 from __future__ import annotations
@@ -141,9 +142,13 @@ def _changes(
 async def _opening(run: RunContext, changes: list[str], given: dict[str, str]) -> list[Event]:
     """The setup steps done, the workspace compared: ``run.resumed`` (and ``run.unpaused``)."""
     options, spec = run.options, run.spec
+    changed = bool(changes)  # the workflow did (allowed)
     plan = setup_plan(run)
     run.setup_done = len(plan.done)
     restore_captures(run, plan.done)
+    if plan.changed is not None and plan.warning is not None:
+        options.warn(plan.warning)
+        changes = [*changes, plan.changed]
     home = run.run_dir.parent.parent
     snapshot = await in_thread(lambda: take_snapshot(run.loaded.directory, home=home))
     snapshot.files = run.redactor.keys(snapshot.files)
@@ -153,7 +158,7 @@ async def _opening(run: RunContext, changes: list[str], given: dict[str, str]) -
             pid=os.getpid(),
             host=socket.gethostname(),
             include_dlq=options.include_dlq,
-            allow_changed=bool(changes),
+            allow_changed=changed,
             workflow_hash=run.loaded.hash,
             changes=changes,
             snapshot_id=snapshot.id,
@@ -162,7 +167,7 @@ async def _opening(run: RunContext, changes: list[str], given: dict[str, str]) -
             vars={k: "***" if k in spec.secrets else v for k, v in given.items()},
         )
     ]
-    if changes:
+    if changed:
         atomic_write(run.run_dir / "workflow.yml", run.loaded.text.encode())
     if run.p.run.paused:
         opening.append(RunUnpaused(by="resume"))

@@ -1,7 +1,11 @@
 """Setup and reduce steps: running them in order, their captures, and what reduce sees.
 
 A setup step that succeeded before a resume is not run again, and its
-capture is restored (:func:`setup_plan`). Reduce steps always run.
+capture is restored, only while it is the same step: a step is identified
+by its phase, its index and the command its ``step.started`` recorded (and
+the capture its ``step.succeeded`` names). The first setup step that is not
+done as it is now written runs again, and every setup step after it
+(:func:`setup_plan`). Reduce steps always run.
 """
 
 from __future__ import annotations
@@ -138,16 +142,37 @@ class SetupPlan:
     """Which setup steps a resume skips."""
 
     done: list[DoneStep] = field(default_factory=list)
-    """The steps done, in order: the first ``len(done)``."""
+    """The steps done as they are written now, in order: the first ``len(done)``."""
+    changed: str | None = None
+    """The first step that succeeded before but is written differently now (it runs
+    again, and the steps after it), in the words of ``run.resumed``'s ``changes``."""
+    warning: str | None = None
+    """The same, as one line for the terminal."""
 
 
 def setup_plan(run: RunContext) -> SetupPlan:
-    """The setup steps done before, up to the first that is not."""
+    """The setup steps done before, up to the first that is not done as written now."""
     plan = SetupPlan()
     recorded = run.values.steps
-    for index in range(len(run.spec.setup)):
+    for index, step in enumerate(run.spec.setup):
         done = recorded.get(("setup", index))
         if done is None:
+            break
+        # Compared as recorded: the ledger's copy of a command is redacted.
+        command = run.redactor.text(step.text)
+        if (done.command is not None and done.command != command) or (
+            done.captured != step.capture_output
+        ):
+            what = "its command" if done.command != command else "its capture_output"
+            plan.changed = (
+                f"setup[{index}]: {what} changed since it succeeded: "
+                "it runs again, and the setup steps after it"
+            )
+            plan.warning = (
+                f"warning: setup step {index + 1} ({step.name or step.text[:60]}) of run "
+                f"{run.run_id} changed since it succeeded ({what}): it runs again, and so do "
+                "the setup steps after it"
+            )
             break
         plan.done.append(done)
     return plan
