@@ -53,3 +53,15 @@ def test_variables_table_is_the_declared_one() -> None:
     section = text.split("## Variables\n\n", 1)[1]
     table = section[: section.index("\n\n") + 1]
     assert table == docs_table()
+
+
+def test_contexts_hold_the_declared_variables() -> None:
+    """What the engine puts in an item's context is what validation lets a template use."""
+    from engine.workflow.variables import item_context, known_roots, last_step, run_context
+
+    base = run_context("r", {"A": "1"})
+    assert set(base) == known_roots("setup") - {"last", "shell"}
+    context = item_context(base, item={"x": 1}, item_id="i", index=0, total=1, attempt=1)
+    last_step(context, "out", 0)
+    assert set(context) == known_roots("map")
+    assert context["last"] == context["shell"] == {"output": "out", "exit_code": 0}

@@ -29,6 +29,7 @@ from engine.run.options import RunOptions
 from engine.store.content import ContentStore
 from engine.workflow.load import LoadedWorkflow
 from engine.workflow.spec import Step
+from engine.workflow.variables import item_context, run_context
 from ledger.events import Event, RunCompleted
 from ledger.writer import LedgerWriter
 from projections.replay import Projections, replay
@@ -63,7 +64,7 @@ class RunContext:
             options.command = self.redactor.command(options.argv)
         else:
             options.command = self.redactor.command_line(options.command)
-        self.context: dict[str, Any] = {"env": self.env, "run": {"id": self.run_id}}
+        self.context: dict[str, Any] = run_context(self.run_id, self.env)
         self.writer: LedgerWriter | None = None
         self.output: list[str] = []
         """What the reduce steps printed."""
@@ -173,12 +174,12 @@ class RunContext:
         if steps is None:
             assert spec.map is not None
             state = self.p.items.items.get(item)
-            index = state.index if state is not None else 0
-            context.update(
+            context = item_context(
+                self.context,
                 item=value,
                 item_id=item,
-                item_index=index,
-                item_total=len(self.p.items.items),
+                index=state.index if state is not None else 0,
+                total=len(self.p.items.items),
                 attempt=attempt,
             )
         return AttemptRequest(
