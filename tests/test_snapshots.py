@@ -66,3 +66,14 @@ def test_tail_json_is_the_ledger_lines(in_home: str) -> None:
         -3:
     ]
     assert out.encode().splitlines() == wanted
+
+
+def test_stats_output(in_home: str, snapshot) -> None:
+    assert _invoke(["--home", in_home, "stats", "run-fixture"]) == snapshot
+    assert json.loads(_invoke(["--home", in_home, "stats", "run-fixture", "--json"])) == snapshot
+
+
+@pytest.mark.parametrize("fmt", ["md", "json", "html"])
+def test_audit_report_output(in_home: str, fmt: str, snapshot) -> None:
+    out = _invoke(["--home", in_home, "audit", "report", "run-fixture", "--format", fmt])
+    assert out == snapshot
