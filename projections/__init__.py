@@ -18,6 +18,8 @@ from projections.items import (
 from projections.replay import Projections, ProjectionsView, replay
 from projections.run import RUN_STATUSES, RunProjection, RunStatus
 from projections.signatures import SignaturesProjection, SignatureStat
+from projections.stats import StatsProjection
+from projections.timeline import TimelineProjection
 from projections.workers import AttemptLiveness, WorkersProjection
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "RunStatus",
     "SignatureStat",
     "SignaturesProjection",
+    "StatsProjection",
+    "TimelineProjection",
     "WorkersProjection",
     "handles",
     "replay",

@@ -48,8 +48,15 @@ class Projections:
     state.
     """
 
-    def __init__(self, *, circuit_on: Iterable[str] = DEFAULT_ON, values: bool = False) -> None:
-        """``values``: fold the values projection too (the engine reads its values back)."""
+    def __init__(
+        self,
+        *,
+        circuit_on: Iterable[str] = DEFAULT_ON,
+        values: bool = False,
+        extra: Iterable[Projection] = (),
+    ) -> None:
+        """``values``: fold the values projection too (the engine reads its values back).
+        ``extra``: on-demand folds to feed as well (the timeline, stats)."""
         self.run = RunProjection()
         self.items = ItemsProjection()
         self.dlq = DLQProjection()
@@ -62,6 +69,8 @@ class Projections:
         self.scan: ScanResult | None = None
         """Where the replayed ledger ended (set by :func:`replay`)."""
         self.scheduling = False
+        self.extra = tuple(extra)
+        """On-demand folds (the timeline, stats) fed with the rest; only their callers pay."""
         self._build_table()
 
     def _build_table(self) -> None:
@@ -69,6 +78,7 @@ class Projections:
         projections = list(self.all())
         if self.values is not None:
             projections.append(self.values)
+        projections += self.extra
         if self.scheduling:
             projections.append(self.pending)  # after items: it reads item indexes
         table: dict[type[Event], list[BoundHandler]] = {}
@@ -143,6 +153,7 @@ def replay(
     until: int | None = None,
     verify: bool = True,
     into: Projections | None = None,
+    extra: Iterable[Projection] = (),
 ) -> Projections:
     """Rebuild every projection from the ledger at ``path`` in one pass.
 
@@ -151,9 +162,13 @@ def replay(
     corruption raises :class:`~ledger.errors.LedgerCorrupt`. ``until`` stops
     after that seq. A large ledger's chain is checked by a parallel process
     while this one decodes and folds. ``into``: fresh projections configured
-    by the caller (a circuit breaker's error types) to fold into.
+    by the caller (a circuit breaker's error types) to fold into. ``extra``:
+    on-demand folds to feed as well (``TimelineProjection``, ``StatsProjection``).
     """
-    projections = into if into is not None else Projections()
+    extra = tuple(extra)
+    if into is not None and extra:
+        raise ValueError("give extra projections to Projections(extra=...) when passing into")
+    projections = into if into is not None else Projections(extra=extra)
     reader = LedgerReader(path)
     background = None
     end = None

@@ -85,11 +85,15 @@ class RunProjection(Projection):
         self.snapshot_id: str | None = None
         self.engine_version: str | None = None
         self.vars: dict[str, str] = {}
+        self.created: RunCreated | None = None
+        """The ``run.created`` payload (who ran it, the workflow's copy, the first vars)."""
         self.created_at: str | None = None
         self.started_at: str | None = None
         self.finished_at: str | None = None
         self.reason: str | None = None
         self.resumes = 0
+        self.resumed: list[Record] = []
+        """Every ``run.resumed`` record."""
         self.paused = False
         """Dispatching is paused (``engine pause``) until ``run.unpaused``."""
         self.cancel_requested = False
@@ -124,6 +128,7 @@ class RunProjection(Projection):
         self.snapshot_id = e.snapshot_id
         self.engine_version = e.engine_version
         self.vars = dict(e.vars)
+        self.created = e
         self.created_at = record.ts
 
     @handles(RunStarted)
@@ -139,6 +144,7 @@ class RunProjection(Projection):
     def _resumed(self, record: Record, e: RunResumed) -> None:
         self.status = "running"
         self.resumes += 1
+        self.resumed.append(record)
         self.cancel_requested = self.cancel_force = False
         self.cancel_by = None
         self.cache_mode = e.cache

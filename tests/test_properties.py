@@ -1,4 +1,8 @@
-"""Property tests: replay is just a loop, and a prefix plus the rest is the whole."""
+"""Property tests: replay is just a loop, and a prefix plus the rest is the whole.
+
+The on-demand folds (the timeline, stats), which only their callers feed, are
+held to the same properties as the projections the engine keeps live.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from hypothesis import strategies as st
 
 from ledger import LedgerReader, LedgerWriter
 from ledger.events import (
+    EVENT_TYPES,
     CacheHit,
     Event,
     Heartbeat,
@@ -24,6 +29,7 @@ from ledger.events import (
     ItemSkipped,
     ItemSucceeded,
     LedgerRecovered,
+    LockAcquired,
     RunAborted,
     RunCompleted,
     RunCreated,
@@ -33,7 +39,10 @@ from ledger.events import (
     StepStarted,
     StepSucceeded,
 )
+from projections.base import Projection
 from projections.replay import Projections, replay
+from projections.stats import StatsProjection
+from projections.timeline import TimelineProjection
 from tests.conftest import projections_json
 
 items = st.sampled_from(["a", "b", "c", "d", "e"])
@@ -99,8 +108,19 @@ events: st.SearchStrategy[Event] = st.one_of(
         workflow_path=st.just("wf.yml"),
         workflow_hash=st.just("sha256:0"),
     ),
-    st.builds(RunStarted, pid=st.integers(1, 99), host=st.just("h")),
-    st.builds(RunResumed, pid=st.integers(1, 99), host=st.just("h")),
+    st.builds(
+        RunStarted, pid=st.integers(1, 99), host=st.just("h"), max_parallel=st.none() | attempts
+    ),
+    st.builds(
+        RunResumed, pid=st.integers(1, 99), host=st.just("h"), max_parallel=st.none() | attempts
+    ),
+    st.builds(
+        LockAcquired,
+        pid=st.integers(1, 99),
+        host=st.just("h"),
+        command=st.just("engine run"),
+        started_at=st.just("2026-01-01T00:00:00.000000Z"),
+    ),
     st.builds(RunCompleted),
     st.builds(RunFailed, reason=text),
     st.builds(RunAborted, reason=text),
@@ -114,15 +134,24 @@ events: st.SearchStrategy[Event] = st.one_of(
 )
 
 
+def _extra() -> tuple[Projection, ...]:
+    """The on-demand folds, fresh."""
+    return (TimelineProjection(), StatsProjection())
+
+
 def state(p: Projections) -> bytes:
-    """Every projection's state, the values projection's too (folded here for all)."""
+    """Every projection's state: the values projection's and the on-demand folds' too
+    (folded here for all), and the run state that the run's JSON leaves out."""
     assert p.values is not None
-    return projections_json(p) + b"\n" + msgspec.json.encode(p.values.to_json())
+    run = {"created": p.run.created, "resumed": p.run.resumed}
+    extra = [x.to_json() for x in p.extra]
+    return projections_json(p) + b"\n" + msgspec.json.encode([p.values.to_json(), run, extra])
 
 
 def folded(path: Path, *, until: int | None = None, verify: bool = True) -> Projections:
-    """``replay()`` into projections that fold the values projection too, as the engine's do."""
-    return replay(path, until=until, verify=verify, into=Projections(values=True))
+    """``replay()`` into projections that fold the values projection too, as the engine's do,
+    and the on-demand folds."""
+    return replay(path, until=until, verify=verify, into=Projections(values=True, extra=_extra()))
 
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -140,12 +169,14 @@ def _ledger(batch: list[Event], directory: str) -> Path:
 def test_applying_one_by_one_equals_replay(batch: list[Event]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = _ledger(batch, tmp)
-        one_by_one = Projections(values=True)
+        one_by_one = Projections(values=True, extra=_extra())
         for record in LedgerReader(path).records():
             one_by_one.apply(record)
         assert state(one_by_one) == state(folded(path))
         assert state(folded(path, verify=False)) == state(folded(path))
         assert projections_json(replay(path)) == projections_json(folded(path))
+        on_demand = replay(path, extra=_extra())  # as engine stats and audit report ask
+        assert [x.to_json() for x in on_demand.extra] == [x.to_json() for x in folded(path).extra]
 
 
 @SETTINGS
@@ -175,3 +206,8 @@ def test_pending_index_built_late_equals_folded_from_the_start(batch: list[Event
         assert early.pending.queued == late.pending.queued
         now = "2030-01-01T00:00:00.000000Z"
         assert early.pending.ready_items(now, 100) == late.pending.ready_items(now, 100)
+
+
+def test_stats_sees_every_record() -> None:
+    """Each record ends the current session, whatever its type."""
+    assert set(StatsProjection.handlers) == set(EVENT_TYPES.values())
