@@ -16,17 +16,12 @@ from typing import Any
 import msgspec
 
 from engine.workflow.load import load_yaml
-from ledger.events import (
-    ItemDeadLettered,
-    ItemDispatched,
-    ItemFailed,
-    ItemSkipped,
-    ItemSucceeded,
-    RunResumed,
-)
-from ledger.reader import LedgerReader
+from ledger.events import RunCreated
 from ledger.times import epoch
+from projections.items import ItemsProjection
 from projections.replay import replay
+from projections.run import RunProjection
+from projections.timeline import Attempt, TimelineProjection
 
 __all__ = ["build_report", "render_html", "render_markdown"]
 
@@ -35,78 +30,22 @@ CHART_ITEMS = 300
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:
-    ledger = run_dir / "ledger.ndjson"
-    p = replay(ledger)
+    """The report's data: the run's projections and its timeline, in one replay."""
+    timeline = TimelineProjection()
+    p = replay(run_dir / "ledger.ndjson", extra=(timeline,))
     run = p.run
-    created: dict[str, Any] = {}
-    resumes: list[dict[str, Any]] = []
-    items: dict[str, list[dict[str, Any]]] = {}
-    finals: dict[str, str] = {}
-    for record in LedgerReader(ledger).records():
-        data = record.data
-        if record.type == "run.created":
-            created = msgspec.to_builtins(data)
-        elif isinstance(data, RunResumed):
-            resumes.append({"seq": record.seq, "ts": record.ts, **msgspec.to_builtins(data)})
-        elif isinstance(data, ItemDispatched):
-            items.setdefault(data.item, []).append(
-                {"attempt": data.attempt, "dispatched_at": record.ts, "outcome": "no outcome"}
-            )
-        elif isinstance(data, ItemSucceeded | ItemFailed):
-            for attempt in reversed(items.get(data.item, [])):
-                if attempt["attempt"] == data.attempt:
-                    attempt["finished_at"] = record.ts
-                    attempt["duration"] = data.duration
-                    if isinstance(data, ItemSucceeded):
-                        attempt["outcome"] = "succeeded"
-                    else:
-                        attempt["outcome"] = data.error_type
-                        attempt["message"] = data.message
-                    break
-        elif isinstance(data, ItemDeadLettered):
-            finals[data.item] = "dead"
-        elif isinstance(data, ItemSkipped):
-            finals[data.item] = f"skipped ({data.reason})"
-    workflow_text = created.get("workflow", "")
-    secrets: list[str] = []
-    env: dict[str, str] = {}
-    try:
-        spec = load_yaml(workflow_text) if workflow_text else {}
-        if isinstance(spec, dict):
-            secrets = [str(s) for s in spec.get("secrets") or []]
-            env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
-    except Exception:
-        pass
-    variables = {**env, **created.get("vars", {})}
-    variables.update(dict.fromkeys(secrets, "***"))
-    snapshot: dict[str, Any] = {"id": run.snapshot_id}
-    try:
-        manifest = msgspec.json.decode((run_dir / "snapshot.json").read_bytes())
-        snapshot.update(
-            method=manifest.get("method"),
-            files=len(manifest.get("files", {})),
-            manifest=manifest.get("files", {}),
-        )
-    except (OSError, msgspec.DecodeError):
-        pass
-    states = {s.item: s for s in p.items.items.values()}
-    timeline = []
-    for item in sorted(states, key=lambda i: states[i].index):
-        timeline.append(
-            {
-                "item": item,
-                "status": finals.get(item, states[item].status),
-                "attempts": items.get(item, []),
-            }
-        )
+    created = run.created
+    workflow_text = created.workflow if created is not None else ""
+    secrets, variables = _variables(workflow_text, created)
+    entries = _timeline(p.items, timeline)
     return {
         "run_id": run.run_id,
         "status": run.status,
         "reason": run.reason,
         "ran_by": {
-            "user": created.get("user"),
-            "host": created.get("host"),
-            "engine_version": created.get("engine_version"),
+            "user": created.user if created is not None else None,
+            "host": created.host if created is not None else None,
+            "engine_version": created.engine_version if created is not None else None,
         },
         "when": {
             "created_at": run.created_at,
@@ -119,19 +58,84 @@ def build_report(run_dir: Path) -> dict[str, Any]:
             "hash": run.workflow_hash,
             "text": workflow_text,
         },
-        "snapshot": snapshot,
+        "snapshot": _snapshot(run_dir, run.snapshot_id),
         "variables": variables,
         "secrets": secrets,
         "lock_holders": [msgspec.to_builtins(h) for h in run.lock_holders],
-        "resumes": resumes,
+        "resumes": _resumes(run),
         "recoveries": [msgspec.to_builtins(r) for r in run.recoveries],
         "items": msgspec.to_builtins(p.items.item_counts()),
         "failures_by_type": dict(
-            sorted(_count_types(timeline).items(), key=lambda kv: (-kv[1], kv[0]))
+            sorted(_count_types(entries).items(), key=lambda kv: (-kv[1], kv[0]))
         ),
-        "timeline": timeline,
+        "timeline": entries,
         "events": run.events,
     }
+
+
+def _variables(workflow_text: str, created: RunCreated | None) -> tuple[list[str], dict[str, str]]:
+    """The workflow's secrets, and the variables: ``env``, then ``--var``; secrets as ``***``."""
+    secrets: list[str] = []
+    env: dict[str, str] = {}
+    try:
+        spec = load_yaml(workflow_text) if workflow_text else {}
+        if isinstance(spec, dict):
+            secrets = [str(s) for s in spec.get("secrets") or []]
+            env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+    except Exception:
+        pass
+    variables = {**env, **(created.vars if created is not None else {})}
+    variables.update(dict.fromkeys(secrets, "***"))
+    return secrets, variables
+
+
+def _snapshot(run_dir: Path, snapshot_id: str | None) -> dict[str, Any]:
+    """The workspace snapshot: its id, and its manifest when the run directory has it."""
+    snapshot: dict[str, Any] = {"id": snapshot_id}
+    try:
+        manifest = msgspec.json.decode((run_dir / "snapshot.json").read_bytes())
+        snapshot.update(
+            method=manifest.get("method"),
+            files=len(manifest.get("files", {})),
+            manifest=manifest.get("files", {}),
+        )
+    except (OSError, msgspec.DecodeError):
+        pass
+    return snapshot
+
+
+def _resumes(run: RunProjection) -> list[dict[str, Any]]:
+    return [
+        {"seq": record.seq, "ts": record.ts, **msgspec.to_builtins(record.data)}
+        for record in run.resumed
+    ]
+
+
+def _timeline(items: ItemsProjection, timeline: TimelineProjection) -> list[dict[str, Any]]:
+    """Every enqueued item in index order, with its status and attempts."""
+    states = {s.item: s for s in items.items.values()}
+    return [
+        {
+            "item": item,
+            "status": timeline.finals.get(item, states[item].status),
+            "attempts": [_attempt(a) for a in timeline.attempts.get(item, ())],
+        }
+        for item in sorted(states, key=lambda i: states[i].index)
+    ]
+
+
+def _attempt(a: Attempt) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "attempt": a.attempt,
+        "dispatched_at": a.dispatched_at,
+        "outcome": a.outcome or "no outcome",
+    }
+    if a.outcome is not None:
+        out["finished_at"] = a.finished_at
+        out["duration"] = a.duration
+        if a.message is not None:
+            out["message"] = a.message
+    return out
 
 
 def _count_types(timeline: list[dict[str, Any]]) -> dict[str, int]:

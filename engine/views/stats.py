@@ -1,4 +1,8 @@
-"""``engine stats``: how a run used its time, from its ledger."""
+"""``engine stats``: how a run used its time, from the stats projection of its ledger.
+
+The projection (``projections/stats.py``) folds sums and counts; here they
+become the figures shown (sessions' wall time, percentiles, rates).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,11 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.events import (
-    Heartbeat,
-    ItemDeadLettered,
-    ItemDispatched,
-    ItemFailed,
-    ItemRequeued,
-    ItemRetryScheduled,
-    ItemSkipped,
-    ItemSucceeded,
-    LockAcquired,
-    RunResumed,
-    RunStarted,
-)
-from ledger.reader import LedgerReader
 from ledger.times import epoch
+from projections.replay import replay
+from projections.stats import StatsProjection
 
-__all__ = ["RunStats", "run_stats"]
+__all__ = ["RunStats", "run_stats", "stats_of"]
 
 
 class RunStats(msgspec.Struct, kw_only=True):
@@ -63,64 +55,35 @@ def _percentile(ordered: list[float], q: float) -> float | None:
 
 
 def run_stats(ledger: Path) -> RunStats:
-    first = last = None
-    run_id = ""
-    durations: list[float] = []
-    failed_time = backoff = 0.0
-    failed = attempts = heartbeats = 0
-    parallel: int | None = None
-    final: dict[str, bool] = {}
-    sessions: list[list[float]] = []
-    for record in LedgerReader(ledger).records():
-        first = first or record.ts
-        last = record.ts
-        run_id = record.run
-        now = epoch(record.ts)
-        if isinstance(record.data, LockAcquired) or not sessions:
-            sessions.append([now, now])
-        else:
-            sessions[-1][1] = now
-        data = record.data
-        if isinstance(data, ItemDispatched):
-            attempts += 1
-            final.pop(data.item, None)
-        elif isinstance(data, ItemSucceeded):
-            durations.append(data.duration)
-            final[data.item] = True
-        elif isinstance(data, ItemFailed):
-            durations.append(data.duration)
-            failed_time += data.duration
-            failed += 1
-        elif isinstance(data, ItemRetryScheduled):
-            backoff += data.delay
-        elif isinstance(data, ItemDeadLettered | ItemSkipped):
-            final[data.item] = True
-        elif isinstance(data, ItemRequeued):
-            final.pop(data.item, None)
-        elif isinstance(data, Heartbeat):
-            heartbeats += 1
-        elif isinstance(data, RunStarted | RunResumed) and data.max_parallel:
-            parallel = max(parallel or 0, data.max_parallel)
-    wall = sum(end - start for start, end in sessions)
-    finished = len(final)
-    durations.sort()
+    stats = StatsProjection()
+    replay(ledger, extra=(stats,))
+    return stats_of(stats)
+
+
+def stats_of(p: StatsProjection) -> RunStats:
+    """The figures of a stats projection's sums."""
+    wall = sum(epoch(s.end) - epoch(s.start) for s in p.all_sessions())
+    finished = len(p.finished)
+    durations = sorted(p.durations)
     busy = sum(durations)
+    first, last = p.first_ts, p.last_ts
+    parallel = p.max_parallel
     return RunStats(
-        run_id=run_id,
+        run_id=p.run_id,
         wall_s=round(wall, 6),
         span_s=round(epoch(last) - epoch(first), 6) if first and last else 0.0,
-        sessions=len(sessions),
+        sessions=len(p.all_sessions()),
         items_finished=finished,
         items_per_s=round(finished / wall, 3) if wall > 0 else 0.0,
-        attempts=attempts,
+        attempts=p.attempts,
         attempt_p50_s=_percentile(durations, 0.50),
         attempt_p95_s=_percentile(durations, 0.95),
         attempt_p99_s=_percentile(durations, 0.99),
         max_parallel=parallel,
         busy_s=round(busy, 6),
         parallel_efficiency=round(busy / (wall * parallel), 4) if wall > 0 and parallel else None,
-        failed_attempts=failed,
-        retry_time_s=round(failed_time, 6),
-        backoff_s=round(backoff, 6),
-        heartbeats=heartbeats,
+        failed_attempts=p.failed,
+        retry_time_s=round(p.failed_time, 6),
+        backoff_s=round(p.backoff, 6),
+        heartbeats=p.heartbeats,
     )
