@@ -23,6 +23,7 @@ from ledger.events import (
     ItemRetryScheduled,
     ItemSkipped,
     ItemSucceeded,
+    LedgerRecovered,
     LockAcquired,
     Record,
     RunResumed,
@@ -33,6 +34,7 @@ from projections.base import Projection, handles
 __all__ = ["Session", "StatsProjection"]
 
 _OWN = (
+    LedgerRecovered,
     LockAcquired,
     ItemDispatched,
     ItemSucceeded,
@@ -49,7 +51,8 @@ _OWN = (
 
 
 class Session(msgspec.Struct, frozen=True, gc=False):
-    """One engine's time on the run: from its lock (or the first record) to its last record."""
+    """One engine's time on the run: from the first record it appended (``ledger.recovered``
+    or ``lock.acquired``, or the ledger's first) to its last."""
 
     start: str
     end: str
@@ -64,6 +67,8 @@ class StatsProjection(Projection):
         """Sessions before the current one."""
         self.session_start: str | None = None
         """When the current session began."""
+        self.recovering = False
+        """The last record was a ``ledger.recovered``: the opening of the next session."""
         self.attempts = 0
         self.durations: list[float] = []
         """Every attempt outcome's duration, in ledger order."""
@@ -82,6 +87,7 @@ class StatsProjection(Projection):
         return [*self.sessions, Session(self.session_start, self.last_ts)]
 
     def _seen(self, record: Record) -> None:
+        self.recovering = False
         ts = record.ts
         if self.first_ts is None:
             self.first_ts = ts
@@ -94,12 +100,23 @@ class StatsProjection(Projection):
     def _other(self, record: Record, e: Any) -> None:
         self._seen(record)
 
-    @handles(LockAcquired)
-    def _lock(self, record: Record, e: LockAcquired) -> None:
+    def _new_session(self, record: Record) -> None:
         if self.session_start is not None and self.last_ts is not None:
             self.sessions.append(Session(self.session_start, self.last_ts))
         self.session_start = None
         self._seen(record)
+
+    @handles(LedgerRecovered)
+    def _recovered(self, record: Record, e: LedgerRecovered) -> None:
+        self._new_session(record)
+        self.recovering = True
+
+    @handles(LockAcquired)
+    def _lock(self, record: Record, e: LockAcquired) -> None:
+        if self.recovering:  # appended with the recovery that opened this session
+            self._seen(record)
+        else:
+            self._new_session(record)
 
     @handles(ItemDispatched)
     def _dispatched(self, record: Record, e: ItemDispatched) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,12 @@ from click.testing import CliRunner, Result
 
 from cli.main import cli
 from engine.views.query import NAMED
-from ledger import LedgerReader
+from ledger import LedgerReader, LedgerWriter
+from ledger.events import (
+    ItemEnqueued,
+    RunAborted,
+)
+from ledger.times import rfc3339
 from tests.engine_helpers import run_workflow, write_workflow
 
 FAILING = """
@@ -268,3 +274,23 @@ def test_a_secret_appears_nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert succeeded[0].result == {"t": "***", "v": ["***"]}
     created = next(r.data for r in records if r.type == "run.created")
     assert created.vars == {"VAR_TOKEN": "***"}
+
+
+def _clock(times: list[int]) -> Callable[[], str]:
+    """Each record at the next of these seconds."""
+    pending = iter(times)
+    return lambda: rfc3339(1_800_000_000 + next(pending))
+
+
+def test_stats_leave_out_the_time_between_a_crash_and_the_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "home" / "runs" / "r"
+    with LedgerWriter.open(run_dir, "r", create=True, command="a", clock=_clock([0, 10])) as w:
+        w.append_many([ItemEnqueued(item="a", index=0), RunAborted(reason="crash")])
+    with (run_dir / "ledger.ndjson").open("ab") as f:
+        f.write(b'{"v":1,"seq":3,"ts":"2027')  # a torn tail, moved aside on opening
+    with LedgerWriter.open(run_dir, "r", command="b", clock=_clock([1000, 1005])) as w:
+        assert w.recovered is not None
+        w.append(RunAborted(reason="again"))
+    stats = json.loads(_engine(tmp_path / "home", "stats", "r", "--json").output)
+    assert stats["sessions"] == 2 and stats["span_s"] == 1005
+    assert stats["wall_s"] == 10 + 5  # not up to the resume's recovery record
