@@ -12,7 +12,6 @@ from __future__ import annotations
 import msgspec
 
 from ledger.events import (
-    ItemDeadLettered,
     ItemDispatched,
     ItemFailed,
     ItemSkipped,
@@ -41,9 +40,8 @@ class TimelineProjection(Projection):
     def __init__(self) -> None:
         self.attempts: dict[str, list[Attempt]] = {}
         """Every item's attempts in dispatch order (items never enqueued too)."""
-        self.finals: dict[str, str] = {}
-        """How an item ended when it was dead-lettered or skipped: ``dead``,
-        ``skipped (<reason>)``."""
+        self.skip_reasons: dict[str, str] = {}
+        """Why each skipped item was last skipped (``cache``, ``done``)."""
 
     @handles(ItemDispatched)
     def _dispatched(self, record: Record, e: ItemDispatched) -> None:
@@ -64,13 +62,9 @@ class TimelineProjection(Projection):
                     attempt.outcome, attempt.message = e.error_type, e.message
                 return
 
-    @handles(ItemDeadLettered)
-    def _dead(self, record: Record, e: ItemDeadLettered) -> None:
-        self.finals[e.item] = "dead"
-
     @handles(ItemSkipped)
     def _skipped(self, record: Record, e: ItemSkipped) -> None:
-        self.finals[e.item] = f"skipped ({e.reason})"
+        self.skip_reasons[e.item] = e.reason
 
     def to_json(self) -> dict[str, object]:
-        return {"attempts": self.attempts, "finals": self.finals}
+        return {"attempts": self.attempts, "skip_reasons": self.skip_reasons}

@@ -18,7 +18,13 @@ from cli.main import cli
 from engine.views.query import NAMED
 from ledger import LedgerReader, LedgerWriter
 from ledger.events import (
+    ItemDeadLettered,
+    ItemDispatched,
     ItemEnqueued,
+    ItemFailed,
+    ItemRequeued,
+    ItemSkipped,
+    ItemSucceeded,
     RunAborted,
 )
 from ledger.times import rfc3339
@@ -294,3 +300,26 @@ def test_stats_leave_out_the_time_between_a_crash_and_the_resume(tmp_path: Path)
     stats = json.loads(_engine(tmp_path / "home", "stats", "r", "--json").output)
     assert stats["sessions"] == 2 and stats["span_s"] == 1005
     assert stats["wall_s"] == 10 + 5  # not up to the resume's recovery record
+
+
+def test_audit_report_shows_an_item_requeued_from_the_dlq_as_it_ended(tmp_path: Path) -> None:
+    run_dir = tmp_path / "home" / "runs" / "r"
+    with LedgerWriter.open(run_dir, "r", create=True, command="engine") as w:
+        w.append_many(
+            [
+                ItemEnqueued(item="a", index=0),
+                ItemEnqueued(item="b", index=1),
+                ItemDispatched(item="a", attempt=1, idempotency_key="ik"),
+                ItemFailed(item="a", attempt=1, error_type="timeout", signature="s"),
+                ItemDeadLettered(item="a", attempt=1, error_type="timeout", signature="s"),
+                ItemSkipped(item="b", reason="cache"),
+                ItemRequeued(item="a"),
+                ItemDispatched(item="a", attempt=2, idempotency_key="ik"),
+                ItemSucceeded(item="a", attempt=2, duration=1.0),
+            ]
+        )
+    report = json.loads(
+        _engine(tmp_path / "home", "audit", "report", "r", "--format", "json").output
+    )
+    statuses = {e["item"]: e["status"] for e in report["timeline"]}
+    assert statuses == {"a": "succeeded", "b": "skipped (cache)"}

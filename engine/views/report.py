@@ -18,7 +18,7 @@ import msgspec
 from engine.workflow.load import load_yaml
 from ledger.events import RunCreated
 from ledger.times import epoch
-from projections.items import ItemsProjection
+from projections.items import ItemsProjection, ItemState
 from projections.replay import replay
 from projections.run import RunProjection
 from projections.timeline import Attempt, TimelineProjection
@@ -117,11 +117,19 @@ def _timeline(items: ItemsProjection, timeline: TimelineProjection) -> list[dict
     return [
         {
             "item": item,
-            "status": timeline.finals.get(item, states[item].status),
+            "status": _status(states[item], timeline),
             "attempts": [_attempt(a) for a in timeline.attempts.get(item, ())],
         }
         for item in sorted(states, key=lambda i: states[i].index)
     ]
+
+
+def _status(state: ItemState, timeline: TimelineProjection) -> str:
+    """The item's status as ``engine status`` has it; a skipped one's with the reason."""
+    reason = timeline.skip_reasons.get(state.item)
+    return (
+        f"skipped ({reason})" if state.status == "skipped" and reason is not None else state.status
+    )
 
 
 def _attempt(a: Attempt) -> dict[str, Any]:
