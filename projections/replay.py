@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -19,7 +19,6 @@ from projections.items import AttemptsView, ItemsProjection, ItemsView
 from projections.queue import PendingProjection
 from projections.run import RunProjection, RunView
 from projections.signatures import SignaturesProjection, SignaturesView
-from projections.values import ValuesProjection
 from projections.workers import WorkersProjection, WorkersView
 
 __all__ = ["Projections", "ProjectionsView", "replay"]
@@ -40,6 +39,9 @@ class ProjectionsView(msgspec.Struct, kw_only=True):
     signatures: SignaturesView
 
 
+P = TypeVar("P", bound=Projection)
+
+
 class Projections:
     """Every projection of one run, fed by :meth:`apply`.
 
@@ -52,11 +54,10 @@ class Projections:
         self,
         *,
         circuit_on: Iterable[str] = DEFAULT_ON,
-        values: bool = False,
         extra: Iterable[Projection] = (),
     ) -> None:
-        """``values``: fold the values projection too (the engine reads its values back).
-        ``extra``: on-demand folds to feed as well (the timeline, stats)."""
+        """``extra``: on-demand folds to feed as well (item values for the engine, the
+        timeline and stats for the report); only the callers who ask pay for them."""
         self.run = RunProjection()
         self.items = ItemsProjection()
         self.dlq = DLQProjection()
@@ -64,7 +65,6 @@ class Projections:
         self.signatures = SignaturesProjection()
         self.pending = PendingProjection(self.items)
         self.circuit = CircuitProjection(circuit_on)
-        self.values = ValuesProjection() if values else None
         self.last: Record | None = None
         self.scan: ScanResult | None = None
         """Where the replayed ledger ended (set by :func:`replay`)."""
@@ -76,8 +76,6 @@ class Projections:
     def _build_table(self) -> None:
         """One dispatch table: event class -> the bound handlers that care."""
         projections = list(self.all())
-        if self.values is not None:
-            projections.append(self.values)
         projections += self.extra
         if self.scheduling:
             projections.append(self.pending)  # after items: it reads item indexes
@@ -86,6 +84,10 @@ class Projections:
             for event, handler in type(projection).handlers.items():
                 table.setdefault(event, []).append(handler.__get__(projection))
         self._table = {event: tuple(handlers) for event, handlers in table.items()}
+
+    def find(self, kind: type[P]) -> P | None:
+        """The on-demand fold of type ``kind`` given in ``extra``, if any."""
+        return next((x for x in self.extra if isinstance(x, kind)), None)
 
     def enable_scheduling(self) -> None:
         """Build the pending-items index and keep it current from now on.

@@ -11,7 +11,7 @@ A value or result too large for its record stays in the content store: this
 projection keeps the reference (``value_ref``, ``result_ref``), the engine
 reads it back. The projection keeps the records' payloads themselves, not
 copies; memory grows with items. It is folded only where it is asked for
-(``Projections(values=True)``: the engine), not by every replay that only
+(``Projections(extra=(ValuesProjection(),))``: the engine), not by every replay that only
 shows a run.
 """
 

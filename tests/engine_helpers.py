@@ -20,6 +20,7 @@ from engine.workflow.load import load_workflow
 from ledger import LedgerReader
 from ledger.events import Record
 from projections.replay import Projections, replay
+from projections.values import ValuesProjection
 from tests.conftest import projections_json
 
 T = TypeVar("T")
@@ -54,7 +55,9 @@ def run_workflow(path: Path, home: Path, **options: Any) -> RunResult:
     assert projections_json(result.projections) == projections_json(replay(ledger)), (
         "the engine's final projections differ from a replay of its ledger"
     )
-    live, replayed = result.projections.values, replay(ledger, into=Projections(values=True)).values
+    replayed_p = replay(ledger, into=Projections(extra=(ValuesProjection(),)))
+    live = result.projections.find(ValuesProjection)
+    replayed = replayed_p.find(ValuesProjection)
     assert live is not None and replayed is not None
     assert msgspec.json.encode(live.to_json()) == msgspec.json.encode(replayed.to_json()), (
         "the engine's values (items, results, steps) differ from a replay of its ledger"

@@ -43,6 +43,7 @@ from projections.base import Projection
 from projections.replay import Projections, replay
 from projections.stats import StatsProjection
 from projections.timeline import TimelineProjection
+from projections.values import ValuesProjection
 from tests.conftest import projections_json
 
 items = st.sampled_from(["a", "b", "c", "d", "e"])
@@ -136,22 +137,21 @@ events: st.SearchStrategy[Event] = st.one_of(
 
 def _extra() -> tuple[Projection, ...]:
     """The on-demand folds, fresh."""
-    return (TimelineProjection(), StatsProjection())
+    return (ValuesProjection(), TimelineProjection(), StatsProjection())
 
 
 def state(p: Projections) -> bytes:
     """Every projection's state: the values projection's and the on-demand folds' too
     (folded here for all), and the run state that the run's JSON leaves out."""
-    assert p.values is not None
     run = {"created": p.run.created, "resumed": p.run.resumed}
     extra = [x.to_json() for x in p.extra]
-    return projections_json(p) + b"\n" + msgspec.json.encode([p.values.to_json(), run, extra])
+    return projections_json(p) + b"\n" + msgspec.json.encode([run, extra])
 
 
 def folded(path: Path, *, until: int | None = None, verify: bool = True) -> Projections:
     """``replay()`` into projections that fold the values projection too, as the engine's do,
     and the on-demand folds."""
-    return replay(path, until=until, verify=verify, into=Projections(values=True, extra=_extra()))
+    return replay(path, until=until, verify=verify, into=Projections(extra=_extra()))
 
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -169,7 +169,7 @@ def _ledger(batch: list[Event], directory: str) -> Path:
 def test_applying_one_by_one_equals_replay(batch: list[Event]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = _ledger(batch, tmp)
-        one_by_one = Projections(values=True, extra=_extra())
+        one_by_one = Projections(extra=_extra())
         for record in LedgerReader(path).records():
             one_by_one.apply(record)
         assert state(one_by_one) == state(folded(path))

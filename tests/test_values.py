@@ -15,12 +15,13 @@ from ledger.events import (
     StepSucceeded,
 )
 from projections.replay import Projections, replay
+from projections.values import ValuesProjection
 
 
 def _replayed(tmp_path: Path, events: list[Event]) -> Projections:
     with LedgerWriter.open(tmp_path / "run", "values", create=True, command="test") as writer:
         writer.append_many(events)
-    return replay(tmp_path / "run" / "ledger.ndjson", into=Projections(values=True))
+    return replay(tmp_path / "run" / "ledger.ndjson", into=Projections(extra=(ValuesProjection(),)))
 
 
 def test_values_results_and_steps_as_the_engine_reads_them_back(tmp_path: Path) -> None:
@@ -40,7 +41,8 @@ def test_values_results_and_steps_as_the_engine_reads_them_back(tmp_path: Path) 
             StepStarted(phase="setup", index=0, command="make all"),  # run again, then stopped
         ],
     )
-    values = p.values
+    values = p.find(ValuesProjection)
+    assert values is not None
     assert values is not None
     assert {k: (e.value, e.value_ref) for k, e in values.enqueued.items()} == {
         "a": ({"n": 1}, None),
@@ -60,4 +62,4 @@ def test_values_results_and_steps_as_the_engine_reads_them_back(tmp_path: Path) 
 def test_a_replay_that_does_not_ask_for_values_does_not_fold_them(tmp_path: Path) -> None:
     with LedgerWriter.open(tmp_path / "run", "values", create=True, command="test") as writer:
         writer.append(ItemEnqueued(item="a", index=0, value=1))
-    assert replay(tmp_path / "run" / "ledger.ndjson").values is None
+    assert replay(tmp_path / "run" / "ledger.ndjson").find(ValuesProjection) is None

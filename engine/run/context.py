@@ -54,7 +54,9 @@ class RunContext:
         self.executor = options.executor or LocalExecutor()
         self.local = LocalExecutor()
         circuit = self.spec.circuit_breaker
-        self.p = Projections(circuit_on=circuit.on if circuit else (), values=True)
+        self.values = ValuesProjection()
+        """Item values, results and done steps, as recorded (:mod:`projections.values`)."""
+        self.p = Projections(circuit_on=circuit.on if circuit else (), extra=(self.values,))
         self.env: dict[str, str] = {**self.spec.env, **options.variables}
         self.secret_values = secret_values(self.spec.secrets, options.variables)
         self.redactor = Redactor(self.secret_values)
@@ -120,12 +122,6 @@ class RunContext:
         records = await self.writer.append_async(events)
         self.p.apply_all(records)
         self.options.on_change(self.p)
-
-    @property
-    def values(self) -> ValuesProjection:
-        """Item values, results and done steps, as recorded (:mod:`projections.values`)."""
-        assert self.p.values is not None
-        return self.p.values
 
     def stored(self, inline: Any, ref: str | None) -> Any:
         """A recorded value: inline, or (``ref``) read back from the content store."""
