@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.exec.local.attempt import run_processes
+from engine.exec.local.procfs import run_processes
 from engine.run import RunOptions, resume_run
 from ledger import LedgerReader
 from ledger.reader import verify_ledger

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from engine.exec.executor import AttemptRequest, Executor, HeartbeatSample
-from engine.exec.local.attempt import LocalExecutor
+from engine.exec.local.executor import LocalExecutor
 from engine.workflow.spec import Step
 from tests.engine_helpers import wait_for_async, within
 

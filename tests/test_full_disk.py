@@ -23,13 +23,14 @@ from typing import Any
 
 import pytest
 
-from engine.exec.local.attempt import _Child, _Log
+from engine.exec.local.child import Child
+from engine.exec.local.logs import Log
 from ledger import LedgerReader, verify_ledger
 from tests.conftest import ENGINE
 
 
-def _log_on_a_full_device(directory: Path, name: str) -> _Log:
-    log = _Log(str(directory), name, ())
+def _log_on_a_full_device(directory: Path, name: str) -> Log:
+    log = Log(str(directory), name)
     os.symlink("/dev/full", log.tmp)  # every write fails with ENOSPC
     return log
 
@@ -56,13 +57,13 @@ def test_a_log_write_that_fails_is_remembered_not_raised(tmp_path: Path) -> None
 def test_a_child_whose_log_fails_is_drained_without_loop_errors(tmp_path: Path) -> None:
     """The pipe reader keeps draining (the child is not blocked) and never raises."""
 
-    async def main() -> tuple[list[dict[str, Any]], _Log, int | None]:
+    async def main() -> tuple[list[dict[str, Any]], Log, int | None]:
         loop = asyncio.get_running_loop()
         errors: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _loop, context: errors.append(context))
         out = _log_on_a_full_device(tmp_path, "b.stdout")
-        err = _Log(str(tmp_path), "b.stderr", ())
-        child = _Child(
+        err = Log(str(tmp_path), "b.stderr")
+        child = Child(
             ["/bin/sh", "-c", "head -c 2000000 /dev/zero"],
             base_env=dict(os.environ),
             env={},

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.exec.local.attempt import LocalExecutor, run_processes
+from engine.exec.local.executor import LocalExecutor
+from engine.exec.local.procfs import run_processes
 from tests.engine_helpers import DEADLINE, wait_for
 
 ROOT = Path(__file__).parent.parent
@@ -17,9 +18,9 @@ ROOT = Path(__file__).parent.parent
 ENGINE = """
 import asyncio, os, signal, sys
 from pathlib import Path
-from engine.exec.local import attempt as local
 from engine.exec.executor import AttemptRequest
-from engine.exec.local.attempt import LocalExecutor
+from engine.exec.local.executor import LocalExecutor
+from engine.exec.local.guardian_client import GUARDIAN
 from engine.workflow.spec import Step
 from tests.engine_helpers import wait_for_async
 
@@ -33,10 +34,7 @@ async def main():
     )
     await LocalExecutor().start(request)
     await wait_for_async(lambda: (run_dir / "pid").exists(), what="the attempt to start")
-    guardian = local._GUARDIAN
-    await wait_for_async(
-        lambda: guardian.fd >= 0 and not guardian._pending, what="the guardian to be told"
-    )
+    await wait_for_async(GUARDIAN.told, what="the guardian to be told")
     os.kill(os.getpid(), signal.SIGKILL)
 
 asyncio.run(main())

@@ -14,7 +14,7 @@ from types import FrameType
 import pytest
 
 from engine.exec.executor import Attempt, AttemptRequest
-from engine.exec.local.attempt import LocalExecutor
+from engine.exec.local.executor import LocalExecutor
 from engine.run import RunOptions, RunResult, execute_run
 from engine.workflow.load import load_workflow
 from tests.engine_helpers import DEADLINE, records, run_workflow, within, write_workflow

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
-from engine.exec.local.attempt import LocalExecutor
+from engine.exec.local.executor import LocalExecutor
 from engine.map.scheduler import MAX_RETRY_DELAY, MapOutcome, MapScheduler, backoff_delay
 from engine.workflow.spec import RetrySpec, Step
 from ledger import LedgerReader

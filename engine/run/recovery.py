@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from engine.exec.local import orphans
-from engine.exec.local.attempt import process_command, run_processes
+from engine.exec.local.procfs import process_command, run_processes
 from engine.map.scheduler import abandon_events
 from engine.run.context import RunContext
 from ledger.events import Event, ItemRequeued, LeftoverProcess, RunLeftovers

@@ -1,4 +1,4 @@
-"""The local executor: each attempt's steps as subprocesses on this machine.
+"""An attempt of the local executor: its steps as process groups on this machine.
 
 Every step runs in its own process group (a new session), so a timeout, a
 hang or a cancel stops the whole tree: SIGTERM to the group, a grace period,
@@ -11,124 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import os
 import shlex
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
-from engine.exec.local.guardian import alive_groups, processes
-from engine.exec.local.orphans import OWN, adopting
+from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, HeartbeatSample
+from engine.exec.local.child import Child
+from engine.exec.local.guardian_client import GUARDIAN, Guardian
+from engine.exec.local.logs import Log
+from engine.exec.local.procfs import group_usage, stop_group_leftovers, terminate_group
 from engine.redact import redact_value, secret_forms
 from engine.workflow.spec import Step
 from engine.workflow.template import render_argv, render_shell, render_text, value_text
 from ledger.atomic import DIR_MODE, FILE_MODE, fsync_dir, make_private_dir
-from ledger.events import LogRef
 from ledger.times import rfc3339
 
-__all__ = [
-    "LocalExecutor",
-    "group_members",
-    "group_usage",
-    "process_command",
-    "stop_group_leftovers",
-    "terminate_group",
-]
+__all__ = ["LocalAttempt", "agent_argv", "check_passable"]
 
-TAIL_LINES = 100
-TAIL_BYTES = 64 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def group_usage(pgid: int) -> tuple[int, float, int]:
-    """(rss bytes, cpu seconds, processes) of a process group, from /proc."""
-    rss = 0
-    cpu = 0.0
-    count = 0
-    for _pid, fields in processes():
-        if int(fields[2]) == pgid:
-            count += 1
-            cpu += (int(fields[11]) + int(fields[12])) / _TICKS
-            rss += int(fields[21]) * _PAGE
-    return rss, cpu, count
-
-
-async def terminate_group(pgid: int, exited: asyncio.Future[Any] | None, grace: float) -> None:
-    """SIGTERM the group, wait up to ``grace`` for the leader to exit, then SIGKILL the group."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    if exited is not None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exited), grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-async def stop_group_leftovers(pgid: int, grace: float) -> int:
-    """Stop what is left in a step's process group once its leader has exited.
-
-    SIGTERM, up to ``grace`` seconds for them to go, then SIGKILL; returns how
-    many processes were left. One signal-0 probe when nothing is (the usual case).
-    """
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return 0
-    left = await asyncio.to_thread(group_members, pgid)
-    if not left:
-        return 0  # zombies only, waiting for their parent (init) to reap them
-    await stop_groups({pgid}, grace)
-    return len(left)
-
-
-async def stop_groups(groups: set[int], grace: float) -> None:
-    """SIGTERM each process group, up to ``grace`` seconds for them to go, then SIGKILL."""
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while groups and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-        groups = await asyncio.to_thread(alive_groups, groups)
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-
-
-def group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes of a process group."""
-    return [pid for pid, fields in processes() if fields[0] != b"Z" and int(fields[2]) == pgid]
-
-
-@functools.lru_cache(maxsize=256)
-def _resolve(program: str, path: str) -> str:
-    """The program's path as the child's PATH finds it (looked up once, not per spawn)."""
-    if "/" in program:
-        return program
-    return shutil.which(program, path=path) or program
-
-
-def _pidfds_work() -> bool:
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):
-        return False
-    return True
-
-
-_PIDFD = _pidfds_work()
-
 
 ARG_LIMIT = 32 * _PAGE
 """Bytes one argument, or one ``NAME=value`` environment entry, can hold
@@ -187,510 +94,21 @@ def check_passable(argv: Sequence[str], env: Mapping[str, str]) -> None:
 
 _HINT = "; read a large item from the file $ENGINE_ITEM_FILE names instead"
 
-
-_WATCH_AFTER = 0.05
-"""Seconds after which a child's exit is watched by itself, not through its pipes."""
-
-
-class _Environment:
-    """An environment as ``KEY=value`` bytes: a shared base, encoded once, plus extras."""
-
-    def __init__(self, base: Mapping[str, str]) -> None:
-        self.base = base  # held, so its id is not reused while this is cached
-        self.entries = [_entry(k, v) for k, v in base.items()]
-        self.index = {k: i for i, k in enumerate(base)}
-
-    def encode(self, extra: Mapping[str, str]) -> list[bytes]:
-        entries = self.entries.copy()
-        overridden = [self.index[k] for k in extra if k in self.index]
-        for i in sorted(overridden, reverse=True):
-            del entries[i]
-        entries.extend(_entry(k, v) for k, v in extra.items())
-        return entries
-
-
-def _entry(key: str, value: str) -> bytes:
-    raw = os.fsencode(key)
-    if not raw or b"=" in raw or b"\0" in raw:
-        raise ValueError(f"illegal environment variable name {key!r}")
-    return raw + b"=" + os.fsencode(value)
-
-
-_ENVIRONMENTS: dict[int, _Environment] = {}
-
-
-def _environment(base: Mapping[str, str]) -> _Environment:
-    env = _ENVIRONMENTS.get(id(base))
-    if env is None or env.base is not base:
-        if len(_ENVIRONMENTS) > 8:
-            _ENVIRONMENTS.clear()
-        env = _ENVIRONMENTS[id(base)] = _Environment(base)
-    return env
-
-
-_fork_exec: Callable[..., int] | None
-try:  # CPython's own spawning primitive, as subprocess.Popen calls it
-    from _posixsubprocess import fork_exec as _fork_exec
-except ImportError:  # pragma: no cover - not CPython on a POSIX system
-    _fork_exec = None
-
-_FORK_EXEC = _fork_exec is not None and (3, 11) <= sys.version_info[:2] <= (3, 13)
-"""Spawn through ``fork_exec`` directly where its signature is known.
-
-``subprocess.Popen`` costs about 0.1 ms of Python per spawn on top of it
-(its object, the environment encoded entry by entry, the handles): a tenth
-of the engine's whole cost per item when the commands are short. Elsewhere,
-``Popen``.
-"""
-
-
-def _spawn(
-    argv: list[str],
-    *,
-    base_env: Mapping[str, str],
-    env: dict[str, str],
-    cwd: str,
-    stdout: int,
-    stderr: int,
-) -> tuple[int, subprocess.Popen[bytes] | None]:
-    """Start ``argv`` in a new session; its pid (and the Popen, where one was used).
-
-    Its environment is ``env`` laid over ``base_env`` (a mapping shared by many
-    spawns, encoded once).
-
-    Raises OSError when the program cannot be started (not found, not
-    executable, a bad working directory), as Popen does.
-    """
-    path = env["PATH"] if "PATH" in env else base_env.get("PATH", "")
-    executable = _resolve(argv[0], path)
-    if not _FORK_EXEC or _fork_exec is None:
-        popen = subprocess.Popen(
-            [executable, *argv[1:]],
-            stdin=_devnull(),
-            stdout=stdout,
-            stderr=stderr,
-            cwd=cwd,
-            env={**base_env, **env},
-            start_new_session=True,
-        )
-        return popen.pid, popen
-    args = [os.fsencode(executable), *map(os.fsencode, argv[1:])]
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        try:
-            pid = _fork_exec(
-                args,
-                [args[0]],
-                True,  # close every other descriptor
-                (err_w,),
-                cwd,
-                _environment(base_env).encode(env),
-                _devnull(), -1,  # stdin
-                -1, stdout,
-                -1, stderr,
-                err_r, err_w,
-                True,  # restore signals
-                True,  # setsid: a session and process group of its own
-                -1, None, None, None, -1, None,
-                True,  # vfork where it is safe
-            )  # fmt: skip
-        finally:
-            os.close(err_w)
-        failure = b""
-        while chunk := os.read(err_r, 50000):
-            failure += chunk
-    finally:
-        os.close(err_r)
-    if failure:
-        # "OSError:<hex errno>:<where>" from the child that could not exec.
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        _name, hex_errno, where = failure.split(b":", 2)
-        number = int(hex_errno, 16) if hex_errno else 0
-        # "noexec": it failed before exec, where entering the working directory is what fails.
-        filename = cwd if where.startswith(b"noexec") else executable
-        raise OSError(number, os.strerror(number), filename)
-    return pid, None
-
-
-class _Guardian:
-    """The engine's side of :mod:`engine.exec.local.guardian` (one per engine process).
-
-    Started at the first attempt; every attempt's process group is registered
-    while it runs. If the engine dies, even by SIGKILL, the guardian sees its
-    pipe close and terminates the groups still registered.
-    """
-
-    def __init__(self) -> None:
-        self.fd = -1
-        self.pid = -1
-        self._owner = -1
-        """The process that started it (a forked child must start its own)."""
-        self._pending: dict[int, bool] = {}
-        """Process groups to register (True) or unregister (False) with the next batch."""
-        self._timer: asyncio.TimerHandle | None = None
-
-    def _start(self) -> None:
-        self._owner = os.getpid()
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        script = str(Path(__file__).with_name("guardian.py"))
-        argv = [sys.executable, "-I", "-S", script, str(GUARDIAN_GRACE)]
-        try:
-            # No Popen: the guardian outlives every object here, by design.
-            self.pid = os.posix_spawn(
-                sys.executable,
-                argv,
-                os.environ,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, read_end, 0),
-                    (os.POSIX_SPAWN_DUP2, _devnull(), 1),
-                    (os.POSIX_SPAWN_DUP2, _devnull(), 2),
-                ],
-                setsid=True,
-            )
-        except OSError:
-            os.close(write_end)
-            return
-        finally:
-            os.close(read_end)
-        OWN.add(self.pid)
-        self.fd = write_end
-
-    def _send(self, data: bytes) -> None:
-        if self._owner != os.getpid():
-            self._start()
-        if self.fd < 0:
-            return
-        try:
-            os.write(self.fd, data)
-        except OSError:  # the guardian is gone; resume still finds what it left running
-            os.close(self.fd)
-            self.fd = -1
-
-    # Registrations are sent in batches, a few milliseconds late: a write wakes
-    # the guardian (tens of microseconds a time), and most attempts of a busy
-    # run end before their batch goes, so theirs never needs sending. What a
-    # dead engine left unregistered, the next resume stops before anything runs.
-
-    def register(self, pgid: int) -> None:
-        self._pending[pgid] = True
-        self._schedule()
-
-    def unregister(self, pgid: int) -> None:
-        if self._pending.pop(pgid, None):
-            return  # never sent: nothing to take back
-        self._pending[pgid] = False
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if self._timer is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self._timer = loop.call_later(GUARDIAN_BATCH, self.flush)
-
-    def flush(self) -> None:
-        self._timer = None
-        pending, self._pending = self._pending, {}
-        if pending:
-            lines = (b"%s%d\n" % (b"+" if on else b"-", pgid) for pgid, on in pending.items())
-            self._send(b"".join(lines))
-
-
-GUARDIAN_BATCH = 0.02
-"""Seconds registrations wait to be sent to the guardian together."""
-
-GUARDIAN_GRACE = 5.0
-"""Seconds the guardian waits after SIGTERM before it sends SIGKILL."""
-
-_GUARDIAN = _Guardian()
-
-
-def _forget_guardian_in_child() -> None:
-    # A forked child (a background verifier) must not keep the engine's end
-    # of the pipe open: the guardian would not see the engine die.
-    if _GUARDIAN.fd >= 0:
-        with contextlib.suppress(OSError):
-            os.close(_GUARDIAN.fd)
-        _GUARDIAN.fd = -1
-    _GUARDIAN._pending = {}
-    _GUARDIAN._timer = None
-
-
-os.register_at_fork(after_in_child=_forget_guardian_in_child)
-
-
-class _Child:
-    """A child in a session (and process group) of its own, driven by the event loop.
-
-    Cheaper than asyncio's subprocess transports: the exit is seen through a
-    pidfd (or a waiting thread where pidfds are not allowed), and the pipes
-    are read by plain readers on the loop.
-    """
-
-    def __init__(
-        self,
-        argv: list[str],
-        *,
-        base_env: Mapping[str, str],
-        env: dict[str, str],
-        cwd: str,
-        sinks: tuple[_Log, _Log],
-        on_output: Callable[[], None],
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            self.pid, self.popen = _spawn(
-                argv, base_env=base_env, env=env, cwd=cwd, stdout=out_w, stderr=err_w
-            )
-        except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
-            raise
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        OWN.add(self.pid)
-        self.returncode: int | None = None
-        self.exited: asyncio.Future[Any] = loop.create_future()
-        self.drained: asyncio.Future[None] = loop.create_future()
-        self._open = 2
-        self._loop = loop
-        self._on_output = on_output
-        self._pidfd = -1
-        self._watching = False
-        self._fds = {out_r, err_r}
-        for fd, sink in ((out_r, sinks[0]), (err_r, sinks[1])):
-            loop.add_reader(fd, self._read, fd, sink)
-        # Most children close their pipes by exiting, soon: that is seen without
-        # watching the process at all. One still running a moment later (or one
-        # whose pipes outlive it in a grandchild) is watched through a pidfd.
-        self._watch_timer = loop.call_later(_WATCH_AFTER, self._watch_exit)
-
-    def _watch_exit(self) -> None:
-        if self._watching or self.exited.done():
-            return
-        self._watching = True
-        self._watch_timer.cancel()
-        if _PIDFD:
-            self._pidfd = os.pidfd_open(self.pid)
-            self._loop.add_reader(self._pidfd, self._reap)
-        else:
-            waiter = self._loop.run_in_executor(None, self._wait, 0)
-            waiter.add_done_callback(lambda _f: self._settle_exit())
-
-    def _read(self, fd: int, sink: _Log) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            sink.write(data)
-            self._on_output()
-            return
-        self._loop.remove_reader(fd)
-        os.close(fd)
-        self._fds.discard(fd)
-        self._open -= 1
-        if self._open == 0 and not self.drained.done():
-            self.drained.set_result(None)
-            if not self._watching:
-                if self._wait(os.WNOHANG) is None:
-                    self._watch_exit()  # pipes closed, process not gone yet
-                else:
-                    self._watch_timer.cancel()
-                    self._settle_exit()
-
-    def stop_reading(self) -> None:
-        """Close the pipes that are still open: their output ends here.
-
-        For pipes held by a process that left the step's process group
-        (``setsid``), which stopping the group cannot reach.
-        """
-        for fd in self._fds:
-            self._loop.remove_reader(fd)
-            os.close(fd)
-        self._fds.clear()
-        self._open = 0
-        if not self.drained.done():
-            self.drained.set_result(None)
-
-    def _reap(self) -> None:
-        self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._wait(0)
-        self._settle_exit()
-
-    def _wait(self, flags: int) -> int | None:
-        """Reap the child (``flags``: 0 blocks, WNOHANG does not); its return code."""
-        if self.returncode is not None:
-            return self.returncode
-        if self.popen is not None:
-            self.returncode = self.popen.wait() if flags == 0 else self.popen.poll()
-            if self.returncode is not None:
-                OWN.discard(self.pid)
-            return self.returncode
-        try:
-            pid, status = os.waitpid(self.pid, flags)
-        except ChildProcessError:
-            # Reaped elsewhere (nothing in the engine does): its status is lost,
-            # and an attempt whose status is unknown did not succeed.
-            self.returncode = 255
-            OWN.discard(self.pid)
-            return self.returncode
-        if pid == 0:
-            return None
-        self.returncode = os.waitstatus_to_exitcode(status)
-        OWN.discard(self.pid)
-        return self.returncode
-
-    def _settle_exit(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(self._wait(os.WNOHANG))
-
-
 _MADE: set[str] = set()
 """Directories this process has made (or found) already."""
 
-_DEVNULL: list[int] = []
-
-
-def _devnull() -> int:
-    """One /dev/null descriptor for every child's stdin (not one open per spawn)."""
-    if not _DEVNULL:
-        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-    return _DEVNULL[0]
-
-
-class _Log:
-    """One stream's log file: written as it comes, made durable at the end.
-
-    Paths are plain strings: an attempt builds two of these, and most never
-    see a byte (no output, no file).
-
-    A write that fails (a full disk) is never raised to the pipe's reader
-    callback, which would fail again at every chunk: the log stops there,
-    keeps draining into its in-memory tail only, drops its file at the end,
-    and ``error`` makes the attempt fail (``resource_exhausted``).
-    """
-
-    def __init__(self, directory: str, name: str, secrets: tuple[bytes, ...]) -> None:
-        self.directory = directory
-        self.name = name
-        self.fd = -1  # opened at the first byte: no output, no file
-        self.size = 0
-        self.tail: deque[bytes] = deque()
-        self.tail_size = 0
-        self.digest: Any = None
-        self.secret_bytes = secrets
-        self.hold = max((len(x) for x in secrets), default=1) - 1
-        """Bytes kept back until more come: a secret may arrive in two writes."""
-        self.carry = b""
-        self.error: OSError | None = None
-        """The first failed write, open or sync; the file is abandoned after it."""
-
-    @property
-    def path(self) -> str:
-        return f"{self.directory}/{self.name}"
-
-    @property
-    def tmp(self) -> str:
-        return f"{self.directory}/.{self.name}.tmp"
-
-    def write(self, data: bytes) -> None:
-        if self.secret_bytes:
-            data = self.carry + data
-            for secret in self.secret_bytes:
-                data = data.replace(secret, b"***")
-            if self.hold:
-                data, self.carry = data[: -self.hold], data[-self.hold :]
-        self._write(data)
-
-    def flush(self) -> None:
-        """Write what was kept back (the stream has ended)."""
-        if self.carry:
-            data, self.carry = self.carry, b""
-            self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        if self.error is None:
-            try:
-                if self.fd < 0:
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-                    self.fd = os.open(self.tmp, flags, FILE_MODE)
-                    self.digest = hashlib.sha256()
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self.fd, view) :]
-            except OSError as exc:
-                self.error = exc
-            else:
-                self.size += len(data)
-                self.digest.update(data)
-        self.tail.append(data)
-        self.tail_size += len(data)
-        while self.tail_size > TAIL_BYTES and len(self.tail) > 1:
-            self.tail_size -= len(self.tail.popleft())
-
-    def read_from(self, offset: int) -> bytes:
-        if self.fd < 0 or offset >= self.size or self.error is not None:
-            return b""
-        with open(self.tmp, "rb") as f:
-            f.seek(offset)
-            return f.read()
-
-    def tail_text(self, lines: int = TAIL_LINES) -> str:
-        if not self.tail:
-            return ""
-        text = b"".join(self.tail).decode("utf-8", "replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def finish(self) -> LogRef | None:
-        """Make the log durable under its name; an empty log leaves no file.
-
-        A log whose write or sync failed leaves no file either (what it
-        holds is not what the command printed) and no reference.
-        """
-        self.flush()
-        if self.fd < 0:
-            return None
-        fd, self.fd = self.fd, -2  # finished: nothing more is written
-        try:
-            if self.error is None:
-                os.fsync(fd)
-        except OSError as exc:
-            self.error = exc
-        finally:
-            os.close(fd)
-        try:
-            if self.error is None:
-                os.replace(self.tmp, self.path)
-        except OSError as exc:
-            self.error = exc
-        if self.error is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.tmp)
-            return None
-        return LogRef(
-            path=f"logs/{self.name}",
-            sha256="sha256:" + self.digest.hexdigest(),
-            size=self.size,
-        )
-
 
 class LocalAttempt(Attempt):
-    def __init__(self, request: AttemptRequest) -> None:
+    """One attempt's steps, one process group at a time, with heartbeats and hang detection.
+
+    ``guardian``: where each step's process group is registered while it runs
+    (this process's guardian unless told otherwise).
+    """
+
+    def __init__(self, request: AttemptRequest, *, guardian: Guardian = GUARDIAN) -> None:
         self.request = request
-        self.child: _Child | None = None
+        self.guardian = guardian
+        self.child: Child | None = None
         self.pgid: int | None = None
         self.started = time.monotonic()
         self.last_activity = time.monotonic()
@@ -709,8 +127,8 @@ class LocalAttempt(Attempt):
             make_private_dir(Path(logs))
             _MADE.add(logs)
         secrets = tuple(s.encode() for s in secret_forms(request.redact))
-        self.out = _Log(logs, f"{self.base}.stdout", secrets)
-        self.err = _Log(logs, f"{self.base}.stderr", secrets)
+        self.out = Log(logs, f"{self.base}.stdout", secrets)
+        self.err = Log(logs, f"{self.base}.stderr", secrets)
         # Only the attempt touches (creates) this file; it needs no durability.
         hb_dir = f"{run_dir}/heartbeat"
         if hb_dir not in _MADE:
@@ -949,7 +367,7 @@ class LocalAttempt(Attempt):
         if self.cancelled:  # cancelled before its process started: it never starts
             return {"exit_code": None, "error": "cancelled before it started", "stdout": b""}
         try:
-            child = _Child(
+            child = Child(
                 argv,
                 base_env=request.base_env,
                 env=env,
@@ -965,7 +383,7 @@ class LocalAttempt(Attempt):
             return self._not_started(f"cannot start {argv[0]!r}: {exc}")
         self.child = child
         self.pgid = child.pid
-        _GUARDIAN.register(child.pid)
+        self.guardian.register(child.pid)
         timed_out = False
         try:
             if limit is None:
@@ -1000,7 +418,7 @@ class LocalAttempt(Attempt):
                     "background (map.allow_background: true keeps them)\n"
                 )
                 self.err.write(note.encode())
-        _GUARDIAN.unregister(child.pid)
+        self.guardian.unregister(child.pid)
         self.out.flush()
         self.err.flush()
         code = child.returncode
@@ -1120,80 +538,6 @@ def _capture(stdout: str, fmt: str) -> Any:
     if fmt == "lines":
         return [line for line in stdout.splitlines() if line.strip()]
     return stdout.strip()
-
-
-class LocalExecutor(Executor):
-    """Runs attempts as local subprocesses."""
-
-    name = "local"
-
-    async def start(self, request: AttemptRequest) -> Attempt:
-        return LocalAttempt(request)
-
-    async def reclaim(
-        self, run_id: str, run_dir: Path, grace: float = GUARDIAN_GRACE
-    ) -> dict[str, int]:
-        """Stop every process an earlier engine left running for ``run_id``.
-
-        Attempts carry ``ENGINE_RUN_ID`` and ``ENGINE_RUN_DIR`` in their
-        environment, and so do the processes they start: those still alive are
-        found in ``/proc``, their groups sent SIGTERM, and after ``grace``
-        seconds SIGKILL.
-        """
-        found = await asyncio.to_thread(run_processes, run_id, run_dir)
-        groups = {pgid for pgid, _item in found.values()}
-        if not groups:
-            return {}
-        await stop_groups(groups, grace)
-        per_item: dict[str, int] = {}
-        for _pgid, item in found.values():
-            per_item[item] = per_item.get(item, 0) + 1
-        return per_item
-
-
-def run_processes(run_id: str, run_dir: Path) -> dict[int, tuple[int, str]]:
-    """Live processes of attempts of ``run_id`` (by their environment): pid -> (pgid, item).
-
-    Only those of the run in ``run_dir``: another home (another checkout, another
-    user's test) may hold a run with the same id at the same time. While this
-    engine adopts orphans (:mod:`engine.exec.local.orphans`), its adopted children count
-    too when their environment was cleared (``env -i``): no other run's.
-    """
-    marker = b"ENGINE_RUN_ID=" + os.fsencode(run_id)
-    # Attempts carry the run directory resolved (absolute, no symlinks).
-    place = b"ENGINE_RUN_DIR=" + os.fsencode(str(run_dir.resolve()))
-    me = os.getpid()
-    parent = str(me).encode() if adopting() else None
-    found: dict[int, tuple[int, str]] = {}
-    for pid, fields in processes():
-        if pid == me or fields[0] == b"Z":
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            continue  # gone, or not ours to read
-        orphan = fields[1] == parent and pid not in OWN
-        if orphan and not any(v.startswith(b"ENGINE_RUN_ID=") for v in environ):
-            pass  # adopted, its environment cleared: of this run
-        elif marker not in environ or place not in environ:
-            continue
-        item = next(
-            (v[len(b"ENGINE_ITEM_ID=") :] for v in environ if v.startswith(b"ENGINE_ITEM_ID=")),
-            b"",
-        )
-        found[pid] = (int(fields[2]), os.fsdecode(item))
-    return found
-
-
-def process_command(pid: int) -> str:
-    """A process's command line, for a report ('' when it is gone; at most 64 KiB read)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read(65536)
-    except OSError:
-        return ""
-    return " ".join(part.decode("utf-8", "replace") for part in raw.split(b"\0") if part)
 
 
 def agent_argv(command: str) -> list[str]:
