@@ -21,8 +21,8 @@ import msgspec
 
 from engine.errors import IncompleteMap, StoreMissing
 from engine.exec.executor import Attempt, AttemptRequest
-from engine.exec.local.attempt import agent_argv
 from engine.exec.local.executor import LocalExecutor
+from engine.exec.program import agent_argv
 from engine.items.selection import LoadStop
 from engine.map.scheduler import MapScheduler
 from engine.redact import Redactor, secret_values

@@ -8,6 +8,7 @@ import os
 from collections import deque
 from typing import Any
 
+from engine.exec.program import OutputRedactor
 from ledger.atomic import FILE_MODE
 from ledger.events import LogRef
 
@@ -21,8 +22,8 @@ class Log:
     """One stream's log file: written as it comes, made durable at the end.
 
     Paths are plain strings: an attempt builds two of these, and most never
-    see a byte (no output, no file). Secrets (``secrets``, each form as
-    bytes) are masked before anything is written, the tail included.
+    see a byte (no output, no file). Secrets are masked before anything is
+    written (``redactor``), the tail included.
 
     A write that fails (a full disk) is never raised to the pipe's reader
     callback, which would fail again at every chunk: the log stops there,
@@ -30,7 +31,7 @@ class Log:
     and ``error`` makes the attempt fail (``resource_exhausted``).
     """
 
-    def __init__(self, directory: str, name: str, secrets: tuple[bytes, ...] = ()) -> None:
+    def __init__(self, directory: str, name: str, redactor: OutputRedactor | None = None) -> None:
         self.directory = directory
         self.name = name
         self.fd = -1  # opened at the first byte: no output, no file
@@ -38,10 +39,7 @@ class Log:
         self.tail: deque[bytes] = deque()
         self.tail_size = 0
         self.digest: Any = None
-        self.secret_bytes = secrets
-        self.hold = max((len(x) for x in secrets), default=1) - 1
-        """Bytes kept back until more come: a secret may arrive in two writes."""
-        self.carry = b""
+        self.redactor = redactor
         self.error: OSError | None = None
         """The first failed write, open or sync; the file is abandoned after it."""
 
@@ -54,19 +52,14 @@ class Log:
         return f"{self.directory}/.{self.name}.tmp"
 
     def write(self, data: bytes) -> None:
-        if self.secret_bytes:
-            data = self.carry + data
-            for secret in self.secret_bytes:
-                data = data.replace(secret, b"***")
-            if self.hold:
-                data, self.carry = data[: -self.hold], data[-self.hold :]
+        if self.redactor is not None:
+            data = self.redactor.feed(data)
         self._write(data)
 
     def flush(self) -> None:
         """Write what was kept back (the stream has ended)."""
-        if self.carry:
-            data, self.carry = self.carry, b""
-            self._write(data)
+        if self.redactor is not None:
+            self._write(self.redactor.end())
 
     def note(self, text: str) -> None:
         """A line of the engine's own in the tail only (the file is not what was printed)."""
