@@ -217,3 +217,26 @@ def test_a_cancel_before_the_process_starts_is_not_lost(executor: Executor, tmp_
         assert not ran.exists()
 
     asyncio.run(main())
+
+
+def test_a_cancel_requested_before_the_process_starts_starts_none(
+    executor: Executor, tmp_path: Path
+) -> None:
+    """Cancelled when ``cancel()`` is called, not when it is awaited: a signal handler
+    schedules it (``ensure_future``), and the attempt's first step must not start meanwhile."""
+
+    async def main() -> None:
+        ran = tmp_path / "ran"
+        attempt = await executor.start(_request(tmp_path, [{"run": f"touch {ran}; sleep 300"}]))
+        asyncio.get_running_loop().call_later(
+            30, lambda: attempt.pgid and os.killpg(attempt.pgid, signal.SIGKILL)
+        )
+        stopping = asyncio.ensure_future(attempt.cancel())
+        outcome = await within(attempt.wait(), what="the outcome")
+        await within(stopping, what="the cancel")
+        assert outcome.interrupted and not outcome.ok
+        # No process ran: none exited, none was killed.
+        assert outcome.exit_code is None and outcome.signal is None
+        assert attempt.pgid is None and not ran.exists()
+
+    asyncio.run(main())

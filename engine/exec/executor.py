@@ -112,6 +112,10 @@ class Attempt(abc.ABC):
     async def cancel(self, *, force: bool = False) -> None:
         """Stop the attempt; its outcome says ``interrupted``.
 
+        The attempt is cancelled from the call on, not from when the call is
+        awaited (a signal handler schedules it for later): a step whose
+        process has not started by then never starts one.
+
         ``force``: no grace period (SIGKILL at once, where there are signals).
         """
 

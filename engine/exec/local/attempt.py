@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +126,13 @@ class LocalAttempt(Attempt):
     async def wait(self) -> AttemptOutcome:
         return await asyncio.shield(self.task)
 
-    async def cancel(self, *, force: bool = False) -> None:
+    def cancel(self, *, force: bool = False) -> Coroutine[Any, Any, None]:
+        """Stop the attempt. Cancelled from this call on, not from when it is awaited:
+        a step whose process has not started by then never starts it."""
         self.cancelled = True
+        return self._stop(force)
+
+    async def _stop(self, force: bool) -> None:
         if self.pgid is not None:
             exited = self.child.exited if self.child is not None else None
             await terminate_group(self.pgid, exited, 0.0 if force else self.request.kill_grace)
