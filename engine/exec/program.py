@@ -25,6 +25,7 @@ from engine.exec.executor import AttemptOutcome
 from engine.redact import redact_value, secret_forms
 from engine.workflow.spec import Step
 from engine.workflow.template import render_argv, render_shell, render_text, value_text
+from engine.workflow.variables import last_step
 from ledger.atomic import FILE_MODE, make_private_dir
 from ledger.events import LogRef
 
@@ -375,10 +376,7 @@ class StepSequence:
         self._index += 1
         self.last = result
         stdout = result.stdout.decode("utf-8", "replace")
-        self.context["last"] = self.context["shell"] = {
-            "output": stdout.strip(),
-            "exit_code": result.exit_code,
-        }
+        last_step(self.context, stdout.strip(), result.exit_code)
         if stopped or result.timed_out or result.exit_code != 0:
             self.failed = index
             self._handlers = step.on_failure
