@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ItemsError
+from engine.items.keys import idempotency_key
 from engine.items.selection import load_items, select
 from engine.map.classify import classify, signature
-from engine.map.scheduler import backoff_delay, idempotency_key
+from engine.map.scheduler import backoff_delay
 from engine.workflow.spec import ClassifyRule, MapSpec, RetrySpec, parse_duration
 from engine.workflow.template import TemplateError, render_shell, scan_shell
 
@@ -241,7 +242,7 @@ def test_idempotency_keys_spliced_equal_the_canonical_definition() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from engine.map.scheduler import IdempotencyKeys, idempotency_key
+    from engine.items.keys import IdempotencyKeys, idempotency_key
     from engine.workflow.spec import MapSpec
 
     spec = MapSpec.model_validate(
