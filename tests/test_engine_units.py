@@ -11,7 +11,7 @@ from engine.errors import ItemsError
 from engine.items.keys import idempotency_key
 from engine.items.selection import load_items, select
 from engine.map.classify import classify, signature
-from engine.map.scheduler import backoff_delay
+from engine.map.policy import backoff_delay
 from engine.workflow.spec import ClassifyRule, MapSpec, RetrySpec, parse_duration
 from engine.workflow.template import TemplateError, render_shell, scan_shell
 

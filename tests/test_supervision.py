@@ -22,7 +22,8 @@ import pytest
 
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
 from engine.exec.local.executor import LocalExecutor
-from engine.map.scheduler import MAX_RETRY_DELAY, MapOutcome, MapScheduler, backoff_delay
+from engine.map.policy import MAX_RETRY_DELAY, backoff_delay
+from engine.map.scheduler import MapOutcome, MapScheduler
 from engine.workflow.spec import RetrySpec, Step
 from ledger import LedgerReader
 from projections.replay import replay
@@ -359,7 +360,7 @@ def test_an_item_value_no_json_can_hold_is_one_line_and_exit_2(tmp_path: Path) -
 def test_a_failure_tail_fits_its_record_once_escaped(text: str) -> None:
     # A tail of control characters takes six bytes each as JSON: a 64 KiB tail
     # made item.failed too large to record, and the failure lost its type.
-    from engine.map.scheduler import _bounded
+    from engine.map.outcomes import _bounded
 
     bounded = _bounded(text)
     assert len(msgspec.json.encode(bounded)) <= 64 * 1024

@@ -1,11 +1,17 @@
-"""The map scheduler: dispatch, retry, backoff, circuit breaker, failure limits.
+"""The map scheduler: the loop that dispatches items and records their outcomes.
 
-It decides only from the projections. Every decision is an event appended
-to the ledger and applied to the projections through the same code replay
-uses; nothing is remembered beside them. Write-ahead: an attempt's
-``item.dispatched`` is durable before its process starts, and its outcome
-(with the retry or dead-letter decision, in one append) is durable before
-anything depends on it.
+It decides only from the projections, through the pure functions of
+:mod:`engine.map.policy` (retry or dead-letter, the circuit, failure limits)
+and :mod:`engine.map.outcomes` (an outcome's events). Every decision is an
+event appended to the ledger and applied to the projections through the
+same code replay uses; nothing is remembered beside them but the live
+attempts. Write-ahead: an attempt's ``item.dispatched`` is durable before
+its process starts, and its outcome (with the retry or dead-letter
+decision, in one append) is durable before anything depends on it.
+
+One clock (``clock``: epoch seconds, :func:`time.time` by default) gives
+every time the scheduler decides by: which items are ready, a retry's
+``not_before``, when an open circuit may half-open.
 """
 
 from __future__ import annotations
@@ -13,81 +19,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import msgspec
 
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
 from engine.exec.local import orphans
 from engine.items.keys import IdempotencyKeys
-from engine.map.classify import classify, signature
+from engine.map import policy
+from engine.map.outcomes import failure_events, machine_resources, outcome_events
 from engine.store.cache import ArtifactError, ItemHooks
 from engine.store.content import ContentStore
-from engine.workflow.spec import CircuitBreakerSpec, MapSpec, RetrySpec
+from engine.workflow.spec import CircuitBreakerSpec, MapSpec
 from ledger.errors import LedgerWriteFailed
-from ledger.events import (
-    CircuitClosed,
-    CircuitHalfOpen,
-    CircuitOpened,
-    Event,
-    Heartbeat,
-    ItemDeadLettered,
-    ItemDispatched,
-    ItemFailed,
-    ItemRetryScheduled,
-    ItemSucceeded,
-)
-from ledger.times import epoch, rfc3339, utc_now
+from ledger.events import Event, Heartbeat, ItemDispatched
+from ledger.times import epoch, rfc3339
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
-__all__ = [
-    "MAX_RETRY_DELAY",
-    "MapOutcome",
-    "MapScheduler",
-    "abandon_events",
-    "backoff_delay",
-    "failure_events",
-]
-
-
-MAX_RETRY_DELAY = 7 * 86400.0
-"""The longest wait before a retry, whatever the retry settings compute."""
-
-
-def backoff_delay(retry: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
-    """Seconds before the attempt after ``failed_attempt`` (1-based).
-
-    Always a finite number from 0 to :data:`MAX_RETRY_DELAY`: a delay that
-    overflows or is not a number waits the longest.
-    """
-    if retry.backoff == "fixed":
-        delay = retry.initial
-    elif retry.backoff == "linear":
-        delay = retry.initial * failed_attempt
-    else:
-        try:
-            delay = retry.initial * retry.multiplier ** (failed_attempt - 1)
-        except OverflowError:  # e.g. 1000.0 ** 200: far past any max
-            delay = retry.max
-    delay = _bounded_delay(min(delay, retry.max))
-    if retry.jitter:
-        delay = rng.uniform(delay / 2, delay)
-    return _bounded_delay(delay)
-
-
-def _bounded_delay(delay: float) -> float:
-    if math.isnan(delay):
-        return MAX_RETRY_DELAY
-    return min(max(delay, 0.0), MAX_RETRY_DELAY)
+__all__ = ["MapOutcome", "MapScheduler"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,10 +178,9 @@ class MapScheduler:
         next_retry = self.p.pending.next_time()
         if next_retry is not None:
             times.append(epoch(next_retry) - now)
-        circuit = self.p.circuit
-        if circuit.state == "open" and circuit.opened_at is not None:
-            opened = epoch(circuit.opened_at)
-            times.append(opened + circuit.cooldown - now)
+        half_open = policy.half_open_at(self.p.circuit)
+        if half_open is not None:
+            times.append(half_open - now)
         if not times:
             return None
         return max(0.0, min(times))
@@ -252,25 +203,26 @@ class MapScheduler:
         return self.max_parallel - len(self.running) - len(self.reserved)
 
     async def _circuit_allows(self) -> bool:
-        circuit = self.p.circuit
+        """Whether the circuit lets an item through now (half-opening it when due)."""
         if self.circuit is None:
             return True
-        if circuit.state == "open":
-            assert circuit.opened_at is not None
-            opened = epoch(circuit.opened_at)
-            if self.clock() < opened + circuit.cooldown:
-                return False
-            probe = self.p.pending.next_ready(utc_now())
-            await self._append([CircuitHalfOpen(probe_item=probe)])
-            return not self.tasks
-        if circuit.state == "half_open":
-            return not self.tasks
+        events = policy.circuit_half_open(
+            self.circuit, self.p.circuit, self.p.pending, now=self.clock()
+        )
+        if events:
+            await self._append(events)
+        state = self.p.circuit.state
+        if state == "open":
+            return False
+        if state == "half_open":
+            return not self.tasks  # one probe at a time
         return True
 
     def _plan(self, limit: int) -> list[_Plan]:
         """Take up to ``limit`` ready items for dispatch (reserving their slots)."""
         plans = []
-        for item in self.p.pending.ready_items(utc_now(), limit, exclude=self.reserved):
+        now = rfc3339(self.clock())
+        for item in self.p.pending.ready_items(now, limit, exclude=self.reserved):
             attempt = self.p.items.items[item].attempts + 1
             value = self.values.get(item)
             key = self._keys(item, value)
@@ -384,7 +336,15 @@ class MapScheduler:
         if state is None or state.status != "running" or state.attempts != attempt:
             return  # its outcome is recorded; what failed came after
         message = f"engine error while {doing} the attempt: {_describe(exc)}"
-        events = failure_events(self.spec, item, attempt, "unknown", message)
+        events = failure_events(
+            self.spec,
+            item,
+            attempt,
+            "unknown",
+            message,
+            now=self.clock(),
+            resources=machine_resources(),
+        )
         try:
             await self._append(events)
             await self._after_outcome(item, AttemptOutcome(ok=False, duration=0.0))
@@ -439,189 +399,27 @@ class MapScheduler:
             await self._append(events)
         await self._after_outcome(item, outcome)
 
-    # --- outcomes ------------------------------------------------------------------------
-
-    def _outcome_events(self, item: str, attempt: int, o: AttemptOutcome) -> list[Event]:
-        if o.ok:
-            return [
-                ItemSucceeded(
-                    item=item,
-                    attempt=attempt,
-                    duration=round(o.duration, 6),
-                    exit_code=o.exit_code or 0,
-                    result=o.result,
-                    stdout=o.stdout,
-                    stderr=o.stderr,
-                    result_ref=o.result_ref,
-                )
-            ]
-        c = classify(
-            exit_code=o.exit_code,
-            signal=o.signal,
-            stderr_tail=o.stderr_tail,
-            stdout_tail=o.stdout_tail,
-            timed_out=o.timed_out,
-            hung=o.hung,
-            interrupted=o.interrupted,
-            rules=self.spec.classify,
+    def _outcome_events(self, item: str, attempt: int, outcome: AttemptOutcome) -> list[Event]:
+        return outcome_events(
+            self.spec,
+            item,
+            attempt,
+            outcome,
+            stopping=self.stopping in ("interrupted", "cancelled"),
+            now=self.clock(),
+            rng=self.rng,
+            resources={} if outcome.ok else machine_resources(),
         )
-        error_type, message = c.error_type, c.message
-        if not (o.timed_out or o.hung or o.interrupted):
-            if o.error_type is not None:
-                error_type, message = o.error_type, o.error or o.error_type
-            elif o.invalid_output is not None:
-                error_type, message = "validation_failed", o.invalid_output
-        events: list[Event] = [
-            ItemFailed(
-                item=item,
-                attempt=attempt,
-                error_type=error_type,
-                signature=c.signature
-                if error_type == c.error_type
-                else signature(error_type, message),
-                message=_bounded(message, 4096),
-                duration=round(o.duration, 6),
-                exit_code=o.exit_code,
-                signal=o.signal,
-                stderr_tail=_bounded(o.stderr_tail),
-                resources=_resources(),
-                stdout=o.stdout,
-                stderr=o.stderr,
-            )
-        ]
-        retry = self.spec.retry
-        if o.interrupted and self.stopping in ("interrupted", "cancelled"):
-            # The engine is stopping: the item runs again on resume, at once.
-            events.append(
-                ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=utc_now())
-            )
-        elif error_type in retry.retry_on and attempt < retry.max_attempts:
-            delay = backoff_delay(retry, attempt, self.rng)
-            events.append(
-                ItemRetryScheduled(
-                    item=item,
-                    attempt=attempt,
-                    delay=round(delay, 6),
-                    not_before=rfc3339(self.clock() + delay),
-                )
-            )
-        elif self.spec.on_item_failure == "dlq":
-            reason = "retries exhausted" if error_type in retry.retry_on else "not retryable"
-            events.append(
-                ItemDeadLettered(
-                    item=item,
-                    attempt=attempt,
-                    error_type=error_type,
-                    signature=events[0].signature,  # type: ignore[attr-defined]
-                    reason=reason,
-                )
-            )
-        return events
 
     async def _after_outcome(self, item: str, outcome: AttemptOutcome) -> None:
-        circuit = self.circuit
-        state = self.p.circuit
-        if circuit is not None:
-            if state.state == "half_open":
-                if outcome.ok:
-                    await self._append([CircuitClosed(reason=f"probe {item} succeeded")])
-                elif state.last_type is not None and state.streak > 0:
-                    await self._append(
-                        [
-                            CircuitOpened(
-                                failures=state.streak,
-                                error_type=state.last_type,
-                                cooldown=circuit.cooldown,
-                            )
-                        ]
-                    )
-                else:
-                    await self._append([CircuitClosed(reason=f"probe {item} failed otherwise")])
-            elif state.state == "closed" and state.streak >= circuit.threshold:
-                assert state.last_type is not None
-                await self._append(
-                    [
-                        CircuitOpened(
-                            failures=state.streak,
-                            error_type=state.last_type,
-                            cooldown=circuit.cooldown,
-                        )
-                    ]
-                )
-        final = self.p.items.items[item].status in ("dead", "failed")
-        if final and not outcome.ok and self.stopping is None:
-            if self.spec.on_item_failure == "fail":
-                self.stop("item_failed")
-            elif self._failure_limit_reached():
-                self.stop("max_failures")
-
-    def _failure_limit_reached(self) -> bool:
-        counts = self.p.items.counts
-        failures = counts["dead"] + counts["failed"]
-        if self.spec.max_failures is not None and failures >= self.spec.max_failures:
-            return True
-        threshold = self.spec.failure_threshold
-        if threshold is not None:
-            finished = failures + counts["succeeded"]
-            minimum = min(10, len(self.p.items.items))
-            if finished >= minimum and failures / finished >= threshold:
-                return True
-        return False
-
-
-def abandon_events(spec: MapSpec, item: str, attempt: int, message: str) -> list[Event]:
-    """Events for an attempt whose engine died before its outcome was recorded.
-
-    The attempt counts: it fails as ``interrupted``, and is retried at once
-    while attempts remain (``interrupted`` retries by default), or goes
-    where ``on_item_failure`` says.
-    """
-    stable = "the engine stopped before this attempt's outcome was recorded"
-    return failure_events(spec, item, attempt, "interrupted", message or stable, stable=stable)
-
-
-def failure_events(
-    spec: MapSpec,
-    item: str,
-    attempt: int,
-    error_type: str,
-    message: str,
-    *,
-    stable: str | None = None,
-) -> list[Event]:
-    """A failed attempt without an outcome from its executor, and what follows it.
-
-    It is retried at once while attempts remain and ``error_type`` is retried,
-    else it goes where ``on_item_failure`` says. ``stable``: the text the
-    failure's signature is made of (by default ``message``); the message
-    is kept under 4 KiB, so the record always fits.
-    """
-    message = _bounded(message, 4096)
-    sig = signature(error_type, stable if stable is not None else message)
-    events: list[Event] = [
-        ItemFailed(
-            item=item,
-            attempt=attempt,
-            error_type=error_type,
-            signature=sig,
-            message=message,
-            duration=0.0,
-            resources=_resources(),
-        )
-    ]
-    retry = spec.retry
-    if error_type in retry.retry_on and attempt < retry.max_attempts:
-        events.append(
-            ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=utc_now())
-        )
-    elif spec.on_item_failure == "dlq":
-        reason = "retries exhausted" if error_type in retry.retry_on else "not retryable"
-        events.append(
-            ItemDeadLettered(
-                item=item, attempt=attempt, error_type=error_type, signature=sig, reason=reason
-            )
-        )
-    return events
+        """The circuit's transition, then whether a failure stops the run (after its append)."""
+        events = policy.circuit_after_outcome(self.circuit, self.p.circuit, item, ok=outcome.ok)
+        if events:
+            await self._append(events)
+        if self.stopping is None:
+            reason = policy.failure_stop(self.spec, self.p.items, item, ok=outcome.ok)
+            if reason is not None:
+                self.stop(reason)
 
 
 def _describe(exc: BaseException) -> str:
@@ -630,31 +428,3 @@ def _describe(exc: BaseException) -> str:
     if len(text) > 500:
         text = text[:500] + "..."
     return f"{type(exc).__name__}: {text}"
-
-
-def _bounded(text: str, limit: int = 64 * 1024) -> str:
-    """The end of ``text``, at most ``limit`` bytes as JSON (escapes counted: a control
-    character takes six), so that the record holding it always fits."""
-    if not text.isascii():
-        text = text.encode("utf-8", "replace").decode("utf-8")  # no lone surrogates
-    size = len(msgspec.json.encode(text))
-    while size > limit:
-        keep = len(text) * limit // size - 1
-        text = text[len(text) - keep :] if keep > 0 else ""
-        size = len(msgspec.json.encode(text))
-    return text
-
-
-def _resources() -> dict[str, float]:
-    """Load, free memory and free disk when a failure happened."""
-    out: dict[str, float] = {}
-    with contextlib.suppress(OSError):
-        out["load1"] = round(os.getloadavg()[0], 2)
-    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                out["mem_available_mb"] = round(int(line.split()[1]) / 1024, 1)
-                break
-    with contextlib.suppress(OSError):
-        out["disk_free_mb"] = round(shutil.disk_usage(Path.cwd()).free / 2**20, 1)
-    return out

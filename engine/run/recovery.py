@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from engine.exec.local import orphans
 from engine.exec.local.procfs import process_command, run_processes
-from engine.map.scheduler import abandon_events
+from engine.map.outcomes import abandon_events, machine_resources
 from engine.run.context import RunContext
 from ledger.events import Event, ItemRequeued, LeftoverProcess, RunLeftovers
 
@@ -33,7 +34,14 @@ async def settle_interrupted(run: RunContext) -> None:
         message = "the engine stopped before this attempt's outcome was recorded"
         if stopped:
             message += f" ({stopped} leftover process{'es' if stopped > 1 else ''} stopped)"
-        events += abandon_events(run.spec.map, state.item, state.attempts, message)
+        events += abandon_events(
+            run.spec.map,
+            state.item,
+            state.attempts,
+            message,
+            now=time.time(),
+            resources=machine_resources(),
+        )
     await run.append(events)
 
 

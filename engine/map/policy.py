@@ -1,0 +1,234 @@
+"""The map's decisions, as pure functions: retry or dead-letter, the circuit, failure limits.
+
+Each takes what happened (a failure, an outcome), the projections as they
+stand (read, never changed), the workflow's settings and, where time or
+chance matter, the clock's reading (epoch seconds) and a random generator;
+each returns the events to append, or what the run must do. Nothing here
+appends, sleeps or reads a clock: the live scheduler and recovery after a
+crash call the same functions, and tests call them without processes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Literal
+
+from engine.workflow.spec import CircuitBreakerSpec, MapSpec, RetrySpec
+from ledger.events import (
+    CircuitClosed,
+    CircuitHalfOpen,
+    CircuitOpened,
+    Event,
+    ItemDeadLettered,
+    ItemFailed,
+    ItemRetryScheduled,
+)
+from ledger.times import epoch, rfc3339
+from projections.circuit import CircuitProjection
+from projections.items import ItemsProjection
+from projections.queue import PendingProjection
+
+__all__ = [
+    "MAX_RETRY_DELAY",
+    "Cause",
+    "Stop",
+    "backoff_delay",
+    "circuit_after_outcome",
+    "circuit_half_open",
+    "failure_limit_reached",
+    "failure_stop",
+    "half_open_at",
+    "retry_or_dead_letter",
+]
+
+MAX_RETRY_DELAY = 7 * 86400.0
+"""The longest wait before a retry, whatever the retry settings compute."""
+
+Cause = Literal["outcome", "stopping", "no_outcome"]
+"""How a failure came about, which decides how it is retried:
+
+* ``outcome``: the executor reported it; retried after a backoff while
+  attempts remain and its type is retried;
+* ``stopping``: interrupted because the engine is stopping (a signal, a
+  cancel); it runs again on resume, at once, whatever attempts remain;
+* ``no_outcome``: the attempt has no outcome from its executor (its engine
+  died, or the engine's own code failed around it); retried at once while
+  attempts remain and its type is retried.
+"""
+
+Stop = Literal["item_failed", "max_failures"]
+"""Why a failure stops dispatching: ``on_item_failure: fail``, or a failure limit."""
+
+
+# --- retry or dead-letter ------------------------------------------------------------------
+
+
+def backoff_delay(retry: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
+    """Seconds before the attempt after ``failed_attempt`` (1-based).
+
+    Always a finite number from 0 to :data:`MAX_RETRY_DELAY`: a delay that
+    overflows or is not a number waits the longest.
+    """
+    if retry.backoff == "fixed":
+        delay = retry.initial
+    elif retry.backoff == "linear":
+        delay = retry.initial * failed_attempt
+    else:
+        try:
+            delay = retry.initial * retry.multiplier ** (failed_attempt - 1)
+        except OverflowError:  # e.g. 1000.0 ** 200: far past any max
+            delay = retry.max
+    delay = _bounded_delay(min(delay, retry.max))
+    if retry.jitter:
+        delay = rng.uniform(delay / 2, delay)
+    return _bounded_delay(delay)
+
+
+def _bounded_delay(delay: float) -> float:
+    if math.isnan(delay):
+        return MAX_RETRY_DELAY
+    return min(max(delay, 0.0), MAX_RETRY_DELAY)
+
+
+def retry_or_dead_letter(
+    spec: MapSpec,
+    failed: ItemFailed,
+    *,
+    cause: Cause,
+    now: float,
+    rng: random.Random | None = None,
+) -> list[Event]:
+    """What follows a failed attempt: its retry, its dead-lettering, or nothing.
+
+    A retry is scheduled while attempts remain and the error type is one
+    that ``retry.retry_on`` lists (after :func:`backoff_delay` for an
+    ``outcome``, at ``now`` otherwise); a ``stopping`` failure is always
+    retried at ``now``. Else the item goes where ``on_item_failure`` says:
+    ``dlq`` dead-letters it, ``fail`` and ``ignore`` leave it failed. ``rng``
+    (needed for an ``outcome``) is drawn from only for a backoff with jitter.
+    """
+    item, attempt, error_type = failed.item, failed.attempt, failed.error_type
+    retry = spec.retry
+    if cause == "stopping":
+        return [ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=rfc3339(now))]
+    if error_type in retry.retry_on and attempt < retry.max_attempts:
+        delay = 0.0
+        if cause == "outcome":
+            assert rng is not None, "a backoff needs a random generator"
+            delay = backoff_delay(retry, attempt, rng)
+        return [
+            ItemRetryScheduled(
+                item=item,
+                attempt=attempt,
+                delay=round(delay, 6),
+                not_before=rfc3339(now + delay),
+            )
+        ]
+    if spec.on_item_failure == "dlq":
+        reason = "retries exhausted" if error_type in retry.retry_on else "not retryable"
+        return [
+            ItemDeadLettered(
+                item=item,
+                attempt=attempt,
+                error_type=error_type,
+                signature=failed.signature,
+                reason=reason,
+            )
+        ]
+    return []
+
+
+# --- the circuit breaker -------------------------------------------------------------------
+
+
+def half_open_at(circuit: CircuitProjection) -> float | None:
+    """When an open circuit may let a probe through (epoch seconds); None unless open."""
+    if circuit.state != "open" or circuit.opened_at is None:
+        return None
+    return epoch(circuit.opened_at) + circuit.cooldown
+
+
+def circuit_half_open(
+    spec: CircuitBreakerSpec | None,
+    circuit: CircuitProjection,
+    pending: PendingProjection,
+    *,
+    now: float,
+) -> list[Event]:
+    """``circuit.half_open`` once an open circuit's cooldown has passed at ``now``.
+
+    It names the item that will be the probe: the next one ready at ``now``.
+    """
+    if spec is None:
+        return []
+    due = half_open_at(circuit)
+    if due is None or now < due:
+        return []
+    return [CircuitHalfOpen(probe_item=pending.next_ready(rfc3339(now)))]
+
+
+def circuit_after_outcome(
+    spec: CircuitBreakerSpec | None, circuit: CircuitProjection, item: str, *, ok: bool
+) -> list[Event]:
+    """The circuit's transition once ``item``'s outcome (and its decision) is applied.
+
+    Closed: it opens when the streak of qualifying failures reaches the
+    threshold. Half open (``item`` was the probe): a success closes it; a
+    qualifying failure opens it again; any other failure (which reset the
+    streak) closes it.
+    """
+    if spec is None:
+        return []
+    if circuit.state == "half_open":
+        if ok:
+            return [CircuitClosed(reason=f"probe {item} succeeded")]
+        if circuit.last_type is not None and circuit.streak > 0:
+            return [_opened(spec, circuit)]
+        return [CircuitClosed(reason=f"probe {item} failed otherwise")]
+    if circuit.state == "closed" and circuit.streak >= spec.threshold:
+        return [_opened(spec, circuit)]
+    return []
+
+
+def _opened(spec: CircuitBreakerSpec, circuit: CircuitProjection) -> CircuitOpened:
+    assert circuit.last_type is not None  # a streak counts failures of a type
+    return CircuitOpened(
+        failures=circuit.streak, error_type=circuit.last_type, cooldown=spec.cooldown
+    )
+
+
+# --- failure limits ------------------------------------------------------------------------
+
+
+def failure_stop(spec: MapSpec, items: ItemsProjection, item: str, *, ok: bool) -> Stop | None:
+    """Whether ``item``'s outcome (applied) stops dispatching, and why.
+
+    Only an item that failed for good counts (dead, or failed with
+    ``on_item_failure`` not ``dlq``): with ``on_item_failure: fail`` it stops
+    the run; else the run stops once a failure limit is reached.
+    """
+    if ok or items.items[item].status not in ("dead", "failed"):
+        return None
+    if spec.on_item_failure == "fail":
+        return "item_failed"
+    return "max_failures" if failure_limit_reached(spec, items) else None
+
+
+def failure_limit_reached(spec: MapSpec, items: ItemsProjection) -> bool:
+    """``max_failures`` items failed for good, or ``failure_threshold`` of those finished.
+
+    The threshold is judged once at least 10 items (or all of them, when
+    fewer) have finished.
+    """
+    counts = items.counts
+    failures = counts["dead"] + counts["failed"]
+    if spec.max_failures is not None and failures >= spec.max_failures:
+        return True
+    threshold = spec.failure_threshold
+    if threshold is not None:
+        finished = failures + counts["succeeded"]
+        minimum = min(10, len(items.items))
+        if finished >= minimum and failures / finished >= threshold:
+            return True
+    return False
