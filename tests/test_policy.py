@@ -1,0 +1,451 @@
+"""The map's decisions without processes: projections from hand-made records, then the policy.
+
+Each test folds records into :class:`Projections` as the engine would, asks
+:mod:`engine.map.policy` (or :mod:`engine.map.outcomes`) what follows, and
+checks the events it returns.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.exec.executor import AttemptOutcome
+from engine.map import policy
+from engine.map.classify import signature
+from engine.map.outcomes import ABANDONED, abandon_events, failure_events, outcome_events
+from engine.workflow.spec import TRANSIENT_ERROR_TYPES, CircuitBreakerSpec, MapSpec
+from ledger.events import (
+    CircuitClosed,
+    CircuitHalfOpen,
+    CircuitOpened,
+    Event,
+    ItemDeadLettered,
+    ItemDispatched,
+    ItemEnqueued,
+    ItemFailed,
+    ItemRetryScheduled,
+    ItemSucceeded,
+    Record,
+)
+from ledger.times import epoch, rfc3339
+from projections.replay import Projections
+
+NOW = epoch("2030-06-01T12:00:00.000000Z")
+"""The injected clock's reading: far from the real time, so nothing can come from that."""
+
+
+def _spec(**settings: Any) -> MapSpec:
+    return MapSpec.model_validate({"items": [], "agent_template": [{"run": "true"}], **settings})
+
+
+def _circuit(**settings: Any) -> CircuitBreakerSpec:
+    return CircuitBreakerSpec.model_validate(settings)
+
+
+class _Run:
+    """Projections fed with records made by hand, as the engine's appends feed them."""
+
+    def __init__(self, items: Sequence[str] = ("a", "b", "c", "d"), **circuit: Any) -> None:
+        on = circuit.get("on", ["rate_limited", "api_error"])
+        self.p = Projections(circuit_on=on)
+        self.p.enable_scheduling()
+        self.seq = 0
+        self.apply(*(ItemEnqueued(item=item, index=i) for i, item in enumerate(items)))
+
+    def apply(self, *events: Event, ts: float = NOW) -> None:
+        for event in events:
+            record = Record(v=1, seq=self.seq, ts=rfc3339(ts), run="r", data=event, hash="0" * 64)
+            self.p.apply(record)
+            self.seq += 1
+
+    def dispatch(self, item: str) -> int:
+        attempt = self.p.items.items[item].attempts + 1
+        self.apply(ItemDispatched(item=item, attempt=attempt, idempotency_key="ik:x"))
+        return attempt
+
+    def fail(self, item: str, error_type: str = "rate_limited") -> ItemFailed:
+        attempt = self.dispatch(item)
+        failed = _failed(item, attempt, error_type)
+        self.apply(failed)
+        return failed
+
+    def succeed(self, item: str) -> None:
+        attempt = self.dispatch(item)
+        self.apply(ItemSucceeded(item=item, attempt=attempt, duration=0.1))
+
+
+def _failed(item: str, attempt: int, error_type: str) -> ItemFailed:
+    return ItemFailed(
+        item=item, attempt=attempt, error_type=error_type, signature=signature(error_type, "x")
+    )
+
+
+# --- retry or dead-letter -------------------------------------------------------------------
+
+
+def test_a_retry_waits_its_backoff_from_the_injected_now() -> None:
+    spec = _spec(retry={"max_attempts": 3, "initial": "5s", "multiplier": 3, "jitter": False})
+    rng = random.Random(7)
+    first = policy.retry_or_dead_letter(
+        spec, _failed("a", 1, "timeout"), cause="outcome", now=NOW, rng=rng
+    )
+    assert first == [
+        ItemRetryScheduled(item="a", attempt=1, delay=5.0, not_before=rfc3339(NOW + 5))
+    ]
+    second = policy.retry_or_dead_letter(
+        spec, _failed("a", 2, "timeout"), cause="outcome", now=NOW + 60, rng=rng
+    )
+    assert second == [
+        ItemRetryScheduled(item="a", attempt=2, delay=15.0, not_before=rfc3339(NOW + 75))
+    ]
+
+
+def test_a_jittered_delay_comes_from_the_generator_given() -> None:
+    spec = _spec(retry={"max_attempts": 3, "initial": "8s", "jitter": True})
+    (retry,) = policy.retry_or_dead_letter(
+        spec, _failed("a", 1, "timeout"), cause="outcome", now=NOW, rng=random.Random(3)
+    )
+    expected = random.Random(3).uniform(4.0, 8.0)
+    assert isinstance(retry, ItemRetryScheduled)
+    assert retry.delay == round(expected, 6)
+    assert retry.not_before == rfc3339(NOW + expected)
+
+
+def test_spent_attempts_dead_letter_the_item() -> None:
+    spec = _spec(retry={"max_attempts": 2})
+    failed = _failed("a", 2, "timeout")
+    events = policy.retry_or_dead_letter(
+        spec, failed, cause="outcome", now=NOW, rng=random.Random()
+    )
+    assert events == [
+        ItemDeadLettered(
+            item="a",
+            attempt=2,
+            error_type="timeout",
+            signature=failed.signature,
+            reason="retries exhausted",
+        )
+    ]
+
+
+@pytest.mark.parametrize("attempt", [1, 3])
+def test_an_error_type_not_retried_dead_letters_at_once(attempt: int) -> None:
+    spec = _spec(retry={"max_attempts": 3, "retry_on": ["rate_limited"]})
+    for error_type in ("command_failed", "timeout"):
+        failed = _failed("a", attempt, error_type)
+        (dead,) = policy.retry_or_dead_letter(spec, failed, cause="outcome", now=NOW, rng=None)
+        assert dead == ItemDeadLettered(
+            item="a",
+            attempt=attempt,
+            error_type=error_type,
+            signature=failed.signature,
+            reason="not retryable",
+        )
+
+
+@pytest.mark.parametrize("on_item_failure", ["fail", "ignore"])
+def test_without_a_dlq_a_final_failure_has_no_decision(on_item_failure: str) -> None:
+    spec = _spec(on_item_failure=on_item_failure, retry={"max_attempts": 1})
+    failed = _failed("a", 1, "timeout")
+    assert policy.retry_or_dead_letter(spec, failed, cause="outcome", now=NOW, rng=None) == []
+
+
+def test_an_attempt_interrupted_by_a_stopping_engine_runs_again_at_once() -> None:
+    spec = _spec(retry={"max_attempts": 1})  # even with no attempt left
+    failed = _failed("a", 1, "interrupted")
+    events = policy.retry_or_dead_letter(spec, failed, cause="stopping", now=NOW)
+    assert events == [ItemRetryScheduled(item="a", attempt=1, delay=0.0, not_before=rfc3339(NOW))]
+
+
+def test_an_attempt_without_an_outcome_retries_at_once_without_a_backoff() -> None:
+    spec = _spec(retry={"max_attempts": 3, "initial": "1m", "jitter": True})
+    failed = _failed("a", 1, "interrupted")
+    events = policy.retry_or_dead_letter(spec, failed, cause="no_outcome", now=NOW)
+    assert events == [ItemRetryScheduled(item="a", attempt=1, delay=0.0, not_before=rfc3339(NOW))]
+
+
+# --- the outcome's events, live and in recovery -----------------------------------------------
+
+
+def test_a_failed_outcome_is_classified_then_decided() -> None:
+    spec = _spec(retry={"max_attempts": 3, "initial": "2s", "jitter": False})
+    outcome = AttemptOutcome(ok=False, duration=1.5, exit_code=1, stderr_tail="HTTP 429\n")
+    failed, retry = outcome_events(
+        spec, "a", 1, outcome, stopping=False, now=NOW, rng=random.Random(), resources={"x": 1.0}
+    )
+    assert isinstance(failed, ItemFailed)
+    assert (failed.error_type, failed.duration, failed.resources) == ("rate_limited", 1.5, {"x": 1})
+    assert retry == ItemRetryScheduled(item="a", attempt=1, delay=2.0, not_before=rfc3339(NOW + 2))
+
+
+def test_a_success_is_one_event() -> None:
+    outcome = AttemptOutcome(ok=True, duration=0.25, result={"n": 1})
+    events = outcome_events(
+        _spec(), "a", 2, outcome, stopping=True, now=NOW, rng=random.Random(), resources={}
+    )
+    assert events == [ItemSucceeded(item="a", attempt=2, duration=0.25, result={"n": 1})]
+
+
+def test_an_interrupted_outcome_retries_at_once_only_when_the_engine_stops() -> None:
+    spec = _spec(retry={"max_attempts": 1})
+    outcome = AttemptOutcome(ok=False, duration=1.0, interrupted=True, signal=15)
+    for stopping, decision in ((True, ItemRetryScheduled), (False, ItemDeadLettered)):
+        failed, then = outcome_events(
+            spec, "a", 1, outcome, stopping=stopping, now=NOW, rng=random.Random(), resources={}
+        )
+        assert isinstance(failed, ItemFailed) and failed.error_type == "interrupted"
+        assert isinstance(then, decision)
+
+
+def test_recovery_decides_as_the_live_scheduler_does() -> None:
+    spec = _spec(retry={"max_attempts": 2})
+    first = abandon_events(spec, "a", 1, "", now=NOW, resources={})
+    assert first == [
+        ItemFailed(
+            item="a",
+            attempt=1,
+            error_type="interrupted",
+            signature=signature("interrupted", ABANDONED),
+            message=ABANDONED,
+        ),
+        ItemRetryScheduled(item="a", attempt=1, delay=0.0, not_before=rfc3339(NOW)),
+    ]
+    # The last attempt: dead, with the same signature whatever the message says.
+    failed, dead = abandon_events(spec, "a", 2, "2 leftovers stopped", now=NOW, resources={})
+    assert isinstance(failed, ItemFailed) and failed.message == "2 leftovers stopped"
+    assert failed.signature == signature("interrupted", ABANDONED)
+    assert dead == policy.retry_or_dead_letter(spec, failed, cause="no_outcome", now=NOW)[0]
+    assert isinstance(dead, ItemDeadLettered) and dead.reason == "retries exhausted"
+
+
+def test_an_engine_error_is_a_failure_of_its_type_decided_the_same_way() -> None:
+    spec = _spec(retry={"max_attempts": 3})  # unknown is not retried by default
+    failed, dead = failure_events(spec, "a", 1, "unknown", "boom", now=NOW, resources={})
+    assert isinstance(failed, ItemFailed) and failed.signature == signature("unknown", "boom")
+    assert isinstance(dead, ItemDeadLettered) and dead.reason == "not retryable"
+
+
+# --- the circuit breaker --------------------------------------------------------------------
+
+
+def test_the_circuit_opens_after_threshold_consecutive_failures_and_not_before() -> None:
+    spec = _circuit(threshold=3, cooldown="30s", on=["rate_limited"])
+    run = _Run(**spec.model_dump())
+    circuit = run.p.circuit
+    run.fail("a")
+    run.fail("b")
+    assert policy.circuit_after_outcome(spec, circuit, "b", ok=False) == []
+    run.succeed("c")  # a success breaks the streak
+    assert policy.circuit_after_outcome(spec, circuit, "c", ok=True) == []
+    run.fail("a")
+    run.fail("b", "command_failed")  # so does a failure of another type
+    run.fail("c")
+    run.fail("d", "interrupted")  # an interrupted attempt neither counts nor breaks it
+    run.fail("d")
+    assert policy.circuit_after_outcome(spec, circuit, "d", ok=False) == []
+    run.fail("a")
+    events = policy.circuit_after_outcome(spec, circuit, "a", ok=False)
+    assert events == [CircuitOpened(failures=3, error_type="rate_limited", cooldown=30.0)]
+
+
+def test_without_a_circuit_breaker_nothing_opens() -> None:
+    run = _Run()
+    for item in "abcd":
+        run.fail(item)
+    assert policy.circuit_after_outcome(None, run.p.circuit, "d", ok=False) == []
+    assert policy.circuit_half_open(None, run.p.circuit, run.p.pending, now=NOW + 1e6) == []
+
+
+def test_an_open_circuit_half_opens_once_its_cooldown_has_passed() -> None:
+    spec = _circuit(threshold=1, cooldown="30s", on=["rate_limited"])
+    run = _Run(**spec.model_dump())
+    failed = run.fail("a")
+    run.apply(
+        *policy.retry_or_dead_letter(_spec(), failed, cause="no_outcome", now=NOW),
+        *policy.circuit_after_outcome(spec, run.p.circuit, "a", ok=False),
+        ts=NOW + 1,
+    )
+    assert run.p.circuit.state == "open"
+    assert policy.half_open_at(run.p.circuit) == NOW + 31
+    pending = run.p.pending
+    assert policy.circuit_half_open(spec, run.p.circuit, pending, now=NOW + 30.999) == []
+    # The probe is the next item ready then: fresh items go before the retried one.
+    assert policy.circuit_half_open(spec, run.p.circuit, pending, now=NOW + 31) == [
+        CircuitHalfOpen(probe_item="b")
+    ]
+    run.apply(CircuitHalfOpen(probe_item="b"))
+    assert policy.half_open_at(run.p.circuit) is None
+    assert policy.circuit_half_open(spec, run.p.circuit, pending, now=NOW + 99) == []
+
+
+def _half_open(spec: CircuitBreakerSpec) -> _Run:
+    run = _Run(**spec.model_dump())
+    run.fail("a")
+    run.apply(*policy.circuit_after_outcome(spec, run.p.circuit, "a", ok=False))
+    run.apply(CircuitHalfOpen(probe_item="b"))
+    assert run.p.circuit.state == "half_open"
+    return run
+
+
+def test_a_half_open_circuit_closes_after_its_probe_succeeds() -> None:
+    spec = _circuit(threshold=1, on=["rate_limited"])
+    run = _half_open(spec)
+    run.succeed("b")
+    events = policy.circuit_after_outcome(spec, run.p.circuit, "b", ok=True)
+    assert events == [CircuitClosed(reason="probe b succeeded")]
+    run.apply(*events)
+    assert run.p.circuit.state == "closed"
+    assert policy.circuit_after_outcome(spec, run.p.circuit, "c", ok=True) == []
+
+
+def test_a_failed_probe_opens_the_circuit_again_or_closes_it() -> None:
+    spec = _circuit(threshold=1, cooldown="1m", on=["rate_limited"])
+    run = _half_open(spec)
+    run.fail("b")
+    assert policy.circuit_after_outcome(spec, run.p.circuit, "b", ok=False) == [
+        CircuitOpened(failures=2, error_type="rate_limited", cooldown=60.0)
+    ]
+    run = _half_open(spec)
+    run.fail("b", "command_failed")  # not the circuit's cause: it closes
+    assert policy.circuit_after_outcome(spec, run.p.circuit, "b", ok=False) == [
+        CircuitClosed(reason="probe b failed otherwise")
+    ]
+
+
+# --- failure limits -------------------------------------------------------------------------
+
+
+def _dead(run: _Run, item: str, spec: MapSpec) -> None:
+    failed = run.fail(item, "command_failed")
+    run.apply(*policy.retry_or_dead_letter(spec, failed, cause="outcome", now=NOW, rng=None))
+
+
+def test_max_failures_stops_the_run_at_the_limit() -> None:
+    spec = _spec(max_failures=2)
+    run = _Run()
+    _dead(run, "a", spec)
+    assert policy.failure_stop(spec, run.p.items, "a", ok=False) is None
+    run.succeed("b")
+    assert policy.failure_stop(spec, run.p.items, "b", ok=True) is None
+    _dead(run, "c", spec)
+    assert policy.failure_stop(spec, run.p.items, "c", ok=False) == "max_failures"
+
+
+def test_a_failure_that_is_retried_does_not_count() -> None:
+    spec = _spec(max_failures=1)
+    run = _Run()
+    failed = run.fail("a", "timeout")
+    events = policy.retry_or_dead_letter(
+        spec, failed, cause="outcome", now=NOW, rng=random.Random()
+    )
+    run.apply(*events)
+    assert run.p.items.items["a"].status == "pending"
+    assert policy.failure_stop(spec, run.p.items, "a", ok=False) is None
+
+
+def test_the_failure_threshold_is_judged_once_enough_items_finished() -> None:
+    spec = _spec(failure_threshold=0.5)
+    run = _Run()  # four items: all of them must have finished
+    _dead(run, "a", spec)
+    _dead(run, "b", spec)
+    assert policy.failure_stop(spec, run.p.items, "b", ok=False) is None
+    run.succeed("c")
+    _dead(run, "d", spec)
+    assert policy.failure_stop(spec, run.p.items, "d", ok=False) == "max_failures"
+    assert policy.failure_limit_reached(_spec(failure_threshold=0.8), run.p.items) is False
+
+
+def test_on_item_failure_fail_stops_at_the_first_item_failed_for_good() -> None:
+    spec = _spec(on_item_failure="fail", retry={"max_attempts": 1})
+    run = _Run()
+    _dead(run, "a", spec)
+    assert run.p.items.items["a"].status == "failed"
+    assert policy.failure_stop(spec, run.p.items, "a", ok=False) == "item_failed"
+
+
+# --- properties -----------------------------------------------------------------------------
+
+_types = st.sampled_from(
+    ["timeout", "rate_limited", "command_failed", "interrupted", "unknown", "validation_failed"]
+)
+
+
+@given(
+    max_attempts=st.integers(1, 6),
+    retry_on=st.lists(st.sampled_from(TRANSIENT_ERROR_TYPES), unique=True),
+    on_item_failure=st.sampled_from(["dlq", "fail", "ignore"]),
+    error_type=_types,
+    cause=st.sampled_from(["outcome", "no_outcome"]),
+    seed=st.integers(0, 2**32),
+    now=st.floats(0, 4e9),
+)
+def test_one_decision_at_most_and_never_an_attempt_past_max_attempts(
+    max_attempts: int,
+    retry_on: list[str],
+    on_item_failure: str,
+    error_type: str,
+    cause: policy.Cause,
+    seed: int,
+    now: float,
+) -> None:
+    spec = _spec(
+        retry={"max_attempts": max_attempts, "retry_on": retry_on, "initial": "3s"},
+        on_item_failure=on_item_failure,
+    )
+    rng = random.Random(seed)
+    attempt = 1
+    while True:
+        events = policy.retry_or_dead_letter(
+            spec, _failed("a", attempt, error_type), cause=cause, now=now, rng=rng
+        )
+        assert len(events) <= 1  # never both a retry and a dead-lettering
+        if not events or not isinstance(events[0], ItemRetryScheduled):
+            break
+        retry = events[0]
+        assert 0.0 <= retry.delay <= policy.MAX_RETRY_DELAY
+        assert epoch(retry.not_before) >= now - 1e-6
+        assert error_type in retry_on
+        attempt += 1
+        assert attempt <= max_attempts
+    if events:
+        (dead,) = events
+        assert isinstance(dead, ItemDeadLettered) and on_item_failure == "dlq"
+        assert dead.reason == ("retries exhausted" if error_type in retry_on else "not retryable")
+    else:
+        assert on_item_failure != "dlq"
+    assert attempt == (max_attempts if error_type in retry_on else 1)
+
+
+@given(
+    threshold=st.integers(1, 5),
+    outcomes=st.lists(st.sampled_from(["ok", "rate_limited", "command_failed", "interrupted"])),
+)
+def test_a_closed_circuit_opens_exactly_when_the_streak_reaches_the_threshold(
+    threshold: int, outcomes: list[str]
+) -> None:
+    spec = _circuit(threshold=threshold, on=["rate_limited"])
+    run = _Run(items=["a"], **spec.model_dump())
+    streak = 0
+    for outcome in outcomes:
+        if outcome == "ok":
+            run.succeed("a")
+            streak = 0
+        else:
+            run.fail("a", outcome)
+            if outcome == "rate_limited":
+                streak += 1
+            elif outcome != "interrupted":
+                streak = 0
+        events = policy.circuit_after_outcome(spec, run.p.circuit, "a", ok=outcome == "ok")
+        if streak >= threshold:
+            assert events == [
+                CircuitOpened(failures=streak, error_type="rate_limited", cooldown=30)
+            ]
+            break
+        assert events == []
