@@ -172,18 +172,30 @@ class MapScheduler:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _next_wakeup(self) -> float | None:
-        """Seconds until a retry is due or the circuit may half-open."""
+        """Seconds until the clock makes something dispatchable; None when only an event can.
+
+        An open circuit dispatches nothing before it may half-open: that is
+        the one time that counts then. A retry falling due counts only while
+        it could be dispatched: with every slot taken, a probe in flight,
+        dispatching paused or the map stopping, the end of an attempt (or the
+        unpause) wakes the loop, and a timer already due would only spin it.
+        """
         now = self.clock()
-        times: list[float] = []
-        next_retry = self.p.pending.next_time()
-        if next_retry is not None:
-            times.append(epoch(next_retry) - now)
         half_open = policy.half_open_at(self.p.circuit)
         if half_open is not None:
-            times.append(half_open - now)
-        if not times:
+            return max(0.0, half_open - now)
+        if not self._may_dispatch():
             return None
-        return max(0.0, min(times))
+        next_retry = self.p.pending.next_time()
+        if next_retry is None:
+            return None
+        return max(0.0, epoch(next_retry) - now)
+
+    def _may_dispatch(self) -> bool:
+        """A ready item would be dispatched now (the circuit apart from being open)."""
+        if self.stopping is not None or self.p.run.paused or self._free_slots() <= 0:
+            return False
+        return self.p.circuit.state != "half_open" or not (self.tasks or self.reserved)
 
     async def _dispatch_ready(self) -> None:
         while self.stopping is None and not self.p.run.paused and self._free_slots() > 0:
