@@ -94,6 +94,8 @@ class MapScheduler:
         self.hooks = hooks if hooks is not None and hooks.active else None
         """The cache lookup before an item's attempt, its artifacts after a success."""
         self.clock = clock
+        """Now, in epoch seconds: which items are ready, a retry's ``not_before``, when an
+        open circuit may half-open (attempt durations are measured on the monotonic clock)."""
         self.running: dict[str, Attempt] = {}
         """Attempts whose process is alive (they count against max_parallel)."""
         self.tasks: dict[str, asyncio.Future[None]] = {}
