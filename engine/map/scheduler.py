@@ -35,7 +35,7 @@ from engine.store.content import ContentStore
 from engine.workflow.spec import CircuitBreakerSpec, MapSpec
 from ledger.errors import LedgerWriteFailed
 from ledger.events import Event, Heartbeat, ItemDispatched
-from ledger.times import epoch, rfc3339
+from ledger.times import epoch, rfc3339, utc_now
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
@@ -96,6 +96,12 @@ class MapScheduler:
         self.clock = clock
         """Now, in epoch seconds: which items are ready, a retry's ``not_before``, when an
         open circuit may half-open (attempt durations are measured on the monotonic clock)."""
+        self._now_text: Callable[[], str] = (
+            utc_now if clock is time.time else lambda: rfc3339(self.clock())
+        )
+        """The clock's reading in RFC 3339, as the pending queue compares times: for the
+        real clock the ledger's own :func:`~ledger.times.utc_now` (the same time, its
+        second's prefix cached: a dispatch formats the time once)."""
         self.running: dict[str, Attempt] = {}
         """Attempts whose process is alive (they count against max_parallel)."""
         self.tasks: dict[str, asyncio.Future[None]] = {}
@@ -235,7 +241,7 @@ class MapScheduler:
     def _plan(self, limit: int) -> list[_Plan]:
         """Take up to ``limit`` ready items for dispatch (reserving their slots)."""
         plans = []
-        now = rfc3339(self.clock())
+        now = self._now_text()
         for item in self.p.pending.ready_items(now, limit, exclude=self.reserved):
             attempt = self.p.items.items[item].attempts + 1
             value = self.values.get(item)
