@@ -72,6 +72,7 @@ class LedgerWriter:
         last_hash: bytes,
         clock: Callable[[], str] = utc_now,
         redact: Callable[[Event, bytes], Event] | None = None,
+        sync: Callable[[int], None] = os.fdatasync,
     ) -> None:
         self.path = path
         self.run_id = run_id
@@ -86,14 +87,13 @@ class LedgerWriter:
         self._cond = threading.Condition(self._mu)
         self._flushing = False
         self._failed: BaseException | None = None
-        self._run_json = run_id
         self.recovered: TornTail | None = None
         """The torn tail this writer moved aside on open, if any."""
         self.opening: list[Record] = []
         """The records the writer appended when it opened (apply them too)."""
         self.fsyncs = 0
         """How many fdatasync calls this writer made (group-commit batches)."""
-        self._sync = os.fdatasync
+        self._sync = sync
         self._io: ThreadPoolExecutor | None = None
         self._io_busy = False
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -112,6 +112,7 @@ class LedgerWriter:
         command: str | None = None,
         clock: Callable[[], str] = utc_now,
         redact: Callable[[Event, bytes], Event] | None = None,
+        sync: Callable[[int], None] = os.fdatasync,
     ) -> LedgerWriter:
         """Lock the run, recover a torn tail, and return a writer at its end.
 
@@ -122,7 +123,8 @@ class LedgerWriter:
         ``redact``: every event passes it, with its JSON, before it is hashed
         (the engine's redactor): what it returns is what is recorded, and
         what the returned records carry; an event it returns unchanged is
-        not encoded again.
+        not encoded again. ``sync`` makes a batch durable (``os.fdatasync``;
+        tests pass one that fails or waits).
         """
         run_dir = Path(run_dir)
         if create:
@@ -161,6 +163,7 @@ class LedgerWriter:
             last_hash=scan.last_hash,
             clock=clock,
             redact=redact,
+            sync=sync,
         )
         try:
             opening: list[Event] = []

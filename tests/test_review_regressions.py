@@ -96,21 +96,22 @@ def test_parallel_replay_of_a_ledger_being_appended(
 
 
 def test_async_appends_survive_a_closed_loop(tmp_path: Path) -> None:
-    w = LedgerWriter.open(tmp_path / "r", "r", create=True)
-    real_sync = w._sync
+    slow = threading.Event()
 
     def slow_sync(fd: int) -> None:
-        time.sleep(0.3)
-        real_sync(fd)
+        if slow.is_set():
+            time.sleep(0.3)
+        os.fdatasync(fd)
 
-    w._sync = slow_sync
+    w = LedgerWriter.open(tmp_path / "r", "r", create=True, sync=slow_sync)
+    slow.set()
 
     async def abandon() -> None:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(w.append_async([ItemEnqueued(item="a", index=0)]), 0.05)
 
     asyncio.run(abandon())  # that loop is closed while its append is in flight
-    w._sync = real_sync
+    slow.clear()
     # Until the I/O thread has made it durable and settled it (on the closed loop).
     wait_for(lambda: w._durable_seq >= 1 and not w._io_busy, what="the abandoned append")
 
@@ -123,19 +124,23 @@ def test_async_appends_survive_a_closed_loop(tmp_path: Path) -> None:
 
 
 def test_durable_async_appends_are_not_reported_failed(tmp_path: Path) -> None:
-    w = LedgerWriter.open(tmp_path / "r", "r", create=True)
+    failing = threading.Event()
+    calls = 0
+
+    def sync(fd: int) -> None:
+        nonlocal calls
+        if not failing.is_set():
+            os.fdatasync(fd)
+            return
+        calls += 1
+        raise OSError(errno.EIO, "I/O error")
+
+    w = LedgerWriter.open(tmp_path / "r", "r", create=True, sync=sync)
 
     async def main() -> None:
         first = asyncio.ensure_future(w.append_async([ItemEnqueued(item="a", index=0)]))
         await first
-        calls = 0
-
-        def fail(fd: int) -> None:
-            nonlocal calls
-            calls += 1
-            raise OSError(errno.EIO, "I/O error")
-
-        w._sync = fail
+        failing.set()
         with pytest.raises(Exception, match=r"fsync failed|stopped"):
             await w.append_async([ItemEnqueued(item="b", index=1)])
         assert first.result()[0].seq == 1

@@ -74,19 +74,23 @@ def test_oversized_record_is_refused_and_consumes_no_seq(tmp_path: Path) -> None
 
 def test_failed_fsync_stops_the_writer_for_good(tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
-    w = LedgerWriter.open(run_dir, "r", create=True)
-    w.append(ItemEnqueued(item="a", index=0))
+    broken = threading.Event()
     calls = []
 
-    def broken_sync(fd: int) -> None:
+    def sync(fd: int) -> None:
+        if not broken.is_set():
+            os.fdatasync(fd)
+            return
         calls.append(fd)
         raise OSError(errno.EIO, "Input/output error")
 
-    w._sync = broken_sync
+    w = LedgerWriter.open(run_dir, "r", create=True, sync=sync)
+    w.append(ItemEnqueued(item="a", index=0))
+    broken.set()
     with pytest.raises(LedgerWriteFailed, match="write or fsync failed"):
         w.append(ItemEnqueued(item="b", index=1))
     # Even with a working fsync again, the writer never retries or appends.
-    w._sync = os.fdatasync
+    broken.clear()
     with pytest.raises(LedgerWriteFailed, match="writer is stopped"):
         w.append(ItemEnqueued(item="c", index=2))
     assert len(calls) == 1
