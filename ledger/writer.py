@@ -47,7 +47,7 @@ from ledger.events import (
     decode_record,
 )
 from ledger.lock import RunLock, lock_fd
-from ledger.reader import LedgerReader, TornTail
+from ledger.reader import LedgerReader, ScanResult, TornTail
 from ledger.times import utc_now
 
 __all__ = ["LEDGER_NAME", "LedgerWriter"]
@@ -134,24 +134,8 @@ class LedgerWriter:
         lock = RunLock(run_dir)
         holder = lock.acquire(command=command)
         try:
-            path = run_dir / LEDGER_NAME
-            if not path.exists():
-                if not create:
-                    raise LedgerError(f"{path}: no ledger in the run directory")
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-                os.fsync(fd)
-                os.close(fd)
-                fsync_dir(run_dir)
-            fd = _open_locked(path, run_dir)
+            path, fd, scan, moved_to = _open_ledger(run_dir, create=create)
         except BaseException:
-            lock.release()
-            raise
-        try:
-            scan = LedgerReader(path).verify()
-            torn = scan.torn
-            moved_to = _move_aside(path, torn) if torn is not None else ""
-        except BaseException:
-            os.close(fd)
             lock.release()
             raise
         writer = cls(
@@ -166,26 +150,8 @@ class LedgerWriter:
             sync=sync,
         )
         try:
-            opening: list[Event] = []
-            if torn is not None:
-                writer.recovered = torn
-                opening.append(
-                    LedgerRecovered(
-                        offset=torn.offset,
-                        length=torn.length,
-                        moved_to=moved_to,
-                        reason=torn.reason,
-                    )
-                )
-            opening.append(
-                LockAcquired(
-                    pid=int(holder["pid"]),
-                    host=str(holder["host"]),
-                    command=str(holder["command"]),
-                    started_at=str(holder["started_at"]),
-                )
-            )
-            writer.opening = writer.append_many(opening)
+            writer.recovered = scan.torn
+            writer.opening = writer.append_many(_opening_events(holder, scan.torn, moved_to))
         except BaseException:
             writer.close()
             raise
@@ -422,6 +388,51 @@ def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -
             future.set_result(None)
         else:
             future.set_exception(error)
+
+
+def _open_ledger(run_dir: Path, *, create: bool) -> tuple[Path, int, ScanResult, str]:
+    """Open the run's ledger (made when missing, with ``create``) for appending.
+
+    The caller holds the run lock. The whole chain is verified and a torn
+    tail moved aside; returns the path, the locked descriptor, the scan, and
+    the name the torn tail was moved to (empty when there was none).
+    """
+    path = run_dir / LEDGER_NAME
+    if not path.exists():
+        if not create:
+            raise LedgerError(f"{path}: no ledger in the run directory")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        os.fsync(fd)
+        os.close(fd)
+        fsync_dir(run_dir)
+    fd = _open_locked(path, run_dir)
+    try:
+        scan = LedgerReader(path).verify()
+        moved_to = _move_aside(path, scan.torn) if scan.torn is not None else ""
+    except BaseException:
+        os.close(fd)
+        raise
+    return path, fd, scan, moved_to
+
+
+def _opening_events(holder: dict[str, Any], torn: TornTail | None, moved_to: str) -> list[Event]:
+    """What a writer appends first: the recovery it made, if any, and who holds the lock."""
+    opening: list[Event] = []
+    if torn is not None:
+        opening.append(
+            LedgerRecovered(
+                offset=torn.offset, length=torn.length, moved_to=moved_to, reason=torn.reason
+            )
+        )
+    opening.append(
+        LockAcquired(
+            pid=int(holder["pid"]),
+            host=str(holder["host"]),
+            command=str(holder["command"]),
+            started_at=str(holder["started_at"]),
+        )
+    )
+    return opening
 
 
 def _open_locked(path: Path, run_dir: Path) -> int:
