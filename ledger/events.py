@@ -1,21 +1,64 @@
-"""Every event of the ledger, as frozen msgspec Structs, and the record envelope.
+"""The ledger's records: the envelope around every event payload, and their decoder.
 
-An event's payload (``data``) is a small frozen Struct whose class names its
-``TYPE``. The ledger's envelope (:class:`Record`: ``v``, ``seq``, ``ts``,
-``type``, ``run``, ``data``, ``hash``) is kept apart from the payloads: for
-each payload class a record class is derived whose tag is the event type, and
-the union of all of them is decoded by one reused typed decoder.
+The ledger's envelope (:class:`Record`: ``v``, ``seq``, ``ts``, ``type``,
+``run``, ``data``, ``hash``) is kept apart from the payloads
+(:mod:`ledger.payloads`): for each payload class a record class is derived
+whose tag is the event type, and the union of all of them is decoded by one
+reused typed decoder. Every payload class is importable from here too, as
+the rest of the code does.
 
 Schema evolution: a field, once written, never changes type or meaning. A new
 field always gets a default, so older ledgers decode unchanged. A breaking
-change bumps :data:`FORMAT_VERSION` and ships an upcaster in the reader.
+change bumps :data:`FORMAT_VERSION` and registers an upcaster
+(:mod:`ledger.upcast`) that the reader applies to older records.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Union
+from typing import Union
 
 import msgspec
+
+from ledger.payloads import (
+    ArtifactWritten,
+    CacheHit,
+    CacheMiss,
+    CircuitClosed,
+    CircuitHalfOpen,
+    CircuitOpened,
+    DLQPurged,
+    Event,
+    Heartbeat,
+    ItemDeadLettered,
+    ItemDispatched,
+    ItemDuplicate,
+    ItemEnqueued,
+    ItemFailed,
+    ItemRequeued,
+    ItemRetryScheduled,
+    ItemSkipped,
+    ItemSucceeded,
+    LedgerRecovered,
+    LeftoverProcess,
+    LockAcquired,
+    LogRef,
+    MapEnqueued,
+    PatternAcknowledged,
+    RunAborted,
+    RunCancelRequested,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    RunLeftovers,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    RunUnpaused,
+    StepFailed,
+    StepSkipped,
+    StepStarted,
+    StepSucceeded,
+)
 
 __all__ = [
     "EVENT_TYPES",
@@ -66,393 +109,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 """The ledger format version, written as ``v`` in every record."""
-
-
-class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Base of every event payload. ``TYPE`` is the record's ``type``."""
-
-    TYPE: ClassVar[str] = ""
-
-
-class LogRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A file under the run directory, named by its path and content hash."""
-
-    path: str
-    """Path relative to the run directory."""
-    sha256: str
-    """``sha256:<hex>`` of the file's bytes."""
-    size: int
-    """Size in bytes."""
-
-
-# --- run lifecycle ---------------------------------------------------------
-
-
-class RunCreated(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.created"
-    workflow_name: str
-    """The workflow's ``name``."""
-    workflow_path: str
-    """Where the workflow was loaded from (as given by the user)."""
-    workflow_hash: str
-    """``sha256:<hex>`` of the workflow file's bytes."""
-    workflow: str = ""
-    """A copy of the workflow file's text, frozen at creation."""
-    workflow_ref: str | None = None
-    """``sha256:<hex>`` of the workflow file's bytes in the content store
-    (``<home>/store/sha256/<first 2 hex>/<hex>``) when the file is too large
-    to copy into the record; ``workflow`` is then empty."""
-    snapshot_id: str | None = None
-    """The workspace snapshot (``snap-<12 hex>``), when one was taken."""
-    vars: dict[str, str] = {}
-    """Variables given with ``--var`` (secrets are never recorded)."""
-    engine_version: str = ""
-    user: str = ""
-    host: str = ""
-
-
-class RunStarted(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.started"
-    pid: int
-    host: str
-    max_parallel: int | None = None
-    executor: str = "local"
-    cache: str = "use"
-    """``use``, ``refresh`` (run everything, store results) or ``off`` (--no-cache)."""
-
-
-class RunResumed(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.resumed"
-    pid: int
-    host: str
-    include_dlq: bool = False
-    allow_changed: bool = False
-    workflow_hash: str = ""
-    """The workflow this resume runs (differs from ``run.created``'s only with
-    ``allow_changed``)."""
-    changes: list[str] = []
-    """What changed in the workflow, one line per field (with ``allow_changed``)."""
-    snapshot_id: str | None = None
-    """The workspace snapshot at this resume."""
-    max_parallel: int | None = None
-    cache: str = "use"
-    """As ``run.started``: a resume keeps the run's cache mode unless told otherwise."""
-    vars: dict[str, str] = {}
-    """Variables given anew for this resume (``engine run --run-id ID --var K=V``;
-    secrets as ``***``)."""
-
-
-class RunPaused(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.paused"
-    by: str = ""
-    """Who asked (``user@host pid``)."""
-
-
-class RunUnpaused(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.unpaused"
-    by: str = ""
-
-
-class RunCancelRequested(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.cancel_requested"
-    by: str = ""
-    force: bool = False
-    """Kill running attempts at once (SIGKILL), with no grace period."""
-
-
-class RunCompleted(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.completed"
-    succeeded: int = 0
-    failed: int = 0
-    dead: int = 0
-    skipped: int = 0
-
-
-class RunFailed(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.failed"
-    reason: str
-
-
-class RunAborted(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.aborted"
-    reason: str
-    signal: int | None = None
-
-
-class LeftoverProcess(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A process of the run still alive after the step that started it ended."""
-
-    pid: int
-    pgid: int
-    item: str = ""
-    """The item (or ``setup-N``/``reduce-N``) of the attempt it came from."""
-    command: str = ""
-    """Its command line (at most 300 characters)."""
-
-
-class RunLeftovers(Event, frozen=True):
-    TYPE: ClassVar[str] = "run.leftovers"
-    processes: list[LeftoverProcess] = []
-    """Processes carrying the run's ``ENGINE_RUN_ID`` still alive as the run
-    ends: they left their step's process group (``setsid``), or were kept
-    (``map.allow_background``)."""
-    stopped: bool = True
-    """Whether the engine stopped them (not with ``map.allow_background``)."""
-
-
-class LockAcquired(Event, frozen=True):
-    TYPE: ClassVar[str] = "lock.acquired"
-    pid: int
-    host: str
-    command: str
-    started_at: str
-
-
-class LedgerRecovered(Event, frozen=True):
-    TYPE: ClassVar[str] = "ledger.recovered"
-    offset: int
-    """Byte offset at which the torn tail started (the new end of file)."""
-    length: int
-    """How many bytes were moved aside."""
-    moved_to: str
-    """File name (in the run directory) that keeps the torn bytes."""
-    reason: str
-
-
-# --- setup / reduce steps --------------------------------------------------
-
-
-class StepStarted(Event, frozen=True):
-    TYPE: ClassVar[str] = "step.started"
-    phase: str
-    """``setup`` or ``reduce``."""
-    index: int
-    name: str = ""
-    command: str = ""
-
-
-class StepSucceeded(Event, frozen=True):
-    TYPE: ClassVar[str] = "step.succeeded"
-    phase: str
-    index: int
-    duration: float = 0.0
-    exit_code: int = 0
-    captured: str | None = None
-    """Name of the capture this step set, if any."""
-    captured_value: Any = None
-    """The captured value (secrets redacted), so a resume can restore it; a
-    large one is stored in the content store and referenced as
-    ``{"$blob": "sha256:<hex>"}``."""
-    stdout: LogRef | None = None
-    stderr: LogRef | None = None
-
-
-class StepFailed(Event, frozen=True):
-    TYPE: ClassVar[str] = "step.failed"
-    phase: str
-    index: int
-    error_type: str
-    message: str = ""
-    duration: float = 0.0
-    exit_code: int | None = None
-    signal: int | None = None
-    stderr_tail: str = ""
-    stdout: LogRef | None = None
-    stderr: LogRef | None = None
-
-
-class StepSkipped(Event, frozen=True):
-    TYPE: ClassVar[str] = "step.skipped"
-    phase: str
-    index: int
-    reason: str = ""
-
-
-# --- items -----------------------------------------------------------------
-
-
-class ItemEnqueued(Event, frozen=True):
-    TYPE: ClassVar[str] = "item.enqueued"
-    item: str
-    """The item's id."""
-    index: int
-    """Position among the map's items, after filter, sort and offset."""
-    value: Any = None
-    """The item itself, as loaded."""
-    value_ref: str | None = None
-    """``sha256:<hex>`` of the item's JSON in the content store
-    (``<home>/store/sha256/<first 2 hex>/<hex>``) when it is too large to keep
-    in the record; ``value`` is then null."""
-
-
-class MapEnqueued(Event, frozen=True):
-    TYPE: ClassVar[str] = "map.enqueued"
-    total: int
-    """Items enqueued (duplicates not counted): the map's item list is complete."""
-    duplicates: int = 0
-
-
-class ItemDuplicate(Event, frozen=True):
-    TYPE: ClassVar[str] = "item.duplicate"
-    item: str
-    index: int
-    first_index: int
-    """Index of the first item that had this id."""
-
-
-class ItemDispatched(Event, frozen=True):
-    TYPE: ClassVar[str] = "item.dispatched"
-    item: str
-    attempt: int
-    idempotency_key: str
-    worker: str = "local"
-    pgid: int | None = None
-
-
-class Heartbeat(Event, frozen=True):
-    TYPE: ClassVar[str] = "heartbeat"
-    item: str
-    attempt: int
-    pid: int | None = None
-    rss: int | None = None
-    """Resident memory of the attempt's process group, bytes."""
-    cpu: float | None = None
-    """CPU seconds used by the attempt's process group so far."""
-    output_bytes: int = 0
-    touched_at: str | None = None
-    """Last modification of ``ENGINE_HEARTBEAT_FILE``, RFC 3339."""
-
-
-class ItemSucceeded(Event, frozen=True):
-    TYPE: ClassVar[str] = "item.succeeded"
-    item: str
-    attempt: int
-    duration: float = 0.0
-    exit_code: int = 0
-    result: Any = None
-    stdout: LogRef | None = None
-    stderr: LogRef | None = None
-    result_ref: str | None = None
-    """``sha256:<hex>`` of the result's JSON in the content store
-    (``<home>/store/sha256/<first 2 hex>/<hex>``) when it is too large to keep
-    in the record; ``result`` is then null."""
-
-
-class ItemFailed(Event, frozen=True):
-    TYPE: ClassVar[str] = "item.failed"
-    item: str
-    attempt: int
-    error_type: str
-    signature: str
-    message: str = ""
-    duration: float = 0.0
-    exit_code: int | None = None
-    signal: int | None = None
-    stderr_tail: str = ""
-    resources: dict[str, float] = {}
-    stdout: LogRef | None = None
-    stderr: LogRef | None = None
-
-
-class ItemRetryScheduled(Event, frozen=True):
-    TYPE: ClassVar[str] = "item.retry_scheduled"
-    item: str
-    attempt: int
-    """The attempt that failed; the retry will be ``attempt + 1``."""
-    delay: float
-    """Seconds to wait before the next attempt."""
-    not_before: str
-    """RFC 3339 time before which the next attempt must not start."""
-
-
-class ItemDeadLettered(Event, frozen=True):
-    TYPE: ClassVar[str] = "item.dead_lettered"
-    item: str
-    attempt: int
-    error_type: str
-    signature: str
-    reason: str = ""
-
-
-class ItemRequeued(Event, frozen=True):
-    TYPE: ClassVar[str] = "item.requeued"
-    item: str
-    reason: str = "dlq retry"
-
-
-class DLQPurged(Event, frozen=True):
-    TYPE: ClassVar[str] = "dlq.purged"
-    items: list[str]
-    """Dead items hidden from the DLQ (their records stay in the ledger)."""
-    by: str = ""
-
-
-class ItemSkipped(Event, frozen=True):
-    TYPE: ClassVar[str] = "item.skipped"
-    item: str
-    reason: str
-    """``cache`` (a cache hit) or ``done`` (already succeeded)."""
-    cache_key: str | None = None
-    result: Any = None
-    result_ref: str | None = None
-    """``sha256:<hex>`` of the result's JSON in the content store
-    (``<home>/store/sha256/<first 2 hex>/<hex>``) when it is too large to keep
-    in the record; ``result`` is then null."""
-
-
-class CacheHit(Event, frozen=True):
-    TYPE: ClassVar[str] = "cache.hit"
-    item: str
-    key: str
-
-
-class CacheMiss(Event, frozen=True):
-    TYPE: ClassVar[str] = "cache.miss"
-    item: str
-    key: str
-    reason: str = ""
-    """Why a cached entry could not be used (empty: there was none)."""
-
-
-class CircuitOpened(Event, frozen=True):
-    TYPE: ClassVar[str] = "circuit.opened"
-    failures: int
-    error_type: str
-    cooldown: float
-
-
-class CircuitHalfOpen(Event, frozen=True):
-    TYPE: ClassVar[str] = "circuit.half_open"
-    probe_item: str | None = None
-
-
-class CircuitClosed(Event, frozen=True):
-    TYPE: ClassVar[str] = "circuit.closed"
-    reason: str = ""
-
-
-class ArtifactWritten(Event, frozen=True):
-    TYPE: ClassVar[str] = "artifact.written"
-    item: str
-    attempt: int
-    path: str
-    sha256: str
-    size: int
-    status: str = "stored"
-    """``stored``, ``restored`` or ``nochange``."""
-
-
-# --- remediation (the patterns ledger under the home directory) ------------------
-
-
-class PatternAcknowledged(Event, frozen=True):
-    TYPE: ClassVar[str] = "pattern.acknowledged"
-    signature: str
-    """The failure signature that was addressed."""
-    note: str
-    ref: str | None = None
-    """A commit, ticket or link for the fix."""
-    by: str = ""
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
