@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from hashlib import sha256
 
 from ledger._lines import DECODE_ERRORS, MAX_LINE, Lines
-from ledger.codec import parse_seq, split_line
+from ledger.codec import SEQ_PREFIX, parse_seq, split_line
 from ledger.errors import LedgerCorrupt
 from ledger.events import record_decoder
+from ledger.upcast import decode_upcast, older_envelope
 
 __all__ = ["TornTail", "diagnose", "judge_suffix"]
 
@@ -150,8 +151,9 @@ def diagnose(line: bytes, seq: int, prev: bytes) -> str:
             return "blank or zero-filled line"
         return "line does not end with the hash suffix"
     body, digest = parts
-    found = parse_seq(body)
-    if found is None:
+    older = None if body.startswith(SEQ_PREFIX) else older_envelope(line)
+    found = parse_seq(body) if older is None else older.get("seq")
+    if type(found) is not int:  # neither this version's envelope nor an older one's upcast
         return "record does not start with the v1 envelope"
     if found != seq:
         kind = "a record is missing" if found > seq else "records are out of order"
@@ -159,7 +161,10 @@ def diagnose(line: bytes, seq: int, prev: bytes) -> str:
     if sha256(prev + body).hexdigest().encode() != digest:
         return "hash mismatch (the record or its predecessor was changed)"
     try:
-        record_decoder.decode(line)
+        if older is None:
+            record_decoder.decode(line)
+        else:
+            decode_upcast(older)
     except DECODE_ERRORS as exc:
         return f"record does not decode: {exc}"
     return _VALID

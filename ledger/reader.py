@@ -41,7 +41,8 @@ from ledger.codec import (
     split_line,
 )
 from ledger.errors import LedgerCorrupt, LedgerError
-from ledger.events import Record, record_decoder
+from ledger.events import FORMAT_VERSION, Event, Record, record_decoder
+from ledger.upcast import decode_older
 
 __all__ = ["CHUNK_SIZE", "LedgerReader", "ScanResult", "TornTail", "verify_ledger"]
 
@@ -114,7 +115,8 @@ class LedgerReader:
         whose records are decoded elsewhere (replay's parallel chain check)
         turns it off. ``end`` (a line boundary) stops the pass there instead
         of at the end of the file; classifying an invalid line still reads
-        past it.
+        past it. A record of an older format version is upcast and decoded
+        whatever ``decode`` says; its chain is checked on its bytes too.
         """
         prev, seq, offset, _ = self._origin()
         new_hash = sha256
@@ -130,19 +132,21 @@ class LedgerReader:
                     assert line is not None
                     digest = line[-66:-2]
                     if line[-75:-66] != HASH_PREFIX or not line.startswith(seq_prefix % seq):
-                        bad = line
-                        break
-                    h = new_hash(prev)
-                    h.update(line[:-75])
-                    if h.hexdigest().encode() != digest or line[-2:] != HASH_END:
-                        bad = line
-                        break
-                    if decode_line is not None:
-                        try:
-                            decode_line(line)
-                        except DECODE_ERRORS:
+                        if not _older_record_at(line, seq, prev):
                             bad = line
                             break
+                    else:
+                        h = new_hash(prev)
+                        h.update(line[:-75])
+                        if h.hexdigest().encode() != digest or line[-2:] != HASH_END:
+                            bad = line
+                            break
+                        if decode_line is not None:
+                            try:
+                                decode_line(line)
+                            except DECODE_ERRORS:
+                                bad = line
+                                break
                     prev = digest
                     offset += len(line) + 1
                     seq += 1
@@ -165,10 +169,11 @@ class LedgerReader:
         ``offset`` the byte offset of the first. With ``check_hash=False`` the
         chain is not checked here (the caller checks it another way, e.g.
         :meth:`verify` in a parallel process); everything else is. ``end``
-        stops reading at that byte offset (what lies after is not seen).
+        stops reading at that byte offset (what lies after is not seen). A
+        record of an older format version comes upcast (:mod:`ledger.upcast`);
+        its line is as written.
         """
-        decode_line = record_decoder.decode
-        new_hash = sha256
+        decode = _decode_chained if check_hash else _decode_unchained
         prev, seq, offset, last_ts = self._origin()
         with open(self.path, "rb") as f:
             f.seek(offset)
@@ -178,50 +183,11 @@ class LedgerReader:
             for chunk_lines in source:
                 lines: list[bytes] = chunk_lines  # type: ignore[assignment]  # no None here
                 start = offset
-                records: list[Record] = []
-                append = records.append
                 if until is not None:
                     del lines[max(0, until + 1 - seq) :]
-                if check_hash:
-                    for line in lines:
-                        digest = line[-66:-2]
-                        if line[-75:-66] != HASH_PREFIX or line[-2:] != HASH_END:
-                            failed = True
-                            break
-                        h = new_hash(prev)
-                        h.update(line[:-75])
-                        if h.hexdigest().encode() != digest:
-                            failed = True
-                            break
-                        try:
-                            record = decode_line(line)
-                        except DECODE_ERRORS:
-                            failed = True
-                            break
-                        if record.seq != seq:
-                            failed = True
-                            break
-                        append(record)
-                        prev = digest
-                        seq += 1
-                else:  # the chain is checked elsewhere; the suffix's shape is still checked here
-                    for line in lines:
-                        if line[-75:-66] != HASH_PREFIX or line[-2:] != HASH_END:
-                            failed = True
-                            break
-                        try:
-                            record = decode_line(line)
-                        except DECODE_ERRORS:
-                            failed = True
-                            break
-                        if record.seq != seq:
-                            failed = True
-                            break
-                        append(record)
-                        seq += 1
-                    if records:
-                        prev = lines[len(records) - 1][-66:-2]
+                records, prev, failed = decode(lines, prev, seq)
                 n = len(records)
+                seq += n
                 offset = start + sum(map(len, lines[:n])) + n
                 bad = lines[n] if failed else None
                 if records:
@@ -241,6 +207,95 @@ class LedgerReader:
         if start is None:
             return GENESIS_HASH, 0, 0, None
         return start.last_hash, start.records, start.end_offset, start.last_ts
+
+
+_UNDECODED = Record(v=-1, seq=-1, ts="", run="", data=Event(), hash="")
+"""Stands for a line the typed decoder refused: no version, so the slow path looks."""
+
+
+def _decode_chained(lines: list[bytes], prev: bytes, seq: int) -> tuple[list[Record], bytes, bool]:
+    """Decode a chunk's lines from ``seq`` on, checking the hash chain from ``prev``.
+
+    Returns the valid records (one per line until the first invalid one),
+    the hash of the last, and whether an invalid line stopped the pass. This
+    is the replay's hot loop: a current record costs its suffix check, one
+    hash, one typed decode and its version's and seq's comparisons; any other
+    line goes to the slow path (:func:`~ledger.upcast.decode_older`).
+    """
+    decode_line = record_decoder.decode
+    new_hash = sha256
+    current = FORMAT_VERSION
+    records: list[Record] = []
+    append = records.append
+    for line in lines:
+        digest = line[-66:-2]
+        if line[-75:-66] != HASH_PREFIX or line[-2:] != HASH_END:
+            return records, prev, True
+        h = new_hash(prev)
+        h.update(line[:-75])
+        if h.hexdigest().encode() != digest:
+            return records, prev, True
+        try:
+            record = decode_line(line)
+        except DECODE_ERRORS:
+            record = _UNDECODED
+        if record.v != current:  # not a current record: an older one's, upcast, or invalid
+            older = decode_older(line)
+            if older is None:
+                return records, prev, True
+            record = older
+        if record.seq != seq:
+            return records, prev, True
+        append(record)
+        prev = digest
+        seq += 1
+    return records, prev, False
+
+
+def _decode_unchained(
+    lines: list[bytes], prev: bytes, seq: int
+) -> tuple[list[Record], bytes, bool]:
+    """:func:`_decode_chained` with the chain checked elsewhere; the suffix's shape still here."""
+    decode_line = record_decoder.decode
+    current = FORMAT_VERSION
+    records: list[Record] = []
+    append = records.append
+    failed = False
+    for line in lines:
+        if line[-75:-66] != HASH_PREFIX or line[-2:] != HASH_END:
+            failed = True
+            break
+        try:
+            record = decode_line(line)
+        except DECODE_ERRORS:
+            record = _UNDECODED
+        if record.v != current:  # not a current record: an older one's, upcast, or invalid
+            older = decode_older(line)
+            if older is None:
+                failed = True
+                break
+            record = older
+        if record.seq != seq:
+            failed = True
+            break
+        append(record)
+        seq += 1
+    if records:
+        prev = lines[len(records) - 1][-66:-2]
+    return records, prev, failed
+
+
+def _older_record_at(line: bytes, seq: int, prev: bytes) -> bool:
+    """Whether ``line`` is the valid record ``seq`` of an older format version (slow path).
+
+    Its chain is checked on its bytes as written, and it must decode once
+    upcast; a current record never comes here.
+    """
+    parts = split_line(line)
+    if parts is None or sha256(prev + parts[0]).hexdigest().encode() != parts[1]:
+        return False
+    record = decode_older(line)
+    return record is not None and record.seq == seq
 
 
 def verify_ledger(path: str | os.PathLike[str], *, parallel: bool = True) -> ScanResult:
