@@ -13,8 +13,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("cli", "engine", "projections", "ledger")
 
@@ -28,13 +26,6 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
-
-OVERSIZE_ALLOWED: dict[str, str] = {
-    "ledger/events.py": "being split (the module)",
-    "ledger/writer.py": "ledger/ is being edited apart (LedgerWriter.open)",
-}
-"""Files known to break a size rule while others split them. This list must be
-empty once those splits land: an entry whose file keeps the rules fails below."""
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
@@ -130,17 +121,5 @@ def _oversize(path: Path) -> list[str]:
 
 
 def test_no_module_over_500_lines_and_no_function_over_80() -> None:
-    bad = [
-        f"{_rel(path)}: {', '.join(found)}"
-        for _, path in MODULES
-        if _rel(path) not in OVERSIZE_ALLOWED and (found := _oversize(path))
-    ]
+    bad = [f"{_rel(path)}: {', '.join(found)}" for _, path in MODULES if (found := _oversize(path))]
     assert not bad, "\n".join(bad)
-
-
-@pytest.mark.parametrize("name", sorted(OVERSIZE_ALLOWED))
-def test_an_allowed_oversize_file_still_needs_it(name: str) -> None:
-    path = ROOT / name
-    assert path.is_file() and _oversize(path), (
-        f"{name} keeps the size rules now: take it off OVERSIZE_ALLOWED"
-    )
