@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
+from collections.abc import Callable
 
-__all__ = ["FORMAT", "epoch", "rfc3339", "utc_now"]
+__all__ = ["FORMAT", "epoch", "reading", "rfc3339", "utc_now"]
 
 FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 """The ``strftime`` form of every timestamp (UTC, microseconds, ``Z``)."""
@@ -41,3 +42,11 @@ def epoch(ts: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=_dt.UTC)
     return parsed.timestamp()
+
+
+def reading(clock: Callable[[], float]) -> Callable[[], str]:
+    """A clock of epoch seconds as one of RFC 3339 text: for the real clock
+    (:func:`time.time`), :func:`utc_now` (the same time, its second's prefix cached)."""
+    if clock is time.time:
+        return utc_now
+    return lambda: rfc3339(clock())

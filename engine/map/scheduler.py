@@ -28,14 +28,14 @@ from typing import Any
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
 from engine.exec.local import orphans
 from engine.items.keys import IdempotencyKeys
-from engine.map import policy
-from engine.map.outcomes import failure_events, machine_resources, outcome_events
+from engine.map import outcomes, policy
+from engine.map.outcomes import failure_events, machine_resources
 from engine.store.cache import ArtifactError, ItemHooks
 from engine.store.content import ContentStore
 from engine.workflow.spec import CircuitBreakerSpec, MapSpec
 from ledger.errors import LedgerWriteFailed
 from ledger.events import Event, Heartbeat, ItemDispatched
-from ledger.times import epoch, rfc3339, utc_now
+from ledger.times import epoch, reading
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
@@ -96,12 +96,8 @@ class MapScheduler:
         self.clock = clock
         """Now, in epoch seconds: which items are ready, a retry's ``not_before``, when an
         open circuit may half-open (attempt durations are measured on the monotonic clock)."""
-        self._now_text: Callable[[], str] = (
-            utc_now if clock is time.time else lambda: rfc3339(self.clock())
-        )
-        """The clock's reading in RFC 3339, as the pending queue compares times: for the
-        real clock the ledger's own :func:`~ledger.times.utc_now` (the same time, its
-        second's prefix cached: a dispatch formats the time once)."""
+        self._now_text = reading(clock)
+        """The clock's reading in RFC 3339, as the pending queue compares times."""
         self.running: dict[str, Attempt] = {}
         """Attempts whose process is alive (they count against max_parallel)."""
         self.tasks: dict[str, asyncio.Future[None]] = {}
@@ -420,7 +416,7 @@ class MapScheduler:
         await self._after_outcome(item, outcome)
 
     def _outcome_events(self, item: str, attempt: int, outcome: AttemptOutcome) -> list[Event]:
-        return outcome_events(
+        return outcomes.outcome_events(
             self.spec,
             item,
             attempt,

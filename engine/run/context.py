@@ -32,6 +32,7 @@ from engine.workflow.load import LoadedWorkflow
 from engine.workflow.spec import Step
 from engine.workflow.variables import item_context, run_context
 from ledger.events import Event, RunCompleted
+from ledger.times import reading
 from ledger.writer import LedgerWriter
 from projections.replay import Projections, replay
 from projections.values import ValuesProjection
@@ -103,6 +104,7 @@ class RunContext:
             self.run_id,
             create=create,
             command=self.options.command,
+            clock=reading(self.options.clock),
             redact=self.redactor.recorded if self.redactor else None,  # none: nothing to check
         )
         if create:

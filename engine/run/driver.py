@@ -164,6 +164,7 @@ def _scheduler(run: RunContext, values: dict[str, object]) -> MapScheduler:
         values=values,
         request=run.request,
         max_parallel=options.max_parallel or spec.map.max_parallel,
+        clock=options.clock,
         circuit=spec.circuit_breaker,
         on_change=lambda: options.on_change(run.p),
         hooks=ItemHooks(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,11 @@ class RunOptions:
     refresh_cache: bool = False
     warn: Callable[[str], None] = lambda _message: None
     """Where warnings go (a resume in a workspace that changed)."""
+    clock: Callable[[], float] = time.time
+    """The run's one clock (epoch seconds): the scheduler decides by it (ready items, a
+    retry's ``not_before``, when an open circuit half-opens, recovery) and every record's
+    ``ts`` is its reading, so a circuit opened at a record's time half-opens on this clock.
+    Its seconds are real seconds: the scheduler waits them."""
     adopt_orphans: bool = False
     """Adopt the orphans of the run's processes (:mod:`engine.exec.local.orphans`), so that one that
     left its session and cleared its environment is still stopped at the run's end. For

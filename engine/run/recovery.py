@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from engine.exec.local import orphans
 from engine.exec.local.procfs import process_command, run_processes
@@ -39,7 +38,7 @@ async def settle_interrupted(run: RunContext) -> None:
             state.item,
             state.attempts,
             message,
-            now=time.time(),
+            now=run.options.clock(),
             resources=machine_resources(),
         )
     await run.append(events)
