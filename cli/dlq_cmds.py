@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import sys
 
@@ -15,7 +14,7 @@ from cli.run_cmds import AS_JSON, JOBS, NO_PROGRESS, drive
 from engine.errors import NothingSelected
 from engine.run import RunOptions, control, resume_run
 from engine.views.status import DLQItemView, dlq_entries, dlq_view
-from ledger.times import FORMAT
+from ledger.times import epoch, rfc3339
 from projections.replay import Projections, replay
 
 __all__ = ["dlq"]
@@ -26,15 +25,12 @@ def _since(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return rfc3339(epoch(value))
     except ValueError:
         raise click.BadParameter(
             f"{value!r} is not a time (use e.g. 2026-11-21 or 2026-11-21T09:30:00Z)",
             param_hint="--since",
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC).strftime(FORMAT)
 
 
 def _select(

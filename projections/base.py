@@ -32,7 +32,6 @@ def handles(*events: type[Event]) -> Callable[[F], F]:
 class Projection:
     """A fold over records. Subclasses mark handlers with :func:`handles`."""
 
-    """Key of this projection in the combined JSON output."""
     handlers: ClassVar[dict[type[Event], Handler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

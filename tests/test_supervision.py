@@ -215,10 +215,10 @@ def test_the_cli_says_it_in_one_line_on_stderr(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from cli.main import main\n"
-        "from engine.map.scheduler import MapScheduler\n"
-        "def broken(self, item, attempt, outcome):\n"
+        "from engine.map import outcomes\n"
+        "def broken(*args, **kwargs):\n"
         "    raise RuntimeError('planted')\n"
-        "MapScheduler._outcome_events = broken\n"
+        "outcomes.outcome_events = broken\n"
         "sys.argv = ['engine', '--home', sys.argv[1], 'run', sys.argv[2], '--no-progress']\n"
         "main()\n"
     )

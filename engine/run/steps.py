@@ -163,7 +163,8 @@ def setup_plan(run: RunContext) -> SetupPlan:
         if (done.command is not None and done.command != command) or (
             done.captured != step.capture_output
         ):
-            what = "its command" if done.command != command else "its capture_output"
+            moved = done.command is not None and done.command != command
+            what = "its command" if moved else "its capture_output"
             plan.changed = (
                 f"setup[{index}]: {what} changed since it succeeded: "
                 "it runs again, and the setup steps after it"
