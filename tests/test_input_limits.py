@@ -24,9 +24,9 @@ STEP = "  agent_template: [{run: echo}]\n"
 @pytest.fixture(params=[True, False], ids=["libyaml", "pure-python"])
 def yaml_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Both parsers: libyaml when PyYAML has it, and the pure-Python fallback."""
-    if request.param and not workflow_module._FAST:
+    if request.param and not workflow_module.LIBYAML:
         pytest.skip("PyYAML was built without libyaml")
-    monkeypatch.setattr(workflow_module, "_FAST", request.param)
+    monkeypatch.setattr(workflow_module, "LIBYAML", request.param)
     return bool(request.param)
 
 
@@ -65,7 +65,7 @@ def test_strings_no_command_can_carry_are_refused_with_their_line(yaml_path: boo
 def test_a_lone_surrogate_is_refused_by_the_pure_python_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(workflow_module, "_FAST", False)
+    monkeypatch.setattr(workflow_module, "LIBYAML", False)
     text = 'name: t\nmap:\n  items: ["\\ud800"]\n' + STEP
     assert "lone surrogate" in _problem(text)
 
