@@ -30,6 +30,14 @@ def _start_holder(run_dir: Path) -> subprocess.Popen[str]:
     return proc
 
 
+def _kill(holder: subprocess.Popen[str]) -> None:
+    """The holder killed outright (its lock dies with it), reaped, its pipe closed."""
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert holder.stdout is not None
+    holder.stdout.close()
+
+
 def test_second_writer_refused_then_free_at_once_after_holder_dies(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     holder = _start_holder(run_dir)
@@ -43,10 +51,7 @@ def test_second_writer_refused_then_free_at_once_after_holder_dies(tmp_path: Pat
         assert f"run is locked by pid {holder.pid} on " in str(err)
         assert RunLock(run_dir).probe() is not None
     finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
+        _kill(holder)
     # Taken at once: the lock is never waited for (a held one is refused), so a
     # stale lock left by the dead holder would raise LedgerLocked here.
     with LedgerWriter.open(run_dir, "locked") as w:
@@ -144,10 +149,7 @@ def test_probe_never_takes_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         found = RunLock(tmp_path / "run").probe()
         assert found is not None and found["pid"] == holder.pid
     finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
+        _kill(holder)
     assert RunLock(tmp_path / "run").probe() is None
 
 
@@ -168,10 +170,7 @@ def test_deleting_or_replacing_the_lock_file_does_not_free_the_run(tmp_path: Pat
         if Path("/proc/locks").exists():
             assert info.value.holder["pid"] == holder.pid
     finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
+        _kill(holder)
     with LedgerWriter.open(run_dir, "locked") as w:
         assert w.lock.held
 
