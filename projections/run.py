@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -20,7 +20,6 @@ from ledger.events import (
     RunResumed,
     RunStarted,
     RunUnpaused,
-    StepSucceeded,
 )
 from projections.base import Projection, handles
 
@@ -99,10 +98,6 @@ class RunProjection(Projection):
         self.cancel_requested = False
         self.cancel_force = False
         self.cancel_by: str | None = None
-        self.steps_done: set[tuple[str, int]] = set()
-        """(phase, index) of setup and reduce steps that succeeded."""
-        self.captures: dict[str, Any] = {}
-        """Values captured by setup steps (``capture_output``), as recorded."""
         self.cache_mode = "use"
         """How the run uses the cache (the last ``run.started`` or ``run.resumed``)."""
         self.map_enqueued = False
@@ -155,12 +150,6 @@ class RunProjection(Projection):
         self.reason = None
         if self.started_at is None:
             self.started_at = record.ts
-
-    @handles(StepSucceeded)
-    def _step(self, record: Record, e: StepSucceeded) -> None:
-        self.steps_done.add((e.phase, e.index))
-        if e.phase == "setup" and e.captured:
-            self.captures[e.captured] = e.captured_value
 
     @handles(MapEnqueued)
     def _enqueued(self, record: Record, e: MapEnqueued) -> None:
