@@ -315,14 +315,22 @@ class LedgerWriter:
         last = self._next_seq - 1
         fd = self._fd
         error: BaseException | None = None
+        interrupt: BaseException | None = None
         self._mu.release()
         try:
             assert fd is not None
-            view = memoryview(batch)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            self._sync(fd)
+            try:
+                _write_all(fd, batch, 0)
+                self._sync(fd)
+            except OSError:
+                raise
+            except BaseException as exc:
+                # A signal's handler raised (Ctrl-C, SIGTERM) between two system
+                # calls: the batch is still the engine's to finish. The file's
+                # size says how much of it is written (only this writer appends).
+                interrupt = exc
+                _write_all(fd, batch, os.fstat(fd).st_size - self._durable_end)
+                self._sync(fd)
         except BaseException as exc:
             error = exc
         finally:
@@ -344,6 +352,8 @@ class LedgerWriter:
                 f"{self.path}: write or fsync failed ({error}); the writer is stopped",
                 hint="nothing after the last durable record is trusted; resume the run",
             ) from error
+        if interrupt is not None:
+            raise interrupt  # the batch is durable; the interrupt goes on
 
     # --- closing ------------------------------------------------------------
 
@@ -474,3 +484,11 @@ def _move_aside(path: Path, torn: TornTail) -> str:
     finally:
         os.close(fd)
     return target.name
+
+
+def _write_all(fd: int, batch: bytes, start: int) -> None:
+    """Write ``batch[start:]`` to ``fd``, however many calls it takes."""
+    view = memoryview(batch)[start:]
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

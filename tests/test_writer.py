@@ -102,6 +102,44 @@ def test_failed_fsync_stops_the_writer_for_good(tmp_path: Path) -> None:
     assert items[0] == "a" and items[-1] == "d" and "c" not in items
 
 
+@pytest.mark.parametrize("where", ["mid-write", "before-fsync"])
+def test_an_interrupt_during_a_flush_finishes_the_batch_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C or SIGTERM landing inside a flush is an interrupt, never a failed write."""
+    import ledger.writer as writer_module
+
+    run_dir = tmp_path / "r"
+    armed = threading.Event()
+
+    def sync(fd: int) -> None:
+        os.fdatasync(fd)
+        if where == "before-fsync" and armed.is_set():
+            armed.clear()
+            raise KeyboardInterrupt
+
+    real_write = os.write
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if where == "mid-write" and armed.is_set():
+            armed.clear()
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise KeyboardInterrupt  # as a signal's handler does after the call returns
+        return real_write(fd, data)
+
+    monkeypatch.setattr(writer_module.os, "write", write)
+    w = LedgerWriter.open(run_dir, "r", create=True, sync=sync)
+    w.append(ItemEnqueued(item="a", index=0))
+    armed.set()
+    with pytest.raises(KeyboardInterrupt):
+        w.append(ItemEnqueued(item="b", index=1))
+    w.append(ItemEnqueued(item="c", index=2))  # the writer is not stopped
+    w.close()
+    verify_ledger(run_dir / "ledger.ndjson")
+    items = [r.data.item for r in _records(run_dir / "ledger.ndjson") if r.type == "item.enqueued"]
+    assert items == ["a", "b", "c"]
+
+
 def test_group_commit_concurrent_appenders(tmp_path: Path) -> None:
     w = LedgerWriter.open(tmp_path / "r", "r", create=True)
     per_thread, threads = 150, 16
