@@ -20,7 +20,7 @@ def _terminated(signum: int, _frame: object) -> None:
 
 signal.signal(signal.SIGTERM, _terminated)
 
-from cli import control_cmds, dlq_cmds, ledger_cmds, query_cmds, run_cmds  # noqa: E402, F401
+from cli import control_cmds, dlq_cmds, ledger_cmds, logs_cmds, query_cmds, run_cmds  # noqa: E402, F401
 from cli.app import cli  # noqa: E402
 
 __all__ = ["cli", "main"]

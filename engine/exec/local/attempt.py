@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import time
@@ -40,6 +39,7 @@ from engine.exec.program import (
     step_cwd,
     step_limit,
 )
+from engine.store.logs import LOGS_DIR, attempt_base, log_name
 from engine.workflow.spec import Step
 from ledger.atomic import DIR_MODE, fsync_dir, make_private_dir
 from ledger.events import LogRef
@@ -49,6 +49,11 @@ __all__ = ["LocalAttempt"]
 
 _MADE: set[str] = set()
 """Directories this process has made (or found) already."""
+
+
+def _redactor(secrets: tuple[bytes, ...]) -> OutputRedactor | None:
+    """A redactor of its own for each stream (it keeps back what may be the start of a secret)."""
+    return OutputRedactor(secrets) if secrets else None
 
 
 class LocalAttempt(Attempt):
@@ -70,18 +75,18 @@ class LocalAttempt(Attempt):
         self._samples: deque[HeartbeatSample] = deque()
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
-        name = hashlib.sha256(request.item_id.encode()).hexdigest()[:16]
-        self.base = f"{name}-{request.attempt}"
+        self.base = attempt_base(request.item_id, request.attempt)
         run_dir = str(request.run_dir)
         self.files = ValueFiles(f"{run_dir}/values", self.base)
         """Values too large for the environment, in files."""
-        logs = f"{run_dir}/logs"
+        logs = f"{run_dir}/{LOGS_DIR}"
         if logs not in _MADE:
             make_private_dir(Path(logs))
             _MADE.add(logs)
         secrets = output_secrets(request.redact)
-        self.out = Log(logs, f"{self.base}.stdout", OutputRedactor(secrets) if secrets else None)
-        self.err = Log(logs, f"{self.base}.stderr", OutputRedactor(secrets) if secrets else None)
+        item, attempt = request.item_id, request.attempt
+        self.out = Log(logs, log_name(item, attempt, "stdout"), _redactor(secrets))
+        self.err = Log(logs, log_name(item, attempt, "stderr"), _redactor(secrets))
         # Only the attempt touches (creates) this file; it needs no durability.
         hb_dir = f"{run_dir}/heartbeat"
         if hb_dir not in _MADE:
@@ -248,7 +253,7 @@ class LocalAttempt(Attempt):
         stderr_ref = self.err.finish()
         if stdout_ref is not None or stderr_ref is not None:
             try:
-                fsync_dir(self.request.run_dir / "logs")
+                fsync_dir(self.request.run_dir / LOGS_DIR)
             except OSError as exc:
                 self.err.error = self.err.error or exc
         self._publish(None)

@@ -9,6 +9,7 @@ from collections import deque
 from typing import Any
 
 from engine.exec.program import OutputRedactor
+from engine.store.logs import LOGS_DIR, partial_name
 from ledger.atomic import FILE_MODE
 from ledger.events import LogRef
 
@@ -49,7 +50,8 @@ class Log:
 
     @property
     def tmp(self) -> str:
-        return f"{self.directory}/.{self.name}.tmp"
+        """Where the log is written until it is final (:mod:`engine.store.logs`)."""
+        return f"{self.directory}/{partial_name(self.name)}"
 
     def write(self, data: bytes) -> None:
         if self.redactor is not None:
@@ -129,7 +131,7 @@ class Log:
                 os.unlink(self.tmp)
             return None
         return LogRef(
-            path=f"logs/{self.name}",
+            path=f"{LOGS_DIR}/{self.name}",
             sha256="sha256:" + self.digest.hexdigest(),
             size=self.size,
         )
