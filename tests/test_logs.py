@@ -7,6 +7,7 @@ a subprocess the test starts; every wait is on a condition with a deadline.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import signal
@@ -21,9 +22,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
-from engine.store.logs import log_paths
+from engine.store.logs import keep_partial_logs, log_paths
 from ledger import LedgerReader
-from ledger.events import ItemFailed, Record
+from ledger.events import ItemFailed, LogRef, Record
 from tests.engine_helpers import (
     DEADLINE,
     records,
@@ -258,3 +259,121 @@ def test_follow_prints_a_running_attempts_output_until_it_ends_then_exits_0(
         check=False,
     )
     assert (again.returncode, again.stdout) == (0, "first\nsecond\n")
+
+
+# --- an attempt killed with its engine --------------------------------------------------
+
+KILLED = """
+name: logs
+map:
+  items: [{id: victim}]
+  id: "${item.id}"
+  retry: {max_attempts: 2, initial: 10ms}
+  agent_template:
+    - run: |
+        echo "out of attempt $ENGINE_ATTEMPT"
+        echo "err of attempt $ENGINE_ATTEMPT" >&2
+        if [ "$ENGINE_ATTEMPT" = 1 ]; then
+          echo $$ > step.pid
+          exec sleep 300
+        fi
+"""
+
+
+def _sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_attempt_killed_with_the_engine_keeps_its_log_named_by_item_failed(
+    tmp_path: Path, own_pids: list[int]
+) -> None:
+    home = tmp_path / "home"
+    wf = write_workflow(tmp_path, KILLED)
+    run_id = unique_run_id("logs-killed")
+    run_dir = home / "runs" / run_id
+    engine = subprocess.Popen(
+        _engine(home, "run", str(wf), "--run-id", run_id, "--no-progress"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    out, out_partial = log_paths(run_dir, "victim", 1, "stdout")
+    err, err_partial = log_paths(run_dir, "victim", 1, "stderr")
+    try:
+        wait_for(
+            lambda: (
+                (tmp_path / "step.pid").is_file()
+                and out_partial.is_file()
+                and out_partial.read_bytes() == b"out of attempt 1\n"
+                and err_partial.is_file()
+                and err_partial.read_bytes() == b"err of attempt 1\n"
+            ),
+            what="the first attempt's output in its partial logs",
+        )
+    finally:
+        engine.kill()  # SIGKILL: nothing in the engine can react
+        engine.wait()
+    wait_for(lambda: (tmp_path / "step.pid").read_text().strip(), what="the step's pid")
+    own_pids.append(int((tmp_path / "step.pid").read_text()))
+
+    # Before the resume: what it printed, from the partial file, said to be cut short.
+    before = _logs(home, run_id, "victim")
+    assert (before.exit_code, before.stdout) == (0, "out of attempt 1\n")
+    assert "was cut short: its engine stopped before it ended" in before.stderr
+
+    resumed = subprocess.run(
+        _engine(home, "resume", run_id, "--no-progress"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    failed = [r.data for r in _ledger(home, run_id) if r.type == "item.failed"]
+    assert len(failed) == 1
+    interrupted = failed[0]
+    assert isinstance(interrupted, ItemFailed)
+    assert (interrupted.attempt, interrupted.error_type) == (1, "interrupted")
+    # The record names the kept files, under their final names, by hash and size.
+    assert interrupted.stdout is not None and interrupted.stderr is not None
+    assert out.is_file() and err.is_file()
+    assert interrupted.stdout == LogRef(path=f"logs/{out.name}", sha256=_sha256(out), size=17)
+    assert interrupted.stderr == LogRef(path=f"logs/{err.name}", sha256=_sha256(err), size=17)
+    assert _hidden(run_dir) == []  # no partial file is left behind
+    shown = {
+        args: _logs(home, run_id, "victim", *args).stdout
+        for args in [("--attempt", "1"), ("--attempt", "1", "--stderr"), ()]
+    }
+    assert shown == {
+        ("--attempt", "1"): "out of attempt 1\n",
+        ("--attempt", "1", "--stderr"): "err of attempt 1\n",
+        (): "out of attempt 2\n",
+    }
+
+
+def test_keeping_a_dead_engines_logs_takes_partial_or_final_files_and_skips_empty_ones(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "logs").mkdir(parents=True)
+    # Killed mid-attempt: stdout partial; stderr opened, never written.
+    out, out_partial = log_paths(run_dir, "a", 1, "stdout")
+    _, err_partial = log_paths(run_dir, "a", 1, "stderr")
+    out_partial.write_bytes(b"half a line")
+    err_partial.write_bytes(b"")
+    stdout, stderr = keep_partial_logs(run_dir, "a", 1)
+    assert stdout == LogRef(path=f"logs/{out.name}", sha256=_sha256(out), size=11)
+    assert stderr is None
+    assert not out_partial.exists() and not err_partial.exists()
+    # Killed after the logs were made final, before the outcome was recorded.
+    _, err_b_partial = log_paths(run_dir, "b", 2, "stderr")
+    err_b, _ = log_paths(run_dir, "b", 2, "stderr")
+    err_b.write_bytes(b"all of it\n")
+    assert keep_partial_logs(run_dir, "b", 2) == (
+        None,
+        LogRef(path=f"logs/{err_b.name}", sha256=_sha256(err_b), size=10),
+    )
+    assert not err_b_partial.exists()
+    # An attempt that printed nothing at all.
+    assert keep_partial_logs(run_dir, "c", 1) == (None, None)

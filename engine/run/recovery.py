@@ -1,7 +1,9 @@
 """What an engine finds of the ones before it, and what its own steps leave behind.
 
 * :func:`settle_interrupted`: attempts a dead engine left without an outcome
-  (its leftover processes stopped first) are recorded ``interrupted``;
+  (its leftover processes stopped first) are recorded ``interrupted``, the
+  logs they had written kept under their final names and named in the
+  record;
 * :func:`requeue_events`: the dead items a resume brings back;
 * :func:`end_leftovers`: processes of the run that outlived their steps, as
   the run ends: stopped (or left, with ``map.allow_background``) and said.
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+
 from engine.exec.local import orphans
 from engine.exec.local.procfs import process_command, run_processes
 from engine.map.outcomes import abandon_events, machine_resources
 from engine.run.context import RunContext
-from ledger.events import Event, ItemRequeued, LeftoverProcess, RunLeftovers
+from engine.store.logs import keep_partial_logs
+from ledger.events import Event, ItemFailed, ItemRequeued, LeftoverProcess, LogRef, RunLeftovers
 
 __all__ = ["end_leftovers", "requeue_events", "settle_interrupted"]
 
@@ -33,15 +38,35 @@ async def settle_interrupted(run: RunContext) -> None:
         message = "the engine stopped before this attempt's outcome was recorded"
         if stopped:
             message += f" ({stopped} leftover process{'es' if stopped > 1 else ''} stopped)"
-        events += abandon_events(
-            run.spec.map,
-            state.item,
-            state.attempts,
-            message,
-            now=run.options.clock(),
-            resources=machine_resources(),
-        )
+        stdout, stderr = await _kept_logs(run, state.item, state.attempts)
+        events += [
+            msgspec.structs.replace(e, stdout=stdout, stderr=stderr)
+            if isinstance(e, ItemFailed)
+            else e
+            for e in abandon_events(
+                run.spec.map,
+                state.item,
+                state.attempts,
+                message,
+                now=run.options.clock(),
+                resources=machine_resources(),
+            )
+        ]
     await run.append(events)
+
+
+async def _kept_logs(
+    run: RunContext, item: str, attempt: int
+) -> tuple[LogRef | None, LogRef | None]:
+    """The logs an interrupted attempt wrote, under their final names (or a warning)."""
+    try:
+        return await asyncio.to_thread(keep_partial_logs, run.run_dir, item, attempt)
+    except OSError as exc:
+        run.options.warn(
+            f"engine: cannot keep the log of item {item!r} attempt {attempt}: "
+            f"{exc.strerror or exc} (its item.failed names no log)"
+        )
+        return None, None
 
 
 def requeue_events(run: RunContext) -> list[Event]:
