@@ -3,13 +3,14 @@
 An index over the items projection, built only for a scheduler: a replay
 that only shows a run never pays for it. :meth:`PendingProjection.build`
 derives it from the items' statuses; from then on it is a fold like every
-other projection. Ready items go in this order: items never dispatched,
-then items that ran before (interrupted, or retrying once their
-``not_before`` has passed), then items requeued from the DLQ; by index
-within each. The scheduler asks it for the next items that may run at
-a given time (an RFC 3339 string taken from the clock outside the fold);
-the ``item.dispatched`` it then appends takes them out. (Every item leaves
-the queue by being dispatched or skipped.)
+other projection. Ready items go in this order: items that ran before
+(a retry once its ``not_before`` has passed, or an interrupted attempt),
+earliest due first; then items never dispatched, by index (the input's
+order); then items requeued from the DLQ, by index. So a retry runs when it
+is due, not after every fresh item. The scheduler asks it for the next
+items that may run at a given time (an RFC 3339 string taken from the clock
+outside the fold); the ``item.dispatched`` it then appends takes them out.
+(Every item leaves the queue by being dispatched or skipped.)
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ class PendingProjection(Projection):
         self.items = items
         self.queued: dict[str, str] = {}
         """Items that may be dispatched, with their ``not_before`` ("" for now)."""
-        self._ready: list[tuple[int, int, str]] = []
-        """(rank, index, item): see :func:`_rank`."""
+        self._ready: list[tuple[int, str, int, str]] = []
+        """(rank, due, index, item): see :func:`_rank`; ``due`` is the ``not_before`` the
+        item was queued with ("" for none)."""
         self._delayed: list[tuple[str, int, str]] = []
         self._queued_rank: dict[str, int] = {}
         """The rank each queued item was queued with (see :func:`_rank`)."""
@@ -61,7 +63,7 @@ class PendingProjection(Projection):
             else:
                 self.queued[state.item] = ""
                 self._queued_rank[state.item] = _rank(state)
-                self._ready.append((_rank(state), state.index, state.item))
+                self._ready.append((_rank(state), "", state.index, state.item))
         heapq.heapify(self._ready)
         heapq.heapify(self._delayed)
 
@@ -94,7 +96,7 @@ class PendingProjection(Projection):
         if not_before:
             heapq.heappush(self._delayed, (not_before, state.index, e.item))
         else:
-            heapq.heappush(self._ready, (rank, state.index, e.item))
+            heapq.heappush(self._ready, (rank, "", state.index, e.item))
 
     def next_ready(self, now: str) -> str | None:
         """The next item that may run at ``now``, without taking it."""
@@ -103,13 +105,13 @@ class PendingProjection(Projection):
         while delayed and delayed[0][0] <= now:
             not_before, index, item = heapq.heappop(delayed)
             if queued.get(item) == not_before:
-                heapq.heappush(self._ready, (_rank(self.items.items[item]), index, item))
+                rank = _rank(self.items.items[item])
+                heapq.heappush(self._ready, (rank, not_before, index, item))
         ready = self._ready
         items = self.items.items
         while ready:
-            rank, _index, item = ready[0]
-            waiting_until = queued.get(item)
-            if waiting_until is not None and waiting_until <= now and rank == _rank(items[item]):
+            rank, due, _index, item = ready[0]
+            if queued.get(item) == due and rank == _rank(items[item]):
                 return item
             # Stale: dispatched, skipped, waiting again, or queued since with another rank.
             heapq.heappop(ready)
@@ -121,7 +123,7 @@ class PendingProjection(Projection):
         Items in ``exclude`` (already being dispatched) are passed over.
         """
         out: list[str] = []
-        held: list[tuple[int, int, str]] = []
+        held: list[tuple[int, str, int, str]] = []
         while len(out) < limit:
             item = self.next_ready(now)
             if item is None:
@@ -155,7 +157,7 @@ class PendingProjection(Projection):
 
 
 def _rank(state: Any) -> int:
-    """0: never dispatched; 1: ran before (interrupted or retrying); 2: back from the DLQ."""
+    """0: ran before (a retry, or interrupted); 1: never dispatched; 2: back from the DLQ."""
     if state.requeued:
         return 2
-    return 1 if state.attempts else 0
+    return 0 if state.attempts else 1

@@ -29,7 +29,9 @@ def _ts(value: str) -> float:
 
 
 def test_circuit_opens_waits_probes_and_closes(tmp_path: Path) -> None:
-    # Items r1..r3 are rate limited on their first attempt; everything else is fine.
+    # Items r1..r3 are rate limited on their first attempt; everything else is fine. The
+    # backoff outlasts the three failures and the cooldown: a retry that is due would run
+    # before the fresh items, and its success would end the streak.
     write_script(
         tmp_path,
         {
@@ -46,7 +48,7 @@ def test_circuit_opens_waits_probes_and_closes(tmp_path: Path) -> None:
           items: [r1, r2, r3, ok1, ok2, ok3]
           id: "${{item}}"
           max_parallel: 1
-          retry: {{max_attempts: 3, initial: 0.5s, jitter: false}}
+          retry: {{max_attempts: 3, initial: 5s, jitter: false}}
           agent_template: [{{claude: "x"}}]
         circuit_breaker: {{threshold: 3, cooldown: 1s, on: [rate_limited]}}
         """,

@@ -189,55 +189,6 @@ def test_shell_rendering_quotes_references() -> None:
         render_shell("echo ${item.missing}", {"item": {}})
 
 
-def test_ready_order_is_fresh_then_ran_before_then_back_from_the_dlq() -> None:
-    from ledger.events import (
-        ItemDeadLettered,
-        ItemDispatched,
-        ItemEnqueued,
-        ItemFailed,
-        ItemRequeued,
-        ItemRetryScheduled,
-        Record,
-    )
-    from projections.replay import Projections
-
-    p = Projections()
-    p.enable_scheduling()
-    seq = 0
-
-    def apply(event: object) -> None:
-        nonlocal seq
-        p.apply(
-            Record(
-                v=1, seq=seq, ts="2026-01-01T00:00:00.000000Z", run="r", data=event, hash="0" * 64
-            )
-        )  # type: ignore[call-arg]
-        seq += 1
-
-    for index, item in enumerate(["dead", "retry", "fresh1", "fresh2"]):
-        apply(ItemEnqueued(item=item, index=index))
-    for item in ("dead", "retry"):
-        apply(ItemDispatched(item=item, attempt=1, idempotency_key="ik:x", worker="local"))
-        apply(ItemFailed(item=item, attempt=1, error_type="timeout", signature="s", message="m"))
-    apply(
-        ItemRetryScheduled(
-            item="retry", attempt=1, delay=0.0, not_before="2026-01-01T00:00:00.000000Z"
-        )
-    )
-    apply(
-        ItemDeadLettered(
-            item="dead", attempt=1, error_type="timeout", signature="s", reason="retries exhausted"
-        )
-    )
-    apply(ItemRequeued(item="dead"))
-    assert p.pending.ready_items("2026-01-02T00:00:00.000000Z", 10) == [
-        "fresh1",
-        "fresh2",
-        "retry",
-        "dead",
-    ]
-
-
 def test_idempotency_keys_spliced_equal_the_canonical_definition() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st

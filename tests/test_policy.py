@@ -29,6 +29,7 @@ from ledger.events import (
     ItemDispatched,
     ItemEnqueued,
     ItemFailed,
+    ItemRequeued,
     ItemRetryScheduled,
     ItemSucceeded,
     Record,
@@ -231,6 +232,60 @@ def test_an_engine_error_is_a_failure_of_its_type_decided_the_same_way() -> None
     assert isinstance(dead, ItemDeadLettered) and dead.reason == "not retryable"
 
 
+# --- the dispatch order ---------------------------------------------------------------------
+
+
+def _retry_at(run: _Run, item: str, delay: float) -> None:
+    """``item`` fails once and is scheduled to retry ``delay`` seconds after NOW."""
+    failed = run.fail(item)
+    run.apply(
+        ItemRetryScheduled(
+            item=item, attempt=failed.attempt, delay=delay, not_before=rfc3339(NOW + delay)
+        )
+    )
+
+
+def _back_from_the_dlq(run: _Run, item: str) -> None:
+    failed = run.fail(item, "command_failed")
+    run.apply(
+        ItemDeadLettered(
+            item=item,
+            attempt=failed.attempt,
+            error_type=failed.error_type,
+            signature=failed.signature,
+            reason="not retryable",
+        ),
+        ItemRequeued(item=item),
+    )
+
+
+def test_due_retries_run_first_earliest_due_first_then_fresh_items_then_the_dlq() -> None:
+    run = _Run(items=["late", "f1", "dead", "early", "f2", "later", "f3"])
+    _retry_at(run, "late", 2.0)
+    _retry_at(run, "early", 1.0)
+    _retry_at(run, "later", 100.0)
+    _back_from_the_dlq(run, "dead")
+    pending = run.p.pending
+    assert pending.ready_items(rfc3339(NOW + 0.5), 10) == ["f1", "f2", "f3", "dead"]
+    assert pending.next_time() == rfc3339(NOW + 1.0)
+    assert pending.next_ready(rfc3339(NOW + 1.5)) == "early"
+    assert pending.ready_items(rfc3339(NOW + 1.5), 10) == ["early", "f1", "f2", "f3", "dead"]
+    assert pending.ready_items(rfc3339(NOW + 5), 10) == ["early", "late", "f1", "f2", "f3", "dead"]
+    assert pending.ready_items(rfc3339(NOW + 5), 3, exclude={"early"}) == ["late", "f1", "f2"]
+    assert pending.next_time() == rfc3339(NOW + 100.0)  # "later" is not due yet
+    # Taking the first retry leaves the rest in order.
+    run.dispatch("early")
+    assert pending.ready_items(rfc3339(NOW + 5), 2) == ["late", "f1"]
+
+
+def test_an_interrupted_attempt_runs_before_fresh_items_and_a_dlq_item_stays_last() -> None:
+    run = _Run(items=["f1", "dead", "cut"])
+    _back_from_the_dlq(run, "dead")
+    _retry_at(run, "dead", 0.0)  # back from the DLQ, failed again: still after fresh items
+    _retry_at(run, "cut", 0.0)  # interrupted by a stopping engine: at once, before fresh items
+    assert run.p.pending.ready_items(rfc3339(NOW), 10) == ["cut", "f1", "dead"]
+
+
 # --- the circuit breaker --------------------------------------------------------------------
 
 
@@ -275,11 +330,11 @@ def test_an_open_circuit_half_opens_once_its_cooldown_has_passed() -> None:
     assert policy.half_open_at(run.p.circuit) == NOW + 31
     pending = run.p.pending
     assert policy.circuit_half_open(spec, run.p.circuit, pending, now=NOW + 30.999) == []
-    # The probe is the next item ready then: fresh items go before the retried one.
+    # The probe is the next item ready then: the retry, due, goes before fresh items.
     assert policy.circuit_half_open(spec, run.p.circuit, pending, now=NOW + 31) == [
-        CircuitHalfOpen(probe_item="b")
+        CircuitHalfOpen(probe_item="a")
     ]
-    run.apply(CircuitHalfOpen(probe_item="b"))
+    run.apply(CircuitHalfOpen(probe_item="a"))
     assert policy.half_open_at(run.p.circuit) is None
     assert policy.circuit_half_open(spec, run.p.circuit, pending, now=NOW + 99) == []
 

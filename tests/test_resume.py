@@ -122,7 +122,7 @@ def test_a_run_stopped_before_run_created_is_created_on_the_next_start(tmp_path:
     assert types.count("run.created") == 1 and types[-1] == "run.completed"
 
 
-def test_a_hand_made_ledger_resumes_pending_then_interrupted_then_dead_each_once(
+def test_a_hand_made_ledger_resumes_interrupted_then_pending_then_dead_each_once(
     tmp_path: Path,
 ) -> None:
     from engine.workflow.load import load_workflow
@@ -173,8 +173,8 @@ def test_a_hand_made_ledger_resumes_pending_then_interrupted_then_dead_each_once
     resumed = _engine(tmp_path / "home", "resume", "hm", "--include-dlq", "--no-progress")
     assert resumed.exit_code == 0, resumed.stderr
     assert (tmp_path / "ran.log").read_text().splitlines() == [
-        "pending 1",
         "interrupted 2",
+        "pending 1",
         "dead 2",
     ]
     records = list(LedgerReader(run_dir / "ledger.ndjson").records())

@@ -204,12 +204,13 @@ def test_retries_and_the_circuit_follow_the_injected_clock(tmp_path: Path) -> No
     (half,) = [r for r in records if isinstance(r.data, CircuitHalfOpen)]
     (closed,) = [r for r in records if isinstance(r.data, CircuitClosed)]
     assert opened.ts == rfc3339(NOW) and half.ts == rfc3339(NOW + 600)
-    assert isinstance(half.data, CircuitHalfOpen) and half.data.probe_item == "ok1"
+    assert isinstance(half.data, CircuitHalfOpen) and half.data.probe_item == "r1"
     assert opened.seq < half.seq < closed.seq
-    # The probe alone while half open; then the retries, ready by the clock.
-    assert executor.started == [("r1", 1), ("r2", 1), ("ok1", 1), ("r1", 2), ("r2", 2)]
+    # The probe alone while half open (a retry, due by the clock, goes before a fresh
+    # item); then the other retry, then the fresh item.
+    assert executor.started == [("r1", 1), ("r2", 1), ("r1", 2), ("r2", 2), ("ok1", 1)]
     succeeded = [r.data.item for r in records if isinstance(r.data, ItemSucceeded)]
-    assert succeeded == ["ok1", "r1", "r2"]
+    assert succeeded == ["r1", "r2", "ok1"]
 
 
 def test_a_retry_waits_for_the_clock_and_for_a_free_slot(tmp_path: Path) -> None:
