@@ -10,8 +10,9 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from cli.main import cli
+from engine.map.classify import signature
 from ledger import LedgerReader
-from tests.engine_helpers import run_workflow, write_workflow
+from tests.engine_helpers import records, run_workflow, write_workflow
 
 
 def _engine(home: Path, *args: str) -> Result:
@@ -137,3 +138,45 @@ def test_export_jsonl_and_csv(tmp_path: Path) -> None:
     )
     assert sorted(r["item_id"] for r in rows) == ["flaky-1", "flaky-2", "locked-1"]
     assert {r["item_id"]: r["needs_review"] for r in rows}["locked-1"] == "True"
+
+
+def test_a_failure_with_a_handler_is_what_the_failed_command_said(tmp_path: Path) -> None:
+    """The handler's output (the same JSON for every item) is never the failure's message."""
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: handled
+        map:
+          items: [config, perms, stdout]
+          id: "${item}"
+          retry: {max_attempts: 1}
+          agent_template:
+            - run: |
+                case "$ENGINE_ITEM_ID" in
+                  config) echo "cannot parse settings: unexpected end of input" >&2 ;;
+                  perms) echo "open: permission denied" >&2 ;;
+                  stdout) echo "check failed: expected a header line" ;;
+                esac
+                exit 3
+              on_failure:
+                - run: |
+                    echo '{"notified": "on-call"}'
+                    echo '{"notified": "on-call"}' >&2
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    assert result.exit_code == 1
+    listed = _engine(tmp_path / "home", "dlq", "list", result.run_id, "--json")
+    dead = {d["item_id"]: d for d in json.loads(listed.output)}
+    assert {item: d["last_error"] for item, d in dead.items()} == {
+        "config": "cannot parse settings: unexpected end of input",
+        "perms": "open: permission denied",
+        "stdout": "check failed: expected a header line",
+    }
+    assert len({d["signature"] for d in dead.values()}) == 3
+    failed = {r.data.item: r.data for r in records(result, "item.failed")}
+    assert all("notified" not in f.stderr_tail for f in failed.values())
+    assert failed["perms"].signature == signature("command_failed", "open: permission denied")
+    # The handler ran all the same: its output is in the attempt's logs.
+    log = tmp_path / "home" / "runs" / result.run_id / failed["config"].stderr.path
+    assert log.read_text().splitlines()[-1] == '{"notified": "on-call"}'

@@ -80,6 +80,38 @@ def test_a_failed_step_runs_its_handlers_without_the_deadline_and_ends_the_seque
     assert not outcome.ok and outcome.exit_code == 3 and not outcome.interrupted
 
 
+def test_a_failure_is_what_the_failed_step_left_in_the_logs_not_its_handlers_output() -> None:
+    logs = {"stderr": "", "stdout": ""}  # what an executor's logs hold as the steps run
+
+    def tails() -> tuple[str, str]:
+        return logs["stderr"], logs["stdout"]
+
+    steps = _steps({"run": "a", "on_failure": [{"run": "h"}]})
+    sequence = StepSequence(steps, {}, tails=tails)
+    logs.update(stderr="ok so far\ndisk quota exceeded", stdout="partial")
+    sequence.record(StepResult(exit_code=1, stdout=b"partial"), stopped=False)
+    logs.update(stderr=logs["stderr"] + '\n{"sent": 1}', stdout='partial\n{"sent": 1}')
+    sequence.record(StepResult(exit_code=0, stdout=b'{"sent": 1}'), stopped=False)  # the handler
+    outcome = _outcome(sequence, stderr_tail=logs["stderr"], stdout_tail=logs["stdout"])
+    assert (outcome.stderr_tail, outcome.stdout_tail) == (
+        "ok so far\ndisk quota exceeded",
+        "partial",
+    )
+    # Lost logs: the executor's note that says so ends the final tails, which win.
+    lost = _outcome(sequence, logs_lost=True, stderr_tail="engine: cannot write the log")
+    assert lost.stderr_tail == "engine: cannot write the log"
+    # Without handlers the final tails are the failure's: they are not read early.
+    read: list[str] = []
+
+    def counted() -> tuple[str, str]:
+        read.append("tails")
+        return "", ""
+
+    bare = StepSequence(_steps({"run": "a"}), {}, tails=counted)
+    bare.record(StepResult(exit_code=1), stopped=False)
+    assert read == [] and _outcome(bare, stderr_tail="boom").stderr_tail == "boom"
+
+
 def test_a_cancel_stops_the_handlers_and_the_outcome_is_interrupted() -> None:
     steps = _steps({"run": "a", "on_failure": [{"run": "h1"}]})
     sequence = StepSequence(steps, {})

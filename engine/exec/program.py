@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +36,7 @@ __all__ = [
     "OutputRedactor",
     "StepResult",
     "StepSequence",
+    "Tails",
     "Unpassable",
     "ValueFiles",
     "agent_argv",
@@ -328,6 +329,9 @@ def parse_output(stdout: str, fmt: str) -> tuple[Any, str | None]:
 
 # --- a sequence of steps ----------------------------------------------------------------------
 
+Tails = Callable[[], tuple[str, str]]
+"""What the attempt's stderr and stdout logs end with now, as the outcome records them."""
+
 
 class StepSequence:
     """An attempt's steps as they run, driven by an executor.
@@ -338,10 +342,15 @@ class StepSequence:
     that fails (or runs while the attempt is stopped) ends the sequence after
     its ``on_failure`` handlers, which run with no deadline of the attempt's,
     each unless the attempt has been cancelled meanwhile, and whose results
-    change nothing.
+    change nothing: the failure is what the failed step printed. ``tails``
+    (the executor's logs) is read when a step with handlers fails, before
+    they run, and the outcome's tails (its error message, its type, its
+    signature) are those, never the handlers' output.
     """
 
-    def __init__(self, steps: Sequence[Step], context: Mapping[str, Any]) -> None:
+    def __init__(
+        self, steps: Sequence[Step], context: Mapping[str, Any], *, tails: Tails | None = None
+    ) -> None:
         self.steps = steps
         self.context: dict[str, Any] = dict(context)
         """What the next step's templates see: the attempt's context, ``last``, captures."""
@@ -353,6 +362,9 @@ class StepSequence:
         """The index of the step that failed, once one has."""
         self.last: StepResult | None = None
         """The result of the last step run (handlers aside)."""
+        self.failure_tails: tuple[str, str] | None = None
+        """The ends of stderr and stdout as the failed step left them, before its handlers."""
+        self._tails = tails
         self._index = 0
         self._handlers: Sequence[Step] = ()
         self._handler = 0
@@ -380,6 +392,8 @@ class StepSequence:
         if stopped or result.timed_out or result.exit_code != 0:
             self.failed = index
             self._handlers = step.on_failure
+            if self._handlers and self._tails is not None:
+                self.failure_tails = self._tails()
             return
         if step.capture_output:
             self.captures[step.capture_output] = capture(stdout, step.capture_format)
@@ -403,7 +417,11 @@ class StepSequence:
     ) -> AttemptOutcome:
         """How the attempt ended. ``logs_lost``: its logs are not what the steps printed
         (a failed write), which is never a success. The result and the captures are
-        redacted; the tails are the executor's (redacted as they were written)."""
+        redacted; the tails are the executor's (redacted as they were written), as the
+        failed step left them when it had handlers (unless the logs were lost: the
+        executor's note that says so ends the final tails)."""
+        if self.failure_tails is not None and not logs_lost:
+            stderr_tail, stdout_tail = self.failure_tails
         last = self.last or StepResult()
         secrets = secret_forms(redact)
         return AttemptOutcome(

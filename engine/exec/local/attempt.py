@@ -217,7 +217,7 @@ class LocalAttempt(Attempt):
 
     async def _run(self) -> AttemptOutcome:
         request = self.request
-        steps = StepSequence(request.steps, request.context)
+        steps = StepSequence(request.steps, request.context, tails=self._tails)
         deadline = None if request.timeout is None else self.started + request.timeout
         try:
             while (planned := steps.next(cancelled=self.cancelled)) is not None:
@@ -229,18 +229,23 @@ class LocalAttempt(Attempt):
         lost = self.out.error or self.err.error
         if lost is not None:  # the logs are not what the command printed: not a success
             self.err.note(f"\nengine: cannot write the attempt's log: {lost}\n")
+        stderr_tail, stdout_tail = self._tails()
         return steps.outcome(
             duration=time.monotonic() - self.started,
             cancelled=self.cancelled,
             hung=self.hung,
             logs_lost=lost is not None,
-            stderr_tail=self.err.tail_text(),
-            stdout_tail=self.out.tail_text(20),
+            stderr_tail=stderr_tail,
+            stdout_tail=stdout_tail,
             stdout=stdout_ref,
             stderr=stderr_ref,
             redact=request.redact,
             pgid=self.pgid,
         )
+
+    def _tails(self) -> tuple[str, str]:
+        """What stderr and stdout end with now (what a failure's message is read from)."""
+        return self.err.tail_text(), self.out.tail_text(20)
 
     def _end(self) -> tuple[LogRef | None, LogRef | None]:
         """Stop watching, make the logs durable, remove the value files; the logs' references."""
