@@ -15,6 +15,7 @@ from engine.errors import NothingSelected
 from engine.run import RunOptions, control, resume_run
 from engine.views.status import DLQItemView, dlq_entries, dlq_view
 from ledger.times import epoch, rfc3339
+from projections.items import ItemState
 from projections.replay import Projections, replay
 
 __all__ = ["dlq"]
@@ -121,17 +122,18 @@ def dlq_list(
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @click.pass_obj
 def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
-    """One dead item's whole failure history: every attempt, its error, its logs."""
+    """One dead item's whole failure history: every attempt, its error, its logs.
+
+    Exit 2 when ITEM is not in the dead-letter queue, with one line saying
+    what it is instead: not an item of the run, succeeded (and at which
+    attempt), pending, waiting for a retry, running, skipped, failed without
+    reaching the queue (on_item_failure: ignore or fail), or purged from it.
+    """
     ref = obj.run(run)
     p = replay(ref.ledger)
     entry = p.dlq.entry(item)
     if entry is None:
-        where = "was purged from" if item in p.dlq.purged else "is not in"
-        raise NothingSelected(
-            f"{item}: {where} the dead-letter queue of {ref.run_id}",
-            items=[item],
-            hint=f"see which items are: engine dlq list {ref.run_id}",
-        )
+        raise _not_dead(p, item, ref.run_id)
     view = next(v for v in dlq_view(p) if v.item_id == item)
     if as_json:
         data = msgspec.to_builtins(entry)
@@ -165,6 +167,49 @@ def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
             click.echo("  stderr tail:")
             for line in f.stderr_tail.splitlines()[-20:]:
                 click.echo(f"    {line}")
+
+
+def _not_dead(p: Projections, item: str, run_id: str) -> NothingSelected:
+    """Why ``item`` has no entry in the dead-letter queue, as the error that says so."""
+    state = p.items.items.get(item)
+    if state is None:
+        return NothingSelected(
+            f"no item {item} in run {run_id}",
+            items=[item],
+            hint=f"see the run's item ids: engine tail {run_id} --type item.enqueued --all",
+        )
+    if item in p.dlq.purged:
+        what = "was purged from the dead-letter queue"
+    else:
+        what = f"{_item_status(state)}; it is not in the dead-letter queue"
+    return NothingSelected(
+        f"item {item} {what}",
+        items=[item],
+        hint=f"see its records: engine tail {run_id} --item {item} --all",
+    )
+
+
+def _item_status(state: ItemState) -> str:
+    """Where an item that is not dead stands, in words."""
+    n = state.attempts
+    match state.status:
+        case "succeeded":
+            return f"succeeded (attempt {n})"
+        case "running":
+            return f"is running (attempt {n})"
+        case "skipped":
+            return "was skipped (a cache hit)" if state.cache_hit else "was skipped"
+        case "failed":
+            return f"failed (attempt {n}: {state.error_type}) and was not dead-lettered"
+        case "pending" if state.retry_at:
+            return f"is waiting for a retry (attempt {n + 1}, not before {state.retry_at})"
+        case "pending" if state.requeued:
+            return f"is back from the dead-letter queue, pending (attempt {n + 1} next)"
+        case "pending" if n:
+            return f"is pending (attempt {n + 1} next)"
+        case "pending":
+            return "is pending (not started yet)"
+    return f"is {state.status}"
 
 
 @dlq.command("retry")

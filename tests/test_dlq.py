@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import msgspec
 from click.testing import CliRunner, Result
 
 from cli.main import cli
@@ -180,3 +181,55 @@ def test_a_failure_with_a_handler_is_what_the_failed_command_said(tmp_path: Path
     # The handler ran all the same: its output is in the attempt's logs.
     log = tmp_path / "home" / "runs" / result.run_id / failed["config"].stderr.path
     assert log.read_text().splitlines()[-1] == '{"notified": "on-call"}'
+
+
+def test_show_says_what_an_item_not_in_the_dlq_is(tmp_path: Path) -> None:
+    """Unknown, succeeded, pending, waiting, running, skipped, failed: each said so, exit 2."""
+    from ledger.events import (
+        CacheHit,
+        ItemDispatched,
+        ItemEnqueued,
+        ItemFailed,
+        ItemRetryScheduled,
+        ItemSkipped,
+        ItemSucceeded,
+    )
+    from ledger.writer import LedgerWriter
+
+    names = ["done", "fresh", "waiting", "busy", "cached", "ignored"]
+    writer = LedgerWriter.open(tmp_path / "home" / "runs" / "hm", "hm", create=True)
+    failed = ItemFailed(item="x", attempt=1, error_type="timeout", signature="s", message="m")
+    writer.append_many(
+        [
+            *(ItemEnqueued(item=name, index=n) for n, name in enumerate(names)),
+            *(ItemDispatched(item=i, attempt=1, idempotency_key="ik:x") for i in ("done", "busy")),
+            ItemSucceeded(item="done", attempt=1, duration=0.1),
+            ItemDispatched(item="waiting", attempt=1, idempotency_key="ik:y"),
+            msgspec.structs.replace(failed, item="waiting"),
+            ItemRetryScheduled(
+                item="waiting", attempt=1, delay=5.0, not_before="2030-01-01T00:00:05.000000Z"
+            ),
+            CacheHit(item="cached", key="k"),
+            ItemSkipped(item="cached", reason="cache"),
+            ItemDispatched(item="ignored", attempt=1, idempotency_key="ik:z"),
+            msgspec.structs.replace(failed, item="ignored", error_type="command_failed"),
+        ]
+    )
+    writer.close()
+    said = {}
+    for name in [*names, "nope"]:
+        shown = _engine(tmp_path / "home", "dlq", "show", "hm", name)
+        assert shown.exit_code == 2, shown.output
+        assert len(shown.output.splitlines()) == 1 and "Traceback" not in shown.output
+        said[name] = shown.output.removeprefix("engine: error: ").split(" (see ")[0]
+    assert said == {
+        "done": "item done succeeded (attempt 1); it is not in the dead-letter queue",
+        "fresh": "item fresh is pending (not started yet); it is not in the dead-letter queue",
+        "waiting": "item waiting is waiting for a retry (attempt 2, not before "
+        "2030-01-01T00:00:05.000000Z); it is not in the dead-letter queue",
+        "busy": "item busy is running (attempt 1); it is not in the dead-letter queue",
+        "cached": "item cached was skipped (a cache hit); it is not in the dead-letter queue",
+        "ignored": "item ignored failed (attempt 1: command_failed) and was not "
+        "dead-lettered; it is not in the dead-letter queue",
+        "nope": "no item nope in run hm",
+    }
