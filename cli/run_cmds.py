@@ -16,6 +16,7 @@ from cli.app import Context, cli, echo_json
 from cli.progress import Progress, summary_table
 from engine.home import RunRef, check_run_id, list_runs
 from engine.run import RunOptions, RunResult, execute_run, resume_run
+from engine.tools.mock_agent import help_text as mock_agent_help
 from engine.tools.mock_agent import main as mock_agent_main
 from engine.views.status import status_view
 from engine.workflow.load import load_workflow
@@ -293,8 +294,16 @@ def init_cmd(directory: Path, template: str) -> None:
     click.echo(f"next: engine validate {written[0]} && engine run {written[0]}")
 
 
+class _MockAgentCommand(click.Command):
+    """The mock agent parses its own arguments: its help is its parser's."""
+
+    def get_help(self, ctx: click.Context) -> str:
+        return mock_agent_help()
+
+
 @cli.command(
     "mock-agent",
+    cls=_MockAgentCommand,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     add_help_option=False,
 )
