@@ -30,21 +30,25 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from engine.errors import NotConfirmed, NotRunning
+from engine.exec.executor import AttemptRequest
 from engine.home import RunRef
 from engine.run.context import RunContext
 from ledger.atomic import atomic_write, make_private_dir
 from ledger.events import (
     DLQPurged,
     PatternAcknowledged,
+    Record,
     RunAborted,
     RunCancelRequested,
+    RunCompleted,
+    RunFailed,
     RunPaused,
     RunUnpaused,
     record_decoder,
@@ -58,9 +62,13 @@ __all__ = [
     "CANCEL_WAIT",
     "CONFIRM_WAIT",
     "CONTROL_FILE",
+    "ENDINGS",
+    "KILL_GRACE",
     "ControlWatcher",
     "ack",
+    "asked",
     "cancel_unheld",
+    "default_wait",
     "holder",
     "not_running",
     "patterns_ledger",
@@ -78,6 +86,9 @@ CONFIRM_WAIT = 10.0
 CANCEL_WAIT = 20.0
 """Seconds a graceful cancel waits: running attempts get their grace period (5 s) first."""
 
+KILL_GRACE: float = AttemptRequest.kill_grace
+"""Seconds between SIGTERM and SIGKILL when a cancel stops an attempt (not with ``force``)."""
+
 _WATCH_TIMEOUT_MS = 200
 """The ledger's watch wakes at least this often (in ms) to see the deadline pass."""
 
@@ -94,10 +105,16 @@ def holder(ref: RunRef) -> dict[str, Any] | None:
 
 def not_running(ref: RunRef, what: str) -> NotRunning:
     """The error for a request (``what``: pause, unpause) no engine is there to answer."""
+    return _not_running(
+        ref, "{run} is not running (it is {status}): there is nothing to {what}", what
+    )
+
+
+def _not_running(ref: RunRef, text: str, what: str) -> NotRunning:
     status = replay(ref.ledger).run.status
     shown = "interrupted" if status in ("running", "created") else status
     return NotRunning(
-        f"{ref.run_id} is not running (it is {shown}): there is nothing to {what}",
+        text.format(run=ref.run_id, status=shown, what=what),
         run_id=ref.run_id,
         status=shown,
         hint=f"engine resume {ref.run_id} runs it again"
@@ -107,6 +124,9 @@ def not_running(ref: RunRef, what: str) -> NotRunning:
 
 
 # --- asking a live engine -----------------------------------------------------------
+
+ENDINGS = frozenset({RunCompleted.TYPE, RunFailed.TYPE, RunAborted.TYPE})
+"""The records after which the engine answers nothing more: it has ended the run."""
 
 
 def _answers(change: Mapping[str, object]) -> frozenset[str]:
@@ -121,23 +141,40 @@ def _answers(change: Mapping[str, object]) -> frozenset[str]:
     return frozenset(wanted)
 
 
+def asked(change: Mapping[str, object]) -> str:
+    """What a change asks, in the words of the command: pause, unpause or cancel."""
+    if "paused" in change:
+        return "pause" if change["paused"] else "unpause"
+    return "cancel"
+
+
+def default_wait(change: Mapping[str, object]) -> float:
+    """Seconds a request waits by default: :data:`CANCEL_WAIT` for a graceful cancel,
+    else :data:`CONFIRM_WAIT`."""
+    return CANCEL_WAIT if change.get("cancel") == "graceful" else CONFIRM_WAIT
+
+
 def request(
     ref: RunRef,
     change: Mapping[str, object],
     *,
     wait: float | None = None,
+    since: float | None = None,
     by: str | None = None,
-) -> str:
-    """Ask the engine running ``ref`` for ``change``; the type of the record it answered with.
+) -> Record:
+    """Ask the engine running ``ref`` for ``change``; the record it answered with.
 
     ``change``: ``{"paused": bool}`` or ``{"cancel": "graceful" | "force"}``.
-    ``wait``: seconds to wait for the answer (by default :data:`CONFIRM_WAIT`,
-    :data:`CANCEL_WAIT` for a graceful cancel); then :class:`NotConfirmed`.
+    ``wait``: seconds to wait for the answer (by default :func:`default_wait`),
+    counted from ``since`` (a :func:`time.monotonic` reading: when the asking
+    began, e.g. the asking process's start; by default as the request is
+    written); then :class:`NotConfirmed`.
     ``by``: who asks (by default this process, :func:`who`).
+    :class:`NotRunning` when the run ends, or its engine goes, before it answered.
     """
     wanted = _answers(change)
     if wait is None:
-        wait = CANCEL_WAIT if change.get("cancel") == "graceful" else CONFIRM_WAIT
+        wait = default_wait(change)
     ledger = ref.ledger.resolve()
     start = ledger.stat().st_size  # the answer comes after what is there now
     path = ref.run_dir / CONTROL_FILE
@@ -150,26 +187,51 @@ def request(
     current.update(change, by=by if by is not None else who(), at=time.time())
     make_private_dir(path.parent)
     atomic_write(path, msgspec.json.encode(current))
-    answer = _await_answer(ledger, start, wanted, wait)
-    if answer is None:
-        raise NotConfirmed(
-            f"{ref.run_id}: asked, but the engine did not confirm within {wait:.0f}s",
-            run_id=ref.run_id,
-            waited=wait,
-            hint=f"check with: engine status {ref.run_id}; engine tail {ref.run_id}",
-        )
-    return answer
+    left = wait - (time.monotonic() - since if since is not None else 0.0)
+    answer = _await_answer(
+        ledger, start, wanted | ENDINGS, left, alive=lambda: holder(ref) is not None
+    )
+    if answer is not None and answer.type in wanted:
+        return answer
+    if answer is not None or holder(ref) is None:  # the run ended, or its engine went
+        text = "{run} ended ({status}) before its engine took the {what} request"
+        raise _not_running(ref, text, asked(change))
+    raise NotConfirmed(
+        f"{ref.run_id}: asked, but the engine did not confirm within {wait:g}s",
+        run_id=ref.run_id,
+        waited=wait,
+        hint=f"check with: engine status {ref.run_id}; engine tail {ref.run_id}",
+    )
 
 
-def _await_answer(ledger: Path, start: int, wanted: frozenset[str], wait: float) -> str | None:
+class _Deadline:
+    """A watch's stop event: set once ``wait`` seconds have passed (checked every step)."""
+
+    def __init__(self, wait: float) -> None:
+        self.at = time.monotonic() + wait
+
+    def is_set(self) -> bool:
+        return time.monotonic() >= self.at
+
+
+def _await_answer(
+    ledger: Path,
+    start: int,
+    wanted: frozenset[str],
+    wait: float,
+    *,
+    alive: Callable[[], bool] = lambda: True,
+) -> Record | None:
     """The first record of a ``wanted`` type appended after byte ``start``, within ``wait`` s.
 
     The ledger is read when the watch reports it changed, and once as the
-    watch is up (an answer recorded before it was is not missed).
+    watch is up (an answer recorded before it was is not missed). None at
+    the deadline, or as soon as ``alive()`` (asked a few times a second)
+    says the engine is gone.
     """
     import watchfiles  # noqa: PLC0415 - only a request waits; most commands never do
 
-    deadline = time.monotonic() + wait
+    deadline = _Deadline(wait)
     target = str(ledger)
 
     def only_ledger(_change: object, path: str) -> bool:
@@ -182,33 +244,36 @@ def _await_answer(ledger: Path, start: int, wanted: frozenset[str], wait: float)
         watch_filter=only_ledger,
         debounce=20,
         step=10,
+        stop_event=deadline,  # the watch ends within a step of the deadline
         rust_timeout=_WATCH_TIMEOUT_MS,
         yield_on_timeout=True,
         recursive=False,
     ):
-        if changes or first:
+        gone = not changes and not first and not alive()
+        if changes or first or gone:
             found, offset = _find(ledger, offset, wanted)
-            if found is not None:
+            if found is not None or gone:
                 return found
         first = False
-        if time.monotonic() >= deadline:
-            return None
-    return None  # pragma: no cover - the watch ends only by the deadline
+    found, _ = _find(ledger, offset, wanted)  # what came with the deadline
+    return found
 
 
-def _find(ledger: Path, offset: int, wanted: frozenset[str]) -> tuple[str | None, int]:
+def _find(ledger: Path, offset: int, wanted: frozenset[str]) -> tuple[Record | None, int]:
     """A ``wanted`` record among the complete lines after ``offset``; where they end."""
     with open(ledger, "rb") as f:
         f.seek(offset)
         data = f.read()
     end = data.rfind(b"\n") + 1  # a line still being written is read next time
-    for line in data[:end].splitlines():
+    at = offset
+    for line in data[:end].splitlines(keepends=True):
+        at += len(line)
         try:
-            kind = record_decoder.decode(line).type
+            record = record_decoder.decode(line)
         except (msgspec.DecodeError, UnicodeDecodeError):
             continue  # not for a request to judge: audit verify does
-        if kind in wanted:
-            return kind, offset + end
+        if record.type in wanted:
+            return record, at
     return None, offset + end
 
 
@@ -221,8 +286,8 @@ def _recorded_run_id(ref: RunRef) -> str:
     return first.run if first is not None and first.run else ref.run_id
 
 
-def cancel_unheld(ref: RunRef, by: str) -> None:
-    """Abort a run no engine holds (``run.aborted``): resumable like any aborted run.
+def cancel_unheld(ref: RunRef, by: str) -> Record:
+    """Abort a run no engine holds: its ``run.aborted`` record (resumable like any aborted run).
 
     :class:`NotRunning` when it is completed, failed or aborted already;
     :class:`~ledger.errors.LedgerLocked` when an engine took it up meanwhile.
@@ -237,7 +302,7 @@ def cancel_unheld(ref: RunRef, by: str) -> None:
     with LedgerWriter.open(
         ref.run_dir, p.run.run_id or ref.run_id, command="engine cancel"
     ) as writer:
-        writer.append(RunAborted(reason=f"cancelled by {by} while no engine ran it"))
+        return writer.append(RunAborted(reason=f"cancelled by {by} while no engine ran it"))
 
 
 def purge(ref: RunRef, items: Sequence[str], by: str) -> None:
