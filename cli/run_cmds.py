@@ -238,6 +238,8 @@ def status_cmd(obj: Context, run: str, as_json: bool) -> None:
     )
     if view.reason:
         click.echo(f"reason    {view.reason}")
+    if view.paused:
+        click.echo(f"paused    no new attempts start (engine unpause {view.run_id} goes on)")
     click.echo(f"dir       {view.run_dir}")
 
 

@@ -145,8 +145,12 @@ def resolve_run(ref: str, home: Path, *, allow_ledger_file: bool = True) -> RunR
 
 
 def effective_status(projections: Projections, run_dir: Path) -> str:
-    """The run's status, with ``interrupted`` for a running run nobody holds."""
+    """The run's status: ``interrupted`` for a running run nobody holds, ``paused`` for
+    one its engine holds paused (``engine pause``: it starts nothing until unpaused)."""
     status = projections.run.status
-    if status in ("running", "created") and RunLock(run_dir).probe() is None:
-        return "interrupted"
+    if status in ("running", "created"):
+        if RunLock(run_dir).probe() is None:
+            return "interrupted"
+        if projections.run.paused:
+            return "paused"
     return status

@@ -18,7 +18,10 @@ __all__ = ["DLQItemView", "RunStatusView", "dlq_entries", "dlq_view", "status_vi
 class RunStatusView(msgspec.Struct, kw_only=True):
     run_id: str
     status: str
-    """created, running, completed, failed, aborted, or interrupted (running, nobody holds it)."""
+    """created, running, paused (running, its engine starts nothing until unpaused),
+    completed, failed, aborted, or interrupted (running, nobody holds it)."""
+    paused: bool
+    """The run is paused now (``engine pause``; ``engine unpause`` goes on)."""
     workflow: str | None
     started_at: str | None
     finished_at: str | None
@@ -33,9 +36,11 @@ class RunStatusView(msgspec.Struct, kw_only=True):
 def status_view(ref: RunRef, p: Projections | None = None) -> RunStatusView:
     p = p if p is not None else replay(ref.ledger)
     run = p.run
+    status = effective_status(p, ref.run_dir)
     return RunStatusView(
         run_id=run.run_id or ref.run_id,
-        status=effective_status(p, ref.run_dir),
+        status=status,
+        paused=status == "paused",
         workflow=run.workflow,
         started_at=run.started_at or run.created_at,
         finished_at=run.finished_at,
