@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from engine.errors import IncompleteMap, ItemsError
 from engine.exec.local import orphans
@@ -38,8 +38,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def handling_signals(run: RunContext) -> Iterator[None]:
+def handling_signals(run: RunContext, wake: Callable[[], None] = lambda: None) -> Iterator[None]:
     """SIGINT and SIGTERM stop the run while inside; the handlers found are put back after.
+
+    ``wake``: told after a signal stopped the run (a phase waiting on a pause ends).
 
     asyncio's ``remove_signal_handler`` leaves the default action, not the
     handler that was there before: a SIGTERM just after the run would then
@@ -52,6 +54,7 @@ def handling_signals(run: RunContext) -> Iterator[None]:
     def on_signal(signum: int) -> None:
         run.signal = signum
         run.halt("interrupted")
+        wake()
 
     installed: list[signal.Signals] = []
     try:
@@ -73,7 +76,7 @@ async def drive(run: RunContext, opening: list[Event], *, resuming: bool = False
     control = ControlWatcher(run)
     adopt = run.options.adopt_orphans
     try:
-        with handling_signals(run):
+        with handling_signals(run, control.wake):
             if adopt:
                 orphans.adopt(True)
             try:
@@ -97,19 +100,20 @@ async def _phases(
     await control.start()
     if resuming:
         await settle_interrupted(run)
-    failure = await run_steps(run, "setup", list(spec.setup))
+    failure = await run_steps(run, "setup", list(spec.setup), hold=control.unpaused)
     if (result := await _halted(run)) is not None:
         return result
     if failure is not None:
         return await finish_failed(run, failure)
-    if spec.map is not None and (result := await _map(run)) is not None:
+    if spec.map is not None and (result := await _map(run, control)) is not None:
         return result
     if (result := await _halted(run)) is not None:
         return result
     if left := unfinished(run.p):
         return await finish_engine_error(run, IncompleteMap(left))
     run.context["map"] = map_context(run)
-    failure = await run_steps(run, "reduce", list(spec.reduce))
+    failure = await run_steps(run, "reduce", list(spec.reduce), hold=control.unpaused)
+    await control.apply()  # a request that came as the last step ended is answered too
     if (result := await _halted(run)) is not None:
         return result
     if failure is not None:
@@ -117,8 +121,12 @@ async def _phases(
     return await _complete(run)
 
 
-async def _map(run: RunContext) -> RunResult | None:
-    """Enqueue the items and run the map; the run's result if it ends here."""
+async def _map(run: RunContext, control: ControlWatcher) -> RunResult | None:
+    """Enqueue the items and run the map; the run's result if it ends here.
+
+    The control file is read as the map starts: a request written before it
+    is in force before the first dispatch, however late the watch reports it.
+    """
     try:
         values = await enqueue(run)
     except ItemsError as exc:
@@ -130,6 +138,7 @@ async def _map(run: RunContext) -> RunResult | None:
     if requeued:
         await run.append(requeued)
     scheduler = run.scheduler = _scheduler(run, values)
+    await control.apply()
     if run.interrupted:
         scheduler.stop("interrupted")
     if run.cancelled:

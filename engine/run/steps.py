@@ -10,6 +10,7 @@ done as it is now written runs again, and every setup step after it
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,15 +37,27 @@ CAPTURE_INLINE_LIMIT = 64 * 1024
 RESULTS_INLINE_LIMIT = 64 * 1024
 
 
-async def run_steps(run: RunContext, phase: str, steps: list[Step]) -> str | None:
+async def run_steps(
+    run: RunContext,
+    phase: str,
+    steps: list[Step],
+    *,
+    hold: Callable[[], Awaitable[None]] | None = None,
+) -> str | None:
     """Run setup or reduce steps in order; the failure reason, if one failed.
 
     Setup steps before ``run.setup_done`` are done already (their captures restored).
+    ``hold``: awaited before each step starts, while the run is paused; when
+    the run is stopping after it (a signal, a cancel), no more steps start.
     """
     first = run.setup_done if phase == "setup" else 0
     for index, step in enumerate(steps):
         if index < first:
             continue
+        if hold is not None:
+            await hold()
+        if run.stopping:
+            return None  # the driver says how the run ended
         await run.append(
             [StepStarted(phase=phase, index=index, name=step.name or "", command=step.text)]
         )
