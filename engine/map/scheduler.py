@@ -106,6 +106,8 @@ class MapScheduler:
         """Items being dispatched (taken from the queue, not yet started): their attempt."""
         self.wake = asyncio.Event()
         self.stopping: str | None = None
+        self.held = False
+        """A pause or a cancel is being recorded: nothing is dispatched meanwhile."""
         self.store = store
         """Where a result too large for its record goes (without one, it is recorded inline)."""
         self.warn = warn
@@ -142,7 +144,7 @@ class MapScheduler:
                 break
             self.wake.clear()
             timeout = self._next_wakeup()
-            if self.tasks or timeout is not None or self.p.run.paused:
+            if self.tasks or timeout is not None or self._paused():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
             elif self.stopping is None and not self.p.pending.empty:
@@ -197,12 +199,12 @@ class MapScheduler:
 
     def _may_dispatch(self) -> bool:
         """A ready item would be dispatched now (the circuit apart from being open)."""
-        if self.stopping is not None or self.p.run.paused or self._free_slots() <= 0:
+        if self.stopping is not None or self._paused() or self._free_slots() <= 0:
             return False
         return self.p.circuit.state != "half_open" or not (self.tasks or self.reserved)
 
     async def _dispatch_ready(self) -> None:
-        while self.stopping is None and not self.p.run.paused and self._free_slots() > 0:
+        while self.stopping is None and not self._paused() and self._free_slots() > 0:
             if not await self._circuit_allows():
                 return
             free = self._free_slots()
@@ -214,6 +216,10 @@ class MapScheduler:
             if not plans:
                 return
             await self._dispatch(plans)
+
+    def _paused(self) -> bool:
+        """Dispatching is paused (``engine pause``), or held while a pause or cancel is recorded."""
+        return self.p.run.paused or self.held
 
     def _free_slots(self) -> int:
         return self.max_parallel - len(self.running) - len(self.reserved)
@@ -269,6 +275,8 @@ class MapScheduler:
                     if not hit:
                         keep.append(plan)
                 before, plans = [*before, *extra], keep
+            if self._paused():
+                plans = []  # paused meanwhile (an await above): they stay pending
             await self._append(
                 [
                     *before,
@@ -407,7 +415,7 @@ class MapScheduler:
             # success (one fsync for both). A failure keeps its slot until
             # the failure limits and the circuit breaker have seen it.
             self.running.pop(item, None)
-            may = self.stopping is None and not self.p.run.paused
+            may = self.stopping is None and not self._paused()
             closed = self.circuit is None or self.p.circuit.state == "closed"
             plans = self._plan(self._free_slots()) if may and closed else []
             await self._dispatch(plans, before=events)

@@ -465,6 +465,10 @@ class ControlWatcher:
             if not (pausing or cancelling):
                 return
             scheduler = run.scheduler
+            if scheduler is not None and (paused or cancelling):
+                # Nothing is dispatched while the pause or the cancel is made
+                # durable: no ``item.dispatched`` comes after its record.
+                scheduler.held = True
             try:
                 if pausing:
                     await run.append([RunPaused(by=by) if paused else RunUnpaused(by=by)])
@@ -474,6 +478,7 @@ class ControlWatcher:
                     run.halt("cancelled", force=force)
             finally:
                 if scheduler is not None:
+                    scheduler.held = False
                     scheduler.wake.set()
                 self._changed.set()
 
