@@ -113,6 +113,40 @@ def test_logs_prints_an_attempts_stdout_or_stderr_the_last_attempt_by_default(
     assert quiet.stderr == "engine: attempt 1 of item 'quiet' wrote nothing to stdout\n"
 
 
+NAMED_LIKE_STEPS = """
+name: logs
+setup:
+  - run: echo "setup step"
+map:
+  items: [{id: setup-0}, {id: reduce-0}]
+  id: "${item.id}"
+  agent_template:
+    - run: echo "item $ENGINE_ITEM_ID"
+reduce:
+  - run: echo "reduce step"
+"""
+
+
+def test_items_named_like_setup_or_reduce_steps_keep_logs_of_their_own(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    result = run_workflow(write_workflow(tmp_path, NAMED_LIKE_STEPS), home, run_id="r")
+    assert result.status == "completed"
+    shown = {}
+    for kind in ("step.succeeded", "item.succeeded"):
+        for record in records(result, kind):
+            data = record.data
+            assert data.stdout is not None  # type: ignore[union-attr]
+            name = getattr(data, "item", None) or data.phase  # type: ignore[union-attr]
+            shown[name] = (result.run_dir / data.stdout.path).read_text()  # type: ignore[union-attr]
+    assert shown == {
+        "setup": "setup step\n",
+        "reduce": "reduce step\n",
+        "setup-0": "item setup-0\n",
+        "reduce-0": "item reduce-0\n",
+    }
+    assert _logs(home, "r", "setup-0").stdout == "item setup-0\n"
+
+
 STOPPED = """
 name: logs
 map:

@@ -52,6 +52,9 @@ class AttemptRequest:
     prepare it once."""
     redact: Sequence[str] = ()
     """Values (secrets) replaced by ``***`` in logs, tails and results."""
+    phase: str = "map"
+    """``map`` for an item's attempt; ``setup`` or ``reduce`` for one step of
+    those phases (its files are named apart from any item's)."""
     allow_background: bool = False
     """Keep what a step leaves running in its process group when it ends
     (``map.allow_background``); by default it is stopped."""

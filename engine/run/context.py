@@ -159,7 +159,14 @@ class RunContext:
         return self._base_env
 
     def request(
-        self, item: str, attempt: int, key: str, value: Any, *, steps: list[Step] | None = None
+        self,
+        item: str,
+        attempt: int,
+        key: str,
+        value: Any,
+        *,
+        steps: list[Step] | None = None,
+        phase: str = "map",
     ) -> AttemptRequest:
         """An attempt of a map item (``steps`` None) or of one setup or reduce step."""
         spec = self.spec
@@ -198,6 +205,7 @@ class RunContext:
             agent_command=self.agent_command,
             redact=list(self.secret_values),
             allow_background=spec.map.allow_background if spec.map else False,
+            phase=phase,
         )
 
     # --- stopping ------------------------------------------------------------------------

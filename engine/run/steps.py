@@ -91,7 +91,7 @@ async def run_steps(
 
 async def _attempt(run: RunContext, phase: str, index: int, step: Step) -> AttemptOutcome:
     """One step's process, to its end; stopped at once when the run is stopping."""
-    request = run.request(f"{phase}-{index}", 1, "", None, steps=[step])
+    request = run.request(f"{phase}-{index}", 1, "", None, steps=[step], phase=phase)
     attempt = await run.local.start(request)
     run.current_step = attempt
     if run.stopping:  # stopped while the step was being recorded or started

@@ -44,14 +44,20 @@ Stream = Literal["stdout", "stderr"]
 STREAMS: tuple[Stream, Stream] = ("stdout", "stderr")
 
 
-def attempt_base(item: str, attempt: int) -> str:
-    """The part of an attempt's file names (logs, heartbeat, values) that is the attempt's."""
-    return f"{hashlib.sha256(item.encode()).hexdigest()[:16]}-{attempt}"
+def attempt_base(item: str, attempt: int, phase: str = "map") -> str:
+    """The part of an attempt's file names (logs, heartbeat, values) that is the attempt's.
+
+    A setup or reduce step (``phase``) hashes its phase in too, with a NUL no
+    item id can hold: a map item named like a step (``setup-0``) has files of
+    its own.
+    """
+    material = item if phase == "map" else f"{phase}\x00{item}"
+    return f"{hashlib.sha256(material.encode()).hexdigest()[:16]}-{attempt}"
 
 
-def log_name(item: str, attempt: int, stream: Stream) -> str:
+def log_name(item: str, attempt: int, stream: Stream, phase: str = "map") -> str:
     """The final name of one stream's log of an attempt (under :data:`LOGS_DIR`)."""
-    return f"{attempt_base(item, attempt)}.{stream}"
+    return f"{attempt_base(item, attempt, phase)}.{stream}"
 
 
 def partial_name(name: str) -> str:

@@ -75,7 +75,7 @@ class LocalAttempt(Attempt):
         self._samples: deque[HeartbeatSample] = deque()
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
-        self.base = attempt_base(request.item_id, request.attempt)
+        self.base = attempt_base(request.item_id, request.attempt, request.phase)
         run_dir = str(request.run_dir)
         self.files = ValueFiles(f"{run_dir}/values", self.base)
         """Values too large for the environment, in files."""
@@ -84,9 +84,9 @@ class LocalAttempt(Attempt):
             make_private_dir(Path(logs))
             _MADE.add(logs)
         secrets = output_secrets(request.redact)
-        item, attempt = request.item_id, request.attempt
-        self.out = Log(logs, log_name(item, attempt, "stdout"), _redactor(secrets))
-        self.err = Log(logs, log_name(item, attempt, "stderr"), _redactor(secrets))
+        item, attempt, phase = request.item_id, request.attempt, request.phase
+        self.out = Log(logs, log_name(item, attempt, "stdout", phase), _redactor(secrets))
+        self.err = Log(logs, log_name(item, attempt, "stderr", phase), _redactor(secrets))
         # Only the attempt touches (creates) this file; it needs no durability.
         hb_dir = f"{run_dir}/heartbeat"
         if hb_dir not in _MADE:
