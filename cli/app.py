@@ -3,12 +3,20 @@
 Exit codes (the CLI contract): 0 ok; 1 the run finished with failures (or a
 ledger is corrupt); 2 bad input; 3 run locked; 130 interrupted, resumable.
 Errors are one line on stderr: what, where, how to fix. ``--debug`` shows
-the traceback instead.
+the traceback before that line; the exit code stays the same.
+
+The global options (``--home``, ``--debug``) are accepted after any
+subcommand too, and standard output closed early by its reader (``| head``)
+ends the command quietly with exit 0, as Unix tools do (:func:`quiet_on_closed_stdout`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +34,11 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_LOCKED",
     "Context",
+    "EngineCommand",
+    "EngineGroup",
     "cli",
     "echo_json",
+    "quiet_on_closed_stdout",
 ]
 
 EXIT_FAILED = 1
@@ -98,16 +109,89 @@ class Context:
         return resolve_run(ref, self.home, allow_ledger_file=allow_ledger_file)
 
 
+def stdout_closed() -> None:
+    """Standard output's reader is gone (``| head``): what is left to print goes
+    nowhere, so the interpreter's flush at exit does not complain; exit 0."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    raise SystemExit(0)
+
+
+@contextlib.contextmanager
+def quiet_on_closed_stdout() -> Iterator[None]:
+    """A write to a closed pipe (EPIPE) ends the command quietly with exit 0."""
+    try:
+        yield
+    except BrokenPipeError:
+        stdout_closed()
+
+
+def _set_home(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    obj = ctx.find_object(Context)
+    if value is not None and obj is not None:
+        obj.home = home_path(value)
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    obj = ctx.find_object(Context)
+    if value and obj is not None:
+        obj.debug = True
+
+
+def _global_options() -> list[click.Parameter]:
+    """``--home`` and ``--debug`` once more on a subcommand (hidden: the group's help has them)."""
+    return [
+        click.Option(
+            ["--home"],
+            type=click.Path(file_okay=False, path_type=Path),
+            expose_value=False,
+            hidden=True,
+            callback=_set_home,
+        ),
+        click.Option(
+            ["--debug"], is_flag=True, expose_value=False, hidden=True, callback=_set_debug
+        ),
+    ]
+
+
+class EngineCommand(click.Command):
+    """A subcommand that also takes the global options after its name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_options())
+
+
+class EngineSubGroup(click.Group):
+    """A group under ``engine`` (``dlq``, ``audit``...): the global options again, and
+    its commands and groups of the same kinds."""
+
+    command_class = EngineCommand
+    group_class = type
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_options())
+
+
 class EngineGroup(click.Group):
     """Turns domain errors into one-line messages and documented exit codes."""
 
+    command_class = EngineCommand
+    group_class = EngineSubGroup
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        with quiet_on_closed_stdout():  # `engine --help | head -1`
+            return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
-        debug = "--debug" in sys.argv[1:] or bool(ctx.params.get("debug"))
         try:
-            return super().invoke(ctx)
+            with quiet_on_closed_stdout():
+                return super().invoke(ctx)
         except EngineError as exc:
-            if debug:
-                raise
+            _traceback_if_debug(ctx)
             raise cli_error(exc) from None
         except KeyboardInterrupt:
             click.echo("engine: interrupted", err=True)
@@ -119,18 +203,23 @@ class EngineGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except OSError as exc:
-            if debug:
-                raise
+            _traceback_if_debug(ctx)
             where = f"{exc.filename}: " if exc.filename else ""
             raise Failed(
                 f"{where}{exc.strerror or exc} (check the path and its permissions)"
             ) from None
         except Exception as exc:
-            if debug:
-                raise
+            _traceback_if_debug(ctx)
             raise Failed(
                 f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)"
             ) from None
+
+
+def _traceback_if_debug(ctx: click.Context) -> None:
+    """With ``--debug`` (before or after the subcommand), the traceback on stderr first."""
+    obj = ctx.find_object(Context)
+    if (obj is not None and obj.debug) or "--debug" in sys.argv[1:]:
+        traceback.print_exc(file=sys.stderr)
 
 
 @click.group(cls=EngineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -140,7 +229,11 @@ class EngineGroup(click.Group):
     default=None,
     help="Engine home directory [default: $ENGINE_HOME or ./.engine].",
 )
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the traceback before an error's line (the exit code stays the same).",
+)
 @click.version_option(engine_version(), prog_name="engine")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
@@ -148,5 +241,6 @@ def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
 
     Every command, heartbeat and outcome of a run is appended to a
     hash-chained, fsynced ledger; everything else is rebuilt from it.
+    --home and --debug may also follow the subcommand.
     """
     ctx.obj = Context(home=home_path(home), debug=debug)

@@ -21,7 +21,7 @@ def _terminated(signum: int, _frame: object) -> None:
 signal.signal(signal.SIGTERM, _terminated)
 
 from cli import control_cmds, dlq_cmds, ledger_cmds, logs_cmds, query_cmds, run_cmds  # noqa: E402, F401
-from cli.app import cli  # noqa: E402
+from cli.app import cli, quiet_on_closed_stdout  # noqa: E402
 
 __all__ = ["cli", "main"]
 
@@ -31,7 +31,13 @@ def main() -> None:
         _early["armed"] = True
         if _early["pending"]:
             raise KeyboardInterrupt
-        cli(prog_name="engine")
+        with quiet_on_closed_stdout():
+            try:
+                cli(prog_name="engine")
+            finally:
+                # What is still buffered goes out now, where a closed pipe ends the
+                # command quietly, not in the interpreter's flush at exit.
+                sys.stdout.flush()
     except KeyboardInterrupt:  # outside a command's own handling (start-up)
         sys.stderr.write("engine: interrupted\n")
         sys.exit(130)

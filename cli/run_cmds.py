@@ -297,7 +297,8 @@ def init_cmd(directory: Path, template: str) -> None:
 
 
 class _MockAgentCommand(click.Command):
-    """The mock agent parses its own arguments: its help is its parser's."""
+    """The mock agent parses its own arguments (every one, so not an EngineCommand):
+    its help is its parser's."""
 
     def get_help(self, ctx: click.Context) -> str:
         return mock_agent_help()
@@ -305,7 +306,7 @@ class _MockAgentCommand(click.Command):
 
 @cli.command(
     "mock-agent",
-    cls=_MockAgentCommand,
+    cls=_MockAgentCommand,  # a plain command: --home and --debug are the mock agent's too
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     add_help_option=False,
 )
