@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import sys
+import time
 
 import click
 import msgspec
 
 from cli.app import Context, cli, echo_json
+from cli.render import human_duration, human_time, output_width, table_lines
 from cli.run_cmds import AS_JSON, JOBS, NO_PROGRESS, drive
 from engine.errors import NothingSelected
 from engine.run import RunOptions, control, resume_run
@@ -105,13 +107,25 @@ def dlq_list(
     if not views:
         click.echo("the dead-letter queue is empty" if not p.dlq.dead else "no item matches")
         return
-    click.echo(f"{'ITEM':<28} {'ATT':>3} {'ERROR TYPE':<18} {'SIGNATURE':<12} {'TRIAGE':<7} ERROR")
-    for v in views:
-        triage = "review" if v.needs_review else "retry" if v.reprocessable else "-"
-        click.echo(
-            f"{v.item_id[:28]:<28} {v.attempts:>3} {v.error_type[:18]:<18} "
-            f"{v.signature.removeprefix('sha256:')[:12]:<12} {triage:<7} {v.last_error[:50]}"
-        )
+    now = time.time()
+    rows = [
+        [
+            v.item_id,
+            str(v.attempts),
+            v.error_type,
+            v.signature.removeprefix("sha256:")[:12],
+            "review" if v.needs_review else "retry" if v.reprocessable else "-",
+            human_time(v.failed_at, now),
+            v.last_error.replace("\n", " "),
+        ]
+        for v in views
+    ]
+    columns = ["ITEM", "ATT", "ERROR TYPE", "SIGNATURE", "TRIAGE", "DEAD", "ERROR"]
+    lines, _ = table_lines(
+        columns, rows, width=output_width(), text={"ITEM", "ERROR"}, right={"ATT"}
+    )
+    for line in lines:
+        click.echo(line)
     if p.dlq.purged:
         click.echo(f"({len(p.dlq.purged)} purged item(s) not shown)")
 
@@ -148,7 +162,10 @@ def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
         else "not transient"
     )
     click.echo(f"item      {entry.item_id}")
-    click.echo(f"status    dead since {entry.failed_at} ({entry.reason}); {triage}")
+    click.echo(
+        f"status    dead since {human_time(entry.failed_at)} ({entry.failed_at}; "
+        f"{entry.reason}); {triage}"
+    )
     click.echo(f"attempts  {entry.attempts}; last error {entry.error_type}: {entry.last_error}")
     for f in entry.history:
         code = f"exit {f.exit_code}" if f.exit_code is not None else ""
@@ -156,7 +173,8 @@ def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
             code = f"signal {f.signal}"
         click.echo("")
         click.echo(
-            f"attempt {f.attempt}  {f.ts}  {f.error_type}  {code}  {f.duration:.3f}s  "
+            f"attempt {f.attempt}  {human_time(f.ts)}  {f.error_type}  {code}  "
+            f"took {human_duration(f.duration)}  "
             f"signature {f.signature.removeprefix('sha256:')[:12]}"
         )
         click.echo(f"  message  {f.message}")
@@ -258,8 +276,9 @@ def dlq_retry(
 @click.argument("run")
 @click.argument("items", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Every item in the dead-letter queue.")
+@click.option("--json", "as_json", is_flag=True, help="Print the purged items as JSON.")
 @click.pass_obj
-def dlq_purge(obj: Context, run: str, items: tuple[str, ...], every: bool) -> None:
+def dlq_purge(obj: Context, run: str, items: tuple[str, ...], every: bool, as_json: bool) -> None:
     """Hide dead items from the DLQ (a `dlq.purged` event; no ledger line is deleted).
 
     Takes the run's lock to write the event: exit 3 if an engine holds it.
@@ -268,9 +287,15 @@ def dlq_purge(obj: Context, run: str, items: tuple[str, ...], every: bool) -> No
     p = replay(ref.ledger)
     selected = _select(p, items, every=every, error_type=None, signature=None, selectors="--all")
     if not selected:
-        click.echo("the dead-letter queue is empty: nothing to purge")
+        if as_json:
+            echo_json({"run_id": ref.run_id, "purged": []})
+        else:
+            click.echo("the dead-letter queue is empty: nothing to purge")
         return
     control.purge(ref, [v.item_id for v in selected], control.who())
+    if as_json:
+        echo_json({"run_id": ref.run_id, "purged": [v.item_id for v in selected]})
+        return
     click.echo(f"purged {len(selected)} item(s) from the dead-letter queue of {ref.run_id}")
 
 

@@ -13,7 +13,7 @@ import msgspec
 import watchfiles
 
 from cli.app import EXIT_FAILED, Context, cli, echo_json
-from cli.render import record_line, summary_lines
+from cli.render import output_width, record_line, summary_lines
 from engine.home import effective_status
 from engine.views.report import build_report, render_html, render_markdown
 from engine.views.schemas import generate_schemas, render, write_schemas
@@ -59,7 +59,8 @@ def replay_cmd(obj: Context, run: str, until: int | None, as_json: bool) -> None
     status = (
         projections.run.status if until is not None else effective_status(projections, ref.run_dir)
     )
-    for line in summary_lines(projections, status=status, ledger=str(ref.ledger)):
+    whole = output_width() is None  # not a terminal: nothing cut
+    for line in summary_lines(projections, status=status, ledger=str(ref.ledger), whole=whole):
         click.echo(line)
 
 
@@ -113,12 +114,13 @@ def tail_cmd(
     ref = obj.run(run)
     keep = _matcher(types, item)
     out = sys.stdout.buffer
+    whole = output_width() is None  # not a terminal: no value cut
 
     def emit(line: bytes, record: Record) -> None:
         if as_json:
             out.write(line + b"\n")
         else:
-            out.write(record_line(record).encode() + b"\n")
+            out.write(record_line(record, whole=whole).encode() + b"\n")
 
     reader = LedgerReader(ref.ledger)
     window: collections.deque[tuple[bytes, Record]] = collections.deque(

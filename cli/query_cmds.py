@@ -14,6 +14,7 @@ import click
 import msgspec
 
 from cli.app import Context, cli, echo_json
+from cli.render import human_duration, human_time, output_width, table_lines
 from engine.errors import QueryError
 from engine.home import list_runs
 from engine.run.control import ack, patterns_ledger, who
@@ -23,14 +24,12 @@ from ledger.times import FORMAT
 
 __all__ = ["patterns", "query_cmd", "stats_cmd"]
 
-WIDTH = 80
-
 
 def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return ""
     if isinstance(value, dt.datetime):
-        return value.strftime("%m-%d %H:%M")  # UTC; json and csv have it whole
+        return human_time(_json_value(value))  # json and csv have it whole
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".") if not math.isnan(value) else "NaN"
     if column == "signature" and isinstance(value, str):
@@ -42,42 +41,19 @@ TEXT_COLUMNS = {"example", "message", "remedy", "ack_note", "last_error", "reaso
 """Long free text: shrunk first when a table is too wide (json and csv keep it whole)."""
 
 
-def format_table(result: QueryResult, width: int = WIDTH) -> str:
-    """Columns fitted to ``width``: free-text columns give way first, then the widest;
-    columns that cannot fit at all are left out (and named)."""
+def format_table(result: QueryResult, width: int | None) -> str:
+    """The rows as a table: fitted to ``width`` (free-text columns give way first, then
+    the widest; columns that cannot fit at all are left out, and named), or, with
+    ``width`` None, every value whole."""
     if not result.columns:
         return ""
     columns = list(result.columns)
     cells = [[_cell(v, c) for v, c in zip(row, columns, strict=True)] for row in result.rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    hidden: list[str] = []
-    while len(columns) > 1 and sum(min(w, 10) for w in widths) + 2 * (len(widths) - 1) > width:
-        hidden.insert(0, columns.pop())
-        widths.pop()
-        for r in cells:
-            r.pop()
-    room = width - 2 * (len(widths) - 1)
-    text = [i for i, c in enumerate(columns) if c in TEXT_COLUMNS]
-    for floor, candidates in ((16, text), (6, list(range(len(widths))))):
-        while sum(widths) > room:
-            shrinkable = [i for i in candidates if widths[i] > floor]
-            if not shrinkable:
-                break
-            widest = max(shrinkable, key=lambda i: widths[i])
-            widths[widest] -= 1
-
-    def fit(text: str, w: int) -> str:
-        return text if len(text) <= w else text[: max(w - 1, 0)] + "…"
-
-    lines = ["  ".join(fit(c, w).ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in cells:
-        lines.append("  ".join(fit(c, w).ljust(w) for c, w in zip(row, widths, strict=True)))
-    lines = [line.rstrip() for line in lines]
+    lines, hidden = table_lines(columns, cells, width=width, text=TEXT_COLUMNS, rule=True)
     count = f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''}"
     if hidden:
         count += f"; not shown: {', '.join(hidden)}, which --format json has"
-    lines += textwrap.wrap(count + ")", width)
+    lines += textwrap.wrap(count + ")", width) if width else [count + ")"]
     return "\n".join(lines)
 
 
@@ -98,7 +74,7 @@ def emit(result: QueryResult, fmt: str) -> None:
             writer.writerow([_json_value(v) for v in row])
         click.echo(out.getvalue(), nl=False)
     else:
-        click.echo(format_table(result))
+        click.echo(format_table(result, output_width()))
 
 
 def _ledgers(obj: Context, run: str | None, every: bool) -> list[Path]:
@@ -118,23 +94,31 @@ def _ledgers(obj: Context, run: str | None, every: bool) -> list[Path]:
     type=click.Choice(["table", "json", "csv"]),
     default="table",
     show_default=True,
-    help="table fits 80 columns; json is an array of row objects.",
+    help="table fits the terminal (a value is never cut when output is not one); "
+    "json is an array of row objects.",
 )
-@click.option("--list", "list_", is_flag=True, help="List the named queries.")
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
+@click.option("--list", "list_", is_flag=True, help="List the named queries (in any --format).")
 @click.pass_obj
 def query_cmd(
-    obj: Context, args: tuple[str, ...], every: bool, sql: str | None, fmt: str, list_: bool
+    obj: Context,
+    args: tuple[str, ...],
+    every: bool,
+    sql: str | None,
+    fmt: str,
+    as_json: bool,
+    list_: bool,
 ) -> None:
     """Ask a run's ledger (or every run's, with --all) a named question or SQL.
 
     \b
     engine query RUN "failures by signature"
     engine query --all "failure patterns"
-    engine query RUN --sql "SELECT type, count(*) FROM events GROUP BY type"
+    engine query RUN --sql "SELECT type, count(*) AS n FROM events GROUP BY type"
     """
+    fmt = "json" if as_json else fmt
     if list_:
-        for q in NAMED.values():
-            click.echo(f"{q.name:<22} {q.summary}"[:WIDTH])
+        _list_named(fmt)
         return
     words = list(args)
     run = None if every else (words.pop(0) if words else None)
@@ -152,6 +136,19 @@ def query_cmd(
     emit(run_sql(con, query), fmt)
 
 
+def _list_named(fmt: str) -> None:
+    """The named queries: name and summary, one a line (json: objects; csv: rows)."""
+    rows = [[q.name, q.summary] for q in NAMED.values()]
+    if fmt == "table":
+        lines, _ = table_lines(
+            ["name", "summary"], rows, width=output_width(), text={"summary"}, header=False
+        )
+        for line in lines:
+            click.echo(line)
+        return
+    emit(QueryResult(columns=["name", "summary"], rows=[tuple(r) for r in rows]), fmt)
+
+
 @cli.group("patterns")
 def patterns() -> None:
     """Recurring failures and their remediation."""
@@ -161,8 +158,9 @@ def patterns() -> None:
 @click.argument("signature")
 @click.option("--note", required=True, help="What was done about it.")
 @click.option("--ref", help="A commit, ticket or link for the fix.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was recorded as JSON.")
 @click.pass_obj
-def patterns_ack(obj: Context, signature: str, note: str, ref: str | None) -> None:
+def patterns_ack(obj: Context, signature: str, note: str, ref: str | None, as_json: bool) -> None:
     """Record that a recurring failure was addressed.
 
     Kept in a ledger of its own under the home directory (same format and
@@ -173,7 +171,11 @@ def patterns_ack(obj: Context, signature: str, note: str, ref: str | None) -> No
     if not note.strip():
         raise QueryError("--note is empty", hint="say what was done about it")
     full = _resolve_signature(obj, signature)
-    ack(obj.home, full, note, link=ref, by=who())
+    by = who()
+    ack(obj.home, full, note, link=ref, by=by)
+    if as_json:
+        echo_json({"signature": full, "note": note, "ref": ref, "by": by})
+        return
     click.echo(f"acknowledged {full.removeprefix('sha256:')[:12]}: {note}")
 
 
@@ -207,9 +209,16 @@ def _resolve_signature(obj: Context, given: str) -> str:
     )
 
 
+DURATIONS = frozenset(
+    {"wall_s", "span_s", "attempt_p50_s", "attempt_p95_s", "attempt_p99_s", "busy_s"}
+    | {"retry_time_s", "backoff_s"}
+)
+"""The figures of ``engine stats`` that are lengths of time (shown as ``1m12s``)."""
+
+
 @cli.command("stats")
 @click.argument("run", default="latest")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (seconds).")
 @click.pass_obj
 def stats_cmd(obj: Context, run: str, as_json: bool) -> None:
     """Wall time, items/s, attempt duration percentiles, parallel efficiency, retry cost."""
@@ -218,4 +227,10 @@ def stats_cmd(obj: Context, run: str, as_json: bool) -> None:
         echo_json(stats)
         return
     for key, value in msgspec.to_builtins(stats).items():
-        click.echo(f"{key:<26} {_cell(value) if value is not None else '-'}")
+        if value is None:
+            shown = "-"
+        elif key in DURATIONS:
+            shown = human_duration(value)
+        else:
+            shown = _cell(value)
+        click.echo(f"{key:<26} {shown}")

@@ -1,16 +1,42 @@
-"""Plain-text renderings of records and projections for the terminal."""
+"""Plain-text renderings for the terminal: records, projections, tables and times.
+
+Two rules every command's human output follows (``--json`` is for programs):
+
+* **Tables fit the terminal, and only a terminal.** When standard output is
+  a terminal, a table is fitted to its width (free text gives way first, and
+  a cut value ends in ``…``); when it is not (a pipe, a file), no value is
+  ever cut: columns are as wide as their widest value.
+* **Times are for people.** A moment is shown relative to now (``3m ago``,
+  ``in 5s``, a date beyond a month), a length of time as ``1m12s``
+  (:func:`human_time`, :func:`human_duration`); JSON keeps RFC 3339.
+"""
 
 from __future__ import annotations
 
 import re
+import shutil
+import sys
+import time
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
 
 from ledger.events import LogRef, Record
+from ledger.times import epoch
 from projections.replay import Projections
 
-__all__ = ["describe_record", "record_line", "summary_lines"]
+__all__ = [
+    "describe_record",
+    "fit",
+    "human_duration",
+    "human_time",
+    "output_width",
+    "record_line",
+    "span",
+    "summary_lines",
+    "table_lines",
+]
 
 _SKIP = frozenset({"item", "attempt"})
 
@@ -18,15 +44,18 @@ _SKIP = frozenset({"item", "attempt"})
 _DIGEST = re.compile(r"^((?:sha256:|ik:)?)([0-9a-f]{12})[0-9a-f]{52}$")
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def _short(value: Any, limit: int | None = 60) -> str:
+    """A value on one line: a digest as its first 12 hex digits, cut at ``limit``
+    (None: never cut)."""
     text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
     text = _DIGEST.sub(r"\1\2…", text)
     text = text.replace("\n", "\\n")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
-def describe_record(record: Record) -> str:
-    """The payload's fields as ``key=value`` pairs, defaults and item left out."""
+def describe_record(record: Record, *, whole: bool = False) -> str:
+    """The payload's fields as ``key=value`` pairs, defaults and item left out; each
+    value cut at 60 characters, unless ``whole``."""
     data = record.data
     parts: list[str] = []
     for name, default in _fields(data):
@@ -37,7 +66,7 @@ def describe_record(record: Record) -> str:
             continue
         if isinstance(value, LogRef):
             value = value.path
-        parts.append(f"{name}={_short(value)}")
+        parts.append(f"{name}={_short(value, None if whole else 60)}")
     return " ".join(parts)
 
 
@@ -48,17 +77,18 @@ def _fields(data: Any) -> list[tuple[str, Any]]:
     return list(zip(names, pad + defaults, strict=True))
 
 
-def record_line(record: Record) -> str:
-    """One record as one terminal line: seq, time, type, item/attempt, fields."""
+def record_line(record: Record, *, whole: bool = False) -> str:
+    """One record as one line: seq, time, type, item/attempt, fields (values cut for a
+    terminal, unless ``whole``)."""
     data = record.data
     item = getattr(data, "item", None)
     attempt = getattr(data, "attempt", None)
     who = ""
     if item is not None:
-        item = _short(item, 40)
+        item = _short(item, None if whole else 40)
         who = item if attempt is None else f"{item}#{attempt}"
     text = f"{record.seq:>7} {record.ts} {record.type:<21} {who}"
-    rest = describe_record(record)
+    rest = describe_record(record, whole=whole)
     return f"{text} {rest}".rstrip() if who else f"{text}{rest}".rstrip()
 
 
@@ -70,8 +100,8 @@ def _count_line(label: str, counts: dict[str, int]) -> str:
     return f"{label:<10}" + " · ".join(f"{k} {v:,}" for k, v in counts.items())
 
 
-def summary_lines(p: Projections, *, status: str, ledger: str) -> list[str]:
-    """A human summary of every projection."""
+def summary_lines(p: Projections, *, status: str, ledger: str, whole: bool = False) -> list[str]:
+    """A human summary of every projection (failure examples cut, unless ``whole``)."""
     run = p.run
     counts = msgspec.structs.asdict(p.items.item_counts())
     attempts = p.attempts_view()
@@ -97,8 +127,161 @@ def summary_lines(p: Projections, *, status: str, ledger: str) -> list[str]:
             lines.append(
                 f"          {s.signature.removeprefix('sha256:')[:12]:<12}  "
                 f"{s.error_type:<16} x{s.count:<7,} "
-                f"{_short(s.example, 40)}"
+                f"{_short(s.example, None if whole else 40)}"
             )
     if run.reason:
         lines.append(f"reason    {run.reason}")
     return lines
+
+
+# --- times ---------------------------------------------------------------------------
+
+
+def human_duration(seconds: float | None) -> str:
+    """A length of time as people write it: ``850ms``, ``4.2s``, ``12s``, ``1m12s``, ``2h03m``,
+    ``3d04h``."""
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f}".removesuffix(".0") + "s"
+    whole = round(seconds)
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def human_time(ts: str | None, now: float | None = None) -> str:
+    """An RFC 3339 time relative to ``now``: ``just now``, ``3m ago``, ``in 5s``;
+    beyond 30 days, its date (``2026-01-05``). ``-`` for none; text that is not a
+    time is shown as it is."""
+    if not ts:
+        return "-"
+    try:
+        then = epoch(ts)
+    except ValueError:
+        return ts
+    delta = (time.time() if now is None else now) - then
+    if abs(delta) < 1:
+        return "just now"
+    if abs(delta) >= 30 * 86400:
+        return ts[:10]
+    text = _coarse(abs(delta))
+    return f"{text} ago" if delta > 0 else f"in {text}"
+
+
+def _coarse(seconds: float) -> str:
+    """Seconds as its largest unit, or two when that one is small: ``45s``, ``3m``, ``1h20m``."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m"
+    hours, rest = divmod(whole, 3600)
+    if hours < 24:
+        return f"{hours}h{rest // 60:02d}m" if hours < 10 else f"{hours}h"
+    return f"{whole // 86400}d"
+
+
+def span(start: str | None, end: str | None, now: float | None = None) -> float | None:
+    """Seconds from ``start`` to ``end`` (to ``now`` when ``end`` is None); None without a start."""
+    if not start:
+        return None
+    try:
+        begin = epoch(start)
+        finish = epoch(end) if end else (time.time() if now is None else now)
+    except ValueError:
+        return None
+    return finish - begin
+
+
+# --- tables ----------------------------------------------------------------------------
+
+
+def output_width() -> int | None:
+    """The terminal's width when standard output is one; None (never cut) when it is not."""
+    try:
+        if not sys.stdout.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    return max(shutil.get_terminal_size().columns, 20)
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters: cut at a word when one is near, then ``…``."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    if space >= width * 2 // 3:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+def table_lines(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    width: int | None,
+    text: Collection[str] = (),
+    right: Collection[str] = (),
+    rule: bool = False,
+    header: bool = True,
+) -> tuple[list[str], list[str]]:
+    """A table as lines, and the columns left out (named, so the caller can say so).
+
+    ``width`` None: every value whole, each column as wide as its widest value.
+    Else the table is fitted to ``width``: columns that cannot fit at all are
+    left out from the right, then the ``text`` columns give way first (down to 16
+    characters, then 8), then the widest; a value cut ends in ``…``. ``right``
+    columns are right-aligned; ``rule`` draws a line of dashes under the header;
+    ``header=False`` leaves both out.
+    """
+    names = list(columns)
+    cells = [list(r) for r in rows]
+    widths = [
+        max([len(c) if header else 0] + [len(r[i]) for r in cells]) for i, c in enumerate(names)
+    ]
+    hidden: list[str] = []
+    if width is not None:
+        while len(names) > 1 and sum(min(w, 10) for w in widths) + 2 * (len(widths) - 1) > width:
+            hidden.insert(0, names.pop())
+            widths.pop()
+            for r in cells:
+                r.pop()
+        _shrink(
+            widths, [i for i, c in enumerate(names) if c in text], width - 2 * (len(widths) - 1)
+        )
+
+    def line(values: Sequence[str]) -> str:
+        parts = []
+        for value, name, w in zip(values, names, widths, strict=True):
+            shown = fit(value, w)
+            parts.append(shown.rjust(w) if name in right else shown.ljust(w))
+        return "  ".join(parts).rstrip()
+
+    lines = [line(names)] if header else []
+    if rule and header:
+        lines.append("  ".join("-" * w for w in widths))
+    lines += [line(r) for r in cells]
+    return lines, hidden
+
+
+def _shrink(widths: list[int], text: list[int], room: int) -> None:
+    for floor, candidates in ((16, text), (8, text), (6, list(range(len(widths))))):
+        while sum(widths) > room:
+            shrinkable = [i for i in candidates if widths[i] > floor]
+            if not shrinkable:
+                break
+            widest = max(shrinkable, key=lambda i: widths[i])
+            widths[widest] -= 1

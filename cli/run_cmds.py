@@ -14,15 +14,17 @@ from rich.console import Console
 
 from cli.app import Context, cli, echo_json
 from cli.progress import Progress, summary_table
+from cli.render import human_duration, human_time, output_width, span, table_lines
 from engine.home import RunRef, check_run_id, list_runs
 from engine.run import RunOptions, RunResult, execute_run, resume_run
 from engine.tools.mock_agent import help_text as mock_agent_help
 from engine.tools.mock_agent import main as mock_agent_main
-from engine.views.status import status_view
+from engine.views.status import RunStatusView, status_view
 from engine.workflow.load import load_workflow
 from engine.workflow.spec import check_env_name
 from engine.workflow.starters import TEMPLATES, write_template
 from ledger.errors import EngineError
+from projections.replay import replay
 
 __all__ = [
     "drive",
@@ -230,7 +232,7 @@ def status_cmd(obj: Context, run: str, as_json: bool) -> None:
         return
     i = view.items
     click.echo(f"run       {view.run_id}  workflow {view.workflow or '-'}  status {view.status}")
-    click.echo(f"started   {view.started_at or '-'}  finished {view.finished_at or '-'}")
+    click.echo(_times_line(view))
     click.echo(
         f"items     total {i.total:,} · pending {i.pending:,} · running {i.running:,} · "
         f"succeeded {i.succeeded:,} · failed {i.failed:,} · dead {i.dead:,} · "
@@ -243,24 +245,79 @@ def status_cmd(obj: Context, run: str, as_json: bool) -> None:
     click.echo(f"dir       {view.run_dir}")
 
 
+def _times_line(view: RunStatusView) -> str:
+    """When a run started and finished, for people (``--json`` has the RFC 3339 times)."""
+    started = view.started_at
+    line = f"started   {human_time(started)}" + (f" ({started})" if started else "")
+    line += f"  finished {human_time(view.finished_at)}"
+    if view.finished_at:
+        line += f"  took {human_duration(span(started, view.finished_at))}"
+    return line
+
+
+RUN_STATUSES = ("created", "running", "paused", "interrupted", "completed", "failed", "aborted")
+
+
 @cli.command("runs")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Only the newest N runs (after --status).",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(RUN_STATUSES),
+    help="Only runs in this status (repeatable); paused: running, with dispatching paused.",
+)
 @click.pass_obj
-def runs_cmd(obj: Context, as_json: bool) -> None:
+def runs_cmd(obj: Context, as_json: bool, limit: int | None, statuses: tuple[str, ...]) -> None:
     """List the runs under the home directory, oldest first."""
-    views = [status_view(ref) for ref in list_runs(obj.home)]
+    views = _run_views(obj, set(statuses), limit)
     if as_json:
         echo_json(views)
         return
     if not views:
-        click.echo(f"no runs under {obj.home / 'runs'}")
+        click.echo(f"no runs under {obj.home / 'runs'}" + (" match" if statuses else ""))
         return
-    click.echo(f"{'RUN':<40} {'STATUS':<12} {'ITEMS':>7} {'DONE':>7} {'DEAD':>6}  STARTED")
-    for v in views:
-        click.echo(
-            f"{v.run_id[:40]:<40} {v.status:<12} {v.items.total:>7,} "
-            f"{v.items.succeeded + v.items.skipped:>7,} {v.items.dead:>6,}  {v.started_at or '-'}"
-        )
+    now = time.time()
+    rows = [
+        [
+            v.run_id,
+            v.status,
+            f"{v.items.total:,}",
+            f"{v.items.succeeded + v.items.skipped:,}",
+            f"{v.items.dead:,}",
+            human_time(v.started_at, now),
+            human_duration(span(v.started_at, v.finished_at, now)),
+        ]
+        for v in views
+    ]
+    columns = ["RUN", "STATUS", "ITEMS", "DONE", "DEAD", "STARTED", "TOOK"]
+    lines, _ = table_lines(
+        columns, rows, width=output_width(), text={"RUN"}, right={"ITEMS", "DONE", "DEAD", "TOOK"}
+    )
+    for line in lines:
+        click.echo(line)
+
+
+def _run_views(obj: Context, statuses: set[str], limit: int | None) -> list[RunStatusView]:
+    """The runs' views, oldest first: those in one of ``statuses`` (all when empty), the
+    newest ``limit`` of them."""
+    refs = list_runs(obj.home)
+    if limit is not None and not statuses:
+        refs = refs[-limit:]  # only those are read
+    views = []
+    for ref in refs:
+        p = replay(ref.ledger)
+        view = status_view(ref, p)
+        paused = view.status == "paused" or (p.run.paused and view.status == "running")
+        if not statuses or view.status in statuses or (paused and "paused" in statuses):
+            views.append(view)
+    return views[-limit:] if limit is not None else views
 
 
 @cli.command("validate")
@@ -288,9 +345,13 @@ def validate_cmd(workflow: Path) -> None:
     show_default=True,
     help="Which starter workflow to write.",
 )
-def init_cmd(directory: Path, template: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
+def init_cmd(directory: Path, template: str, as_json: bool) -> None:
     """Write a commented starter workflow that runs as written."""
     written = write_template(template, directory)
+    if as_json:
+        echo_json({"written": [str(path) for path in written]})
+        return
     for path in written:
         click.echo(f"wrote {path}")
     click.echo(f"next: engine validate {written[0]} && engine run {written[0]}")
