@@ -1,69 +1,289 @@
-"""The live progress display of ``engine run`` (rich), and the final summary."""
+"""The progress of ``engine run`` / ``resume`` on stderr, and the final summary.
+
+On a terminal, a live line redrawn in place (rich). Anywhere else (a file, a
+pipe, a CI log), a plain line every few seconds, as GNU parallel's ``--eta``
+does::
+
+    engine: 12/50 done · 1 failed · 8 running · 2 retrying · 2.4 items/s · ETA 16s · 5.0s elapsed
+
+``ENGINE_PROGRESS_INTERVAL`` sets the seconds between plain lines (default
+5); ``--no-progress`` silences both. While the run is paused (``engine
+pause``) both say ``paused`` and the ETA clock stops: the rate and the ETA
+count only the time the run could dispatch. Writing progress never stops a
+run: a display whose stream is gone (EPIPE) just turns itself off.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import sys
 import time
-from typing import Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TextIO, TypeVar
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from cli.app import BadInput
+from cli.render import human_duration
 from projections.replay import Projections
 
-__all__ = ["Progress", "summary_table"]
+__all__ = ["INTERVAL_ENV", "Progress", "progress_interval", "summary_table"]
+
+T = TypeVar("T")
+
+INTERVAL_ENV = "ENGINE_PROGRESS_INTERVAL"
+DEFAULT_INTERVAL = 5.0
+LIVE_TICK = 1.0
+"""Seconds between redraws of the live line when nothing happens (its ETA counts down)."""
+
+
+def progress_interval(environ: dict[str, str] | None = None) -> float:
+    """Seconds between plain progress lines: ``ENGINE_PROGRESS_INTERVAL``, else 5."""
+    value = (os.environ if environ is None else environ).get(INTERVAL_ENV, "").strip()
+    if not value:
+        return DEFAULT_INTERVAL
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 86400:
+        raise BadInput(
+            f"{INTERVAL_ENV}={value[:40]!r}: not a number of seconds "
+            "(set it to e.g. 5 or 0.5, or unset it for 5)"
+        )
+    return seconds
+
+
+@dataclass
+class Counts:
+    """Where a run's items stand, as both displays show it."""
+
+    total: int
+    done: int
+    """Finished: succeeded, skipped, dead or failed."""
+    ok: int
+    failed: int
+    """Finished without success: dead-lettered, or failed for good."""
+    running: int
+    retrying: int
+    """Pending, waiting for a retry's backoff."""
+    pending: int
+    dead: int
+    paused: bool
+    circuit: str
+    listed: bool
+    """The map's items are all enqueued."""
+
+
+class EtaClock:
+    """Rate and ETA over the time this engine could dispatch: paused spans left out,
+    items done before it started (a resume) not counted."""
+
+    def __init__(self, now: float) -> None:
+        self.started = now
+        self.paused_since: float | None = None
+        self.paused_total = 0.0
+        self.base: int | None = None
+
+    def observe(self, done: int, paused: bool, now: float) -> None:
+        if self.base is None:
+            self.base = done
+        if paused and self.paused_since is None:
+            self.paused_since = now
+        elif not paused and self.paused_since is not None:
+            self.paused_total += now - self.paused_since
+            self.paused_since = None
+
+    def active(self, now: float) -> float:
+        paused = self.paused_total + (now - self.paused_since if self.paused_since else 0.0)
+        return max(now - self.started - paused, 0.0)
+
+    def rate(self, c: Counts, now: float) -> float:
+        active = self.active(now)
+        finished = c.done - (self.base or 0)
+        return finished / active if active > 0 and finished > 0 else 0.0
+
+    def eta(self, c: Counts, now: float) -> str:
+        if c.paused:
+            return "paused"
+        rate = self.rate(c, now)
+        remaining = c.total - c.done
+        if not c.listed or rate <= 0 or remaining <= 0:
+            return "ETA -"
+        return f"ETA {human_duration(max(remaining / rate, 1.0))}"
 
 
 class Progress:
-    """Redraws at most 8 times a second from the projections."""
+    """The live line (``mode="live"``), plain lines (``"plain"``) or nothing (``"off"``).
 
-    def __init__(self, console: Console, *, enabled: bool) -> None:
+    :meth:`update` is the run's ``on_change`` (the event loop's thread, after each
+    append): it notes the projections and redraws the live line at most 8 times a
+    second. :meth:`run` drives a run with the ticker that writes the plain lines.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        mode: str,
+        interval: float = DEFAULT_INTERVAL,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.console = console
-        self.enabled = enabled
+        self.mode = mode
+        self.interval = interval
+        self.stream = stream
+        self.clock = clock
         self.live: Live | None = None
-        self.started = time.monotonic()
+        self.p: Projections | None = None
+        self.eta = EtaClock(clock())
         self.last = 0.0
-        self.first_done: tuple[float, int] | None = None
+        self._retrying: tuple[float, int] = (-1e9, 0)
+        """Until when the count of items waiting for a retry holds, and that count."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
 
     def __enter__(self) -> Progress:
-        if self.enabled:
+        if self.mode == "live":
             self.live = Live(console=self.console, refresh_per_second=8, transient=True)
             self.live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
-            self.live.__exit__(*exc)
+            with contextlib.suppress(OSError):
+                self.live.__exit__(*exc)
+            self.live = None
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await ``work`` while the ticker writes (plain) or refreshes (live) the progress."""
+        ticker = asyncio.ensure_future(self._tick()) if self.enabled else None
+        try:
+            return await work
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+
+    async def _tick(self) -> None:
+        period = self.interval if self.mode == "plain" else min(self.interval, LIVE_TICK)
+        while self.enabled:
+            await asyncio.sleep(period)
+            if self.p is None:
+                continue
+            if self.mode == "plain":
+                self._write(self.plain_line(self.p))
+            elif self.live is not None:
+                self._redraw(self.p)
 
     def update(self, p: Projections) -> None:
-        if self.live is None:
+        self.p = p
+        if not self.enabled:
             return
-        now = time.monotonic()
-        if now - self.last < 0.125:
-            return
-        self.last = now
-        self.live.update(self.render(p))
+        now = self.clock()
+        c = p.items.counts
+        done = c["succeeded"] + c["skipped"] + c["dead"] + c["failed"]
+        self.eta.observe(done, p.run.paused, now)  # O(1): this runs after every append
+        if self.live is not None and now - self.last >= 0.125:
+            self._redraw(p)
+
+    def _redraw(self, p: Projections) -> None:
+        assert self.live is not None
+        self.last = self.clock()
+        try:
+            self.live.update(self.render(p))
+        except OSError:
+            self.mode = "off"  # the terminal is gone; the run goes on
+
+    def _write(self, line: str) -> None:
+        stream = self.stream if self.stream is not None else sys.stderr
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            self.mode = "off"  # the log is gone (EPIPE, closed); the run goes on
+
+    def counts(self, p: Projections, now: float) -> Counts:
+        c = p.items.counts
+        dead_or_failed = c["dead"] + c["failed"]
+        ok = c["succeeded"] + c["skipped"]
+        return Counts(
+            total=len(p.items.items),
+            done=ok + dead_or_failed,
+            ok=ok,
+            failed=dead_or_failed,
+            running=c["running"],
+            retrying=self._retries(p, now) if c["pending"] else 0,
+            pending=c["pending"],
+            dead=c["dead"],
+            paused=p.run.paused,
+            circuit=p.circuit.state,
+            listed=p.run.map_enqueued or bool(p.items.items),
+        )
+
+    def _retries(self, p: Projections, now: float) -> int:
+        """Items waiting for a retry: a scan of the items, kept for a second (longer when
+        the scan is slow: at most a twentieth of the time goes to it)."""
+        until, count = self._retrying
+        if now >= until:
+            began = time.perf_counter()
+            states = list(p.items.items.values())
+            count = sum(1 for s in states if s.status == "pending" and s.retry_at)
+            cost = time.perf_counter() - began
+            self._retrying = (now + max(1.0, 20 * cost), count)
+        return count
+
+    def plain_line(self, p: Projections) -> str:
+        """One line of progress for a log: done, failed, running, retrying, rate, ETA."""
+        now = self.clock()
+        c = self.counts(p, now)
+        self.eta.observe(c.done, c.paused, now)
+        elapsed = f"{human_duration(now - self.eta.started)} elapsed"
+        if not c.listed:
+            state = "paused" if c.paused else "waiting for the items (setup)"
+            return f"engine: {state} · {elapsed}"
+        parts = [
+            f"{c.done:,}/{c.total:,} done",
+            f"{c.failed:,} failed",
+            f"{c.running:,} running",
+            f"{c.retrying:,} retrying",
+            f"{self.eta.rate(c, now):,.1f} items/s",
+            self.eta.eta(c, now),
+        ]
+        if c.circuit != "closed":
+            parts.append(f"circuit {c.circuit}")
+        parts.append(elapsed)
+        return "engine: " + " · ".join(parts)
 
     def render(self, p: Projections) -> Group:
-        c = p.items.counts
-        total = len(p.items.items)
-        done = c["succeeded"] + c["skipped"] + c["dead"] + c["failed"]
-        elapsed = time.monotonic() - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        remaining = total - done
-        eta = f"{remaining / rate:,.0f}s" if rate > 0 and remaining else "-"
+        """The live line, and the newest failures under it."""
+        now = self.clock()
+        c = self.counts(p, now)
+        self.eta.observe(c.done, c.paused, now)
+        eta = self.eta.eta(c, now)
         head = Text.assemble(
-            (f"{done:,}/{total:,} ", "bold"),
-            (f"done {c['succeeded'] + c['skipped']:,}  ", "green"),
-            (f"failed {c['failed']:,}  ", "yellow"),
-            (f"dead {c['dead']:,}  ", "red"),
-            (f"running {c['running']:,}  ", "cyan"),
-            f"pending {c['pending']:,}  ",
-            f"{rate:,.1f} items/s  ETA {eta}",
+            (f"{c.done:,}/{c.total:,} ", "bold"),
+            (f"done {c.ok:,}  ", "green"),
+            (f"failed {c.failed - c.dead:,}  ", "yellow"),
+            (f"dead {c.dead:,}  ", "red"),
+            (f"running {c.running:,}  ", "cyan"),
+            f"retrying {c.retrying:,}  ",
+            f"pending {c.pending - c.retrying:,}  ",
+            f"{self.eta.rate(c, now):,.1f} items/s  ",
+            (eta, "bold magenta") if c.paused else eta,
         )
-        if p.circuit.state != "closed":
-            head.append(f"  circuit {p.circuit.state}", "magenta")
+        if c.circuit != "closed":
+            head.append(f"  circuit {c.circuit}", "magenta")
         rows = []
         for item, records in list(p.dlq.history.items())[-5:]:
             last = records[-1].data
@@ -102,6 +322,6 @@ def summary_table(p: Projections, *, status: str, wall: float) -> Table:
         f"{c['dead']:,}",
         f"{p.items.duplicates:,}",
         f"{p.items.dispatched:,}",
-        f"{wall:.1f}s",
+        human_duration(wall),
     )
     return table

@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from cli.app import Context, cli, echo_json
-from cli.progress import Progress, summary_table
+from cli.progress import Progress, progress_interval, summary_table
 from cli.render import human_duration, human_time, output_width, span, table_lines
 from engine.home import RunRef, check_run_id, list_runs
 from engine.run import RunOptions, RunResult, execute_run, resume_run
@@ -74,7 +74,10 @@ REFRESH_CACHE = click.option(
 )
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 NO_PROGRESS = click.option(
-    "--no-progress", is_flag=True, help="No live display (also off when stdout is not a terminal)."
+    "--no-progress",
+    is_flag=True,
+    help="No progress on stderr: neither the live line (a terminal) nor the plain line "
+    "written every ENGINE_PROGRESS_INTERVAL seconds (default 5) elsewhere.",
 )
 """Options shared by the commands that run attempts (run, resume, dlq retry)."""
 
@@ -141,16 +144,19 @@ def drive(
     as_json: bool,
     no_progress: bool,
 ) -> None:
-    """Run (or resume) with a live display, print the outcome, exit with its code."""
+    """Run (or resume) with progress on stderr, print the outcome, exit with its code."""
     console = Console(stderr=False)
-    progress = Progress(console, enabled=console.is_terminal and not no_progress and not as_json)
+    errors = Console(stderr=True)
+    interval = progress_interval()
+    mode = "off" if no_progress else "live" if errors.is_terminal else "plain"
+    progress = Progress(errors, mode=mode, interval=interval)
     started = time.monotonic()
     options.argv = ["engine", *sys.argv[1:]]
     options.on_change = progress.update
     options.warn = lambda message: click.echo(message, err=True)
     options.adopt_orphans = True  # this process is the engine: its orphans are the run's
     with progress:
-        result = asyncio.run(start(options))
+        result = asyncio.run(progress.run(start(options)))
     wall = time.monotonic() - started
     p = result.projections
     if as_json:
