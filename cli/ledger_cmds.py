@@ -19,7 +19,16 @@ from engine.views.report import build_report, render_html, render_markdown
 from engine.views.schemas import generate_schemas, render, write_schemas
 from ledger.atomic import atomic_write
 from ledger.errors import EngineError, LedgerCorrupt
-from ledger.events import Record
+from ledger.events import (
+    Record,
+    RunAborted,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    RunResumed,
+    RunStarted,
+)
+from ledger.lock import RunLock
 from ledger.reader import LedgerReader, ScanResult, TornTail, verify_ledger
 from projections.replay import replay
 
@@ -110,10 +119,17 @@ def tail_cmd(
     show_all: bool,
     as_json: bool,
 ) -> None:
-    """Print a run's newest ledger records; with -f, follow new ones."""
+    """Print a run's newest ledger records; with -f, follow new ones.
+
+    With -f it exits (0) once the run has ended: its last run.completed,
+    run.failed or run.aborted is printed (or filtered out) and no engine
+    holds the run. A run whose engine was killed has no such record: it is
+    followed until an engine resumes and ends it, or until Ctrl-C.
+    """
     ref = obj.run(run)
     keep = _matcher(types, item)
     out = sys.stdout.buffer
+    ending = _Ending()
     whole = output_width() is None  # not a terminal: no value cut
 
     def emit(line: bytes, record: Record) -> None:
@@ -127,6 +143,7 @@ def tail_cmd(
         maxlen=None if show_all else count
     )
     for _offset, line, record in reader.lines():
+        ending.see(record)
         if keep(record):
             window.append((line, record))
     for line, record in window:
@@ -137,18 +154,42 @@ def tail_cmd(
         _warn_torn(reader.result.torn, ref.ledger)
         return
     try:
-        _follow(ref.ledger, reader.result, keep, emit)
+        _follow(ref.ledger, ref.run_dir, reader.result, ending, keep, emit)
     except KeyboardInterrupt:
         out.flush()
 
 
+class _Ending:
+    """Whether the run's newest start or end record is an end."""
+
+    ENDS = frozenset({RunCompleted.TYPE, RunFailed.TYPE, RunAborted.TYPE})
+    STARTS = frozenset({RunCreated.TYPE, RunStarted.TYPE, RunResumed.TYPE})
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def see(self, record: Record) -> None:
+        if record.type in self.ENDS:
+            self.ended = True
+        elif record.type in self.STARTS:
+            self.ended = False
+
+    def over(self, run_dir: Path) -> bool:
+        """Ended, and no engine holds the run (none is about to write more)."""
+        return self.ended and RunLock(run_dir).probe() is None
+
+
 def _follow(
     ledger: Path,
+    run_dir: Path,
     position: ScanResult,
+    ending: _Ending,
     keep: Callable[[Record], bool],
     emit: Callable[[bytes, Record], None],
 ) -> None:
-    """Print records appended after ``position`` until interrupted."""
+    """Print records appended after ``position`` until the run is over, or interrupted."""
+    if ending.over(run_dir):
+        return
     target = str(ledger.resolve())
 
     def only_ledger(_change: object, path: str) -> bool:
@@ -163,15 +204,17 @@ def _follow(
         yield_on_timeout=True,
         recursive=False,
     ):
-        if ledger.stat().st_size <= position.end_offset:
-            continue
-        reader = LedgerReader(ledger, start=position)
-        for _offset, line, record in reader.lines():
-            if keep(record):
-                emit(line, record)
-        sys.stdout.buffer.flush()
-        assert reader.result is not None
-        position = reader.result
+        if ledger.stat().st_size > position.end_offset:
+            reader = LedgerReader(ledger, start=position)
+            for _offset, line, record in reader.lines():
+                ending.see(record)
+                if keep(record):
+                    emit(line, record)
+            sys.stdout.buffer.flush()
+            assert reader.result is not None
+            position = reader.result
+        if ending.over(run_dir):  # checked at least once a second (rust_timeout)
+            return
 
 
 # --- audit -----------------------------------------------------------------------
