@@ -15,14 +15,30 @@ HEADER = """\
 # CLI reference
 
 Generated from the commands' `--help` by `make docs`; a test fails when this
-file is stale. Exit codes for every command: 0 ok; 1 the run finished with
-failures (or a ledger is corrupt); 2 bad input; 3 run locked; 130
-interrupted, resumable. Errors are one line on stderr (`engine: error: ...`);
-with `--debug` the traceback is printed before that line, and the exit code
-stays the same (bad input still exits 2, an internal error 1). `--home` and
-`--debug` may come before or after the subcommand. Standard output closed
-early by its reader (`engine tail latest --all | head -1`) ends the command
-quietly, with exit 0.
+file is stale.
+
+Exit codes for every command: 0 ok; 1 the run finished with failures (or a
+ledger is corrupt); 2 bad input; 3 run locked; 130 interrupted, resumable.
+Errors are one line on stderr (`engine: error: ...`); with `--debug` the
+traceback is printed before that line, and the exit code stays the same (bad
+input still exits 2, an internal error 1).
+
+What every command does alike:
+
+* `--home` and `--debug` may come before or after the subcommand
+  (`engine run wf.yml --home DIR`, `engine status latest --debug`).
+* Standard output closed early by its reader (`engine tail latest --all | head -1`)
+  ends the command quietly, with exit 0.
+* Tables fit the terminal's width, and a value cut there ends in `…`; when
+  standard output is not a terminal (a pipe, a file) no value is ever cut
+  (in tables, `tail` and `replay` alike).
+* Tables show moments relative to now (`3m ago`) and lengths of time as
+  `1m12s`; `--json` (or `--format json`) keeps RFC 3339 times and seconds.
+* `engine run`, `resume` and `dlq retry` report progress on stderr: a live
+  line on a terminal; elsewhere a plain line every `ENGINE_PROGRESS_INTERVAL`
+  seconds (default 5) with done, failed, running, retrying, items/s and ETA.
+  Both say `paused` while the run is paused (the ETA clock stops);
+  `--no-progress` silences them.
 """
 
 
