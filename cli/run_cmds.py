@@ -24,7 +24,6 @@ from engine.workflow.load import load_workflow
 from engine.workflow.spec import check_env_name
 from engine.workflow.starters import TEMPLATES, write_template
 from ledger.errors import EngineError
-from projections.replay import replay
 
 __all__ = [
     "drive",
@@ -277,7 +276,7 @@ RUN_STATUSES = ("created", "running", "paused", "interrupted", "completed", "fai
     "statuses",
     multiple=True,
     type=click.Choice(RUN_STATUSES),
-    help="Only runs in this status (repeatable); paused: running, with dispatching paused.",
+    help="Only runs in this status (repeatable); paused: its engine starts nothing until unpaused.",
 )
 @click.pass_obj
 def runs_cmd(obj: Context, as_json: bool, limit: int | None, statuses: tuple[str, ...]) -> None:
@@ -316,13 +315,8 @@ def _run_views(obj: Context, statuses: set[str], limit: int | None) -> list[RunS
     refs = list_runs(obj.home)
     if limit is not None and not statuses:
         refs = refs[-limit:]  # only those are read
-    views = []
-    for ref in refs:
-        p = replay(ref.ledger)
-        view = status_view(ref, p)
-        paused = view.status == "paused" or (p.run.paused and view.status == "running")
-        if not statuses or view.status in statuses or (paused and "paused" in statuses):
-            views.append(view)
+    views = [status_view(ref) for ref in refs]
+    views = [v for v in views if not statuses or v.status in statuses]
     return views[-limit:] if limit is not None else views
 
 
