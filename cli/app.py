@@ -109,23 +109,24 @@ class Context:
         return resolve_run(ref, self.home, allow_ledger_file=allow_ledger_file)
 
 
-def stdout_closed() -> None:
+def stdout_closed(code: int = 0) -> None:
     """Standard output's reader is gone (``| head``): what is left to print goes
-    nowhere, so the interpreter's flush at exit does not complain; exit 0."""
+    nowhere, so the interpreter's flush at exit does not complain; exit ``code``
+    (0, or the outcome of a run that had ended before its summary was cut)."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    raise SystemExit(0)
+    raise SystemExit(code)
 
 
 @contextlib.contextmanager
-def quiet_on_closed_stdout() -> Iterator[None]:
-    """A write to a closed pipe (EPIPE) ends the command quietly with exit 0."""
+def quiet_on_closed_stdout(code: int = 0) -> Iterator[None]:
+    """A write to a closed pipe (EPIPE) ends the command quietly with exit ``code``."""
     try:
         yield
     except BrokenPipeError:
-        stdout_closed()
+        stdout_closed(code)
 
 
 def _set_home(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:

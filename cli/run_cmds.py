@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from cli.app import Context, cli, echo_json
+from cli.app import Context, cli, echo_json, quiet_on_closed_stdout
 from cli.progress import Progress, progress_interval, summary_table
 from cli.render import human_duration, human_time, output_width, span, table_lines
 from engine.home import RunRef, check_run_id, list_runs
@@ -144,7 +144,6 @@ def drive(
     no_progress: bool,
 ) -> None:
     """Run (or resume) with progress on stderr, print the outcome, exit with its code."""
-    console = Console(stderr=False)
     errors = Console(stderr=True)
     interval = progress_interval()
     mode = "off" if no_progress else "live" if errors.is_terminal else "plain"
@@ -157,6 +156,13 @@ def drive(
     with progress:
         result = asyncio.run(progress.run(start(options)))
     wall = time.monotonic() - started
+    with quiet_on_closed_stdout(result.exit_code):  # `engine run wf.yml | head` keeps its code
+        _print_outcome(result, wall, as_json)
+    sys.exit(result.exit_code)
+
+
+def _print_outcome(result: RunResult, wall: float, as_json: bool) -> None:
+    console = Console(stderr=False)
     p = result.projections
     if as_json:
         ref = RunRef(result.run_id, result.run_dir, result.run_dir / "ledger.ndjson")
@@ -176,7 +182,7 @@ def drive(
         click.echo(f"  engine status {result.run_id}")
         if p.signatures.stats:
             click.echo(f'  engine query {result.run_id} "failures by signature"')
-    sys.exit(result.exit_code)
+    sys.stdout.flush()
 
 
 @cli.command("resume")

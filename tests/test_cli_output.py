@@ -145,6 +145,35 @@ def test_a_closed_pipe_ends_quietly_with_exit_0(wide: tuple[Path, str], args: li
     assert (proc.returncode, proc.stderr) == (0, "")
 
 
+def test_a_run_whose_summary_meets_a_closed_pipe_keeps_its_exit_code(tmp_path: Path) -> None:
+    """`engine run wf.yml | true`: the run ended with a failed item before its summary was
+    cut, so it exits 1 (as it would unpiped), quietly; a script with pipefail sees it."""
+    workflow = write_workflow(
+        tmp_path,
+        """
+        name: piped
+        map:
+          items: [ok, bad]
+          agent_template:
+            - run: test "${item}" = ok
+        """,
+    )
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [ENGINE, "--home", str(tmp_path / "home"), "run", str(workflow), "--no-progress"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=DEADLINE,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (1, "")
+
+
 def test_head_of_a_long_tail(tmp_path: Path) -> None:
     """`engine tail RUN --all | head -1` on a ledger far larger than a pipe's buffer."""
     writer = LedgerWriter.open(tmp_path / "runs" / "big", "big", create=True)
