@@ -21,12 +21,14 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
+from rich.console import Console
 
 from ledger.events import LogRef, Record
 from ledger.times import epoch
 from projections.replay import Projections
 
 __all__ = [
+    "StdoutConsole",
     "describe_record",
     "fit",
     "human_duration",
@@ -285,3 +287,17 @@ def _shrink(widths: list[int], text: list[int], room: int) -> None:
                 break
             widest = max(shrinkable, key=lambda i: widths[i])
             widths[widest] -= 1
+
+
+class StdoutConsole(Console):
+    """rich's console on stdout, whose closed pipe is the CLI's to answer.
+
+    rich's own answer is exit 1 whatever the command's outcome; raising
+    BrokenPipeError lets ``quiet_on_closed_stdout`` end with the right code.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(stderr=False)
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError

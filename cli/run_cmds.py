@@ -14,7 +14,7 @@ from rich.console import Console
 
 from cli.app import Context, cli, echo_json, quiet_on_closed_stdout
 from cli.progress import Progress, progress_interval, summary_table
-from cli.render import human_duration, human_time, output_width, span, table_lines
+from cli.render import StdoutConsole, human_duration, human_time, output_width, span, table_lines
 from engine.home import RunRef, check_run_id, list_runs
 from engine.run import RunOptions, RunResult, execute_run, resume_run
 from engine.tools.mock_agent import help_text as mock_agent_help
@@ -162,7 +162,7 @@ def drive(
 
 
 def _print_outcome(result: RunResult, wall: float, as_json: bool) -> None:
-    console = Console(stderr=False)
+    console = StdoutConsole()
     p = result.projections
     if as_json:
         ref = RunRef(result.run_id, result.run_dir, result.run_dir / "ledger.ndjson")
