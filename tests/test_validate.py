@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ENGINE, FIXTURES
+from tests.engine_helpers import records, run_workflow, write_workflow
 
 BROKEN = sorted((FIXTURES / "broken").iterdir())
 
@@ -57,3 +59,38 @@ def test_init_templates_run_as_written(tmp_path: Path, template: str) -> None:
         [ENGINE, "init", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_the_safe_form_of_arithmetic_validates_and_keeps_values_out_of_code(
+    tmp_path: Path,
+) -> None:
+    """The form the refusal names: numbers compute; anything else stops, and is never run."""
+    marker = tmp_path / "pwned"
+    items = [{"n": "41"}, {"n": f"a[$(touch {marker})]"}]
+    path = write_workflow(
+        tmp_path,
+        f"""\
+        name: t
+        map:
+          items: {json.dumps(items)}
+          retry: {{max_attempts: 1}}
+          agent_template:
+            - run: >-
+                n="${{item.n}}"; case $n in ''|*[!0-9]*) exit 2;; esac; echo $((n + 1))
+              output: text
+            - run: >-
+                bash -c 'n="$1"; case $n in ""|*[!0-9]*) exit 2;; esac; echo $((n + 1))' _
+                "${{item.n}}"
+              output: text
+        """,
+    )
+    proc = subprocess.run(
+        [ENGINE, "validate", str(path)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = run_workflow(path, tmp_path / "home")
+    assert result.projections.items.counts["succeeded"] == 1
+    assert result.projections.items.counts["dead"] == 1
+    (done,) = records(result, "item.succeeded")
+    assert done.data.result == "42"
+    assert not marker.exists()

@@ -92,11 +92,16 @@ class Placement:
                 f"{var} is in a here-document with a quoted delimiter{where}, which is not "
                 "expanded (write the delimiter unquoted, as <<EOF)"
             )
-        if kind == "arithmetic":
+        if kind in ("arithmetic", "arithmetic-output"):
+            what = (
+                "an arithmetic expression"
+                if kind == "arithmetic"
+                else "a command substitution whose output is part of an arithmetic expression"
+            )
             return (
-                f"{var} is in an arithmetic expression{where}, where the shell evaluates a "
-                "value as code (pass it to a program that reads numbers, as "
-                f'expr "{var}" + 1, or test it first with case)'
+                f"{var} is in {what}{where}, where the shell evaluates a value as code "
+                "(set a shell variable and check it holds only digits, then use the variable: "
+                f"n=\"{var}\"; case $n in ''|*[!0-9]*) exit 2;; esac; echo $((n + 1)))"
             )
         if kind == "foreign" and shell == "ssh":
             return f"{var} is in the command ssh runs, which a remote shell reads as code ({fix})"

@@ -320,6 +320,9 @@ class _Scanner:
         if t.startswith("$((", i):
             word.add("_")
             return self.parse_arithmetic(i + 3)
+        if t.startswith("$[", i):  # bash's old form of $(( ))
+            word.add("_")
+            return self.parse_arithmetic(i + 2, close="]")
         if t.startswith("$(", i):
             word.add("_")
             self.deeper()
@@ -357,9 +360,14 @@ class _Scanner:
                 break
         return i
 
-    def parse_arithmetic(self, i: int) -> int:
-        """``$(( ... ))`` or ``(( ... ))``: every value in it is an expression."""
+    def parse_arithmetic(self, i: int, *, close: str = ")") -> int:
+        """``$(( ... ))``, ``(( ... ))`` or ``$[ ... ]``: every value in it is an expression.
+
+        A command substitution in it is a command whose output becomes part
+        of the expression: the values in that command are refused as well.
+        """
         t = self.text
+        opening = "(" if close == ")" else "["
         depth = 0
         while i < self.n:
             m = VARIABLE.match(t, i)
@@ -369,17 +377,24 @@ class _Scanner:
                 continue
             if t.startswith("$(", i) and not t.startswith("$((", i):
                 self.deeper()
+                before = len(self.found)
                 i = self.parse_list(i + 2)
                 self.depth -= 1
+                for index in range(before, len(self.found)):
+                    p = self.found[index]
+                    if p.problem is None:
+                        self.found[index] = replace(p, chain=(*p.chain, "arithmetic-output"))
                 continue
             c = t[i]
             i += 1
-            if c == "(":
+            if c == opening:
                 depth += 1
-            elif c == ")":
+            elif c == close:
+                if depth == 0 and close == "]":
+                    return i
                 if depth == 0 and t.startswith(")", i):
                     return i + 1
-                depth -= 1
+                depth = max(0, depth - 1) if close == "]" else depth - 1
         return i
 
     def parse_backtick(self, i: int, word: _Word, *, in_double: bool) -> int:
