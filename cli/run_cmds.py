@@ -15,12 +15,13 @@ from rich.console import Console
 from cli.app import Context, cli, echo_json, quiet_on_closed_stdout
 from cli.progress import Progress, progress_interval, summary_table
 from cli.render import StdoutConsole, human_duration, human_time, output_width, span, table_lines
+from engine.errors import WorkflowError
 from engine.home import RunRef, check_run_id, list_runs
 from engine.run import RunOptions, RunResult, execute_run, resume_run
 from engine.tools.mock_agent import help_text as mock_agent_help
 from engine.tools.mock_agent import main as mock_agent_main
 from engine.views.status import RunStatusView, status_view
-from engine.workflow.load import load_workflow
+from engine.workflow.load import load_workflow, validate_workflow
 from engine.workflow.spec import check_env_name
 from engine.workflow.starters import TEMPLATES, write_template
 from ledger.errors import EngineError
@@ -328,18 +329,60 @@ def _run_views(obj: Context, statuses: set[str], limit: int | None) -> list[RunS
 
 @cli.command("validate")
 @click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
-def validate_cmd(workflow: Path) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: ok, errors and warnings (each file, line, field, message, hint).",
+)
+def validate_cmd(workflow: Path, as_json: bool) -> None:
     """Check a workflow file; print every problem as FILE:LINE: field: what (fix).
 
-    Types, durations, names, templates, filter, json_path, sort_by and
-    regular expressions (RE2) are checked, and inline items; the file must be
-    a regular file within ENGINE_MAX_WORKFLOW_BYTES (1 MiB). Exit 0 when it
-    is valid, 2 when it is not.
+    Everything `engine run` would refuse is found in one pass: types,
+    durations, names, unknown keys (with "did you mean", also for other
+    tools' spellings), every ${...} against the variables of its phase,
+    injection-unsafe placements, filter, json_path, sort_by, regular
+    expressions (RE2), inline items; a missing map.input file; and, when the
+    items can be read without running a command, each ${item.FIELD} against
+    them. Warnings (printed, exit 0): a field some items lack, an env name
+    not set. The file must be a regular file within ENGINE_MAX_WORKFLOW_BYTES
+    (1 MiB). Exit 0 when it is valid, 2 when it is not.
     """
-    loaded = load_workflow(workflow)
-    spec = loaded.spec
+    try:
+        spec, problems = validate_workflow(workflow)
+    except WorkflowError as exc:
+        spec, problems = None, exc.problems
+    except EngineError as exc:
+        if not as_json:
+            raise
+        error = {"file": str(workflow), "line": None, "field": None}
+        echo_json(
+            {
+                "ok": False,
+                "errors": [{**error, "message": exc.message, "hint": exc.hint}],
+                "warnings": [],
+            }
+        )
+        sys.exit(exc.exit_code)
+    errors = [p for p in problems if p.severity == "error"]
+    if as_json:
+        echo_json(
+            {
+                "ok": not errors,
+                "file": str(workflow),
+                "workflow": spec.name if spec is not None else None,
+                "errors": [p.to_json() for p in errors],
+                "warnings": [p.to_json() for p in problems if p.severity == "warning"],
+            }
+        )
+        sys.exit(2 if errors else 0)
+    if errors or spec is None:
+        raise WorkflowError(problems)
+    for problem in problems:
+        click.echo(str(problem), err=True)
     steps = len(spec.setup) + len(spec.reduce) + (len(spec.map.agent_template) if spec.map else 0)
-    click.echo(f"ok {workflow}: workflow {spec.name!r}, {steps} steps")
+    warned = f", {len(problems)} warning{'s' if len(problems) != 1 else ''}" if problems else ""
+    click.echo(f"ok {workflow}: workflow {spec.name!r}, {steps} steps{warned}")
 
 
 @cli.command("init")

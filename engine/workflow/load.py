@@ -1,17 +1,23 @@
 """Loading a workflow file, with errors that point at the line.
 
 Every problem is reported as ``FILE:LINE: field.path: what is wrong (how to
-fix)``, one line each; unknown keys get a "did you mean" when a known key is
-close.
+fix)``, one line each, and all of them in one pass: the checks of templates
+and expressions (:mod:`engine.workflow.checks`) read the document as
+written, so they run even when the schema refuses something elsewhere.
+Unknown keys get a "did you mean" when a known key is close, or when they
+are another tool's spelling of one (:mod:`engine.workflow.hints`).
+
+Two levels: :func:`load_workflow` checks the file alone (``engine run``,
+``engine resume``); :func:`validate_workflow` also checks the map's input
+file, and reads the items when it can (``engine validate``).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
-import shlex
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,37 +25,26 @@ from typing import Any
 import pydantic
 import yaml
 
-from engine.errors import ItemsError, WorkflowError
-from engine.items.selection import check_value, compile_filter, compile_json_path, parse_sort
+from engine.errors import WorkflowError
 from engine.limits import MAX_DEPTH, limits, read_bounded
 from engine.redact import secret_template_problems
+from engine.workflow.checks import TemplateChecks, check_document
+from engine.workflow.hints import foreign_hint
+from engine.workflow.problems import Finding, Loc, Problem, locate
 from engine.workflow.reading import Refused, load_yaml, parse_yaml
-from engine.workflow.spec import Step, Workflow
-from engine.workflow.template import argv_problems, shell_problems, template_variables
-from engine.workflow.variables import Phase, known_roots
+from engine.workflow.sourcecheck import check_source, input_missing
+from engine.workflow.spec import Workflow
 
 __all__ = [
     "LoadedWorkflow",
     "Problem",
     "WorkflowError",
+    "describe_changes",
     "load_workflow",
     "load_yaml",
     "parse_workflow",
+    "validate_workflow",
 ]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a workflow file."""
-
-    file: str
-    line: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
-        return f"{self.file}:{self.line}: {where}{self.message}"
 
 
 @dataclass(frozen=True)
@@ -67,46 +62,11 @@ class LoadedWorkflow:
         return self.path.parent
 
 
-def _loc_text(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
-    """The 1-based line of the node at ``loc`` (or of its deepest ancestor found)."""
-    node = root
-    line = (root.start_mark.line + 1) if root is not None else 1
-    for part in loc:
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if key.value == part:
-                    child = value
-                    line = key.start_mark.line + 1  # the key's line (also for unknown keys)
-                    break
-        elif (
-            isinstance(node, yaml.SequenceNode)
-            and isinstance(part, int)
-            and 0 <= part < len(node.value)
-        ):
-            child = node.value[part]
-            line = child.start_mark.line + 1
-        if child is None:
-            break
-        node = child
-    return line
-
-
 def _allowed_keys(model: type[pydantic.BaseModel]) -> list[str]:
     return [info.alias or name for name, info in model.model_fields.items()]
 
 
-def _model_at(loc: tuple[int | str, ...]) -> type[pydantic.BaseModel] | None:
+def _model_at(loc: Loc) -> type[pydantic.BaseModel] | None:
     """The pydantic model that holds the field at ``loc`` (for "did you mean")."""
     model: Any = Workflow
     for part in loc[:-1]:
@@ -125,6 +85,26 @@ def _model_at(loc: tuple[int | str, ...]) -> type[pydantic.BaseModel] | None:
             return None
         model = found
     return model if isinstance(model, type) else None
+
+
+@functools.cache
+def _every_key() -> dict[str, str]:
+    """Every key of the spec, at its path (``max_parallel`` -> ``map.max_parallel``)."""
+    out: dict[str, str] = {}
+    todo: list[tuple[str, type[pydantic.BaseModel]]] = [("", Workflow)]
+    seen: set[type[pydantic.BaseModel]] = set()
+    while todo:
+        prefix, model = todo.pop(0)
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            out.setdefault(key, prefix + key)
+            for candidate in _walk_types(info.annotation):
+                if isinstance(candidate, type) and issubclass(candidate, pydantic.BaseModel):
+                    todo.append((prefix + key + ".", candidate))
+    return out
 
 
 def _walk_types(tp: Any) -> list[Any]:
@@ -149,13 +129,21 @@ _HINTS: dict[str, str | None] = {
 }
 
 
-def _message(error: Any, loc: tuple[int | str, ...]) -> str:
+def _message(error: Any, loc: Loc) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
         model = _model_at(loc)
-        close = difflib.get_close_matches(key, _allowed_keys(model), n=1) if model else []
-        hint = f"did you mean {close[0]!r}?" if close else "remove it or fix its spelling"
+        allowed = _allowed_keys(model) if model else []
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = foreign_hint(key, model.__name__ if model else None, allowed)
+        elsewhere = difflib.get_close_matches(key, list(_every_key()), n=1)
+        if hint is None and close:
+            hint = f"did you mean {close[0]!r}?"
+        elif hint is None and elsewhere:
+            hint = f"did you mean {_every_key()[elsewhere[0]]}? it is not a key here"
+        elif hint is None:
+            hint = "remove it or fix its spelling"
         return f"unknown key {key!r} ({hint})"
     if kind == "missing":
         return "is required (add it)"
@@ -169,8 +157,23 @@ def _message(error: Any, loc: tuple[int | str, ...]) -> str:
     return f"{message} ({fix})" if fix else message
 
 
-def parse_workflow(text: str, *, file: str) -> tuple[Workflow, yaml.Node | None]:
-    """Parse and validate workflow text; raise WorkflowError with every problem."""
+@dataclass
+class _Checked:
+    """A workflow text parsed and checked: the spec when the schema took it, and every finding."""
+
+    file: str
+    root: yaml.Node | None
+    data: Any
+    spec: Workflow | None
+    findings: list[Finding]
+    templates: TemplateChecks | None = None
+
+    def problems(self) -> list[Problem]:
+        return locate(self.file, self.root, self.findings)
+
+
+def _parse(text: str, file: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree and the data; WorkflowError when it is not a YAML mapping."""
     try:
         root, data = parse_yaml(text)
     except Refused as exc:
@@ -194,122 +197,45 @@ def parse_workflow(text: str, *, file: str) -> tuple[Workflow, yaml.Node | None]
         raise WorkflowError(
             [Problem(file, 1, "", "a workflow is a mapping with at least `name` and `map`")]
         )
+    return root, data
+
+
+def _check_text(text: str, file: str, *, check_env: bool = False) -> _Checked:
+    """The schema, the templates and the expressions, each whatever the others found.
+
+    ``check_env``: warn of an ``${env.X}`` that ``env:`` does not set (a run
+    may give it with ``--var``, so only ``engine validate`` says it).
+    """
+    root, data = _parse(text, file)
+    findings: list[Finding] = []
+    spec: Workflow | None = None
     try:
         spec = Workflow.model_validate(data)
     except pydantic.ValidationError as exc:
-        problems = []
         for error in exc.errors():
             loc = tuple(error["loc"])
-            problems.append(
-                Problem(file, _node_line(root, loc), _loc_text(loc), _message(error, loc))
-            )
-        problems.sort(key=lambda p: (p.line, p.path))
-        raise WorkflowError(problems) from None
-    return spec, root
+            findings.append(Finding(loc, _message(error, loc)))
+    templates = check_document(data, check_env=check_env)
+    findings += templates.findings
+    if spec is not None:
+        findings += [Finding(loc, message) for loc, message in secret_template_problems(spec)]
+    return _Checked(file, root, data, spec, findings, templates)
 
 
-def _agent_words(spec: Workflow) -> list[str]:
-    """The agent's command line as words (a prompt is appended to them)."""
-    try:
-        return shlex.split(spec.agent.command)
-    except ValueError:
-        return []
+def _raise_errors(problems: list[Problem]) -> None:
+    if any(p.severity == "error" for p in problems):
+        raise WorkflowError(problems)
 
 
-def check_templates(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
-    """Variables that are unknown where they are used, or placed unsafely."""
-    problems: list[tuple[tuple[int | str, ...], str]] = []
-    captures: set[str] = set()
-
-    def check_steps(steps: list[Step], loc: tuple[int | str, ...], phase: Phase) -> None:
-        for i, step in enumerate(steps):
-            here = (*loc, i)
-            known = known_roots(phase, captures)
-            if step.kind == "shell":
-                key = "run" if step.run is not None else "shell"
-                problems.extend(((*here, key), p) for p in shell_problems(step.text))
-                texts = [(key, step.text)]
-            elif step.kind == "argv":
-                problems.extend(((*here, "argv"), p) for p in argv_problems(step.argv or []))
-                texts = [("argv", a) for a in step.argv or []]
-            else:
-                agent = _agent_words(spec)
-                prompt = [*agent, step.claude or ""]
-                problems.extend(
-                    ((*here, "claude"), p) for p in argv_problems(prompt, literal=len(agent))
-                )
-                texts = [("claude", step.claude or "")]
-            texts += [("env", v) for v in step.env.values()]
-            for key, text in texts:
-                for name in template_variables(text):
-                    if name.split(".")[0] not in known:
-                        problems.append(
-                            (
-                                (*here, key),
-                                f"unknown variable ${{{name}}} here (known: "
-                                + ", ".join(sorted(known))
-                                + ")",
-                            )
-                        )
-            check_steps(step.on_failure, (*here, "on_failure"), phase)
-            if step.capture_output:
-                captures.add(step.capture_output)
-
-    check_steps(spec.setup, ("setup",), "setup")
-    if spec.map is not None and spec.map.command is not None:
-        known = known_roots("map.command", captures)
-        problems.extend((("map", "command"), p) for p in shell_problems(spec.map.command))
-        for name in template_variables(spec.map.command):
-            if name.split(".")[0] not in known:
-                problems.append((("map", "command"), f"unknown variable ${{{name}}} here"))
-    if spec.map is not None:
-        check_steps(spec.map.agent_template, ("map", "agent_template"), "map")
-        if spec.map.id is not None:
-            for name in template_variables(spec.map.id):
-                if name.split(".")[0] not in known_roots("map.id"):
-                    problems.append(
-                        (
-                            ("map", "id"),
-                            f"unknown variable ${{{name}}} in the id (use ${{item...}})",
-                        )
-                    )
-    check_steps(spec.reduce, ("reduce",), "reduce")
-    return problems
+def parse_workflow(text: str, *, file: str) -> tuple[Workflow, yaml.Node | None]:
+    """Parse and validate workflow text; raise WorkflowError with every problem."""
+    checked = _check_text(text, file)
+    _raise_errors(checked.problems())
+    assert checked.spec is not None
+    return checked.spec, checked.root
 
 
-def check_map(spec: Workflow) -> list[tuple[tuple[int | str, ...], str]]:
-    """The map's expressions compiled and its inline items checked, as when a run loads them."""
-    problems: list[tuple[tuple[int | str, ...], str]] = []
-    if spec.map is None:
-        return problems
-    checks: list[tuple[str, str | None, Callable[[str], object]]] = [
-        ("json_path", spec.map.json_path, compile_json_path),
-        ("filter", spec.map.filter, compile_filter),
-        ("sort_by", spec.map.sort_by, parse_sort),
-    ]
-    for key, text, compile_it in checks:
-        if text is None:
-            continue
-        try:
-            compile_it(text)
-        except ItemsError as exc:
-            message = str(exc).removeprefix(f"map.{key}: ")
-            problems.append((("map", key), message))
-    for index, value in enumerate(spec.map.items or []):
-        why = check_value(value)
-        if why is not None:
-            problems.append((("map", "items", index), why))
-            break
-    return problems
-
-
-def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkflow:
-    """Read, parse and validate a workflow file (YAML or JSON).
-
-    ``raw``: the file's bytes, already read (a run's frozen copy, loaded as if
-    from ``path`` so that its directory is the workflow's).
-    """
-    path = Path(path)
+def _read(path: Path, raw: bytes | None) -> tuple[bytes, str]:
     if raw is None:
         raw = read_bounded(
             path,
@@ -318,25 +244,64 @@ def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkfl
             env_name="ENGINE_MAX_WORKFLOW_BYTES",
         )
     try:
-        text = raw.decode("utf-8")
+        return raw, raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise WorkflowError(
             [Problem(str(path), line, "", f"not UTF-8 text (byte {exc.start}; save it as UTF-8)")]
         ) from None
-    spec, root = parse_workflow(text, file=str(path))
-    template_problems = [
-        Problem(str(path), _node_line(root, loc), _loc_text(loc), message)
-        for loc, message in [
-            *check_templates(spec),
-            *secret_template_problems(spec),
-            *check_map(spec),
-        ]
-    ]
-    if template_problems:
-        raise WorkflowError(template_problems)
+
+
+def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkflow:
+    """Read, parse and validate a workflow file (YAML or JSON).
+
+    ``raw``: the file's bytes, already read (a run's frozen copy, loaded as if
+    from ``path`` so that its directory is the workflow's). Raises
+    WorkflowError with every problem when one is an error.
+    """
+    path = Path(path)
+    raw, text = _read(path, raw)
+    checked = _check_text(text, str(path))
+    problems = checked.problems()
+    _raise_errors(problems)
+    assert checked.spec is not None
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    return LoadedWorkflow(spec=spec, path=path.resolve(), text=text, hash=digest)
+    return LoadedWorkflow(
+        spec=checked.spec,
+        path=path.resolve(),
+        text=text,
+        hash=digest,
+    )
+
+
+def validate_workflow(path: str | Path) -> tuple[Workflow | None, list[Problem]]:
+    """Everything ``engine validate`` checks, in one pass: the spec (None when invalid), problems.
+
+    The file, its templates and expressions; the map's input file and, when
+    they can be read without running a command, its items against the
+    templates. Raises WorkflowError only when the file is not a YAML
+    mapping, InputRefused when it cannot be read.
+    """
+    path = Path(path)
+    _, text = _read(path, None)
+    checked = _check_text(text, str(path), check_env=True)
+    data: dict[str, Any] = checked.data
+    directory = path.resolve().parent
+    section = data.get("env")
+    env = {
+        k: v
+        for k, v in (section.items() if isinstance(section, dict) else ())
+        if isinstance(k, str) and isinstance(v, str)
+    }
+    findings = list(checked.findings)
+    uses = checked.templates.item_uses if checked.templates else []
+    selection = {("map", key) for key in ("json_path", "filter", "sort_by", "items", "id")}
+    said = any(f.loc[:2] in selection and not f.warning for f in findings)
+    source = [] if said else check_source(data, directory, env, uses)
+    if not source and (missing := input_missing(data, directory)) is not None:
+        source = [missing]  # the map's schema failed: its input is still said to be missing
+    findings += source
+    return checked.spec, locate(str(path), checked.root, findings)
 
 
 def describe_changes(old: Workflow, new: Workflow, *, limit: int = 20) -> list[str]:

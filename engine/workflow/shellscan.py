@@ -15,6 +15,7 @@ import re
 import shlex
 from dataclasses import dataclass, field, replace
 
+from engine.workflow.parameters import bad_parameter, bad_parameter_message
 from engine.workflow.placement import MAX_DEPTH, VARIABLE, Placement, TemplateError
 from engine.workflow.shellcode import (
     ARITHMETIC_TESTS,
@@ -29,9 +30,14 @@ from engine.workflow.shellcode import (
 __all__ = ["scan"]
 
 
-def scan(command: str, *, depth: int = 0) -> list[Placement]:
-    """Every ``${...}`` in a shell command, in order, with its chain of quoting."""
-    scanner = _Scanner(command, depth)
+def scan(command: str, *, depth: int = 0, bad: list[str] | None = None) -> list[Placement]:
+    """Every ``${...}`` in a shell command, in order, with its chain of quoting.
+
+    ``bad`` (when given) receives a message for each ``${...}`` that is
+    neither a variable of the engine nor a parameter of the shell (the shell
+    would stop on it: "Bad substitution"), at any level of the command.
+    """
+    scanner = _Scanner(command, depth, [] if bad is None else bad)
     scanner.parse_list(0, top=True)
     return sorted(scanner.found, key=lambda p: p.start)
 
@@ -100,11 +106,12 @@ class _List:
 
 
 class _Scanner:
-    def __init__(self, text: str, depth: int) -> None:
+    def __init__(self, text: str, depth: int, bad: list[str]) -> None:
         self.text = text
         self.n = len(text)
         self.found: list[Placement] = []
         self.depth = depth
+        self.bad = bad
 
     def deeper(self) -> int:
         self.depth += 1
@@ -133,7 +140,7 @@ class _Scanner:
 
     def command_string(self, word: _Word, shell: str, env_lost: str | None) -> None:
         """The word is code for ``shell``: its placements are expanded there."""
-        inner = {p.start: p for p in scan(word.text, depth=self.deeper())}
+        inner = {p.start: p for p in scan(word.text, depth=self.deeper(), bad=self.bad)}
         self.depth -= 1
         self.output_is_code(word, "shell-output", shell)
         for index, offset in word.marks:
@@ -343,6 +350,12 @@ class _Scanner:
         t = self.text
         word.add("${")
         depth = 0
+        why = bad_parameter(t[i : i + 200])
+        if why is not None:
+            close = t.find("}", i)
+            self.bad.append(
+                bad_parameter_message(t[i - 2 : self.n if close < 0 else close + 1], why)
+            )
         while i < self.n:
             m = VARIABLE.match(t, i)
             if m:
@@ -416,7 +429,7 @@ class _Scanner:
             offsets.append(i)
             i += 1
         offsets.append(i)
-        inner = scan("".join(body), depth=self.deeper())
+        inner = scan("".join(body), depth=self.deeper(), bad=self.bad)
         self.depth -= 1
         word.substituted.extend(range(len(self.found), len(self.found) + len(inner)))
         self.adopt(inner, "backtick-double" if in_double else "backtick", offsets)

@@ -47,11 +47,16 @@ def scan_shell(command: str) -> list[Placement]:
 
 
 def shell_problems(command: str) -> list[str]:
-    """Why some variable of a shell command cannot carry its value as data (empty: none)."""
+    """Why some variable of a shell command cannot carry its value as data (empty: none).
+
+    A ``${...}`` that is neither a variable nor a shell parameter is one too.
+    """
+    bad: list[str] = []
     try:
-        return [p.problem for p in scan(command) if p.problem is not None]
+        placed = [p.problem for p in scan(command, bad=bad) if p.problem is not None]
     except TemplateError as exc:
         return [str(exc)]
+    return placed + bad
 
 
 def argv_problems(args: Sequence[str], *, literal: int = 0) -> list[str]:
@@ -64,8 +69,9 @@ def argv_problems(args: Sequence[str], *, literal: int = 0) -> list[str]:
     for index, shell, env_lost in command_strings(args):
         if index < literal:
             continue
+        bad: list[str] = []
         try:
-            placements = scan(args[index])
+            placements = scan(args[index], bad=bad)
         except TemplateError as exc:
             problems.append(str(exc))
             continue
@@ -73,6 +79,7 @@ def argv_problems(args: Sequence[str], *, literal: int = 0) -> list[str]:
             p = replace(found, shells=(shell, *found.shells), env_lost=found.env_lost or env_lost)
             if p.problem is not None:
                 problems.append(p.problem)
+        problems.extend(bad)
     return problems
 
 

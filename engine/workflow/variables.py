@@ -8,7 +8,8 @@ A capture (``capture_output: NAME``) adds ``NAME`` for the steps after it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ __all__ = [
     "VARIABLES",
     "Phase",
     "Variable",
+    "check_variable",
     "docs_table",
     "item_context",
     "known_roots",
@@ -28,6 +30,7 @@ Phase = Literal["setup", "map.command", "map.id", "map", "reduce"]
 PHASES: tuple[Phase, ...] = ("setup", "map.command", "map.id", "map", "reduce")
 """Where templates are rendered: setup, ``map.command``, ``map.id``, an item's steps, reduce."""
 
+_LAST = frozenset({"output", "exit_code"})
 _STEPS: frozenset[Phase] = frozenset({"setup", "map", "reduce"})
 _EVERYWHERE: frozenset[Phase] = frozenset(PHASES)
 
@@ -44,6 +47,8 @@ class Variable:
     """Where it exists, in the docs' words."""
     value: str
     """What it holds, in the docs' words."""
+    fields: frozenset[str] | None = None
+    """Its fields (``${run.id}``); empty: it has none; None: any (an item, ``env``)."""
 
 
 VARIABLES: tuple[Variable, ...] = (
@@ -54,30 +59,42 @@ VARIABLES: tuple[Variable, ...] = (
         "map",
         "the item, or a field of it (non-strings as JSON)",
     ),
-    Variable("item_id", frozenset({"map"}), "`${item_id}`", "map", "the item's identity"),
+    Variable(
+        "item_id", frozenset({"map"}), "`${item_id}`", "map", "the item's identity", frozenset()
+    ),
     Variable(
         "item_index",
         frozenset({"map", "map.id"}),
         "`${item_index}`",
         "map",
         "the item's position (0, 1, ...)",
+        frozenset(),
     ),
-    Variable("item_total", frozenset({"map"}), "`${item_total}`", "map", "the number of items"),
-    Variable("attempt", frozenset({"map"}), "`${attempt}`", "map", "1, 2, ..."),
+    Variable(
+        "item_total",
+        frozenset({"map"}),
+        "`${item_total}`",
+        "map",
+        "the number of items",
+        frozenset(),
+    ),
+    Variable("attempt", frozenset({"map"}), "`${attempt}`", "map", "1, 2, ...", frozenset()),
     Variable("env", _EVERYWHERE, "`${env.X}`", "everywhere", "from `env` and `--var`"),
     Variable(
         "last",
-        _STEPS | {"map.command"},
+        _STEPS,
         "`${last.output}`, `${last.exit_code}`",
-        "after a step in the same item or phase",
+        "after an earlier step of the same item; in `on_failure` steps",
         "the previous step's stdout and exit code",
+        _LAST,
     ),
     Variable(
         "shell",
-        _STEPS | {"map.command"},
+        _STEPS,
         "`${shell.output}`",
-        "after a step in the same item or phase",
+        "after an earlier step of the same item; in `on_failure` steps",
         "the same as `${last.output}`",
+        _LAST,
     ),
     Variable(
         "map",
@@ -87,6 +104,7 @@ VARIABLES: tuple[Variable, ...] = (
         "reduce",
         "aggregates; the results as JSON (the file's path when over 64 KiB), and "
         "`results.json` in the run directory",
+        frozenset({"total", "successful", "failed", "success_rate", "results", "results_file"}),
     ),
     Variable(
         "run",
@@ -94,16 +112,106 @@ VARIABLES: tuple[Variable, ...] = (
         "`${run.id}`",
         "everywhere but `map.id`",
         "the run id",
+        frozenset({"id"}),
     ),
 )
 
 
-def known_roots(phase: Phase, captures: set[str] | frozenset[str] = frozenset()) -> set[str]:
-    """The variable roots a template of ``phase`` may use (captures only where steps run)."""
+AFTER_STEP = frozenset({"last", "shell"})
+"""The previous step's result: in an item after its first step, and in ``on_failure`` steps
+(a setup or reduce step runs alone, so only its handlers have one)."""
+
+
+def known_roots(
+    phase: Phase, captures: set[str] | frozenset[str] = frozenset(), *, after_step: bool = True
+) -> set[str]:
+    """The variable roots a template of ``phase`` may use (captures only where steps run).
+
+    ``after_step``: whether a step of the same sequence ran before (see :data:`AFTER_STEP`).
+    """
     roots = {v.root for v in VARIABLES if phase in v.phases}
+    if not after_step:
+        roots -= AFTER_STEP
     if phase in _STEPS or phase == "map.command":
         roots |= captures
     return roots
+
+
+_FOREIGN_FIELDS = {
+    "stderr": "a step's stderr is not kept in a variable: redirect it, 2>&1, to have it in "
+    "${last.output};",
+    "stdout": "did you mean ${ROOT.output}?",
+    "exit_status": "did you mean ${ROOT.exit_code}?",
+    "returncode": "did you mean ${ROOT.exit_code}?",
+    "status": "did you mean ${ROOT.exit_code}?",
+}
+"""Fields other tools' templates have, and what to write instead."""
+
+
+def _close(word: str, choices: Iterable[str]) -> str | None:
+    found = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def check_variable(
+    name: str,
+    phase: Phase,
+    captures: set[str] | frozenset[str] = frozenset(),
+    env: Iterable[str] | None = None,
+    *,
+    after_step: bool = True,
+) -> tuple[str, bool] | None:
+    """Why ``${name}`` cannot be used in ``phase``, and whether that is only a warning; or None.
+
+    ``env``: the names ``env:`` sets (None: not known, not checked); a name
+    it lacks is a warning, since ``engine run --var`` can give it.
+    ``after_step``: as for :func:`known_roots`.
+    """
+    root, _, rest = name.partition(".")
+    field = rest.split(".")[0]
+    known = known_roots(phase, captures, after_step=after_step)
+    variable = next((v for v in VARIABLES if v.root == root), None)
+    if root not in known:
+        where = ""
+        if variable is not None and root not in captures:
+            told = variable.where.replace("`", "")
+            told = told if told.startswith(("after", "everywhere")) else f"only in {told}"
+            if root in AFTER_STEP and phase in variable.phases:
+                told = "only after an earlier step of the same item, and in on_failure steps"
+            where = f"; ${{{root}}} is known {told}"
+        close = _close(root, known)
+        mean = f"did you mean ${{{close}{'.' + rest if rest else ''}}}? " if close else ""
+        return (
+            f"unknown variable ${{{name}}} here ({mean}known: {', '.join(sorted(known))}{where})",
+            False,
+        )
+    if root in captures or variable is None or not rest:
+        return None
+    if variable.fields is None:
+        if root == "env" and env is not None and field not in set(env):
+            close = _close(field, env)
+            mean = f"did you mean ${{env.{close}}}? Or " if close else ""
+            return (
+                f"${{{name}}}: {field} is not set in env ({mean}add it to env, or give it with "
+                f"engine run --var {field}=VALUE; without it the command fails)",
+                True,
+            )
+        return None
+    if not variable.fields:
+        return (f"${{{name}}}: ${{{root}}} is a value, it has no fields (use ${{{root}}})", False)
+    if field in variable.fields and "." not in rest:
+        return None
+    if field in variable.fields:
+        return (f"${{{name}}}: ${{{root}.{field}}} has no fields (use ${{{root}.{field}}})", False)
+    close = _close(field, variable.fields)
+    hint = _FOREIGN_FIELDS.get(field, "").replace("ROOT", root)
+    if not hint:
+        hint = f"did you mean ${{{root}.{close}}}?" if close else ""
+    fields = ", ".join(sorted(variable.fields))
+    return (
+        f"unknown variable ${{{name}}} ({hint + ' ' if hint else ''}${{{root}}} has {fields})",
+        False,
+    )
 
 
 def run_context(run_id: str, env: Mapping[str, str]) -> dict[str, Any]:

@@ -1,0 +1,229 @@
+"""The checks of a workflow's templates and expressions, on the document as written.
+
+They read the parsed YAML, not the validated spec, so that they run even
+when the schema refuses something elsewhere: every problem of a file is
+reported in one pass. A value of the wrong type is left to the schema.
+
+* Every ``${...}`` of every templated field (``run``, ``shell``, ``argv``,
+  ``claude``, a step's ``env`` and ``artifacts``, ``map.command``,
+  ``map.id``, ``cache.key``) is a variable known in its phase
+  (:mod:`engine.workflow.variables`), with "did you mean" otherwise.
+* Shell code is scanned for placements that cannot carry a value as data
+  (:mod:`engine.workflow.template`) and for ``${...}`` that no shell reads.
+* ``filter``, ``sort_by`` and ``json_path`` compile, as the run compiles them.
+* A field that is not a template (``cwd``, ``map.input``, ``cache.inputs``)
+  holding ``${...}`` is refused: nothing would substitute it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import ItemsError
+from engine.items.selection import check_value, compile_filter, compile_json_path, parse_sort
+from engine.workflow.problems import Finding, Loc
+from engine.workflow.shellcode import command_strings
+from engine.workflow.template import argv_problems, shell_problems, template_variables
+from engine.workflow.variables import Phase, check_variable
+
+__all__ = ["ItemUse", "TemplateChecks", "check_document", "steps_of"]
+
+DEFAULT_AGENT = "claude -p"
+_TEMPLATE_LIKE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*[|:][^}]*\}?")
+"""``${x|default:y}``, ``${cmd:...}``: meant as a template, but not one of the engine's."""
+
+
+@dataclass(frozen=True)
+class ItemUse:
+    """A ``${item.FIELD...}`` in a template, checked against the items when they can be read."""
+
+    loc: Loc
+    name: str
+    every_item: bool
+    """Every item must have it (``map.id``: one item without it stops the run)."""
+
+
+def steps_of(raw: Any, loc: Loc) -> list[tuple[Loc, dict[str, Any]]]:
+    """A steps field as written (a list, or ``{commands: [...]}``): its mappings and places."""
+    if isinstance(raw, dict) and "commands" in raw:
+        raw, loc = raw["commands"], (*loc, "commands")
+    if not isinstance(raw, list):
+        return []
+    return [((*loc, i), step) for i, step in enumerate(raw) if isinstance(step, dict)]
+
+
+def agent_words(data: dict[str, Any]) -> list[str]:
+    """``agent.command`` as words (the default when it is not given or not text)."""
+    agent = data.get("agent")
+    command = agent.get("command", DEFAULT_AGENT) if isinstance(agent, dict) else DEFAULT_AGENT
+    try:
+        return shlex.split(command) if isinstance(command, str) else shlex.split(DEFAULT_AGENT)
+    except ValueError:
+        return []
+
+
+@dataclass
+class TemplateChecks:
+    """The walk over a document's templates: what it found, and the uses of item fields."""
+
+    data: dict[str, Any]
+    check_env: bool = False
+    """Whether an ``${env.X}`` that ``env:`` does not set is a warning (``engine validate``)."""
+    findings: list[Finding] = field(default_factory=list)
+    item_uses: list[ItemUse] = field(default_factory=list)
+    captures: set[str] = field(default_factory=set)
+    after_step: bool = False
+    """A step of the same sequence ran before the one being checked (``${last}`` exists)."""
+
+    def __post_init__(self) -> None:
+        env = self.data.get("env")
+        names = [k for k in env if isinstance(k, str)] if isinstance(env, dict) else []
+        self.env_names = names if self.check_env else None
+        self.agent = agent_words(self.data)
+
+    def add(self, loc: Loc, messages: list[str]) -> None:
+        self.findings.extend(Finding(loc, m) for m in messages)
+
+    def names(self, loc: Loc, text: Any, phase: Phase, *, shell: bool) -> None:
+        """The variables of one template; its ``${...}`` that are no template, when no shell."""
+        if not isinstance(text, str):
+            return
+        for name in template_variables(text):
+            why = check_variable(
+                name, phase, self.captures, self.env_names, after_step=self.after_step
+            )
+            if why is not None:
+                self.findings.append(Finding(loc, why[0], warning=why[1]))
+            elif name.startswith("item.") and phase in ("map", "map.id"):
+                self.item_uses.append(ItemUse(loc, name, every_item=phase == "map.id"))
+        if not shell:
+            for m in _TEMPLATE_LIKE.finditer(text):
+                self.findings.append(Finding(loc, _not_substituted(m.group(0))))
+
+    def not_template(self, loc: Loc, text: Any, what: str) -> None:
+        if isinstance(text, str) and "${" in text:
+            self.findings.append(
+                Finding(loc, f"{what} is not a template: nothing substitutes ${{...}} here")
+            )
+
+    def step(self, here: Loc, step: dict[str, Any], phase: Phase) -> None:
+        for key in ("run", "shell"):
+            text = step.get(key)
+            if isinstance(text, str):
+                self.add((*here, key), shell_problems(text))
+                self.names((*here, key), text, phase, shell=True)
+        argv = step.get("argv")
+        if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+            self.add((*here, "argv"), argv_problems(argv))
+            code = {index for index, _, _ in command_strings(argv)}
+            for index, arg in enumerate(argv):
+                self.names((*here, "argv"), arg, phase, shell=index in code)
+        prompt = step.get("claude")
+        if isinstance(prompt, str):
+            words = [*self.agent, prompt]
+            self.add((*here, "claude"), argv_problems(words, literal=len(self.agent)))
+            is_code = any(index == len(self.agent) for index, _, _ in command_strings(words))
+            self.names((*here, "claude"), prompt, phase, shell=is_code)
+        env = step.get("env")
+        if isinstance(env, dict):
+            for key, value in env.items():
+                self.names((*here, "env", key), value, phase, shell=False)
+        artifacts = step.get("artifacts")
+        if isinstance(artifacts, list):
+            for index, pattern in enumerate(artifacts):
+                self.names((*here, "artifacts", index), pattern, phase, shell=False)
+        self.not_template((*here, "cwd"), step.get("cwd"), "cwd")
+        self.handlers(step.get("on_failure"), (*here, "on_failure"), phase)
+        capture = step.get("capture_output")
+        if isinstance(capture, str):
+            self.captures.add(capture)
+
+    def handlers(self, raw: Any, loc: Loc, phase: Phase) -> None:
+        """``on_failure`` steps: they see the failed step as ``last``; what they capture is lost."""
+        captures, after = set(self.captures), self.after_step
+        for here, step in steps_of(raw, loc):
+            self.after_step = True
+            self.step(here, step, phase)
+        self.captures, self.after_step = captures, after
+
+    def steps(self, raw: Any, loc: Loc, phase: Phase) -> None:
+        """A phase's steps: in an item each step after the first has ``last``; a setup or
+        reduce step runs alone."""
+        for index, (here, step) in enumerate(steps_of(raw, loc)):
+            self.after_step = phase == "map" and index > 0
+            self.step(here, step, phase)
+        self.after_step = False
+
+    def run(self) -> None:
+        data = self.data
+        self.steps(data.get("setup"), ("setup",), "setup")
+        spec = data.get("map")
+        if isinstance(spec, dict):
+            command = spec.get("command")
+            if isinstance(command, str):
+                self.add(("map", "command"), shell_problems(command))
+                self.names(("map", "command"), command, "map.command", shell=True)
+            self.names(("map", "id"), spec.get("id"), "map.id", shell=False)
+            self.not_template(("map", "input"), spec.get("input"), "map.input")
+            setup_captures = set(self.captures)  # an item's captures are its own
+            self.steps(spec.get("agent_template"), ("map", "agent_template"), "map")
+            self.captures = setup_captures
+        cache = data.get("cache")
+        if isinstance(cache, dict):
+            for key in ("key", "inputs"):
+                values = cache.get(key)
+                for index, text in enumerate(values if isinstance(values, list) else []):
+                    if key == "key":
+                        self.names(("cache", key, index), text, "map", shell=False)
+                    else:
+                        self.not_template(("cache", key, index), text, "cache.inputs")
+        self.steps(data.get("reduce"), ("reduce",), "reduce")
+
+
+def _not_substituted(written: str) -> str:
+    shown = written if len(written) <= 60 else written[:57] + "..."
+    m = re.match(r"\$\{([A-Za-z0-9_.\-]+)", written)
+    name = m.group(1) if m else "name"
+    return (
+        f"{shown} is not a variable: it would be passed as it is (the engine's variables "
+        f"are ${{name}} or ${{name.field}}, without defaults or filters: use ${{{name}}})"
+    )
+
+
+def _map_expressions(spec: dict[str, Any]) -> list[Finding]:
+    """The map's expressions compiled, and its inline items checked, as when a run loads them."""
+    findings: list[Finding] = []
+    checks: list[tuple[str, Callable[[str], object]]] = [
+        ("json_path", compile_json_path),
+        ("filter", compile_filter),
+        ("sort_by", parse_sort),
+    ]
+    for key, compile_it in checks:
+        text = spec.get(key)
+        if not isinstance(text, str):
+            continue
+        try:
+            compile_it(text)
+        except ItemsError as exc:
+            findings.append(Finding(("map", key), str(exc).removeprefix(f"map.{key}: ")))
+    items = spec.get("items")
+    for index, value in enumerate(items if isinstance(items, list) else []):
+        why = check_value(value)
+        if why is not None:
+            findings.append(Finding(("map", "items", index), why))
+            break
+    return findings
+
+
+def check_document(data: dict[str, Any], *, check_env: bool = False) -> TemplateChecks:
+    """Every template and expression of a parsed workflow, whatever the schema says of it."""
+    checks = TemplateChecks(data, check_env)
+    checks.run()
+    spec = data.get("map")
+    if isinstance(spec, dict):
+        checks.findings.extend(_map_expressions(spec))
+    return checks
