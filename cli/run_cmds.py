@@ -98,6 +98,11 @@ NO_PROGRESS = click.option(
 )
 @NO_CACHE
 @REFRESH_CACHE
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Start even when a step's program is not found on PATH (those steps will fail).",
+)
 @AS_JSON
 @NO_PROGRESS
 @click.pass_obj
@@ -110,14 +115,18 @@ def run_cmd(
     executor: str,
     no_cache: bool,
     refresh_cache: bool,
+    allow_missing: bool,
     as_json: bool,
     no_progress: bool,
 ) -> None:
     """Run a workflow: setup, the map over its items in parallel, reduce.
 
-    Exit 0 when every item succeeded; 1 when the run finished with failed or
-    dead-lettered items or failed; 2 on bad input; 3 when the run is locked;
-    130 when interrupted (resumable).
+    Before a new run is created, the workflow is checked as `engine validate`
+    checks it, and the machine for what the run needs: the map's input file,
+    and each step's program on PATH (see --allow-missing); a refusal leaves
+    no run behind. Exit 0 when every item succeeded; 1 when the run finished
+    with failed or dead-lettered items or failed; 2 on bad input; 3 when the
+    run is locked; 130 when interrupted (resumable).
     """
     if executor != "local":
         raise EngineError(
@@ -133,6 +142,7 @@ def run_cmd(
         variables=_variables(variables),
         no_cache=no_cache,
         refresh_cache=refresh_cache,
+        allow_missing=allow_missing,
     )
     drive(obj, lambda o: execute_run(loaded, obj.home, o), options, as_json, no_progress)
 
@@ -345,8 +355,10 @@ def validate_cmd(workflow: Path, as_json: bool) -> None:
     expressions (RE2), inline items; a missing map.input file; and, when the
     items can be read without running a command, each ${item.FIELD} against
     them. Warnings (printed, exit 0): a field some items lack, an env name
-    not set. The file must be a regular file within ENGINE_MAX_WORKFLOW_BYTES
-    (1 MiB). Exit 0 when it is valid, 2 when it is not.
+    not set, a step's program not on PATH here (`engine run` refuses to start
+    without it unless --allow-missing). The file must be a regular file
+    within ENGINE_MAX_WORKFLOW_BYTES (1 MiB). Exit 0 when it is valid, 2 when
+    it is not.
     """
     try:
         spec, problems = validate_workflow(workflow)

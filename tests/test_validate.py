@@ -313,6 +313,26 @@ def test_other_tools_spellings_get_our_name_and_are_not_read(
     assert "unknown key" in line and expected in line
 
 
+def test_a_program_not_on_path_is_a_warning(tmp_path: Path) -> None:
+    proc = _validate(
+        tmp_path,
+        """\
+        name: t
+        map:
+          items: [1]
+          agent_template:
+            - argv: [no-such-program-i11, x]
+            - run: cd . && no-such-program-i11    # not the first word: not looked up
+            - run: ./made-by-an-earlier-step
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (line,) = _lines(proc)
+    assert line.startswith("wf.yml:5: map.agent_template[0].argv: warning: program ")
+    assert "'no-such-program-i11' is not found on PATH" in line
+    assert "engine run --allow-missing" in line
+
+
 def test_the_safe_form_of_arithmetic_validates_and_keeps_values_out_of_code(
     tmp_path: Path,
 ) -> None:

@@ -1,23 +1,37 @@
-"""A new run: its id, its directory and ledger, the frozen workflow, ``run.created``."""
+"""A new run: its id, its directory and ledger, the frozen workflow, ``run.created``.
+
+Before anything is created, :func:`~engine.workflow.load.preflight` checks
+what the run needs of the machine (the map's input file, the steps'
+programs), so that a refusal leaves no run behind. A run whose items cannot
+be read from its file or inline items (bad input, exit 2), before any setup
+step ran, holds nothing but its opening and its failure: its directory is
+removed, and ``latest`` stays the run before it. One whose ``map.command``
+ran, or whose setup steps did, is kept, failed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import os
 import secrets as _secrets
+import shutil
 import socket
 from pathlib import Path
 
 from engine import engine_version
+from engine.errors import ItemsError
 from engine.run.context import RunContext
 from engine.run.driver import drive
 from engine.run.loading import in_thread
 from engine.run.options import RunOptions, RunResult
 from engine.store.content import INLINE_LIMIT
 from engine.store.workspace import save_snapshot, take_snapshot
-from engine.workflow.load import LoadedWorkflow
+from engine.workflow.load import LoadedWorkflow, preflight
+from ledger import LedgerReader
 from ledger.atomic import atomic_write
+from ledger.errors import LedgerError
 from ledger.events import Event, RunCreated, RunStarted
 
 __all__ = ["create_run", "new_run_id"]
@@ -37,6 +51,9 @@ async def create_run(
     """Create the run and drive it (``create=False``: the ledger exists, not ``run.created``)."""
     run = RunContext(loaded, run_dir, run_id, options)
     home = run_dir.parent.parent
+    new = create and not run_dir.exists()
+    if create:
+        preflight(loaded, run.process_env(), allow_missing=options.allow_missing)
     run.open(create=create)
     try:
         opening = await _opening(run, home)
@@ -44,7 +61,35 @@ async def create_run(
         assert run.writer is not None
         run.writer.close()
         raise
-    return await drive(run, opening)
+    try:
+        return await drive(run, opening)
+    except ItemsError as exc:
+        if new and _nothing_ran(run):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(run.run_dir)
+            raise ItemsError(
+                exc.message,
+                hint=f"{exc.hint + '; ' if exc.hint else ''}nothing ran: no run was kept",
+            ) from None
+        raise
+
+
+_OPENING_ONLY = frozenset(
+    {"lock.acquired", "ledger.recovered", "run.created", "run.started", "run.failed"}
+)
+"""Records of a run that failed before any step or item: nothing worth keeping."""
+
+
+def _nothing_ran(run: RunContext) -> bool:
+    """No command ran: the items came from a file or inline (not ``map.command``), and the
+    ledger holds only the opening and the failure (no step started, no item)."""
+    if run.spec.map is None or run.spec.map.command is not None:
+        return False
+    try:
+        records = LedgerReader(run.run_dir / "ledger.ndjson").records()
+        return all(r.type in _OPENING_ONLY for r in records)
+    except (OSError, LedgerError):
+        return False
 
 
 async def _opening(run: RunContext, home: Path) -> list[Event]:

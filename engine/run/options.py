@@ -32,6 +32,8 @@ class RunOptions:
     """Resume with a workflow whose file differs from the run's frozen copy."""
     no_cache: bool = False
     refresh_cache: bool = False
+    allow_missing: bool = False
+    """A new run starts even when a step's program is not found on ``PATH``."""
     warn: Callable[[str], None] = lambda _message: None
     """Where warnings go (a resume in a workspace that changed)."""
     clock: Callable[[], float] = time.time

@@ -7,9 +7,11 @@ written, so they run even when the schema refuses something elsewhere.
 Unknown keys get a "did you mean" when a known key is close, or when they
 are another tool's spelling of one (:mod:`engine.workflow.hints`).
 
-Two levels: :func:`load_workflow` checks the file alone (``engine run``,
-``engine resume``); :func:`validate_workflow` also checks the map's input
-file, and reads the items when it can (``engine validate``).
+Three levels: :func:`load_workflow` checks the file alone (``engine run``,
+``engine resume``); :func:`preflight` checks what a new run needs of the
+machine before anything is created (the map's input file, the steps'
+programs); :func:`validate_workflow` does both and reads the items when it
+can (``engine validate``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import difflib
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ from engine.redact import secret_template_problems
 from engine.workflow.checks import TemplateChecks, check_document
 from engine.workflow.hints import foreign_hint
 from engine.workflow.problems import Finding, Loc, Problem, locate
+from engine.workflow.programs import missing_programs
 from engine.workflow.reading import Refused, load_yaml, parse_yaml
 from engine.workflow.sourcecheck import check_source, input_missing
 from engine.workflow.spec import Workflow
@@ -43,6 +49,8 @@ __all__ = [
     "load_workflow",
     "load_yaml",
     "parse_workflow",
+    "preflight",
+    "run_environment",
     "validate_workflow",
 ]
 
@@ -56,6 +64,10 @@ class LoadedWorkflow:
     text: str
     hash: str
     """``sha256:<hex>`` of the file's bytes."""
+    document: Any = field(default=None, compare=False, repr=False)
+    """The parsed document, as written (what :func:`preflight` reads)."""
+    shown: str = ""
+    """The file as the user named it (in messages); ``path`` is resolved."""
 
     @property
     def directory(self) -> Path:
@@ -271,7 +283,44 @@ def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkfl
         path=path.resolve(),
         text=text,
         hash=digest,
+        document=checked.data,
+        shown=str(path),
     )
+
+
+def run_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a run's commands get (this process's, with ``env`` over it).
+
+    The ``engine`` executable's directory comes first on ``PATH``, as in a run.
+    """
+    out = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    current = out.get("PATH", "")
+    if bin_dir not in current.split(os.pathsep):
+        out["PATH"] = bin_dir + (os.pathsep + current if current else "")
+    out.update(env)
+    return out
+
+
+def preflight(
+    loaded: LoadedWorkflow, env: Mapping[str, str], *, allow_missing: bool = False
+) -> None:
+    """What a new run needs of the machine before it is created; WorkflowError when it lacks it.
+
+    ``env``: the run's environment (:func:`run_environment`). A program not
+    found is an error unless ``allow_missing``; a ``map.input`` that is not
+    there, and that no setup step mentions, always is.
+    """
+    data = loaded.document
+    if not isinstance(data, dict):
+        return
+    findings = [] if allow_missing else missing_programs(data, env)
+    missing = input_missing(data, loaded.directory)
+    if missing is not None and not missing.warning:
+        findings.append(missing)
+    if findings:
+        root, _ = parse_yaml(loaded.text)
+        raise WorkflowError(locate(loaded.shown or str(loaded.path), root, findings))
 
 
 def validate_workflow(path: str | Path) -> tuple[Workflow | None, list[Problem]]:
@@ -279,8 +328,9 @@ def validate_workflow(path: str | Path) -> tuple[Workflow | None, list[Problem]]
 
     The file, its templates and expressions; the map's input file and, when
     they can be read without running a command, its items against the
-    templates. Raises WorkflowError only when the file is not a YAML
-    mapping, InputRefused when it cannot be read.
+    templates; the steps' programs on ``PATH`` (warnings: the machine that
+    runs the workflow may differ). Raises WorkflowError only when the file
+    is not a YAML mapping, InputRefused when it cannot be read.
     """
     path = Path(path)
     _, text = _read(path, None)
@@ -294,6 +344,10 @@ def validate_workflow(path: str | Path) -> tuple[Workflow | None, list[Problem]]
         if isinstance(k, str) and isinstance(v, str)
     }
     findings = list(checked.findings)
+    findings += [
+        Finding(f.loc, f.message, warning=True)
+        for f in missing_programs(data, run_environment(env))
+    ]
     uses = checked.templates.item_uses if checked.templates else []
     selection = {("map", key) for key in ("json_path", "filter", "sort_by", "items", "id")}
     said = any(f.loc[:2] in selection and not f.warning for f in findings)
