@@ -64,6 +64,25 @@ def fixture_run(tmp_path: Path) -> Path:
     return run_dir
 
 
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def own_pids() -> Iterator[list[int]]:
+    """Pids of processes this test caused to exist; any still alive at the end are killed."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "home"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGINE
+from tests.conftest import ENGINE, alive
 from tests.engine_helpers import wait_for
 
 DEADLINE = 20.0
@@ -456,7 +456,7 @@ def test_signal_while_items_load(name: str, signum: int, phase: str, tmp_path: P
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) <= 1, stderr
     if phase == "command":
         pid = int(ready.read_text())
-        wait_for(lambda: not _alive(pid), what="the map command to be gone")
+        wait_for(lambda: not alive(pid), what="the map command to be gone")
 
 
 def _has_open(pid: int, path: Path) -> bool:
@@ -472,15 +472,3 @@ def _has_open(pid: int, path: Path) -> bool:
         except OSError:
             continue
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

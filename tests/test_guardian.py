@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engine.exec.local.executor import LocalExecutor
 from engine.exec.local.procfs import run_processes
+from tests.conftest import alive
 from tests.engine_helpers import DEADLINE, wait_for
 
 ROOT = Path(__file__).parent.parent
@@ -41,14 +42,6 @@ asyncio.run(main())
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_an_engine_killed_by_sigkill_takes_its_attempts_with_it(tmp_path: Path) -> None:
     engine = subprocess.run(
         [sys.executable, "-c", ENGINE, str(tmp_path)],
@@ -58,7 +51,7 @@ def test_an_engine_killed_by_sigkill_takes_its_attempts_with_it(tmp_path: Path) 
     )
     assert engine.returncode == -signal.SIGKILL
     pid = int((tmp_path / "pid").read_text())
-    wait_for(lambda: not _alive(pid), what="the attempt to end with its engine")
+    wait_for(lambda: not alive(pid), what="the attempt to end with its engine")
 
 
 def test_reclaim_stops_a_leftover_of_the_run_and_only_that(tmp_path: Path) -> None:

@@ -8,15 +8,14 @@ test only ever looks at, or signals, processes it started itself.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ledger import LedgerReader
+from tests.conftest import alive
 from tests.engine_helpers import records, run_workflow, wait_for, write_workflow
 
 WORKER = """\
@@ -52,24 +51,6 @@ if os.environ["ENGINE_ATTEMPT"] == "1":
 with witness.open("a") as f:
     f.write(f"done attempt {os.environ['ENGINE_ATTEMPT']}\\n")
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
-
-@pytest.fixture
-def own_pids() -> Iterator[list[int]]:
-    """Pids this test caused to exist; any still alive at the end are killed."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _cli(*args: str) -> list[str]:
@@ -109,7 +90,7 @@ def test_resume_with_the_home_spelled_differently_stops_the_dead_engines_leftove
         engine.wait()
     worker = int(pid_file.read_text())
     own_pids.append(worker)
-    assert _alive(worker)
+    assert alive(worker)
 
     # Another working directory, the same home spelled relative to it.
     resumed = subprocess.run(
@@ -125,7 +106,7 @@ def test_resume_with_the_home_spelled_differently_stops_the_dead_engines_leftove
     witness = (first_cwd / "witness.log").read_text()
     assert "overlap" not in witness, witness
     assert witness == "done attempt 2\n"
-    assert not _alive(worker)
+    assert not alive(worker)
     records = list(LedgerReader(first_cwd / "h" / "runs" / "r" / "ledger.ndjson").records())
     interrupted = [r.data for r in records if r.type == "item.failed"]
     assert len(interrupted) == 1
@@ -175,7 +156,7 @@ def test_what_a_successful_step_leaves_in_its_group_is_stopped_when_it_ends(
     pid = _pid(tmp_path / pid_file)
     own_pids.append(pid)
     assert (result.status, result.exit_code) == ("completed", 0)
-    assert not _alive(pid), "the background process outlived its step"
+    assert not alive(pid), "the background process outlived its step"
     (succeeded,) = records(result, "item.succeeded")
     assert succeeded.data.stderr is not None
     log = (result.run_dir / succeeded.data.stderr.path).read_text()
@@ -204,7 +185,7 @@ def test_a_process_that_left_its_group_is_stopped_and_reported_at_the_end_of_the
     pid = _pid(tmp_path / "setsid.pid")
     own_pids.append(pid)
     assert (result.status, result.exit_code) == ("completed", 0)
-    assert not _alive(pid)
+    assert not alive(pid)
     (leftovers,) = records(result, "run.leftovers")
     assert leftovers.data.stopped is True
     assert [(p.pid, p.item) for p in leftovers.data.processes] == [(pid, "one")]
@@ -232,7 +213,7 @@ def test_allow_background_keeps_them_and_the_end_of_the_run_says_so(
     pid = _pid(tmp_path / "bg.pid")
     own_pids.append(pid)
     assert (result.status, result.exit_code) == ("completed", 0)
-    assert _alive(pid)
+    assert alive(pid)
     (leftovers,) = records(result, "run.leftovers")
     assert leftovers.data.stopped is False
     assert [p.pid for p in leftovers.data.processes] == [pid]
@@ -272,7 +253,7 @@ def test_an_orphan_that_left_its_session_and_cleared_its_environment_is_stopped(
     pids = [_pid(tmp_path / f"{item}.pid") for item in ("ok", "fails")]
     own_pids.extend(pids)
     assert run.returncode == 1, run.stderr  # one item failed, as written
-    assert [pid for pid in pids if _alive(pid)] == [], "an orphan outlived the run"
+    assert [pid for pid in pids if alive(pid)] == [], "an orphan outlived the run"
     assert "2 processes of run orphan outlived their steps, stopped" in run.stderr
     ledger = tmp_path / "home" / "runs" / "orphan" / "ledger.ndjson"
     (leftovers,) = [r for r in LedgerReader(ledger).records() if r.type == "run.leftovers"]

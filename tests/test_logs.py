@@ -10,15 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
@@ -49,24 +46,6 @@ def _ledger(home: Path, run_id: str) -> list[Record]:
 
 def _hidden(run_dir: Path) -> list[str]:
     return sorted(p.name for p in (run_dir / "logs").iterdir() if p.name.startswith("."))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
-
-@pytest.fixture
-def own_pids() -> Iterator[list[int]]:
-    """Pids of processes this test's steps started; any still alive at the end are killed."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 # --- reading ---------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Each attempt of item ``I`` writes each stream (``stdout``, ``stderr``) as it
 comes to ``logs/.<base>.<stream>.tmp`` and, once the attempt has ended and
 the file is durable, renames it to ``logs/<base>.<stream>``, where
 ``<base>`` is the first 16 hex digits of SHA-256 of ``I``, ``-``, and the
-attempt number. The attempt's ``item.succeeded`` or ``item.failed`` record
+attempt number (a setup or reduce step hashes its phase in as well, so no
+item shares its files). The attempt's ``item.succeeded`` or ``item.failed`` record
 names the final file (a :class:`~ledger.events.LogRef`: path, sha256, size).
 An attempt that printed nothing on a stream has no file for it.
 
