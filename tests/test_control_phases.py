@@ -329,3 +329,38 @@ def test_a_signal_ends_a_run_paused_between_steps(tmp_path: Path, engines: list[
     assert engine.wait() == 130  # interrupted, resumable: nothing more recorded
     assert _steps(engine, "setup") == [0] and engine.types()[-1] == "step.succeeded"
     assert json.loads(_engine(tmp_path, "status", "--json").stdout)["status"] == "interrupted"
+
+
+def test_a_request_left_for_a_dead_engine_is_not_revived_by_a_later_one(
+    tmp_path: Path, engines: list[Engine]
+) -> None:
+    """A cancel whose engine died before it answered is ignored by the next engine, even
+    once another request (a pause) is written beside it."""
+    engine = Engine(tmp_path, MAP.format(gated=GATED.format(gate="open")))
+    engines.append(engine)
+    wait_for(lambda: engine.has("item.dispatched", 2), what="two running attempts")
+    engine.proc.send_signal(signal.SIGKILL)
+    engine.wait()
+    # What `engine cancel` leaves when its engine dies before answering.
+    (engine.run_dir / control.CONTROL_FILE).write_text(
+        json.dumps({"cancel": "graceful", "cancel_by": "earlier", "cancel_at": 1.0e9})
+    )
+    resumed = subprocess.Popen(
+        [ENGINE, "resume", engine.run_id, "--no-progress"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    engine.proc = resumed  # reaped by the fixture if the test fails
+    wait_for(lambda: engine.has("run.resumed"), what="the resume")
+    wait_for(lambda: engine.has("item.dispatched", 4), what="the resumed attempts")
+    paused = _engine(tmp_path, "pause", engine.run_id)
+    assert paused.returncode == 0, paused.stderr
+    engine.open("open")
+    unpaused = _engine(tmp_path, "unpause", engine.run_id)
+    assert unpaused.returncode == 0, unpaused.stderr
+    assert engine.wait() == 0, engine.stderr
+    types = engine.types()
+    assert "run.cancel_requested" not in types and types[-1] == "run.completed"

@@ -55,8 +55,8 @@ def test_a_request_is_written_then_answered_from_the_ledger(
     assert answer.type == "run.paused" and answer.data.by == "someone"
     assert answer.seq == max(r.seq for r in LedgerReader(ref.ledger).records())
     asked = msgspec.json.decode(path.read_bytes())
-    assert asked["paused"] is True and asked["by"] == "me@here pid 1"
-    assert abs(asked["at"] - time.time()) < DEADLINE
+    assert asked["paused"] is True and asked["paused_by"] == "me@here pid 1"
+    assert abs(asked["paused_at"] - time.time()) < DEADLINE
 
 
 def test_an_answer_recorded_before_the_watch_is_up_is_not_missed(

@@ -3,17 +3,21 @@
 **Asking** (:func:`request`, for ``engine pause|unpause|cancel``): the
 state wanted is written to ``control/control.json`` in the run directory,
 atomically (a directory of its own, so that the engine's watch never wakes
-for the ledger's appends): ``paused``, ``cancel``, with who asked (``by``)
-and when (``at``). The asker then waits, watching the ledger (inotify,
-through watchfiles), for the engine's answer: the record that says it was
-done (``run.paused``, ``run.unpaused``, ``run.aborted``), for at most
+for the ledger's appends): ``paused`` and ``cancel``, each with who asked
+(``paused_by``, ``cancel_by``) and when (``paused_at``, ``cancel_at``). An
+engine takes only what was asked since it started: a cancel left for an
+engine that died is not revived by a later pause. The asker then waits,
+watching the ledger (inotify, through watchfiles), for the engine's answer:
+the record that says it was done (``run.paused``, ``run.unpaused``,
+``run.aborted``), for at most
 :data:`CONFIRM_WAIT` seconds (:data:`CANCEL_WAIT` for a graceful cancel:
 the attempts' grace period comes first).
 
-**The engine** holding the run (:class:`ControlWatcher`) watches the file,
-records each change in the ledger (only the lock holder writes it) and
-acts: no new dispatches while paused; on cancel, no new dispatches, running
-attempts terminated (at once with ``force``), and ``run.aborted``.
+**The engine** holding the run watches the file
+(:class:`engine.run.watcher.ControlWatcher`), records each change in the
+ledger (only the lock holder writes it) and acts: no new dispatches while
+paused; on cancel, no new dispatches, running attempts terminated (at once
+with ``force``), and ``run.aborted``.
 
 **Without an engine** the few changes that need none are written here, each
 under the run's lock like any other writer's: :func:`cancel_unheld`
@@ -23,12 +27,9 @@ and :func:`ack` (``pattern.acknowledged``, in the home's patterns ledger).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import getpass
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,14 +40,12 @@ import msgspec
 from engine.errors import NotConfirmed, NotRunning
 from engine.exec.executor import AttemptRequest
 from engine.home import RunRef
-from engine.run.context import RunContext
 from ledger.atomic import atomic_write, make_private_dir
 from ledger.events import (
     DLQPurged,
     PatternAcknowledged,
     Record,
     RunAborted,
-    RunCancelRequested,
     RunCompleted,
     RunFailed,
     RunPaused,
@@ -64,7 +63,6 @@ __all__ = [
     "CONTROL_FILE",
     "ENDINGS",
     "KILL_GRACE",
-    "ControlWatcher",
     "ack",
     "asked",
     "cancel_unheld",
@@ -184,7 +182,11 @@ def request(
             current = {}
     except (OSError, msgspec.DecodeError):
         current = {}
-    current.update(change, by=by if by is not None else who(), at=time.time())
+    current.pop("by", None)  # the one-time form of earlier versions
+    current.pop("at", None)
+    asker, now = by if by is not None else who(), time.time()
+    for key, value in change.items():
+        current.update({key: value, f"{key}_by": asker, f"{key}_at": now})
     make_private_dir(path.parent)
     atomic_write(path, msgspec.json.encode(current))
     left = wait - (time.monotonic() - since if since is not None else 0.0)
@@ -329,168 +331,3 @@ def ack(home: Path, signature: str, note: str, *, link: str | None, by: str) -> 
         path.parent, "patterns", create=not path.exists(), command="engine patterns ack"
     ) as writer:
         writer.append(PatternAcknowledged(signature=signature, note=note, ref=link, by=by))
-
-
-# --- the engine's side --------------------------------------------------------------
-
-
-class _Watching:
-    """The watch's stop event; its first check says the watch is up.
-
-    watchfiles asks ``is_set()`` only once its watcher exists (inotify set on
-    the directory), so from the first call on no change is missed.
-    """
-
-    def __init__(self, on_up: Callable[[], None]) -> None:
-        self.stop = threading.Event()
-        self._on_up: Callable[[], None] | None = on_up
-
-    def is_set(self) -> bool:
-        if self._on_up is not None:
-            on_up, self._on_up = self._on_up, None
-            on_up()
-        return self.stop.is_set()
-
-
-class ControlWatcher:
-    """``control.json`` seen by the running engine: each change recorded, and acted on.
-
-    A request is never lost, whatever the phase it lands in: the file is
-    read as the engine starts and again once the watch is up (a request
-    written in between is seen then), on every change the watch reports, and
-    by the driver at each phase's start (:meth:`apply`, :meth:`unpaused`),
-    which does not wait for the watch to report: a request written before a
-    phase starts is acted on before that phase does anything.
-    """
-
-    def __init__(self, run: RunContext) -> None:
-        self.run = run
-        self.path = run.run_dir / CONTROL_FILE
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop = _Watching(self._up)
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._lock = asyncio.Lock()
-        self._changed = asyncio.Event()
-        """Set when the run's control state may have changed (a request, a signal)."""
-
-    async def start(self) -> None:
-        make_private_dir(self.path.parent)
-        self._loop = loop = asyncio.get_running_loop()
-        # A thread of its own, stopped and joined when the run ends: nothing
-        # lingers after it (a later fork must find the process single-threaded).
-        self._thread = threading.Thread(
-            target=self._watch, args=(loop,), name="engine-control", daemon=True
-        )
-        self._thread.start()
-        # A request made while this engine was starting (after it took the lock)
-        # is acted on now; one left for an engine that is gone is not.
-        await self.apply()
-
-    async def stop(self) -> None:
-        self._stop.stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5.0)
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    def wake(self) -> None:
-        """The run's state changed outside a request (a signal): :meth:`unpaused` looks again."""
-        self._changed.set()
-
-    def _up(self) -> None:
-        """The watch is up (in its thread): read the file once more, for what came before."""
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self._loop.call_soon_threadsafe(self._schedule)
-
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        import watchfiles  # noqa: PLC0415 - imported when a run starts, not by every command
-
-        target = str(self.path)
-
-        def only_control(_change: object, path: str) -> bool:
-            return path == target
-
-        try:
-            for _changes in watchfiles.watch(
-                self.path.parent,
-                watch_filter=only_control,
-                stop_event=self._stop,
-                debounce=50,
-                step=50,  # the watcher checks for the stop every step: not too often
-                recursive=False,
-                raise_interrupt=False,
-            ):
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(self._schedule)
-        except Exception as exc:  # e.g. no inotify watch left: the phases still read the file
-            line = (
-                f"engine: cannot watch {self.path.parent} ({type(exc).__name__}: {exc}); "
-                "pause and cancel requests are taken between steps only"
-            )
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.run.options.warn, line)
-
-    def _schedule(self) -> None:
-        task = asyncio.ensure_future(self.apply())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def unpaused(self) -> None:
-        """Once the run is not paused, or is stopping (a signal, a cancel), return.
-
-        The file is read first: a request written before this phase starts counts.
-        """
-        await self.apply()
-        run = self.run
-        while run.p.run.paused and not run.stopping:
-            self._changed.clear()
-            await self._changed.wait()
-
-    async def apply(self) -> None:
-        """Record and act on what ``control.json`` asks, where it differs from the ledger."""
-        async with self._lock:
-            wanted = self._wanted()
-            if wanted is None:
-                return
-            by = str(wanted.get("by", ""))[:200]
-            run = self.run
-            state = run.p.run
-            paused = bool(wanted.get("paused", False))
-            cancel = wanted.get("cancel")
-            cancelling = cancel in ("graceful", "force") and not state.cancel_requested
-            pausing = paused != state.paused and not state.cancel_requested
-            if not (pausing or cancelling):
-                return
-            scheduler = run.scheduler
-            if scheduler is not None and (paused or cancelling):
-                # Nothing is dispatched while the pause or the cancel is made
-                # durable: no ``item.dispatched`` comes after its record.
-                scheduler.held = True
-            try:
-                if pausing:
-                    await run.append([RunPaused(by=by) if paused else RunUnpaused(by=by)])
-                if cancelling:
-                    force = cancel == "force"
-                    await run.append([RunCancelRequested(by=by, force=force)])
-                    run.halt("cancelled", force=force)
-            finally:
-                if scheduler is not None:
-                    scheduler.held = False
-                    scheduler.wake.set()
-                self._changed.set()
-
-    def _wanted(self) -> dict[str, Any] | None:
-        """What ``control.json`` asks of this engine; None when nothing (or an earlier one)."""
-        try:
-            wanted = msgspec.json.decode(self.path.read_bytes())
-        except (OSError, msgspec.DecodeError):
-            return None
-        if not isinstance(wanted, dict):
-            return None
-        at = wanted.get("at")
-        if not isinstance(at, int | float) or at < self.run.began:
-            return None  # asked of an earlier engine
-        return wanted

@@ -8,7 +8,7 @@ exit 130, resumable), cancelled (``run.aborted``, exit 130), failed
 last, never with an item running or pending.
 
 While it drives, SIGINT and SIGTERM stop the run (:func:`handling_signals`)
-and ``control.json`` is watched (:class:`~engine.run.control.ControlWatcher`).
+and ``control.json`` is watched (:class:`~engine.run.watcher.ControlWatcher`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from engine.errors import IncompleteMap, ItemsError
 from engine.exec.local import orphans
 from engine.map.scheduler import MapScheduler
 from engine.run.context import RunContext, unfinished
-from engine.run.control import ControlWatcher
 from engine.run.enqueue import enqueue
 from engine.run.options import RunResult
 from engine.run.recovery import end_leftovers, requeue_events, settle_interrupted
 from engine.run.steps import map_context, run_steps
+from engine.run.watcher import ControlWatcher
 from engine.store.cache import ItemHooks
 from ledger.errors import EngineError
 from ledger.events import Event, RunAborted, RunCompleted, RunFailed
