@@ -6,8 +6,8 @@ its script says for the current item and attempt (``ENGINE_ITEM_ID``,
 what ``engine mock-agent --help`` prints (and ``docs/cli.md`` shows): the
 script format, each behaviour (:data:`BEHAVIOURS`, the keys :func:`perform`
 acts on) and an example. A script that cannot be read, or a behaviour with
-a key it does not know or a value of the wrong kind, is one line on stderr
-and exit 2.
+a key it does not know or a value of the wrong kind or out of its range, is
+one line on stderr and exit 2 (:data:`CHECKS` holds each key's check).
 """
 
 from __future__ import annotations
@@ -15,30 +15,43 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import os
 import random
 import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
-__all__ = ["BEHAVIOURS", "HELP", "ScriptError", "behavior_for", "help_text", "main", "perform"]
+__all__ = [
+    "BEHAVIOURS",
+    "CHECKS",
+    "HELP",
+    "ScriptError",
+    "behavior_for",
+    "check_script",
+    "help_text",
+    "main",
+    "perform",
+    "pick",
+]
 
 BEHAVIOURS: dict[str, str] = {
-    "sleep": "SECONDS (or [MIN, MAX]: a random time between): wait first",
+    "sleep": "SECONDS, 0 to 86400 (or [MIN, MAX]: a random time between): wait first",
     "ok": "TEXT: print it ({item} and {attempt} filled in) and exit 0; the default: done",
     "json": "VALUE: print it as JSON and exit 0",
     "fail": "MESSAGE: print it to stderr and exit 1 (or `exit`)",
-    "exit": "CODE: the exit code of `ok`, `json` or `fail`",
-    "rate_limit": "true: print a 429 rate-limit error to stderr and exit 1",
-    "hang": "true: print nothing, forever (the engine's timeout or hung_after ends it)",
-    "touch": "SECONDS: while hanging, touch $ENGINE_HEARTBEAT_FILE this often",
-    "signal": "NAME: die by that signal (SIGKILL, SIGSEGV, TERM, ...)",
-    "echo_prompt": "true: print the prompt first",
+    "exit": "CODE, 0 to 255: the exit code of `ok`, `json` or `fail`",
+    "rate_limit": "true (or false): print a 429 rate-limit error to stderr and exit 1",
+    "hang": "true (or false): print nothing, forever (the engine's timeout or hung_after ends it)",
+    "touch": "SECONDS, over 0: while hanging, touch $ENGINE_HEARTBEAT_FILE this often",
+    "signal": "NAME: die by that signal (SIGKILL, SIGSEGV, TERM, ...; one that ends a process)",
+    "echo_prompt": "true (or false): print the prompt first",
 }
 """Every key a behaviour may have, with what it does (the help is made of this)."""
 
@@ -73,10 +86,11 @@ the last one repeats for the attempts after it. Its keys:
 
 {chr(10).join(f"  {key:<12} {text}" for key, text in BEHAVIOURS.items())}
 
---behavior JSON gives one behaviour for every item and attempt instead of a
-script; with neither, it prints "done". --log FILE (or $ENGINE_MOCK_LOG)
-appends a line "start ITEM ATTEMPT EPOCH" as it starts and "end ITEM
-ATTEMPT EPOCH" when it exits normally, for tests that count executions.
+--behavior JSON gives one BEHAVIOUR (a mapping, or a list of them for the
+attempts in turn) for every item instead of a script; with neither, it
+prints "done". --log FILE (or $ENGINE_MOCK_LOG) appends a line "start ITEM
+ATTEMPT EPOCH" as it starts and "end ITEM ATTEMPT EPOCH" when it exits
+normally, for tests that count executions.
 
 Example:
 
@@ -87,7 +101,8 @@ as the last argument:
   agent: {{command: engine mock-agent --script agent.yml -p}}
 
 A script that cannot be read, or a behaviour with a key not listed above
-or a value of the wrong kind, is one line on stderr and exit 2.
+or a value of the wrong kind or out of its range, is one line on stderr and
+exit 2, before the agent does anything (the whole script is checked).
 """
 
 
@@ -95,27 +110,43 @@ class ScriptError(ValueError):
     """A script or a behaviour that cannot be acted out (said in one line)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option said in one line (and exit 2), as a bad script is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _attempt(text: str) -> int:
+    """An attempt number (1, 2, ...), from --attempt or $ENGINE_ATTEMPT."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an attempt number (1, 2, ...)")
+    return number
+
+
 def _parser(width: int | None = None) -> argparse.ArgumentParser:
     def formatter(prog: str) -> argparse.HelpFormatter:
         return argparse.RawDescriptionHelpFormatter(prog, width=width)
 
-    ap = argparse.ArgumentParser(
-        prog="engine mock-agent", description=HELP, formatter_class=formatter
-    )
+    ap = _Parser(prog="engine mock-agent", description=HELP, formatter_class=formatter)
     ap.add_argument(
         "--script",
         metavar="FILE",
         default=os.environ.get("ENGINE_MOCK_SCRIPT"),
         help="the script (default $ENGINE_MOCK_SCRIPT)",
     )
-    ap.add_argument("--behavior", metavar="JSON", help="one behaviour for every item and attempt")
+    ap.add_argument("--behavior", metavar="JSON", help="one BEHAVIOUR (JSON) for every item")
     ap.add_argument(
         "--item", default=os.environ.get("ENGINE_ITEM_ID", "item"), help="default $ENGINE_ITEM_ID"
     )
     ap.add_argument(
         "--attempt",
-        type=int,
-        default=int(os.environ.get("ENGINE_ATTEMPT", "1")),
+        type=_attempt,
+        default=os.environ.get("ENGINE_ATTEMPT", "1"),
         help="default $ENGINE_ATTEMPT, else 1",
     )
     ap.add_argument(
@@ -136,70 +167,158 @@ def help_text(width: int = 100) -> str:
     return _parser(width).format_help().rstrip("\n")
 
 
-def behavior_for(script: dict[str, Any], item: str, attempt: int) -> dict[str, Any]:
-    """The behaviour ``script`` gives ``item`` at ``attempt`` (1-based), checked."""
-    if not isinstance(script, dict):
-        raise ScriptError("the script is not a mapping of items, match and default")
+def behavior_for(script: Any, item: str, attempt: int) -> dict[str, Any]:
+    """The behaviour ``script`` gives ``item`` at ``attempt`` (1-based), the script all checked."""
+    check_script(script)
     choice: Any = None
-    items = script.get("items") or {}
+    items = {str(key): value for key, value in (script.get("items") or {}).items()}
     if item in items:
         choice = items[item]
     else:
         for rule in script.get("match") or []:
-            if not isinstance(rule, dict) or "pattern" not in rule or "do" not in rule:
-                raise ScriptError(f"match rule {rule!r} is not {{pattern: REGEX, do: BEHAVIOUR}}")
-            try:
-                found = re.search(str(rule["pattern"]), item)
-            except re.error as exc:
-                raise ScriptError(f"match pattern {rule['pattern']!r}: {exc}") from None
-            if found:
+            if re.search(str(rule["pattern"]), item):
                 choice = rule["do"]
                 break
     if choice is None:
         choice = script.get("default", {"ok": "done"})
+    return pick(choice, attempt)
+
+
+def pick(choice: Any, attempt: int) -> dict[str, Any]:
+    """The behaviour for ``attempt`` of a checked BEHAVIOUR (a mapping, or a list: the Nth)."""
     if isinstance(choice, list):
-        choice = choice[min(attempt, len(choice)) - 1] if choice else {"ok": "done"}
-    return checked(choice)
+        choice = choice[min(max(attempt, 1), len(choice)) - 1]
+    return dict(choice)
 
 
-def checked(behavior: Any) -> dict[str, Any]:
+SCRIPT_KEYS = ("items", "match", "default")
+"""The keys of a script."""
+
+
+def check_script(script: Any) -> None:
+    """:class:`ScriptError` naming the first thing in ``script`` that cannot be acted out."""
+    if not isinstance(script, dict):
+        raise ScriptError("the script is not a mapping of items, match and default")
+    for key in script:
+        if key not in SCRIPT_KEYS:
+            near = difflib.get_close_matches(str(key), SCRIPT_KEYS, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ScriptError(f"the script's key {key!r} is not items, match or default{hint}")
+    items = script.get("items") or {}
+    if not isinstance(items, dict):
+        raise ScriptError(f"the script's items {items!r} is not a mapping of ITEM_ID: BEHAVIOUR")
+    for item, choice in items.items():
+        check_choice(choice, f"the script's items[{str(item)!r}]")
+    rules = script.get("match") or []
+    if not isinstance(rules, list):
+        raise ScriptError(f"the script's match {rules!r} is not a list of rules")
+    for n, rule in enumerate(rules):
+        if not isinstance(rule, dict) or set(rule) != {"pattern", "do"}:
+            raise ScriptError(f"match rule {rule!r} is not {{pattern: REGEX, do: BEHAVIOUR}}")
+        try:
+            re.compile(str(rule["pattern"]))
+        except re.error as exc:
+            raise ScriptError(f"match pattern {rule['pattern']!r}: {exc}") from None
+        check_choice(rule["do"], f"the script's match[{n}].do")
+    if "default" in script:
+        check_choice(script["default"], "the script's default")
+
+
+def check_choice(choice: Any, where: str = "") -> None:
+    """Check a BEHAVIOUR (a mapping, or a non-empty list of them) found at ``where``."""
+    if isinstance(choice, list):
+        if not choice:
+            raise ScriptError(
+                f"{where or '--behavior'}: an empty list; give at least one behaviour"
+            )
+        for n, behavior in enumerate(choice):
+            checked(behavior, f"{where}[{n}]")
+    else:
+        checked(choice, where)
+
+
+def checked(behavior: Any, where: str = "") -> dict[str, Any]:
     """``behavior`` as a mapping of known keys, or :class:`ScriptError` naming what is wrong."""
+    at = f"{where}: " if where else ""
     if not isinstance(behavior, dict):
-        raise ScriptError(f"behaviour {behavior!r} is not a mapping (e.g. {{ok: done}})")
+        raise ScriptError(f"{at}behaviour {behavior!r} is not a mapping (e.g. {{ok: done}})")
     for key, value in behavior.items():
         if key not in BEHAVIOURS:
             near = difflib.get_close_matches(str(key), BEHAVIOURS, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
-            raise ScriptError(f"unknown behaviour key {key!r}{hint}; see engine mock-agent --help")
-        expected = _expected(key, value)
-        if expected is not None:
-            raise ScriptError(f"behaviour {key}: {value!r} is not {expected}")
+            raise ScriptError(
+                f"{at}unknown behaviour key {key!r}{hint}; see engine mock-agent --help"
+            )
+        fits, expected = CHECKS[key]
+        if not fits(value):
+            raise ScriptError(f"{at}behaviour {key}: {value!r} is not {expected}")
     return dict(behavior)
 
 
-def _expected(key: str, value: Any) -> str | None:
-    """What ``value`` should be for ``key``, when it is not that; None when it is fine."""
-    number = (int, float)
-    if key == "sleep":
-        pair = isinstance(value, list) and len(value) == 2
-        if _is(value, number) or (pair and all(_is(v, number) for v in value)):
-            return None
-        return "a number of seconds, or [MIN, MAX]"
-    if key == "touch" and not _is(value, number):
-        return "a number of seconds"
-    if key == "exit" and not _is(value, (int,)):
-        return "an exit code"
-    if key == "signal":
-        name = str(value).upper()
-        if not isinstance(
-            getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None), signal.Signals
-        ):
-            return "a signal's name (SIGKILL, TERM, ...)"
-    return None
+MAX_SECONDS = 86400
+"""The longest ``sleep`` or ``touch`` (a day; ``hang`` waits for ever)."""
+
+_NOT_DEADLY = {"SIGCHLD", "SIGCLD", "SIGCONT", "SIGURG", "SIGWINCH"}
+_NOT_DEADLY |= {"SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU"}
+"""Signals whose default action ignores the signal or stops the process: no death by them."""
 
 
-def _is(value: Any, types: tuple[type, ...]) -> bool:
-    return isinstance(value, types) and not isinstance(value, bool)
+def _number(value: Any, low: float, high: float, *, above: bool = False) -> bool:
+    """``value`` is a number (not a bool) in [low, high] (or (low, high] when ``above``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return (value > low if above else value >= low) and value <= high
+
+
+def _seconds(value: Any) -> bool:
+    return _number(value, 0, MAX_SECONDS)
+
+
+def _sleep(value: Any) -> bool:
+    if isinstance(value, list):
+        return len(value) == 2 and all(map(_seconds, value)) and value[0] <= value[1]
+    return _seconds(value)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) or _number(value, -math.inf, math.inf)
+
+
+def _json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _signal(value: Any) -> bool:
+    name = str(value).upper() if isinstance(value, str) else ""
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    known = isinstance(getattr(signal, name, None), signal.Signals)
+    return known and name not in _NOT_DEADLY
+
+
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "sleep": (
+        _sleep,
+        f"a number of seconds from 0 to {MAX_SECONDS}, or [MIN, MAX]"
+        f" with 0 <= MIN <= MAX <= {MAX_SECONDS}",
+    ),
+    "ok": (_text, "a text (a string or a number)"),
+    "json": (_json, "a JSON value (no NaN, Infinity or dates)"),
+    "fail": (_text, "a message (a string or a number)"),
+    "exit": (lambda v: _number(v, 0, 255) and isinstance(v, int), "an exit code from 0 to 255"),
+    "rate_limit": (lambda v: isinstance(v, bool), "true or false"),
+    "hang": (lambda v: isinstance(v, bool), "true or false"),
+    "touch": (
+        lambda v: _number(v, 0, MAX_SECONDS, above=True),
+        f"a number of seconds above 0, at most {MAX_SECONDS}",
+    ),
+    "signal": (_signal, "the name of a signal that ends a process (SIGKILL, TERM, SEGV, ...)"),
+    "echo_prompt": (lambda v: isinstance(v, bool), "true or false"),
+}
+"""Every behaviour key: what fits its value, and what that is in words (for the one-line error)."""
 
 
 def _log(path: str | None, what: str, item: str, attempt: int) -> None:
@@ -257,9 +376,11 @@ def perform(
 def _behavior(args: argparse.Namespace) -> dict[str, Any]:
     if args.behavior:
         try:
-            return checked(json.loads(args.behavior))
+            choice = json.loads(args.behavior)
         except json.JSONDecodeError as exc:
             raise ScriptError(f"--behavior is not JSON: {exc}") from None
+        check_choice(choice, "--behavior" if isinstance(choice, list) else "")
+        return pick(choice, args.attempt)
     if not args.script:
         return {"ok": "done"}
     try:
