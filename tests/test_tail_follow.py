@@ -10,7 +10,6 @@ import queue
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 from ledger import LedgerWriter
@@ -79,20 +78,21 @@ def test_follow_prints_new_records_with_filters(tmp_path: Path) -> None:
         assert [g["data"]["item"] for g in got] == [f"i{i}" for i in range(1, 6)]
         assert all(g["type"] == "item.enqueued" for g in got)
         # A record written in two pieces is printed once it is complete, whole:
-        # never the partial line being written.
+        # never the partial line being written. A complete marker record is
+        # written in the same write as the first piece, so once the marker is
+        # printed, tail has read the file with the partial line in it.
         last = writer.append(ItemEnqueued(item="last", index=6))
         assert json.loads(lines.get(timeout=DEADLINE))["data"]["item"] == "last"
         writer.close()
-        body = encode_body(
-            seq=last.seq + 1, ts=utc_now(), run="live", event=ItemEnqueued(item="whole", index=7)
+        marker = _line(last.seq + 1, last.hash.encode(), ItemEnqueued(item="marker", index=7))
+        line = _line(
+            last.seq + 2, json.loads(marker)["hash"].encode(), ItemEnqueued(item="whole", index=8)
         )
-        line = body + b',"hash":"' + line_hash(last.hash.encode(), body) + b'"}\n'
         with open(run_dir / "ledger.ndjson", "ab") as f:
-            f.write(line[:13])
+            f.write(marker + line[:13])
             f.flush()
             os.fsync(f.fileno())
-            time.sleep(0.5)  # a window for a wrong print to show (load can only hide it)
-            assert lines.empty()
+            assert lines.get(timeout=DEADLINE).encode() == marker
             f.write(line[13:])
         printed = lines.get(timeout=DEADLINE)
         assert printed.encode() == line
@@ -106,6 +106,12 @@ def test_follow_prints_new_records_with_filters(tmp_path: Path) -> None:
         writer.close()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def _line(seq: int, prev: bytes, event: ItemEnqueued) -> bytes:
+    """A ledger line of run ``live``, chained to the hash ``prev``."""
+    body = encode_body(seq=seq, ts=utc_now(), run="live", event=event)
+    return body + b',"hash":"' + line_hash(prev, body) + b'"}\n'
 
 
 def _follow(home: Path, run: str, *extra: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
