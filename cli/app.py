@@ -39,6 +39,7 @@ __all__ = [
     "cli",
     "echo_json",
     "quiet_on_closed_stdout",
+    "stdout_closed",
 ]
 
 EXIT_FAILED = 1
@@ -104,6 +105,8 @@ class Context:
 
     home: Path
     debug: bool
+    parsed: bool = False
+    """The subcommand's arguments are parsed: ``debug`` is final."""
 
     def run(self, ref: str, *, allow_ledger_file: bool = True) -> RunRef:
         return resolve_run(ref, self.home, allow_ledger_file=allow_ledger_file)
@@ -164,6 +167,13 @@ class EngineCommand(click.Command):
         super().__init__(*args, **kwargs)
         self.params.extend(_global_options())
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        obj = ctx.find_object(Context)
+        if obj is not None:
+            obj.parsed = True
+        return rest
+
 
 class EngineSubGroup(click.Group):
     """A group under ``engine`` (``dlq``, ``audit``...): the global options again, and
@@ -217,10 +227,22 @@ class EngineGroup(click.Group):
 
 
 def _traceback_if_debug(ctx: click.Context) -> None:
-    """With ``--debug`` (before or after the subcommand), the traceback on stderr first."""
+    """With ``--debug`` (before or after the subcommand), the traceback on stderr first.
+
+    The flag is click's, as parsed; only an error raised while the subcommand's
+    arguments were still being parsed (a ``--home`` callback, before a later
+    ``--debug`` was reached) looks at the command line, up to a ``--``.
+    """
     obj = ctx.find_object(Context)
-    if (obj is not None and obj.debug) or "--debug" in sys.argv[1:]:
+    if obj is None:
+        return
+    if obj.debug or (not obj.parsed and "--debug" in _options_part(sys.argv[1:])):
         traceback.print_exc(file=sys.stderr)
+
+
+def _options_part(argv: list[str]) -> list[str]:
+    """The arguments before a ``--`` (after it, every one is an argument, not an option)."""
+    return argv[: argv.index("--")] if "--" in argv else argv
 
 
 @click.group(cls=EngineGroup, context_settings={"help_option_names": ["-h", "--help"]})

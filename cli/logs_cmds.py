@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 
 import click
 
-from cli.app import Context, cli
+from cli.app import Context, cli, stdout_closed
 from engine.views.logs import AttemptLog, find_log, follow_log, read_log
 
 __all__ = ["logs_cmd"]
@@ -54,9 +52,7 @@ def logs_cmd(
             out.flush()
             printed = True
     except BrokenPipeError:  # the reader went away (`| head`): that is the end
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-        return
+        stdout_closed()
     except KeyboardInterrupt:  # -f stopped by hand
         return
     if follow and log.state == "running":
