@@ -8,8 +8,8 @@ reports what the engine did, not what was asked. A run that no engine holds
 can only be cancelled: ``run.aborted`` is then recorded under its lock.
 
 With ``--json`` each prints one JSON object (:class:`ControlAnswer`) on
-stdout, also when it fails (then with the error, and the same exit code and
-line on stderr as without ``--json``).
+stdout when it succeeds (exit 0); an error is, as everywhere, the one line on
+stderr and its exit code, with nothing on stdout.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import msgspec
 from cli.app import Context, cli, echo_json
 from engine.home import RunRef
 from engine.run import control
-from ledger.errors import EngineError
 from ledger.events import Record
 from projections.replay import replay
 
@@ -47,10 +46,9 @@ class ControlAnswer(msgspec.Struct, kw_only=True):
     seq: int | None = None
     """That record's seq in the run's ledger."""
     already: bool = False
-    """Nothing was asked: the run was so already (paused, or not paused)."""
+    """Nothing was asked: the run was so already (paused, not paused, or aborted)."""
     message: str
-    """What the command says, or the error."""
-    exit_code: int = 0
+    """What the command says."""
 
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print the answer as one JSON object.")
@@ -65,15 +63,9 @@ def _answer(
     *,
     force: bool = False,
 ) -> None:
-    """Run ``act`` (which fills in the answer), then print what it says, or the error."""
+    """Run ``act`` (which fills in the answer, or raises the error), then print the answer."""
     answer = ControlAnswer(run_id=run, asked=asked, force=force, confirmed=False, message="")
-    try:
-        act(answer)
-    except EngineError as exc:
-        if as_json:
-            answer.confirmed, answer.message, answer.exit_code = False, str(exc), exc.exit_code
-            echo_json(answer)
-        raise
+    act(answer)
     if as_json:
         echo_json(answer)
     else:
@@ -109,6 +101,12 @@ def _confirmed(answer: ControlAnswer, record: Record, message: str) -> None:
     )
 
 
+_EXITS = (
+    "Exit 0 once recorded (or when the run is so already); 1 if the engine did not "
+    "confirm in time; 2 if no engine runs it, or the run ends (or its engine stops) "
+    "before the engine takes the request."
+)
+
 _WAITS = {
     "confirm": f"{control.CONFIRM_WAIT:g} s",
     "cancel": f"{control.CANCEL_WAIT:g} s",
@@ -119,8 +117,9 @@ _WAITS = {
 @cli.command(
     "pause",
     help="Stop starting attempts and steps in a running run (running ones finish).\n\n"
-    "Waits for the engine to record `run.paused`: {confirm} at most (exit 1 if it did "
-    "not confirm).".format(**_WAITS),
+    "Waits for the engine to record `run.paused`: {confirm} at most. A paused run is "
+    "left as it is (exit 0, `already` in --json).\n\n".format(**_WAITS)
+    + _EXITS,
 )
 @click.argument("run")
 @JSON
@@ -150,8 +149,9 @@ def pause_cmd(obj: Context, run: str, as_json: bool) -> None:
 @cli.command(
     "unpause",
     help="Let a paused run start attempts and steps again.\n\n"
-    "Waits for the engine to record `run.unpaused`: {confirm} at most (exit 1 if it did "
-    "not confirm).".format(**_WAITS),
+    "Waits for the engine to record `run.unpaused`: {confirm} at most. A run that is not "
+    "paused is left as it is (exit 0, `already` in --json).\n\n".format(**_WAITS)
+    + _EXITS,
 )
 @click.argument("run")
 @JSON
@@ -177,9 +177,12 @@ def unpause_cmd(obj: Context, run: str, as_json: bool) -> None:
     "cancel",
     help="Stop a run: no new attempts, running ones terminated, `run.aborted`.\n\n"
     "Waits for the engine to record `run.aborted`: {cancel} at most (running attempts "
-    "get a {grace} grace period first), {confirm} with --force; exit 1 if it did not "
-    "confirm. A run no engine holds (interrupted) is marked aborted at once. Either way "
-    "`engine resume RUN` can take it up again later.".format(**_WAITS),
+    "get a {grace} grace period first), {confirm} with --force. A run no engine holds "
+    "(interrupted) is marked aborted at once; an aborted one is left as it is (exit 0, "
+    "`already` in --json). Either way `engine resume RUN` can take it up again later.\n\n"
+    "Exit 0 once aborted (or when it was already); 1 if the engine did not confirm in "
+    "time; 2 if the run has completed or failed, or ends (or its engine stops) before "
+    "the engine takes the request.".format(**_WAITS),
 )
 @click.argument("run")
 @click.option("--force", is_flag=True, help="Kill running attempts at once (no grace period).")
@@ -194,6 +197,10 @@ def cancel_cmd(obj: Context, run: str, force: bool, as_json: bool) -> None:
             change = {"cancel": "force" if force else "graceful"}
             record = _request(ref, change)
             _confirmed(answer, record, f"cancelled {ref.run_id}: running attempts were stopped")
+            return
+        if replay(ref.ledger).run.status == "aborted":
+            answer.confirmed = answer.already = True
+            answer.message = f"{ref.run_id} is aborted already (engine resume {ref.run_id} goes on)"
             return
         record = control.cancel_unheld(ref, control.who())
         _confirmed(answer, record, f"cancelled {ref.run_id} (no engine was running it)")

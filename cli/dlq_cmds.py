@@ -11,11 +11,11 @@ import click
 import msgspec
 
 from cli.app import Context, cli, echo_json
-from cli.render import human_duration, human_time, output_width, table_lines
+from cli.render import human_duration, human_time, print_table
 from cli.run_cmds import AS_JSON, JOBS, NO_PROGRESS, drive
 from engine.errors import NothingSelected
 from engine.run import RunOptions, control, resume_run
-from engine.views.status import DLQItemView, dlq_entries, dlq_view
+from engine.views.status import DLQItemView, dlq_entries, dlq_view, unknown_item
 from ledger.times import epoch, rfc3339
 from projections.items import ItemState
 from projections.replay import Projections, replay
@@ -121,11 +121,7 @@ def dlq_list(
         for v in views
     ]
     columns = ["ITEM", "ATT", "ERROR TYPE", "SIGNATURE", "TRIAGE", "DEAD", "ERROR"]
-    lines, _ = table_lines(
-        columns, rows, width=output_width(), text={"ITEM", "ERROR"}, right={"ATT"}
-    )
-    for line in lines:
-        click.echo(line)
+    print_table(columns, rows, text={"ERROR"}, keep={"ITEM"}, right={"ATT"})
     if p.dlq.purged:
         click.echo(f"({len(p.dlq.purged)} purged item(s) not shown)")
 
@@ -191,11 +187,8 @@ def _not_dead(p: Projections, item: str, run_id: str) -> NothingSelected:
     """Why ``item`` has no entry in the dead-letter queue, as the error that says so."""
     state = p.items.items.get(item)
     if state is None:
-        return NothingSelected(
-            f"no item {item} in run {run_id}",
-            items=[item],
-            hint=f"see the run's item ids: engine tail {run_id} --type item.enqueued --all",
-        )
+        message, hint = unknown_item(run_id, item, p.items.items)
+        return NothingSelected(message, items=[item], hint=hint)
     if item in p.dlq.purged:
         what = "was purged from the dead-letter queue"
     else:

@@ -29,9 +29,17 @@ What every command does alike:
   (`engine run wf.yml --home DIR`, `engine status latest --debug`).
 * Standard output closed early by its reader (`engine tail latest --all | head -1`)
   ends the command quietly, with exit 0.
-* Tables fit the terminal's width, and a value cut there ends in `…`; when
-  standard output is not a terminal (a pipe, a file) no value is ever cut
-  (in tables, `tail` and `replay` alike).
+* `--json` (or `--format json`) prints JSON on stdout only when the command
+  succeeds; an error is the one line on stderr and its exit code, with
+  nothing on stdout (`pause`, `cancel`, `init`, `dlq show` alike). `engine
+  validate --json` is a report: it prints its object, `ok` false and the
+  problems listed, also when the workflow is invalid (exit 2).
+* Tables fit the terminal's width: free text (messages) gives way first, and
+  a value cut there ends in `…`; identifiers (item and run ids, what you type
+  next) are never cut, and columns left out on a narrow terminal are named on
+  stderr. When standard output is not a terminal (a pipe, a file) no value is
+  ever cut, hashes and idempotency keys included (in tables, `tail` and
+  `replay` alike).
 * Tables show moments relative to now (`3m ago`) and lengths of time as
   `1m12s`; `--json` (or `--format json`) keeps RFC 3339 times and seconds.
 * `engine run`, `resume` and `dlq retry` report progress on stderr: a live

@@ -6,6 +6,11 @@ does::
 
     engine: 12/50 done · 1 failed · 8 running · 2 retrying · 2.4 items/s · ETA 16s · 5.0s elapsed
 
+Both lines count alike (:func:`finished`): "done" is every finished item
+(succeeded, skipped, dead-lettered, failed for good), "failed" those of them
+without success; the live line also splits done into ok and failed, and says
+how many of the failed are dead-lettered.
+
 ``ENGINE_PROGRESS_INTERVAL`` sets the seconds between plain lines (default
 5); ``--no-progress`` silences both. While the run is paused (``engine
 pause``) both say ``paused`` and the ETA clock stops: the rate and the ETA
@@ -17,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
+import yaml
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -33,12 +40,14 @@ from cli.app import BadInput
 from cli.render import human_duration
 from projections.replay import Projections
 
-__all__ = ["INTERVAL_ENV", "Progress", "progress_interval", "summary_table"]
+__all__ = ["DEFAULT_INTERVAL", "INTERVAL_ENV", "Progress", "progress_interval", "summary_table"]
 
 T = TypeVar("T")
 
 INTERVAL_ENV = "ENGINE_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 5.0
+MAX_INTERVAL = 86400.0
+"""``ENGINE_PROGRESS_INTERVAL`` must be under a day."""
 LIVE_TICK = 1.0
 """Seconds between redraws of the live line when nothing happens (its ETA counts down)."""
 
@@ -48,26 +57,40 @@ def progress_interval(environ: dict[str, str] | None = None) -> float:
     value = (os.environ if environ is None else environ).get(INTERVAL_ENV, "").strip()
     if not value:
         return DEFAULT_INTERVAL
+    fix = "set it to e.g. 5 or 0.5, or unset it for 5"
     try:
         seconds = float(value)
     except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < 86400:
+        seconds = math.nan
+    if math.isnan(seconds):
+        raise BadInput(f"{INTERVAL_ENV}={value[:40]!r}: not a number of seconds ({fix})")
+    if seconds <= 0:
+        raise BadInput(f"{INTERVAL_ENV}={value[:40]!r}: must be more than 0 seconds ({fix})")
+    if seconds >= MAX_INTERVAL:
         raise BadInput(
-            f"{INTERVAL_ENV}={value[:40]!r}: not a number of seconds "
-            "(set it to e.g. 5 or 0.5, or unset it for 5)"
+            f"{INTERVAL_ENV}={value[:40]!r}: over the cap of {MAX_INTERVAL:g} seconds "
+            f"(a day; {fix})"
         )
     return seconds
 
 
+def finished(c: Mapping[str, int]) -> tuple[int, int]:
+    """(done, failed) of the items' counts, as both lines say them: done is every
+    finished item (succeeded, skipped, dead-lettered or failed for good); failed, those
+    of them without success (dead-lettered or failed for good)."""
+    failed = c["dead"] + c["failed"]
+    return c["succeeded"] + c["skipped"] + failed, failed
+
+
 @dataclass
 class Counts:
-    """Where a run's items stand, as both displays show it."""
+    """Where a run's items stand, as both displays show it (:func:`finished`)."""
 
     total: int
     done: int
     """Finished: succeeded, skipped, dead or failed."""
     ok: int
+    """Finished with success: succeeded or skipped."""
     failed: int
     """Finished without success: dead-lettered, or failed for good."""
     running: int
@@ -147,6 +170,7 @@ class Progress:
         self.last = 0.0
         self._retrying: tuple[float, int] = (-1e9, 0)
         """Until when the count of items waiting for a retry holds, and that count."""
+        self._waiting: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -191,8 +215,7 @@ class Progress:
         if not self.enabled:
             return
         now = self.clock()
-        c = p.items.counts
-        done = c["succeeded"] + c["skipped"] + c["dead"] + c["failed"]
+        done, _ = finished(p.items.counts)
         self.eta.observe(done, p.run.paused, now)  # O(1): this runs after every append
         if self.live is not None and now - self.last >= 0.125:
             self._redraw(p)
@@ -215,13 +238,12 @@ class Progress:
 
     def counts(self, p: Projections, now: float) -> Counts:
         c = p.items.counts
-        dead_or_failed = c["dead"] + c["failed"]
-        ok = c["succeeded"] + c["skipped"]
+        done, failed = finished(c)
         return Counts(
             total=len(p.items.items),
-            done=ok + dead_or_failed,
-            ok=ok,
-            failed=dead_or_failed,
+            done=done,
+            ok=done - failed,
+            failed=failed,
             running=c["running"],
             retrying=self._retries(p, now) if c["pending"] else 0,
             pending=c["pending"],
@@ -250,7 +272,7 @@ class Progress:
         self.eta.observe(c.done, c.paused, now)
         elapsed = f"{human_duration(now - self.eta.started)} elapsed"
         if not c.listed:
-            state = "paused" if c.paused else "waiting for the items (setup)"
+            state = "paused" if c.paused else f"waiting for {self._awaited(p)}"
             return f"engine: {state} · {elapsed}"
         parts = [
             f"{c.done:,}/{c.total:,} done",
@@ -265,6 +287,12 @@ class Progress:
         parts.append(elapsed)
         return "engine: " + " · ".join(parts)
 
+    def _awaited(self, p: Projections) -> str:
+        """What a run whose items are not listed yet waits for, from its workflow."""
+        if self._waiting is None:
+            self._waiting = awaited(p.run.created.workflow if p.run.created else "")
+        return self._waiting
+
     def render(self, p: Projections) -> Group:
         """The live line, and the newest failures under it."""
         now = self.clock()
@@ -272,10 +300,10 @@ class Progress:
         self.eta.observe(c.done, c.paused, now)
         eta = self.eta.eta(c, now)
         head = Text.assemble(
-            (f"{c.done:,}/{c.total:,} ", "bold"),
-            (f"done {c.ok:,}  ", "green"),
-            (f"failed {c.failed - c.dead:,}  ", "yellow"),
-            (f"dead {c.dead:,}  ", "red"),
+            (f"{c.done:,}/{c.total:,} done  ", "bold"),
+            (f"ok {c.ok:,}  ", "green"),
+            (f"failed {c.failed:,} ", "yellow"),
+            (f"(dead {c.dead:,})  ", "red"),
             (f"running {c.running:,}  ", "cyan"),
             f"retrying {c.retrying:,}  ",
             f"pending {c.pending - c.retrying:,}  ",
@@ -298,6 +326,27 @@ class Progress:
             parts.append(Text("newest failures:", "dim"))
             parts.extend(Text(r, "dim") for r in rows)
         return Group(*parts)
+
+
+def awaited(workflow: str) -> str:
+    """What a run waits for before its items are listed, from its workflow's text:
+    its setup steps, the map's ``command``, or reading its ``input``."""
+    try:
+        spec = yaml.safe_load(workflow) if workflow else None
+    except yaml.YAMLError:
+        spec = None
+    if not isinstance(spec, dict):
+        return "the items"
+    found = spec.get("map")
+    source: dict[str, Any] = found if isinstance(found, dict) else {}
+    lists = (
+        "map.command to list the items"
+        if source.get("command")
+        else "the items of map.input"
+        if source.get("input")
+        else "the items"
+    )
+    return f"the setup steps, then {lists}" if spec.get("setup") else lists
 
 
 def summary_table(p: Projections, *, status: str, wall: float) -> Table:

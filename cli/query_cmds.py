@@ -14,7 +14,14 @@ import click
 import msgspec
 
 from cli.app import Context, cli, echo_json
-from cli.render import human_duration, human_time, output_width, table_lines
+from cli.render import (
+    hidden_note,
+    human_duration,
+    human_time,
+    output_width,
+    print_table,
+    table_lines,
+)
 from engine.errors import QueryError
 from engine.home import list_runs
 from engine.run.control import ack, patterns_ledger, who
@@ -25,11 +32,18 @@ from ledger.times import FORMAT
 __all__ = ["patterns", "query_cmd", "stats_cmd"]
 
 
+SECONDS_COLUMNS = frozenset({"duration", "delay", "gap", "longest_gap_s"})
+"""Columns that are lengths of time in seconds: a table shows them as ``1m12s``, as
+``engine stats`` does (json and csv keep the seconds)."""
+
+
 def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return ""
     if isinstance(value, dt.datetime):
         return human_time(_json_value(value))  # json and csv have it whole
+    if column in SECONDS_COLUMNS and isinstance(value, int | float) and math.isfinite(value):
+        return human_duration(value)
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".") if not math.isnan(value) else "NaN"
     if column == "signature" and isinstance(value, str):
@@ -40,6 +54,9 @@ def _cell(value: Any, column: str = "") -> str:
 TEXT_COLUMNS = {"example", "message", "remedy", "ack_note", "last_error", "reason", "ack_ref"}
 """Long free text: shrunk first when a table is too wide (json and csv keep it whole)."""
 
+KEEP_COLUMNS = {"item", "item_id", "run", "run_id"}
+"""Identifiers (what a user types next): never cut to fit a terminal."""
+
 
 def format_table(result: QueryResult, width: int | None) -> str:
     """The rows as a table: fitted to ``width`` (free-text columns give way first, then
@@ -49,10 +66,12 @@ def format_table(result: QueryResult, width: int | None) -> str:
         return ""
     columns = list(result.columns)
     cells = [[_cell(v, c) for v, c in zip(row, columns, strict=True)] for row in result.rows]
-    lines, hidden = table_lines(columns, cells, width=width, text=TEXT_COLUMNS, rule=True)
+    lines, hidden = table_lines(
+        columns, cells, width=width, text=TEXT_COLUMNS, keep=KEEP_COLUMNS, rule=True
+    )
     count = f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''}"
     if hidden:
-        count += f"; not shown: {', '.join(hidden)}, which --format json has"
+        count += f"; {hidden_note(hidden, '--format json')}"
     lines += textwrap.wrap(count + ")", width) if width else [count + ")"]
     return "\n".join(lines)
 
@@ -140,11 +159,14 @@ def _list_named(fmt: str) -> None:
     """The named queries: name and summary, one a line (json: objects; csv: rows)."""
     rows = [[q.name, q.summary] for q in NAMED.values()]
     if fmt == "table":
-        lines, _ = table_lines(
-            ["name", "summary"], rows, width=output_width(), text={"summary"}, header=False
+        print_table(
+            ["name", "summary"],
+            rows,
+            text={"summary"},
+            keep={"name"},
+            header=False,
+            how="--format json",
         )
-        for line in lines:
-            click.echo(line)
         return
     emit(QueryResult(columns=["name", "summary"], rows=[tuple(r) for r in rows]), fmt)
 
@@ -221,16 +243,23 @@ DURATIONS = frozenset(
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (seconds).")
 @click.pass_obj
 def stats_cmd(obj: Context, run: str, as_json: bool) -> None:
-    """Wall time, items/s, attempt duration percentiles, parallel efficiency, retry cost."""
+    """Wall time, items/s, attempt duration percentiles, parallel efficiency, retry cost.
+
+    The table shows lengths of time as `1m12s` (`wall`, `busy`, ...); --json has
+    them in seconds (`wall_s`, `busy_s`, ...).
+    """
     stats = run_stats(obj.run(run).ledger)
     if as_json:
         echo_json(stats)
         return
     for key, value in msgspec.to_builtins(stats).items():
+        label = key
         if value is None:
             shown = "-"
         elif key in DURATIONS:
             shown = human_duration(value)
         else:
             shown = _cell(value)
-        click.echo(f"{key:<26} {shown}")
+        if key in DURATIONS:
+            label = key.removesuffix("_s")  # the JSON key has the unit; the table, a duration
+        click.echo(f"{label:<26} {shown}")

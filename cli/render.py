@@ -4,8 +4,10 @@ Two rules every command's human output follows (``--json`` is for programs):
 
 * **Tables fit the terminal, and only a terminal.** When standard output is
   a terminal, a table is fitted to its width (free text gives way first, and
-  a cut value ends in ``…``); when it is not (a pipe, a file), no value is
-  ever cut: columns are as wide as their widest value.
+  a cut value ends in ``…``; identifiers such as item and run ids, which are
+  what a user types next, are never cut); when it is not (a pipe, a file), no
+  value is ever cut, digests included: columns are as wide as their widest
+  value. Columns left out on a narrow terminal are named on stderr.
 * **Times are for people.** A moment is shown relative to now (``3m ago``,
   ``in 5s``, a date beyond a month), a length of time as ``1m12s``
   (:func:`human_time`, :func:`human_duration`); JSON keeps RFC 3339.
@@ -20,6 +22,7 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import click
 import msgspec
 from rich.console import Console
 
@@ -31,9 +34,11 @@ __all__ = [
     "StdoutConsole",
     "describe_record",
     "fit",
+    "hidden_note",
     "human_duration",
     "human_time",
     "output_width",
+    "print_table",
     "record_line",
     "span",
     "summary_lines",
@@ -47,10 +52,11 @@ _DIGEST = re.compile(r"^((?:sha256:|ik:)?)([0-9a-f]{12})[0-9a-f]{52}$")
 
 
 def _short(value: Any, limit: int | None = 60) -> str:
-    """A value on one line: a digest as its first 12 hex digits, cut at ``limit``
-    (None: never cut)."""
+    """A value on one line, cut at ``limit`` (a digest to its first 12 hex digits);
+    None: never cut, digests whole."""
     text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
-    text = _DIGEST.sub(r"\1\2…", text)
+    if limit is not None:
+        text = _DIGEST.sub(r"\1\2…", text)
     text = text.replace("\n", "\\n")
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
@@ -236,6 +242,7 @@ def table_lines(
     *,
     width: int | None,
     text: Collection[str] = (),
+    keep: Collection[str] = (),
     right: Collection[str] = (),
     rule: bool = False,
     header: bool = True,
@@ -244,10 +251,12 @@ def table_lines(
 
     ``width`` None: every value whole, each column as wide as its widest value.
     Else the table is fitted to ``width``: columns that cannot fit at all are
-    left out from the right, then the ``text`` columns give way first (down to 16
-    characters, then 8), then the widest; a value cut ends in ``…``. ``right``
-    columns are right-aligned; ``rule`` draws a line of dashes under the header;
-    ``header=False`` leaves both out.
+    left out from the right, then the ``text`` columns (free text) give way
+    first (down to 16 characters, then 8), then the widest; ``keep`` columns
+    (identifiers) are never left out, and cut only when they alone are wider
+    than ``width``; a value cut ends in ``…``.
+    ``right`` columns are right-aligned; ``rule`` draws a line of dashes under
+    the header; ``header=False`` leaves both out.
     """
     names = list(columns)
     cells = [list(r) for r in rows]
@@ -256,13 +265,12 @@ def table_lines(
     ]
     hidden: list[str] = []
     if width is not None:
-        while len(names) > 1 and sum(min(w, 10) for w in widths) + 2 * (len(widths) - 1) > width:
-            hidden.insert(0, names.pop())
-            widths.pop()
-            for r in cells:
-                r.pop()
+        _hide(names, widths, cells, hidden, keep, width)
         _shrink(
-            widths, [i for i, c in enumerate(names) if c in text], width - 2 * (len(widths) - 1)
+            widths,
+            [i for i, c in enumerate(names) if c in text and c not in keep],
+            [i for i, c in enumerate(names) if c not in keep],
+            width - 2 * (len(widths) - 1),
         )
 
     def line(values: Sequence[str]) -> str:
@@ -279,14 +287,65 @@ def table_lines(
     return lines, hidden
 
 
-def _shrink(widths: list[int], text: list[int], room: int) -> None:
-    for floor, candidates in ((16, text), (8, text), (6, list(range(len(widths))))):
+def _hide(
+    names: list[str],
+    widths: list[int],
+    cells: list[list[str]],
+    hidden: list[str],
+    keep: Collection[str],
+    width: int,
+) -> None:
+    """Leave out, from the right, the columns that cannot fit (``keep`` ones stay whole)."""
+
+    def least() -> int:
+        return sum(w if n in keep else min(w, 10) for n, w in zip(names, widths, strict=True))
+
+    while len(names) > 1 and least() + 2 * (len(widths) - 1) > width:
+        droppable = [i for i, n in enumerate(names) if n not in keep]
+        if not droppable:
+            break
+        i = droppable[-1]
+        hidden.insert(0, names.pop(i))
+        widths.pop(i)
+        for r in cells:
+            r.pop(i)
+
+
+def _shrink(widths: list[int], text: list[int], others: list[int], room: int) -> None:
+    every = list(range(len(widths)))  # the last resort: kept columns wider than the screen
+    for floor, candidates in ((16, text), (8, text), (6, others), (6, every)):
         while sum(widths) > room:
             shrinkable = [i for i in candidates if widths[i] > floor]
             if not shrinkable:
                 break
             widest = max(shrinkable, key=lambda i: widths[i])
             widths[widest] -= 1
+
+
+def hidden_note(hidden: Sequence[str], how: str = "--json") -> str:
+    """What a table fitted to a narrow terminal left out, and where to see it."""
+    return f"not shown (too narrow): {', '.join(hidden)}, which {how} has"
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    text: Collection[str] = (),
+    keep: Collection[str] = (),
+    right: Collection[str] = (),
+    header: bool = True,
+    how: str = "--json",
+) -> None:
+    """A table on stdout fitted to it (:func:`table_lines`); the columns it left out
+    named on stderr (``how``: the option that shows them)."""
+    lines, hidden = table_lines(
+        columns, rows, width=output_width(), text=text, keep=keep, right=right, header=header
+    )
+    for line in lines:
+        click.echo(line)
+    if hidden:
+        click.echo(f"engine: {hidden_note(hidden, how)}", err=True)
 
 
 class StdoutConsole(Console):

@@ -13,8 +13,8 @@ import click
 from rich.console import Console
 
 from cli.app import Context, cli, echo_json, quiet_on_closed_stdout
-from cli.progress import Progress, progress_interval, summary_table
-from cli.render import StdoutConsole, human_duration, human_time, output_width, span, table_lines
+from cli.progress import DEFAULT_INTERVAL, Progress, progress_interval, summary_table
+from cli.render import StdoutConsole, human_duration, human_time, print_table
 from engine.errors import WorkflowError
 from engine.home import RunRef, check_run_id, list_runs
 from engine.run import RunOptions, RunResult, execute_run, resume_run
@@ -156,8 +156,9 @@ def drive(
 ) -> None:
     """Run (or resume) with progress on stderr, print the outcome, exit with its code."""
     errors = Console(stderr=True)
-    interval = progress_interval()
     mode = "off" if no_progress else "live" if errors.is_terminal else "plain"
+    # Only the plain line reads ENGINE_PROGRESS_INTERVAL: nothing else refuses a bad one.
+    interval = progress_interval() if mode == "plain" else DEFAULT_INTERVAL
     progress = Progress(errors, mode=mode, interval=interval)
     started = time.monotonic()
     options.argv = ["engine", *sys.argv[1:]]
@@ -247,7 +248,12 @@ def resume_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_obj
 def status_cmd(obj: Context, run: str, as_json: bool) -> None:
-    """Show a run's status and item counts (RUN defaults to `latest`)."""
+    """Show a run's status and item counts (RUN defaults to `latest`).
+
+    `took` is the time engines spent on the run, as `engine stats` counts its
+    wall time: each engine's session summed, so the time between a crash and
+    its resume is not counted; a run an engine holds counts to now.
+    """
     view = status_view(obj.run(run))
     if as_json:
         echo_json(view)
@@ -272,8 +278,8 @@ def _times_line(view: RunStatusView) -> str:
     started = view.started_at
     line = f"started   {human_time(started)}" + (f" ({started})" if started else "")
     line += f"  finished {human_time(view.finished_at)}"
-    if view.finished_at:
-        line += f"  took {human_duration(span(started, view.finished_at))}"
+    if view.took_s is not None:
+        line += f"  took {human_duration(view.took_s)}"
     return line
 
 
@@ -297,7 +303,11 @@ RUN_STATUSES = ("created", "running", "paused", "interrupted", "completed", "fai
 )
 @click.pass_obj
 def runs_cmd(obj: Context, as_json: bool, limit: int | None, statuses: tuple[str, ...]) -> None:
-    """List the runs under the home directory, oldest first."""
+    """List the runs under the home directory, oldest first.
+
+    TOOK is the time engines spent on each run, as `engine status` shows it
+    (sessions summed; an interrupted run's ends at its last record).
+    """
     views = _run_views(obj, set(statuses), limit)
     if as_json:
         echo_json(views)
@@ -314,16 +324,12 @@ def runs_cmd(obj: Context, as_json: bool, limit: int | None, statuses: tuple[str
             f"{v.items.succeeded + v.items.skipped:,}",
             f"{v.items.dead:,}",
             human_time(v.started_at, now),
-            human_duration(span(v.started_at, v.finished_at, now)),
+            human_duration(v.took_s),
         ]
         for v in views
     ]
     columns = ["RUN", "STATUS", "ITEMS", "DONE", "DEAD", "STARTED", "TOOK"]
-    lines, _ = table_lines(
-        columns, rows, width=output_width(), text={"RUN"}, right={"ITEMS", "DONE", "DEAD", "TOOK"}
-    )
-    for line in lines:
-        click.echo(line)
+    print_table(columns, rows, keep={"RUN"}, right={"ITEMS", "DONE", "DEAD", "TOOK"})
 
 
 def _run_views(obj: Context, statuses: set[str], limit: int | None) -> list[RunStatusView]:

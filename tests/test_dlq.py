@@ -231,5 +231,5 @@ def test_show_says_what_an_item_not_in_the_dlq_is(tmp_path: Path) -> None:
         "cached": "item cached was skipped (a cache hit); it is not in the dead-letter queue",
         "ignored": "item ignored failed (attempt 1: command_failed) and was not "
         "dead-lettered; it is not in the dead-letter queue",
-        "nope": "no item nope in run hm",
+        "nope": "run hm has no item 'nope'",
     }

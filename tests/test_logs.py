@@ -146,7 +146,7 @@ def test_an_unknown_run_item_or_attempt_and_an_item_not_started_are_one_line_exi
     assert result.status == "failed"
     said = {
         ("r", "nope"): "engine: error: run r has no item 'nope' "
-        '(`engine query r "attempts by item"` lists the items that ran)\n',
+        "(see the run's item ids: engine tail r --type item.enqueued --all)\n",
         ("r", "ba"): "engine: error: run r has no item 'ba' (did you mean 'bad'?)\n",
         ("r", "never"): "engine: error: item 'never' of run r has no attempt yet: it is "
         "pending (an attempt's log exists once it has started; `engine status` shows the run)\n",

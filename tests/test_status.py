@@ -52,6 +52,7 @@ def test_status_runs_and_dlq_of_a_scripted_run(tmp_path: Path, snapshot) -> None
     assert TS.fullmatch(status.pop("started_at")) and TS.fullmatch(status.pop("finished_at"))
     assert status.pop("run_dir") == str(home / "runs" / "fixed")
     assert status.pop("events") >= 20  # heartbeats may add a few on a slow machine
+    assert status.pop("took_s") > 0  # the engine's time on it: as long as the machine took
     assert status == snapshot
     for key in ("run_id", "status", "workflow", "items"):
         assert key in status

@@ -11,7 +11,6 @@ Whichever executor ran the attempt, the files are found the same way.
 
 from __future__ import annotations
 
-import difflib
 import os
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Literal
 
 from engine.home import RunRef
 from engine.store.logs import LOGS_DIR, Stream, log_paths
+from engine.views.status import unknown_item
 from ledger.errors import EngineError
 from ledger.events import ItemFailed, ItemSucceeded, LogRef, Record
 from ledger.lock import RunLock
@@ -114,13 +114,8 @@ def find_log(
     run_id = p.run.run_id or ref.run_id
     state = p.items.items.get(item)
     if state is None:
-        raise NoSuchAttempt(
-            f"run {run_id} has no item {item!r}",
-            run_id=run_id,
-            item=item,
-            attempt=attempt,
-            hint=_suggest(item, list(p.items.items), run_id),
-        )
+        message, hint = unknown_item(run_id, item, p.items.items)
+        raise NoSuchAttempt(message, run_id=run_id, item=item, attempt=attempt, hint=hint)
     if state.attempts == 0:
         raise NoSuchAttempt(
             f"item {item!r} of run {run_id} has no attempt yet: it is {_why(state)}",
@@ -158,15 +153,6 @@ def _why(state: ItemState) -> str:
     if state.status == "skipped":
         return "skipped (a cache hit)" if state.cache_hit else "skipped"
     return state.status
-
-
-def _suggest(item: str, items: list[str], run_id: str) -> str:
-    close = [i for i in items if i.startswith(item)][:3] or difflib.get_close_matches(
-        item, items, n=3, cutoff=0.6
-    )
-    if close:
-        return "did you mean " + " or ".join(repr(i) for i in close) + "?"
-    return f'`engine query {run_id} "attempts by item"` lists the items that ran'
 
 
 def _recorded(run_dir: Path, log: LogRef) -> Path:

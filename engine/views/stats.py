@@ -14,7 +14,7 @@ from ledger.times import epoch
 from projections.replay import replay
 from projections.stats import StatsProjection
 
-__all__ = ["RunStats", "run_stats", "stats_of"]
+__all__ = ["RunStats", "engine_time", "run_stats", "stats_of"]
 
 
 class RunStats(msgspec.Struct, kw_only=True):
@@ -60,9 +60,15 @@ def run_stats(ledger: Path) -> RunStats:
     return stats_of(stats)
 
 
+def engine_time(p: StatsProjection) -> float:
+    """Seconds engines spent on the run: each session (lock taken to its last record),
+    summed; the time between a crash and its resume is not counted."""
+    return sum(epoch(s.end) - epoch(s.start) for s in p.all_sessions())
+
+
 def stats_of(p: StatsProjection) -> RunStats:
     """The figures of a stats projection's sums."""
-    wall = sum(epoch(s.end) - epoch(s.start) for s in p.all_sessions())
+    wall = engine_time(p)
     finished = len(p.finished)
     durations = sorted(p.durations)
     busy = sum(durations)

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import time
+from collections.abc import Iterable
 
 import msgspec
 
 from engine.home import RunRef, effective_status
+from engine.views.stats import engine_time
 from engine.workflow.spec import TRANSIENT_ERROR_TYPES
+from ledger.times import epoch
 from projections.dlq import DLQEntry, Failure
 from projections.items import ItemCounts
 from projections.replay import Projections, replay
+from projections.stats import StatsProjection
 
-__all__ = ["DLQItemView", "RunStatusView", "dlq_entries", "dlq_view", "status_view", "triage"]
+__all__ = [
+    "DLQItemView",
+    "RunStatusView",
+    "dlq_entries",
+    "dlq_view",
+    "status_view",
+    "triage",
+    "unknown_item",
+]
 
 
 class RunStatusView(msgspec.Struct, kw_only=True):
@@ -26,6 +40,10 @@ class RunStatusView(msgspec.Struct, kw_only=True):
     started_at: str | None
     finished_at: str | None
     reason: str | None
+    took_s: float | None
+    """Time engines spent on the run: its sessions summed (as ``engine stats``'s
+    ``wall_s``), so the time between a crash and its resume is not counted; a run an
+    engine holds now (running, paused) counts to now. None before any record."""
     run_dir: str
     items: ItemCounts
     attempts: int
@@ -34,7 +52,12 @@ class RunStatusView(msgspec.Struct, kw_only=True):
 
 
 def status_view(ref: RunRef, p: Projections | None = None) -> RunStatusView:
-    p = p if p is not None else replay(ref.ledger)
+    """A run's status; ``p``: its projections when they are at hand (the engine's own)."""
+    stats = p.find(StatsProjection) if p is not None else None
+    if p is None or stats is None:
+        stats = StatsProjection()
+        fresh = replay(ref.ledger, extra=(stats,))
+        p = p if p is not None else fresh
     run = p.run
     status = effective_status(p, ref.run_dir)
     return RunStatusView(
@@ -45,12 +68,37 @@ def status_view(ref: RunRef, p: Projections | None = None) -> RunStatusView:
         started_at=run.started_at or run.created_at,
         finished_at=run.finished_at,
         reason=run.reason,
+        took_s=_took(stats, held=status in ("running", "paused")),
         run_dir=str(ref.run_dir),
         items=p.items.item_counts(),
         attempts=p.items.dispatched,
         dlq=len(p.dlq.dead),
         events=run.events,
     )
+
+
+def _took(stats: StatsProjection, *, held: bool) -> float | None:
+    """The engines' time on the run; for a run held now, its session counts to now."""
+    if stats.last_ts is None:
+        return None
+    took = engine_time(stats)
+    if held:
+        took += max(0.0, time.time() - epoch(stats.last_ts))
+    return round(took, 6)
+
+
+def unknown_item(run_id: str, item: str, known: Iterable[str]) -> tuple[str, str]:
+    """What to say of an item id the run does not have, and the hint: the ids it may
+    have meant (those it starts, or close spellings), else how to list them."""
+    ids = list(known)
+    close = [i for i in ids if i.startswith(item)][:3] or difflib.get_close_matches(
+        item, ids, n=3, cutoff=0.6
+    )
+    if close:
+        hint = "did you mean " + " or ".join(repr(i) for i in close) + "?"
+    else:
+        hint = f"see the run's item ids: engine tail {run_id} --type item.enqueued --all"
+    return f"run {run_id} has no item {item!r}", hint
 
 
 class DLQItemView(msgspec.Struct, kw_only=True):
