@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import signal
+import subprocess
 import textwrap
 import time
 from collections.abc import Awaitable, Callable
@@ -165,3 +167,21 @@ def dying(pid: int) -> bool:
         return True
     kill = 1 << (signal.SIGKILL - 1)
     return bool((_status_mask(pid, "SigPnd") | _status_mask(pid, "ShdPnd")) & kill)
+
+
+def engine_in_process(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``engine ARGS`` run in this process by click's runner, stdout and stderr apart.
+
+    The same commands as the console script's, without a Python start-up each:
+    for the many cases a test asks of one command. What needs a real process
+    (a pipe, a terminal, a signal, exit at interpreter level) runs ``ENGINE``.
+    """
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+        result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)

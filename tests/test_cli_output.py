@@ -16,9 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cli.main import cli
 from cli.render import fit, human_duration, human_time, table_lines
 from engine.views.query import NAMED
 from ledger import LedgerWriter
@@ -33,7 +31,7 @@ from ledger.events import (
 )
 from ledger.times import rfc3339
 from tests.conftest import ENGINE
-from tests.engine_helpers import DEADLINE, run_workflow, write_workflow
+from tests.engine_helpers import DEADLINE, engine_in_process, run_workflow, write_workflow
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 LONG_ERROR = (
@@ -46,8 +44,7 @@ LONG_ITEM = "bad-item-with-a-rather-long-identifier-that-goes-on-and-on"
 def engine(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in this process (as the real one, stdout not a terminal): fast enough to
     ask every command; what needs a real pipe or terminal runs the console script."""
-    result = CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+    return engine_in_process("--home", str(home), *args)
 
 
 def on_terminal(home: Path, *args: str, columns: int) -> tuple[int, str]:

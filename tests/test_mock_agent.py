@@ -25,6 +25,7 @@ from engine.tools.mock_agent import (
     main,
 )
 from tests.conftest import ENGINE
+from tests.engine_helpers import engine_in_process
 
 
 def _agent(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -88,7 +89,7 @@ def test_a_bad_script_or_behaviour_is_one_line_and_exit_2(
 ) -> None:
     (tmp_path / "list.yml").write_text("- ok: done\n")
     (tmp_path / "rules.yml").write_text("match: [{pattern: x}]\n")
-    ran = _agent(tmp_path, *args)
+    ran = engine_in_process("mock-agent", *args, cwd=tmp_path)  # refused before it acts
     assert ran.returncode == 2 and ran.stdout == ""
     assert len(ran.stderr.splitlines()) == 1 and said in ran.stderr, ran.stderr
     assert ran.stderr.startswith("engine mock-agent: error: ")
@@ -198,7 +199,7 @@ def test_each_behaviour_key_refuses_a_value_of_the_wrong_kind_or_range(
 def test_engine_mock_agent_refuses_an_out_of_range_behaviour_in_one_line_with_exit_2(
     tmp_path: Path, behavior: str, said: str
 ) -> None:
-    ran = _agent(tmp_path, "--behavior", behavior)
+    ran = engine_in_process("mock-agent", "--behavior", behavior, cwd=tmp_path)
     assert (ran.returncode, ran.stdout) == (2, ""), ran.stderr
     assert ran.stderr == f"engine mock-agent: error: {said}" + ran.stderr.split(said, 1)[1]
     assert len(ran.stderr.splitlines()) == 1 and "internal error" not in ran.stderr

@@ -15,20 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ENGINE, FIXTURES
-from tests.engine_helpers import records, run_workflow, write_workflow
+from tests.engine_helpers import engine_in_process, records, run_workflow, write_workflow
 
 BROKEN = sorted((FIXTURES / "broken").iterdir())
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=[p.name for p in BROKEN])
 def test_broken_workflows(path: Path, snapshot) -> None:
-    proc = subprocess.run(
-        [ENGINE, "validate", path.name],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=path.parent,
-    )
+    proc = engine_in_process("validate", path.name, cwd=path.parent)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
@@ -74,13 +68,7 @@ def _validate(
     directory: Path, text: str, *args: str, name: str = "wf.yml"
 ) -> subprocess.CompletedProcess[str]:
     write_workflow(directory, text, name)
-    return subprocess.run(
-        [ENGINE, "validate", *args, name],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=directory,
-    )
+    return engine_in_process("validate", *args, name, cwd=directory)
 
 
 def _lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
