@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test soak lint format bench schemas docs clean
+.PHONY: install compiled run test soak lint format bench schemas docs clean
 
 install: $(STAMP)
 
@@ -15,13 +15,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-run: install
+# The quickstart and the suite start `engine` hundreds of times: byte-compiled
+# here (only what changed), each start skips compiling the project (~0.13 s of
+# ~0.48 s), even where PYTHONDONTWRITEBYTECODE keeps Python from writing .pyc.
+compiled: install
+	@$(BIN)/python -m compileall -q cli engine ledger projections >/dev/null
+
+run: compiled
 	@$(BIN)/engine run examples/quickstart.yml; \
 	$(BIN)/python examples/check_quickstart.py $$?
 
 # Soak tests are deselected by addopts in pyproject.toml (so a bare pytest does the same).
 # Exit status 5 is pytest's "no tests collected": a failure, said so.
-test: install
+test: compiled
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
 	exit $$status
