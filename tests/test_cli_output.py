@@ -49,12 +49,18 @@ def engine(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def on_terminal(home: Path, *args: str, columns: int) -> tuple[int, str]:
     """Run with stdout on a terminal (a pty) ``columns`` wide; its exit code and output."""
+    code, out, _err = on_terminal_with_stderr(home, *args, columns=columns)
+    return code, out
+
+
+def on_terminal_with_stderr(home: Path, *args: str, columns: int) -> tuple[int, str, str]:
+    """stdout on a terminal (a pty) ``columns`` wide, stderr a pipe: code, stdout, stderr."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     proc = subprocess.Popen(
         [ENGINE, "--home", str(home), *args],
         stdout=slave,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         env={**os.environ, "COLUMNS": str(columns), "TERM": "dumb"},
     )
     os.close(slave)
@@ -68,13 +74,17 @@ def on_terminal(home: Path, *args: str, columns: int) -> tuple[int, str]:
             if not chunk:
                 break
             out.extend(chunk)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
         code = proc.wait(timeout=DEADLINE)
     finally:
         os.close(master)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return code, out.decode().replace("\r\n", "\n")
+        if proc.stderr is not None:
+            proc.stderr.close()
+    return code, out.decode().replace("\r\n", "\n"), err
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from ledger.times import rfc3339
 from projections.replay import replay
 from tests.conftest import ENGINE
 from tests.engine_helpers import DEADLINE, run_workflow, write_workflow
-from tests.test_cli_output import on_terminal
+from tests.test_cli_output import on_terminal, on_terminal_with_stderr
 
 ITEMS = [f"src/module_{name}_with_a_long_path_{i}.py" for i, name in enumerate("abc")]
 ERROR = "the review step could not parse the module and gave up after reading it whole"
@@ -60,37 +60,6 @@ def dead(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return base / "home", result.run_id
 
 
-def _terminal_both(home: Path, *args: str, columns: int) -> tuple[int, str, str]:
-    """stdout on a terminal ``columns`` wide, stderr a pipe: code, stdout, stderr."""
-    import fcntl
-    import struct
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    proc = subprocess.Popen(
-        [ENGINE, "--home", str(home), *args],
-        stdout=slave,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "COLUMNS": str(columns), "TERM": "dumb"},
-    )
-    os.close(slave)
-    out = bytearray()
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out.extend(chunk)
-    os.close(master)
-    assert proc.stderr is not None
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    return proc.wait(timeout=DEADLINE), out.decode().replace("\r\n", "\n"), err
-
-
 # --- 1: identifiers never shrink; left-out columns are named --------------------------
 
 
@@ -106,11 +75,11 @@ def test_dlq_list_at_80_columns_keeps_every_item_id_whole(dead: tuple[Path, str]
 
 def test_a_narrow_terminal_names_the_columns_it_left_out(dead: tuple[Path, str]) -> None:
     home, run = dead
-    code, out, err = _terminal_both(home, "dlq", "list", run, columns=60)
+    code, out, err = on_terminal_with_stderr(home, "dlq", "list", run, columns=60)
     assert code == 0, err
     assert all(any(line.startswith(item) for line in out.splitlines()) for item in ITEMS), out
     assert re.fullmatch(r"engine: not shown \(too narrow\): [A-Z ,]+, which --json has\n", err)
-    code, out, err = _terminal_both(home, "runs", columns=30)
+    code, out, err = on_terminal_with_stderr(home, "runs", columns=30)
     assert code == 0 and run in out
     assert err.startswith("engine: not shown (too narrow): ") and "which --json has" in err
 
