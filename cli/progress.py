@@ -38,6 +38,7 @@ from rich.text import Text
 
 from cli.app import BadInput
 from cli.render import human_duration
+from engine.workflow.reading import load_yaml
 from projections.replay import Projections
 
 __all__ = ["DEFAULT_INTERVAL", "INTERVAL_ENV", "Progress", "progress_interval", "summary_table"]
@@ -332,7 +333,7 @@ def awaited(workflow: str) -> str:
     """What a run waits for before its items are listed, from its workflow's text:
     its setup steps, the map's ``command``, or reading its ``input``."""
     try:
-        spec = yaml.safe_load(workflow) if workflow else None
+        spec = load_yaml(workflow) if workflow else None  # parsed as it was at the start
     except yaml.YAMLError:
         spec = None
     if not isinstance(spec, dict):
