@@ -22,6 +22,7 @@ __all__ = [
     "BadRunId",
     "IncompleteMap",
     "InputRefused",
+    "IsolationError",
     "ItemsError",
     "NotConfirmed",
     "NotRunning",
@@ -84,6 +85,17 @@ class QueryError(EngineError):
     """Bad SQL, an unknown query name, or nothing to query."""
 
     exit_code = 2
+
+
+class IsolationError(EngineError):
+    """``map.isolation: worktree`` cannot work here: the workspace is not in a git
+    repository, it has no commit, or the run's branch or repository is gone."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str, hint: str | None = None) -> None:
+        self.path = path
+        super().__init__(message, hint=hint)
 
 
 class ResumeRefused(EngineError):

@@ -1,7 +1,9 @@
 """The engine's home directory and how a ``RUN`` argument finds a run.
 
 Layout: ``<home>/runs/<run-id>/ledger.ndjson`` (plus the run's lock, logs and
-files). Home is ``--home``, else ``$ENGINE_HOME``, else ``./.engine``.
+files); with ``map.isolation: worktree``, the run's git worktrees under
+``<home>/worktrees/<run-id>/`` (``run`` for the run's own, ``<item>-<attempt>``
+for each attempt's). Home is ``--home``, else ``$ENGINE_HOME``, else ``./.engine``.
 ``RUN`` is a run id, ``latest``, or a path to a run directory or ledger file.
 """
 
@@ -29,6 +31,7 @@ __all__ = [
     "home_path",
     "list_runs",
     "resolve_run",
+    "worktrees_dir",
 ]
 
 DEFAULT_HOME = ".engine"
@@ -79,6 +82,11 @@ def home_path(home: str | os.PathLike[str] | None = None) -> Path:
     if home is not None:
         return Path(home)
     return Path(os.environ.get("ENGINE_HOME") or DEFAULT_HOME)
+
+
+def worktrees_dir(home: Path, run_id: str) -> Path:
+    """Where the git worktrees of a run live: ``<home>/worktrees/<run-id>`` (absolute)."""
+    return (home / "worktrees" / run_id).resolve()
 
 
 def _first_ts(ledger: Path) -> str:

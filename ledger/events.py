@@ -59,6 +59,13 @@ from ledger.payloads import (
     StepStarted,
     StepSucceeded,
 )
+from ledger.payloads_worktree import (
+    WorktreeCommitted,
+    WorktreeConflicted,
+    WorktreeCreated,
+    WorktreeMerged,
+    WorktreeRemoved,
+)
 
 __all__ = [
     "EVENT_TYPES",
@@ -103,6 +110,11 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",
+    "WorktreeCommitted",
+    "WorktreeConflicted",
+    "WorktreeCreated",
+    "WorktreeMerged",
+    "WorktreeRemoved",
     "decode_record",
     "record_decoder",
 ]
@@ -149,6 +161,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CircuitClosed,
         ArtifactWritten,
         PatternAcknowledged,
+        WorktreeCreated,
+        WorktreeCommitted,
+        WorktreeMerged,
+        WorktreeConflicted,
+        WorktreeRemoved,
     )
 }
 """Every event payload class by its ``type``."""

@@ -216,10 +216,12 @@ class LedgerRecovered(Event, frozen=True):
 class StepStarted(Event, frozen=True):
     TYPE: ClassVar[str] = "step.started"
     phase: str
-    """``setup`` or ``reduce``."""
+    """``setup``, ``reduce``, ``merge``, or ``on_conflict`` (an item's merge conflict)."""
     index: int
     name: str = ""
     command: str = ""
+    item: str | None = None
+    """The item an ``on_conflict`` step is for."""
 
 
 class StepSucceeded(Event, frozen=True):

@@ -20,6 +20,7 @@ from projections.queue import PendingProjection
 from projections.run import RunProjection, RunView
 from projections.signatures import SignaturesProjection, SignaturesView
 from projections.workers import WorkersProjection, WorkersView
+from projections.worktrees import WorktreesProjection, WorktreesView
 
 __all__ = ["Projections", "ProjectionsView", "replay"]
 
@@ -37,6 +38,7 @@ class ProjectionsView(msgspec.Struct, kw_only=True):
     dlq: DLQView
     workers: WorkersView
     signatures: SignaturesView
+    worktrees: WorktreesView
 
 
 P = TypeVar("P", bound=Projection)
@@ -65,6 +67,7 @@ class Projections:
         self.signatures = SignaturesProjection()
         self.pending = PendingProjection(self.items)
         self.circuit = CircuitProjection(circuit_on)
+        self.worktrees = WorktreesProjection()
         self.last: Record | None = None
         self.scan: ScanResult | None = None
         """Where the replayed ledger ended (set by :func:`replay`)."""
@@ -105,7 +108,15 @@ class Projections:
         return -1 if self.last is None else self.last.seq
 
     def all(self) -> tuple[Projection, ...]:
-        return (self.run, self.items, self.dlq, self.workers, self.signatures, self.circuit)
+        return (
+            self.run,
+            self.items,
+            self.dlq,
+            self.workers,
+            self.signatures,
+            self.circuit,
+            self.worktrees,
+        )
 
     def apply(self, record: Record) -> None:
         """Fold one record into every projection."""
@@ -146,6 +157,7 @@ class Projections:
             dlq=self.dlq.to_json(),
             workers=self.workers.to_json(),
             signatures=self.signatures.to_json(),
+            worktrees=self.worktrees.to_json(),
         )
 
 

@@ -12,7 +12,6 @@ from engine.exec.program import (
     CANCELLED,
     OutputRedactor,
     StepResult,
-    StepSequence,
     Unpassable,
     ValueFiles,
     check_passable,
@@ -20,6 +19,7 @@ from engine.exec.program import (
     step_command,
     step_limit,
 )
+from engine.exec.sequence import StepSequence
 from engine.workflow.spec import Step
 
 

@@ -377,7 +377,7 @@ def test_validate_json(tmp_path: Path) -> None:
             "field": "map.agent_template[0].run",
             "message": "unknown variable ${map.total} here",
             "hint": "known: attempt, env, item, item_id, item_index, item_total, run; "
-            "${map} is known only in reduce",
+            "${map} is known only in reduce, merge",
         }
     ]
     (warning,) = report["warnings"]

@@ -58,6 +58,10 @@ class AttemptRequest:
     allow_background: bool = False
     """Keep what a step leaves running in its process group when it ends
     (``map.allow_background``); by default it is stopped."""
+    worktree: Path | None = None
+    """The attempt's own git worktree (``map.isolation: worktree``): where a step's
+    ``commit_required`` looks for its commit. None: the repository of the step's
+    working directory."""
 
 
 @dataclass(frozen=True)

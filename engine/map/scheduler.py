@@ -27,6 +27,7 @@ from typing import Any
 
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
 from engine.exec.local import orphans
+from engine.git.isolation import Isolation
 from engine.items.keys import IdempotencyKeys
 from engine.map import outcomes, policy
 from engine.map.outcomes import failure_events, machine_resources
@@ -39,7 +40,11 @@ from ledger.times import epoch, reading
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
-__all__ = ["MapOutcome", "MapScheduler"]
+__all__ = ["MapOutcome", "MapScheduler", "WorktreeUnmade"]
+
+
+class WorktreeUnmade(Exception):
+    """An attempt's worktree could not be created: the attempt fails, said."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,7 @@ class MapScheduler:
         hooks: ItemHooks | None = None,
         warn: Callable[[str], None] = lambda _line: None,
         store: ContentStore | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
         self.writer = writer
         self.p = projections
@@ -114,6 +120,8 @@ class MapScheduler:
         """Where the one line about an engine error goes (stderr)."""
         self.fatal: BaseException | None = None
         """The error that left nothing recordable (the writer stopped): the run stops."""
+        self.isolation = isolation
+        """Each attempt's git worktree, and the merge of its work (``map.isolation``)."""
         self._background: set[asyncio.Future[None]] = set()
         self._keys = IdempotencyKeys(spec)
 
@@ -277,6 +285,10 @@ class MapScheduler:
                 before, plans = [*before, *extra], keep
             if self._paused():
                 plans = []  # paused meanwhile (an await above): they stay pending
+            unmade: dict[str, str] = {}
+            if self.isolation is not None and plans:
+                created, unmade = await self.isolation.prepare([(p.item, p.attempt) for p in plans])
+                before = [*before, *created]
             await self._append(
                 [
                     *before,
@@ -293,7 +305,11 @@ class MapScheduler:
             )
             for plan in plans:
                 try:
+                    if plan.item in unmade:
+                        raise WorktreeUnmade(unmade[plan.item])
                     request = self.make_request(plan.item, plan.attempt, plan.key, plan.value)
+                    if self.isolation is not None:
+                        request = self.isolation.request(request)
                     handle = await self.executor.start(request)
                 except Exception as exc:  # the attempt fails, typed
                     del self.reserved[plan.item]
@@ -403,12 +419,16 @@ class MapScheduler:
         events = self._outcome_events(item, attempt, outcome)
         if outcome.ok and self.hooks is not None:
             try:
-                stored = await self.hooks.on_success(item, attempt, self.values.get(item), outcome)
+                where = self.isolation.attempt_dir(item, attempt) if self.isolation else None
+                value = self.values.get(item)
+                stored = await self.hooks.on_success(item, attempt, value, outcome, where)
             except (OSError, ArtifactError) as exc:
                 outcome = dataclasses.replace(outcome, ok=False, invalid_output=f"artifacts: {exc}")
                 events = self._outcome_events(item, attempt, outcome)
             else:
                 events = [*stored, *events]
+        if outcome.ok and self.isolation is not None:
+            outcome, events = await self._land(item, attempt, outcome, events)
         if outcome.ok:
             # The process is gone: its slot is free at once, and the next
             # item's dispatch is made durable in the same append as this
@@ -422,6 +442,23 @@ class MapScheduler:
         else:
             await self._append(events)
         await self._after_outcome(item, outcome)
+        if outcome.ok and self.isolation is not None:
+            await self.isolation.settle_item(item)
+
+    async def _land(
+        self, item: str, attempt: int, outcome: AttemptOutcome, events: list[Event]
+    ) -> tuple[AttemptOutcome, list[Event]]:
+        """A success's work merged into the run's branch (its slot free meanwhile), or the
+        failure that refused it."""
+        assert self.isolation is not None
+        self.running.pop(item, None)
+        self.wake.set()
+        landing = await self.isolation.land(item, attempt, events)
+        if landing.failure is None:
+            return outcome, landing.events
+        kind, message = landing.failure
+        outcome = dataclasses.replace(outcome, ok=False, error_type=kind, error=message)
+        return outcome, self._outcome_events(item, attempt, outcome)
 
     def _outcome_events(self, item: str, attempt: int, outcome: AttemptOutcome) -> list[Event]:
         return outcomes.outcome_events(

@@ -23,6 +23,7 @@ from engine.errors import IncompleteMap, StoreMissing
 from engine.exec.executor import Attempt, AttemptRequest
 from engine.exec.local.executor import LocalExecutor
 from engine.exec.program import agent_argv
+from engine.git.isolation import Isolation
 from engine.items.selection import LoadStop
 from engine.map.scheduler import MapScheduler
 from engine.redact import Redactor, secret_values
@@ -90,6 +91,16 @@ class RunContext:
         self.signal: int | None = None
         """The signal (SIGINT, SIGTERM) that stopped the run."""
         self._halting: set[asyncio.Future[None]] = set()
+        self.isolation: Isolation | None = None
+        """The run's worktrees and merge queue (``map.isolation: worktree``), once opened."""
+
+    @property
+    def workdir(self) -> Path:
+        """Where the run's steps work: the workflow's directory, or its place in the run's
+        worktree (``map.isolation: worktree``)."""
+        if self.isolation is None:
+            return self.loaded.directory
+        return self.isolation.workdir(self.isolation.path)
 
     # --- the ledger ----------------------------------------------------------------------
 
@@ -167,8 +178,10 @@ class RunContext:
         *,
         steps: list[Step] | None = None,
         phase: str = "map",
+        context: dict[str, Any] | None = None,
     ) -> AttemptRequest:
-        """An attempt of a map item (``steps`` None) or of one setup or reduce step."""
+        """An attempt of a map item (``steps`` None) or of one setup or reduce step
+        (``context``: its variables, by default the run's)."""
         spec = self.spec
         assert spec.map is not None or steps is not None
         env = {
@@ -176,7 +189,7 @@ class RunContext:
             "ENGINE_ATTEMPT": str(attempt),
             "ENGINE_IDEMPOTENCY_KEY": key,
         }
-        context = dict(self.context)
+        context = dict(self.context if context is None else context)
         if steps is None:
             assert spec.map is not None
             state = self.p.items.items.get(item)
@@ -197,7 +210,7 @@ class RunContext:
             context=context,
             env=env,
             base_env=self.process_env(),
-            cwd=self.loaded.directory,
+            cwd=self.workdir,
             run_dir=self.run_dir,
             timeout=spec.map.timeout if (steps is None and spec.map) else None,
             heartbeat_interval=spec.map.heartbeat.interval if spec.map else 10.0,

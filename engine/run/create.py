@@ -24,6 +24,7 @@ from engine import engine_version
 from engine.errors import ItemsError
 from engine.run.context import RunContext
 from engine.run.driver import drive
+from engine.run.isolated import check_workspace, isolated
 from engine.run.loading import in_thread
 from engine.run.options import RunOptions, RunResult
 from engine.store.content import INLINE_LIMIT
@@ -54,6 +55,8 @@ async def create_run(
     new = create and not run_dir.exists()
     if create:
         preflight(loaded, run.process_env(), allow_missing=options.allow_missing)
+        if isolated(run):
+            await check_workspace(run)
     run.open(create=create)
     try:
         opening = await _opening(run, home)

@@ -23,8 +23,9 @@ from engine.exec.local import orphans
 from engine.map.scheduler import MapScheduler
 from engine.run.context import RunContext, unfinished
 from engine.run.enqueue import enqueue
+from engine.run.isolated import isolated, merge_variables, open_isolation, settle_merges
 from engine.run.options import RunResult
-from engine.run.recovery import end_leftovers, requeue_events, settle_interrupted
+from engine.run.recovery import end_leftovers, reclaim, requeue_events, settle_interrupted
 from engine.run.steps import map_context, run_steps
 from engine.run.watcher import ControlWatcher
 from engine.store.cache import ItemHooks
@@ -98,8 +99,13 @@ async def _phases(
     spec = run.spec
     await run.append(opening)
     await control.start()
+    leftovers = await reclaim(run) if resuming else {}
+    if isolated(run):
+        await open_isolation(run, resuming=resuming)
+        if resuming:
+            await settle_merges(run)
     if resuming:
-        await settle_interrupted(run)
+        await settle_interrupted(run, leftovers)
     failure = await run_steps(run, "setup", list(spec.setup), hold=control.unpaused)
     if (result := await _halted(run)) is not None:
         return result
@@ -113,6 +119,9 @@ async def _phases(
         return await finish_engine_error(run, IncompleteMap(left))
     run.context["map"] = map_context(run)
     failure = await run_steps(run, "reduce", list(spec.reduce), hold=control.unpaused)
+    if failure is None and spec.merge and not run.stopping:
+        run.context["merge"] = await merge_variables(run)
+        failure = await run_steps(run, "merge", list(spec.merge), hold=control.unpaused)
     await control.apply()  # a request that came as the last step ended is answered too
     if (result := await _halted(run)) is not None:
         return result
@@ -179,7 +188,7 @@ def _scheduler(run: RunContext, values: dict[str, object]) -> MapScheduler:
         hooks=ItemHooks(
             home=run.run_dir.parent.parent,
             run_id=run.run_id,
-            workspace=run.loaded.directory,
+            workspace=run.workdir,
             spec=spec.map,
             cache=spec.cache,
             mode=run.p.run.cache_mode,
@@ -188,6 +197,7 @@ def _scheduler(run: RunContext, values: dict[str, object]) -> MapScheduler:
         ),
         warn=options.warn,
         store=run.store,
+        isolation=run.isolation,
     )
 
 

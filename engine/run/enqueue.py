@@ -7,6 +7,7 @@ recorded now, and ``map.enqueued`` closes the list.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from engine.errors import ItemsError
@@ -38,6 +39,19 @@ def _enqueue_event(run: RunContext, item: str, index: int, value: Any) -> ItemEn
     return ItemEnqueued(item=item, index=index, value=inline, value_ref=ref)
 
 
+def _items_directory(run: RunContext) -> Path:
+    """Where the map's input is read and its command runs: where the steps work. With
+    isolation, an input file found only in the workspace (not committed, not written by
+    setup) is read from there."""
+    spec = run.spec.map
+    assert spec is not None
+    here = run.workdir
+    name = spec.input
+    if name is not None and not (here / name).exists() and (run.loaded.directory / name).exists():
+        return run.loaded.directory
+    return here
+
+
 async def enqueue(run: RunContext) -> dict[str, Any] | None:
     """Every item's value, its items enqueued first if the ledger does not have them all.
 
@@ -49,7 +63,7 @@ async def enqueue(run: RunContext) -> dict[str, Any] | None:
     if run.p.run.map_enqueued:
         return known
     stop = run.loading = LoadStop()
-    directory, env, context = run.loaded.directory, run.process_env(), dict(run.context)
+    directory, env, context = _items_directory(run), run.process_env(), dict(run.context)
     try:
         loaded = await stoppable(lambda: load_items(spec, directory, env, context, stop=stop), stop)
     except LoadCancelled:

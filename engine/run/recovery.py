@@ -1,9 +1,9 @@
 """What an engine finds of the ones before it, and what its own steps leave behind.
 
+* :func:`reclaim`: what a dead engine left running, stopped first;
 * :func:`settle_interrupted`: attempts a dead engine left without an outcome
-  (its leftover processes stopped first) are recorded ``interrupted``, the
-  logs they had written kept under their final names and named in the
-  record;
+  are recorded ``interrupted``, the logs they had written kept under their
+  final names and named in the record;
 * :func:`requeue_events`: the dead items a resume brings back;
 * :func:`end_leftovers`: processes of the run that outlived their steps, as
   the run ends: stopped (or left, with ``map.allow_background``) and said.
@@ -22,13 +22,19 @@ from engine.run.context import RunContext
 from engine.store.logs import keep_partial_logs
 from ledger.events import Event, ItemFailed, ItemRequeued, LeftoverProcess, LogRef, RunLeftovers
 
-__all__ = ["end_leftovers", "requeue_events", "settle_interrupted"]
+__all__ = ["end_leftovers", "reclaim", "requeue_events", "settle_interrupted"]
 
 
-async def settle_interrupted(run: RunContext) -> None:
-    """Attempts a dead engine left without an outcome: stop leftovers, record them interrupted."""
+async def reclaim(run: RunContext) -> dict[str, int]:
+    """Stop what a dead engine left running for the run (before anything else of a resume);
+    how many processes, by item."""
+    return await run.executor.reclaim(run.run_id, run.run_dir)
+
+
+async def settle_interrupted(run: RunContext, leftovers: dict[str, int]) -> None:
+    """Attempts a dead engine left without an outcome (``leftovers``: the processes
+    :func:`reclaim` stopped, by item): recorded interrupted."""
     assert run.spec.map is not None or not run.p.items.items
-    leftovers = await run.executor.reclaim(run.run_id, run.run_dir)
     running = [s for s in run.p.items.items.values() if s.status == "running"]
     if not running or run.spec.map is None:
         return

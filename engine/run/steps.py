@@ -43,13 +43,21 @@ async def run_steps(
     steps: list[Step],
     *,
     hold: Callable[[], Awaitable[None]] | None = None,
+    context: dict[str, Any] | None = None,
+    item: str | None = None,
+    run_as: int = 1,
 ) -> str | None:
-    """Run setup or reduce steps in order; the failure reason, if one failed.
+    """Run setup, reduce, merge or on_conflict steps in order; the failure reason, if one failed.
 
     Setup steps before ``run.setup_done`` are done already (their captures restored).
     ``hold``: awaited before each step starts, while the run is paused; when
     the run is stopping after it (a signal, a cancel), no more steps start.
+    ``context``: their variables (and where their captures go), by default the
+    run's; ``item``: the item they are for (``on_conflict``), named in
+    ``step.started``; ``run_as``: the attempt number their files are named by
+    (steps run more than once in a run).
     """
+    variables = run.context if context is None else context
     first = run.setup_done if phase == "setup" else 0
     for index, step in enumerate(steps):
         if index < first:
@@ -59,15 +67,19 @@ async def run_steps(
         if run.stopping:
             return None  # the driver says how the run ended
         await run.append(
-            [StepStarted(phase=phase, index=index, name=step.name or "", command=step.text)]
+            [
+                StepStarted(
+                    phase=phase, index=index, name=step.name or "", command=step.text, item=item
+                )
+            ]
         )
-        outcome = await _attempt(run, phase, index, step)
+        outcome = await _attempt(run, phase, index, step, variables, run_as)
         if not outcome.ok:
             event, reason = _failure(phase, index, step, outcome)
             await run.append([event])
             return f"{phase} step {index + 1} ({step.name or step.text[:60]}) failed: {reason}"
-        run.context.update(outcome.captures)
-        if phase == "reduce" and outcome.stdout is not None:
+        variables.update(outcome.captures)
+        if phase in ("reduce", "merge") and outcome.stdout is not None:
             text = (run.run_dir / outcome.stdout.path).read_text(errors="replace")
             run.output.append(text.rstrip("\n"))
         captured = step.capture_output
@@ -89,9 +101,13 @@ async def run_steps(
     return None
 
 
-async def _attempt(run: RunContext, phase: str, index: int, step: Step) -> AttemptOutcome:
+async def _attempt(
+    run: RunContext, phase: str, index: int, step: Step, context: dict[str, Any], run_as: int
+) -> AttemptOutcome:
     """One step's process, to its end; stopped at once when the run is stopping."""
-    request = run.request(f"{phase}-{index}", 1, "", None, steps=[step], phase=phase)
+    request = run.request(
+        f"{phase}-{index}", run_as, "", None, steps=[step], phase=phase, context=context
+    )
     attempt = await run.local.start(request)
     run.current_step = attempt
     if run.stopping:  # stopped while the step was being recorded or started

@@ -170,7 +170,7 @@ class ItemHooks:
     def _restore(self, item: str, attempts: int, entry: CacheEntry) -> list[Event]:
         events: list[Event] = []
         for a in entry.artifacts:
-            dest = self._inside(a.path)
+            dest = _inside(self.workspace, a.path)
             changed = self.store.restore(a.sha256, dest, mode=a.mode)
             events.append(
                 ArtifactWritten(
@@ -187,18 +187,29 @@ class ItemHooks:
     # --- after a success ----------------------------------------------------------------
 
     async def on_success(
-        self, item: str, attempt: int, value: Any, outcome: AttemptOutcome
+        self,
+        item: str,
+        attempt: int,
+        value: Any,
+        outcome: AttemptOutcome,
+        workspace: Path | None = None,
     ) -> list[Event]:
-        """Store the item's artifacts (and its cache entry); the events saying so."""
+        """Store the item's artifacts (and its cache entry); the events saying so.
+
+        ``workspace``: where the attempt worked (its worktree), if not the run's workspace.
+        """
         if not self.active:
             return []
+        root = (workspace or self.workspace).resolve()
         try:
-            return await asyncio.to_thread(self._after, item, attempt, value, outcome)
+            return await asyncio.to_thread(self._after, item, attempt, value, outcome, root)
         except (OSError, ArtifactError) as exc:
             # Its message names files, and becomes the item's error and signature.
             raise ArtifactError(self.redactor.text(str(exc))) from None
 
-    def _after(self, item: str, attempt: int, value: Any, outcome: AttemptOutcome) -> list[Event]:
+    def _after(
+        self, item: str, attempt: int, value: Any, outcome: AttemptOutcome, root: Path
+    ) -> list[Event]:
         stored: list[StoredArtifact] = []
         events: list[Event] = []
         context = self.context(item, value)
@@ -207,12 +218,12 @@ class ItemHooks:
                 rendered = render_text(pattern, context)
             except TemplateError:
                 rendered = pattern
-            for name in sorted(glob.glob(rendered, root_dir=self.workspace, recursive=True)):
-                path = self._inside(name)
+            for name in sorted(glob.glob(rendered, root_dir=root, recursive=True)):
+                path = _inside(root, name)
                 if not path.is_file():
                     continue
                 digest, size = self.store.put_file(path)
-                relative = str(path.relative_to(self.workspace))
+                relative = str(path.relative_to(root))
                 stored.append(
                     StoredArtifact(relative, digest, size, mode=path.stat().st_mode & 0o777)
                 )
@@ -237,9 +248,10 @@ class ItemHooks:
             atomic_write(target, msgspec.json.encode(entry))
         return events
 
-    def _inside(self, name: str) -> Path:
-        """A workspace path, refusing one that leads outside it."""
-        path = (self.workspace / name).resolve()
-        if path != self.workspace and self.workspace not in path.parents:
-            raise ArtifactError(f"artifact {name!r} is outside the workspace {self.workspace}")
-        return path
+
+def _inside(root: Path, name: str) -> Path:
+    """A path in the workspace ``root``, refusing one that leads outside it."""
+    path = (root / name).resolve()
+    if path != root and root not in path.parents:
+        raise ArtifactError(f"artifact {name!r} is outside the workspace {root}")
+    return path

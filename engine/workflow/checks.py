@@ -172,6 +172,8 @@ class TemplateChecks:
             setup_captures = set(self.captures)  # an item's captures are its own
             self.steps(spec.get("agent_template"), ("map", "agent_template"), "map")
             self.captures = setup_captures
+            self.steps(spec.get("on_conflict"), ("map", "on_conflict"), "on_conflict")
+            self.captures = setup_captures
         cache = data.get("cache")
         if isinstance(cache, dict):
             for key in ("key", "inputs"):
@@ -182,6 +184,7 @@ class TemplateChecks:
                     else:
                         self.not_template(("cache", key, index), text, "cache.inputs")
         self.steps(data.get("reduce"), ("reduce",), "reduce")
+        self.steps(data.get("merge"), ("merge",), "merge")
 
 
 def _not_substituted(written: str) -> str:

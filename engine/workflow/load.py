@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -355,7 +356,31 @@ def validate_workflow(path: str | Path) -> tuple[Workflow | None, list[Problem]]
     if not source and (missing := input_missing(data, directory)) is not None:
         source = [missing]  # the map's schema failed: its input is still said to be missing
     findings += source
+    if checked.spec is not None and (found := isolation_unusable(checked.spec, directory)):
+        findings.append(found)
     return checked.spec, locate(str(path), checked.root, findings)
+
+
+def isolation_unusable(spec: Workflow, directory: Path) -> Finding | None:
+    """``map.isolation: worktree`` where the workspace is in no git repository with a commit."""
+    if spec.map is None or spec.map.isolation != "worktree":
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "-q", "--verify", "HEAD^{commit}"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Finding(("map", "isolation"), f"worktree isolation needs git, which fails: {exc}")
+    if done.returncode == 0:
+        return None
+    if b"not a git repository" in done.stderr:
+        why = f"{directory} is not in a git repository (run `git init` and commit there)"
+    else:
+        why = f"the repository of {directory} has no commit yet (commit once first)"
+    return Finding(("map", "isolation"), f"worktree isolation needs a git workspace: {why}")
 
 
 def describe_changes(old: Workflow, new: Workflow, *, limit: int = 20) -> list[str]:

@@ -30,6 +30,7 @@ from engine.workflow.patterns import PatternError, compile_pattern
 
 __all__ = [
     "ERROR_TYPES",
+    "RETRIED_BY_DEFAULT",
     "TRANSIENT_ERROR_TYPES",
     "CacheSpec",
     "CircuitBreakerSpec",
@@ -67,7 +68,10 @@ TRANSIENT_ERROR_TYPES: tuple[ErrorType, ...] = (
     "worker_lost",
     "interrupted",
 )
-"""Error types retried by default."""
+"""Error types that are passing trouble: retried by default."""
+RETRIED_BY_DEFAULT: tuple[ErrorType, ...] = (*TRANSIENT_ERROR_TYPES, "merge_conflict")
+"""Error types ``retry.retry_on`` lists by default: the transient ones, and a merge
+conflict (the retry forks from the run branch's newer head, which usually resolves it)."""
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -189,6 +193,9 @@ class Step(_Model):
     """On the map's last step: the item's result is its stdout (as JSON or text)."""
     artifacts: list[str] = []
     """Files (paths or globs, inside the workspace) kept after success."""
+    commit_required: StrictBool = False
+    """The step must create at least one commit (move HEAD of the repository it works
+    in); else it fails with ``validation_failed``."""
 
     @model_validator(mode="after")
     def _one_command(self) -> Step:
@@ -245,7 +252,7 @@ class RetrySpec(_Model):
     max: Duration = 60.0
     jitter: StrictBool = True
     """Spread each delay uniformly over [delay/2, delay]."""
-    retry_on: list[ErrorType] = list(TRANSIENT_ERROR_TYPES)
+    retry_on: list[ErrorType] = list(RETRIED_BY_DEFAULT)
 
 
 class HeartbeatSpec(_Model):
@@ -299,12 +306,23 @@ class MapSpec(_Model):
     fork, ``setsid``) when it ends; by default it is stopped with the step,
     and whatever escaped its process group is stopped at the end of the run.
     Applies to the setup and reduce steps too."""
+    isolation: Literal["none", "worktree"] = "none"
+    """``worktree``: each attempt works in its own git worktree and branch, merged into
+    the run's branch ``engine/<run-id>`` once it succeeds (``docs/worktrees.md``)."""
+    commit_leftovers: StrictBool = True
+    """With isolation: changes a successful attempt left uncommitted are committed by the
+    engine (false: the attempt fails with ``validation_failed`` instead)."""
+    on_conflict: Steps = []
+    """With isolation: steps run in the run's worktree when an attempt's merge
+    conflicts, the merge left in progress for them to finish."""
 
     @model_validator(mode="after")
     def _one_source(self) -> MapSpec:
         _exactly_one(self, ("input", "command", "items"), "map")
         if not self.agent_template:
             raise ValueError("agent_template needs at least one step")
+        if self.isolation != "worktree" and self.on_conflict:
+            raise ValueError("on_conflict needs isolation: worktree (there is no merge without it)")
         return self
 
 
@@ -350,9 +368,22 @@ class Workflow(_Model):
     reduce: Steps = []
     circuit_breaker: CircuitBreakerSpec | None = None
     cache: CacheSpec | None = None
+    merge: Steps = []
+    """With ``map.isolation: worktree``: steps run after reduce, in the run's worktree,
+    to bring the run's branch to the workspace's (``${merge.*}``)."""
 
     @model_validator(mode="after")
     def _something_to_do(self) -> Workflow:
         if self.map is None and not self.setup and not self.reduce:
             raise ValueError("a workflow needs a map, setup or reduce")
+        isolated = self.map is not None and self.map.isolation == "worktree"
+        if self.merge and not isolated:
+            raise ValueError(
+                "merge needs map.isolation: worktree (there is no run branch to merge)"
+            )
+        if isolated and self.cache is not None and self.cache.enabled:
+            raise ValueError(
+                "cache cannot be used with map.isolation: worktree (a cached item's changes "
+                "are not commits to merge): remove cache, or set cache.enabled: false"
+            )
         return self

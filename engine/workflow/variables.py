@@ -26,12 +26,22 @@ __all__ = [
     "run_context",
 ]
 
-Phase = Literal["setup", "map.command", "map.id", "map", "reduce"]
-PHASES: tuple[Phase, ...] = ("setup", "map.command", "map.id", "map", "reduce")
-"""Where templates are rendered: setup, ``map.command``, ``map.id``, an item's steps, reduce."""
+Phase = Literal["setup", "map.command", "map.id", "map", "on_conflict", "reduce", "merge"]
+PHASES: tuple[Phase, ...] = (
+    "setup",
+    "map.command",
+    "map.id",
+    "map",
+    "on_conflict",
+    "reduce",
+    "merge",
+)
+"""Where templates are rendered: setup, ``map.command``, ``map.id``, an item's steps, the
+map's ``on_conflict`` steps, reduce, and the ``merge`` steps after it."""
 
 _LAST = frozenset({"output", "exit_code"})
-_STEPS: frozenset[Phase] = frozenset({"setup", "map", "reduce"})
+_STEPS: frozenset[Phase] = frozenset({"setup", "map", "on_conflict", "reduce", "merge"})
+_ITEM: frozenset[Phase] = frozenset({"map", "on_conflict"})
 _EVERYWHERE: frozenset[Phase] = frozenset(PHASES)
 
 
@@ -54,14 +64,12 @@ class Variable:
 VARIABLES: tuple[Variable, ...] = (
     Variable(
         "item",
-        frozenset({"map", "map.id"}),
+        frozenset({"map", "map.id", "on_conflict"}),
         "`${item}`, `${item.a.b}`",
         "map",
         "the item, or a field of it (non-strings as JSON)",
     ),
-    Variable(
-        "item_id", frozenset({"map"}), "`${item_id}`", "map", "the item's identity", frozenset()
-    ),
+    Variable("item_id", _ITEM, "`${item_id}`", "map", "the item's identity", frozenset()),
     Variable(
         "item_index",
         frozenset({"map", "map.id"}),
@@ -78,7 +86,7 @@ VARIABLES: tuple[Variable, ...] = (
         "the number of items",
         frozenset(),
     ),
-    Variable("attempt", frozenset({"map"}), "`${attempt}`", "map", "1, 2, ...", frozenset()),
+    Variable("attempt", _ITEM, "`${attempt}`", "map", "1, 2, ...", frozenset()),
     Variable("env", _EVERYWHERE, "`${env.X}`", "everywhere", "from `env` and `--var`"),
     Variable(
         "last",
@@ -98,17 +106,27 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "map",
-        frozenset({"reduce"}),
+        frozenset({"reduce", "merge"}),
         "`${map.total}`, `${map.successful}`, `${map.failed}`, `${map.success_rate}`, "
         "`${map.results}`, `${map.results_file}`",
-        "reduce",
+        "reduce, merge",
         "aggregates; the results as JSON (the file's path when over 64 KiB), and "
         "`results.json` in the run directory",
         frozenset({"total", "successful", "failed", "success_rate", "results", "results_file"}),
     ),
     Variable(
+        "merge",
+        frozenset({"on_conflict", "merge"}),
+        "`${merge.repository}`, `${merge.worktree}`, `${merge.source_branch}`, "
+        "`${merge.target_branch}`, `${merge.commits}`, `${merge.files}`",
+        "`map.on_conflict`, `merge`",
+        "the workspace's repository, the run's worktree, the branch to merge and the "
+        "one it goes into, its number of commits; the conflicting files (`on_conflict`)",
+        frozenset({"repository", "worktree", "source_branch", "target_branch", "commits", "files"}),
+    ),
+    Variable(
         "run",
-        frozenset({"setup", "map.command", "map", "reduce"}),
+        frozenset({"setup", "map.command", "map", "on_conflict", "reduce", "merge"}),
         "`${run.id}`",
         "everywhere but `map.id`",
         "the run id",

@@ -30,7 +30,6 @@ from engine.exec.program import (
     CANCELLED,
     OutputRedactor,
     StepResult,
-    StepSequence,
     ValueFiles,
     check_passable,
     output_secrets,
@@ -39,6 +38,7 @@ from engine.exec.program import (
     step_cwd,
     step_limit,
 )
+from engine.exec.sequence import StepSequence
 from engine.store.logs import LOGS_DIR, attempt_base, log_name
 from engine.workflow.spec import Step
 from ledger.atomic import DIR_MODE, fsync_dir, make_private_dir
@@ -217,7 +217,13 @@ class LocalAttempt(Attempt):
 
     async def _run(self) -> AttemptOutcome:
         request = self.request
-        steps = StepSequence(request.steps, request.context, tails=self._tails)
+        steps = StepSequence(
+            request.steps,
+            request.context,
+            tails=self._tails,
+            cwd=request.cwd,
+            worktree=request.worktree,
+        )
         deadline = None if request.timeout is None else self.started + request.timeout
         try:
             while (planned := steps.next(cancelled=self.cancelled)) is not None:

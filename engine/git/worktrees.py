@@ -1,0 +1,224 @@
+"""The git operations of isolation: worktrees, branches, commits and merges, one call each.
+
+Each is one or a few ``git`` commands through :class:`~engine.git.repo.Git`;
+what they mean for a run (events, the merge queue, a resume) is
+:mod:`engine.git.isolation`'s.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.git.repo import Git, GitError
+
+__all__ = [
+    "MergeResult",
+    "Workspace",
+    "add_worktree",
+    "commit_all",
+    "commits_between",
+    "dirty",
+    "find_workspace",
+    "head_of",
+    "is_ancestor",
+    "listed_worktrees",
+    "merge",
+    "merge_commit_of",
+    "merge_in_progress",
+    "ref",
+    "remove_worktree",
+    "restore",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    """The repository that holds a workspace, and where in it the workspace is."""
+
+    top: Path
+    """The repository's top directory (its main worktree, or the linked one the
+    workspace is in)."""
+    prefix: str
+    """The workspace's directory relative to ``top`` ('' at the top)."""
+    head: str | None
+    """The commit HEAD names (None: no commit yet)."""
+    branch: str | None
+    """The branch checked out (None: a detached HEAD)."""
+    identity: bool
+    """Git knows who commits on this machine (else the engine's commits use its own)."""
+
+
+async def find_workspace(git: Git, directory: Path) -> Workspace | None:
+    """The repository holding ``directory``; None when it is in none."""
+    found = await git.run(directory, "rev-parse", "--show-toplevel", "--show-prefix", check=False)
+    if found.code != 0:
+        return None
+    lines = found.out.splitlines()
+    top = Path(lines[0]) if lines else directory
+    prefix = lines[1].strip().rstrip("/") if len(lines) > 1 else ""
+    head = await git.run(top, "rev-parse", "-q", "--verify", "HEAD^{commit}", check=False)
+    branch = await git.run(top, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+    who = await git.run(top, "var", "GIT_COMMITTER_IDENT", check=False)
+    return Workspace(
+        top=top,
+        prefix=prefix,
+        head=head.out.strip() if head.code == 0 else None,
+        branch=branch.out.strip() if branch.code == 0 else None,
+        identity=who.code == 0,
+    )
+
+
+async def ref(git: Git, repository: Path, branch: str) -> str | None:
+    """The commit ``branch`` points at; None when there is no such branch."""
+    found = await git.run(
+        repository, "rev-parse", "-q", "--verify", f"refs/heads/{branch}^{{commit}}", check=False
+    )
+    return found.out.strip() if found.code == 0 else None
+
+
+async def add_worktree(
+    git: Git, repository: Path, path: Path, branch: str, start: str | None
+) -> None:
+    """A worktree at ``path`` on ``branch``: a new branch at ``start``, or (``start``
+    None) the existing branch. Whatever a crash left at ``path`` is removed first."""
+    if path.exists() or path.is_symlink():
+        await remove_worktree(git, repository, path, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if start is None:
+        await git.run(repository, "worktree", "add", "-f", str(path), branch)
+    else:
+        await git.run(
+            repository, "worktree", "add", "-f", "--no-track", "-B", branch, str(path), start
+        )
+
+
+async def remove_worktree(git: Git, repository: Path, path: Path, branch: str | None) -> None:
+    """The worktree at ``path`` gone (its directory and git's record of it), and ``branch``
+    deleted (if given); what is already gone is not an error."""
+    gone = await git.run(
+        repository, "worktree", "remove", "--force", "--force", str(path), check=False
+    )
+    if gone.code != 0 and (path.exists() or path.is_symlink()):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    await git.run(repository, "worktree", "prune", check=False)
+    if branch is not None:
+        deleted = await git.run(repository, "branch", "-D", "-q", branch, check=False)
+        if deleted.code != 0 and await ref(git, repository, branch) is not None:
+            raise GitError(["branch", "-D", branch], deleted.code, deleted.err)
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    path: Path
+    branch: str | None
+    head: str | None
+
+
+async def listed_worktrees(git: Git, repository: Path) -> list[Listed]:
+    """Every worktree git knows of the repository (``git worktree list --porcelain``)."""
+    out = (await git.run(repository, "worktree", "list", "--porcelain", "-z")).out
+    found: list[Listed] = []
+    path: Path | None = None
+    branch = head = None
+    for entry in [*out.split("\0"), ""]:
+        if not entry:
+            if path is not None:
+                found.append(Listed(path, branch, head))
+            path, branch, head = None, None, None
+        elif entry.startswith("worktree "):
+            path = Path(entry.removeprefix("worktree "))
+        elif entry.startswith("branch "):
+            branch = entry.removeprefix("branch ").removeprefix("refs/heads/")
+        elif entry.startswith("HEAD "):
+            head = entry.removeprefix("HEAD ")
+    return found
+
+
+async def dirty(git: Git, worktree: Path) -> list[str]:
+    """The paths with changes not committed (untracked files included), at most 100."""
+    out = (await git.run(worktree, "status", "--porcelain", "-z", "--untracked-files=all")).out
+    return [entry[3:] for entry in out.split("\0") if len(entry) > 3][:100]
+
+
+async def commit_all(git: Git, worktree: Path, message: str) -> None:
+    """Every change in ``worktree`` committed (``git add -A``), with ``message``."""
+    await git.run(worktree, "add", "-A")
+    await git.run(worktree, "commit", "-q", "--no-verify", "-m", message)
+
+
+async def head_of(git: Git, worktree: Path) -> str:
+    return await git.text(worktree, "rev-parse", "HEAD")
+
+
+async def commits_between(git: Git, worktree: Path, base: str, head: str) -> int:
+    """Commits reachable from ``head`` and not from ``base``."""
+    return int(await git.text(worktree, "rev-list", "--count", f"{base}..{head}"))
+
+
+async def is_ancestor(git: Git, worktree: Path, commit: str, of: str) -> bool:
+    """Whether ``commit`` is ``of`` or one of its ancestors."""
+    found = await git.run(worktree, "merge-base", "--is-ancestor", commit, of, check=False)
+    if found.code not in (0, 1):
+        raise GitError(["merge-base", "--is-ancestor"], found.code, found.err)
+    return found.code == 0
+
+
+@dataclass
+class MergeResult:
+    merged: bool
+    commit: str | None = None
+    """The merge commit (merged)."""
+    conflicts: list[str] = field(default_factory=list)
+    """The files with conflicts (a conflict)."""
+    message: str = ""
+    """What git said when it refused (not merged)."""
+
+
+async def merge(git: Git, worktree: Path, commit: str, message: str) -> MergeResult:
+    """``git merge --no-ff commit`` in ``worktree``; a conflict is left in progress."""
+    done = await git.run(
+        worktree, "merge", "--no-ff", "--no-edit", "-m", message, commit, check=False
+    )
+    if done.code == 0:
+        return MergeResult(True, commit=await head_of(git, worktree))
+    listed = await git.run(worktree, "diff", "--name-only", "-z", "--diff-filter=U", check=False)
+    conflicts = [name for name in listed.out.split("\0") if name][:100]
+    said = " ".join((done.out + " " + done.err).split())
+    return MergeResult(False, conflicts=conflicts, message=said[:1000])
+
+
+async def merge_in_progress(git: Git, worktree: Path) -> bool:
+    """A merge is half done in ``worktree``: its MERGE_HEAD exists.
+
+    Asked of git (``rev-parse --git-path``): in a linked worktree ``.git`` is
+    a file, and the merge's state lives in the repository's
+    ``worktrees/<name>/`` directory, not under ``<worktree>/.git/``.
+    """
+    where = Path(await git.text(worktree, "rev-parse", "--git-path", "MERGE_HEAD"))
+    if not where.is_absolute():
+        where = worktree / where
+    return where.exists()
+
+
+async def restore(git: Git, worktree: Path, commit: str) -> None:
+    """``worktree`` back at ``commit``: a merge in progress aborted, tracked files reset."""
+    if await merge_in_progress(git, worktree):
+        await git.run(worktree, "merge", "--abort", check=False)
+    await git.run(worktree, "reset", "-q", "--hard", commit)
+
+
+async def merge_commit_of(git: Git, worktree: Path, branch_head: str, commit: str) -> str:
+    """The commit on ``branch_head``'s first-parent line that merged ``commit`` (else the head)."""
+    out = await git.text(
+        worktree, "rev-list", "--first-parent", "--parents", "-n", "10000", branch_head
+    )
+    for line in out.splitlines():
+        shas = line.split()
+        if commit in shas[2:]:
+            return shas[0]
+    return branch_head
