@@ -123,6 +123,7 @@ class Isolation:
         if known is None:
             assert base is not None
             await wt.add_worktree(self.git, self.top, self.path, self.branch, base)
+            self.workdir(self.path).mkdir(parents=True, exist_ok=True)
             return [
                 WorktreeCreated(
                     path=str(self.path),
@@ -141,6 +142,7 @@ class Isolation:
             )
         if not (self.path / ".git").exists():
             await wt.add_worktree(self.git, self.top, self.path, self.branch, None)
+            self.workdir(self.path).mkdir(parents=True, exist_ok=True)
         elif await wt.merge_in_progress(self.git, self.path):
             # A merge a dead engine left half done: aborted here, done again by the resume.
             await wt.restore(self.git, self.path, await wt.head_of(self.git, self.path))
@@ -193,6 +195,8 @@ class Isolation:
             branch = attempt_branch(self.run_id, item, attempt)
             try:
                 await wt.add_worktree(self.git, self.top, path, branch, base)
+                # The workspace's place may be a directory the commit does not have yet.
+                self.workdir(path).mkdir(parents=True, exist_ok=True)
             except (GitError, OSError) as exc:
                 failed[item] = f"cannot create the attempt's worktree: {exc}"
                 return None

@@ -110,9 +110,10 @@ def _conflict_runner(run: RunContext) -> Any:
 
     async def resolve(item: str, attempt: int, merge: dict[str, Any]) -> bool:
         state = run.p.items.items.get(item)
+        e = run.values.enqueued.get(item)
         context = {
             **run.context,
-            "item": run.values.enqueued[item].value if item in run.values.enqueued else None,
+            "item": run.stored(e.value, e.value_ref) if e is not None else None,
             "item_id": item,
             "item_index": state.index if state is not None else 0,
             "item_total": len(run.p.items.items),
