@@ -1,7 +1,8 @@
 """The layout's rules, read from the code: who may import whom, and how long things may be.
 
 Layers: ``cli -> engine -> projections -> ledger``; nothing imports upward.
-Inside ``engine/``, ``views`` never import ``run``, ``map`` or ``exec``. No
+Inside ``engine/``, ``views`` never import ``run``, ``map`` or ``exec``; ``git``
+(driven by the scheduler and the run) never imports ``run``, ``map`` or ``views``. No
 module over 500 lines, no function over 80.
 """
 
@@ -21,6 +22,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "projections": ("engine", "cli"),
     "engine": ("cli",),
     "engine.views": ("engine.run", "engine.map", "engine.exec"),
+    "engine.git": ("engine.run", "engine.map", "engine.views"),
 }
 """A package (or subpackage), and what nothing in it may import."""
 
