@@ -109,6 +109,10 @@ class Isolation:
         self.on_conflict = on_conflict
         self.lock = asyncio.Lock()
         """One merge at a time (asyncio's lock is fair: merges go in the order asked)."""
+        self.admin = asyncio.Lock()
+        """One worktree added or removed at a time: git's ``worktree add`` and ``remove``
+        read every other worktree's files, and fail on one being made beside them
+        ("failed to read .git/worktrees/<name>/commondir")."""
 
     def workdir(self, tree: Path) -> Path:
         """Where steps run in a worktree: the workspace's place in it."""
@@ -204,7 +208,8 @@ class Isolation:
                 item=item, attempt=attempt, path=str(path), branch=branch, base=base
             )
 
-        made = await asyncio.gather(*(one(item, attempt) for item, attempt in plans))
+        async with self.admin:
+            made = [await one(item, attempt) for item, attempt in plans]
         return [event for event in made if event is not None], failed
 
     def request(self, request: AttemptRequest) -> AttemptRequest:
@@ -354,7 +359,8 @@ class Isolation:
         events: list[Event] = []
         for tree in trees:
             try:
-                await wt.remove_worktree(self.git, self.top, Path(tree.path), tree.branch)
+                async with self.admin:
+                    await wt.remove_worktree(self.git, self.top, Path(tree.path), tree.branch)
             except (GitError, OSError) as exc:
                 self.warn(f"engine: cannot remove the worktree {tree.path}: {exc} (kept)")
                 continue
@@ -394,7 +400,8 @@ class Isolation:
         for path in await self.orphans():
             branch = f"engine-item/{self.run_id}/{path.name}"
             try:
-                await wt.remove_worktree(self.git, self.top, path, branch)
+                async with self.admin:
+                    await wt.remove_worktree(self.git, self.top, path, branch)
             except (GitError, OSError) as exc:
                 self.warn(f"engine: cannot remove the orphan worktree {path}: {exc}")
                 continue
