@@ -185,3 +185,63 @@ def engine_in_process(
     with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
         result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+# --- git repositories for isolation tests ----------------------------------------------
+
+
+def hermetic_git(monkeypatch: Any, tmp_path: Path) -> None:
+    """Git in this test (the test's, the engine's, the steps') reads no configuration of
+    the machine or the user: only the repositories' own."""
+    empty = tmp_path / "gitconfig"
+    empty.write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name in (
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_COMMON_DIR",
+        "GIT_CEILING_DIRECTORIES",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    """``git -C repo ARGS``'s stdout; it takes no optional lock (a ``status`` never
+    rewrites the index, so the index's bytes say what the engine did to it)."""
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"},
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+    return done.stdout
+
+
+def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    """A repository at ``path`` on branch ``main`` with its own identity and one commit
+    of ``files`` (a README when none)."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "Test User")
+    git(path, "config", "user.email", "test@example.com")
+    for name, text in (files or {"README": "a repository\n"}).items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "start")
+    return path
+
+
+def assert_replays(result: RunResult) -> None:
+    """The run's live projections equal a replay of its ledger, and its chain verifies."""
+    ledger = result.run_dir / "ledger.ndjson"
+    assert projections_json(result.projections) == projections_json(replay(ledger)), (
+        "the engine's final projections differ from a replay of its ledger"
+    )
+    verified = engine_in_process("audit", "verify", str(ledger))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
