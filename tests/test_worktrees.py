@@ -282,6 +282,20 @@ def test_leftovers_refused_when_commit_leftovers_is_false(tmp_path: Path) -> Non
     assert (Path(kept.path) / "left.txt").read_text() == "left\n"  # kept as the agent left it
 
 
+def test_where_git_knows_no_user_the_engines_commits_are_its_own(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "config", "--unset", "user.name")
+    git(repo, "config", "--unset", "user.email")
+    git(repo, "config", "user.useConfigOnly", "true")  # and git guesses none
+    wf = write_workflow(repo, LEFTOVERS.replace("[left, none, both]", "[left]"))
+    result = _run(wf, tmp_path / "home")
+    assert result.exit_code == 0
+    authors = git(
+        repo, "log", "--format=%an <%ae> %cn <%ce>", f"{_base(result)}..engine/{result.run_id}"
+    )
+    assert authors.splitlines() == ["engine <engine@localhost> engine <engine@localhost>"] * 2
+
+
 # --- where steps run, setup, reduce and merge steps ---------------------------------------
 
 IN_A_SUBDIRECTORY = """
