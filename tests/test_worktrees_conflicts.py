@@ -243,3 +243,17 @@ def test_on_conflict_steps_that_do_not_resolve_leave_it_failing_and_the_run_tree
     (kept,) = result.projections.worktrees.kept()
     assert (kept.item, kept.state) == ("second", "conflicted")
     assert [r.data.phase for r in records(result, "step.started")] == ["on_conflict"]
+
+
+def test_an_untracked_file_in_the_runs_worktree_does_not_undo_a_resolution(
+    tmp_path: Path,
+) -> None:
+    """A resolution is judged by the merge's state and the tracked files: a scratch file
+    left untracked in the run's worktree (by a setup or conflict step) is no conflict."""
+    out = tmp_path / "out"
+    out.mkdir()
+    steps = RESOLVE + "        echo scratch > notes.txt\n"
+    result = _conflicting_run(tmp_path, steps, variables={"OUT": str(out)})
+    assert result.exit_code == 0
+    assert _merged(result)["second"].resolved_by == "on_conflict"
+    assert (_run_tree(result) / "notes.txt").read_text() == "scratch\n"

@@ -139,9 +139,11 @@ async def listed_worktrees(git: Git, repository: Path) -> list[Listed]:
     return found
 
 
-async def dirty(git: Git, worktree: Path) -> list[str]:
-    """The paths with changes not committed (untracked files included), at most 100."""
-    out = (await git.run(worktree, "status", "--porcelain", "-z", "--untracked-files=all")).out
+async def dirty(git: Git, worktree: Path, *, untracked: bool = True) -> list[str]:
+    """The paths with changes not committed (untracked files too, unless not
+    ``untracked``), at most 100."""
+    mode = "--untracked-files=all" if untracked else "--untracked-files=no"
+    out = (await git.run(worktree, "status", "--porcelain", "-z", mode)).out
     return [entry[3:] for entry in out.split("\0") if len(entry) > 3][:100]
 
 
