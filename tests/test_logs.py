@@ -22,6 +22,7 @@ from cli.main import cli
 from engine.store.logs import keep_partial_logs, log_paths
 from ledger import LedgerReader
 from ledger.events import ItemFailed, LogRef, Record
+from ledger.lock import RunLock
 from tests.engine_helpers import (
     DEADLINE,
     records,
@@ -328,6 +329,9 @@ def test_an_attempt_killed_with_the_engine_keeps_its_log_named_by_item_failed(
         engine.wait()
     wait_for(lambda: (tmp_path / "step.pid").read_text().strip(), what="the step's pid")
     own_pids.append(int((tmp_path / "step.pid").read_text()))
+    # `engine logs` tells a running attempt from a cut-short one by the run's lock: the
+    # killed engine's lock is gone before it is asked.
+    wait_for(lambda: RunLock(run_dir).probe() is None, what="the dead engine's lock let go")
 
     # Before the resume: what it printed, from the partial file, said to be cut short.
     before = _logs(home, run_id, "victim")
