@@ -20,7 +20,15 @@ def _terminated(signum: int, _frame: object) -> None:
 
 signal.signal(signal.SIGTERM, _terminated)
 
-from cli import control_cmds, dlq_cmds, ledger_cmds, logs_cmds, query_cmds, run_cmds  # noqa: E402, F401
+from cli import (  # noqa: E402, F401
+    control_cmds,
+    dlq_cmds,
+    ledger_cmds,
+    logs_cmds,
+    query_cmds,
+    run_cmds,
+    worktree_cmds,
+)
 from cli.app import cli, quiet_on_closed_stdout  # noqa: E402
 
 __all__ = ["cli", "main"]
