@@ -14,6 +14,7 @@ from cli.app import Context, cli, echo_json
 from cli.render import human_duration, human_time, print_table
 from cli.run_cmds import AS_JSON, JOBS, NO_PROGRESS, drive
 from engine.errors import NothingSelected
+from engine.git.inventory import AttemptWorktree, item_worktrees
 from engine.run import RunOptions, control, resume_run
 from engine.views.status import DLQItemView, dlq_entries, dlq_view, unknown_item
 from ledger.times import epoch, rfc3339
@@ -138,6 +139,8 @@ def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
     what it is instead: not an item of the run, succeeded (and at which
     attempt), pending, waiting for a retry, running, skipped, failed without
     reaching the queue (on_item_failure: ignore or fail), or purged from it.
+    With map.isolation: worktree it names the item's kept worktrees (path,
+    branch, commits, state), kept for debugging until `engine worktree clean`.
     """
     ref = obj.run(run)
     p = replay(ref.ledger)
@@ -145,9 +148,11 @@ def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
     if entry is None:
         raise _not_dead(p, item, ref.run_id)
     view = next(v for v in dlq_view(p) if v.item_id == item)
+    trees = item_worktrees(ref, p, item)
     if as_json:
         data = msgspec.to_builtins(entry)
         data.update(reprocessable=view.reprocessable, needs_review=view.needs_review)
+        data["worktrees"] = msgspec.to_builtins(trees)
         echo_json(data)
         return
     triage = (
@@ -163,6 +168,8 @@ def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
         f"{entry.reason}); {triage}"
     )
     click.echo(f"attempts  {entry.attempts}; last error {entry.error_type}: {entry.last_error}")
+    for i, tree in enumerate(t for t in trees if t.kept):
+        click.echo(f"{'worktree' if i == 0 else '':<10}{_kept_tree(tree)}")
     for f in entry.history:
         code = f"exit {f.exit_code}" if f.exit_code is not None else ""
         if f.signal is not None:
@@ -181,6 +188,21 @@ def dlq_show(obj: Context, run: str, item: str, as_json: bool) -> None:
             click.echo("  stderr tail:")
             for line in f.stderr_tail.splitlines()[-20:]:
                 click.echo(f"    {line}")
+
+
+def _kept_tree(tree: AttemptWorktree) -> str:
+    """A kept worktree of a dead item: where, which branch, what it holds."""
+    commits = "? commits" if tree.commits is None else f"{tree.commits} commit"
+    if tree.commits is not None and tree.commits != 1:
+        commits += "s"
+    if tree.uncommitted:
+        commits += f" + {tree.uncommitted} uncommitted change{'s' if tree.uncommitted != 1 else ''}"
+    gone = "" if tree.exists else "; its directory is gone"
+    conflicts = f"; conflicts in {', '.join(tree.conflicts[:5])}" if tree.conflicts else ""
+    return (
+        f"{tree.path}  (attempt {tree.attempt}, branch {tree.branch}: {commits}, "
+        f"{tree.state}{conflicts}{gone})"
+    )
 
 
 def _not_dead(p: Projections, item: str, run_id: str) -> NothingSelected:
