@@ -15,12 +15,14 @@ from rich.console import Console
 from cli.app import Context, cli, echo_json, quiet_on_closed_stdout
 from cli.progress import DEFAULT_INTERVAL, Progress, progress_interval, summary_table
 from cli.render import StdoutConsole, human_duration, human_time, print_table
+from cli.worktree_cmds import branch_line, branch_next, branch_summary
 from engine.errors import WorkflowError
 from engine.home import RunRef, check_run_id, list_runs
 from engine.run import RunOptions, RunResult, execute_run, resume_run
 from engine.tools.mock_agent import help_text as mock_agent_help
 from engine.tools.mock_agent import main as mock_agent_main
 from engine.views.status import RunStatusView, status_view
+from engine.views.worktrees import isolation_status
 from engine.workflow.load import load_workflow, validate_workflow
 from engine.workflow.spec import check_env_name
 from engine.workflow.starters import TEMPLATES, write_template
@@ -186,9 +188,15 @@ def _print_outcome(result: RunResult, wall: float, as_json: bool) -> None:
         if result.reason and result.status != "completed":
             click.echo(f"reason: {result.reason}")
         click.echo(f"run directory: {result.run_dir}")
+        isolation = isolation_status(p)
+        if isolation is not None:
+            click.echo(branch_summary(isolation))
         click.echo("next:")
         if result.status in ("interrupted", "aborted"):
             click.echo(f"  engine resume {result.run_id}        # go on where it stopped")
+        if isolation is not None:
+            for line in branch_next(isolation, result.run_id):
+                click.echo(line)
         if p.dlq.dead:
             click.echo(f"  engine dlq list {result.run_id}        # what failed for good, and why")
         click.echo(f"  engine status {result.run_id}")
@@ -252,7 +260,9 @@ def status_cmd(obj: Context, run: str, as_json: bool) -> None:
 
     `took` is the time engines spent on the run, as `engine stats` counts its
     wall time: each engine's session summed, so the time between a crash and
-    its resume is not counted; a run an engine holds counts to now.
+    its resume is not counted; a run an engine holds counts to now. With
+    map.isolation: worktree, `branch` names the run's branch, how many items
+    it holds and how many attempt worktrees are kept (JSON: `isolation`).
     """
     view = status_view(obj.run(run))
     if as_json:
@@ -270,6 +280,8 @@ def status_cmd(obj: Context, run: str, as_json: bool) -> None:
         click.echo(f"reason    {view.reason}")
     if view.paused:
         click.echo(f"paused    no new attempts start (engine unpause {view.run_id} goes on)")
+    if view.isolation is not None:
+        click.echo(branch_line(view.isolation, view.run_id))
     click.echo(f"dir       {view.run_dir}")
 
 

@@ -11,6 +11,7 @@ import msgspec
 
 from engine.home import RunRef, effective_status
 from engine.views.stats import engine_time
+from engine.views.worktrees import IsolationStatus, isolation_status
 from engine.workflow.spec import TRANSIENT_ERROR_TYPES
 from ledger.times import epoch
 from projections.dlq import DLQEntry, Failure
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class RunStatusView(msgspec.Struct, kw_only=True):
+class RunStatusView(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str
     status: str
     """created, running, paused (running, its engine starts nothing until unpaused),
@@ -49,6 +50,9 @@ class RunStatusView(msgspec.Struct, kw_only=True):
     attempts: int
     dlq: int
     events: int
+    isolation: IsolationStatus | None = None
+    """With ``map.isolation: worktree``: the run's branch, how many items it holds, its
+    worktree and how to merge it (absent for a run without isolation)."""
 
 
 def status_view(ref: RunRef, p: Projections | None = None) -> RunStatusView:
@@ -74,6 +78,7 @@ def status_view(ref: RunRef, p: Projections | None = None) -> RunStatusView:
         attempts=p.items.dispatched,
         dlq=len(p.dlq.dead),
         events=run.events,
+        isolation=isolation_status(p),
     )
 
 
