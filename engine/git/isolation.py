@@ -155,7 +155,7 @@ class Isolation:
     async def clear_stale_locks(self) -> None:
         """Lock files a killed git command of this run left (the run's lock is held and its
         leftover processes are stopped: none is in use). Only this run's own: the run's
-        worktree's index and HEAD, and the refs of its branches."""
+        worktree's index and its refs (HEAD, ORIG_HEAD, ...), and the refs of its branches."""
         if not self.path.is_dir():
             return
         found = await self.git.run(
@@ -167,7 +167,9 @@ class Isolation:
         own, common = Path(lines[0]), Path(lines[1])
         if not common.is_absolute():
             common = (self.path / common).resolve()
-        stale = [own / "index.lock", own / "HEAD.lock", own / "MERGE_HEAD.lock"]
+        # ORIG_HEAD's too: a merge writes it first, and dies on its lock (every merge after).
+        names = ("index", "HEAD", "ORIG_HEAD", "MERGE_HEAD", "AUTO_MERGE")
+        stale = [own / f"{name}.lock" for name in names]
         stale.append(common / "refs" / "heads" / f"{self.branch}.lock")
         items = common / "refs" / "heads" / "engine-item" / self.run_id
         if items.is_dir():
