@@ -285,13 +285,12 @@ class Isolation:
         """Merge a committed attempt's head (its turn in the merge queue), or find it merged."""
         async with self.lock:
             run_head = await wt.head_of(self.git, self.path)
+            found = await self._found(owed, run_head)
+            if found is not None:
+                return found
             merged = WorktreeMerged(
                 item=owed.item, attempt=owed.attempt, branch=owed.branch, head=owed.head, merge=""
             )
-            if await wt.is_ancestor(self.git, self.path, owed.head, run_head):
-                commit = await wt.merge_commit_of(self.git, self.path, run_head, owed.head)
-                found = msgspec.structs.replace(merged, merge=commit, found=True)
-                return Landing([found, owed.outcome])
             message = _message(
                 f"engine: merge item {owed.item} (attempt {owed.attempt})\n\n"
                 f"Engine-Run: {self.run_id}\nEngine-Item: {owed.item}\n"
@@ -302,6 +301,31 @@ class Isolation:
                 assert result.commit is not None
                 return Landing([msgspec.structs.replace(merged, merge=result.commit), owed.outcome])
             return await self._conflict(owed, run_head, result)
+
+    async def found_merged(
+        self, owed: WorktreeCommitted, resolved_by: str | None = None
+    ) -> Landing | None:
+        """The attempt's head found in the run's branch already (a merge done, its record
+        not made): its ``worktree.merged`` (``found``) and success; None when it is not."""
+        async with self.lock:
+            return await self._found(owed, await wt.head_of(self.git, self.path), resolved_by)
+
+    async def _found(
+        self, owed: WorktreeCommitted, run_head: str, resolved_by: str | None = None
+    ) -> Landing | None:
+        if not await wt.is_ancestor(self.git, self.path, owed.head, run_head):
+            return None
+        commit = await wt.merge_commit_of(self.git, self.path, run_head, owed.head)
+        found = WorktreeMerged(
+            item=owed.item,
+            attempt=owed.attempt,
+            branch=owed.branch,
+            head=owed.head,
+            merge=commit,
+            resolved_by=resolved_by,
+            found=True,
+        )
+        return Landing([found, owed.outcome])
 
     async def _conflict(
         self, owed: WorktreeCommitted, run_head: str, result: wt.MergeResult

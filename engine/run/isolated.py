@@ -22,7 +22,10 @@ from engine.git.isolation import Isolation
 from engine.git.repo import Git, GitError, git_environment
 from engine.map.outcomes import failure_events, machine_resources
 from engine.run.context import RunContext
+from engine.run.loading import in_thread
 from engine.run.steps import run_steps
+from ledger import LEDGER_NAME, LedgerReader
+from ledger.events import WorktreeCommitted
 
 __all__ = ["check_workspace", "merge_variables", "open_isolation", "settle_merges"]
 
@@ -135,7 +138,9 @@ async def settle_merges(run: RunContext) -> None:
     An owed merge whose head is already in the run's branch is recorded (not
     repeated); one that is not is done now (a half-done one was aborted when
     the run's worktree was opened). Its item's success (or its conflict's
-    failure) is recorded as the live engine would have.
+    failure) is recorded as the live engine would have. A conflict the
+    workflow's ``on_conflict`` steps had resolved and committed when the
+    engine died is recorded too (found): the item is not run and merged again.
     """
     isolation = run.isolation
     spec = run.spec.map
@@ -160,10 +165,41 @@ async def settle_merges(run: RunContext) -> None:
                     resources=machine_resources(),
                 )
             )
+    await _settle_resolved(run, isolation)
     for state in run.p.items.items.values():
         if state.status in ("succeeded", "skipped"):
             await isolation.settle_item(state.item)
     await isolation.remove_orphans()
+
+
+async def _settle_resolved(run: RunContext, isolation: Isolation) -> None:
+    """Conflicts of attempts a dead engine left running whose merge is in the run's branch
+    (``on_conflict`` committed it): recorded merged, the item's success with it."""
+    conflicted = {
+        (state.item, state.attempts)
+        for state in run.p.items.items.values()
+        if state.status == "running"
+        and (tree := run.p.worktrees.attempts.get((state.item, state.attempts))) is not None
+        and tree.state == "conflicted"
+    }
+    if not conflicted:
+        return
+    ledger = run.run_dir / LEDGER_NAME
+    committed = await in_thread(lambda: _committed(ledger, conflicted))
+    for owed in committed:
+        landing = await isolation.found_merged(owed, resolved_by="on_conflict")
+        if landing is not None:
+            await run.append(landing.events)
+
+
+def _committed(ledger: Path, attempts: set[tuple[str, int]]) -> list[WorktreeCommitted]:
+    """The ``worktree.committed`` records of ``attempts`` (the success each was to have)."""
+    found: dict[tuple[str, int], WorktreeCommitted] = {}
+    for record in LedgerReader(ledger).records():
+        data = record.data
+        if isinstance(data, WorktreeCommitted) and (data.item, data.attempt) in attempts:
+            found[(data.item, data.attempt)] = data
+    return list(found.values())
 
 
 async def merge_variables(run: RunContext) -> dict[str, Any]:
