@@ -281,13 +281,20 @@ class Isolation:
         )
         return await self.merge_owed(self.p.worktrees.owed[item])
 
-    async def merge_owed(self, owed: WorktreeCommitted) -> Landing:
-        """Merge a committed attempt's head (its turn in the merge queue), or find it merged."""
+    async def merge_owed(self, owed: WorktreeCommitted, *, resuming: bool = False) -> Landing:
+        """Merge a committed attempt's head (its turn in the merge queue), or find it merged.
+
+        ``resuming``: a dead engine owed it, and may have been killed in its merge:
+        what that merge had written of its paths in the run's worktree is put back
+        first (:func:`~engine.git.worktrees.restore_paths`).
+        """
         async with self.lock:
             run_head = await wt.head_of(self.git, self.path)
             found = await self._found(owed, run_head)
             if found is not None:
                 return found
+            if resuming and await wt.dirty(self.git, self.path):
+                await wt.restore_paths(self.git, self.path, run_head, owed.head)
             merged = WorktreeMerged(
                 item=owed.item, attempt=owed.attempt, branch=owed.branch, head=owed.head, merge=""
             )

@@ -7,7 +7,9 @@ what they mean for a run (events, the merge queue, a resume) is
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,7 @@ __all__ = [
     "ref",
     "remove_worktree",
     "restore",
+    "restore_paths",
 ]
 
 
@@ -212,6 +215,49 @@ async def restore(git: Git, worktree: Path, commit: str) -> None:
     if await merge_in_progress(git, worktree):
         await git.run(worktree, "merge", "--abort", check=False)
     await git.run(worktree, "reset", "-q", "--hard", commit)
+
+
+async def restore_paths(git: Git, worktree: Path, commit: str, head: str) -> int:
+    """The paths a merge of ``head`` writes, put back in ``worktree`` (files and index) as
+    ``commit`` has them: those it lacks are deleted. How many there were.
+
+    For a merge git was killed in the middle of before it wrote MERGE_HEAD (so
+    nothing to abort): what it had written of them would make the merge, done
+    again, refuse ("would be overwritten by merge"). Other paths are left as
+    they are (what the run's steps made there).
+    """
+    changed = await git.run(
+        worktree, "diff", "--name-only", "--no-renames", "-z", f"{commit}...{head}"
+    )
+    paths = [name for name in changed.out.split("\0") if name]
+    if not paths:
+        return 0
+    listed = await git.run(worktree, "ls-tree", "-r", "-z", "--name-only", commit)
+    present = set(listed.out.split("\0"))
+    kept = [name for name in paths if name in present]
+    gone = [name for name in paths if name not in present]
+    with tempfile.TemporaryDirectory(prefix="engine-paths-") as scratch:
+        for names, command in (
+            (kept, ("restore", f"--source={commit}", "--staged", "--worktree")),
+            (gone, ("rm", "--cached", "-q", "--ignore-unmatch")),
+        ):
+            if not names:
+                continue
+            spec = Path(scratch) / "paths"
+            spec.write_bytes(b"\0".join(os.fsencode(name) for name in names))
+            await git.run(
+                worktree,
+                "--literal-pathspecs",
+                *command,
+                f"--pathspec-from-file={spec}",
+                "--pathspec-file-nul",
+            )
+    top = worktree.resolve()
+    for name in gone:
+        path = worktree / name
+        if path.parent.resolve().is_relative_to(top) and (path.is_file() or path.is_symlink()):
+            path.unlink()
+    return len(paths)
 
 
 async def merge_commit_of(git: Git, worktree: Path, branch_head: str, commit: str) -> str:

@@ -149,7 +149,7 @@ async def settle_merges(run: RunContext) -> None:
         state = run.p.items.items.get(item)
         if state is None or state.status != "running" or state.attempts != owed.attempt:
             continue
-        landing = await isolation.merge_owed(owed)
+        landing = await isolation.merge_owed(owed, resuming=True)
         if landing.failure is None:
             await run.append(landing.events)
         else:
