@@ -143,8 +143,26 @@ async def settle_merges(run: RunContext) -> None:
     engine died is recorded too (found): the item is not run and merged again.
     """
     isolation = run.isolation
+    assert isolation is not None
+    try:
+        await _settle_owed(run, isolation)
+        await _settle_resolved(run, isolation)
+    except GitError as exc:
+        raise IsolationError(
+            f"cannot finish the merges the stopped engine owed: {exc}",
+            path=str(isolation.path),
+            hint=f"see `git -C {isolation.path} status`; once git works there, resume again",
+        ) from None
+    for state in run.p.items.items.values():
+        if state.status in ("succeeded", "skipped"):
+            await isolation.settle_item(state.item)
+    await isolation.remove_orphans()
+
+
+async def _settle_owed(run: RunContext, isolation: Isolation) -> None:
+    """Owed merges of attempts a dead engine left running: found done, or done now."""
     spec = run.spec.map
-    assert isolation is not None and spec is not None
+    assert spec is not None
     for item, owed in list(run.p.worktrees.owed.items()):
         state = run.p.items.items.get(item)
         if state is None or state.status != "running" or state.attempts != owed.attempt:
@@ -165,11 +183,6 @@ async def settle_merges(run: RunContext) -> None:
                     resources=machine_resources(),
                 )
             )
-    await _settle_resolved(run, isolation)
-    for state in run.p.items.items.values():
-        if state.status in ("succeeded", "skipped"):
-            await isolation.settle_item(state.item)
-    await isolation.remove_orphans()
 
 
 async def _settle_resolved(run: RunContext, isolation: Isolation) -> None:
