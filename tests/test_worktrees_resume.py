@@ -609,3 +609,27 @@ def test_an_owed_merge_that_git_cannot_do_is_one_clear_line(tmp_path: Path) -> N
     assert len(lines) <= 2 and "Traceback" not in done.stderr, done.stderr
     assert "cannot finish the merges the stopped engine owed" in lines[0]
     assert replay(run.ledger).worktrees.owed.keys() == {"a.txt"}  # still owed: resumable
+
+
+def test_a_worktree_record_half_written_by_a_killed_add_is_removed(tmp_path: Path) -> None:
+    """`git worktree add` killed while it wrote git's record of the worktree (a machine
+    crash, a SIGKILL of git itself): an empty commondir makes every `git worktree`
+    command die, and `git worktree prune` keeps the record (it is locked)."""
+    run = Run(tmp_path, [item("a.txt"), item("b.txt"), item("c.txt")], parallel=2)
+    run.killed_at("after worktree-add 3")  # two orphans
+    orphan = next(p for p in run.tree.parent.iterdir() if p.name.startswith("b_txt"))
+    record = Path((orphan / ".git").read_text().split(":", 1)[1].strip())
+    (record / "locked").write_text("initializing\n")
+    (record / "commondir").write_text("")
+    listed = subprocess.run(
+        ["git", "-C", str(run.repo), "worktree", "list"],
+        capture_output=True,
+        text=True,
+        env=git_env(),
+        check=False,
+    )
+    assert listed.returncode != 0 and "commondir" in listed.stderr  # git is stuck
+    done = run.resume()
+    assert done.returncode == 0, done.stderr
+    assert f"engine: removed {record}" in done.stderr
+    run.check_done()

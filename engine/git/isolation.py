@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,9 +429,22 @@ class Isolation:
         return sorted(found)
 
     async def remove_orphans(self) -> int:
-        """Orphans removed (and their branches); how many."""
+        """Orphans removed (and their branches); how many.
+
+        Git's records of this run's worktrees that a killed ``git worktree add``
+        left half written go first: every ``git worktree`` command dies on one.
+        """
+        async with self.admin:
+            for record in await wt.broken_records(self.git, self.top, self.root):
+                await asyncio.to_thread(shutil.rmtree, record, True)
+                self.warn(f"engine: removed {record}, left half written by a git command")
         removed = 0
-        for path in await self.orphans():
+        try:
+            orphans = await self.orphans()
+        except GitError as exc:
+            self.warn(f"engine: cannot list the run's worktrees: {exc} (orphans kept)")
+            return 0
+        for path in orphans:
             branch = f"engine-item/{self.run_id}/{path.name}"
             try:
                 async with self.admin:

@@ -19,6 +19,7 @@ __all__ = [
     "MergeResult",
     "Workspace",
     "add_worktree",
+    "broken_records",
     "commit_all",
     "commits_between",
     "dirty",
@@ -113,6 +114,35 @@ async def remove_worktree(git: Git, repository: Path, path: Path, branch: str | 
         deleted = await git.run(repository, "branch", "-D", "-q", branch, check=False)
         if deleted.code != 0 and await ref(git, repository, branch) is not None:
             raise GitError(["branch", "-D", branch], deleted.code, deleted.err)
+
+
+async def broken_records(git: Git, repository: Path, under: Path) -> list[Path]:
+    """Git's records of worktrees under ``under`` (``<common>/worktrees/<name>``) that a
+    killed ``git worktree add`` left half written: a ``commondir`` or ``HEAD`` missing or
+    empty. Every ``git worktree`` command dies on one, and ``prune`` keeps it (locked)."""
+    found = await git.run(repository, "rev-parse", "--git-common-dir", check=False)
+    if found.code != 0:
+        return []
+    records = Path(found.out.strip())
+    records = (records if records.is_absolute() else repository / records) / "worktrees"
+    broken: list[Path] = []
+    for record in sorted(records.iterdir()) if records.is_dir() else []:
+        try:
+            gitdir = (record / "gitdir").read_text(errors="replace").strip()
+            if not gitdir or Path(gitdir).parent.parent != under:
+                continue  # not one of these (or not known whose: left alone)
+            if any(_empty(record / name) for name in ("commondir", "HEAD")):
+                broken.append(record)
+        except OSError:
+            continue
+    return broken
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 @dataclass(frozen=True, slots=True)
