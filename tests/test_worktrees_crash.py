@@ -8,8 +8,9 @@ yet (a merge in flight), otherwise at a random moment; each time ``engine
 resume`` takes it up, until it completes. Git is the witness the ledger is
 checked against: the run's branch holds exactly one merge commit per item
 (its ``Engine-Item:`` trailer) and exactly one commit of the item's work,
-every item's file with its content; no attempt's worktree or branch is left;
-the chain verifies and the projections equal a replay.
+every item's file with its content; no attempt's worktree or branch is left
+(``engine worktree clean`` finds nothing to remove); the chain verifies and
+the projections equal a replay.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from pathlib import Path
 import pytest
 
 from engine.run import RunOptions, resume_run
-from ledger import LedgerReader
+from ledger import LedgerReader, RunLock
 from projections.replay import replay
 from tests.conftest import projections_json
-from tests.engine_helpers import DEADLINE, engine_in_process, unique_run_id
+from tests.engine_helpers import DEADLINE, engine_in_process, unique_run_id, wait_for
 
 AGENT = """#!/bin/bash
 # A little work (a sleep), then the item's own file, committed (or left to the engine).
@@ -214,6 +215,9 @@ def _kill_repeatedly(run: _Run, *, kills: int, rng: random.Random) -> int:
         in_merge += merging
         _, err = proc.communicate(timeout=DEADLINE)
         assert proc.returncode == -signal.SIGKILL, err.decode()
+        # A child it was starting when it died holds a copy of the lock's descriptor
+        # until its exec closes it: the next engine would be refused (exit 3).
+        wait_for(lambda: RunLock(run.ledger.parent).probe() is None, what="the dead engine's lock")
     run.gate.touch()
     return in_merge
 
@@ -252,7 +256,14 @@ def _finish_and_check(run: _Run, main_head: str) -> None:
     for n in range(run.items):
         assert git(repo, "show", f"{branch}:f-{n}.txt") == f"item {n}\n"
 
-    # Nothing of an attempt is left: worktrees, their directories, their branches.
+    # Nothing of an attempt is left: worktrees, their directories, their branches (the
+    # engine removed them as their items succeeded; `engine worktree clean` finds none).
+    cleaned = engine_in_process(
+        "--home", str(run.home), "worktree", "clean", run.run_id, "--json", cwd=run.repo
+    )
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    report = json.loads(cleaned.stdout)
+    assert (report["removed"], report["failures"]) == ([], []), report
     listed = git(repo, "worktree", "list", "--porcelain").splitlines()
     paths = sorted(
         line.removeprefix("worktree ") for line in listed if line.startswith("worktree ")

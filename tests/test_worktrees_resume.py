@@ -32,7 +32,7 @@ import pytest
 from engine.git.isolation import Isolation
 from engine.git.repo import Git, git_environment
 from engine.run import RunOptions, resume_run
-from ledger import LedgerReader
+from ledger import LedgerReader, RunLock
 from ledger.events import Record
 from projections.replay import Projections, replay
 from tests.conftest import projections_json
@@ -162,6 +162,7 @@ map:
         )
         assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr)
         assert not self.plan.exists()
+        unlocked(self.run_dir)
 
     def resume(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``engine resume`` to the end, its own way (a real process, no fault planned)."""
@@ -176,6 +177,17 @@ map:
 
     def records(self, type_: str | None = None) -> list[Record]:
         return [r for r in LedgerReader(self.ledger).records() if type_ in (None, r.type)]
+
+    def owed(self) -> list[str]:
+        """Items whose work is committed, their merge not recorded (first committed first)."""
+        merged = {r.data.item for r in self.records("worktree.merged")}
+        committed = [r.data.item for r in self.records("worktree.committed")]
+        return [name for name in committed if name not in merged]
+
+    def merged(self, name: str) -> Any:
+        """The item's one ``worktree.merged``."""
+        [record] = [r for r in self.records("worktree.merged") if r.data.item == name]
+        return record.data
 
     def failures(self, name: str) -> list[str]:
         """The error types of the item's failed attempts."""
@@ -199,7 +211,8 @@ map:
 
     def check_done(self) -> None:
         """Completed: every item merged exactly once, its file on the run's branch, no
-        attempt's worktree or branch left, the chain whole, the projections a replay."""
+        attempt's worktree or branch left (``engine worktree clean`` finds none), the
+        chain whole."""
         names = [item["name"] for item in self.items]
         assert replay(self.ledger).run.status == "completed"
         assert self.merges() == Counter(names)
@@ -208,6 +221,12 @@ map:
         for item in self.items:
             if item["file"] == item["name"]:  # its own file
                 assert self.git("show", f"{self.branch}:{item['file']}") == item["text"]
+        cleaned = engine_in_process(
+            "--home", str(self.home), "worktree", "clean", self.run_id, "--json", cwd=self.repo
+        )
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        report = json.loads(cleaned.stdout)
+        assert (report["removed"], report["failures"]) == ([], []), report
         listed = self.git("worktree", "list", "--porcelain").splitlines()
         paths = sorted(line.split(" ", 1)[1] for line in listed if line.startswith("worktree "))
         assert paths == sorted([str(self.repo), str(self.tree)])
@@ -216,6 +235,12 @@ map:
         assert sorted(branches) == sorted(["main", self.branch])
         verified = engine_in_process("--home", str(self.home), "audit", "verify", self.run_id)
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def unlocked(run_dir: Path) -> None:
+    """Wait until no process holds the killed engine's run lock: a child it was starting
+    when it died holds a copy of the lock's descriptor until its exec closes it."""
+    wait_for(lambda: RunLock(run_dir).probe() is None, what="the dead engine's lock to go")
 
 
 def item(
@@ -259,12 +284,11 @@ def test_a_half_done_merge_is_aborted_and_done_again(tmp_path: Path) -> None:
     # .git is a file: <worktree>/.git/MERGE_HEAD is not where it is).
     assert (run.tree / ".git").is_file()
     assert run.git_path("MERGE_HEAD").is_file()
-    assert [r.data.item for r in run.records("worktree.committed")] == ["a.txt"]
-    assert not run.records("worktree.merged")
+    assert run.owed()[:1] == ["a.txt"]  # (b.txt, dispatched meanwhile, may be owed too)
     _resumed_in_process(run)
     run.check_done()
     assert not run.git_path("MERGE_HEAD").exists()
-    merged = run.records("worktree.merged")[0].data
+    merged = run.merged("a.txt")
     assert (merged.item, merged.attempt, merged.found) == ("a.txt", 1, False)  # done again
     # Done again, not failed and retried: one attempt, no conflict.
     assert not run.records("worktree.conflicted")
@@ -279,10 +303,10 @@ def test_a_merge_done_but_not_recorded_is_found_not_repeated(tmp_path: Path) -> 
     run.killed_at("after merge")
     head = run.git("rev-parse", run.branch)
     assert run.merges() == Counter(["a.txt"])  # in git
-    assert not run.records("worktree.merged")  # not in the ledger
+    assert run.owed()[:1] == ["a.txt"]  # not in the ledger
     _resumed_in_process(run)
     run.check_done()
-    first = run.records("worktree.merged")[0].data
+    first = run.merged("a.txt")
     assert (first.item, first.found, first.merge) == ("a.txt", True, head)
     assert not run.failures("a.txt")
 
@@ -291,10 +315,10 @@ def test_a_merge_killed_before_it_ran_is_done_on_resume(tmp_path: Path) -> None:
     run = Run(tmp_path, [item("a.txt"), item("b.txt")])
     run.killed_at("before merge")
     assert run.merges() == Counter()
-    assert [r.data.item for r in run.records("worktree.committed")] == ["a.txt"]
+    assert run.owed()[:1] == ["a.txt"]
     _resumed_in_process(run)
     run.check_done()
-    first = run.records("worktree.merged")[0].data
+    first = run.merged("a.txt")
     assert (first.item, first.attempt, first.found) == ("a.txt", 1, False)
     assert not run.failures("a.txt")
 
@@ -311,13 +335,13 @@ def test_a_merge_killed_before_its_merge_head_is_written_is_done_again(
     first = item(owed, text="the item's text")
     run = Run(tmp_path, [first, item("b.txt")])
     run.killed_at("before merge")
-    assert [r.data.item for r in run.records("worktree.committed")] == [owed]
+    assert run.owed()[:1] == [owed]
     (run.tree / owed).write_text("the it")  # half written
     if left == "staged":
         git(run.tree, "add", owed)
     _resumed_in_process(run)
     run.check_done()
-    merged = run.records("worktree.merged")[0].data
+    merged = run.merged(owed)
     assert (merged.item, merged.attempt, merged.found) == (owed, 1, False)
     assert not run.failures(owed)
 
@@ -537,6 +561,7 @@ def test_a_conflict_resolved_but_not_recorded_is_found_not_merged_again(tmp_path
         check=False,
     )
     assert killed.exists()  # killed by the on_conflict step, once the merge was committed
+    unlocked(run.run_dir)
     conflicted = run.records("worktree.conflicted")
     assert [r.data.files for r in conflicted] == [["shared.txt"]]
     second = conflicted[0].data.item
