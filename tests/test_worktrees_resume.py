@@ -32,8 +32,8 @@ import pytest
 from engine.git.isolation import Isolation
 from engine.git.repo import Git, git_environment
 from engine.run import RunOptions, resume_run
-from ledger import LedgerReader, RunLock
-from ledger.events import Record
+from ledger import LedgerReader, LedgerWriter, RunLock
+from ledger.events import Record, WorktreeMerged
 from projections.replay import Projections, replay
 from tests.conftest import projections_json
 from tests.engine_helpers import DEADLINE, engine_in_process, ledger_has, unique_run_id, wait_for
@@ -321,6 +321,28 @@ def test_a_merge_killed_before_it_ran_is_done_on_resume(tmp_path: Path) -> None:
     first = run.merged("a.txt")
     assert (first.item, first.attempt, first.found) == ("a.txt", 1, False)
     assert not run.failures("a.txt")
+
+
+def test_a_merge_recorded_without_its_success_is_not_merged_again(tmp_path: Path) -> None:
+    """The append of a merge and its item's success torn after the merge's record (a
+    write cut short by the kill): the success is recorded, the item not run again."""
+    run = Run(tmp_path, [item("a.txt"), item("b.txt")])
+    # Killed once a.txt is merged, before the append of [worktree.merged,
+    # item.succeeded]; then only the first of the two made it.
+    run.killed_at("after merge")
+    assert run.merges() == Counter(["a.txt"]) and run.owed()[:1] == ["a.txt"]
+    owed = run.records("worktree.committed")[0].data
+    writer = LedgerWriter.open(run.run_dir, run.run_id)  # the torn append's first record
+    merge = run.git("rev-parse", run.branch)
+    writer.append(
+        WorktreeMerged(item="a.txt", attempt=1, branch=owed.branch, head=owed.head, merge=merge)
+    )
+    writer.close()
+    assert replay(run.ledger).items.items["a.txt"].status == "running"
+    _resumed_in_process(run)
+    run.check_done()
+    assert not run.failures("a.txt")
+    assert [r.data.attempt for r in run.records("item.dispatched") if r.data.item == "a.txt"] == [1]
 
 
 @pytest.mark.parametrize("left", ["untracked", "modified", "staged"])

@@ -138,15 +138,16 @@ async def settle_merges(run: RunContext) -> None:
     An owed merge whose head is already in the run's branch is recorded (not
     repeated); one that is not is done now (a half-done one was aborted when
     the run's worktree was opened). Its item's success (or its conflict's
-    failure) is recorded as the live engine would have. A conflict the
-    workflow's ``on_conflict`` steps had resolved and committed when the
-    engine died is recorded too (found): the item is not run and merged again.
+    failure) is recorded as the live engine would have. A merge done whose
+    success is not recorded (a conflict the workflow's ``on_conflict`` steps
+    had committed, an append cut short after ``worktree.merged``) gets its
+    success: the item is not run and merged again.
     """
     isolation = run.isolation
     assert isolation is not None
     try:
         await _settle_owed(run, isolation)
-        await _settle_resolved(run, isolation)
+        await _settle_merged(run, isolation)
     except GitError as exc:
         raise IsolationError(
             f"cannot finish the merges the stopped engine owed: {exc}",
@@ -185,21 +186,24 @@ async def _settle_owed(run: RunContext, isolation: Isolation) -> None:
             )
 
 
-async def _settle_resolved(run: RunContext, isolation: Isolation) -> None:
-    """Conflicts of attempts a dead engine left running whose merge is in the run's branch
-    (``on_conflict`` committed it): recorded merged, the item's success with it."""
-    conflicted = {
-        (state.item, state.attempts)
-        for state in run.p.items.items.values()
-        if state.status == "running"
-        and (tree := run.p.worktrees.attempts.get((state.item, state.attempts))) is not None
-        and tree.state == "conflicted"
-    }
-    if not conflicted:
+async def _settle_merged(run: RunContext, isolation: Isolation) -> None:
+    """Attempts a dead engine left running whose merge is done but whose success is not
+    recorded: a ``worktree.merged`` recorded without the success appended with it (the
+    append cut short), or a conflict ``on_conflict`` had resolved and committed (found
+    in the run's branch). Their success is recorded: the item is not run again."""
+    done: dict[tuple[str, int], str] = {}
+    for state in run.p.items.items.values():
+        tree = run.p.worktrees.attempts.get((state.item, state.attempts))
+        if state.status == "running" and tree and tree.state in ("merged", "conflicted"):
+            done[(state.item, state.attempts)] = tree.state
+    if not done:
         return
     ledger = run.run_dir / LEDGER_NAME
-    committed = await in_thread(lambda: _committed(ledger, conflicted))
+    committed = await in_thread(lambda: _committed(ledger, set(done)))
     for owed in committed:
+        if done[(owed.item, owed.attempt)] == "merged":
+            await run.append([owed.outcome])
+            continue
         landing = await isolation.found_merged(owed, resolved_by="on_conflict")
         if landing is not None:
             await run.append(landing.events)
