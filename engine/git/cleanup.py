@@ -104,11 +104,10 @@ def _attempt(tree: AttemptTree, why: str | None = None) -> Cleaned:
 
 
 async def _orphan(iso: Isolation, orphan: OrphanWorktree) -> Cleaned:
-    """An orphan, and the branch :meth:`Isolation.remove_orphans` deletes with it (the
-    engine's branch of its name, ``engine-item/<run-id>/<dir>``) if there is one."""
-    branch = f"engine-item/{iso.run_id}/{Path(orphan.path).name}"
-    found = await wt.ref(iso.git, iso.top, branch)
-    return Cleaned(kind="orphan", path=orphan.path, branch=branch if found else None)
+    """An orphan, and the branch :meth:`Isolation.remove_orphans` deletes with it
+    (:meth:`Isolation.orphan_branch`)."""
+    branch = await iso.orphan_branch(Path(orphan.path), orphan.branch)
+    return Cleaned(kind="orphan", path=orphan.path, branch=branch)
 
 
 def _leave(p: Projections, tree: AttemptTree, run_id: str) -> str | None:

@@ -148,7 +148,17 @@ class Isolation:
         if not (self.path / ".git").exists():
             await wt.add_worktree(self.git, self.top, self.path, self.branch, None)
             self.workdir(self.path).mkdir(parents=True, exist_ok=True)
-        elif await wt.merge_in_progress(self.git, self.path):
+            # Made again (``worktree clean --all`` removed it): recorded, as it was first.
+            return [
+                WorktreeCreated(
+                    path=str(self.path),
+                    branch=self.branch,
+                    base=known.base,
+                    repository=known.repository,
+                    target_branch=known.target_branch,
+                )
+            ]
+        if await wt.merge_in_progress(self.git, self.path):
             # A merge a dead engine left half done: aborted here, done again by the resume.
             await wt.restore(self.git, self.path, await wt.head_of(self.git, self.path))
         return []
@@ -444,8 +454,9 @@ class Isolation:
         except GitError as exc:
             self.warn(f"engine: cannot list the run's worktrees: {exc} (orphans kept)")
             return 0
+        listed = {w.path: w.branch for w in await wt.listed_worktrees(self.git, self.top)}
         for path in orphans:
-            branch = f"engine-item/{self.run_id}/{path.name}"
+            branch = await self.orphan_branch(path, listed.get(path))
             try:
                 async with self.admin:
                     await wt.remove_worktree(self.git, self.top, path, branch)
@@ -453,7 +464,33 @@ class Isolation:
                 self.warn(f"engine: cannot remove the orphan worktree {path}: {exc}")
                 continue
             removed += 1
+        for branch in await self.stray_branches():
+            deleted = await self.git.run(self.top, "branch", "-D", "-q", branch, check=False)
+            if deleted.code != 0:
+                self.warn(f"engine: cannot delete the branch {branch}: {deleted.err.strip()}")
         return removed
+
+    async def orphan_branch(self, path: Path, checked_out: str | None) -> str | None:
+        """The branch that goes with an orphan: the engine's one checked out there, or (none
+        checked out) the engine's of its name if it exists; never a branch of the user's."""
+        prefix = f"engine-item/{self.run_id}/"
+        if checked_out is not None:
+            return checked_out if checked_out.startswith(prefix) else None
+        named = prefix + path.name
+        return named if await wt.ref(self.git, self.top, named) is not None else None
+
+    async def stray_branches(self) -> list[str]:
+        """Attempt branches of this run with no worktree the ledger keeps (left when a
+        worktree went but its branch could not)."""
+        kept = {tree.branch for tree in self.p.worktrees.kept()}
+        out = await self.git.text(
+            self.top,
+            "for-each-ref",
+            "--format=%(refname:short)",
+            f"refs/heads/engine-item/{self.run_id}/",
+        )
+        listed = {w.branch for w in await wt.listed_worktrees(self.git, self.top)}
+        return [b for b in out.splitlines() if b and b not in kept and b not in listed]
 
 
 def _message(text: str) -> str:

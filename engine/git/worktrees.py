@@ -217,7 +217,7 @@ class MergeResult:
 async def merge(git: Git, worktree: Path, commit: str, message: str) -> MergeResult:
     """``git merge --no-ff commit`` in ``worktree``; a conflict is left in progress."""
     done = await git.run(
-        worktree, "merge", "--no-ff", "--no-edit", "-m", message, commit, check=False
+        worktree, "merge", "-q", "--no-ff", "--no-edit", "-m", message, commit, check=False
     )
     if done.code == 0:
         return MergeResult(True, commit=await head_of(git, worktree))

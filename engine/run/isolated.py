@@ -96,14 +96,30 @@ async def open_isolation(run: RunContext, *, resuming: bool = False) -> None:
         raise IsolationError(str(exc), path=str(isolation.path)) from None
     if events:
         await run.append(events)
-        left = await wt.dirty(git, found.top)
-        if left:
-            run.options.warn(
-                f"engine: the workspace has {len(left)} uncommitted change"
-                f"{'s' if len(left) > 1 else ''}: the run's worktrees start from its HEAD "
-                f"{(found.head or '')[:12]} without them"
-            )
+    if known is None:
+        await _say_uncommitted(run, git, found)
     run.isolation = isolation
+
+
+async def _say_uncommitted(run: RunContext, git: Git, found: wt.Workspace) -> None:
+    """One line when the workspace has changes its HEAD lacks (the engine's home aside):
+    the worktrees start from HEAD, without them."""
+    home = run.run_dir.parent.parent.resolve()
+    status = await git.run(
+        found.top, "status", "--porcelain", "-z", "--untracked-files=normal", check=False
+    )
+    left = [
+        entry[3:]
+        for entry in status.out.split("\0")
+        if len(entry) > 3 and not (found.top / entry[3:]).resolve().is_relative_to(home)
+    ]
+    if left:
+        run.options.warn(
+            f"engine: the workspace has {len(left)} uncommitted change"
+            f"{'s' if len(left) > 1 else ''} ({', '.join(left[:3])}"
+            f"{', ...' if len(left) > 3 else ''}): the run's worktrees start from its HEAD "
+            f"{(found.head or '')[:12]} without them"
+        )
 
 
 def _conflict_runner(run: RunContext) -> Any:
