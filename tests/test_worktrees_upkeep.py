@@ -115,6 +115,7 @@ def test_the_uncommitted_warning_leaves_the_engines_home_out(
     (tmp_path / "go").touch()
     run_workflow(wf, repo / ".engine", variables={"GO": str(tmp_path / "go")}, warn=lines.append)
     assert not [line for line in lines if "uncommitted" in line], lines
+    assert git(repo, "status", "--porcelain") == ""  # the home in the checkout is ignored
     (repo / "draft.txt").write_text("not committed\n")
     run_workflow(wf, repo / ".engine", variables={"GO": str(tmp_path / "go")}, warn=lines.append)
     (said,) = [line for line in lines if "uncommitted" in line]

@@ -37,7 +37,7 @@ import msgspec
 
 from engine.exec.executor import AttemptRequest
 from engine.git import worktrees as wt
-from engine.git.refs import read_head, safe_name
+from engine.git.refs import attempt_branch, read_head, run_branch, safe_name
 from engine.git.repo import Git, GitError
 from engine.home import worktrees_dir
 from ledger.events import (
@@ -52,19 +52,11 @@ from ledger.events import (
 from projections.replay import Projections
 from projections.worktrees import AttemptTree
 
-__all__ = ["ConflictSteps", "Isolation", "Landing", "attempt_branch", "run_branch"]
+__all__ = ["ConflictSteps", "Isolation", "Landing"]
 
 ConflictSteps = Callable[[str, int, dict[str, Any]], Awaitable[bool]]
 """Runs the workflow's ``on_conflict`` steps for (item, attempt, ``${merge.*}``); whether
 they all succeeded (the merge's state in git says whether they resolved it)."""
-
-
-def run_branch(run_id: str) -> str:
-    return f"engine/{run_id}"
-
-
-def attempt_branch(run_id: str, item: str, attempt: int) -> str:
-    return f"engine-item/{run_id}/{safe_name(item)}-{attempt}"
 
 
 @dataclass
@@ -92,6 +84,7 @@ class Isolation:
         warn: Callable[[str], None],
         commit_leftovers: bool = True,
         on_conflict: ConflictSteps | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.git = git
         self.run_id = run_id
@@ -108,6 +101,8 @@ class Isolation:
         self.warn = warn
         self.commit_leftovers = commit_leftovers
         self.on_conflict = on_conflict
+        self.stopping = stopping
+        """The run is stopping: a conflict then interrupts the attempt, not fails it."""
         self.lock = asyncio.Lock()
         """One merge at a time (asyncio's lock is fair: merges go in the order asked)."""
         self.admin = asyncio.Lock()
@@ -164,28 +159,8 @@ class Isolation:
         return []
 
     async def clear_stale_locks(self) -> None:
-        """Lock files a killed git command of this run left (the run's lock is held and its
-        leftover processes are stopped: none is in use). Only this run's own: the run's
-        worktree's index and its refs (HEAD, ORIG_HEAD, ...), and the refs of its branches."""
-        if not self.path.is_dir():
-            return
-        found = await self.git.run(
-            self.path, "rev-parse", "--absolute-git-dir", "--git-common-dir", check=False
-        )
-        lines = found.out.splitlines()
-        if found.code != 0 or len(lines) < 2:
-            return
-        own, common = Path(lines[0]), Path(lines[1])
-        if not common.is_absolute():
-            common = (self.path / common).resolve()
-        # ORIG_HEAD's too: a merge writes it first, and dies on its lock (every merge after).
-        names = ("index", "HEAD", "ORIG_HEAD", "MERGE_HEAD", "AUTO_MERGE")
-        stale = [own / f"{name}.lock" for name in names]
-        stale.append(common / "refs" / "heads" / f"{self.branch}.lock")
-        items = common / "refs" / "heads" / "engine-item" / self.run_id
-        if items.is_dir():
-            stale += list(items.glob("*.lock"))
-        for path in stale:
+        """Lock files a killed git command of this run left (:func:`wt.stale_locks`)."""
+        for path in await wt.stale_locks(self.git, self.path, self.branch, self.run_id):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 self.warn(f"engine: removed {path}, left by a git command the engine was killed in")
@@ -253,6 +228,11 @@ class Isolation:
         """
         tree = self.tree(item, attempt)
         path = Path(tree.path)
+        unfinished = await wt.left_unfinished(self.git, path, tree.branch)
+        if unfinished is not None:
+            return Landing(
+                [], ("validation_failed", f"the attempt left {unfinished}: its worktree is kept")
+            )
         left = await wt.dirty(self.git, path)
         if left and not self.commit_leftovers:
             shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
@@ -265,11 +245,18 @@ class Isolation:
                 ),
             )
         if left:
-            await wt.commit_all(
-                self.git,
-                path,
-                _message(f"engine: commit what item {item} attempt {attempt} left uncommitted"),
-            )
+            message = f"engine: commit what item {item} attempt {attempt} left uncommitted"
+            nested = await wt.commit_all(self.git, path, _message(message))
+            if nested:
+                return Landing(
+                    [],
+                    (
+                        "validation_failed",
+                        f"the attempt left a git repository inside its worktree "
+                        f"({', '.join(nested[:5])}): committed, its files would be lost "
+                        "(only a link to it is kept); its worktree is kept",
+                    ),
+                )
         head = await wt.head_of(self.git, path)
         commits = await wt.commits_between(self.git, path, tree.base, head)
         if commits == 0:
@@ -310,8 +297,8 @@ class Isolation:
                 item=owed.item, attempt=owed.attempt, branch=owed.branch, head=owed.head, merge=""
             )
             message = _message(
-                f"engine: merge item {owed.item} (attempt {owed.attempt})\n\n"
-                f"Engine-Run: {self.run_id}\nEngine-Item: {owed.item}\n"
+                f"engine: merge item {_line(owed.item)} (attempt {owed.attempt})\n\n"
+                f"Engine-Run: {self.run_id}\nEngine-Item: {_line(owed.item)}\n"
                 f"Engine-Attempt: {owed.attempt}"
             )
             result = await wt.merge(self.git, self.path, owed.head, message)
@@ -360,7 +347,7 @@ class Isolation:
                 )
             ]
         )
-        if self.on_conflict is not None and result.conflicts:
+        if self.on_conflict is not None and result.conflicts and not self.stopping():
             target = self.p.worktrees.run.target_branch if self.p.worktrees.run else None
             context = {
                 **self.merge_context(target),
@@ -387,6 +374,8 @@ class Isolation:
                 )
                 return Landing([merged, owed.outcome])
         await wt.restore(self.git, self.path, run_head)
+        if self.stopping():  # a cancel or a signal: not the attempt's fault
+            return Landing([], ("interrupted", "stopped while its merge conflict was handled"))
         files = ", ".join(result.conflicts[:10]) or result.message[:300]
         return Landing(
             [], ("merge_conflict", f"merging {owed.branch} into {self.branch} conflicts: {files}")
@@ -491,6 +480,11 @@ class Isolation:
         )
         listed = {w.branch for w in await wt.listed_worktrees(self.git, self.top)}
         return [b for b in out.splitlines() if b and b not in kept and b not in listed]
+
+
+def _line(text: str) -> str:
+    """An item id on one line of a commit message (no trailer of its own)."""
+    return " ".join(text.splitlines())
 
 
 def _message(text: str) -> str:

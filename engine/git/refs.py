@@ -10,7 +10,7 @@ import hashlib
 import re
 from pathlib import Path
 
-__all__ = ["read_head", "safe_name"]
+__all__ = ["attempt_branch", "read_head", "run_branch", "safe_name"]
 
 # --- HEAD without running git ---------------------------------------------------------
 
@@ -85,3 +85,13 @@ def safe_name(item: str) -> str:
         return name
     digest = hashlib.sha256(item.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{name}-{digest}" if name else digest
+
+
+def run_branch(run_id: str) -> str:
+    """The run's branch: ``engine/<run-id>``."""
+    return f"engine/{run_id}"
+
+
+def attempt_branch(run_id: str, item: str, attempt: int) -> str:
+    """An attempt's branch: ``engine-item/<run-id>/<item made safe>-<attempt>``."""
+    return f"engine-item/{run_id}/{safe_name(item)}-{attempt}"

@@ -19,13 +19,14 @@ from engine.exec.local.child import Child
 
 __all__ = [
     "FALLBACK_IDENTITY",
+    "GIT_CONTEXT",
     "Git",
     "GitError",
     "GitResult",
     "git_environment",
 ]
 
-_CONTEXT = frozenset(
+GIT_CONTEXT = frozenset(
     {
         "GIT_DIR",
         "GIT_WORK_TREE",
@@ -64,7 +65,7 @@ a headless run), run no hook of the repository and start no background gc."""
 
 def git_environment(base: Mapping[str, str]) -> dict[str, str]:
     """The environment of the engine's git commands, from the run's."""
-    env = {k: v for k, v in base.items() if k not in _CONTEXT}
+    env = {k: v for k, v in base.items() if k not in GIT_CONTEXT}
     env.update(
         {
             "GIT_TERMINAL_PROMPT": "0",

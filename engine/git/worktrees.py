@@ -24,8 +24,10 @@ __all__ = [
     "commits_between",
     "dirty",
     "find_workspace",
+    "forget",
     "head_of",
     "is_ancestor",
+    "left_unfinished",
     "listed_worktrees",
     "merge",
     "merge_commit_of",
@@ -34,6 +36,7 @@ __all__ = [
     "remove_worktree",
     "restore",
     "restore_paths",
+    "stale_locks",
 ]
 
 
@@ -109,11 +112,34 @@ async def remove_worktree(git: Git, repository: Path, path: Path, branch: str | 
             shutil.rmtree(path)
         else:
             path.unlink()
-    await git.run(repository, "worktree", "prune", check=False)
+    await forget(git, repository, path)
     if branch is not None:
         deleted = await git.run(repository, "branch", "-D", "-q", branch, check=False)
         if deleted.code != 0 and await ref(git, repository, branch) is not None:
             raise GitError(["branch", "-D", branch], deleted.code, deleted.err)
+
+
+async def _records(git: Git, repository: Path) -> Path | None:
+    """Where git keeps its records of the repository's linked worktrees."""
+    found = await git.run(repository, "rev-parse", "--git-common-dir", check=False)
+    if found.code != 0:
+        return None
+    common = Path(found.out.strip())
+    return (common if common.is_absolute() else repository / common) / "worktrees"
+
+
+async def forget(git: Git, repository: Path, path: Path) -> None:
+    """Git's record of the worktree at ``path`` removed, if one is left (its directory
+    already gone). Only that one: ``git worktree prune`` would also forget the user's
+    worktrees whose directories are away for now (an unmounted disk)."""
+    records = await _records(git, repository)
+    for record in sorted(records.iterdir()) if records is not None and records.is_dir() else []:
+        try:
+            gitdir = (record / "gitdir").read_text(errors="replace").strip()
+        except OSError:
+            continue
+        if gitdir and Path(gitdir).parent == path:
+            shutil.rmtree(record, ignore_errors=True)
 
 
 async def broken_records(git: Git, repository: Path, under: Path) -> list[Path]:
@@ -180,10 +206,47 @@ async def dirty(git: Git, worktree: Path, *, untracked: bool = True) -> list[str
     return [entry[3:] for entry in out.split("\0") if len(entry) > 3][:100]
 
 
-async def commit_all(git: Git, worktree: Path, message: str) -> None:
-    """Every change in ``worktree`` committed (``git add -A``), with ``message``."""
+async def commit_all(git: Git, worktree: Path, message: str) -> list[str]:
+    """Every change in ``worktree`` committed (``git add -A``), with ``message``; or, when
+    a git repository was made inside it (committed, only a link to it would be kept,
+    not its files), nothing committed and those directories returned."""
+    others = await git.run(
+        worktree, "ls-files", "--others", "--exclude-standard", "--directory", "-z"
+    )
+    nested = [
+        name.rstrip("/")
+        for name in others.out.split("\0")
+        if name.endswith("/") and (worktree / name / ".git").exists()
+    ]
+    if nested:
+        return nested
     await git.run(worktree, "add", "-A")
     await git.run(worktree, "commit", "-q", "--no-verify", "-m", message)
+    return []
+
+
+async def left_unfinished(git: Git, worktree: Path, branch: str) -> str | None:
+    """What an attempt left that the engine must not commit or merge: a merge, rebase,
+    cherry-pick or revert in progress, conflicted files, or HEAD off its branch."""
+    for name, what in (
+        ("MERGE_HEAD", "a merge"),
+        ("rebase-merge", "a rebase"),
+        ("rebase-apply", "a rebase"),
+        ("CHERRY_PICK_HEAD", "a cherry-pick"),
+        ("REVERT_HEAD", "a revert"),
+    ):
+        where = Path(await git.text(worktree, "rev-parse", "--git-path", name))
+        if (where if where.is_absolute() else worktree / where).exists():
+            return f"{what} in progress"
+    listed = await git.run(worktree, "diff", "--name-only", "-z", "--diff-filter=U", check=False)
+    conflicted = [name for name in listed.out.split("\0") if name]
+    if conflicted:
+        return f"conflicted files ({', '.join(conflicted[:5])})"
+    on = await git.run(worktree, "symbolic-ref", "-q", "HEAD", check=False)
+    if on.out.strip() != f"refs/heads/{branch}":
+        now = on.out.strip().removeprefix("refs/heads/") or "a detached HEAD"
+        return f"its branch {branch} (HEAD is now {now})"
+    return None
 
 
 async def head_of(git: Git, worktree: Path) -> str:
@@ -300,3 +363,28 @@ async def merge_commit_of(git: Git, worktree: Path, branch_head: str, commit: st
         if commit in shas[2:]:
             return shas[0]
     return branch_head
+
+
+async def stale_locks(git: Git, run_tree: Path, branch: str, run_id: str) -> list[Path]:
+    """The lock files a killed git command of a run may have left (the run's lock is held
+    and its leftover processes are stopped: none is in use). Only the run's own: its
+    worktree's index and refs (HEAD, ORIG_HEAD, ...), and its branches' refs."""
+    if not run_tree.is_dir():
+        return []
+    found = await git.run(
+        run_tree, "rev-parse", "--absolute-git-dir", "--git-common-dir", check=False
+    )
+    lines = found.out.splitlines()
+    if found.code != 0 or len(lines) < 2:
+        return []
+    own, common = Path(lines[0]), Path(lines[1])
+    if not common.is_absolute():
+        common = (run_tree / common).resolve()
+    # ORIG_HEAD's too: a merge writes it first, and dies on its lock (every merge after).
+    names = ("index", "HEAD", "ORIG_HEAD", "MERGE_HEAD", "AUTO_MERGE")
+    stale = [own / f"{name}.lock" for name in names]
+    stale.append(common / "refs" / "heads" / f"{branch}.lock")
+    items = common / "refs" / "heads" / "engine-item" / run_id
+    if items.is_dir():
+        stale += list(items.glob("*.lock"))
+    return stale

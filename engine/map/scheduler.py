@@ -457,7 +457,9 @@ class MapScheduler:
         if landing.failure is None:
             return outcome, landing.events
         kind, message = landing.failure
-        outcome = dataclasses.replace(outcome, ok=False, error_type=kind, error=message)
+        outcome = dataclasses.replace(
+            outcome, ok=False, error_type=kind, error=message, interrupted=kind == "interrupted"
+        )
         return outcome, self._outcome_events(item, attempt, outcome)
 
     def _outcome_events(self, item: str, attempt: int, outcome: AttemptOutcome) -> list[Event]:

@@ -14,6 +14,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from engine.exec.executor import Attempt, AttemptRequest
 from engine.exec.local.executor import LocalExecutor
 from engine.exec.program import agent_argv
 from engine.git.isolation import Isolation
+from engine.git.repo import GIT_CONTEXT
 from engine.items.selection import LoadStop
 from engine.map.scheduler import MapScheduler
 from engine.redact import Redactor, secret_values
@@ -91,6 +93,8 @@ class RunContext:
         self.signal: int | None = None
         """The signal (SIGINT, SIGTERM) that stopped the run."""
         self._halting: set[asyncio.Future[None]] = set()
+        self.hold: Callable[[], Awaitable[None]] | None = None
+        """Awaited before a step starts while the run is paused (the control watcher's)."""
         self.isolation: Isolation | None = None
         """The run's worktrees and merge queue (``map.isolation: worktree``), once opened."""
 
@@ -163,6 +167,11 @@ class RunContext:
             path = env.get("PATH", "")
             if bin_dir not in path.split(os.pathsep):
                 env["PATH"] = bin_dir + (os.pathsep + path if path else "")
+            if self.spec.map is not None and self.spec.map.isolation == "worktree":
+                # Steps work in worktrees: a GIT_DIR of the caller's (a git hook's) would
+                # send their git commands to the user's checkout.
+                for name in GIT_CONTEXT:
+                    env.pop(name, None)
             env.update(self.env)
             env["ENGINE_RUN_ID"] = self.run_id
             env["ENGINE_RUN_DIR"] = str(self.run_dir)

@@ -99,6 +99,7 @@ async def _phases(
     spec = run.spec
     await run.append(opening)
     await control.start()
+    run.hold = control.unpaused
     leftovers = await reclaim(run) if resuming else {}
     if isolated(run):
         await open_isolation(run, resuming=resuming)

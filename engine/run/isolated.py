@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ async def open_isolation(run: RunContext, *, resuming: bool = False) -> None:
         warn=run.options.warn,
         commit_leftovers=spec.commit_leftovers,
         on_conflict=_conflict_runner(run) if spec.on_conflict else None,
+        stopping=lambda: run.stopping,
     )
     try:
         if resuming:
@@ -97,8 +99,19 @@ async def open_isolation(run: RunContext, *, resuming: bool = False) -> None:
     if events:
         await run.append(events)
     if known is None:
+        _ignore_home(run, found.top)
         await _say_uncommitted(run, git, found)
     run.isolation = isolation
+
+
+def _ignore_home(run: RunContext, top: Path) -> None:
+    """A home inside the repository ignored by git (a ``.gitignore`` of its own, ``*``):
+    the runs' worktrees in it are not taken for the user's files by ``git add -A``."""
+    home = run.run_dir.parent.parent.resolve()
+    marker = home / ".gitignore"
+    if home.is_relative_to(top.resolve()) and not marker.exists():
+        with contextlib.suppress(OSError):
+            marker.write_text("# the engine's home: runs, stores and worktrees\n*\n")
 
 
 async def _say_uncommitted(run: RunContext, git: Git, found: wt.Workspace) -> None:
@@ -141,7 +154,13 @@ def _conflict_runner(run: RunContext) -> Any:
         }
         conflicts = sum(1 for t in run.p.worktrees.attempts.values() if t.conflicts)
         failure = await run_steps(
-            run, "on_conflict", list(spec.on_conflict), context=context, item=item, run_as=conflicts
+            run,
+            "on_conflict",
+            list(spec.on_conflict),
+            hold=run.hold,
+            context=context,
+            item=item,
+            run_as=conflicts,
         )
         return failure is None
 
@@ -241,7 +260,7 @@ async def merge_variables(run: RunContext) -> dict[str, Any]:
     assert isolation is not None
     tree = run.p.worktrees.run
     target = tree.target_branch if tree is not None else None
-    variables = isolation.merge_context(target)
+    variables = {**isolation.merge_context(target), "files": []}
     base = target or (tree.base if tree is not None else isolation.branch)
     try:
         variables["commits"] = await wt.commits_between(

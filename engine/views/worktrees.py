@@ -44,6 +44,10 @@ def isolation_status(p: Projections) -> IsolationStatus | None:
         worktree=tree.path,
         repository=tree.repository,
         target_branch=tree.target_branch,
-        kept=len(p.worktrees.kept()),
+        kept=sum(
+            1
+            for tree in p.worktrees.kept()
+            if (state := p.items.items.get(tree.item)) is None or state.status != "running"
+        ),
         merge_command=merge_command(tree.branch),
     )
