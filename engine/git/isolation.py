@@ -123,16 +123,7 @@ class Isolation:
         if known is None:
             assert base is not None
             await wt.add_worktree(self.git, self.top, self.path, self.branch, base)
-            self.workdir(self.path).mkdir(parents=True, exist_ok=True)
-            return [
-                WorktreeCreated(
-                    path=str(self.path),
-                    branch=self.branch,
-                    base=base,
-                    repository=str(self.top),
-                    target_branch=target_branch,
-                )
-            ]
+            return self._run_tree_made(base, str(self.top), target_branch)
         if await wt.ref(self.git, self.top, self.branch) is None:
             raise GitError(
                 ["rev-parse", self.branch],
@@ -142,21 +133,27 @@ class Isolation:
             )
         if not (self.path / ".git").exists():
             await wt.add_worktree(self.git, self.top, self.path, self.branch, None)
-            self.workdir(self.path).mkdir(parents=True, exist_ok=True)
             # Made again (``worktree clean --all`` removed it): recorded, as it was first.
-            return [
-                WorktreeCreated(
-                    path=str(self.path),
-                    branch=self.branch,
-                    base=known.base,
-                    repository=known.repository,
-                    target_branch=known.target_branch,
-                )
-            ]
+            return self._run_tree_made(known.base, known.repository, known.target_branch)
         if await wt.merge_in_progress(self.git, self.path):
             # A merge a dead engine left half done: aborted here, done again by the resume.
             await wt.restore(self.git, self.path, await wt.head_of(self.git, self.path))
         return []
+
+    def _run_tree_made(
+        self, base: str, repository: str | None, target_branch: str | None
+    ) -> list[Event]:
+        """The run's worktree just made: its place for steps there, its record."""
+        self.workdir(self.path).mkdir(parents=True, exist_ok=True)
+        return [
+            WorktreeCreated(
+                path=str(self.path),
+                branch=self.branch,
+                base=base,
+                repository=repository,
+                target_branch=target_branch,
+            )
+        ]
 
     async def clear_stale_locks(self) -> None:
         """Lock files a killed git command of this run left (:func:`wt.stale_locks`)."""
