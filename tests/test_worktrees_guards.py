@@ -200,3 +200,19 @@ def test_a_cancel_while_a_conflict_is_handled_interrupts_the_item(tmp_path: Path
 
 def replay_records(home: Path, run_id: str) -> list[Record]:
     return list(LedgerReader(home / "runs" / run_id / "ledger.ndjson").records())
+
+
+def test_a_stash_entry_an_agent_takes_is_put_back(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"shared.txt": "base\n"})
+    step = "git stash pop -q || true; echo st > st.txt; git add st.txt; git commit -qm st"
+    wf = write_workflow(repo, ONE.replace("STEP", "        " + step))
+    git(repo, "add", "wf.yml")
+    git(repo, "commit", "-q", "-m", "wf")
+    (repo / "shared.txt").write_text("the user's work in progress\n")
+    git(repo, "stash", "-q")
+    before = git(repo, "stash", "list", "--format=%H %gs")
+    lines: list[str] = []
+    result = run_workflow(wf, tmp_path / "home", warn=lines.append)
+    assert result.exit_code == 0
+    assert git(repo, "stash", "list", "--format=%H %gs") == before
+    assert [line for line in lines if "took the stash entry" in line], lines

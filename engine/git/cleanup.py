@@ -105,8 +105,8 @@ def _attempt(tree: AttemptTree, why: str | None = None) -> Cleaned:
 
 async def _orphan(iso: Isolation, orphan: OrphanWorktree) -> Cleaned:
     """An orphan, and the branch :meth:`Isolation.remove_orphans` deletes with it
-    (:meth:`Isolation.orphan_branch`)."""
-    branch = await iso.orphan_branch(Path(orphan.path), orphan.branch)
+    (:func:`~engine.git.worktrees.orphan_branch`)."""
+    branch = await wt.orphan_branch(iso.git, iso.top, iso.run_id, Path(orphan.path), orphan.branch)
     return Cleaned(kind="orphan", path=orphan.path, branch=branch)
 
 

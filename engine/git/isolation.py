@@ -103,12 +103,13 @@ class Isolation:
         self.on_conflict = on_conflict
         self.stopping = stopping
         """The run is stopping: a conflict then interrupts the attempt, not fails it."""
+        self.stash: list[tuple[str, str]] | None = None
+        """The workspace's stash entries (commit, subject) when this engine began."""
         self.lock = asyncio.Lock()
         """One merge at a time (asyncio's lock is fair: merges go in the order asked)."""
         self.admin = asyncio.Lock()
-        """One worktree added or removed at a time: git's ``worktree add`` and ``remove``
-        read every other worktree's files, and fail on one being made beside them
-        ("failed to read .git/worktrees/<name>/commondir")."""
+        """One worktree added or removed at a time: git's own records of them are not safe
+        to change side by side ("failed to read .git/worktrees/<name>/commondir")."""
 
     def workdir(self, tree: Path) -> Path:
         """Where steps run in a worktree: the workspace's place in it."""
@@ -119,6 +120,7 @@ class Isolation:
     async def open(self, base: str | None, target_branch: str | None) -> list[Event]:
         """The run's branch and worktree, created (a new run: ``base`` is the workspace's
         HEAD) or found again (a resume: made again from the branch if it was removed)."""
+        await self.guard_stash()
         known = self.p.worktrees.run
         if known is None:
             assert base is not None
@@ -176,6 +178,7 @@ class Isolation:
     async def prepare(self, plans: Sequence[tuple[str, int]]) -> tuple[list[Event], dict[str, str]]:
         """Worktrees for attempts about to be dispatched: their ``worktree.created``, and
         why any could not be made (by item)."""
+        await self.guard_stash()
         base = read_head(self.path) or await wt.head_of(self.git, self.path)
         failed: dict[str, str] = {}
 
@@ -223,6 +226,7 @@ class Isolation:
         ``events``: what its success records (``item.succeeded`` among them). An
         attempt that made no commit and left nothing merges nothing.
         """
+        await self.guard_stash()
         tree = self.tree(item, attempt)
         path = Path(tree.path)
         unfinished = await wt.left_unfinished(self.git, path, tree.branch)
@@ -303,6 +307,14 @@ class Isolation:
                 assert result.commit is not None
                 return Landing([msgspec.structs.replace(merged, merge=result.commit), owed.outcome])
             return await self._conflict(owed, run_head, result)
+
+    async def guard_stash(self) -> None:
+        """The workspace's stash entries an attempt took, put back (:func:`wt.put_back_stash`)."""
+        if self.stash is None:
+            self.stash = await wt.stash_entries(self.git, self.top)
+            return
+        for subject in await wt.put_back_stash(self.git, self.top, self.stash):
+            self.warn(f"engine: an attempt took the stash entry {subject!r}: put back")
 
     async def found_merged(
         self, owed: WorktreeCommitted, resolved_by: str | None = None
@@ -442,7 +454,7 @@ class Isolation:
             return 0
         listed = {w.path: w.branch for w in await wt.listed_worktrees(self.git, self.top)}
         for path in orphans:
-            branch = await self.orphan_branch(path, listed.get(path))
+            branch = await wt.orphan_branch(self.git, self.top, self.run_id, path, listed.get(path))
             try:
                 async with self.admin:
                     await wt.remove_worktree(self.git, self.top, path, branch)
@@ -450,33 +462,12 @@ class Isolation:
                 self.warn(f"engine: cannot remove the orphan worktree {path}: {exc}")
                 continue
             removed += 1
-        for branch in await self.stray_branches():
+        kept = {tree.branch for tree in self.p.worktrees.kept()}
+        for branch in await wt.stray_branches(self.git, self.top, self.run_id, kept):
             deleted = await self.git.run(self.top, "branch", "-D", "-q", branch, check=False)
             if deleted.code != 0:
                 self.warn(f"engine: cannot delete the branch {branch}: {deleted.err.strip()}")
         return removed
-
-    async def orphan_branch(self, path: Path, checked_out: str | None) -> str | None:
-        """The branch that goes with an orphan: the engine's one checked out there, or (none
-        checked out) the engine's of its name if it exists; never a branch of the user's."""
-        prefix = f"engine-item/{self.run_id}/"
-        if checked_out is not None:
-            return checked_out if checked_out.startswith(prefix) else None
-        named = prefix + path.name
-        return named if await wt.ref(self.git, self.top, named) is not None else None
-
-    async def stray_branches(self) -> list[str]:
-        """Attempt branches of this run with no worktree the ledger keeps (left when a
-        worktree went but its branch could not)."""
-        kept = {tree.branch for tree in self.p.worktrees.kept()}
-        out = await self.git.text(
-            self.top,
-            "for-each-ref",
-            "--format=%(refname:short)",
-            f"refs/heads/engine-item/{self.run_id}/",
-        )
-        listed = {w.branch for w in await wt.listed_worktrees(self.git, self.top)}
-        return [b for b in out.splitlines() if b and b not in kept and b not in listed]
 
 
 def _line(text: str) -> str:

@@ -32,11 +32,15 @@ __all__ = [
     "merge",
     "merge_commit_of",
     "merge_in_progress",
+    "orphan_branch",
+    "put_back_stash",
     "ref",
     "remove_worktree",
     "restore",
     "restore_paths",
     "stale_locks",
+    "stash_entries",
+    "stray_branches",
 ]
 
 
@@ -388,3 +392,46 @@ async def stale_locks(git: Git, run_tree: Path, branch: str, run_id: str) -> lis
     if items.is_dir():
         stale += list(items.glob("*.lock"))
     return stale
+
+
+async def stash_entries(git: Git, repository: Path) -> list[tuple[str, str]]:
+    """The repository's stash, newest first: each entry's commit and subject."""
+    listed = await git.run(repository, "stash", "list", "--format=%H%x00%gs", check=False)
+    entries = []
+    for line in listed.out.splitlines():
+        sha, _, subject = line.partition("\0")
+        if sha:
+            entries.append((sha, subject))
+    return entries
+
+
+async def put_back_stash(git: Git, repository: Path, before: list[tuple[str, str]]) -> list[str]:
+    """The stash entries of ``before`` that are gone, stored again (oldest first, so the
+    newest ends on top); their subjects. ``refs/stash`` is one for every worktree: an
+    agent's ``git stash pop`` takes the user's entry."""
+    present = {sha for sha, _ in await stash_entries(git, repository)}
+    missing = [entry for entry in before if entry[0] not in present]
+    for sha, subject in reversed(missing):
+        await git.run(repository, "stash", "store", "-q", "-m", subject, sha)
+    return [subject for _, subject in missing]
+
+
+async def orphan_branch(
+    git: Git, repository: Path, run_id: str, path: Path, checked_out: str | None
+) -> str | None:
+    """The branch that goes with an orphan worktree: the engine's one checked out there,
+    or (none checked out) the engine's of its name if it exists; never a user's."""
+    prefix = f"engine-item/{run_id}/"
+    if checked_out is not None:
+        return checked_out if checked_out.startswith(prefix) else None
+    named = prefix + path.name
+    return named if await ref(git, repository, named) is not None else None
+
+
+async def stray_branches(git: Git, repository: Path, run_id: str, kept: set[str]) -> list[str]:
+    """A run's attempt branches (``engine-item/<run-id>/``) that are neither ``kept`` nor
+    checked out in a worktree."""
+    refs = f"refs/heads/engine-item/{run_id}/"
+    out = await git.text(repository, "for-each-ref", "--format=%(refname:short)", refs)
+    listed = {w.branch for w in await listed_worktrees(git, repository)}
+    return [b for b in out.splitlines() if b and b not in kept and b not in listed]

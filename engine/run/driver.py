@@ -114,6 +114,8 @@ async def _phases(
         return await finish_failed(run, failure)
     if spec.map is not None and (result := await _map(run, control)) is not None:
         return result
+    if run.isolation is not None:
+        await run.isolation.guard_stash()  # the last attempts' too
     if (result := await _halted(run)) is not None:
         return result
     if left := unfinished(run.p):
