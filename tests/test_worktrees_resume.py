@@ -29,12 +29,10 @@ from typing import Any
 
 import pytest
 
-from engine.git.isolation import Isolation
-from engine.git.repo import Git, git_environment
 from engine.run import RunOptions, resume_run
 from ledger import LedgerReader, LedgerWriter, RunLock
 from ledger.events import Record, WorktreeMerged
-from projections.replay import Projections, replay
+from projections.replay import replay
 from tests.conftest import projections_json
 from tests.engine_helpers import DEADLINE, engine_in_process, ledger_has, unique_run_id, wait_for
 from tests.test_worktrees_crash import TRAILER, git, git_env, make_repo
@@ -605,43 +603,6 @@ def test_a_conflict_resolved_but_not_recorded_is_found_not_merged_again(tmp_path
 
 
 # --- worktrees made for a batch of dispatches at once ----------------------------------
-
-
-def test_a_batch_of_attempt_worktrees_is_made_whole(tmp_path: Path) -> None:
-    """Eight attempts dispatched together get their eight worktrees, every time.
-
-    `git worktree add` reads every worktree's record and dies on one that another
-    `add` is still writing ("failed to read .../commondir"): made side by side, some
-    of a batch failed (and their items went to the dead-letter queue).
-    """
-    repo = make_repo(tmp_path / "repo")
-    head = git(repo, "rev-parse", "HEAD").strip()
-
-    async def batches() -> list[str]:
-        isolation = Isolation(
-            git=Git(git_environment(git_env())),
-            home=tmp_path / "home",
-            run_id="batch",
-            top=repo,
-            prefix="",
-            projections=Projections(),
-            append=_no_append,
-            warn=lambda line: None,
-        )
-        await isolation.open(head, "main")
-        failed: list[str] = []
-        for round_ in range(1, 9):
-            made, unmade = await isolation.prepare([(f"item-{n}", round_) for n in range(8)])
-            assert len(made) + len(unmade) == 8
-            failed += unmade.values()
-        return failed
-
-    assert asyncio.run(batches()) == []
-    assert len(git(repo, "worktree", "list").splitlines()) == 1 + 1 + 8 * 8
-
-
-async def _no_append(events: list[Any]) -> None:
-    raise AssertionError("nothing is recorded here")
 
 
 def test_an_owed_merge_that_git_cannot_do_is_one_clear_line(tmp_path: Path) -> None:
