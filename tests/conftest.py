@@ -94,3 +94,12 @@ def projections_json(p: Projections) -> bytes:
     import msgspec
 
     return msgspec.json.encode(p.to_json())
+
+
+@pytest.fixture
+def own_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Git in this test reads no configuration of the machine or the user, only the
+    repositories' own (``pytestmark = pytest.mark.usefixtures("own_git")``)."""
+    from tests.engine_helpers import hermetic_git
+
+    hermetic_git(monkeypatch, tmp_path)

@@ -1,7 +1,8 @@
 """Hostile workflows and inputs: each is refused with exit 2 and one line, quickly.
 
-A table of hostile cases, each run as a real ``engine validate`` (most) or
-``engine run`` subprocess: the engine must exit with the expected code
+A table of hostile cases, each run as ``engine validate`` (in this process; every eighth
+through the console script instead) or as an ``engine run`` subprocess: the engine must
+exit with the expected code
 within a deadline, with one line on stderr (FILE:LINE where there is a
 file), never a traceback or an "internal error". The signal cases check
 that SIGTERM and SIGINT end a run within a second or so in the phase that
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ENGINE, alive
-from tests.engine_helpers import wait_for
+from tests.engine_helpers import engine_in_process, wait_for
 
 DEADLINE = 20.0
 """Seconds any case may take (most take well under one)."""
@@ -325,8 +326,18 @@ RUN += [
 CASES = VALIDATE + RUN
 
 
-def _engine(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str, float]:
+REAL_PROCESS = frozenset(c.id for c in VALIDATE[::8])
+"""Validate cases also run through the console script (a real process: its start-up and
+its exit at interpreter level); the others run the same CLI in this process."""
+
+
+def _engine(
+    argv: list[str], cwd: Path, env: dict[str, str], *, real: bool = True
+) -> tuple[int, str, float]:
     started = time.monotonic()
+    if not real:
+        done = engine_in_process("--home", str(cwd / "home"), *argv, cwd=cwd, env=env)
+        return done.returncode, done.stderr, time.monotonic() - started
     proc = subprocess.run(
         [ENGINE, "--home", str(cwd / "home"), *argv],
         cwd=cwd,
@@ -353,7 +364,8 @@ def test_hostile_input(case: Case, tmp_path: Path) -> None:
     argv = [case.command, workflow, *case.args]
     if case.command == "run":
         argv.append("--no-progress")
-    code, stderr, took = _engine(argv, tmp_path, case.env)
+    real = case.command == "run" or case.id in REAL_PROCESS
+    code, stderr, took = _engine(argv, tmp_path, case.env, real=real)
     assert code == case.code, f"exit {code}, expected {case.code}; stderr: {stderr}"
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr
     if case.code == 2:

@@ -21,7 +21,6 @@ from tests.conftest import ENGINE
 from tests.engine_helpers import (
     DEADLINE,
     engine_in_process,
-    hermetic_git,
     ledger_has,
     make_repo,
     run_workflow,
@@ -46,10 +45,7 @@ map:
 """
 
 
-@pytest.fixture(autouse=True)
-def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No git configuration of the machine or the user: only the repositories' own."""
-    hermetic_git(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("own_git")
 
 
 def git(repo: Path, *args: str) -> str:

@@ -21,17 +21,13 @@ from tests.engine_helpers import (
     assert_replays,
     engine_in_process,
     git,
-    hermetic_git,
     make_repo,
     records,
     run_workflow,
     write_workflow,
 )
 
-
-@pytest.fixture(autouse=True)
-def _git_of_its_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    hermetic_git(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("own_git")
 
 
 def _run(wf: Path, home: Path, **options: Any) -> RunResult:

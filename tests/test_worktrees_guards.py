@@ -18,7 +18,6 @@ from tests.engine_helpers import (
     DEADLINE,
     assert_replays,
     git,
-    hermetic_git,
     make_repo,
     records,
     run_workflow,
@@ -40,9 +39,7 @@ STEP
 """
 
 
-@pytest.fixture(autouse=True)
-def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    hermetic_git(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("own_git")
 
 
 def _run(tmp_path: Path, step: str, **options: object):  # type: ignore[no-untyped-def]

@@ -16,7 +16,6 @@ from ledger.events import Record
 from projections.replay import replay
 from tests.engine_helpers import (
     git,
-    hermetic_git,
     make_repo,
     projections_json,
     run_workflow,
@@ -39,9 +38,7 @@ map:
 """
 
 
-@pytest.fixture(autouse=True)
-def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    hermetic_git(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("own_git")
 
 
 def _failed_run(tmp_path: Path) -> tuple[Path, Path, str]:
