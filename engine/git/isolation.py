@@ -371,7 +371,7 @@ class Isolation:
                 now != run_head
                 and not await wt.merge_in_progress(self.git, self.path)
                 and await wt.is_ancestor(self.git, self.path, owed.head, now)
-                and not await wt.dirty(self.git, self.path, untracked=False)
+                and not await wt.dirty(self.git, self.path, untracked="no")
             ):
                 merged = WorktreeMerged(
                     item=owed.item,

@@ -25,6 +25,7 @@ __all__ = [
     "dirty",
     "find_workspace",
     "forget",
+    "git_path_exists",
     "head_of",
     "is_ancestor",
     "left_unfinished",
@@ -202,11 +203,12 @@ async def listed_worktrees(git: Git, repository: Path) -> list[Listed]:
     return found
 
 
-async def dirty(git: Git, worktree: Path, *, untracked: bool = True) -> list[str]:
-    """The paths with changes not committed (untracked files too, unless not
-    ``untracked``), at most 100."""
-    mode = "--untracked-files=all" if untracked else "--untracked-files=no"
-    out = (await git.run(worktree, "status", "--porcelain", "-z", mode)).out
+async def dirty(git: Git, worktree: Path, *, untracked: str = "all") -> list[str]:
+    """The paths with changes not committed, at most 100; ``untracked``: git's
+    ``--untracked-files`` (``all`` each file, ``normal`` a directory once, ``no`` none)."""
+    out = (
+        await git.run(worktree, "status", "--porcelain", "-z", f"--untracked-files={untracked}")
+    ).out
     return [entry[3:] for entry in out.split("\0") if len(entry) > 3][:100]
 
 
@@ -239,8 +241,7 @@ async def left_unfinished(git: Git, worktree: Path, branch: str) -> str | None:
         ("CHERRY_PICK_HEAD", "a cherry-pick"),
         ("REVERT_HEAD", "a revert"),
     ):
-        where = Path(await git.text(worktree, "rev-parse", "--git-path", name))
-        if (where if where.is_absolute() else worktree / where).exists():
+        if await git_path_exists(git, worktree, name):
             return f"{what} in progress"
     listed = await git.run(worktree, "diff", "--name-only", "-z", "--diff-filter=U", check=False)
     conflicted = [name for name in listed.out.split("\0") if name]
@@ -301,10 +302,14 @@ async def merge_in_progress(git: Git, worktree: Path) -> bool:
     a file, and the merge's state lives in the repository's
     ``worktrees/<name>/`` directory, not under ``<worktree>/.git/``.
     """
-    where = Path(await git.text(worktree, "rev-parse", "--git-path", "MERGE_HEAD"))
-    if not where.is_absolute():
-        where = worktree / where
-    return where.exists()
+    return await git_path_exists(git, worktree, "MERGE_HEAD")
+
+
+async def git_path_exists(git: Git, worktree: Path, name: str) -> bool:
+    """Whether ``name`` (``MERGE_HEAD``, ``rebase-merge``, ...) exists in the worktree's
+    own git directory, wherever git keeps it (``rev-parse --git-path``)."""
+    where = Path(await git.text(worktree, "rev-parse", "--git-path", name))
+    return (where if where.is_absolute() else worktree / where).exists()
 
 
 async def restore(git: Git, worktree: Path, commit: str) -> None:

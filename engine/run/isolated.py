@@ -118,13 +118,10 @@ async def _say_uncommitted(run: RunContext, git: Git, found: wt.Workspace) -> No
     """One line when the workspace has changes its HEAD lacks (the engine's home aside):
     the worktrees start from HEAD, without them."""
     home = run.run_dir.parent.parent.resolve()
-    status = await git.run(
-        found.top, "status", "--porcelain", "-z", "--untracked-files=normal", check=False
-    )
     left = [
-        entry[3:]
-        for entry in status.out.split("\0")
-        if len(entry) > 3 and not (found.top / entry[3:]).resolve().is_relative_to(home)
+        name
+        for name in await wt.dirty(git, found.top, untracked="normal")
+        if not (found.top / name).resolve().is_relative_to(home)
     ]
     if left:
         run.options.warn(
