@@ -234,15 +234,16 @@ async def commit_all(git: Git, worktree: Path, message: str) -> list[str]:
 async def left_unfinished(git: Git, worktree: Path, branch: str) -> str | None:
     """What an attempt left that the engine must not commit or merge: a merge, rebase,
     cherry-pick or revert in progress, conflicted files, or HEAD off its branch."""
-    for name, what in (
-        ("MERGE_HEAD", "a merge"),
-        ("rebase-merge", "a rebase"),
-        ("rebase-apply", "a rebase"),
-        ("CHERRY_PICK_HEAD", "a cherry-pick"),
-        ("REVERT_HEAD", "a revert"),
-    ):
-        if await git_path_exists(git, worktree, name):
-            return f"{what} in progress"
+    operations = {
+        "MERGE_HEAD": "a merge",
+        "rebase-merge": "a rebase",
+        "rebase-apply": "a rebase",
+        "CHERRY_PICK_HEAD": "a cherry-pick",
+        "REVERT_HEAD": "a revert",
+    }
+    found = await git_path_exists(git, worktree, *operations)
+    if found:
+        return f"{operations[found[0]]} in progress"
     listed = await git.run(worktree, "diff", "--name-only", "-z", "--diff-filter=U", check=False)
     conflicted = [name for name in listed.out.split("\0") if name]
     if conflicted:
@@ -302,14 +303,19 @@ async def merge_in_progress(git: Git, worktree: Path) -> bool:
     a file, and the merge's state lives in the repository's
     ``worktrees/<name>/`` directory, not under ``<worktree>/.git/``.
     """
-    return await git_path_exists(git, worktree, "MERGE_HEAD")
+    return bool(await git_path_exists(git, worktree, "MERGE_HEAD"))
 
 
-async def git_path_exists(git: Git, worktree: Path, name: str) -> bool:
-    """Whether ``name`` (``MERGE_HEAD``, ``rebase-merge``, ...) exists in the worktree's
-    own git directory, wherever git keeps it (``rev-parse --git-path``)."""
-    where = Path(await git.text(worktree, "rev-parse", "--git-path", name))
-    return (where if where.is_absolute() else worktree / where).exists()
+async def git_path_exists(git: Git, worktree: Path, *names: str) -> list[str]:
+    """Which of ``names`` (``MERGE_HEAD``, ``rebase-merge``, ...) exist in the worktree's
+    own git directory, wherever git keeps it (one ``rev-parse --git-path`` for all)."""
+    args = [arg for name in names for arg in ("--git-path", name)]
+    out = (await git.text(worktree, "rev-parse", *args)).splitlines()
+    return [
+        name
+        for name, line in zip(names, out, strict=False)
+        if (Path(line) if Path(line).is_absolute() else worktree / line).exists()
+    ]
 
 
 async def restore(git: Git, worktree: Path, commit: str) -> None:
