@@ -259,7 +259,7 @@ def secret_template_problems(spec: Workflow) -> list[tuple[tuple[int | str, ...]
                             "are recorded, and a secret never is",
                         )
                     )
-            walk(step.on_failure, (*loc, i, "on_failure"))
+            walk(step.on_failure.steps, (*loc, i, "on_failure", "steps"))
 
     walk(spec.map.agent_template, ("map", "agent_template"))
     return problems

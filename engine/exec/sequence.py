@@ -110,7 +110,7 @@ class StepSequence:
                 self.last = result
         if stopped or result.timed_out or result.exit_code != 0 or result.error_type:
             self.failed = index
-            self._handlers = step.on_failure
+            self._handlers = step.on_failure.steps
             if self._handlers and self._tails is not None:
                 self.failure_tails = self._tails()
             return

@@ -48,9 +48,12 @@ class ItemUse:
 
 
 def steps_of(raw: Any, loc: Loc) -> list[tuple[Loc, dict[str, Any]]]:
-    """A steps field as written (a list, or ``{commands: [...]}``): its mappings and places."""
+    """A steps field as written (a list, ``{commands: [...]}`` or, for ``on_failure``,
+    ``{steps: [...]}``): its mappings and places."""
     if isinstance(raw, dict) and "commands" in raw:
         raw, loc = raw["commands"], (*loc, "commands")
+    elif isinstance(raw, dict) and "steps" in raw:
+        raw, loc = raw["steps"], (*loc, "steps")
     if not isinstance(raw, list):
         return []
     return [((*loc, i), step) for i, step in enumerate(raw) if isinstance(step, dict)]

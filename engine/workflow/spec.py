@@ -7,13 +7,11 @@ strings such as ``500ms``, ``10s``, ``2m``, ``1h30m``. See
 
 from __future__ import annotations
 
-import math
 import re
 import shlex
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,7 +23,14 @@ from pydantic import (
     model_validator,
 )
 
-from engine.limits import MAX_DURATION, MAX_ENV_ENTRY
+from engine.workflow.fields import (
+    Count,
+    Duration,
+    EnvMap,
+    EnvNames,
+    check_env_name,
+    parse_duration,
+)
 from engine.workflow.patterns import PatternError, compile_pattern
 
 __all__ = [
@@ -38,10 +43,16 @@ __all__ = [
     "Duration",
     "ErrorType",
     "HeartbeatSpec",
+    "IncompleteSpec",
     "MapSpec",
+    "OnFailure",
+    "PhaseTimeouts",
     "RetrySpec",
     "Step",
+    "ValidateSpec",
     "Workflow",
+    "WriteFileSpec",
+    "check_env_name",
     "parse_duration",
 ]
 
@@ -73,86 +84,6 @@ RETRIED_BY_DEFAULT: tuple[ErrorType, ...] = (*TRANSIENT_ERROR_TYPES, "merge_conf
 """Error types ``retry.retry_on`` lists by default: the transient ones, and a merge
 conflict (the retry forks from the run branch's newer head, which usually resolves it)."""
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _seconds(number: float) -> float:
-    """A duration's seconds, checked: finite, not negative, at most a year."""
-    if math.isnan(number) or math.isinf(number):
-        raise ValueError("a duration is a finite number of seconds (not NaN or infinity)")
-    if number < 0:
-        raise ValueError("a duration cannot be negative")
-    if number > MAX_DURATION:
-        raise ValueError(f"a duration is at most {MAX_DURATION:.0f} seconds (a year)")
-    return number
-
-
-def parse_duration(value: Any) -> Any:
-    """``"1h30m"`` -> 5400.0; numbers are seconds; anything else is refused."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '10s', '2m'")
-    if isinstance(value, int):
-        # Compared before float(): a 400-digit int would overflow it.
-        return _seconds(float(max(-1, min(value, int(MAX_DURATION) + 1))))
-    if isinstance(value, float):
-        return _seconds(value)
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if 0 < len(text) <= 64 and _DURATION.sub("", text) == "":
-            return _seconds(sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text)))
-        try:
-            number = float(text) if len(text) <= 64 else math.nan
-        except ValueError:
-            number = math.nan
-        if math.isnan(number) and text.lower().lstrip("+-") != "nan":
-            raise ValueError(
-                f"{value[:40]!r} is not a duration (use e.g. '500ms', '10s', '2m', '1h30m')"
-            )
-        return _seconds(number)
-    raise ValueError("a duration is a number of seconds or a string like '10s', '2m'")
-
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def check_env_name(name: str) -> str:
-    """An environment variable's name: letters, digits and ``_``, not first a digit."""
-    if not _ENV_NAME.fullmatch(name):
-        raise ValueError(
-            f"{name[:40]!r} is not an environment variable name "
-            "(use letters, digits and _, not starting with a digit)"
-        )
-    return name
-
-
-def _env_names(env: dict[str, str]) -> dict[str, str]:
-    for name, value in env.items():
-        check_env_name(name)
-        size = len(name.encode("utf-8")) + len(value.encode("utf-8", "surrogatepass")) + 2
-        if size > MAX_ENV_ENTRY:
-            raise ValueError(
-                f"the entry {name}=... is {size:,} bytes: an environment entry holds at most "
-                f"{MAX_ENV_ENTRY:,} (put the value in a file and give its path)"
-            )
-    return env
-
-
-def _env_name_list(names: list[str]) -> list[str]:
-    for name in names:
-        check_env_name(name)
-    return names
-
-
-EnvMap = Annotated[dict[str, str], AfterValidator(_env_names)]
-EnvNames = Annotated[list[str], AfterValidator(_env_name_list)]
-Count = Annotated[StrictInt, Field(le=2**62)]
-"""A whole number (``true`` or ``2.0`` is refused), small enough for the ledger."""
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-"""Seconds: a finite number from 0 to a year, or a string such as ``10s`` or ``1h30m``."""
-
 
 def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
     given = [name for name in fields if getattr(model, name) is not None]
@@ -167,8 +98,29 @@ class _Model(BaseModel):
     )
 
 
+class WriteFileSpec(_Model):
+    """A file the step writes, inside the workspace, with no process."""
+
+    path: str
+    """Relative to the step's working directory; a template (values are data)."""
+    content: str = ""
+    """A template; with ``format: json`` or ``yaml`` it must parse as that format."""
+    format: Literal["text", "json", "yaml"] = "text"
+    create_dirs: StrictBool = False
+    """Make the missing parent directories (else a missing one fails the step)."""
+    mode: str | None = None
+    """Permissions in octal, e.g. ``"0644"`` (default: as a new file gets them)."""
+
+    @field_validator("mode")
+    @classmethod
+    def _octal(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"0?[0-7]{3}", value):
+            raise ValueError(f"{value[:20]!r} is not a file mode (use octal, e.g. '0644')")
+        return value
+
+
 class Step(_Model):
-    """One command: exactly one of ``run``, ``shell``, ``argv`` or ``claude``."""
+    """One command: exactly one of ``run``, ``shell``, ``argv``, ``claude`` or ``write_file``."""
 
     run: str | None = None
     """A shell command (``/bin/sh -c``)."""
@@ -178,17 +130,25 @@ class Step(_Model):
     """A program and its arguments, run without a shell."""
     claude: str | None = None
     """A prompt for the configured agent command (default ``claude -p``)."""
+    write_file: WriteFileSpec | None = None
+    """A file written by the engine itself (no process)."""
     name: str | None = None
     timeout: Duration | None = None
     """Kill the step after this long (SIGTERM to its process group, then SIGKILL)."""
     env: EnvMap = {}
     cwd: str | None = None
     """Working directory, relative to the workflow's directory."""
-    on_failure: list[Step] = []
-    """Steps run (best effort) when this step fails."""
+    on_failure: Handlers = Field(default_factory=lambda: OnFailure())  # noqa: PLW0108 (defined below)
+    """What runs when this step fails: a list of steps (run best effort, then the step
+    fails), or a mapping (``steps``, ``rerun``, ``recover``)."""
+    retry: RetrySpec | None = None
+    """Run the step again in place when it fails (the attempt goes on if a run succeeds)."""
+    validate_: ValidateSpec | None = Field(None, alias="validate")
+    """After the step succeeds: check how complete its work is, and repair it."""
     capture_output: str | None = None
     """Name under which the step's stdout is kept, as ``${NAME}``."""
-    capture_format: Literal["text", "json", "lines"] = "text"
+    capture_format: Literal["text", "string", "json", "lines", "number", "boolean"] = "text"
+    """How the capture reads the output (``string`` is ``text``)."""
     output: Literal["json", "text"] | None = None
     """On the map's last step: the item's result is its stdout (as JSON or text)."""
     artifacts: list[str] = []
@@ -199,7 +159,7 @@ class Step(_Model):
 
     @model_validator(mode="after")
     def _one_command(self) -> Step:
-        _exactly_one(self, ("run", "shell", "argv", "claude"), "a step")
+        _exactly_one(self, ("run", "shell", "argv", "claude", "write_file"), "a step")
         if self.argv is not None and not self.argv:
             raise ValueError("argv needs at least the program to run")
         if self.capture_output is not None and not re.fullmatch(
@@ -215,11 +175,13 @@ class Step(_Model):
         return self
 
     @property
-    def kind(self) -> Literal["shell", "argv", "claude"]:
+    def kind(self) -> Literal["shell", "argv", "claude", "write_file"]:
         if self.argv is not None:
             return "argv"
         if self.claude is not None:
             return "claude"
+        if self.write_file is not None:
+            return "write_file"
         return "shell"
 
     @property
@@ -227,6 +189,8 @@ class Step(_Model):
         """The command as written (for display and the ledger)."""
         if self.argv is not None:
             return " ".join(self.argv)
+        if self.write_file is not None:
+            return f"write_file {self.write_file.path}"
         return self.run or self.shell or self.claude or ""
 
 
@@ -243,15 +207,65 @@ def _steps(value: Any) -> Any:
 Steps = Annotated[list[Step], BeforeValidator(_steps)]
 
 
+def _handlers(value: Any) -> Any:
+    """``on_failure: [steps]`` is ``{steps: [...]}`` (run them, then fail)."""
+    if isinstance(value, list):
+        return {"steps": value}
+    return value
+
+
+class OnFailure(_Model):
+    """What a failed step's failure leads to."""
+
+    steps: Steps = []
+    """Run in order when the step fails; they see it as ``${last.*}``."""
+    rerun: Count = Field(0, ge=0, le=100)
+    """After the handlers, run the failed step again, up to this many times (the
+    handlers run again before each); a run that succeeds lets the item carry on."""
+    recover: StrictBool = False
+    """Handlers that succeed let the item carry on past the failed step (false: the step
+    fails whatever they do)."""
+
+
+class IncompleteSpec(_Model):
+    """What ``validate`` does while the work is incomplete."""
+
+    steps: Steps = []
+    """Run to complete the work, with ``${validation.*}``; then it is validated again."""
+    max_attempts: StrictInt = Field(2, ge=1, le=100)
+    """Rounds of these steps and validation, at most."""
+    fail: StrictBool = True
+    """Still incomplete after the last round: the step fails (false: it goes on)."""
+
+
+class ValidateSpec(_Model):
+    """A step's work checked for completeness: its steps print (or write to
+    ``result_file``) JSON with ``completion_percentage`` (0-100); below ``threshold``
+    the ``on_incomplete`` steps run and it is checked again."""
+
+    steps: Steps
+    result_file: str | None = None
+    """Read after the steps, relative to the step's working directory (else their stdout)."""
+    threshold: StrictFloat | StrictInt = Field(100, ge=0, le=100)
+    timeout: Duration | None = None
+    """For each round of validation steps."""
+    on_incomplete: IncompleteSpec | None = None
+
+
+Handlers = Annotated[OnFailure, BeforeValidator(_handlers)]
+
+
 class RetrySpec(_Model):
     max_attempts: StrictInt = Field(3, ge=1, le=10_000)
     """Attempts in all, the first included."""
-    backoff: Literal["fixed", "linear", "exponential"] = "exponential"
+    backoff: Literal["fixed", "linear", "exponential", "fibonacci"] = "exponential"
     initial: Duration = 2.0
     multiplier: StrictFloat = Field(2.0, ge=1.0, le=1000.0)
     max: Duration = 60.0
     jitter: StrictBool = True
-    """Spread each delay uniformly over [delay/2, delay]."""
+    """Spread each delay uniformly over [delay/2, delay] (or by ``jitter_factor``)."""
+    jitter_factor: StrictFloat | None = Field(None, gt=0, le=1)
+    """With jitter: spread each delay uniformly over delay * (1 +/- factor/2) instead."""
     retry_on: list[ErrorType] = list(RETRIED_BY_DEFAULT)
 
 
@@ -279,6 +293,9 @@ class ClassifyRule(_Model):
 class MapSpec(_Model):
     input: str | None = None
     """A JSON (or JSON Lines) file of items, relative to the workflow's directory."""
+    input_missing: Literal["error", "command"] = "error"
+    """When ``input`` names no file once setup is done: an error, or ``command``: run
+    ``input`` as a command whose stdout lists the items."""
     command: str | None = None
     """A command whose stdout lists the items (JSON, or one item a line)."""
     items: list[Any] | None = None
@@ -288,6 +305,8 @@ class MapSpec(_Model):
     """Template of the item's identity, e.g. ``${item.path}``; default: hash of the item."""
     filter: str | None = None
     sort_by: str | None = None
+    distinct: str | None = None
+    """Keep the first item of each value of this field (after filter and sort)."""
     max_items: Count | None = Field(None, ge=0)
     offset: Count = Field(0, ge=0)
     max_parallel: StrictInt = Field(4, ge=1, le=100_000)
@@ -299,6 +318,11 @@ class MapSpec(_Model):
     max_failures: Count | None = Field(None, ge=1)
     failure_threshold: StrictFloat | None = Field(None, gt=0, le=1)
     """Stop when this fraction of finished items failed (after at least 10)."""
+    error_collection: str = Field(
+        "aggregate", pattern=r"^(aggregate|immediate|batched:[1-9][0-9]{0,6})$"
+    )
+    """When failures are told while the run goes: ``immediate`` (each as it happens),
+    ``batched:N`` (every N), ``aggregate`` (in the summary at the end)."""
     agent_template: Steps
     classify: list[ClassifyRule] = []
     allow_background: bool = False
@@ -330,6 +354,10 @@ class CircuitBreakerSpec(_Model):
     threshold: StrictInt = Field(5, ge=1, le=1_000_000)
     cooldown: Duration = 30.0
     on: list[ErrorType] = ["rate_limited", "api_error"]
+    half_open_requests: StrictInt = Field(1, ge=1, le=10_000)
+    """Probes let through at once when the cooldown has passed."""
+    success_threshold: StrictInt = Field(1, ge=1, le=10_000)
+    """Probes that must succeed to close it (a qualifying failure opens it again)."""
 
 
 class CacheSpec(_Model):
@@ -357,6 +385,12 @@ class AgentSpec(_Model):
         return value
 
 
+class PhaseTimeouts(_Model):
+    setup: Duration | None = None
+    reduce: Duration | None = None
+    merge: Duration | None = None
+
+
 class Workflow(_Model):
     name: str = Field(min_length=1)
     env: EnvMap = {}
@@ -366,6 +400,9 @@ class Workflow(_Model):
     setup: Steps = []
     map: MapSpec | None = None
     reduce: Steps = []
+    phase_timeout: PhaseTimeouts = PhaseTimeouts()
+    """All of a phase's steps together: the step running when it passes is stopped
+    (``timeout``) and the phase fails."""
     circuit_breaker: CircuitBreakerSpec | None = None
     cache: CacheSpec | None = None
     merge: Steps = []
@@ -387,3 +424,6 @@ class Workflow(_Model):
                 "are not commits to merge): remove cache, or set cache.enabled: false"
             )
         return self
+
+
+Step.model_rebuild()
