@@ -51,6 +51,12 @@ class WorktreeCommitted(Event, frozen=True, kw_only=True):
     """The branch's head: the commit to merge."""
     commits: int
     """Commits on the branch since its base."""
+    shas: list[str] = []
+    """Those commits, newest first (at most 1,000)."""
+    files: list[str] = []
+    """The files they change (at most 1,000)."""
+    files_total: int = 0
+    """How many files they change in all."""
     leftovers: bool = False
     """The engine committed changes the attempt left uncommitted."""
     outcome: ItemSucceeded

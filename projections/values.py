@@ -1,9 +1,9 @@
 """Values: what a run recorded that its engine reads back.
 
 Each item's value (its first ``item.enqueued``), each item's result (its last
-``item.succeeded`` or ``item.skipped``), and each setup or reduce step that
-succeeded, with the command its ``step.started`` recorded and what it
-captured. The engine takes the map's values, the results the reduce steps
+``item.succeeded`` or ``item.skipped``) or else its last failure, and each
+setup or reduce step that succeeded, with the command its ``step.started``
+recorded and what it captured. The engine takes the map's values, the results the reduce steps
 see (``results.json``) and the setup steps a resume skips from here, never
 from a pass of its own over the ledger.
 
@@ -23,6 +23,7 @@ import msgspec
 
 from ledger.events import (
     ItemEnqueued,
+    ItemFailed,
     ItemSkipped,
     ItemSucceeded,
     Record,
@@ -51,6 +52,7 @@ class ValuesView(msgspec.Struct, kw_only=True):
 
     values: dict[str, ItemEnqueued]
     results: dict[str, ItemSucceeded | ItemSkipped]
+    failures: dict[str, ItemFailed]
     steps: list[DoneStep]
 
 
@@ -60,6 +62,8 @@ class ValuesProjection(Projection):
         """Each item's first ``item.enqueued`` (its value, or the value's reference)."""
         self.results: dict[str, ItemSucceeded | ItemSkipped] = {}
         """Each item's last success or skip, in the order the items first had one."""
+        self.failures: dict[str, ItemFailed] = {}
+        """Each item's last failure, while it has no success or skip after it."""
         self.steps: dict[tuple[str, int], DoneStep] = {}
         """(phase, index) of each step that succeeded: its last success."""
         self._started: dict[tuple[str, int], StepStarted] = {}
@@ -71,6 +75,11 @@ class ValuesProjection(Projection):
     @handles(ItemSucceeded, ItemSkipped)
     def _result(self, record: Record, e: ItemSucceeded | ItemSkipped) -> None:
         self.results[e.item] = e
+        self.failures.pop(e.item, None)
+
+    @handles(ItemFailed)
+    def _failed(self, record: Record, e: ItemFailed) -> None:
+        self.failures[e.item] = e
 
     @handles(StepStarted)
     def _step_started(self, record: Record, e: StepStarted) -> None:
@@ -93,5 +102,6 @@ class ValuesProjection(Projection):
         return ValuesView(
             values=dict(self.enqueued),
             results=dict(self.results),
+            failures=dict(self.failures),
             steps=[self.steps[key] for key in sorted(self.steps)],
         )

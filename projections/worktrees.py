@@ -46,6 +46,10 @@ class AttemptTree(msgspec.Struct, kw_only=True):
     """``active``, ``committed``, ``merged``, ``conflicted``."""
     head: str | None = None
     commits: int = 0
+    shas: list[str] = []
+    """Its commits, newest first (bounded), once committed."""
+    files: list[str] = []
+    """The files they change (bounded)."""
     merge: str | None = None
     conflicts: list[str] = []
     removed: bool = False
@@ -98,6 +102,7 @@ class WorktreesProjection(Projection):
         tree = self.attempts.get((e.item, e.attempt))
         if tree is not None:
             tree.state, tree.head, tree.commits = "committed", e.head, e.commits
+            tree.shas, tree.files = e.shas, e.files
         self.owed[e.item] = e
 
     @handles(WorktreeMerged)

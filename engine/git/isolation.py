@@ -259,8 +259,8 @@ class Isolation:
                     ),
                 )
         head = await wt.head_of(self.git, path)
-        commits = await wt.commits_between(self.git, path, tree.base, head)
-        if commits == 0:
+        work = await wt.work_between(self.git, path, tree.base, head)
+        if work.commits == 0:
             return Landing(events)
         success = next(e for e in events if isinstance(e, ItemSucceeded))
         before = [e for e in events if e is not success]
@@ -272,7 +272,10 @@ class Isolation:
                     attempt=attempt,
                     branch=tree.branch,
                     head=head,
-                    commits=commits,
+                    commits=work.commits,
+                    shas=work.shas,
+                    files=work.files,
+                    files_total=work.files_total,
                     leftovers=bool(left),
                     outcome=success,
                 ),

@@ -42,6 +42,7 @@ __all__ = [
     "stale_locks",
     "stash_entries",
     "stray_branches",
+    "work_between",
 ]
 
 
@@ -262,6 +263,36 @@ async def head_of(git: Git, worktree: Path) -> str:
 async def commits_between(git: Git, worktree: Path, base: str, head: str) -> int:
     """Commits reachable from ``head`` and not from ``base``."""
     return int(await git.text(worktree, "rev-list", "--count", f"{base}..{head}"))
+
+
+WORK_LISTED = 1000
+"""At most this many commits and this many file names of an attempt's work are listed."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """An attempt's commits (newest first) and the files they touch, each list bounded."""
+
+    commits: int
+    shas: list[str]
+    files: list[str]
+    files_total: int
+
+
+async def work_between(git: Git, worktree: Path, base: str, head: str) -> Work:
+    """The commits reachable from ``head`` and not from ``base``, and the files they change."""
+    text = await git.text(
+        worktree, "log", "--format=%x01%H", "--name-only", "--no-renames", f"{base}..{head}"
+    )
+    shas: list[str] = []
+    files: dict[str, None] = {}
+    for line in text.splitlines():
+        if line.startswith("\x01"):
+            shas.append(line[1:])
+        elif line:
+            files.setdefault(line)
+    names = list(files)
+    return Work(len(shas), shas[:WORK_LISTED], names[:WORK_LISTED], len(names))
 
 
 async def is_ancestor(git: Git, worktree: Path, commit: str, of: str) -> bool:

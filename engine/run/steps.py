@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,6 +20,7 @@ import msgspec
 from engine.exec.executor import AttemptOutcome
 from engine.run.context import RunContext
 from engine.workflow.spec import Step
+from engine.workflow.template import value_text as json_text
 from ledger.atomic import atomic_write
 from ledger.events import StepFailed, StepStarted, StepSucceeded
 from projections.values import DoneStep
@@ -223,7 +225,8 @@ def restore_captures(run: RunContext, done: list[DoneStep]) -> None:
 
 
 def map_context(run: RunContext) -> dict[str, Any]:
-    """``${map.*}`` for the reduce steps; every item's result written to ``results.json``."""
+    """``${map.*}`` for the reduce steps; every item's result written to ``results.json``,
+    and every item's outcome in Prodigy's shape to ``agent-results.json``."""
     counts = run.p.items.counts
     total = len(run.p.items.items)
     successful = counts["succeeded"] + counts["skipped"]
@@ -232,11 +235,62 @@ def map_context(run: RunContext) -> dict[str, Any]:
     results = {item: run.stored(e.result, e.result_ref) for item, e in run.values.results.items()}
     encoded = msgspec.json.encode(results)
     atomic_write(path, encoded + b"\n")
+    agents_path = run.run_dir / "agent-results.json"
+    agents = msgspec.json.encode(_agent_results(run))
+    atomic_write(agents_path, agents + b"\n")
     return {
         "total": total,
         "successful": successful,
         "failed": failed,
         "success_rate": round(successful / total, 4) if total else 0.0,
+        "success_percent": f"{100 * successful / total:.2f}" if total else "0.00",
         "results_file": str(path),
-        "results": encoded.decode() if len(encoded) <= RESULTS_INLINE_LIMIT else str(path),
+        "results": _inline(encoded, path),
+        "agent_results": _inline(agents, agents_path),
     }
+
+
+def _inline(encoded: bytes, path: Path) -> str:
+    """A JSON value as text for a template, or the path of its file when it is large."""
+    return encoded.decode() if len(encoded) <= RESULTS_INLINE_LIMIT else str(path)
+
+
+_PRODIGY_STATUS = {"pending": "Pending", "running": "Running"}
+
+
+def _agent_results(run: RunContext) -> list[dict[str, Any]]:
+    """Every item's outcome as Prodigy's ``AgentResult``: status, output, commits, files
+    changed, duration and error, failed items included, in the items' order."""
+    out = []
+    states = sorted(run.p.items.items.values(), key=lambda state: state.index)
+    for state in states:
+        success = run.values.results.get(state.item)
+        failure = run.values.failures.get(state.item)
+        status: Any = _PRODIGY_STATUS.get(state.status, "Success")
+        error = None
+        if state.status in ("failed", "dead"):
+            error = state.last_error or state.error_type or "failed"
+            status = {"Failed": error}
+        output = None
+        duration = 0.0
+        if success is not None:
+            value = run.stored(success.result, success.result_ref)
+            output = value if isinstance(value, str) or value is None else json_text(value)
+            duration = getattr(success, "duration", 0.0)
+        elif failure is not None:
+            duration = failure.duration
+        entry: dict[str, Any] = {
+            "item_id": state.item,
+            "status": status,
+            "output": output,
+            "commits": [],
+            "duration": {"secs": int(duration), "nanos": round(duration % 1 * 1e9)},
+            "error": error,
+        }
+        trees = [t for t in run.p.worktrees.of_item(state.item) if t.state == "merged"]
+        if trees:
+            entry["commits"] = list(trees[-1].shas)
+            entry["files_modified"] = list(trees[-1].files)
+            entry["branch_name"] = trees[-1].branch
+        out.append(entry)
+    return out

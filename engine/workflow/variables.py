@@ -108,11 +108,25 @@ VARIABLES: tuple[Variable, ...] = (
         "map",
         frozenset({"reduce", "merge"}),
         "`${map.total}`, `${map.successful}`, `${map.failed}`, `${map.success_rate}`, "
-        "`${map.results}`, `${map.results_file}`",
+        "`${map.success_percent}`, `${map.results}`, `${map.results_file}`, "
+        "`${map.agent_results}`",
         "reduce, merge",
-        "aggregates; the results as JSON (the file's path when over 64 KiB), and "
-        "`results.json` in the run directory",
-        frozenset({"total", "successful", "failed", "success_rate", "results", "results_file"}),
+        "aggregates (the rate as 0.75, the percent as 75.00); the results as JSON (the "
+        "file's path when over 64 KiB), and `results.json` in the run directory; every "
+        "item's outcome (status, output, commits, files changed, duration, error) as "
+        "Prodigy's `${map.results}` has it (`agent-results.json`)",
+        frozenset(
+            {
+                "total",
+                "successful",
+                "failed",
+                "success_rate",
+                "success_percent",
+                "results",
+                "results_file",
+                "agent_results",
+            }
+        ),
     ),
     Variable(
         "merge",
