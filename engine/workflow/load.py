@@ -37,6 +37,8 @@ from engine.redact import secret_template_problems
 from engine.workflow.checks import TemplateChecks, check_document
 from engine.workflow.hints import foreign_hint
 from engine.workflow.problems import Finding, Loc, Problem, locate
+from engine.workflow.prodigy import is_prodigy, translate
+from engine.workflow.prodigy_steps import Translation
 from engine.workflow.programs import missing_programs
 from engine.workflow.reading import Refused, load_yaml, parse_yaml
 from engine.workflow.sourcecheck import check_source, input_missing
@@ -66,9 +68,12 @@ class LoadedWorkflow:
     hash: str
     """``sha256:<hex>`` of the file's bytes."""
     document: Any = field(default=None, compare=False, repr=False)
-    """The parsed document, as written (what :func:`preflight` reads)."""
+    """The parsed document, as written, or the engine's form of a Prodigy one (what
+    :func:`preflight` reads)."""
     shown: str = ""
     """The file as the user named it (in messages); ``path`` is resolved."""
+    dialect: Translation | None = field(default=None, compare=False, repr=False)
+    """A Prodigy workflow's translation (None: the engine's own format)."""
 
     @property
     def directory(self) -> Path:
@@ -180,9 +185,20 @@ class _Checked:
     spec: Workflow | None
     findings: list[Finding]
     templates: TemplateChecks | None = None
+    dialect: Translation | None = None
 
     def problems(self) -> list[Problem]:
-        return locate(self.file, self.root, self.findings)
+        return locate(self.file, self.root, relocated(self.findings, self.dialect))
+
+
+def relocated(findings: list[Finding], dialect: Translation | None) -> list[Finding]:
+    """Findings at their places in the file as written: a Prodigy workflow's findings
+    on the engine's form moved to the Prodigy keys they come from, with the
+    translation's own."""
+    if dialect is None:
+        return findings
+    moved = [Finding(dialect.relocate(f.loc), dialect.said(f.message), f.warning) for f in findings]
+    return [*dialect.findings, *moved]
 
 
 def _parse(text: str, file: str) -> tuple[yaml.Node | None, Any]:
@@ -220,6 +236,9 @@ def _check_text(text: str, file: str, *, check_env: bool = False) -> _Checked:
     may give it with ``--var``, so only ``engine validate`` says it).
     """
     root, data = _parse(text, file)
+    dialect = None
+    if is_prodigy(data):
+        data, dialect = translate(data, os.environ)
     findings: list[Finding] = []
     spec: Workflow | None = None
     try:
@@ -232,7 +251,7 @@ def _check_text(text: str, file: str, *, check_env: bool = False) -> _Checked:
     findings += templates.findings
     if spec is not None:
         findings += [Finding(loc, message) for loc, message in secret_template_problems(spec)]
-    return _Checked(file, root, data, spec, findings, templates)
+    return _Checked(file, root, data, spec, findings, templates, dialect)
 
 
 def _raise_errors(problems: list[Problem]) -> None:
@@ -286,6 +305,7 @@ def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkfl
         hash=digest,
         document=checked.data,
         shown=str(path),
+        dialect=checked.dialect,
     )
 
 
@@ -321,7 +341,10 @@ def preflight(
         findings.append(missing)
     if findings:
         root, _ = parse_yaml(loaded.text)
-        raise WorkflowError(locate(loaded.shown or str(loaded.path), root, findings))
+        moved = relocated(findings, loaded.dialect)
+        if loaded.dialect is not None:
+            moved = moved[len(loaded.dialect.findings) :]  # said when it was loaded
+        raise WorkflowError(locate(loaded.shown or str(loaded.path), root, moved))
 
 
 def validate_workflow(path: str | Path) -> tuple[Workflow | None, list[Problem]]:
@@ -358,7 +381,7 @@ def validate_workflow(path: str | Path) -> tuple[Workflow | None, list[Problem]]
     findings += source
     if checked.spec is not None and (found := isolation_unusable(checked.spec, directory)):
         findings.append(found)
-    return checked.spec, locate(str(path), checked.root, findings)
+    return checked.spec, locate(str(path), checked.root, relocated(findings, checked.dialect))
 
 
 def isolation_unusable(spec: Workflow, directory: Path) -> Finding | None:

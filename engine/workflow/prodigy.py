@@ -1,0 +1,389 @@
+"""The Prodigy dialect: a MapReduce workflow as Prodigy writes it, read as the engine's.
+
+A workflow file with a top-level ``mode:`` is Prodigy's (``mode: mapreduce``).
+:func:`translate` turns its document into the engine's own (a plain mapping
+that the one spec, :class:`engine.workflow.spec.Workflow`, then validates):
+Prodigy's defaults apply (``max_parallel`` 10, its agent command line, a
+worktree per agent, no retry unless asked for), its spellings become the
+engine's, and every key the engine does not support is warned of or refused
+(:mod:`engine.workflow.prodigy_keys`), at its line in the file. The engine
+underneath is one: what runs is the translated workflow.
+
+Values Prodigy resolves when it reads the file (``max_parallel: $VAR``,
+``agent_timeout_secs``, ``setup.timeout``, the ``${VAR}`` in ``map.input``)
+are resolved from the workflow's ``env``, then the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from engine.workflow.problems import Loc
+from engine.workflow.prodigy_keys import KEYS
+from engine.workflow.prodigy_steps import Translation, backoff, translate_steps
+from engine.workflow.spec import ERROR_TYPES
+
+__all__ = ["AGENT_COMMAND", "DEFAULT_MAX_PARALLEL", "is_prodigy", "translate"]
+
+AGENT_COMMAND = "claude --print --dangerously-skip-permissions"
+"""How Prodigy runs a ``claude:`` step (the prompt is the last argument)."""
+DEFAULT_MAX_PARALLEL = 10
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def is_prodigy(data: Any) -> bool:
+    """Whether a parsed workflow is written in the Prodigy dialect (it has ``mode:``)."""
+    return isinstance(data, dict) and "mode" in data
+
+
+def translate(
+    data: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], Translation]:
+    """The engine's document for a Prodigy one, and what the translation found."""
+    out = Translation()
+    mode = data.get("mode")
+    if not isinstance(mode, str) or mode.lower() != "mapreduce":
+        out.error(
+            ("mode",),
+            f"mode {mode!r} is not read: only Prodigy's MapReduce workflows are "
+            "(write mode: mapreduce, or drop mode and write the engine's own format)",
+        )
+    native: dict[str, Any] = {}
+    env = _environment(data, native, out)
+    resolve = _Resolver(env, environ, out)
+    out.rest(data, (), "top", {k.name for k in KEYS if k.where == "top"})
+    if "name" in data:
+        native["name"] = data["name"]
+    native["agent"] = {"command": AGENT_COMMAND}
+    phase_timeout: dict[str, Any] = {}
+    for phase in ("setup", "reduce", "merge"):
+        if phase not in data:
+            continue
+        raw = data[phase]
+        if isinstance(raw, dict) and phase != "reduce":
+            out.rest(
+                raw,
+                (phase,),
+                phase,
+                {"commands", "timeout", "capture_outputs"}
+                if phase == "setup"
+                else {"commands", "timeout"},
+            )
+            timeout = resolve.number(raw.get("timeout"), (phase, "timeout"))
+            if timeout is not None:
+                phase_timeout[phase] = timeout
+            steps = translate_steps(raw.get("commands", []), (phase, "commands"), (phase,), out)
+            if phase == "setup":
+                _capture_outputs(raw.get("capture_outputs"), steps, out)
+        else:
+            steps = translate_steps(raw, (phase,), (phase,), out)
+        native[phase] = steps
+    if phase_timeout:
+        native["phase_timeout"] = phase_timeout
+    if "map" in data:
+        native["map"] = _map(data["map"], data, resolve, out)
+        out.came_from(("map",), ("map",))
+    circuit = _error_policy(data, native.get("map"), out)
+    if circuit is not None:
+        native["circuit_breaker"] = circuit
+    return native, out
+
+
+def _environment(data: dict[str, Any], native: dict[str, Any], out: Translation) -> dict[str, str]:
+    """``env``, ``secrets``, ``env_files``, ``profiles`` in the engine's form; the plain
+    values of ``env`` (what the file's ``$VAR`` resolve to)."""
+    plain: dict[str, str] = {}
+    env = data.get("env")
+    if isinstance(env, dict):
+        made: dict[str, Any] = {}
+        for name, value in env.items():
+            here = ("env", name)
+            if isinstance(value, dict) and "value" in value:
+                made[name] = {
+                    "value": _scalar(value["value"]),
+                    "secret": value.get("secret", False),
+                }
+            elif isinstance(value, dict):
+                out.error(
+                    here,
+                    "a value computed by a command or a condition is not supported: compute it "
+                    "in a setup step (capture_output: NAME) and use ${NAME}",
+                )
+            else:
+                made[name] = plain[name] = _scalar(value)
+            out.env_names.add(str(name))
+        native["env"] = made
+    elif env is not None:
+        native["env"] = env
+    secrets = data.get("secrets")
+    if isinstance(secrets, dict):
+        native["secrets"] = {
+            name: _secret_source(value, ("secrets", name), out) for name, value in secrets.items()
+        }
+        out.env_names.update(str(name) for name in secrets)
+    elif secrets is not None:
+        native["secrets"] = secrets
+        out.env_names.update(str(n) for n in secrets if isinstance(secrets, list))
+    if "env_files" in data:
+        native["env_files"] = data["env_files"]
+    profiles = data.get("profiles")
+    if profiles is not None:
+        native["profiles"] = profiles
+        for values in profiles.values() if isinstance(profiles, dict) else ():
+            if isinstance(values, dict):
+                out.env_names.update(str(k) for k in values if k != "description")
+    return plain
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _secret_source(value: Any, loc: Loc, out: Translation) -> Any:
+    """Prodigy's secret (``"${env:NAME}"``, ``{provider: env, key: NAME}``): the variable
+    its value is read from."""
+    if isinstance(value, str):
+        m = _ENV_REF.fullmatch(value.strip())
+        return m.group(1) if m else value
+    if isinstance(value, dict):
+        provider = value.get("provider", "env")
+        if provider == "env" and isinstance(value.get("key"), str):
+            return value["key"]
+        out.error(
+            loc,
+            f"secrets from provider {provider!r} are not supported: only from the environment "
+            "(provider: env, key: NAME)",
+        )
+        return str(loc[-1])
+    return value
+
+
+class _Resolver:
+    """``$VAR`` and ``${VAR}`` in the values Prodigy reads with the file."""
+
+    def __init__(self, env: Mapping[str, str], environ: Mapping[str, str], out: Translation):
+        self.env, self.environ, self.out = env, environ, out
+
+    def text(self, value: str, loc: Loc) -> str | None:
+        def one(m: re.Match[str]) -> str:
+            name = m.group(1) or m.group(2)
+            found = self.env.get(name, self.environ.get(name))
+            if found is None:
+                raise KeyError(name)
+            return found
+
+        try:
+            return _REFERENCE.sub(one, value)
+        except KeyError as exc:
+            self.out.error(
+                loc,
+                f"environment variable {exc.args[0]!r} is not set in the workflow's env or "
+                "the environment (add it to env, or export it)",
+            )
+            return None
+
+    def number(self, value: Any, loc: Loc, *, whole: bool = True) -> Any:
+        """A number Prodigy may get as text or as an environment reference."""
+        if not isinstance(value, str):
+            return value
+        text = self.text(value, loc)
+        if text is None:
+            return None
+        try:
+            return int(text) if whole else float(text)
+        except ValueError:
+            self.out.error(loc, f"{text[:40]!r} is not a whole number (write e.g. 5)")
+            return None
+
+
+def _capture_outputs(raw: Any, steps: list[dict[str, Any]], out: Translation) -> None:
+    """Setup's ``capture_outputs: {VAR: index}``: the step at that index captures ``VAR``."""
+    if not isinstance(raw, dict):
+        return
+    for name, spec in raw.items():
+        here = ("setup", "capture_outputs", name)
+        index = spec if isinstance(spec, int) else None
+        if isinstance(spec, dict) and isinstance(spec.get("command_index"), int):
+            index = spec["command_index"]
+        if index is None or not 0 <= index < len(steps):
+            out.error(here, "name the setup step whose output it keeps by its index (0, 1, ...)")
+            continue
+        steps[index]["capture_output"] = name
+        out.captures.add(str(name))
+
+
+_MAP_SAME = ("json_path", "filter", "sort_by", "distinct", "max_items", "offset")
+
+
+def _map(raw: Any, data: dict[str, Any], resolve: _Resolver, out: Translation) -> Any:
+    if not isinstance(raw, dict):
+        return raw
+    handled = {*_MAP_SAME, "input", "max_parallel", "agent_template"}
+    handled |= {"agent_timeout_secs", "timeout_config"}
+    out.rest(raw, ("map",), "map", handled)
+    made: dict[str, Any] = {k: raw[k] for k in _MAP_SAME if k in raw and raw[k] != ""}
+    if isinstance(raw.get("input"), str):
+        made["input"] = resolve.text(raw["input"], ("map", "input"))
+        made["input_missing"] = "command"
+    elif "input" in raw:
+        made["input"] = raw["input"]
+    parallel = resolve.number(
+        raw.get("max_parallel", DEFAULT_MAX_PARALLEL), ("map", "max_parallel")
+    )
+    if parallel is not None:  # else said already
+        made["max_parallel"] = parallel
+    made["agent_template"] = translate_steps(
+        raw.get("agent_template"), ("map", "agent_template"), ("map", "agent_template"), out
+    )
+    template = made["agent_template"]
+    if isinstance(template, list) and template and isinstance(template[-1], dict):
+        template[-1].setdefault("output", "text")  # the agent's result is what it printed last
+    _timeouts(raw, made, resolve, out)
+    made["isolation"] = "worktree"
+    made["id"] = "item_${item_index}"
+    made["retry"] = {"max_attempts": 1}
+    return made
+
+
+def _timeouts(
+    raw: dict[str, Any], made: dict[str, Any], resolve: _Resolver, out: Translation
+) -> None:
+    """``agent_timeout_secs`` and ``timeout_config``: the item's and each command's timeouts."""
+    config = raw.get("timeout_config")
+    config = config if isinstance(config, dict) else {}
+    if config:
+        here = ("map", "timeout_config")
+        out.rest(
+            config,
+            here,
+            "timeout_config",
+            {"agent_timeout_secs", "command_timeouts", "timeout_policy"},
+        )
+    agent = raw.get("agent_timeout_secs", config.get("agent_timeout_secs"))
+    policy = str(config.get("timeout_policy", "PerAgent")).lower().replace("_", "")
+    if agent is not None and policy in ("peragent", "hybrid"):
+        timeout = resolve.number(agent, ("map", "agent_timeout_secs"))
+        if timeout is not None:
+            made["timeout"] = timeout
+    per_command = config.get("command_timeouts")
+    steps = made.get("agent_template")
+    if policy == "percommand" and agent is not None and isinstance(steps, list):
+        per_command = {"claude": agent, "shell": agent, **(per_command or {})}
+    if isinstance(per_command, dict) and isinstance(steps, list):
+        for step in steps:
+            if not isinstance(step, dict) or "timeout" in step:
+                continue
+            kind = "claude" if "claude" in step else "shell"
+            if kind in per_command:
+                step["timeout"] = per_command[kind]
+
+
+_ON_ITEM_FAILURE = {"dlq": "dlq", "skip": "ignore", "stop": "fail", "retry": "dlq"}
+
+
+def _error_policy(data: dict[str, Any], spec: Any, out: Translation) -> dict[str, Any] | None:
+    """``error_policy`` and its top-level forms on the map; the circuit breaker it names."""
+    policy = data.get("error_policy")
+    policy = dict(policy) if isinstance(policy, dict) else {}
+    here: Loc = ("error_policy",)
+    if policy:
+        out.rest(
+            policy,
+            here,
+            "error_policy",
+            set(_POLICY_KEYS) | {"circuit_breaker", "retry_config"},
+        )
+    places = {key: (*here, key) for key in policy}
+    for key in _POLICY_KEYS:
+        if key in data:
+            policy[key], places[key] = data[key], (key,)
+    if not isinstance(spec, dict):
+        return None
+    action = policy.get("on_item_failure", "dlq")
+    if isinstance(action, dict):
+        action = f"custom {next(iter(action.values()), '')}"
+    if isinstance(action, str) and action not in _ON_ITEM_FAILURE:
+        out.warn(
+            places["on_item_failure"],
+            f"on_item_failure {action!r}: custom handlers are not run; a failed item is "
+            "left failed (not in the DLQ), as Prodigy skips it",
+        )
+    spec["on_item_failure"] = _ON_ITEM_FAILURE.get(action, "ignore")
+    retry = policy.get("retry_config")
+    if action == "retry" and not isinstance(retry, dict):
+        spec["on_item_failure"] = "ignore"  # Prodigy: retry without retry_config skips the item
+    if isinstance(retry, dict):
+        spec["retry"] = _retry_config(retry, (*here, "retry_config"), out)
+    for key in ("max_failures", "failure_threshold"):
+        if key in policy:
+            spec[key] = policy[key]
+            out.came_from(("map", key), places[key])
+    if policy.get("continue_on_failure") is False and "max_failures" not in policy:
+        spec["max_failures"] = 1
+    collection = policy.get("error_collection")
+    if isinstance(collection, dict) and isinstance(collection.get("batched"), dict):
+        collection = f"batched:{collection['batched'].get('size', '')}"
+    if collection is not None:
+        spec["error_collection"] = collection
+        out.came_from(("map", "error_collection"), places["error_collection"])
+    return _circuit(policy.get("circuit_breaker"), (*here, "circuit_breaker"), out)
+
+
+_POLICY_KEYS = (
+    "on_item_failure",
+    "continue_on_failure",
+    "max_failures",
+    "failure_threshold",
+    "error_collection",
+)
+
+
+def _retry_config(raw: dict[str, Any], loc: Loc, out: Translation) -> dict[str, Any]:
+    out.rest(
+        raw,
+        loc,
+        "retry_config",
+        {"max_attempts", "backoff", "jitter", "jitter_factor", "max_delay"},
+    )
+    made: dict[str, Any] = {
+        "max_attempts": raw.get("max_attempts", 3),
+        "retry_on": list(ERROR_TYPES),
+    }
+    made["jitter"] = raw.get("jitter", False)
+    if "jitter_factor" in raw:
+        made["jitter_factor"] = raw["jitter_factor"]
+    if "max_delay" in raw:
+        made["max"] = raw["max_delay"]
+    made["initial"] = 1
+    made.update(backoff(raw.get("backoff", {"exponential": {}}), (*loc, "backoff"), out))
+    out.came_from(("map", "retry"), loc)
+    return made
+
+
+def _circuit(raw: Any, loc: Loc, out: Translation) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        return None
+    out.rest(
+        raw,
+        loc,
+        "circuit_breaker",
+        {"failure_threshold", "success_threshold", "timeout", "half_open_requests"},
+    )
+    made: dict[str, Any] = {
+        "on": list(ERROR_TYPES),
+        "success_threshold": 3,
+        "half_open_requests": 3,
+    }
+    names = {"failure_threshold": "threshold", "timeout": "cooldown"}
+    for key in ("failure_threshold", "success_threshold", "timeout", "half_open_requests"):
+        if key in raw:
+            made[names.get(key, key)] = raw[key]
+            out.came_from(("circuit_breaker", names.get(key, key)), (*loc, key))
+    return made
