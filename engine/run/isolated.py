@@ -82,7 +82,7 @@ async def open_isolation(run: RunContext, *, resuming: bool = False) -> None:
         home=run.run_dir.parent.parent,
         run_id=run.run_id,
         top=found.top,
-        prefix=found.prefix,
+        prefix=found.prefix if spec.work_at == "workflow" else "",
         projections=run.p,
         append=run.append,
         warn=run.options.warn,

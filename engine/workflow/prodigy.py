@@ -101,10 +101,10 @@ def _environment(data: dict[str, Any], native: dict[str, Any], out: Translation)
         for name, value in env.items():
             here = ("env", name)
             if isinstance(value, dict) and "value" in value:
-                made[name] = {
-                    "value": _scalar(value["value"]),
-                    "secret": value.get("secret", False),
-                }
+                secret = value.get("secret", False)
+                made[name] = {"value": _scalar(value["value"]), "secret": secret}
+                if secret is not True:
+                    plain[name] = made[name]["value"]
             elif isinstance(value, dict):
                 out.error(
                     here,
@@ -247,6 +247,7 @@ def _map(raw: Any, data: dict[str, Any], resolve: _Resolver, out: Translation) -
         template[-1].setdefault("output", "text")  # the agent's result is what it printed last
     _timeouts(raw, made, resolve, out)
     made["isolation"] = "worktree"
+    made["work_at"] = "repository"
     made["id"] = "item_${item_index}"
     made["retry"] = {"max_attempts": 1}
     return made
@@ -330,12 +331,20 @@ def _error_policy(data: dict[str, Any], spec: Any, out: Translation) -> dict[str
     collection = policy.get("error_collection")
     if isinstance(collection, dict) and isinstance(collection.get("batched"), dict):
         collection = f"batched:{collection['batched'].get('size', '')}"
+    if isinstance(collection, str) and not _COLLECTION.fullmatch(collection):
+        out.warn(
+            places.get("error_collection", here),
+            f"error_collection {collection[:40]!r} is not aggregate, immediate or batched:N: "
+            "read as aggregate, as Prodigy reads it",
+        )
+        collection = "aggregate"
     if collection is not None:
         spec["error_collection"] = collection
         out.came_from(("map", "error_collection"), places["error_collection"])
     return _circuit(policy.get("circuit_breaker"), (*here, "circuit_breaker"), out)
 
 
+_COLLECTION = re.compile(r"aggregate|immediate|batched:[1-9][0-9]{0,6}")
 _POLICY_KEYS = (
     "on_item_failure",
     "continue_on_failure",

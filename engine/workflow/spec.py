@@ -333,6 +333,10 @@ class MapSpec(_Model):
     isolation: Literal["none", "worktree"] = "none"
     """``worktree``: each attempt works in its own git worktree and branch, merged into
     the run's branch ``engine/<run-id>`` once it succeeds (``docs/worktrees.md``)."""
+    work_at: Literal["workflow", "repository"] = "workflow"
+    """With isolation: where in each worktree the steps run and the map's input is read:
+    at the workflow's place (its directory's path in the repository), or at the
+    repository's root (as Prodigy runs them)."""
     commit_leftovers: StrictBool = True
     """With isolation: changes a successful attempt left uncommitted are committed by the
     engine (false: the attempt fails with ``validation_failed`` instead)."""
@@ -347,6 +351,11 @@ class MapSpec(_Model):
             raise ValueError("agent_template needs at least one step")
         if self.isolation != "worktree" and self.on_conflict:
             raise ValueError("on_conflict needs isolation: worktree (there is no merge without it)")
+        if self.isolation != "worktree" and self.work_at != "workflow":
+            raise ValueError(
+                "work_at: repository needs isolation: worktree (without it, steps run in "
+                "the workflow's directory)"
+            )
         return self
 
 
