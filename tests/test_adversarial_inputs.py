@@ -172,7 +172,7 @@ VALIDATE: list[Case] = [
     Case("filter-bad-search", _map() + "  filter: \"search(item, 'a(')\"\n", "not a valid"),
     Case("json-path-syntax", _map() + "  json_path: '$['\n", "map.json_path"),
     Case("json-path-deep", _map() + "  json_path: '$" + "[?(" * 3000 + "'\n", "map.json_path"),
-    Case("sort-by-bad", _map() + "  sort_by: 'nonsense DESC'\n", "map.sort_by"),
+    Case("sort-by-bad", _map() + "  sort_by: 'nonsense DOWNWARDS'\n", "map.sort_by"),
     Case("classify-bad-regex", _map() + "  classify: [{pattern: '(', as: api_error}]\n", "valid"),
     Case("classify-lookahead", _map() + "  classify: [{pattern: '(?=x)', as: hung}]\n", "RE2"),
     # --- size and shape ---

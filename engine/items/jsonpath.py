@@ -1,7 +1,8 @@
-"""The python-jsonpath environment behind ``map.json_path`` and ``map.filter``.
+"""The python-jsonpath environment behind ``map.json_path`` (``map.filter`` has its own
+parser: :mod:`engine.items.filtering`).
 
-Its own module so that runs without either never import python-jsonpath.
-Every regular expression in a path or a filter (``=~ /.../``, ``match()``,
+Its own module so that runs without it never import python-jsonpath.
+Every regular expression in a path's filter (``=~ /.../``, ``match()``,
 ``search()``) is compiled by RE2 (see :mod:`engine.workflow.patterns`), so no pattern
 can make matching take exponential time; a literal pattern that RE2 cannot
 compile is a syntax error of the path or filter.

@@ -1,16 +1,16 @@
-"""Loading the map's work items: source, JSONPath, filter, sort, offset, limit, identity.
+"""Loading the map's work items: source, JSONPath, filter, sort, distinct, offset, limit, identity.
 
-* Source: ``input`` (a JSON file, or JSON Lines), ``command`` (its stdout:
-  a JSON document, or one item a line, each JSON or plain text), or inline
-  ``items``.
+In Prodigy's order: ``json_path`` -> ``filter`` -> ``sort_by`` ->
+``distinct`` -> ``offset`` -> ``max_items``.
+
+* Source (:mod:`engine.items.sources`): ``input`` (a JSON file, or JSON
+  Lines; with ``input_missing: command``, run as a command when no such file
+  exists), ``command`` (its stdout: a JSON document, or one item a line, each
+  JSON or plain text), or inline ``items``.
 * ``json_path``: RFC 9535 JSONPath (python-jsonpath) selecting the items.
-* ``filter``: an expression over ``item`` evaluated by python-jsonpath's
-  filter language (no ``eval``): ``==`` ``!=`` ``<`` ``<=`` ``>`` ``>=``,
-  ``and``/``&&``, ``or``/``||``, ``not``/``!``, ``in [...]``, nested fields,
-  ``is_null(x)``, ``contains(x, y)`` (or ``x contains y``),
-  ``starts_with(x, y)``, ``ends_with(x, y)``, ``length(x)``, ``match(x, re)``
-  (whole string), ``search(x, re)``, and ``x =~ /re/`` (whole string).
-* ``sort_by``: ``item.a DESC, item.b ASC NULLS FIRST``; stable.
+* ``filter``: an expression over the item (:mod:`engine.items.filtering`;
+  no ``eval``), in the engine's spelling or Prodigy's.
+* ``sort_by``, ``distinct``: :mod:`engine.items.ordering`.
 * Identity: the ``id`` template, or ``sha256`` of the item's canonical JSON.
 
 Every source is bounded (:mod:`engine.limits`): ``input`` must be a regular
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,17 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from engine.errors import ItemsError
-from engine.items.sources import NEVER, LoadCancelled, LoadStop, check_value, read_source, too_many
+from engine.items.filtering import compile_filter
+from engine.items.ordering import SortKey, distinct, parse_distinct, parse_sort, sort
+from engine.items.sources import (
+    NEVER,
+    LoadCancelled,
+    LoadStop,
+    Source,
+    check_value,
+    read_source,
+    too_many,
+)
 from engine.limits import MAX_ID_BYTES, limits
 from engine.workflow.spec import MapSpec
 from engine.workflow.template import TemplateError, render_text
@@ -54,6 +63,7 @@ __all__ = [
     "compile_filter",
     "compile_json_path",
     "load_items",
+    "parse_distinct",
     "parse_sort",
 ]
 
@@ -76,9 +86,12 @@ class LoadedItems:
     """Unique items in order."""
     duplicates: list[tuple[WorkItem, int]]
     """Items whose id was taken, with the index of the first holder."""
+    source: Source = "items"
+    """Where they came from: ``input`` (a file), ``command``, ``items``, or
+    ``input_command`` (``input`` run as a command: no such file, ``input_missing: command``)."""
 
 
-# --- filter ---------------------------------------------------------------------------
+# --- JSONPath -------------------------------------------------------------------------
 
 
 def _jsonpath_error() -> type[Exception]:
@@ -95,42 +108,6 @@ def _jsonpath() -> JSONPathEnvironment:
     return jsonpath_env.environment()
 
 
-_TOKEN = re.compile(
-    r"""(?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|(?P<regex>/(?:[^/\\]|\\.)*/)"""
-    r"""|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<other>.)""",
-    re.S,
-)
-
-
-def _translate(expression: str) -> str:
-    """``item.size > 1 and contains(item.tags, 'x')`` -> the JSONPath filter text."""
-    out: list[str] = []
-    for m in _TOKEN.finditer(expression):
-        text = m.group(0)  # strings and /regex/ literals pass through untouched
-        if m.lastgroup == "name":
-            if text == "item":
-                text = "@"
-            elif text == "contains" and expression[m.end() :].lstrip().startswith("("):
-                text = "includes"  # the function form; `x contains y` is native
-        out.append(text)
-    return "".join(out)
-
-
-def compile_filter(expression: str) -> Any:
-    """Compile a filter once; raise ItemsError naming the problem."""
-    text = _translate(expression)
-    try:
-        return _jsonpath().compile(f"$[?{text}]")
-    except (_jsonpath_error(), RecursionError) as exc:
-        first = (str(exc).splitlines() or ["nested too deeply"])[0]
-        if isinstance(exc, RecursionError):
-            first = "nested too deeply"
-        raise ItemsError(
-            f"map.filter: cannot parse {expression[:80]!r}: {first}",
-            hint="e.g. item.size > 100 and item.lang == 'py'",
-        ) from None
-
-
 def compile_json_path(text: str) -> Any:
     """Compile ``map.json_path`` once; raise ItemsError naming the problem."""
     try:
@@ -142,78 +119,19 @@ def compile_json_path(text: str) -> Any:
         raise ItemsError(f"map.json_path: {first}", hint="e.g. $.files[*]") from None
 
 
-# --- sort ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SortKey:
-    path: list[str]
-    descending: bool
-    nulls_first: bool
-
-
-_SORT = re.compile(
-    r"^\s*item((?:\.[A-Za-z0-9_\-]+)*)\s*(ASC|DESC)?\s*(NULLS\s+(?:FIRST|LAST))?\s*$", re.I
-)
-
-
-def parse_sort(text: str) -> list[SortKey]:
-    keys = []
-    for part in text.split(","):
-        m = _SORT.match(part)
-        if not m:
-            raise ItemsError(
-                f"map.sort_by: cannot parse {part.strip()!r}",
-                hint="e.g. 'item.priority DESC, item.name ASC NULLS LAST'",
-            )
-        path = [p for p in m.group(1).split(".") if p]
-        descending = (m.group(2) or "ASC").upper() == "DESC"
-        nulls = (m.group(3) or "").upper().split()
-        # Default like PostgreSQL: NULLS LAST for ASC, NULLS FIRST for DESC.
-        nulls_first = nulls[-1] == "FIRST" if nulls else descending
-        keys.append(SortKey(path, descending, nulls_first))
-    return keys
-
-
-def _field(value: Any, path: list[str]) -> Any:
-    for part in path:
-        if isinstance(value, Mapping):
-            value = value.get(part)
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return None
-    return value
-
-
-def _rank(value: Any) -> tuple[int, Any]:
-    """Mixed types sort by type first: numbers, strings, then the rest as JSON."""
-    if isinstance(value, bool):
-        return (0, int(value))
-    if isinstance(value, int | float):
-        return (0, value)
-    if isinstance(value, str):
-        return (1, value)
-    return (2, canonical_json(value))
-
-
-def _sort(values: list[Any], keys: list[SortKey]) -> list[Any]:
-    ordered = list(values)
-    for key in reversed(keys):  # stable sorts, least significant key first
-        present = [v for v in ordered if _field(v, key.path) is not None]
-        missing = [v for v in ordered if _field(v, key.path) is None]
-        path = key.path
-
-        def rank(value: Any, path: list[str] = path) -> tuple[int, Any]:
-            return _rank(_field(value, path))
-
-        present.sort(key=rank, reverse=key.descending)
-        ordered = missing + present if key.nulls_first else present + missing
-    return ordered
+def _filter(expression: str, values: list[Any], stop: LoadStop) -> list[Any]:
+    compiled = compile_filter(expression)
+    kept = []
+    for number, v in enumerate(values):
+        if number % 256 == 0:
+            stop.check()
+        if compiled(v):
+            kept.append(v)
+    return kept
 
 
 def select(spec: MapSpec, document: Any, stop: LoadStop = NEVER) -> list[Any]:
-    """JSONPath, filter, sort, offset and max_items applied to a document."""
+    """JSONPath, filter, sort, distinct, offset and max_items applied to a document."""
     cap = limits().items
     if spec.json_path:
         try:
@@ -234,23 +152,12 @@ def select(spec: MapSpec, document: Any, stop: LoadStop = NEVER) -> list[Any]:
         raise too_many("map", cap)
     stop.check()
     if spec.filter:
-        compiled = compile_filter(spec.filter)
-        kept = []
-        for number, v in enumerate(values):
-            if number % 256 == 0:
-                stop.check()
-            try:
-                if compiled.findall([v]):
-                    kept.append(v)
-            except (_jsonpath_error(), RecursionError) as exc:
-                raise ItemsError(
-                    f"map.filter: item {number}: {(str(exc).splitlines() or ['failed'])[0]}",
-                    hint="check the filter against the items",
-                ) from None
-        values = kept
+        values = _filter(spec.filter, values, stop)
     stop.check()
     if spec.sort_by:
-        values = _sort(values, parse_sort(spec.sort_by))
+        values = sort(values, parse_sort(spec.sort_by))
+    if spec.distinct:
+        values = distinct(values, parse_distinct(spec.distinct))
     values = values[spec.offset :]
     if spec.max_items is not None:
         values = values[: spec.max_items]
@@ -297,7 +204,7 @@ def load_items(
 
     ``stop``: cancelled from another thread, loading raises :class:`LoadCancelled`.
     """
-    document = read_source(spec, directory, env, context or {"env": env}, stop)
+    document, source = read_source(spec, directory, env, context or {"env": env}, stop)
     values = select(spec, document, stop)
     works: list[WorkItem] = []
     for index, value in enumerate(values):
@@ -307,10 +214,10 @@ def load_items(
         if why is not None:
             raise ItemsError(f"map: item {index}: {why}", hint="fix the item source")
         works.append(WorkItem(item_id(spec, value, index, env), index, value))
-    return dedupe(works)
+    return dedupe(works, source)
 
 
-def dedupe(works: Iterable[WorkItem]) -> LoadedItems:
+def dedupe(works: Iterable[WorkItem], source: Source = "items") -> LoadedItems:
     """Items in order, each id kept by its first holder; the later ones are duplicates."""
     items: list[WorkItem] = []
     duplicates: list[tuple[WorkItem, int]] = []
@@ -321,4 +228,4 @@ def dedupe(works: Iterable[WorkItem]) -> LoadedItems:
         else:
             first[work.id] = work.index
             items.append(work)
-    return LoadedItems(items, duplicates)
+    return LoadedItems(items, duplicates, source)

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -35,10 +35,15 @@ __all__ = [
     "ItemsError",
     "LoadCancelled",
     "LoadStop",
+    "Source",
     "check_value",
     "read_source",
     "too_many",
 ]
+
+
+Source = Literal["input", "command", "items", "input_command"]
+"""Where the items came from; ``input_command``: ``input`` run as a command."""
 
 
 class LoadCancelled(Exception):
@@ -173,9 +178,9 @@ def too_many(where: str, cap: int) -> ItemsError:
 
 
 def _run_command(
-    argv: list[str], directory: Path, env: Mapping[str, str], stop: LoadStop
+    argv: list[str], directory: Path, env: Mapping[str, str], stop: LoadStop, where: str
 ) -> tuple[int, bytes, bytes]:
-    """Run ``map.command``: its exit code, stdout (bounded) and the end of its stderr.
+    """Run the map's command: its exit code, stdout (bounded) and the end of its stderr.
 
     It runs in a session of its own, so that a stop or an oversized output
     kills it and whatever it started.
@@ -211,7 +216,7 @@ def _run_command(
                         size += len(chunk)
                         if size > cap:
                             raise ItemsError(
-                                f"map.command: printed more than the {cap:,}-byte limit",
+                                f"{where}: printed more than the {cap:,}-byte limit",
                                 hint="print fewer or smaller items, or raise "
                                 "ENGINE_MAX_INPUT_BYTES=BYTES",
                             )
@@ -233,42 +238,60 @@ def _run_command(
     return process.returncode, b"".join(out), err
 
 
+def _from_command(
+    text: str,
+    where: str,
+    directory: Path,
+    env: Mapping[str, str],
+    context: Mapping[str, Any],
+    stop: LoadStop,
+) -> Any:
+    """The document a command prints (``map.command``, or ``map.input`` run as one)."""
+    try:
+        command, variables = render_shell(text, context)
+    except TemplateError as exc:
+        raise ItemsError(f"{where}: {exc}") from None
+    argv = ["/bin/sh", "-c", command]
+    code, out, err = _run_command(argv, directory, {**env, **variables}, stop, where)
+    if code != 0:
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        raise ItemsError(
+            f"{where} exited {code}: {tail[0][:200]}",
+            hint="run the command by hand to see why",
+        )
+    shown = f"{where} output"
+    return _parse_document(_text(out, shown), shown, stop)
+
+
+def _from_file(path: Path, stop: LoadStop) -> Any:
+    try:
+        data = read_bounded(
+            path,
+            limit=limits().input_bytes,
+            what="map input",
+            env_name="ENGINE_MAX_INPUT_BYTES",
+            stream_hint="to read a stream, use `command: cat PATH` instead of input",
+        )
+    except InputRefused as exc:
+        raise ItemsError(
+            f"map.input: {exc.message}",
+            hint=exc.hint or "check the path (relative to the workflow file)",
+        ) from None
+    return _parse_document(_text(data, str(path)), str(path), stop)
+
+
 def read_source(
     spec: MapSpec,
     directory: Path,
     env: Mapping[str, str],
     context: Mapping[str, Any],
     stop: LoadStop,
-) -> Any:
+) -> tuple[Any, Source]:
+    """The document the map's items are selected from, and where it came from."""
     if spec.items is not None:
-        return spec.items
+        return spec.items, "items"
     if spec.input is not None:
         path = directory / spec.input
-        try:
-            data = read_bounded(
-                path,
-                limit=limits().input_bytes,
-                what="map input",
-                env_name="ENGINE_MAX_INPUT_BYTES",
-                stream_hint="to read a stream, use `command: cat PATH` instead of input",
-            )
-        except InputRefused as exc:
-            raise ItemsError(
-                f"map.input: {exc.message}",
-                hint=exc.hint or "check the path (relative to the workflow file)",
-            ) from None
-        return _parse_document(_text(data, str(path)), str(path), stop)
+        return _from_file(path, stop), "input"
     assert spec.command is not None
-    try:
-        command, variables = render_shell(spec.command, context)
-    except TemplateError as exc:
-        raise ItemsError(f"map.command: {exc}") from None
-    code, out, err = _run_command(["/bin/sh", "-c", command], directory, {**env, **variables}, stop)
-    if code != 0:
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        raise ItemsError(
-            f"map.command exited {code}: {tail[0][:200]}",
-            hint="run the command by hand to see why",
-        )
-    where = "map.command output"
-    return _parse_document(_text(out, where), where, stop)
+    return _from_command(spec.command, "map.command", directory, env, context, stop), "command"

@@ -10,7 +10,7 @@ reported in one pass. A value of the wrong type is left to the schema.
   (:mod:`engine.workflow.variables`), with "did you mean" otherwise.
 * Shell code is scanned for placements that cannot carry a value as data
   (:mod:`engine.workflow.template`) and for ``${...}`` that no shell reads.
-* ``filter``, ``sort_by`` and ``json_path`` compile, as the run compiles them.
+* ``filter``, ``sort_by``, ``distinct`` and ``json_path`` compile, as the run compiles them.
 * A field that is not a template (``cwd``, ``map.input``, ``cache.inputs``)
   holding ``${...}`` is refused: nothing would substitute it.
 """
@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import ItemsError
-from engine.items.selection import check_value, compile_filter, compile_json_path, parse_sort
+from engine.items.selection import (
+    check_value,
+    compile_filter,
+    compile_json_path,
+    parse_distinct,
+    parse_sort,
+)
 from engine.workflow.problems import Finding, Loc
 from engine.workflow.shellcode import command_strings
 from engine.workflow.template import argv_problems, shell_problems, template_variables
@@ -207,6 +213,7 @@ def _map_expressions(spec: dict[str, Any]) -> list[Finding]:
         ("json_path", compile_json_path),
         ("filter", compile_filter),
         ("sort_by", parse_sort),
+        ("distinct", parse_distinct),
     ]
     for key, compile_it in checks:
         text = spec.get(key)

@@ -35,7 +35,18 @@ _COMMAND_WORDS = frozenset(
     {"echo", "find", "ls", "cat", "git", "seq", "printf", "jq", "grep", "python", "python3"}
 )
 _SELECTION = frozenset(
-    {"input", "command", "items", "json_path", "id", "filter", "sort_by", "offset", "max_items"}
+    {
+        "input",
+        "command",
+        "items",
+        "json_path",
+        "id",
+        "filter",
+        "sort_by",
+        "distinct",
+        "offset",
+        "max_items",
+    }
 )
 """The map's keys that select its items."""
 _SHELL_SIGNS = re.compile(r"[|;&<>`$]|\s")
