@@ -283,6 +283,10 @@ class MapEnqueued(Event, frozen=True):
     total: int
     """Items enqueued (duplicates not counted): the map's item list is complete."""
     duplicates: int = 0
+    source: str = ""
+    """Where the items came from: ``input`` (a file), ``command``, ``items`` (inline), or
+    ``input_command`` (``map.input`` run as a command: no such file, ``input_missing:
+    command``); empty in ledgers written before it was recorded."""
 
 
 class ItemDuplicate(Event, frozen=True):

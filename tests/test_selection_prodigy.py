@@ -436,4 +436,5 @@ def test_a_run_selects_in_prodigys_order(tmp_path: Path) -> None:
     ]
     (done,) = records(result, "map.enqueued")
     assert done.data.total == 3
+    assert done.data.source == "input"
     assert len(records(result, "item.succeeded")) == 3

@@ -2,7 +2,9 @@
 
 ``input`` (a regular file, opened non-blocking: never a FIFO or a device),
 ``command`` (its stdout; the command runs in a session of its own) or the
-inline ``items``; a JSON document, or JSON Lines / one item a line. Bounds
+inline ``items``; a JSON document, or JSON Lines / one item a line. With
+``input_missing: command``, an ``input`` that names no file (nothing at that
+path, once setup is done) is run as ``command`` would be: Prodigy's rule. Bounds
 (:mod:`engine.limits`): ``ENGINE_MAX_INPUT_BYTES`` for a file or an output,
 ``ENGINE_MAX_ITEMS`` items; strict UTF-8 and strict JSON; every value JSON
 data (:func:`check_value`). A :class:`LoadStop` cancelled from another
@@ -280,6 +282,10 @@ def _from_file(path: Path, stop: LoadStop) -> Any:
     return _parse_document(_text(data, str(path)), str(path), stop)
 
 
+INPUT_AS_COMMAND = "map.input (run as a command: no such file, input_missing: command)"
+"""How errors name ``map.input`` run as a command."""
+
+
 def read_source(
     spec: MapSpec,
     directory: Path,
@@ -292,6 +298,9 @@ def read_source(
         return spec.items, "items"
     if spec.input is not None:
         path = directory / spec.input
+        if spec.input_missing == "command" and not os.path.lexists(path):
+            document = _from_command(spec.input, INPUT_AS_COMMAND, directory, env, context, stop)
+            return document, "input_command"
         return _from_file(path, stop), "input"
     assert spec.command is not None
     return _from_command(spec.command, "map.command", directory, env, context, stop), "command"

@@ -70,6 +70,7 @@ async def enqueue(run: RunContext) -> dict[str, Any] | None:
         return None
     finally:
         run.loading = None
+    source = loaded.source
     # Ids and values as the ledger will hold them: what the items are from now on.
     loaded = run.redactor.items(loaded)
     values = {w.id: w.value for w in loaded.items}
@@ -81,7 +82,9 @@ async def enqueue(run: RunContext) -> dict[str, Any] | None:
             ItemDuplicate(item=w.id, index=w.index, first_index=first)
             for w, first in loaded.duplicates
         ]
-    batch.append(MapEnqueued(total=len(loaded.items), duplicates=len(loaded.duplicates)))
+    batch.append(
+        MapEnqueued(total=len(loaded.items), duplicates=len(loaded.duplicates), source=source)
+    )
     for start in range(0, len(batch), ENQUEUE_BATCH):
         await run.append(batch[start : start + ENQUEUE_BATCH])
     return {**values, **known}

@@ -177,7 +177,13 @@ class TemplateChecks:
                 self.add(("map", "command"), shell_problems(command))
                 self.names(("map", "command"), command, "map.command", shell=True)
             self.names(("map", "id"), spec.get("id"), "map.id", shell=False)
-            self.not_template(("map", "input"), spec.get("input"), "map.input")
+            source = spec.get("input")
+            if spec.get("input_missing") == "command" and isinstance(source, str):
+                # run as map.command is when no such file exists: a shell command
+                self.add(("map", "input"), shell_problems(source))
+                self.names(("map", "input"), source, "map.command", shell=True)
+            else:
+                self.not_template(("map", "input"), source, "map.input")
             setup_captures = set(self.captures)  # an item's captures are its own
             self.steps(spec.get("agent_template"), ("map", "agent_template"), "map")
             self.captures = setup_captures

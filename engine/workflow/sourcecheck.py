@@ -3,7 +3,9 @@
 * ``map.input`` must exist, unless a setup step mentions it (setup makes it);
   with setup steps that do not mention it, its absence is a warning. A
   missing input that reads like a command (``find . -name '*.py'``) is told
-  to be ``map.command``.
+  to be ``map.command`` (or ``input_missing: command``). With
+  ``input_missing: command`` a missing input is no problem: the run runs it
+  as a command (never run here).
 * When the items can be read before the run (inline ``items``, or an input
   file no setup step makes), they are loaded as the run loads them (the same
   bounds: :mod:`engine.limits`; json_path, filter, sort, offset, max_items,
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +40,7 @@ _COMMAND_WORDS = frozenset(
 _SELECTION = frozenset(
     {
         "input",
+        "input_missing",
         "command",
         "items",
         "json_path",
@@ -66,7 +70,9 @@ def _setup_text(data: dict[str, Any]) -> str:
 def input_missing(data: dict[str, Any], directory: Path) -> Finding | None:
     """``map.input`` is not there and nothing will make it: an error (a warning with setup)."""
     spec = data.get("map")
-    name = spec.get("input") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or spec.get("input_missing") == "command":
+        return None  # with input_missing: command, a missing input is run as a command
+    name = spec.get("input")
     if not isinstance(name, str) or not name or (directory / name).exists():
         return None
     setup = _setup_text(data)
@@ -77,7 +83,8 @@ def input_missing(data: dict[str, Any], directory: Path) -> Finding | None:
         return Finding(
             ("map", "input"),
             f"no file {name!r} here; it reads like a command (to read the items from a "
-            f"command's output, write map.command: {name})",
+            f"command's output, write map.command: {name}, or add input_missing: command "
+            "to run input as a command when no such file exists)",
         )
     if setup:
         return Finding(
@@ -159,6 +166,8 @@ def check_source(
     except pydantic.ValidationError:
         return []  # the schema says what is wrong
     if spec.input is not None:
+        if spec.input_missing == "command" and not os.path.lexists(directory / spec.input):
+            return []  # a command, run only by the run
         missing = input_missing(data, directory)
         if missing is not None:
             return [missing]
