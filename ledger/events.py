@@ -58,6 +58,7 @@ from ledger.payloads import (
     StepSkipped,
     StepStarted,
     StepSucceeded,
+    ValidationRound,
 )
 from ledger.payloads_worktree import (
     WorktreeCommitted,
@@ -110,6 +111,7 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",
+    "ValidationRound",
     "WorktreeCommitted",
     "WorktreeConflicted",
     "WorktreeCreated",

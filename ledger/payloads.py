@@ -56,6 +56,7 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",
+    "ValidationRound",
 ]
 
 
@@ -213,6 +214,23 @@ class LedgerRecovered(Event, frozen=True):
 # --- setup / reduce steps --------------------------------------------------
 
 
+class ValidationRound(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One round of a step's ``validate``: its validation steps run and their result read."""
+
+    step: int
+    """The validated step's index among its sequence's steps (0, 1, ...)."""
+    round: int
+    """1, 2, ...: the first validation, then one more after each run of ``on_incomplete``."""
+    completion: float
+    """The percentage the result reported (0 when it could not be read)."""
+    threshold: float
+    """The percentage the step needs (``validate.threshold``)."""
+    complete: bool
+    """``completion >= threshold``."""
+    reason: str | None = None
+    """Why the result could not be read (missing, not JSON, a validation step's failure)."""
+
+
 class StepStarted(Event, frozen=True):
     TYPE: ClassVar[str] = "step.started"
     phase: str
@@ -238,6 +256,8 @@ class StepSucceeded(Event, frozen=True):
     ``{"$blob": "sha256:<hex>"}``."""
     stdout: LogRef | None = None
     stderr: LogRef | None = None
+    validations: list[ValidationRound] = []
+    """Each round of the step's ``validate`` (of every validated step), in order."""
 
 
 class StepFailed(Event, frozen=True):
@@ -252,6 +272,8 @@ class StepFailed(Event, frozen=True):
     stderr_tail: str = ""
     stdout: LogRef | None = None
     stderr: LogRef | None = None
+    validations: list[ValidationRound] = []
+    """Each round of the step's ``validate`` (of every validated step), in order."""
 
 
 class StepSkipped(Event, frozen=True):
@@ -333,6 +355,8 @@ class ItemSucceeded(Event, frozen=True):
     """``sha256:<hex>`` of the result's JSON in the content store
     (``<home>/store/sha256/<first 2 hex>/<hex>``) when it is too large to keep
     in the record; ``result`` is then null."""
+    validations: list[ValidationRound] = []
+    """Each round of the step's ``validate`` (of every validated step), in order."""
 
 
 class ItemFailed(Event, frozen=True):
@@ -349,6 +373,8 @@ class ItemFailed(Event, frozen=True):
     resources: dict[str, float] = {}
     stdout: LogRef | None = None
     stderr: LogRef | None = None
+    validations: list[ValidationRound] = []
+    """Each round of the step's ``validate`` (of every validated step), in order."""
 
 
 class ItemRetryScheduled(Event, frozen=True):

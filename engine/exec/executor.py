@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.workflow.spec import Step
-from ledger.events import LogRef
+from ledger.events import LogRef, ValidationRound
 
 __all__ = ["Attempt", "AttemptOutcome", "AttemptRequest", "Executor", "HeartbeatSample"]
 
@@ -99,6 +99,8 @@ class AttemptOutcome:
     stderr: LogRef | None = None
     captures: dict[str, Any] = field(default_factory=dict)
     pgid: int | None = None
+    validations: tuple[ValidationRound, ...] = ()
+    """Each round of the steps' ``validate``, in order (the outcome events record them)."""
 
 
 class Attempt(abc.ABC):

@@ -66,6 +66,7 @@ def outcome_events(
                 stdout=o.stdout,
                 stderr=o.stderr,
                 result_ref=o.result_ref,
+                validations=list(o.validations),
             )
         ]
     failed = _failed(spec, item, attempt, o, resources)
@@ -106,6 +107,7 @@ def _failed(
         resources=resources,
         stdout=o.stdout,
         stderr=o.stderr,
+        validations=list(o.validations),
     )
 
 

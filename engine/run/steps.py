@@ -97,6 +97,7 @@ async def run_steps(
                     else None,
                     stdout=outcome.stdout,
                     stderr=outcome.stderr,
+                    validations=list(outcome.validations),
                 )
             ]
         )
@@ -153,6 +154,7 @@ def _failure(phase: str, index: int, step: Step, outcome: AttemptOutcome) -> tup
         stderr_tail=outcome.stderr_tail[-8192:],
         stdout=outcome.stdout,
         stderr=outcome.stderr,
+        validations=list(outcome.validations),
     )
     return event, reason
 
