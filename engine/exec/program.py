@@ -168,8 +168,11 @@ def step_command(
     A shell step is ``/bin/sh -c`` with its values in environment variables
     (or, too large for it, in files); an argv or agent step gets its values
     as whole arguments. Raises ValueError (a template error, or
-    :class:`Unpassable`) when it cannot be run.
+    :class:`Unpassable`) when it cannot be run. A ``write_file`` step has none: the
+    executor writes its file (:mod:`engine.exec.write_file`).
     """
+    if step.write_file is not None:
+        raise ValueError("a write_file step is written by the executor, not run as a command")
     env = dict(env)
     env["ENGINE_HEARTBEAT_FILE"] = heartbeat_file
     if "item" in context and (item_file := _item_file(context["item"], files)) is not None:

@@ -13,11 +13,12 @@ from typing import Any
 
 from engine.exec.executor import AttemptOutcome
 from engine.exec.program import StepResult, capture, parse_output, step_cwd
+from engine.exec.validation import ValidationLoop
 from engine.git.refs import read_head
 from engine.redact import redact_value, secret_forms
 from engine.workflow.spec import Step
 from engine.workflow.variables import last_step
-from ledger.events import LogRef
+from ledger.events import LogRef, ValidationRound
 
 __all__ = ["StepSequence", "Tails"]
 
@@ -75,9 +76,18 @@ class StepSequence:
         self._worktree = worktree
         self._head: str | None = None
         """HEAD before the step running now, when it must commit."""
+        self._validation: ValidationLoop | None = None
+        """The ``validate`` of the step that just succeeded, while it runs."""
+        self.validations: list[ValidationRound] = []
+        """Every round of validation so far, in order."""
 
     def next(self, *, cancelled: bool) -> tuple[Step, bool] | None:
         """The next step to run and whether the attempt's deadline applies to it; None: done."""
+        if self._validation is not None:
+            validating = self._validation.next()
+            if validating is not None:
+                return validating, True
+            self._validated()
         if self.failed is None:
             if self._index < len(self.steps):
                 step = self.steps[self._index]
@@ -91,6 +101,9 @@ class StepSequence:
 
     def record(self, result: StepResult, *, stopped: bool) -> None:
         """What happened to the step :meth:`next` gave; ``stopped``: the attempt was stopped."""
+        if self._validation is not None:
+            self._validation.record(result, stopped=stopped)
+            return
         if self.failed is not None:
             self._handler += 1  # a handler: it changes nothing
             return
@@ -108,7 +121,26 @@ class StepSequence:
                     error_type="validation_failed",
                 )
                 self.last = result
-        if stopped or result.timed_out or result.exit_code != 0 or result.error_type:
+        failing = bool(stopped or result.timed_out or result.exit_code != 0 or result.error_type)
+        if not failing and step.validate_ is not None:
+            self._validation = ValidationLoop(index, step, result, self.context, cwd=self._cwd)
+            return
+        self._settle(index, step, result, failing)
+
+    def _validated(self) -> None:
+        """The validated step's end, once its validation is over: as it ran, or failed."""
+        assert self._validation is not None
+        loop, self._validation = self._validation, None
+        self.validations.extend(loop.rounds)
+        result = loop.failure or loop.validated
+        self.last = result
+        last_step(self.context, result.stdout.decode("utf-8", "replace").strip(), result.exit_code)
+        self._settle(loop.index, self.steps[loop.index], result, loop.failure is not None)
+
+    def _settle(self, index: int, step: Step, result: StepResult, failing: bool) -> None:
+        """A step's end: its failure (with its handlers next), or its captures and result."""
+        stdout = result.stdout.decode("utf-8", "replace")
+        if failing:
             self.failed = index
             self._handlers = step.on_failure.steps
             if self._handlers and self._tails is not None:
@@ -164,4 +196,5 @@ class StepSequence:
             stderr=stderr,
             captures=redact_value(self.captures, secrets),
             pgid=pgid,
+            validations=tuple(self.validations),
         )

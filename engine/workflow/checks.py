@@ -5,14 +5,17 @@ when the schema refuses something elsewhere: every problem of a file is
 reported in one pass. A value of the wrong type is left to the schema.
 
 * Every ``${...}`` of every templated field (``run``, ``shell``, ``argv``,
-  ``claude``, a step's ``env`` and ``artifacts``, ``map.command``,
-  ``map.id``, ``cache.key``) is a variable known in its phase
+  ``claude``, ``write_file.path`` and ``content``, ``validate.result_file``, a step's ``env`` and
+  ``artifacts``, ``map.command``, ``map.id``, ``cache.key``), in a step's
+  ``validate`` steps too, is a variable known in its phase
   (:mod:`engine.workflow.variables`), with "did you mean" otherwise.
 * Shell code is scanned for placements that cannot carry a value as data
   (:mod:`engine.workflow.template`) and for ``${...}`` that no shell reads.
 * ``filter``, ``sort_by``, ``distinct`` and ``json_path`` compile, as the run compiles them.
 * A field that is not a template (``cwd``, ``map.input``, ``cache.inputs``)
   holding ``${...}`` is refused: nothing would substitute it.
+* A ``write_file.path`` that leaves the workspace as written (absolute, or a
+  ``..`` above the workflow's directory) is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from engine.workflow.shellcode import command_strings
 from engine.workflow.template import argv_problems, shell_problems, template_variables
 from engine.workflow.variables import Phase, check_variable
 
-__all__ = ["ItemUse", "TemplateChecks", "check_document", "steps_of"]
+__all__ = ["ItemUse", "TemplateChecks", "check_document", "outside_workspace", "steps_of"]
 
 DEFAULT_AGENT = "claude -p"
 _TEMPLATE_LIKE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*[|:][^}]*\}?")
@@ -87,6 +90,8 @@ class TemplateChecks:
     captures: set[str] = field(default_factory=set)
     after_step: bool = False
     """A step of the same sequence ran before the one being checked (``${last}`` exists)."""
+    repairing: bool = False
+    """The step being checked is a ``validate.on_incomplete`` step (``${validation}`` exists)."""
 
     def __post_init__(self) -> None:
         env = self.data.get("env")
@@ -103,7 +108,12 @@ class TemplateChecks:
             return
         for name in template_variables(text):
             why = check_variable(
-                name, phase, self.captures, self.env_names, after_step=self.after_step
+                name,
+                phase,
+                self.captures,
+                self.env_names,
+                after_step=self.after_step,
+                repairing=self.repairing,
             )
             if why is not None:
                 self.findings.append(Finding(loc, why[0], warning=why[1]))
@@ -145,8 +155,10 @@ class TemplateChecks:
         if isinstance(artifacts, list):
             for index, pattern in enumerate(artifacts):
                 self.names((*here, "artifacts", index), pattern, phase, shell=False)
+        self.write_file((*here, "write_file"), step.get("write_file"), step.get("cwd"), phase)
         self.not_template((*here, "cwd"), step.get("cwd"), "cwd")
         self.handlers(step.get("on_failure"), (*here, "on_failure"), phase)
+        self.validation(step.get("validate"), (*here, "validate"), phase)
         capture = step.get("capture_output")
         if isinstance(capture, str):
             self.captures.add(capture)
@@ -158,6 +170,40 @@ class TemplateChecks:
             self.after_step = True
             self.step(here, step, phase)
         self.captures, self.after_step = captures, after
+
+    def write_file(self, loc: Loc, spec: Any, cwd: Any, phase: Phase) -> None:
+        """``write_file``: its path and content are templates (text, no shell: content may
+        hold a script's own ``${VAR:-x}``); a literal path may not leave the workspace."""
+        if not isinstance(spec, dict):
+            return
+        self.names((*loc, "path"), spec.get("path"), phase, shell=False)
+        self.names((*loc, "content"), spec.get("content"), phase, shell=True)
+        mapped = self.data.get("map")
+        isolated = isinstance(mapped, dict) and mapped.get("isolation") == "worktree"
+        why = outside_workspace(spec.get("path"), cwd, isolated=isolated)
+        if why is not None:
+            self.findings.append(Finding((*loc, "path"), why))
+
+    def validation(self, raw: Any, loc: Loc, phase: Phase) -> None:
+        """``validate``: its steps see the validated step as ``last``, its ``on_incomplete``
+        steps ``${validation.*}`` too; what they capture is lost."""
+        if not isinstance(raw, dict):
+            return
+        saved = set(self.captures), self.after_step, self.repairing
+        self.after_step = True
+        self.names((*loc, "result_file"), raw.get("result_file"), phase, shell=False)
+        incomplete = raw.get("on_incomplete")
+        for repairing, here_loc, steps in (
+            (False, (*loc, "steps"), raw.get("steps")),
+            (True, (*loc, "on_incomplete", "steps"), _get(incomplete, "steps")),
+        ):
+            self.repairing = repairing
+            for here, step in steps_of(steps, here_loc):
+                self.step(here, step, phase)
+                for key in ("on_failure", "validate", "retry", "capture_output", "output"):
+                    if step.get(key) not in (None, [], {}):
+                        self.findings.append(Finding((*here, key), _UNUSED_HERE, warning=True))
+        self.captures, self.after_step, self.repairing = saved
 
     def steps(self, raw: Any, loc: Loc, phase: Phase) -> None:
         """A phase's steps: in an item each step after the first has ``last``; a setup or
@@ -200,6 +246,45 @@ class TemplateChecks:
                         self.not_template(("cache", key, index), text, "cache.inputs")
         self.steps(data.get("reduce"), ("reduce",), "reduce")
         self.steps(data.get("merge"), ("merge",), "merge")
+
+
+_UNUSED_HERE = (
+    "not used in a validate or on_incomplete step (these run as plain commands; "
+    "put it on a step of the sequence instead)"
+)
+
+
+def _get(raw: Any, key: str) -> Any:
+    return raw.get(key) if isinstance(raw, dict) else None
+
+
+def outside_workspace(path: Any, cwd: Any = None, *, isolated: bool = False) -> str | None:
+    """Why a ``write_file`` path as written leaves the workspace (absolute, or a ``..`` that
+    climbs above the workflow's directory from the step's ``cwd``), or None. ``isolated``:
+    the workspace is the worktree, whose top may be above the workflow's directory (a
+    ``..`` is judged when the step runs)."""
+    if not isinstance(path, str):
+        return None
+    if path.startswith("/"):
+        return (
+            "an absolute path leaves the workspace: write_file writes only inside it "
+            "(give a path relative to the step's working directory)"
+        )
+    if isolated:
+        return None
+    depth = 0
+    start = [p for p in cwd.split("/") if p not in ("", ".")] if isinstance(cwd, str) else []
+    for part in [*start, *path.split("/")]:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return (
+                    "'..' leads out of the workspace: write_file writes only inside it "
+                    "(give a path under the step's working directory)"
+                )
+        elif part not in ("", "."):
+            depth += 1
+    return None
 
 
 def _not_substituted(written: str) -> str:

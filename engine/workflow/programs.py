@@ -11,7 +11,8 @@ command when it is a plain word (not a builtin or keyword, a variable, a
 quoted or globbed word, or a path relative to the working directory). A
 program that a setup step mentions (an earlier one, for a setup step) may be
 installed by it, and is not looked up; nor is a step whose ``env`` sets
-``PATH``. ``on_failure`` handlers are left out.
+``PATH``. ``on_failure`` handlers and ``validate`` steps are left out, and a
+``write_file`` step starts no program.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def first_program(command: str) -> str | None:
 
 def _step_program(step: dict[str, Any], agent: list[str]) -> tuple[str, str] | None:
     """(key, program) of a step, when its program is certain."""
+    if "write_file" in step:
+        return None  # written by the engine: no program
     for key in ("run", "shell"):
         text = step.get(key)
         if isinstance(text, str):

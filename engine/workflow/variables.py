@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 __all__ = [
     "PHASES",
+    "REPAIRING",
     "VARIABLES",
     "Phase",
     "Variable",
@@ -139,6 +140,18 @@ VARIABLES: tuple[Variable, ...] = (
         frozenset({"repository", "worktree", "source_branch", "target_branch", "commits", "files"}),
     ),
     Variable(
+        "validation",
+        _STEPS,
+        "`${validation.completion}`, `${validation.missing}`, `${validation.gaps}`, "
+        "`${validation.status}`, `${validation.reason}`, `${validation.round}`, "
+        "`${validation.threshold}`",
+        "`validate.on_incomplete` steps",
+        "the last validation's result: its percentage, what it found missing and its gaps "
+        "(as JSON), its status; why it could not be read; its round (1, 2, ...) and the "
+        "percentage needed",
+        frozenset({"completion", "missing", "gaps", "status", "reason", "round", "threshold"}),
+    ),
+    Variable(
         "run",
         frozenset({"setup", "map.command", "map", "on_conflict", "reduce", "merge"}),
         "`${run.id}`",
@@ -152,18 +165,27 @@ VARIABLES: tuple[Variable, ...] = (
 AFTER_STEP = frozenset({"last", "shell"})
 """The previous step's result: in an item after its first step, and in ``on_failure`` steps
 (a setup or reduce step runs alone, so only its handlers have one)."""
+REPAIRING = frozenset({"validation"})
+"""The last validation's result: only in a ``validate.on_incomplete`` step."""
 
 
 def known_roots(
-    phase: Phase, captures: set[str] | frozenset[str] = frozenset(), *, after_step: bool = True
+    phase: Phase,
+    captures: set[str] | frozenset[str] = frozenset(),
+    *,
+    after_step: bool = True,
+    repairing: bool = False,
 ) -> set[str]:
     """The variable roots a template of ``phase`` may use (captures only where steps run).
 
-    ``after_step``: whether a step of the same sequence ran before (see :data:`AFTER_STEP`).
+    ``after_step``: whether a step of the same sequence ran before (see :data:`AFTER_STEP`);
+    ``repairing``: whether it is a ``validate.on_incomplete`` step (see :data:`REPAIRING`).
     """
     roots = {v.root for v in VARIABLES if phase in v.phases}
     if not after_step:
         roots -= AFTER_STEP
+    if not repairing:
+        roots -= REPAIRING
     if phase in _STEPS or phase == "map.command":
         roots |= captures
     return roots
@@ -192,16 +214,17 @@ def check_variable(
     env: Iterable[str] | None = None,
     *,
     after_step: bool = True,
+    repairing: bool = False,
 ) -> tuple[str, bool] | None:
     """Why ``${name}`` cannot be used in ``phase``, and whether that is only a warning; or None.
 
     ``env``: the names ``env:`` sets (None: not known, not checked); a name
     it lacks is a warning, since ``engine run --var`` can give it.
-    ``after_step``: as for :func:`known_roots`.
+    ``after_step``, ``repairing``: as for :func:`known_roots`.
     """
     root, _, rest = name.partition(".")
     field = rest.split(".")[0]
-    known = known_roots(phase, captures, after_step=after_step)
+    known = known_roots(phase, captures, after_step=after_step, repairing=repairing)
     variable = next((v for v in VARIABLES if v.root == root), None)
     if root not in known:
         where = ""

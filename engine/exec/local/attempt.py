@@ -39,6 +39,7 @@ from engine.exec.program import (
     step_limit,
 )
 from engine.exec.sequence import StepSequence
+from engine.exec.write_file import perform as write_file
 from engine.store.logs import LOGS_DIR, attempt_base, log_name
 from engine.workflow.spec import Step
 from ledger.atomic import DIR_MODE, fsync_dir, make_private_dir
@@ -276,6 +277,8 @@ class LocalAttempt(Attempt):
     ) -> StepResult:
         """Run one step; what happened to it."""
         request = self.request
+        if step.write_file is not None:  # written by the engine: no process
+            return await self._write_file(step, context)
         try:
             argv, env = step_command(
                 step,
@@ -329,6 +332,18 @@ class LocalAttempt(Attempt):
         return StepResult.exited(
             child.returncode, timed_out=timed_out, stdout=self.out.read_from(out_start)
         )
+
+    async def _write_file(self, step: Step, context: dict[str, Any]) -> StepResult:
+        """A ``write_file`` step (beside the loop: it fsyncs), unless the attempt is
+        cancelled; a failure said in its log."""
+        if self.cancelled:
+            return CANCELLED
+        request = self.request
+        root = request.worktree or request.cwd
+        result = await asyncio.to_thread(write_file, step, context, cwd=request.cwd, root=root)
+        if result.error is not None:
+            self.err.write(f"engine: {result.error}\n".encode())
+        return result
 
     def _not_started(self, message: str) -> StepResult:
         """A step that could not be started: a ``validation_failed`` failure, said in its log."""
