@@ -14,7 +14,7 @@ import pytest
 from engine.exec.executor import AttemptOutcome
 from engine.exec.program import StepResult
 from engine.exec.sequence import StepSequence
-from engine.exec.validation import RESULT_LIMIT, ValidationLoop, parse_result
+from engine.exec.validation import RESULT_LIMIT, ROUNDS_RECORDED, ValidationLoop, parse_result
 from engine.map.outcomes import outcome_events
 from engine.workflow.checks import check_document
 from engine.workflow.spec import MapSpec, Step
@@ -38,7 +38,7 @@ def _drive(sequence: StepSequence, script: Script) -> list[str]:
         step, _timed = planned
         asked.append(step.text)
         sequence.record(script(step, dict(sequence.context)), stopped=False)
-        assert len(asked) < 100, "the loop does not end"
+        assert len(asked) < 10_000, "the loop does not end"
     return asked
 
 
@@ -446,3 +446,16 @@ def test_what_a_validation_step_would_not_use_is_a_warning() -> None:
     found = [(f.message, f.warning) for f in checks.findings]
     assert found[0][1] and found[0][0].startswith("not used in a validate or on_incomplete step")
     assert found[1][0].startswith("unknown variable ${n}")  # its capture is not kept
+
+
+def test_what_an_outcome_records_of_many_rounds_is_bounded() -> None:
+    validate = {
+        "steps": [{"run": "check"}],
+        "on_incomplete": {"steps": [{"run": "repair"}], "max_attempts": 100, "fail": False},
+    }
+    sequence = StepSequence([_step(run="work", validate=validate)] * 3, {})
+    _drive(sequence, Work([0]))
+    assert len(sequence.validations) == 300
+    recorded = _outcome(sequence).validations
+    assert len(recorded) == ROUNDS_RECORDED
+    assert recorded[-1] == sequence.validations[-1]

@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.exec.executor import AttemptOutcome
 from engine.exec.program import StepResult, capture, parse_output, step_cwd
-from engine.exec.validation import ValidationLoop
+from engine.exec.validation import ValidationLoop, recorded
 from engine.git.refs import read_head
 from engine.redact import redact_value, secret_forms
 from engine.workflow.spec import Step
@@ -196,5 +196,5 @@ class StepSequence:
             stderr=stderr,
             captures=redact_value(self.captures, secrets),
             pgid=pgid,
-            validations=tuple(self.validations),
+            validations=recorded(self.validations),
         )

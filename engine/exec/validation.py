@@ -2,8 +2,8 @@
 
 After a step succeeds, its validation steps run (steps like any other, on
 the same executor path, with the same environment); then their result is
-read: JSON from ``result_file`` (relative to the step's working directory,
-at most :data:`RESULT_LIMIT` bytes, written by this round's steps) or else
+read: JSON from ``result_file`` (a template, relative to the step's working
+directory, at most :data:`RESULT_LIMIT` bytes, written by this round's steps) or else
 the last validation step's stdout (the whole of it, or else its last line).
 The result's ``completion_percentage`` (or ``completion``), a number from 0
 to 100, makes the round complete when it reaches ``threshold``; ``status``,
@@ -20,7 +20,7 @@ events record.
 
 :class:`ValidationLoop` is a state machine like
 :class:`engine.exec.sequence.StepSequence`, which drives it: no process,
-no clock of its own (``clock`` is given), so tests run it alone.
+its clock injected (``time.monotonic`` by default), so tests run it alone.
 """
 
 from __future__ import annotations
@@ -42,10 +42,22 @@ from engine.workflow.template import render_text
 from engine.workflow.variables import last_step
 from ledger.events import ValidationRound
 
-__all__ = ["RESULT_LIMIT", "Reading", "ValidationLoop", "parse_result", "read_result_file"]
+__all__ = [
+    "RESULT_LIMIT",
+    "ROUNDS_RECORDED",
+    "Reading",
+    "ValidationLoop",
+    "parse_result",
+    "read_result_file",
+    "recorded",
+]
 
 RESULT_LIMIT = 1 << 20
 """Bytes of a validation result read at most (1 MiB)."""
+ROUNDS_RECORDED = 256
+"""Rounds an outcome records at most (the last ones), each reason at most
+:data:`REASON_LIMIT` characters: with its other fields, the record always fits."""
+REASON_LIMIT = 300
 
 _FileState = tuple[int, int, int, int]
 """A file's inode, size, mtime and ctime (ns): whether a round's steps wrote it."""
@@ -148,6 +160,11 @@ def read_result_file(path: Path, shown: str, before: _FileState | None) -> Readi
     if size > RESULT_LIMIT:
         return Reading(reason=f"{source} is over {RESULT_LIMIT:,} bytes")
     return parse_result(b"".join(chunks), source)
+
+
+def recorded(rounds: list[ValidationRound]) -> tuple[ValidationRound, ...]:
+    """The rounds an outcome records: the last :data:`ROUNDS_RECORDED` of them."""
+    return tuple(rounds[-ROUNDS_RECORDED:])
 
 
 def _failed(result: StepResult, *, stopped: bool) -> bool:
@@ -287,7 +304,7 @@ class ValidationLoop:
                 completion=reading.completion,
                 threshold=threshold,
                 complete=complete,
-                reason=reading.reason,
+                reason=None if reading.reason is None else reading.reason[:REASON_LIMIT],
             )
         )
         if complete:
