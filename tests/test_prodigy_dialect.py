@@ -257,3 +257,26 @@ def test_docs_table_is_the_key_table() -> None:
     section = text.split("## Every key\n\n", 1)[1]
     assert section[: section.index("\n\n") + 1] == docs_table()
     assert len({(k.where, k.name) for k in KEYS}) == len(KEYS)
+
+
+def test_validate_counts_repairs_as_prodigy_does(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "    - shell: echo ${item}",
+        "    - claude: /fix\n"
+        "      validate:\n"
+        "        shell: check\n"
+        "        result_file: out.json\n"
+        "        threshold: 90\n"
+        "        on_incomplete: {claude: /complete, max_attempts: 3, fail_workflow: false}\n"
+        "    - claude: /fix\n"
+        "      validate: {claude: /check, on_incomplete: {shell: repair}}",
+    )
+    spec = _spec(tmp_path, text)
+    assert spec.map is not None
+    first, second = (step.validate_ for step in spec.map.agent_template)
+    assert first is not None and second is not None
+    assert (first.result_file, first.threshold, first.steps[0].run) == ("out.json", 90, "check")
+    assert first.on_incomplete is not None and second.on_incomplete is not None
+    assert (first.on_incomplete.max_attempts, first.on_incomplete.fail) == (4, False)
+    assert first.on_incomplete.steps[0].claude == "/complete"
+    assert (second.on_incomplete.max_attempts, second.on_incomplete.fail) == (3, True)

@@ -173,7 +173,7 @@ KEYS: tuple[Key, ...] = (
     *_k("validate", "result_file threshold timeout on_incomplete", "same", "the same key"),
     *_k("validate", "expected_schema", "warned", "not applied: the result is read as JSON"),
     *_k("on_incomplete", "shell claude commands", "same", "on_incomplete.steps"),
-    *_k("on_incomplete", "max_attempts", "same", "on_incomplete.max_attempts"),
+    *_k("on_incomplete", "max_attempts", "same", "repairs at most (default 2)"),
     *_k("on_incomplete", "fail_workflow", "renamed", "on_incomplete.fail"),
     *_k("on_incomplete", "commit_required", "same", "on the repair steps"),
     *_k("on_incomplete", "prompt", "refused", "not supported: give the repair as claude"),

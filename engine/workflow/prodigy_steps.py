@@ -422,8 +422,10 @@ def _validate(raw: Any, loc: Loc, out: Translation) -> Any:
             {"shell", "claude", "commands", "max_attempts", "fail_workflow", "commit_required"},
         )
         repair: dict[str, Any] = {"steps": _handler_steps(incomplete, here, out)}
-        if "max_attempts" in incomplete:
-            repair["max_attempts"] = incomplete["max_attempts"]
+        tries = incomplete.get("max_attempts", 2)
+        if isinstance(tries, int) and not isinstance(tries, bool):
+            tries = min(tries + 1, 100)  # Prodigy counts the repairs; the engine, rounds
+        repair["max_attempts"] = tries
         if "fail_workflow" in incomplete:
             repair["fail"] = incomplete["fail_workflow"]
         made["on_incomplete"] = repair
