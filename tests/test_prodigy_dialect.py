@@ -57,7 +57,11 @@ def test_prodigy_defaults_apply(tmp_path: Path) -> None:
     assert spec.agent.command == AGENT_COMMAND
     assert spec.map.max_parallel == 10
     assert spec.map.isolation == "worktree"
-    assert spec.map.retry.max_attempts == 1  # no retry unless asked for
+    # no retry unless asked for, but of an attempt a crash cut short
+    assert (spec.map.retry.max_attempts, spec.map.retry.retry_on) == (
+        2,
+        ["interrupted", "worker_lost"],
+    )
     assert spec.map.input_missing == "command"
     assert spec.map.id == "item_${item_index}"
     assert spec.map.agent_template[-1].output == "text"

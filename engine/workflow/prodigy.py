@@ -30,6 +30,9 @@ __all__ = ["AGENT_COMMAND", "DEFAULT_MAX_PARALLEL", "is_prodigy", "translate"]
 AGENT_COMMAND = "claude --print --dangerously-skip-permissions"
 """How Prodigy runs a ``claude:`` step (the prompt is the last argument)."""
 DEFAULT_MAX_PARALLEL = 10
+NO_RETRY = {"max_attempts": 2, "retry_on": ["interrupted", "worker_lost"]}
+"""Prodigy retries no failure unless asked; an attempt a crash cut short (of the engine,
+or of the machine it ran on) runs once more, as Prodigy's resume runs it again."""
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -249,7 +252,7 @@ def _map(raw: Any, data: dict[str, Any], resolve: _Resolver, out: Translation) -
     made["isolation"] = "worktree"
     made["work_at"] = "repository"
     made["id"] = "item_${item_index}"
-    made["retry"] = {"max_attempts": 1}
+    made["retry"] = dict(NO_RETRY)
     return made
 
 
