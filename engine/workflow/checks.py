@@ -78,6 +78,23 @@ def agent_words(data: dict[str, Any]) -> list[str]:
         return []
 
 
+def _env_names(data: dict[str, Any]) -> list[str] | None:
+    """The names the workflow sets: ``env``, ``secrets``, its profiles (None: not known,
+    as when ``env_files`` set some)."""
+    if data.get("env_files"):
+        return None
+    names: list[str] = []
+    profiles = data.get("profiles")
+    for section in (
+        data.get("env"),
+        data.get("secrets"),
+        *(profiles.values() if isinstance(profiles, dict) else ()),
+    ):
+        if isinstance(section, dict | list):
+            names += [k for k in section if isinstance(k, str)]
+    return names
+
+
 @dataclass
 class TemplateChecks:
     """The walk over a document's templates: what it found, and the uses of item fields."""
@@ -94,9 +111,7 @@ class TemplateChecks:
     """The step being checked is a ``validate.on_incomplete`` step (``${validation}`` exists)."""
 
     def __post_init__(self) -> None:
-        env = self.data.get("env")
-        names = [k for k in env if isinstance(k, str)] if isinstance(env, dict) else []
-        self.env_names = names if self.check_env else None
+        self.env_names = _env_names(self.data) if self.check_env else None
         self.agent = agent_words(self.data)
 
     def add(self, loc: Loc, messages: list[str]) -> None:

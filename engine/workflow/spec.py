@@ -26,8 +26,11 @@ from pydantic import (
 from engine.workflow.fields import (
     Count,
     Duration,
+    EnvEntries,
     EnvMap,
-    EnvNames,
+    EnvValue,
+    Profiles,
+    Secrets,
     check_env_name,
     parse_duration,
 )
@@ -41,6 +44,7 @@ __all__ = [
     "CircuitBreakerSpec",
     "ClassifyRule",
     "Duration",
+    "EnvValue",
     "ErrorType",
     "HeartbeatSpec",
     "IncompleteSpec",
@@ -402,9 +406,18 @@ class PhaseTimeouts(_Model):
 
 class Workflow(_Model):
     name: str = Field(min_length=1)
-    env: EnvMap = {}
-    secrets: EnvNames = []
-    """Names of environment variables passed to commands and never recorded."""
+    env: EnvEntries = {}
+    """Variables for ``${env.X}`` and every command's environment; an entry
+    ``{value: TEXT, secret: true}`` is a secret (:mod:`engine.workflow.environment`)."""
+    secrets: Secrets = []
+    """Names of environment variables passed to commands and never recorded, or a
+    mapping NAME -> the environment variable NAME's value is taken from."""
+    env_files: list[Annotated[str, Field(min_length=1)]] = []
+    """``.env`` files (``KEY=VALUE`` lines) read when the run is created, relative to
+    the workflow's directory; later files override earlier ones, ``env`` overrides them."""
+    profiles: Profiles = {}
+    """Named sets of variables (``engine run --profile NAME``) laid over ``env``;
+    a profile's ``description`` is not a variable."""
     agent: AgentSpec = AgentSpec()
     setup: Steps = []
     map: MapSpec | None = None
@@ -417,6 +430,15 @@ class Workflow(_Model):
     merge: Steps = []
     """With ``map.isolation: worktree``: steps run after reduce, in the run's worktree,
     to bring the run's branch to the workspace's (``${merge.*}``)."""
+
+    @property
+    def secret_names(self) -> frozenset[str]:
+        """The names whose values are never recorded: ``secrets`` (listed or mapped),
+        and every ``env`` or profile entry written with ``secret: true``."""
+        names = set(self.secrets)
+        for entries in (self.env, *self.profiles.values()):
+            names.update(k for k, v in entries.items() if isinstance(v, EnvValue) and v.secret)
+        return frozenset(names)
 
     @model_validator(mode="after")
     def _something_to_do(self) -> Workflow:
