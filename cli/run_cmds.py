@@ -23,6 +23,7 @@ from engine.tools.mock_agent import help_text as mock_agent_help
 from engine.tools.mock_agent import main as mock_agent_main
 from engine.views.status import RunStatusView, status_view
 from engine.views.worktrees import isolation_status
+from engine.workflow.environment import validate_environment
 from engine.workflow.load import load_workflow, validate_workflow
 from engine.workflow.spec import check_env_name
 from engine.workflow.starters import TEMPLATES, write_template
@@ -93,7 +94,16 @@ NO_PROGRESS = click.option(
 )
 @JOBS
 @click.option(
-    "--var", "variables", multiple=True, metavar="K=V", help="Set env.K for the run (repeatable)."
+    "--var",
+    "variables",
+    multiple=True,
+    metavar="K=V",
+    help="Set env.K for the run, over env_files, env and the profile (repeatable).",
+)
+@click.option(
+    "--profile",
+    metavar="NAME",
+    help="Lay the workflow's profile NAME (profiles:) over env; recorded, and kept on resume.",
 )
 @click.option(
     "--executor", default="local", show_default=True, help="local (dask://HOST:PORT comes later)."
@@ -114,6 +124,7 @@ def run_cmd(
     run_id: str | None,
     jobs: int | None,
     variables: tuple[str, ...],
+    profile: str | None,
     executor: str,
     no_cache: bool,
     refresh_cache: bool,
@@ -127,8 +138,9 @@ def run_cmd(
     checks it, and the machine for what the run needs: the map's input file,
     and each step's program on PATH (see --allow-missing); a refusal leaves
     no run behind. Exit 0 when every item succeeded; 1 when the run finished
-    with failed or dead-lettered items or failed; 2 on bad input; 3 when the
-    run is locked; 130 when interrupted (resumable).
+    with failed or dead-lettered items or failed; 2 on bad input (also an
+    unknown --profile); 3 when the run is locked; 130 when interrupted
+    (resumable).
     """
     if executor != "local":
         raise EngineError(
@@ -142,6 +154,7 @@ def run_cmd(
         run_id=run_id,
         max_parallel=jobs,
         variables=_variables(variables),
+        profile=profile,
         no_cache=no_cache,
         refresh_cache=refresh_cache,
         allow_missing=allow_missing,
@@ -236,7 +249,10 @@ def resume_cmd(
     (that attempt counts, as `interrupted`; its leftover processes are
     stopped first), and what waits for a retry; with --include-dlq, the
     dead-lettered items last. Setup steps that succeeded are not run again.
-    Exit codes as for `engine run`; 2 when the run is completed or its
+    The run keeps its variables (--var, env_files as read at its start, its
+    profile); a secret's value, never recorded, comes from the environment
+    variable of its name, else from the workflow file. Exit codes as for
+    `engine run`; 2 when the run is completed or its
     workflow file changed (see --allow-changed); 3 when another engine holds
     the run.
     """
@@ -363,7 +379,12 @@ def _run_views(obj: Context, statuses: set[str], limit: int | None) -> list[RunS
     is_flag=True,
     help="Print one JSON object: ok, errors and warnings (each file, line, field, message, hint).",
 )
-def validate_cmd(workflow: Path, as_json: bool) -> None:
+@click.option(
+    "--profile",
+    metavar="NAME",
+    help="Check that the workflow has the profile NAME (exit 2 if not).",
+)
+def validate_cmd(workflow: Path, as_json: bool, profile: str | None) -> None:
     """Check a workflow file; print every problem as FILE:LINE: field: what (fix).
 
     Everything `engine run` would refuse is found in one pass: types,
@@ -374,12 +395,16 @@ def validate_cmd(workflow: Path, as_json: bool) -> None:
     items can be read without running a command, each ${item.FIELD} against
     them. Warnings (printed, exit 0): a field some items lack, an env name
     not set, a step's program not on PATH here (`engine run` refuses to start
-    without it unless --allow-missing). The file must be a regular file
-    within ENGINE_MAX_WORKFLOW_BYTES (1 MiB). Exit 0 when it is valid, 2 when
-    it is not.
+    without it unless --allow-missing), an env_files file not found (a run
+    skips it); a line of an env_files file that is not KEY=VALUE is an error.
+    The file must be a regular file within ENGINE_MAX_WORKFLOW_BYTES (1 MiB).
+    With --profile, the profile must be one of the workflow's. Exit 0 when it
+    is valid, 2 when it is not.
     """
     try:
         spec, problems = validate_workflow(workflow)
+        if spec is not None:
+            problems = [*problems, *validate_environment(workflow, spec, profile=profile)]
     except WorkflowError as exc:
         spec, problems = None, exc.problems
     except EngineError as exc:

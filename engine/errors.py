@@ -27,6 +27,7 @@ __all__ = [
     "NotConfirmed",
     "NotRunning",
     "NothingSelected",
+    "ProfileUnknown",
     "QueryError",
     "ResumeRefused",
     "RunNotFound",
@@ -106,6 +107,17 @@ class ResumeRefused(EngineError):
     def __init__(self, message: str, *, run_id: str, hint: str | None = None) -> None:
         self.run_id = run_id
         super().__init__(message, hint=hint)
+
+
+class ProfileUnknown(EngineError):
+    """``--profile NAME`` names no profile of the workflow's ``profiles``."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, profile: str, known: Sequence[str]) -> None:
+        self.profile = profile
+        self.known = list(known)
+        super().__init__(message)
 
 
 class NotRunning(EngineError):

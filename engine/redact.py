@@ -1,7 +1,10 @@
 """Redaction: no secret's value reaches anything the engine writes.
 
-A workflow names its secrets (``secrets: [NAME]``); their values come from
-the environment or from ``--var NAME=VALUE``. A :class:`Redactor` replaces
+A workflow names its secrets (``secrets: [NAME]``, or ``secrets: {NAME:
+SOURCE}``) and writes some ``env`` or profile entries ``{value: TEXT, secret:
+true}``; their values come from the environment, the workflow, or ``--var
+NAME=VALUE`` (:mod:`engine.workflow.environment`, which also keeps them out
+of the run's copy of the workflow). A :class:`Redactor` replaces
 every occurrence of a value, and of the forms it takes when written inside
 a JSON string or a Python ``repr``, by ``***``. It is applied at the places
 where the engine writes:
@@ -29,7 +32,6 @@ may not reference a secret at all (:func:`secret_template_problems`).
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,7 +51,6 @@ __all__ = [
     "redact_value",
     "secret_forms",
     "secret_template_problems",
-    "secret_values",
 ]
 
 MASK = "***"
@@ -112,17 +113,6 @@ def redact_value(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, dict):
         return {redact_value(k, secrets): redact_value(v, secrets) for k, v in value.items()}
     return value
-
-
-def secret_values(
-    names: Iterable[str],
-    variables: Mapping[str, str],
-    environ: Mapping[str, str] | None = None,
-) -> list[str]:
-    """The values of the secrets ``names``: given with ``--var``, else from the environment."""
-    env = os.environ if environ is None else environ
-    values = [variables.get(name) or env.get(name, "") for name in names]
-    return [v for v in values if v]
 
 
 class Redactor:
@@ -225,7 +215,7 @@ def secret_template_problems(spec: Workflow) -> list[tuple[tuple[int | str, ...]
     names; one made of a secret would be recorded as ``***``, which identifies
     nothing. Each problem is ``(location, message)``.
     """
-    secret_names = set(spec.secrets)
+    secret_names = spec.secret_names
     if not secret_names or spec.map is None:
         return []
 

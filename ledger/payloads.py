@@ -87,9 +87,11 @@ class RunCreated(Event, frozen=True):
     workflow_path: str
     """Where the workflow was loaded from (as given by the user)."""
     workflow_hash: str
-    """``sha256:<hex>`` of the workflow file's bytes."""
+    """``sha256:<hex>`` of the workflow as the run keeps it (``workflow``, the run's
+    ``workflow.yml``): the file's bytes, with each secret entry's value as ``***``."""
     workflow: str = ""
-    """A copy of the workflow file's text, frozen at creation."""
+    """A copy of the workflow file's text, frozen at creation (secret entries' values
+    as ``***``)."""
     workflow_ref: str | None = None
     """``sha256:<hex>`` of the workflow file's bytes in the content store
     (``<home>/store/sha256/<first 2 hex>/<hex>``) when the file is too large
@@ -98,6 +100,11 @@ class RunCreated(Event, frozen=True):
     """The workspace snapshot (``snap-<12 hex>``), when one was taken."""
     vars: dict[str, str] = {}
     """Variables given with ``--var`` (secrets are never recorded)."""
+    profile: str | None = None
+    """The workflow's profile the run uses (``--profile``); a resume keeps it."""
+    env_files: dict[str, str] = {}
+    """The variables read from the workflow's ``env_files`` when the run was created
+    (secrets as ``***``): a resume uses these, not the files as they are then."""
     engine_version: str = ""
     user: str = ""
     host: str = ""

@@ -28,9 +28,10 @@ from engine.git.isolation import Isolation
 from engine.git.repo import GIT_CONTEXT
 from engine.items.selection import LoadStop
 from engine.map.scheduler import MapScheduler
-from engine.redact import Redactor, secret_values
+from engine.redact import Redactor
 from engine.run.options import RunOptions
 from engine.store.content import ContentStore
+from engine.workflow.environment import Environment, resolve
 from engine.workflow.load import LoadedWorkflow
 from engine.workflow.spec import Step
 from engine.workflow.variables import item_context, run_context
@@ -45,7 +46,13 @@ __all__ = ["RunContext", "unfinished"]
 
 class RunContext:
     def __init__(
-        self, loaded: LoadedWorkflow, run_dir: Path, run_id: str, options: RunOptions
+        self,
+        loaded: LoadedWorkflow,
+        run_dir: Path,
+        run_id: str,
+        options: RunOptions,
+        *,
+        environment: Environment | None = None,
     ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
@@ -62,8 +69,11 @@ class RunContext:
         self.values = ValuesProjection()
         """Item values, results and done steps, as recorded (:mod:`projections.values`)."""
         self.p = Projections(circuit_on=circuit.on if circuit else (), extra=(self.values,))
-        self.env: dict[str, str] = {**self.spec.env, **options.variables}
-        self.secret_values = secret_values(self.spec.secrets, options.variables)
+        # env_files, env, the profile, the secrets, --var (engine.workflow.environment).
+        if environment is None:
+            environment = resolve(self.spec, profile=options.profile, variables=options.variables)
+        self.env: dict[str, str] = environment.values
+        self.secret_values = environment.secrets
         self.redactor = Redactor(self.secret_values)
         # What is recorded never holds a secret, even one given with --var: each
         # word is redacted before the line is joined (quoting would hide it after).

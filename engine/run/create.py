@@ -29,10 +29,18 @@ from engine.run.loading import in_thread
 from engine.run.options import RunOptions, RunResult
 from engine.store.content import INLINE_LIMIT
 from engine.store.workspace import save_snapshot, take_snapshot
+from engine.workflow.environment import (
+    Environment,
+    profile_entries,
+    read_env_files,
+    recorded_copy,
+    recorded_files,
+    resolve,
+)
 from engine.workflow.load import LoadedWorkflow, preflight
 from ledger import LedgerReader
 from ledger.atomic import atomic_write
-from ledger.errors import LedgerError
+from ledger.errors import EngineError, LedgerError
 from ledger.events import Event, RunCreated, RunStarted
 
 __all__ = ["create_run", "new_run_id"]
@@ -50,7 +58,8 @@ async def create_run(
     loaded: LoadedWorkflow, run_dir: Path, run_id: str, options: RunOptions, *, create: bool
 ) -> RunResult:
     """Create the run and drive it (``create=False``: the ledger exists, not ``run.created``)."""
-    run = RunContext(loaded, run_dir, run_id, options)
+    files, environment = _environment(loaded, options)
+    run = RunContext(loaded, run_dir, run_id, options, environment=environment)
     home = run_dir.parent.parent
     new = create and not run_dir.exists()
     if create:
@@ -59,7 +68,7 @@ async def create_run(
             await check_workspace(run)
     run.open(create=create)
     try:
-        opening = await _opening(run, home)
+        opening = await _opening(run, home, files)
     except BaseException:
         assert run.writer is not None
         run.writer.close()
@@ -75,6 +84,24 @@ async def create_run(
                 hint=f"{exc.hint + '; ' if exc.hint else ''}nothing ran: no run was kept",
             ) from None
         raise
+
+
+def _environment(loaded: LoadedWorkflow, options: RunOptions) -> tuple[dict[str, str], Environment]:
+    """The ``env_files`` read (a missing one skipped, with a warning) and the run's variables."""
+    profile_entries(loaded.spec, options.profile)  # an unknown profile first, alone
+    files, missing = read_env_files(loaded.spec, loaded.directory)
+    for name in missing:
+        options.warn(f"warning: env_files: {name} not found in {loaded.directory}: skipped")
+    environment = resolve(
+        loaded.spec, profile=options.profile, files=files, variables=options.variables
+    )
+    for name in environment.missing:
+        raise EngineError(
+            f"{loaded.shown or loaded.path}: env.{name} is a secret written as *** (a run's "
+            f"copy of a workflow), and {name} is not set in the environment",
+            hint=f"export {name}=VALUE, or run the workflow file that holds the value",
+        )
+    return files, environment
 
 
 _OPENING_ONLY = frozenset(
@@ -95,26 +122,33 @@ def _nothing_ran(run: RunContext) -> bool:
         return False
 
 
-async def _opening(run: RunContext, home: Path) -> list[Event]:
-    """The workflow frozen and the workspace's snapshot taken: ``run.created``, ``run.started``."""
+async def _opening(run: RunContext, home: Path, files: dict[str, str]) -> list[Event]:
+    """The workflow frozen and the workspace's snapshot taken: ``run.created``, ``run.started``.
+
+    The frozen copy has the secret entries' values as ``***``; the hash is the copy's.
+    """
     loaded, spec, options = run.loaded, run.spec, run.options
-    atomic_write(run.run_dir / "workflow.yml", loaded.text.encode())
+    text, digest = recorded_copy(loaded)
+    atomic_write(run.run_dir / "workflow.yml", text.encode())
     snapshot = await in_thread(lambda: take_snapshot(loaded.directory, home=home))
     snapshot.files = run.redactor.keys(snapshot.files)
     save_snapshot(snapshot, run.run_dir / "snapshot.json")
     # A workflow too large to copy into run.created is kept in the store.
-    large = len(loaded.text) * 4 > INLINE_LIMIT and len(loaded.text.encode()) > INLINE_LIMIT
+    large = len(text) * 4 > INLINE_LIMIT and len(text.encode()) > INLINE_LIMIT
     # Stored as recorded inline would be: redacted.
-    workflow_ref = run.store.put_bytes(run.redactor.text(loaded.text).encode()) if large else None
+    workflow_ref = run.store.put_bytes(run.redactor.text(text).encode()) if large else None
+    secret = spec.secret_names
     return [
         RunCreated(
             snapshot_id=snapshot.id,
             workflow_name=spec.name,
             workflow_path=str(loaded.path),
-            workflow_hash=loaded.hash,
-            workflow="" if large else loaded.text,
+            workflow_hash=digest,
+            workflow="" if large else text,
             workflow_ref=workflow_ref,
-            vars={k: "***" if k in spec.secrets else v for k, v in options.variables.items()},
+            vars={k: "***" if k in secret else v for k, v in options.variables.items()},
+            profile=options.profile,
+            env_files=recorded_files(files, secret),
             engine_version=engine_version(),
             user=getpass.getuser(),
             host=socket.gethostname(),

@@ -18,6 +18,10 @@ class RunOptions:
     run_id: str | None = None
     max_parallel: int | None = None
     variables: dict[str, str] = field(default_factory=dict)
+    """``--var``: over ``env_files``, ``env`` and the profile."""
+    profile: str | None = None
+    """``--profile``: the workflow's profile laid over ``env``. A resume keeps the
+    run's own (the one recorded in ``run.created``); naming another is refused."""
     executor: Executor | None = None
     command: str = ""
     """The command line to record (redacted here); ``argv`` wins when given."""

@@ -3,7 +3,7 @@
 What is refused first (read-only, without the lock): a completed run with
 nothing to retry, a workflow that changed (without ``allow_changed``).
 Then, under the lock: the variables recorded (secrets never from the
-ledger), the setup steps done as they are written now (a changed one runs
+ledger: :func:`_environment`), the setup steps done as they are written now (a changed one runs
 again, and the steps after it: said on stderr and in ``run.resumed``), the
 workspace compared with the run's, and ``run.resumed``.
 """
@@ -25,9 +25,19 @@ from engine.run.loading import in_thread
 from engine.run.options import RunOptions, RunResult
 from engine.run.steps import restore_captures, setup_plan
 from engine.store.workspace import Snapshot, compare, take_snapshot
+from engine.workflow.environment import (
+    MASK,
+    Environment,
+    mask_spec,
+    read_env_files,
+    recorded_copy,
+    resolve,
+)
 from engine.workflow.load import LoadedWorkflow, describe_changes, load_workflow
+from ledger import LedgerReader
 from ledger.atomic import atomic_write
-from ledger.events import Event, RunResumed, RunUnpaused
+from ledger.errors import LedgerError
+from ledger.events import Event, RunCreated, RunResumed, RunUnpaused
 from projections.replay import Projections, replay
 
 __all__ = ["resume_run"]
@@ -64,12 +74,14 @@ async def resume_run(
     changes = _changes(before, frozen, workflow, options, run_id)
     # A secret given with --var was recorded as ***: a resume takes it from the
     # environment (or a new --var), never from the ledger.
-    recorded = {
-        k: v for k, v in before.run.vars.items() if not (v == "***" and k in workflow.spec.secrets)
-    }
+    secret = workflow.spec.secret_names
+    recorded = {k: v for k, v in before.run.vars.items() if not (v == MASK and k in secret)}
     given = dict(options.variables)
-    options = dataclasses.replace(options, variables={**recorded, **given})
-    run = RunContext(workflow, run_dir, run_id, options)
+    created = _created(run_dir)
+    profile = _profile(created, options, run_id)
+    options = dataclasses.replace(options, variables={**recorded, **given}, profile=profile)
+    environment = _environment(workflow, created, options, run_id)
+    run = RunContext(workflow, run_dir, run_id, options, environment=environment)
     run.open(create=False)  # under the lock: what the ledger says now
     try:
         opening = await _opening(run, changes, given)
@@ -115,6 +127,67 @@ def _frozen_workflow(run_dir: Path, p: Projections) -> LoadedWorkflow:
     return load_workflow(path, raw=raw)
 
 
+def _created(run_dir: Path) -> RunCreated | None:
+    """The run's ``run.created`` (near the ledger's start; what the projections do not keep)."""
+    try:
+        for record in LedgerReader(run_dir / "ledger.ndjson").records():
+            if isinstance(record.data, RunCreated):
+                return record.data
+    except (OSError, LedgerError):
+        return None
+    return None
+
+
+def _profile(created: RunCreated | None, options: RunOptions, run_id: str) -> str | None:
+    """The run's profile; a resume asked for another one is refused."""
+    profile = created.profile if created is not None else None
+    if options.profile is not None and options.profile != profile:
+        started = f"--profile {profile}" if profile else "no profile"
+        raise ResumeRefused(
+            f"run {run_id!r} was started with {started}: a resume keeps it "
+            f"(--profile {options.profile} asked for another)",
+            run_id=run_id,
+            hint="resume without --profile, or start a new run with "
+            f"engine run WORKFLOW --profile {options.profile}",
+        )
+    return profile
+
+
+def _environment(
+    workflow: LoadedWorkflow, created: RunCreated | None, options: RunOptions, run_id: str
+) -> Environment:
+    """The run's variables again: the env_files' values as recorded; each secret from the
+    environment (else, from the workflow file or the env_files as they are now)."""
+    secret = workflow.spec.secret_names
+    files = dict(created.env_files) if created is not None else {}
+    masked = [k for k, v in files.items() if v == MASK and k in secret]
+    if masked:
+        now, _ = read_env_files(workflow.spec, workflow.directory)
+        for name in masked:
+            value = os.environ.get(name, now.get(name))
+            if value is None:
+                del files[name]  # as a listed secret that is not set
+            else:
+                files[name] = value
+    environment = resolve(
+        workflow.spec,
+        profile=options.profile,
+        files=files,
+        variables=options.variables,
+        resuming=True,
+    )
+    if environment.missing:
+        name = environment.missing[0]
+        raise ResumeRefused(
+            f"run {run_id!r}: the value of the secret {name} is never recorded, and neither "
+            f"the environment nor the workflow file {workflow.path} holds it (the run's copy "
+            "has ***)",
+            run_id=run_id,
+            hint=f"export {name}=VALUE and resume again",
+        )
+    return environment
+
+
 def _changes(
     before: Projections,
     frozen: LoadedWorkflow,
@@ -123,9 +196,10 @@ def _changes(
     run_id: str,
 ) -> list[str]:
     """What changed in the workflow since the run started; refused without ``allow_changed``."""
-    if workflow.hash == (before.run.workflow_hash or frozen.hash):
+    # Both as the run keeps them: secret entries ***, whatever their values.
+    if recorded_copy(workflow)[1] == (before.run.workflow_hash or recorded_copy(frozen)[1]):
         return []
-    changes = describe_changes(frozen.spec, workflow.spec) or [
+    changes = describe_changes(mask_spec(frozen.spec), mask_spec(workflow.spec)) or [
         "the file's text changed (comments or layout; no setting did)"
     ]
     if not options.allow_changed:
@@ -159,16 +233,16 @@ async def _opening(run: RunContext, changes: list[str], given: dict[str, str]) -
             host=socket.gethostname(),
             include_dlq=options.include_dlq,
             allow_changed=changed,
-            workflow_hash=run.loaded.hash,
+            workflow_hash=recorded_copy(run.loaded)[1],
             changes=changes,
             snapshot_id=snapshot.id,
             max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
             cache=options.cache_mode(run.p.run.cache_mode),
-            vars={k: "***" if k in spec.secrets else v for k, v in given.items()},
+            vars={k: MASK if k in spec.secret_names else v for k, v in given.items()},
         )
     ]
     if changed:
-        atomic_write(run.run_dir / "workflow.yml", run.loaded.text.encode())
+        atomic_write(run.run_dir / "workflow.yml", recorded_copy(run.loaded)[0].encode())
     if run.p.run.paused:
         opening.append(RunUnpaused(by="resume"))
     return opening

@@ -88,7 +88,13 @@ VARIABLES: tuple[Variable, ...] = (
         frozenset(),
     ),
     Variable("attempt", _ITEM, "`${attempt}`", "map", "1, 2, ...", frozenset()),
-    Variable("env", _EVERYWHERE, "`${env.X}`", "everywhere", "from `env` and `--var`"),
+    Variable(
+        "env",
+        _EVERYWHERE,
+        "`${env.X}`",
+        "everywhere",
+        "from `env_files`, `env`, the profile, `secrets` and `--var` ([environment](#environment))",
+    ),
     Variable(
         "last",
         _STEPS,
