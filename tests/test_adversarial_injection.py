@@ -2,7 +2,9 @@
 
 For each pair either validation refuses the placement (exit 2, located), or
 the command runs the value as data only: no ``PWNED`` file appears, and the
-command prints exactly the value's bytes. Most pairs are checked by
+command prints exactly the value's bytes. Single quotes are made safe (the
+reference closes them around a double-quoted expansion); in arithmetic a
+value that is not a whole number stops the command before it runs. Most pairs are checked by
 rendering and running the shell directly (one shell per placement, every
 payload in its own command group); a workflow of refused placements goes through
 ``engine validate`` and one of safe placements through a real run.
@@ -158,29 +160,49 @@ SHELL_PLACEMENTS = [
         f'IFS= read -r x <<EOF\n${{item}}\nEOF\n{P} "$x"',
         lambda v: v.split("\n")[0],
     ),
+    # single quotes: the reference closes them, expands in double quotes, opens them again
+    Shell(f"{P} '${{item}}'"),
+    Shell(f"{P} 'pre ${{item}} post'", lambda v: f"pre {v} post"),
+    Shell(f"{P} '${{item}}${{item}}'", lambda v: v + v),
+    Shell(f"x='${{item}}'; {P} \"$x\""),
+    Shell(f"case '${{item}}' in *) {P} '${{item}}';; esac"),
+    Shell(f"{P} \"$({P} '${{item}}')\"", substituted),
+    Shell(f"{P} \"`{P} '${{item}}'`\"", substituted),
+    Shell(f"bash -c \"{P} '${{item}}'\""),
+    Shell(f"bash -c \"{P} 'a '${{item}}' b'\"", lambda v: f"a {v} b"),
+    Shell(f"sh -c '{P} '\"'\"'${{item}}'\"'\"''"),
+    Shell(f'bash -c "sh -c \\"{P} \'${{item}}\'\\""'),
+    Shell(f"bash -c 'sh -c \"{P} '\"'\"'${{item}}'\"'\"'\"'"),
+    Shell(f"eval \"{P} '${{item}}'\""),
+    Shell(f"eval '{P} '\"'\"'${{item}}'\"'\"''"),
+    Shell(f'eval "sh -c \\"{P} \'${{item}}\'\\""'),
+    Shell(f"(trap \"{P} '${{item}}'\" EXIT; :)"),
+    Shell(f"sh <<EOF\n{P} '${{item}}'\nEOF"),
+    Shell(f"sh <<'EOF'\n{P} '${{item}}'\nEOF"),
+    Shell(f"bash -c \"sh <<'EOF'\n{P} '${{item}}'\nEOF\""),
+    # a quoted here-document read by a program: written unquoted, its body escaped
+    Shell("cat <<'EOF'\n${item}\nEOF", line),
+    Shell('cat <<"EOF"\n${item}\nEOF', line),
+    Shell("cat <<\\EOF\n${item}\nEOF", line),
+    Shell(
+        "cat <<-'EOF'\n\t$HOME `x` \\ \\$ '${item}'\n\tEOF", lambda v: f"$HOME `x` \\ \\$ '{v}'\n"
+    ),
+    Shell(f"{P} \"$(cat <<'EOF'\n${{item}}\nEOF\n)\"", substituted),
     # refused: no shell would expand the value as data here
-    Shell(f"{P} '${{item}}'", None),
     Shell(f"{P} $'${{item}}'", None),
-    Shell(f"bash -c \"{P} '${{item}}'\"", None),
-    Shell(f"eval \"{P} '${{item}}'\"", None),
+    Shell(f"bash -c \"{P} $'${{item}}'\"", None),
     Shell(f'bash -c "{P} \\\\${{item}}"', None),
-    Shell("cat <<'EOF'\n${item}\nEOF", None),
-    Shell('cat <<"EOF"\n${item}\nEOF', None),
-    Shell("echo $(( ${item} + 1 ))", None),
-    Shell("(( ${item} ))", None),
-    Shell('bash -c "(( ${item} ))"', None),
-    Shell('bash -c "let x=${item}"', None),
-    Shell('bash -c "[[ ${item} -eq 1 ]]"', None),
-    Shell('bash -c "declare -i x=${item}"', None),
-    Shell('bash -c "a[${item}]=1"', None),
-    Shell("if (( ${item} > 1 )); then :; fi", None),
-    Shell('bash -c "for (( i=0; i<${item}; i++ )); do :; done"', None),
+    Shell("bash -c \"cat <<'EOF'\n${item}\nEOF\"", None),
+    Shell("x=`cat <<'EOF'\n${item}\nEOF\n`", None),
+    Shell("python3 <<'EOF'\nprint('${item}')\nEOF", None),
+    Shell("python3 - <<EOF\nprint('${item}')\nEOF", None),
+    Shell("perl <<< 'print \"${item}\"'", None),
+    Shell(f"{P} $(( $({P} ${{item}}) + 1 ))", None),
     Shell("read ${item} </dev/null", None),
     Shell('bash -c "unset ${item}"', None),
     Shell("export ${item}", None),
     Shell("printf -v ${item} %s x", None),
     Shell('bash -c "[[ -v ${item} ]]"', None),
-    Shell('bash -c "echo \\${a[${item}]}"', None),
     Shell(f'bash -c "{P} $({P} ${{item}})"', None),
     Shell(f'eval "$({P} ${{item}})"', None),
     Shell(f"sh <<EOF\n{P} `{P} ${{item}}`\nEOF", None),
@@ -203,6 +225,44 @@ SHELL_PLACEMENTS = [
 
 
 @dataclass(frozen=True)
+class Arithmetic:
+    template: str
+    expect: Callable[[int], str]
+    """What the command prints for a whole number."""
+
+
+NUMBERS = ["7", "0", "42", "12345678901"]
+ARITHMETIC_PLACEMENTS = [
+    Arithmetic("printf %s $(( ${item} + 1 ))", lambda n: str(n + 1)),
+    Arithmetic('printf %s "$(( ${item} * 2 ))"', lambda n: str(n * 2)),
+    Arithmetic('x=$(( ${item} )); printf %s "$x"', str),
+    Arithmetic("printf %s $((${item}-1))", lambda n: str(n - 1)),
+    Arithmetic('printf %s "$(printf %s $(( ${item} )))"', str),
+    Arithmetic("sh <<EOF\nprintf %s $(( ${item} + 1 ))\nEOF", lambda n: str(n + 1)),
+    Arithmetic("sh <<EOF\nprintf %s \\$(( ${item} + 1 ))\nEOF", lambda n: str(n + 1)),
+    Arithmetic(
+        'bash -c "(( ${item} > 5 )) && printf big || printf small"',
+        lambda n: "big" if n > 5 else "small",
+    ),
+    Arithmetic('bash -c "let x=${item}+1; printf %s \\$x"', lambda n: str(n + 1)),
+    Arithmetic("bash -c \"let 'x=${item}*3'; printf %s \\$x\"", lambda n: str(n * 3)),
+    Arithmetic(
+        'bash -c "[[ ${item} -eq 7 ]] && printf seven || printf other"',
+        lambda n: "seven" if n == 7 else "other",
+    ),
+    Arithmetic('bash -c "declare -i x=${item}; printf %s \\$x"', str),
+    Arithmetic('bash -c "a[${item}]=v; printf %s \\${!a[*]}"', str),
+    Arithmetic('bash -c "a=(); a[${item}]=x; printf %s \\"\\${a[${item}]}\\""', lambda n: "x"),
+    Arithmetic(
+        'bash -c "for (( i=0; i<${item} && i<3; i++ )); do printf i; done"',
+        lambda n: "i" * min(n, 3),
+    ),
+    Arithmetic("bash -c 'printf %s $(( ${item} + 1 ))'", lambda n: str(n + 1)),
+    Arithmetic("bash -c 'printf %s $[${item} + 1]'", lambda n: str(n + 1)),
+]
+
+
+@dataclass(frozen=True)
 class Argv:
     words: tuple[str, ...]
     literal: int = 0
@@ -221,8 +281,10 @@ ARGV_PLACEMENTS = [
     Argv(("sh", "-c", f"{P} ${{item}}"), literal=2),
     Argv(("bash", "-lc", f"{P} ${{item}}"), literal=2),
     Argv(("sh", "-c", 'printf "%s" "$0"', "${item}"), literal=3),
-    Argv(("sh", "-c", f"{P} '${{item}}'"), expect=None),
-    Argv(("sh", "-c", f"{P} '${{item}}'"), literal=2, expect=None),
+    Argv(("sh", "-c", f"{P} '${{item}}'")),
+    Argv(("sh", "-c", f"{P} '${{item}}'"), literal=2),
+    Argv(("bash", "-c", f"eval \"{P} '${{item}}'\"")),
+    Argv(("sh", "-c", f"{P} $'${{item}}'"), expect=None),
     Argv(("sudo", "sh", "-c", f"{P} ${{item}}"), expect=None),
     Argv(("python3", "-c", "print('${item}')"), expect=None),
 ]
@@ -320,6 +382,40 @@ def test_every_placement_times_every_payload(tmp_path: Path, capsys) -> None:
     assert not failures, "\n".join(failures[:20])
 
 
+def test_arithmetic_takes_numbers_and_runs_nothing_else(tmp_path: Path) -> None:
+    # A whole number computes; any other value stops the command before it runs
+    # (bash would run the $(...) of a value a[$(...)] while evaluating it).
+    failures: list[str] = []
+    for n, placement in enumerate(ARITHMETIC_PLACEMENTS):
+        assert not shell_problems(placement.template), placement.template
+        for payload in [*PAYLOADS, "7 ", "+7", "0x1f", "1e3", "7.5", "٣", "-", "--7"]:
+            with pytest.raises(TemplateError, match="not a whole number"):
+                render_shell(placement.template, {"item": payload})
+        commands = []
+        rendered = set()
+        for number in NUMBERS:
+            command, env = render_shell(placement.template, {"item": number})
+            assert env == {"ENGINE_VAR_1": number}
+            rendered.add(command)
+            commands.append((command, number))
+        assert len(rendered) == 1, rendered
+        workdir = _workdir(tmp_path, n)
+        for k, (command, number) in enumerate(commands):
+            proc = subprocess.run(
+                ["/bin/sh", "-c", command],
+                cwd=workdir,
+                env={**os.environ, "ENGINE_VAR_1": number},
+                capture_output=True,
+                check=False,
+            )
+            want = placement.expect(int(number)).encode()
+            if proc.stdout != want:
+                failures.append(
+                    f"{placement.template!r} with {number}: {proc.stdout!r} {proc.stderr!r}"
+                )
+    assert not failures, "\n".join(failures)
+
+
 def test_refused_placements_are_located_exit_2_through_the_cli(tmp_path: Path) -> None:
     refused = [p.template for p in SHELL_PLACEMENTS if p.expect is None]
     steps = [{"run": t} for t in refused] + [
@@ -349,6 +445,10 @@ END_TO_END = {
     "single": "sh -c 'printf \"%s\" ${item.v} > single-${item.n}'",
     "eval": f'eval "{P} ${{item.v}} > eval-${{item.n}}"',
     "heredoc": f"sh <<EOF\n{P} ${{item.v}} > heredoc-${{item.n}}\nEOF",
+    "quoted": f"{P} '${{item.v}}' > quoted-${{item.n}}",
+    "in-bash": f"bash -c \"{P} '${{item.v}}' > in-bash-${{item.n}}\"",
+    "in-eval": f"eval '{P} '\\''${{item.v}}'\\'' > in-eval-${{item.n}}'",
+    "cat": "cat <<'EOF' > cat-${item.n}\n${item.v}\nEOF",
 }
 
 
@@ -374,7 +474,7 @@ def test_a_real_run_keeps_every_payload_data(tmp_path: Path) -> None:
     assert result.exit_code == 0, [r.data for r in records(result, "item.failed")][:3]
     assert not list(tmp_path.rglob("PWNED"))
     for prefix in [*END_TO_END, "argv", "agent"]:
-        expect = substituted if prefix == "dollar" else exact
+        expect = {"dollar": substituted, "cat": line}.get(prefix, exact)
         for i, payload in enumerate(PAYLOADS):
             got = (tmp_path / f"{prefix}-{i}").read_bytes()
             assert got == expect(payload).encode(), (prefix, payload, got)
@@ -399,7 +499,9 @@ def _random_nesting(rng, depth: int) -> tuple[str, bool]:
     """A command printing ``${item}`` through ``depth`` random layers; and whether a
     layer is a substitution (which drops trailing newlines)."""
     if depth == 0:
-        return rng.choice(["printf %s ${item}", 'printf %s "${item}"']), False
+        return rng.choice(
+            ["printf %s ${item}", 'printf %s "${item}"', "printf %s '${item}'"]
+        ), False
     inner, substitution = _random_nesting(rng, depth - 1)
     choice = rng.randrange(7)
     if choice == 0:
@@ -407,8 +509,8 @@ def _random_nesting(rng, depth: int) -> tuple[str, bool]:
             f'bash -c "{_escape_around_variables(inner, IN_DOUBLE_QUOTES)}"',
             substitution,
         )
-    if choice == 1 and "'" not in inner:
-        return f"sh -c '{inner}'", substitution
+    if choice == 1:  # a quote inside is written '\'' (close, a quoted quote, open)
+        return "sh -c '" + inner.replace("'", "'\\''") + "'", substitution
     if choice == 2:
         return f'eval "{_escape_around_variables(inner, IN_DOUBLE_QUOTES)}"', substitution
     if choice == 3 and "EOF" not in inner:

@@ -16,6 +16,7 @@ NASTY = [
     "`touch PWNED`",
     '"; touch PWNED; "',
     "' ; touch PWNED ; '",
+    "'; touch PWNED #",
     "line one\nline two; touch PWNED\n",
     "${HOME} $PATH \\ \\n \\$(touch PWNED)",
     "tab\there & touch PWNED | cat > PWNED",
@@ -27,23 +28,31 @@ NASTY = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["run-unquoted", "run-double-quoted", "argv", "env"])
+SHELL_KINDS = {
+    "run-unquoted": 'printf "%s" ${item.v} > "out-${item.n}"',
+    "run-double-quoted": 'printf "%s" "${item.v}" > "out-${item.n}"',
+    "run-single-quoted": "printf '%s' '${item.v}' > 'out-${item.n}'",
+    "single-in-bash-c-double": "bash -c \"printf '%s' '${item.v}' > 'out-${item.n}'\"",
+    "bash-c-single": "bash -c 'printf \"%s\" ${item.v} > out-${item.n}'",
+    "single-in-bash-c-single": "bash -c 'printf %s '\\''${item.v}'\\'' > out-${item.n}'",
+    "heredoc-quoted": "cat <<'EOF' > out-${item.n}\n${item.v}\nEOF",
+    "heredoc": "cat <<EOF > out-${item.n}\n${item.v}\nEOF",
+    "single-in-sh-heredoc": "sh <<EOF\nprintf '%s' '${item.v}' > out-${item.n}\nEOF",
+}
+
+
+@pytest.mark.parametrize("kind", [*SHELL_KINDS, "argv", "env"])
 def test_values_reach_commands_as_data(tmp_path: Path, kind: str) -> None:
     items_file = tmp_path / "items.json"
     items_file.write_text(json.dumps([{"v": v, "n": i} for i, v in enumerate(NASTY)]))
-    step = {
-        "run-unquoted": 'printf "%s" ${item.v} > "out-${item.n}"',
-        "run-double-quoted": 'printf "%s" "${item.v}" > "out-${item.n}"',
-        "argv": None,
-        "env": 'printf "%s" "$VALUE" > "out-${item.n}"',
-    }[kind]
     if kind == "argv":
         code = 'import sys; open(f\\"out-{sys.argv[2]}\\", \\"w\\").write(sys.argv[1])'
         template = f'- argv: [python3, -c, "{code}", "${{item.v}}", "${{item.n}}"]'
     elif kind == "env":
+        step = 'printf "%s" "$VALUE" > "out-${item.n}"'
         template = f'- run: {json.dumps(step)}\n              env: {{VALUE: "${{item.v}}"}}'
     else:
-        template = f"- run: {json.dumps(step)}"
+        template = f"- run: {json.dumps(SHELL_KINDS[kind])}"
     wf = write_workflow(
         tmp_path,
         f"""
@@ -58,12 +67,13 @@ def test_values_reach_commands_as_data(tmp_path: Path, kind: str) -> None:
     result = run_workflow(wf, tmp_path / "home")
     assert result.exit_code == 0, [r.data for r in records(result, "item.failed")]
     assert not list(tmp_path.rglob("PWNED"))
+    newline = "\n" if kind.startswith("heredoc") else ""
     for i, value in enumerate(NASTY):
         # Unquoted too: the engine quotes the reference, so no word splitting or globbing.
-        assert (tmp_path / f"out-{i}").read_text() == value
+        assert (tmp_path / f"out-{i}").read_text() == value + newline
 
 
-def test_variable_in_single_quotes_is_a_validation_error(tmp_path: Path) -> None:
+def test_variable_in_ansi_c_quotes_is_a_validation_error(tmp_path: Path) -> None:
     wf = write_workflow(
         tmp_path,
         """
@@ -71,12 +81,12 @@ def test_variable_in_single_quotes_is_a_validation_error(tmp_path: Path) -> None
         map:
           items: [a]
           agent_template:
-            - run: echo '${item}'
+            - run: echo $'${item}'
         """,
     )
     with pytest.raises(WorkflowError) as info:
         load_workflow(wf)
-    assert "inside single quotes" in str(info.value)
+    assert "is inside $'...', which sh and bash read differently" in str(info.value)
     assert ":6: map.agent_template[0].run:" in str(info.value)
 
 
@@ -142,10 +152,10 @@ def test_nested_shells_receive_a_reference_not_the_text(tmp_path: Path) -> None:
     ("command", "expected"),
     [
         (
-            "bash -c \"echo '${item}'\"",
-            "${item} is inside single quotes in the command string of bash, where its value "
-            "cannot be passed safely (pass it as an argument: "
-            'bash -c \'… "$1"\' _ "${item}")',
+            "bash -c \"echo $'${item}'\"",
+            "${item} is inside $'...' in the command string of bash, which sh and bash read "
+            "differently (dash: a $ and single quotes), so no reference is safe in both "
+            "(use '...' or double quotes)",
         ),
         (
             'sudo sh -c "echo ${item}"',
@@ -154,11 +164,19 @@ def test_nested_shells_receive_a_reference_not_the_text(tmp_path: Path) -> None:
             'sh -c \'… "$1"\' _ "${item}")',
         ),
         (
-            "eval \"echo '${item}'\"",
-            "${item} is inside single quotes in the command string of eval, where its value "
-            'cannot be passed safely (set a variable first: v="${item}"; eval \'… "$v"\')',
+            "bash -c \"cat <<'EOF'\n${item}\nEOF\"",
+            "${item} is in a here-document with a quoted delimiter in the command string of "
+            "bash, which is not expanded (write the delimiter unquoted, as <<EOF, and "
+            "backslash each $, ` and \\ of the body that must stay as it is)",
         ),
-        ("echo $(( ${item} + 1 ))", "${item} is in an arithmetic expression"),
+        (
+            "echo $(( $(cat ${item}) + 1 ))",
+            "${item} is in a command substitution whose output is part of an arithmetic expression",
+        ),
+        (
+            "python3 <<'EOF'\nprint('${item}')\nEOF",
+            "${item} is in code for python3, which would run its value as code",
+        ),
         (
             'bash -c "cd $(dirname ${item}) && make"',
             "${item} is in a command substitution whose output becomes code for bash (pass it "
@@ -200,20 +218,22 @@ def test_unsafe_argv_and_agent_placements_are_refused(tmp_path: Path) -> None:
         map:
           items: [a]
           agent_template:
-            - argv: [sh, -c, "echo '${item}'"]
-            - claude: "echo $(( ${item} ))"
+            - argv: [sh, -c, "echo $'${item}'"]
+            - claude: "echo $(( $(cat ${item}) ))"
             - argv: [python3, -c, "print('${item}')"]
+            - argv: [sh, -c, "echo '${item}'"]
+            - claude: "echo '${item}' $(( ${item} ))"
         """,
     )
     with pytest.raises(WorkflowError) as info:
         load_workflow(wf)
     lines = str(info.value).splitlines()
-    assert len(lines) == 3, lines
+    assert len(lines) == 3, lines  # single quotes and arithmetic are made safe
+    assert ":7: map.agent_template[0].argv: ${item} is inside $'...' in the command " in lines[0]
     assert (
-        ":7: map.agent_template[0].argv: ${item} is inside single quotes in the command "
-        in lines[0]
+        ":8: map.agent_template[1].claude: ${item} is in a command substitution whose output "
+        "is part of an arithmetic expression" in lines[1]
     )
-    assert ":8: map.agent_template[1].claude: ${item} is in an arithmetic expression" in lines[1]
     assert ":9: map.agent_template[2].argv: ${item} is in code for python3" in lines[2]
 
 
@@ -227,6 +247,13 @@ def test_unsafe_argv_and_agent_placements_are_refused(tmp_path: Path) -> None:
         'bash -c \'echo "$1"\' _ "${item}"',
         'echo "sh -c ${item}"',
         "cat <<EOF\n${item}\nEOF",
+        "cat <<'EOF'\n${item}\nEOF",
+        "echo '${item}'",
+        "bash -c \"echo '${item}'\"",
+        "eval \"echo '${item}'\"",
+        "jq '.[] | select(.p == ${item})' items.json",
+        "echo $(( ${item} + 1 ))",
+        "python3 -m json.tool <<EOF\n${item}\nEOF",
         '[ "${item}" -eq 1 ]',
         '[[ "${item}" == a* ]]',
     ],

@@ -15,15 +15,32 @@ from dataclasses import dataclass
 
 from engine.workflow.shellcode import AWKS, SHELL_RUNNERS
 
-__all__ = ["MAX_DEPTH", "VARIABLE", "Placement", "TemplateError", "reference"]
+__all__ = [
+    "MAX_DEPTH",
+    "NUMBER",
+    "VARIABLE",
+    "Placement",
+    "TemplateError",
+    "number_problem",
+    "reference",
+]
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*)\}")
 """``${name}`` or ``${name.field.sub}``."""
 
 
-# Quoting contexts. A value can be expanded as data in the first three.
-_REFERENCE = {"none": '"${%s}"', "double": "${%s}", "heredoc": "${%s}"}
-# What must be escaped to pass text through a level unchanged.
+# Quoting contexts, and the reference written there. Inside single quotes the
+# reference closes them, is expanded in double quotes, and opens them again;
+# in arithmetic it stands bare (the value is checked to be a whole number when
+# the command is rendered).
+_REFERENCE = {
+    "none": '"${%s}"',
+    "double": "${%s}",
+    "heredoc": "${%s}",
+    "single": "'\"${%s}\"'",
+    "arithmetic": "${%s}",
+}
+# What must be escaped (with a backslash) to pass text through a level unchanged.
 _ESCAPES = {
     "none": "\\$\"`'",
     "double": '\\$"`',
@@ -56,6 +73,13 @@ class Placement:
     """The shell (or ``eval``) of each command-string level it passes into."""
     env_lost: str | None = None
     """A launcher on the way that drops the environment carrying the value."""
+    number: bool = False
+    """It is in a word the shell evaluates as arithmetic (``let``, ``[[ -eq ]]``, ``a[...]=``)."""
+
+    @property
+    def arithmetic(self) -> bool:
+        """The shell evaluates the value as an expression: it must be a whole number."""
+        return self.number or self.chain[-1] == "arithmetic"
 
     @property
     def quoting(self) -> str:
@@ -81,25 +105,23 @@ class Placement:
             fix = f'pass it as an argument: {shell} -c \'… "$1"\' _ "{var}"'
         else:
             fix = "use double quotes"
-        kind = "arithmetic" if "arithmetic" in self.chain else self.chain[-1]
-        if kind == "single":
+        kind = self.chain[-1]
+        if "ansi" in self.chain:
             return (
-                f"{var} is inside single quotes{where}, where its value cannot be passed "
-                f"safely ({fix})"
+                f"{var} is inside $'...'{where}, which sh and bash read differently "
+                "(dash: a $ and single quotes), so no reference is safe in both "
+                "(use '...' or double quotes)"
             )
         if kind == "heredoc-quoted":
             return (
                 f"{var} is in a here-document with a quoted delimiter{where}, which is not "
-                "expanded (write the delimiter unquoted, as <<EOF)"
+                "expanded (write the delimiter unquoted, as <<EOF, and backslash each $, ` "
+                "and \\ of the body that must stay as it is)"
             )
-        if kind in ("arithmetic", "arithmetic-output"):
-            what = (
-                "an arithmetic expression"
-                if kind == "arithmetic"
-                else "a command substitution whose output is part of an arithmetic expression"
-            )
+        if kind == "arithmetic-output":
             return (
-                f"{var} is in {what}{where}, where the shell evaluates a value as code "
+                f"{var} is in a command substitution whose output is part of an arithmetic "
+                f"expression{where}, where the shell evaluates a value as code "
                 "(set a shell variable and check it holds only digits, then use the variable: "
                 f"n=\"{var}\"; case $n in ''|*[!0-9]*) exit 2;; esac; echo $((n + 1)))"
             )
@@ -167,5 +189,24 @@ def reference(placement: Placement, variable: str) -> str:
     """The text that stands for ``placement``: ``variable`` expanded by the right shell."""
     text = _REFERENCE[placement.chain[-1]] % variable
     for level in reversed(placement.chain[:-1]):
-        text = "".join("\\" + c if c in _ESCAPES[level] else c for c in text)
+        if level == "single":  # close the quotes, an escaped quote, open them again
+            text = text.replace("'", "'\\''")
+        else:
+            text = "".join("\\" + c if c in _ESCAPES[level] else c for c in text)
     return text
+
+
+NUMBER = re.compile(r"-?[0-9]+")
+"""A value that may stand in arithmetic: a whole number, in decimal digits."""
+
+
+def number_problem(placement: Placement, text: str) -> str | None:
+    """Why ``text`` cannot be the value of ``placement`` (in arithmetic), or None."""
+    if not placement.arithmetic or (text.isascii() and NUMBER.fullmatch(text)):
+        return None
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return (
+        f"${{{placement.name}}} is {shown!r}, not a whole number, and it stands in "
+        "arithmetic, where the shell would evaluate it as an expression: the command was "
+        "not run (give a number, or quote the value outside the arithmetic)"
+    )

@@ -15,14 +15,17 @@ from collections.abc import Sequence
 
 __all__ = [
     "ARITHMETIC_TESTS",
+    "ARRAY_ASSIGNMENT",
     "AWKS",
     "SHELLS",
     "SHELL_RUNNERS",
+    "arithmetic_words",
     "command_start",
     "command_strings",
     "foreign_code",
     "is_array_assignment",
     "is_assignment",
+    "reads_stdin_code",
     "reads_stdin_script",
     "variable_names",
 ]
@@ -149,7 +152,8 @@ def foreign_code(words: Sequence[str]) -> list[tuple[int, str]]:
 
 _RESERVED = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "time"})
 _RESERVED |= {"command", "builtin", "exec", "nohup"}
-_ARRAY_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]]*\]\+?=")
+ARRAY_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]]*\]\+?=")
+"""``NAME[...]=`` or ``NAME[...]+=`` (bash: its subscript is arithmetic)."""
 _SSH_ARGUMENT = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
 AWKS = frozenset({"awk", "gawk", "mawk", "nawk"})
 _INTERPRETERS = [
@@ -169,7 +173,7 @@ def command_start(words: Sequence[str]) -> int:
     start = 0
     while start < len(words) and (
         _ASSIGNMENT.match(words[start])
-        or _ARRAY_ASSIGNMENT.match(words[start])
+        or ARRAY_ASSIGNMENT.match(words[start])
         or words[start] in _RESERVED
     ):
         start += 1
@@ -193,6 +197,25 @@ def reads_stdin_script(words: Sequence[str]) -> tuple[str, str | None] | None:
     if not reads_stdin and not any("s" in o[1:] for o in options):
         return None
     return words[at], _env_lost(words[start:at])
+
+
+def reads_stdin_code(words: Sequence[str]) -> str | None:
+    """The interpreter, when the command is one reading its code from standard input.
+
+    ``python3 <<EOF``, ``python3 - <<EOF``, ``node <<< "..."``, ``perl -w``: an
+    interpreter of :func:`foreign_code` given no code argument and no script.
+    """
+    start = command_start(words)
+    if start >= len(words):
+        return None
+    name = words[start].rsplit("/", 1)[-1]
+    options = next((o for p, o in _INTERPRETERS if p.fullmatch(name)), None)
+    if options is None:
+        return None
+    for word in words[start + 1 :]:
+        if word in options or word == "-m" or (word != "-" and not word.startswith("-")):
+            return None  # code in an argument, a module, or a script: stdin is its data
+    return name
 
 
 def _shell_at(words: Sequence[str], start: int) -> tuple[int, int, bool] | None:
@@ -237,6 +260,29 @@ def _env_lost(launchers: Sequence[str]) -> str | None:
     return None
 
 
+def arithmetic_words(texts: Sequence[str], start: int) -> list[int]:
+    """The words of a simple command that the shell evaluates as arithmetic.
+
+    Every operand of ``let`` and of ``declare -i`` (``typeset``, ``local``),
+    and the two operands of each ``-eq``, ``-ne``, ... in a ``[[ ]]`` test.
+    """
+    first = texts[start] if start < len(texts) else ""
+    if first == "let":
+        return list(range(start + 1, len(texts)))
+    if first in ("declare", "typeset", "local"):
+        options = [t for t in texts[start + 1 :] if t.startswith("-")]
+        if any("i" in t for t in options):
+            return list(range(start + 1, len(texts)))
+        return []
+    if first == "[[":
+        found: set[int] = set()
+        for k in range(start + 1, len(texts)):
+            if texts[k] in ARITHMETIC_TESTS:
+                found.update(j for j in (k - 1, k + 1) if start < j < len(texts))
+        return sorted(found)
+    return []
+
+
 def is_assignment(word: str) -> bool:
     """``NAME=...`` (a variable assignment before a command)."""
     return bool(_ASSIGNMENT.match(word))
@@ -244,4 +290,4 @@ def is_assignment(word: str) -> bool:
 
 def is_array_assignment(word: str) -> bool:
     """``NAME[...]=...`` (bash: its subscript is arithmetic)."""
-    return bool(_ARRAY_ASSIGNMENT.match(word))
+    return bool(ARRAY_ASSIGNMENT.match(word))

@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from engine.workflow.parameters import bad_parameter, bad_parameter_message
 from engine.workflow.placement import MAX_DEPTH, VARIABLE, Placement, TemplateError
 from engine.workflow.shellcode import (
-    ARITHMETIC_TESTS,
+    ARRAY_ASSIGNMENT,
+    arithmetic_words,
     command_start,
     command_strings,
     foreign_code,
-    is_array_assignment,
+    reads_stdin_code,
     reads_stdin_script,
     variable_names,
 )
+from engine.workflow.shellwords import CommandList, Heredoc, Word
 
-__all__ = ["scan"]
+__all__ = ["Edit", "scan", "scan_edits"]
 
 
 def scan(command: str, *, depth: int = 0, bad: list[str] | None = None) -> list[Placement]:
@@ -37,72 +39,27 @@ def scan(command: str, *, depth: int = 0, bad: list[str] | None = None) -> list[
     neither a variable of the engine nor a parameter of the shell (the shell
     would stop on it: "Bad substitution"), at any level of the command.
     """
+    return scan_edits(command, depth=depth, bad=bad)[0]
+
+
+def scan_edits(
+    command: str, *, depth: int = 0, bad: list[str] | None = None
+) -> tuple[list[Placement], list[Edit]]:
+    """:func:`scan`, and the edits of the command's text that its placements need.
+
+    A here-document with a quoted delimiter (``<<'EOF'``) holding variables,
+    read by a program that is no shell, is not expanded: its delimiter is
+    written unquoted and every ``\\``, ``$`` and backquote of its body
+    backslashed, so the body stays as written and only the references expand.
+    """
     scanner = _Scanner(command, depth, [] if bad is None else bad)
     scanner.parse_list(0, top=True)
-    return sorted(scanner.found, key=lambda p: p.start)
+    return sorted(scanner.found, key=lambda p: p.start), sorted(scanner.edits)
 
 
-@dataclass
-class _Word:
-    """A word (or a here-document body) as the shell will see it once it is unquoted."""
-
-    parts: list[str] = field(default_factory=list)
-    length: int = 0
-    marks: list[tuple[int, int]] = field(default_factory=list)
-    """(placement index, offset in the unquoted text)."""
-    substituted: list[int] = field(default_factory=list)
-    """Placements inside command substitutions of the word: their output is in its text."""
-    started: bool = False
-
-    def add(self, text: str) -> None:
-        self.parts.append(text)
-        self.length += len(text)
-        self.started = True
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-
-@dataclass
-class _Heredoc:
-    delimiter: str
-    quoted: bool
-    strip_tabs: bool
-    words: list[_Word]
-
-
-@dataclass
-class _List:
-    """The command being read in a list (top level or a ``$( )``)."""
-
-    word: _Word = field(default_factory=_Word)
-    words: list[_Word] = field(default_factory=list)
-    heredocs: list[_Heredoc] = field(default_factory=list)
-    herestrings: list[_Word] = field(default_factory=list)
-    """The words after ``<<<``: the command's standard input."""
-    herestring_next: bool = False
-    depth: int = 0
-    """Open ``(`` subshells."""
-    cases: int = 0
-    """Open ``case ... esac``: a ``)`` there ends a pattern."""
-
-    def end_word(self) -> None:
-        word = self.word
-        if word.started:
-            if self.herestring_next:
-                self.herestrings.append(word)
-                self.herestring_next = False
-            else:
-                if not self.words and word.text in ("case", "esac"):
-                    self.cases = max(0, self.cases + (1 if word.text == "case" else -1))
-                self.words.append(word)
-        self.word = _Word()
-
-    def no_name(self) -> bool:
-        """No command name yet (so ``((`` is arithmetic): only ``if``, ``for``, ...."""
-        texts = [w.text for w in self.words]
-        return texts == ["for"] or command_start(texts) == len(texts)
+Edit = tuple[int, int, str]
+"""``(start, end, text)``: the command's text from start to end is replaced by text."""
+_PLAIN_DELIMITER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")
 
 
 class _Scanner:
@@ -112,6 +69,9 @@ class _Scanner:
         self.found: list[Placement] = []
         self.depth = depth
         self.bad = bad
+        self.edits: list[Edit] = []
+        self.root = depth == 0
+        """The command as written (not a text handed on): edits apply to it."""
 
     def deeper(self) -> int:
         self.depth += 1
@@ -124,7 +84,7 @@ class _Scanner:
 
     # --- placements ----------------------------------------------------------------
 
-    def place(self, match: re.Match[str], chain: tuple[str, ...], word: _Word | None) -> None:
+    def place(self, match: re.Match[str], chain: tuple[str, ...], word: Word | None) -> None:
         if word is not None:
             word.marks.append((len(self.found), word.length))
             word.add(match.group(0))
@@ -138,7 +98,7 @@ class _Scanner:
                 replace(p, start=start, end=start + p.end - p.start, chain=(level, *p.chain))
             )
 
-    def command_string(self, word: _Word, shell: str, env_lost: str | None) -> None:
+    def command_string(self, word: Word, shell: str, env_lost: str | None) -> None:
         """The word is code for ``shell``: its placements are expanded there."""
         inner = {p.start: p for p in scan(word.text, depth=self.deeper(), bad=self.bad)}
         self.depth -= 1
@@ -156,9 +116,10 @@ class _Scanner:
                 chain=(*outer.chain, *p.chain),
                 shells=(shell, *p.shells),
                 env_lost=env_lost or p.env_lost,
+                number=outer.number or p.number,
             )
 
-    def output_is_code(self, word: _Word, kind: str, program: str) -> None:
+    def output_is_code(self, word: Word, kind: str, program: str) -> None:
         """Placements in the word's substitutions: their output becomes code."""
         for index in word.substituted:
             p = self.found[index]
@@ -166,17 +127,24 @@ class _Scanner:
                 self.found[index] = replace(p, chain=(*p.chain, kind), shells=(program,))
 
     def mark(
-        self, word: _Word, kind: str, program: str | None, *, before: int | None = None
+        self, word: Word, kind: str, program: str | None, *, before: int | None = None
     ) -> None:
-        """The placements of ``word`` (before offset ``before``) are where ``kind`` says."""
+        """The placements of ``word`` (before offset ``before``) are where ``kind`` says.
+
+        ``arithmetic`` keeps their quoting: the shell evaluates the word's text
+        as an expression, so the value must be a number (checked when rendered).
+        """
         for index, offset in word.marks:
             if before is not None and offset >= before:
                 continue
             p = self.found[index]
+            if kind == "arithmetic":
+                self.found[index] = replace(p, number=True)
+                continue
             shells = (*p.shells, program) if program else p.shells
             self.found[index] = replace(p, chain=(*p.chain[:-1], kind), shells=shells)
 
-    def end_command(self, words: list[_Word]) -> None:
+    def end_command(self, words: list[Word]) -> None:
         texts = [w.text for w in words]
         for index, shell, env_lost in command_strings(texts):
             self.command_string(words[index], shell, env_lost)
@@ -184,13 +152,11 @@ class _Scanner:
             self.mark(words[index], "foreign", program)
             self.output_is_code(words[index], "foreign-output", program)
         start = command_start(texts)
-        first = texts[start] if start < len(texts) else ""
-        arithmetic = first == "let" or (first == "[[" and bool(ARITHMETIC_TESTS & set(texts)))
-        if first in ("declare", "typeset", "local"):
-            arithmetic = any(t.startswith("-") and "i" in t for t in texts[start + 1 :])
-        for k, word in enumerate(words):
-            if arithmetic or (k < start and is_array_assignment(texts[k])):
-                self.mark(word, "arithmetic", None)
+        for k in arithmetic_words(texts, start):
+            self.mark(words[k], "arithmetic", None)
+        for k in range(start):
+            if (m := ARRAY_ASSIGNMENT.match(texts[k])) is not None:  # a[...]=: the subscript
+                self.mark(words[k], "arithmetic", None, before=m.end())
         for k, name_part in variable_names(texts):
             equals = texts[k].find("=") if name_part else -1
             self.mark(words[k], "name", None, before=equals if equals >= 0 else None)
@@ -200,7 +166,7 @@ class _Scanner:
     def parse_list(self, i: int, *, top: bool = False) -> int:
         """Commands up to the ``)`` that closes a ``$(`` (or the end); returns past it."""
         t, n = self.text, self.n
-        state = _List()
+        state = CommandList()
         while i < n:
             c = t[i]
             word = state.word
@@ -259,18 +225,23 @@ class _Scanner:
         self.read_heredocs(n, state.heredocs)
         return i
 
-    def end_list_command(self, state: _List) -> None:
+    def end_list_command(self, state: CommandList) -> None:
         state.end_word()
         words = state.words
         self.end_command(words)
-        shell = reads_stdin_script([w.text for w in words]) if state.herestrings else None
-        if shell is not None:
-            for here in state.herestrings:
+        texts = [w.text for w in words] if state.herestrings else []
+        shell = reads_stdin_script(texts) if texts else None
+        program = reads_stdin_code(texts) if texts and shell is None else None
+        for here in state.herestrings:
+            if shell is not None:
                 self.command_string(here, *shell)
+            elif program is not None:
+                self.mark(here, "foreign", program)
+                self.output_is_code(here, "foreign-output", program)
         state.herestrings = []
         state.words = []
 
-    def parse_single(self, i: int, word: _Word) -> int:
+    def parse_single(self, i: int, word: Word) -> int:
         t = self.text
         close = t.find("'", i)
         end = self.n if close < 0 else close
@@ -282,7 +253,7 @@ class _Scanner:
         word.add(t[last:end])
         return end + 1
 
-    def parse_ansi(self, i: int, word: _Word) -> int:
+    def parse_ansi(self, i: int, word: Word) -> int:
         """``$'...'`` (bash): no expansion inside; ``\\'`` does not end it."""
         t = self.text
         start = i
@@ -292,12 +263,12 @@ class _Scanner:
         last = start
         for m in VARIABLE.finditer(t, start, end):
             word.add(t[last : m.start()])
-            self.place(m, ("single",), word)
+            self.place(m, ("ansi",), word)
             last = m.end()
         word.add(t[last:end])
         return end + 1
 
-    def parse_double(self, i: int, word: _Word, *, mode: str, end: int) -> int:
+    def parse_double(self, i: int, word: Word, *, mode: str, end: int) -> int:
         """Inside ``"..."`` (mode ``double``) or an unquoted here-document body (``heredoc``)."""
         t = self.text
         special = '$`"\\\n' if mode == "double" else "$`\\\n"
@@ -318,7 +289,7 @@ class _Scanner:
                 i += 1
         return i
 
-    def parse_dollar(self, i: int, word: _Word, quoting: str) -> int:
+    def parse_dollar(self, i: int, word: Word, quoting: str) -> int:
         t = self.text
         m = VARIABLE.match(t, i)
         if m:
@@ -345,7 +316,7 @@ class _Scanner:
         word.add("$")
         return i + 1
 
-    def parse_parameter(self, i: int, word: _Word, quoting: str) -> int:
+    def parse_parameter(self, i: int, word: Word, quoting: str) -> int:
         """``${name...}`` of the shell's own: a subscript in it is arithmetic."""
         t = self.text
         word.add("${")
@@ -410,7 +381,7 @@ class _Scanner:
                 depth = max(0, depth - 1) if close == "]" else depth - 1
         return i
 
-    def parse_backtick(self, i: int, word: _Word, *, in_double: bool) -> int:
+    def parse_backtick(self, i: int, word: Word, *, in_double: bool) -> int:
         """```...```: a new command; ``\\$``, ``\\``` and ``\\\\`` lose their backslash."""
         t = self.text
         keep = '$`\\"' if in_double else "$`\\"
@@ -436,7 +407,7 @@ class _Scanner:
         word.add("_")
         return i + 1
 
-    def parse_heredoc_operator(self, i: int, words: list[_Word]) -> tuple[int, _Heredoc]:
+    def parse_heredoc_operator(self, i: int, words: list[Word]) -> tuple[int, Heredoc]:
         t = self.text
         strip = t.startswith("-", i)
         i += strip
@@ -455,9 +426,33 @@ class _Scanner:
         except ValueError:
             delimiter = raw
         quoted = any(q in raw for q in "'\"\\")
-        return i, _Heredoc(delimiter, quoted, strip, words)
+        return i, Heredoc(delimiter, quoted, strip, words, (start, i))
 
-    def read_heredocs(self, i: int, heredocs: list[_Heredoc]) -> int:
+    def unquote(self, heredoc: Heredoc, start: int, end: int) -> bool:
+        """Whether to write a quoted delimiter unquoted (its body has variables); if so, do."""
+        if not self.root or not _PLAIN_DELIMITER.fullmatch(heredoc.delimiter):
+            return False
+        if VARIABLE.search(self.text, start, end) is None:
+            return False
+        self.edits.append((*heredoc.span, heredoc.delimiter))
+        return True
+
+    def quoted_body(self, start: int, end: int, body: Word, quoting: str, *, edit: bool) -> None:
+        """A here-document body that is not expanded: its variables, and (``edit``) its
+        text escaped for an unquoted delimiter."""
+        t = self.text
+        last = start
+        for m in VARIABLE.finditer(t, start, end):
+            body.add(t[last : m.start()])
+            if edit:
+                self.edits.append((last, m.start(), _heredoc_escape(t[last : m.start()])))
+            self.place(m, (quoting,), body)
+            last = m.end()
+        body.add(t[last:end])
+        if edit:
+            self.edits.append((last, end, _heredoc_escape(t[last:end])))
+
+    def read_heredocs(self, i: int, heredocs: list[Heredoc]) -> int:
         """The bodies of the here-documents started on the line that just ended."""
         t = self.text
         for heredoc in heredocs:
@@ -474,17 +469,23 @@ class _Scanner:
                 i = stop + 1
             else:
                 i = self.n
-            body = _Word()
-            if heredoc.quoted:
-                last = start
-                for m in VARIABLE.finditer(t, start, end):
-                    body.add(t[last : m.start()])
-                    self.place(m, ("heredoc-quoted",), body)
-                    last = m.end()
-                body.add(t[last:end])
+            words = [w.text for w in heredoc.words]
+            shell = reads_stdin_script(words)
+            body = Word()
+            if heredoc.quoted and shell is None and self.unquote(heredoc, start, end):
+                self.quoted_body(start, end, body, "heredoc", edit=True)
+            elif heredoc.quoted:
+                self.quoted_body(start, end, body, "heredoc-quoted", edit=False)
             else:
                 self.parse_double(start, body, mode="heredoc", end=end)
-            shell = reads_stdin_script([w.text for w in heredoc.words])
             if shell is not None:
                 self.command_string(body, *shell)
+            elif (program := reads_stdin_code(words)) is not None:
+                self.mark(body, "foreign", program)
+                self.output_is_code(body, "foreign-output", program)
         return i
+
+
+def _heredoc_escape(text: str) -> str:
+    """Text of a quoted here-document as the body of an unquoted one: unchanged."""
+    return re.sub(r"([\\$`])", r"\\\1", text)

@@ -22,9 +22,15 @@ from typing import Any
 
 import msgspec
 
-from engine.workflow.placement import VARIABLE, Placement, TemplateError, reference
+from engine.workflow.placement import (
+    VARIABLE,
+    Placement,
+    TemplateError,
+    number_problem,
+    reference,
+)
 from engine.workflow.shellcode import command_strings, foreign_code
-from engine.workflow.shellscan import scan
+from engine.workflow.shellscan import scan, scan_edits
 
 __all__ = [
     "VARIABLE",
@@ -165,13 +171,15 @@ def _render_shell(
     env: dict[str, str],
     in_children: set[str] | None = None,
 ) -> str:
-    out: list[str] = []
-    last = 0
+    pieces: list[tuple[int, int, str]] = []
     by_value = {text: var for var, text in env.items()}
-    for placement in scan(command):
+    placements, edits = scan_edits(command)
+    for placement in placements:
         if placement.problem is not None:
             raise TemplateError(placement.problem)
         text = value_text(_lookup(placement.name, context))
+        if (why := number_problem(placement, text)) is not None:
+            raise TemplateError(why)
         var = by_value.get(text)
         if var is None:
             var = f"ENGINE_VAR_{len(by_value) + 1}"
@@ -179,8 +187,12 @@ def _render_shell(
             env[var] = text
         if in_children is not None and not _SAME_SHELL.issuperset(placement.shells):
             in_children.add(var)
-        out.append(command[last : placement.start])
-        out.append(reference(placement, var))
-        last = placement.end
+        pieces.append((placement.start, placement.end, reference(placement, var)))
+    out: list[str] = []
+    last = 0
+    for start, end, text in sorted([*pieces, *edits]):
+        out.append(command[last:start])
+        out.append(text)
+        last = end
     out.append(command[last:])
     return "".join(out)
