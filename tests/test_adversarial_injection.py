@@ -400,7 +400,7 @@ def test_arithmetic_takes_numbers_and_runs_nothing_else(tmp_path: Path) -> None:
             commands.append((command, number))
         assert len(rendered) == 1, rendered
         workdir = _workdir(tmp_path, n)
-        for k, (command, number) in enumerate(commands):
+        for command, number in commands:
             proc = subprocess.run(
                 ["/bin/sh", "-c", command],
                 cwd=workdir,

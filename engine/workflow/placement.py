@@ -206,7 +206,7 @@ def number_problem(placement: Placement, text: str) -> str | None:
         return None
     shown = text if len(text) <= 40 else text[:37] + "..."
     return (
-        f"${{{placement.name}}} is {shown!r}, not a whole number, and it stands in "
-        "arithmetic, where the shell would evaluate it as an expression: the command was "
-        "not run (give a number, or quote the value outside the arithmetic)"
+        f"${{{placement.name}}} is {shown!r}, not a whole number, and it is in "
+        "arithmetic, where the shell would evaluate it as an expression: the step was not "
+        "run (give a whole number, or use the value outside arithmetic)"
     )

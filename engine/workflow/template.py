@@ -7,11 +7,13 @@ code. When the text is code for another shell (``bash -c "..."``, ``eval``,
 backticks, a here-document read by ``sh``), the reference is written so that
 *that* shell expands it: ``shellscan`` finds where each placement stands,
 ``shellcode`` which words are code for which program, ``placement`` how a
-reference is written there. A placement where no shell would expand a value
-as data (single quotes, arithmetic) is a validation error. ``argv`` steps
-and agent prompts substitute values into single arguments, with no shell at
-all, except a shell's command string (``[sh, -c, "..."]``), rendered like a
-shell command.
+reference is written there: inside single quotes it closes them around a
+double-quoted reference, in arithmetic its value must be a whole number
+(checked here, when the command is rendered). A placement where no shell
+would expand a value as data (``$'...'``, code for another interpreter) is a
+validation error. ``argv`` steps and agent prompts substitute values into
+single arguments, with no shell at all, except a shell's command string
+(``[sh, -c, "..."]``), rendered like a shell command.
 """
 
 from __future__ import annotations
