@@ -67,22 +67,47 @@ Stop = Literal["item_failed", "max_failures"]
 def backoff_delay(retry: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
     """Seconds before the attempt after ``failed_attempt`` (1-based).
 
-    Always a finite number from 0 to :data:`MAX_RETRY_DELAY`: a delay that
-    overflows or is not a number waits the longest.
+    ``fixed``: ``initial``; ``linear``: ``initial * n``; ``exponential``:
+    ``initial * multiplier ** (n - 1)``; ``fibonacci``: ``initial * fib(n)``
+    (1, 1, 2, 3, 5, ...); each capped at ``max``. With ``jitter``, the delay
+    is drawn uniformly from [delay/2, delay], or from delay * (1 -/+ f/2)
+    with ``jitter_factor`` f (which may pass ``max`` by up to f/2). Always a
+    finite number from 0 to :data:`MAX_RETRY_DELAY`: a delay that overflows
+    or is not a number waits the longest. Map retries and step retries both
+    wait by it.
     """
+    n = failed_attempt
     if retry.backoff == "fixed":
         delay = retry.initial
     elif retry.backoff == "linear":
-        delay = retry.initial * failed_attempt
+        delay = retry.initial * n
+    elif retry.backoff == "fibonacci":
+        delay = _fibonacci_delay(retry.initial, n, retry.max)
     else:
         try:
-            delay = retry.initial * retry.multiplier ** (failed_attempt - 1)
+            delay = retry.initial * retry.multiplier ** (n - 1)
         except OverflowError:  # e.g. 1000.0 ** 200: far past any max
             delay = retry.max
     delay = _bounded_delay(min(delay, retry.max))
     if retry.jitter:
-        delay = rng.uniform(delay / 2, delay)
+        factor = retry.jitter_factor
+        if factor is None:
+            delay = rng.uniform(delay / 2, delay)
+        else:
+            delay = rng.uniform(delay * (1 - factor / 2), delay * (1 + factor / 2))
     return _bounded_delay(delay)
+
+
+def _fibonacci_delay(initial: float, n: int, cap: float) -> float:
+    """``initial * fib(n)``, fib(1) = fib(2) = 1; the sum stops growing once past ``cap``."""
+    if initial <= 0:
+        return 0.0
+    current, following = 1.0, 1.0
+    for _ in range(n - 1):
+        if initial * current >= cap:
+            break  # capped anyway: no need to count on towards an overflow
+        current, following = following, current + following
+    return initial * current
 
 
 def _bounded_delay(delay: float) -> float:
