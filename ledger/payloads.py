@@ -454,6 +454,11 @@ class CircuitOpened(Event, frozen=True):
 class CircuitHalfOpen(Event, frozen=True):
     TYPE: ClassVar[str] = "circuit.half_open"
     probe_item: str | None = None
+    """The first probe: the next item ready when it half-opened."""
+    probes: int = 1
+    """Probes let through at once (``circuit_breaker.half_open_requests``)."""
+    success_threshold: int = 1
+    """Probes that must pass (succeed, or fail otherwise than the circuit's types) to close it."""
 
 
 class CircuitClosed(Event, frozen=True):

@@ -1,4 +1,5 @@
-"""The error policy's decisions without processes: fibonacci backoff, jitter by a factor.
+"""The error policy's decisions without processes: fibonacci backoff, jitter by a factor,
+and a half-open circuit with several probes that closes after several successes.
 
 As in ``tests/test_policy.py``, records are folded by hand into the projections, the
 policy is asked what follows, and the events it returns are checked.
@@ -9,13 +10,19 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.map import policy
 from engine.workflow.spec import RetrySpec
-from ledger.events import ItemRetryScheduled
-from tests.test_policy import NOW, _failed, _spec
+from ledger.events import (
+    CircuitClosed,
+    CircuitHalfOpen,
+    CircuitOpened,
+    ItemRetryScheduled,
+)
+from tests.test_policy import NOW, _circuit, _failed, _Run, _spec
 
 
 def _retry(**settings: Any) -> RetrySpec:
@@ -89,3 +96,126 @@ def test_every_delay_is_finite_bounded_and_within_its_jitter(
     )
     assert 0.0 <= delay <= policy.MAX_RETRY_DELAY
     assert low * (1 - 1e-9) <= delay <= min(high * (1 + 1e-9), policy.MAX_RETRY_DELAY)
+
+
+# --- the circuit: several probes, several successes -------------------------------------------
+
+
+def _opened_then_half_open(**settings: Any) -> tuple[_Run, Any]:
+    """A circuit of threshold 1 opened by ``a`` and half open at once (cooldown 0)."""
+    spec = _circuit(threshold=1, cooldown="0s", on=["rate_limited"], **settings)
+    run = _Run(items=["a", "b", "c", "d", "e"], **spec.model_dump())
+    run.fail("a")
+    run.apply(*policy.circuit_after_outcome(spec, run.p.circuit, "a", ok=False))
+    assert run.p.circuit.state == "open"
+    events = policy.circuit_half_open(spec, run.p.circuit, run.p.pending, now=NOW)
+    run.apply(*events)
+    assert run.p.circuit.state == "half_open"
+    return run, spec
+
+
+def test_half_open_says_how_many_probes_go_at_once_and_how_many_must_pass() -> None:
+    spec = _circuit(threshold=1, cooldown="0s", on=["rate_limited"])
+    run = _Run(**spec.model_dump())
+    run.fail("a")
+    run.apply(*policy.circuit_after_outcome(spec, run.p.circuit, "a", ok=False))
+    default = policy.circuit_half_open(spec, run.p.circuit, run.p.pending, now=NOW)
+    assert default == [CircuitHalfOpen(probe_item="b", probes=1, success_threshold=1)]
+    wider = _circuit(threshold=1, on=["rate_limited"], half_open_requests=3, success_threshold=2)
+    assert policy.circuit_half_open(wider, run.p.circuit, run.p.pending, now=NOW + 30) == [
+        CircuitHalfOpen(probe_item="b", probes=3, success_threshold=2)
+    ]
+
+
+@pytest.mark.parametrize("probes", [1, 2, 5])
+def test_a_half_open_circuit_lets_its_probes_through_at_once_and_no_more(probes: int) -> None:
+    run, _ = _opened_then_half_open(half_open_requests=probes)
+    circuit = run.p.circuit
+    assert policy.probe_limit(circuit, 8, 0) == min(8, probes)
+    assert policy.probe_limit(circuit, 8, probes - 1) == 1
+    assert policy.probe_limit(circuit, 8, probes) == 0
+    assert policy.probe_limit(circuit, 0, 0) == 0  # no free slot, no probe
+    run.apply(CircuitClosed(reason="x"))
+    assert policy.probe_limit(run.p.circuit, 8, 7) == 8  # closed: every free slot
+
+
+def test_it_closes_only_once_success_threshold_probes_succeeded() -> None:
+    run, spec = _opened_then_half_open(half_open_requests=2, success_threshold=2)
+    run.succeed("b")
+    assert policy.circuit_after_outcome(spec, run.p.circuit, "b", ok=True) == []
+    assert run.p.circuit.passed == 1
+    run.succeed("c")
+    events = policy.circuit_after_outcome(spec, run.p.circuit, "c", ok=True)
+    assert events == [CircuitClosed(reason="probe c succeeded (2 of 2 probes passed)")]
+    run.apply(*events)
+    assert (run.p.circuit.state, run.p.circuit.passed) == ("closed", 0)
+
+
+def test_a_qualifying_probe_failure_opens_it_again_even_after_a_success() -> None:
+    run, spec = _opened_then_half_open(half_open_requests=2, success_threshold=3)
+    run.succeed("b")
+    assert policy.circuit_after_outcome(spec, run.p.circuit, "b", ok=True) == []
+    run.fail("c")
+    events = policy.circuit_after_outcome(spec, run.p.circuit, "c", ok=False)
+    assert events == [CircuitOpened(failures=1, error_type="rate_limited", cooldown=0.0)]
+    run.apply(*events)
+    assert (run.p.circuit.state, run.p.circuit.passed) == ("open", 0)
+
+
+def test_a_probe_failing_otherwise_passes_as_with_one_probe() -> None:
+    run, spec = _opened_then_half_open(success_threshold=2)
+    run.fail("b", "command_failed")  # not the circuit's cause: the service answered
+    assert policy.circuit_after_outcome(spec, run.p.circuit, "b", ok=False) == []
+    run.succeed("c")
+    assert policy.circuit_after_outcome(spec, run.p.circuit, "c", ok=True) == [
+        CircuitClosed(reason="probe c succeeded (2 of 2 probes passed)")
+    ]
+
+
+def test_a_new_half_open_counts_its_probes_afresh() -> None:
+    run, spec = _opened_then_half_open(success_threshold=2)
+    run.succeed("b")
+    run.fail("c")
+    run.apply(*policy.circuit_after_outcome(spec, run.p.circuit, "c", ok=False))
+    run.apply(*policy.circuit_half_open(spec, run.p.circuit, run.p.pending, now=NOW + 1))
+    assert (run.p.circuit.state, run.p.circuit.passed) == ("half_open", 0)
+    run.succeed("d")
+    assert policy.circuit_after_outcome(spec, run.p.circuit, "d", ok=True) == []
+
+
+_probe_outcomes = st.lists(
+    st.sampled_from(["ok", "rate_limited", "command_failed", "interrupted"]), max_size=12
+)
+
+
+@given(
+    probes=st.integers(1, 4),
+    needed=st.integers(1, 4),
+    outcomes=_probe_outcomes,
+)
+def test_half_open_closes_at_the_mth_pass_or_opens_at_the_first_qualifying_failure(
+    probes: int, needed: int, outcomes: list[str]
+) -> None:
+    run, spec = _opened_then_half_open(half_open_requests=probes, success_threshold=needed)
+    passed, streak = 0, 1  # the failure that opened it still stands
+    for n, outcome in enumerate(outcomes):
+        item = "bcde"[n % 4]
+        if outcome == "ok":
+            run.succeed(item)
+            streak = 0
+        else:
+            run.fail(item, outcome)
+            streak = streak + 1 if outcome == "rate_limited" else streak
+            streak = 0 if outcome == "command_failed" else streak
+        events = policy.circuit_after_outcome(spec, run.p.circuit, item, ok=outcome == "ok")
+        if outcome != "ok" and streak > 0:
+            assert events == [
+                CircuitOpened(failures=streak, error_type="rate_limited", cooldown=0.0)
+            ]
+            return
+        passed += 1
+        if passed >= needed:
+            assert len(events) == 1 and isinstance(events[0], CircuitClosed)
+            return
+        assert events == []
+    assert run.p.circuit.state == "half_open" and run.p.circuit.passed == passed

@@ -17,6 +17,9 @@ from ledger import LedgerReader, LedgerWriter
 from ledger.events import (
     EVENT_TYPES,
     CacheHit,
+    CircuitClosed,
+    CircuitHalfOpen,
+    CircuitOpened,
     Event,
     Heartbeat,
     ItemDeadLettered,
@@ -104,6 +107,16 @@ events: st.SearchStrategy[Event] = st.one_of(
     ),
     st.builds(CacheHit, item=items, key=st.just("k")),
     st.builds(
+        CircuitOpened, failures=st.integers(1, 9), error_type=error_types, cooldown=st.floats(0, 60)
+    ),
+    st.builds(
+        CircuitHalfOpen,
+        probe_item=st.none() | items,
+        probes=st.integers(1, 4),
+        success_threshold=st.integers(1, 4),
+    ),
+    st.builds(CircuitClosed, reason=text),
+    st.builds(
         RunCreated,
         workflow_name=st.just("wf"),
         workflow_path=st.just("wf.yml"),
@@ -142,10 +155,10 @@ def _extra() -> tuple[Projection, ...]:
 
 def state(p: Projections) -> bytes:
     """Every projection's state: the values projection's and the on-demand folds' too
-    (folded here for all), and the run state that the run's JSON leaves out."""
+    (folded here for all), and the run state and circuit that the run's JSON leaves out."""
     run = {"created": p.run.created, "resumed": p.run.resumed}
     extra = [x.to_json() for x in p.extra]
-    return projections_json(p) + b"\n" + msgspec.json.encode([run, extra])
+    return projections_json(p) + b"\n" + msgspec.json.encode([run, p.circuit.to_json(), extra])
 
 
 def folded(path: Path, *, until: int | None = None, verify: bool = True) -> Projections:

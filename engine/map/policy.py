@@ -39,6 +39,7 @@ __all__ = [
     "failure_limit_reached",
     "failure_stop",
     "half_open_at",
+    "probe_limit",
     "retry_or_dead_letter",
 ]
 
@@ -183,14 +184,30 @@ def circuit_half_open(
 ) -> list[Event]:
     """``circuit.half_open`` once an open circuit's cooldown has passed at ``now``.
 
-    It names the item that will be the probe: the next one ready at ``now``.
+    It says how many probes may run at once (``half_open_requests``) and how
+    many must pass to close it (``success_threshold``), and names the first
+    probe: the next item ready at ``now``.
     """
     if spec is None:
         return []
     due = half_open_at(circuit)
     if due is None or now < due:
         return []
-    return [CircuitHalfOpen(probe_item=pending.next_ready(rfc3339(now)))]
+    return [
+        CircuitHalfOpen(
+            probe_item=pending.next_ready(rfc3339(now)),
+            probes=spec.half_open_requests,
+            success_threshold=spec.success_threshold,
+        )
+    ]
+
+
+def probe_limit(circuit: CircuitProjection, free: int, in_flight: int) -> int:
+    """How many of ``free`` slots may be taken now: while half open, only as many as
+    its probes at once less the ``in_flight`` attempts; else all of them."""
+    if circuit.state != "half_open":
+        return free
+    return max(0, min(free, circuit.probes - in_flight))
 
 
 def circuit_after_outcome(
@@ -199,21 +216,30 @@ def circuit_after_outcome(
     """The circuit's transition once ``item``'s outcome (and its decision) is applied.
 
     Closed: it opens when the streak of qualifying failures reaches the
-    threshold. Half open (``item`` was the probe): a success closes it; a
-    qualifying failure opens it again; any other failure (which reset the
-    streak) closes it.
+    threshold. Half open (``item`` was a probe): a failure that left the
+    streak standing opens it again; any other outcome passed, a success or
+    a failure of another type (which reset the streak), and once
+    ``success_threshold`` probes passed it closes.
     """
     if spec is None:
         return []
     if circuit.state == "half_open":
-        if ok:
-            return [CircuitClosed(reason=f"probe {item} succeeded")]
-        if circuit.last_type is not None and circuit.streak > 0:
+        if not ok and circuit.last_type is not None and circuit.streak > 0:
             return [_opened(spec, circuit)]
-        return [CircuitClosed(reason=f"probe {item} failed otherwise")]
+        if circuit.passed < circuit.success_threshold:
+            return []
+        if ok:
+            return [CircuitClosed(reason=f"probe {item} succeeded{_of(circuit)}")]
+        return [CircuitClosed(reason=f"probe {item} failed otherwise{_of(circuit)}")]
     if circuit.state == "closed" and circuit.streak >= spec.threshold:
         return [_opened(spec, circuit)]
     return []
+
+
+def _of(circuit: CircuitProjection) -> str:
+    """How many probes passed, said when more than one had to."""
+    need = circuit.success_threshold
+    return "" if need == 1 else f" ({circuit.passed} of {need} probes passed)"
 
 
 def _opened(spec: CircuitBreakerSpec, circuit: CircuitProjection) -> CircuitOpened:

@@ -124,6 +124,7 @@ class MapScheduler:
         """Each attempt's git worktree, and the merge of its work (``map.isolation``)."""
         self._background: set[asyncio.Future[None]] = set()
         self._keys = IdempotencyKeys(spec)
+        self._circuit_turn = asyncio.Lock()
 
     # --- appending -------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class MapScheduler:
 
         An open circuit dispatches nothing before it may half-open: that is
         the one time that counts then. A retry falling due counts only while
-        it could be dispatched: with every slot taken, a probe in flight,
+        it could be dispatched: with every slot taken, the probes in flight,
         dispatching paused or the map stopping, the end of an attempt (or the
         unpause) wakes the loop, and a timer already due would only spin it.
         """
@@ -207,20 +208,18 @@ class MapScheduler:
 
     def _may_dispatch(self) -> bool:
         """A ready item would be dispatched now (the circuit apart from being open)."""
-        if self.stopping is not None or self._paused() or self._free_slots() <= 0:
-            return False
-        return self.p.circuit.state != "half_open" or not (self.tasks or self.reserved)
+        return self.stopping is None and not self._paused() and self._room() > 0
+
+    def _room(self) -> int:
+        """Free slots, as many as a half-open circuit lets probes take (all of them else)."""
+        in_flight = len(self.tasks) + len(self.reserved)
+        return policy.probe_limit(self.p.circuit, self._free_slots(), in_flight)
 
     async def _dispatch_ready(self) -> None:
         while self.stopping is None and not self._paused() and self._free_slots() > 0:
             if not await self._circuit_allows():
                 return
-            free = self._free_slots()
-            if self.p.circuit.state == "half_open":
-                if self.tasks or self.reserved:
-                    return  # one probe at a time
-                free = 1
-            plans = self._plan(free)
+            plans = self._plan(self._room())
             if not plans:
                 return
             await self._dispatch(plans)
@@ -241,12 +240,7 @@ class MapScheduler:
         )
         if events:
             await self._append(events)
-        state = self.p.circuit.state
-        if state == "open":
-            return False
-        if state == "half_open":
-            return not self.tasks  # one probe at a time
-        return True
+        return self.p.circuit.state != "open"
 
     def _plan(self, limit: int) -> list[_Plan]:
         """Take up to ``limit`` ready items for dispatch (reserving their slots)."""
@@ -475,10 +469,15 @@ class MapScheduler:
         )
 
     async def _after_outcome(self, item: str, outcome: AttemptOutcome) -> None:
-        """The circuit's transition, then whether a failure stops the run (after its append)."""
-        events = policy.circuit_after_outcome(self.circuit, self.p.circuit, item, ok=outcome.ok)
-        if events:
-            await self._append(events)
+        """The circuit's transition, then whether a failure stops the run (after its append).
+
+        One outcome's transition at a time: another outcome recorded meanwhile
+        is judged with this transition applied (never two openings of one streak).
+        """
+        async with self._circuit_turn:
+            events = policy.circuit_after_outcome(self.circuit, self.p.circuit, item, ok=outcome.ok)
+            if events:
+                await self._append(events)
         if self.stopping is None:
             reason = policy.failure_stop(self.spec, self.p.items, item, ok=outcome.ok)
             if reason is not None:
