@@ -1,5 +1,6 @@
 """The error policy's decisions without processes: fibonacci backoff, jitter by a factor,
-and a half-open circuit with several probes that closes after several successes.
+a half-open circuit with several probes that closes after several successes, and the
+failure lines of ``map.error_collection``.
 
 As in ``tests/test_policy.py``, records are folded by hand into the projections, the
 policy is asked what follows, and the events it returns are checked.
@@ -15,12 +16,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.map import policy
+from engine.map.failure_lines import FailureLines, failure_line
 from engine.workflow.spec import RetrySpec
 from ledger.events import (
     CircuitClosed,
     CircuitHalfOpen,
     CircuitOpened,
+    ItemDeadLettered,
+    ItemDispatched,
+    ItemFailed,
     ItemRetryScheduled,
+    ItemSucceeded,
 )
 from tests.test_policy import NOW, _circuit, _failed, _Run, _spec
 
@@ -219,3 +225,84 @@ def test_half_open_closes_at_the_mth_pass_or_opens_at_the_first_qualifying_failu
             return
         assert events == []
     assert run.p.circuit.state == "half_open" and run.p.circuit.passed == passed
+
+
+# --- error_collection: the failure lines ------------------------------------------------------
+
+
+def _attempt_failed(item: str, attempt: int, message: str, error_type: str = "rate_limited") -> Any:
+    failed = ItemFailed(
+        item=item, attempt=attempt, error_type=error_type, signature="s", message=message
+    )
+    return failed
+
+
+def test_a_failure_line_names_item_attempt_type_first_line_and_what_follows() -> None:
+    failed = _attempt_failed("r1", 2, "\n  HTTP 429 Too Many Requests  \nretry later\n")
+    retry = ItemRetryScheduled(item="r1", attempt=2, delay=4.25, not_before="x")
+    assert failure_line(failed, retry) == (
+        "item r1 attempt 2 failed, rate_limited: HTTP 429 Too Many Requests (retry in 4.2s)"
+    )
+    dead = ItemDeadLettered(item="r1", attempt=2, error_type="rate_limited", signature="s")
+    assert failure_line(failed, dead).endswith("(dead-lettered)")
+    assert failure_line(_attempt_failed("x", 1, ""), None) == (
+        "item x attempt 1 failed, rate_limited: (no message) (not retried)"
+    )
+
+
+def test_a_failure_line_is_safe_for_a_terminal_and_bounded() -> None:
+    failed = _attempt_failed("evil\x1b[2J" + "i" * 200, 1, "boom\x07\tbell" + "e" * 500)
+    line = failure_line(failed, None)
+    assert "\x1b" not in line and "\x07" not in line and "\t" not in line
+    assert len(line) < 400
+
+
+def _feed(lines: FailureLines, count: int) -> None:
+    for n in range(1, count + 1):
+        failed = _attempt_failed(f"i{n}", 1, f"error {n}")
+        retry = ItemRetryScheduled(item=f"i{n}", attempt=1, delay=0.0, not_before="x")
+        lines.note([ItemDispatched(item="z", attempt=1, idempotency_key="k"), failed, retry])
+
+
+def test_immediate_tells_each_failure_as_it_is_recorded() -> None:
+    told: list[str] = []
+    lines = FailureLines("immediate", told.append)
+    _feed(lines, 2)
+    assert told == [
+        "engine: item i1 attempt 1 failed, rate_limited: error 1 (retry now)",
+        "engine: item i2 attempt 1 failed, rate_limited: error 2 (retry now)",
+    ]
+    lines.flush()
+    assert len(told) == 2
+
+
+def test_batched_tells_a_block_every_n_failures_and_the_rest_at_the_end() -> None:
+    told: list[str] = []
+    lines = FailureLines("batched:2", told.append)
+    _feed(lines, 1)
+    assert told == []
+    _feed(lines, 2)  # i1, i2 again: two more
+    assert told == [
+        "engine: 2 more failed attempts (2 in all):\n"
+        "  item i1 attempt 1 failed, rate_limited: error 1 (retry now)\n"
+        "  item i1 attempt 1 failed, rate_limited: error 1 (retry now)"
+    ]
+    lines.flush()
+    assert told[1] == (
+        "engine: 1 more failed attempt (3 in all):\n"
+        "  item i2 attempt 1 failed, rate_limited: error 2 (retry now)"
+    )
+    lines.flush()
+    assert len(told) == 2
+
+
+def test_aggregate_tells_nothing_while_the_map_runs_and_interrupted_is_never_told() -> None:
+    told: list[str] = []
+    aggregate = FailureLines("aggregate", told.append)
+    _feed(aggregate, 3)
+    aggregate.flush()
+    assert told == []
+    immediate = FailureLines("immediate", told.append)
+    immediate.note([_attempt_failed("a", 1, "stopped", "interrupted")])
+    immediate.note([ItemSucceeded(item="a", attempt=2, duration=1.0)])
+    assert told == []

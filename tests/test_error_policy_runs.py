@@ -1,13 +1,25 @@
 """The error policy in real runs: a circuit that lets two probes through at once and
-closes after two successes."""
+closes after two successes, and failures told on stderr as ``map.error_collection`` says."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 from ledger.events import Record
 from projections.replay import replay
-from tests.engine_helpers import MOCK, records, run_workflow, write_script, write_workflow
+from tests.conftest import ENGINE
+from tests.engine_helpers import (
+    DEADLINE,
+    MOCK,
+    ledger_has,
+    records,
+    run_workflow,
+    wait_for,
+    write_script,
+    write_workflow,
+)
 
 
 def _in_flight_while_half_open(events: list[Record], half: Record, closed: Record) -> list[int]:
@@ -114,3 +126,91 @@ def test_a_qualifying_probe_failure_opens_the_circuit_again(tmp_path: Path) -> N
     types = [r.type for r in records(result) if r.type.startswith("circuit.")]
     assert types[:3] == ["circuit.opened", "circuit.half_open", "circuit.opened"]
     assert types[-1] == "circuit.closed"
+
+
+def _gated_workflow(tmp_path: Path, collection: str, pause: str = "") -> tuple[Path, Path]:
+    """f1, f2, f3 fail (dead-lettered: no retries), then `gate` waits for a file: the map
+    cannot end before the test lets it."""
+    gate = tmp_path / "release"
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: told
+        env: {{GATE: "{gate}"}}
+        map:
+          items: [f1, f2, f3, gate]
+          id: "${{item}}"
+          max_parallel: 1
+          retry: {{max_attempts: 1}}
+          error_collection: "{collection}"
+          agent_template:
+            - run: >-
+                if [ "${{item}}" = gate ]; then
+                while [ ! -e "$GATE" ]; do sleep 0.05; done; exit 0; fi;
+                {pause} echo "broken ${{item}}" >&2; exit 3
+        """,
+    )
+    return wf, gate
+
+
+def _start(tmp_path: Path, wf: Path, *extra: str) -> tuple[subprocess.Popen[str], Path, Path]:
+    home = tmp_path / "home"
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:  # the child holds its own copy
+        proc = subprocess.Popen(
+            [ENGINE, "--home", str(home), "run", str(wf), "--run-id", "told", *extra],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    return proc, stderr, home / "runs" / "told" / "ledger.ndjson"
+
+
+def _told(stderr: Path) -> list[str]:
+    """The failure lines on stderr (progress lines left out)."""
+    lines = stderr.read_text().splitlines()
+    return [line for line in lines if "failed" in line and "done" not in line]
+
+
+def test_immediate_tells_each_failure_on_stderr_as_it_is_recorded(tmp_path: Path) -> None:
+    wf, gate = _gated_workflow(tmp_path, "immediate")
+    proc, stderr, _ledger = _start(tmp_path, wf, "--json")
+    try:
+        # All three are told while the map still runs (the gate holds it).
+        told = wait_for(lambda: len(_told(stderr)) == 3 and _told(stderr), what="3 lines")
+        assert proc.poll() is None
+    finally:
+        gate.touch()
+        out, _ = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 1
+    assert [line.split(",")[0] for line in told] == [
+        f"engine: item f{n} attempt 1 failed" for n in (1, 2, 3)
+    ]
+    for n, line in enumerate(told, 1):
+        assert line.startswith(f"engine: item f{n} attempt 1 failed, command_failed: ")
+        assert f"broken f{n}" in line and line.endswith("(dead-lettered)")
+    assert _told(stderr) == told  # nothing more at the end
+    assert json.loads(out)["items"]["dead"] == 3  # stdout stays JSON
+
+
+def test_batched_tells_a_block_every_two_failures_and_the_rest_at_the_end(
+    tmp_path: Path,
+) -> None:
+    wf, gate = _gated_workflow(tmp_path, "batched:2")
+    proc, stderr, ledger = _start(tmp_path, wf, "--no-progress")
+    try:
+        wait_for(lambda: "(2 in all):" in stderr.read_text(), what="the first block")
+        wait_for(lambda: ledger_has(ledger, "item.failed", 3), what="the third failure")
+        wait_for(lambda: ledger_has(ledger, "item.dispatched", 4), what="the gate's dispatch")
+        # The third failure is recorded, but waits for a second one or the map's end.
+        assert proc.poll() is None
+        assert "f3" not in stderr.read_text()
+    finally:
+        gate.touch()
+        proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 1
+    text = stderr.read_text()
+    first, rest = text.index("engine: 2 more failed attempts (2 in all):"), text.index("f3")
+    assert first < text.index("item f1 attempt 1") < text.index("item f2 attempt 1") < rest
+    assert "engine: 1 more failed attempt (3 in all):\n  item f3 attempt 1 failed" in text

@@ -30,6 +30,7 @@ from engine.exec.local import orphans
 from engine.git.isolation import Isolation
 from engine.items.keys import IdempotencyKeys
 from engine.map import outcomes, policy
+from engine.map.failure_lines import FailureLines
 from engine.map.outcomes import failure_events, machine_resources
 from engine.store.cache import ArtifactError, ItemHooks
 from engine.store.content import ContentStore
@@ -117,7 +118,9 @@ class MapScheduler:
         self.store = store
         """Where a result too large for its record goes (without one, it is recorded inline)."""
         self.warn = warn
-        """Where the one line about an engine error goes (stderr)."""
+        """Where the one line about an engine error goes (stderr), and failures as
+        ``map.error_collection`` tells them."""
+        self.failure_lines = FailureLines(spec.error_collection, warn)
         self.fatal: BaseException | None = None
         """The error that left nothing recordable (the writer stopped): the run stops."""
         self.isolation = isolation
@@ -132,6 +135,7 @@ class MapScheduler:
         records = await self.writer.append_async(events)
         self.p.apply_all(records)
         self.on_change()
+        self.failure_lines.note(events)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -160,6 +164,7 @@ class MapScheduler:
                 await asyncio.sleep(0.01)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        self.failure_lines.flush()
         return MapOutcome(stopped=self.stopping, error=self.fatal)
 
     def _stop_fatally(self, exc: BaseException) -> None:
