@@ -229,6 +229,21 @@ class Progress:
         except OSError:
             self.mode = "off"  # the terminal is gone; the run goes on
 
+    def warn(self, message: str) -> None:
+        """A message on stderr (a warning, a failure as ``map.error_collection`` tells it):
+        above the live line while it shows (written past it, the line would swallow it),
+        else as it is, whatever the mode."""
+        if self.live is not None:
+            try:
+                self.console.print(Text(message), soft_wrap=True)
+                return
+            except OSError:
+                self.mode = "off"  # the terminal is gone; the run goes on
+        stream = self.stream if self.stream is not None else sys.stderr
+        with contextlib.suppress(OSError, ValueError):
+            stream.write(message + "\n")
+            stream.flush()
+
     def _write(self, line: str) -> None:
         stream = self.stream if self.stream is not None else sys.stderr
         try:

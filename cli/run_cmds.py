@@ -178,7 +178,7 @@ def drive(
     started = time.monotonic()
     options.argv = ["engine", *sys.argv[1:]]
     options.on_change = progress.update
-    options.warn = lambda message: click.echo(message, err=True)
+    options.warn = progress.warn
     options.adopt_orphans = True  # this process is the engine: its orphans are the run's
     with progress:
         result = asyncio.run(progress.run(start(options)))

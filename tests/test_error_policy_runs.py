@@ -4,7 +4,11 @@ closes after two successes, and failures told on stderr as ``map.error_collectio
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import subprocess
+import threading
 from pathlib import Path
 
 from ledger.events import Record
@@ -214,3 +218,51 @@ def test_batched_tells_a_block_every_two_failures_and_the_rest_at_the_end(
     first, rest = text.index("engine: 2 more failed attempts (2 in all):"), text.index("f3")
     assert first < text.index("item f1 attempt 1") < text.index("item f2 attempt 1") < rest
     assert "engine: 1 more failed attempt (3 in all):\n  item f3 attempt 1 failed" in text
+
+
+def test_on_a_terminal_each_failure_is_a_line_of_its_own_above_the_live_line(
+    tmp_path: Path,
+) -> None:
+    # Each failing attempt takes a little while, so the live line is redrawn between them:
+    # a failure written past it (not above it) would be glued to its end.
+    wf, gate = _gated_workflow(tmp_path, "immediate", pause="sleep 0.4;")
+    home = tmp_path / "home"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [ENGINE, "--home", str(home), "run", str(wf), "--run-id", "tty"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env={**os.environ, "COLUMNS": "200", "TERM": "xterm"},
+    )
+    os.close(slave)
+    drawn = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return  # EIO: the last writer closed the terminal
+            if not chunk:
+                return
+            drawn.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: drawn.count(b"failed, command_failed") == 3, what="three failure lines")
+        wait_for(lambda: b"items/s" in drawn, what="the live line")
+    finally:
+        gate.touch()
+        proc.wait(timeout=DEADLINE)
+        reader.join(timeout=DEADLINE)
+        os.close(master)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert proc.returncode == 1
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
+    told = [line for line in re.split(r"[\r\n]+", text) if "failed, command_failed" in line]
+    assert len(told) == 3, told
+    for n, line in enumerate(told, 1):
+        assert line.startswith(f"engine: item f{n} attempt 1 failed, command_failed:"), line
