@@ -379,6 +379,10 @@ def _retry_config(raw: dict[str, Any], loc: Loc, out: Translation) -> dict[str, 
     return made
 
 
+_CIRCUIT_ON = [t for t in ERROR_TYPES if t != "interrupted"]
+"""Prodigy's circuit counts every failure; an attempt the engine's own stop cut short is none."""
+
+
 def _circuit(raw: Any, loc: Loc, out: Translation) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         return None
@@ -389,7 +393,7 @@ def _circuit(raw: Any, loc: Loc, out: Translation) -> dict[str, Any] | None:
         {"failure_threshold", "success_threshold", "timeout", "half_open_requests"},
     )
     made: dict[str, Any] = {
-        "on": list(ERROR_TYPES),
+        "on": _CIRCUIT_ON,
         "success_threshold": 3,
         "half_open_requests": 3,
     }
