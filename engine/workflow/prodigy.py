@@ -30,6 +30,8 @@ __all__ = ["AGENT_COMMAND", "DEFAULT_MAX_PARALLEL", "is_prodigy", "translate"]
 AGENT_COMMAND = "claude --print --dangerously-skip-permissions"
 """How Prodigy runs a ``claude:`` step (the prompt is the last argument)."""
 DEFAULT_MAX_PARALLEL = 10
+JITTER_FACTOR = 0.3
+"""Prodigy's spread of a delay with jitter: delay * (1 +/- 0.15)."""
 NO_RETRY = {"max_attempts": 2, "retry_on": ["interrupted", "worker_lost"]}
 """Prodigy retries no failure unless asked; an attempt a crash cut short (of the engine,
 or of the machine it ran on) runs once more, as Prodigy's resume runs it again."""
@@ -369,8 +371,8 @@ def _retry_config(raw: dict[str, Any], loc: Loc, out: Translation) -> dict[str, 
         "retry_on": list(ERROR_TYPES),
     }
     made["jitter"] = raw.get("jitter", False)
-    if "jitter_factor" in raw:
-        made["jitter_factor"] = raw["jitter_factor"]
+    if "jitter_factor" in raw or made["jitter"] is True:
+        made["jitter_factor"] = raw.get("jitter_factor", JITTER_FACTOR)
     if "max_delay" in raw:
         made["max"] = raw["max_delay"]
     made["initial"] = 1

@@ -344,7 +344,7 @@ def _step_retry(raw: Any, loc: Loc, out: Translation) -> Any:
         "jitter": raw.get("jitter", False),
     }
     if "jitter_factor" in raw or made["jitter"] is True:
-        made["jitter_factor"] = raw.get("jitter_factor", 0.3)
+        made["jitter_factor"] = raw.get("jitter_factor", 0.3)  # Prodigy's default
     made.update(backoff(raw.get("backoff", "exponential"), (*loc, "backoff"), out))
     types: list[str] = []
     for index, kind in enumerate(raw.get("retry_on") or []):
