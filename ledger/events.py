@@ -60,6 +60,7 @@ from ledger.payloads import (
     StepSucceeded,
     ValidationRound,
 )
+from ledger.payloads_steps import StepRecovery
 from ledger.payloads_worktree import (
     WorktreeCommitted,
     WorktreeConflicted,
@@ -108,6 +109,7 @@ __all__ = [
     "RunStarted",
     "RunUnpaused",
     "StepFailed",
+    "StepRecovery",
     "StepSkipped",
     "StepStarted",
     "StepSucceeded",

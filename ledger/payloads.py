@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from ledger.payloads_steps import StepRecovery
+
 __all__ = [
     "ArtifactWritten",
     "CacheHit",
@@ -265,6 +267,8 @@ class StepSucceeded(Event, frozen=True):
     stderr: LogRef | None = None
     validations: list[ValidationRound] = []
     """Each round of the step's ``validate`` (of every validated step), in order."""
+    recovered: list[StepRecovery] = []
+    """The steps that failed and did not end it (retried, re-run or recovered), in order."""
 
 
 class StepFailed(Event, frozen=True):
@@ -281,6 +285,8 @@ class StepFailed(Event, frozen=True):
     stderr: LogRef | None = None
     validations: list[ValidationRound] = []
     """Each round of the step's ``validate`` (of every validated step), in order."""
+    recovered: list[StepRecovery] = []
+    """The steps that failed and did not end it (retried, re-run or recovered), in order."""
 
 
 class StepSkipped(Event, frozen=True):
@@ -364,6 +370,8 @@ class ItemSucceeded(Event, frozen=True):
     in the record; ``result`` is then null."""
     validations: list[ValidationRound] = []
     """Each round of the step's ``validate`` (of every validated step), in order."""
+    recovered: list[StepRecovery] = []
+    """The steps that failed and did not end it (retried, re-run or recovered), in order."""
 
 
 class ItemFailed(Event, frozen=True):
@@ -382,6 +390,8 @@ class ItemFailed(Event, frozen=True):
     stderr: LogRef | None = None
     validations: list[ValidationRound] = []
     """Each round of the step's ``validate`` (of every validated step), in order."""
+    recovered: list[StepRecovery] = []
+    """The steps that failed and did not end it (retried, re-run or recovered), in order."""
 
 
 class ItemRetryScheduled(Event, frozen=True):

@@ -60,8 +60,10 @@ def test_contexts_hold_the_declared_variables() -> None:
     from engine.workflow.variables import item_context, known_roots, last_step, run_context
 
     base = run_context("r", {"A": "1"})
-    assert set(base) == known_roots("setup") - {"last", "shell"}
+    assert set(base) == known_roots("setup") - {"last", "shell", "claude"}
     context = item_context(base, item={"x": 1}, item_id="i", index=0, total=1, attempt=1)
-    last_step(context, "out", 0)
+    last_step(context, "out", 0, stderr="err", kind="claude")
+    last_step(context, "out", 0, stderr="err", kind="shell")
     assert set(context) == known_roots("map")
-    assert context["last"] == context["shell"] == {"output": "out", "exit_code": 0}
+    assert context["last"] == context["shell"] == {"output": "out", "stderr": "err", "exit_code": 0}
+    assert context["claude"] == {"output": "out", "exit_code": 0}

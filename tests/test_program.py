@@ -62,7 +62,7 @@ def test_captures_feed_the_next_step_and_the_last_step_is_the_result() -> None:
     asked = _drive(sequence, results)
     assert asked == [("a", True), ("b", True)]
     assert sequence.context["found"] == ["x", "tok-9 y"] and sequence.context["item"] == 1
-    assert sequence.context["last"] == {"output": '{"n": "tok-9"}', "exit_code": 0}
+    assert sequence.context["last"] == {"output": '{"n": "tok-9"}', "stderr": "", "exit_code": 0}
     outcome = _outcome(sequence, redact=("tok-9",))  # what is recorded is redacted
     assert outcome.ok and outcome.exit_code == 0
     assert outcome.result == {"n": "***"} and outcome.captures == {"found": ["x", "*** y"]}
@@ -75,7 +75,11 @@ def test_a_failed_step_runs_its_handlers_without_the_deadline_and_ends_the_seque
     asked = _drive(sequence, results)
     assert asked == [("a", True), ("h1", False), ("h2", False)]
     assert sequence.failed == 0
-    assert sequence.context["last"] == {"output": "out", "exit_code": 3}  # not the handlers'
+    assert sequence.context["last"] == {
+        "output": "out",
+        "stderr": "",
+        "exit_code": 3,
+    }  # not the handlers'
     outcome = _outcome(sequence)
     assert not outcome.ok and outcome.exit_code == 3 and not outcome.interrupted
 

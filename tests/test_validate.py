@@ -116,7 +116,8 @@ def test_the_filter_is_applied_to_the_items_at_validation(tmp_path: Path) -> Non
     ("template", "phase", "expected"),
     [
         ("${map.succesful}", "reduce", "did you mean ${map.successful}?"),
-        ("${shell.stderr}", "map", "unknown variable ${shell.stderr}"),
+        ("${claude.output}", "map", "${claude} is known only after an earlier claude step"),
+        ("${claude.stderr}", "map", "${claude} is known only after an earlier claude step"),
         ("${last.stdout}", "map", "did you mean ${last.output}?"),
         ("${x|default:y}", "map", "neither a variable of the engine nor a shell parameter"),
         ("${cmd:...}", "map", "neither a variable of the engine nor a shell parameter"),
@@ -424,16 +425,18 @@ def test_every_declared_field_is_what_a_run_gives(tmp_path: Path) -> None:
         tmp_path,
         f"""\
         name: fields
+        agent: {{command: echo}}
         map:
           items: [1]
           retry: {{max_attempts: 1}}
           on_item_failure: ignore
           agent_template:
             - run: echo first
-            - run: echo {uses("last", "shell", "run")} > item.out
+            - claude: hello
+            - run: echo {uses("last", "shell", "claude", "run")} > item.out
             - run: exit 3
               on_failure:
-                - run: echo {uses("last", "shell")} > handler.out
+                - run: echo {uses("last", "shell", "claude")} > handler.out
         reduce:
           - run: echo {uses("map", "run")} > reduce.out
         """,
@@ -444,8 +447,9 @@ def test_every_declared_field_is_what_a_run_gives(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = run_workflow(path, tmp_path / "home")
     assert result.status == "completed", result.reason
-    assert (tmp_path / "item.out").read_text().startswith("0 first 0 first fields-")
-    assert (tmp_path / "handler.out").read_text() == "3  3 \n"
+    # last: the claude step's exit code, output, stderr; shell: the first step's; run.id
+    assert (tmp_path / "item.out").read_text().startswith("0 hello  0 first  0 hello fields-")
+    assert (tmp_path / "handler.out").read_text() == "3   3   0 hello\n"
     reduced = (tmp_path / "reduce.out").read_text()
     assert '"status":{"Failed":' in reduced  # map.agent_results, its failed item included
     assert " 0.00 0.0 0 1 fields-" in reduced  # success_percent, success_rate, counts, run.id

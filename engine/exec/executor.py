@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.workflow.spec import Step
-from ledger.events import LogRef, ValidationRound
+from engine.workflow.spec import ClassifyRule, Step
+from ledger.events import LogRef, StepRecovery, ValidationRound
 
 __all__ = ["Attempt", "AttemptOutcome", "AttemptRequest", "Executor", "HeartbeatSample"]
 
@@ -62,6 +62,9 @@ class AttemptRequest:
     """The attempt's own git worktree (``map.isolation: worktree``): where a step's
     ``commit_required`` looks for its commit. None: the repository of the step's
     working directory."""
+    classify: Sequence[ClassifyRule] = ()
+    """The workflow's ``map.classify`` rules: how a step's failure is typed, for its
+    ``retry.retry_on``."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ class AttemptOutcome:
     pgid: int | None = None
     validations: tuple[ValidationRound, ...] = ()
     """Each round of the steps' ``validate``, in order (the outcome events record them)."""
+    recovered: tuple[StepRecovery, ...] = ()
+    """The steps that failed without ending the attempt: retried or re-run until one
+    run succeeded, or recovered by their ``on_failure`` handlers (in the order they ran)."""
 
 
 class Attempt(abc.ABC):

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,9 @@ from ledger.atomic import FILE_MODE, make_private_dir
 __all__ = [
     "ARG_LIMIT",
     "CANCELLED",
+    "STDERR_LIMIT",
     "VARIABLES_BUDGET",
+    "CaptureError",
     "OutputRedactor",
     "StepResult",
     "Unpassable",
@@ -53,6 +57,9 @@ ARG_LIMIT = 32 * os.sysconf("SC_PAGE_SIZE")
 VARIABLES_BUDGET = 512 * 1024
 """Bytes of a shell command's variables kept in its environment: the kernel
 allows about 2 MiB for all arguments and the environment together."""
+
+STDERR_LIMIT = 64 * 1024
+"""Bytes of a step's stderr kept for ``${last.stderr}`` and ``${shell.stderr}`` (its end)."""
 
 _HINT = "; read a large item from the file $ENGINE_ITEM_FILE names instead"
 
@@ -269,13 +276,23 @@ class StepResult:
     error_type: str | None = None
     stdout: bytes = b""
     """What the step printed (the whole of it: captures and the result read it)."""
+    stderr: bytes = b""
+    """The end of what the step wrote to stderr (at most :data:`STDERR_LIMIT` bytes),
+    redacted as its log is."""
 
     @classmethod
-    def exited(cls, returncode: int | None, *, timed_out: bool, stdout: bytes) -> StepResult:
+    def exited(
+        cls, returncode: int | None, *, timed_out: bool, stdout: bytes, stderr: bytes = b""
+    ) -> StepResult:
         """A process that ran: a negative return code is the signal that ended it."""
         if returncode is not None and returncode < 0:
-            return cls(signal=-returncode, timed_out=timed_out, stdout=stdout)
-        return cls(exit_code=returncode, timed_out=timed_out, stdout=stdout)
+            return cls(signal=-returncode, timed_out=timed_out, stdout=stdout, stderr=stderr)
+        return cls(exit_code=returncode, timed_out=timed_out, stdout=stdout, stderr=stderr)
+
+    @property
+    def ok(self) -> bool:
+        """The step's process exited 0 and the engine found nothing wrong with it."""
+        return not self.timed_out and self.exit_code == 0 and not self.error_type
 
     @classmethod
     def not_started(cls, message: str) -> StepResult:
@@ -303,8 +320,41 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+class CaptureError(ValueError):
+    """Output that its ``capture_format`` cannot read (a number or a boolean that is not one)."""
+
+
+_INTEGER = re.compile(r"[-+]?[0-9]{1,4000}")
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_INT_RANGE = 2**63
+"""Integers the ledger holds as integers; larger ones are kept as floats."""
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _number(text: str) -> int | float:
+    """``capture_format: number``: an int when integral, else a float (:class:`CaptureError`:
+    not a number)."""
+    if _INTEGER.fullmatch(text) and abs(value := int(text)) < _INT_RANGE:
+        return value
+    number = float(text) if len(text) <= 400 and _NUMBER.fullmatch(text) else math.nan
+    if not math.isfinite(number):
+        raise CaptureError(f"{_shown(text)} is not a number (capture_format: number)")
+    if number.is_integer() and abs(number) < _INT_RANGE:
+        return int(number)
+    return number
+
+
 def capture(stdout: str, fmt: str) -> Any:
-    """A step's output as its ``capture_format`` reads it (JSON that is not JSON: the text)."""
+    """A step's output as its ``capture_format`` reads it (JSON that is not JSON: the text).
+
+    ``number`` and ``boolean`` (``true``/``false``, ``yes``/``no``, ``1``/``0``, in any
+    case) read the stripped output; one that is not such a value raises
+    :class:`CaptureError`, saying why.
+    """
     if fmt == "json":
         try:
             return json.loads(stdout, parse_constant=_not_json)
@@ -312,6 +362,17 @@ def capture(stdout: str, fmt: str) -> Any:
             return stdout.strip()
     if fmt == "lines":
         return [line for line in stdout.splitlines() if line.strip()]
+    if fmt == "number":
+        return _number(stdout.strip())
+    if fmt == "boolean":
+        text = stdout.strip()
+        value = _BOOLEANS.get(text.lower())
+        if value is None:
+            raise CaptureError(
+                f"{_shown(text)} is not a boolean (capture_format: boolean reads "
+                "true/false, yes/no or 1/0)"
+            )
+        return value
     return stdout.strip()
 
 

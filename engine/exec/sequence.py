@@ -7,18 +7,23 @@ half, a step as a command, is :mod:`engine.exec.program`).
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from engine.exec.executor import AttemptOutcome
-from engine.exec.program import StepResult, capture, parse_output, step_cwd
+from engine.exec.program import CaptureError, StepResult, capture, parse_output, step_cwd
 from engine.exec.validation import ValidationLoop, recorded
 from engine.git.refs import read_head
+from engine.map.classify import classify
+from engine.map.policy import backoff_delay
 from engine.redact import redact_value, secret_forms
-from engine.workflow.spec import Step
+from engine.workflow.spec import ClassifyRule, Step
 from engine.workflow.variables import last_step
-from ledger.events import LogRef, ValidationRound
+from ledger.events import LogRef, StepRecovery, ValidationRound
 
 __all__ = ["StepSequence", "Tails"]
 
@@ -32,16 +37,31 @@ Tails = Callable[[], tuple[str, str]]
 class StepSequence:
     """An attempt's steps as they run, driven by an executor.
 
-    The executor asks for the next step (:meth:`next`), runs it with the
-    context it is given, and reports what happened (:meth:`record`), until
-    there is none; then :meth:`outcome` says how the attempt ended. A step
-    that fails (or runs while the attempt is stopped) ends the sequence after
-    its ``on_failure`` handlers, which run with no deadline of the attempt's,
-    each unless the attempt has been cancelled meanwhile, and whose results
-    change nothing: the failure is what the failed step printed. ``tails``
-    (the executor's logs) is read when a step with handlers fails, before
-    they run, and the outcome's tails (its error message, its type, its
-    signature) are those, never the handlers' output.
+    The executor asks for the next step (:meth:`next`), waits what
+    :meth:`backoff` says (a retry's delay), runs the step with the context it
+    is given, and reports what happened (:meth:`record`), until there is
+    none; then :meth:`outcome` says how the attempt ended. A step with
+    ``validate`` that succeeds is followed by its validation loop
+    (:class:`~engine.exec.validation.ValidationLoop`), whose failure is the
+    step's.
+
+    A step that fails with an error type its ``retry.retry_on`` lists runs
+    again, after a backoff, until it has run ``retry.max_attempts`` times.
+    Then its failure goes to ``on_failure``: its handlers run, with no
+    deadline of the attempt's, each unless the attempt has been cancelled
+    meanwhile (their results change nothing but ``recover``'s judgement);
+    then, while ``rerun`` allows, the step runs once more (within the
+    attempt's deadline), the handlers again after each failed run. A run
+    that succeeds carries on as if the step had succeeded at once. Still
+    failed: with ``recover`` and handlers that all succeeded, the sequence
+    goes on with the next step, and the failure is not the outcome; else the
+    sequence ends there. A step stopped with its attempt (a cancel, a hang)
+    or past the attempt's deadline is not retried, re-run or recovered.
+    Each failure that did not end the sequence is in :attr:`recovered`.
+
+    ``tails`` (the executor's logs) is read when a step with handlers fails,
+    before they run, and a failed outcome's tails (its error message, its
+    type, its signature) are those, never the handlers' output.
     """
 
     def __init__(
@@ -52,9 +72,13 @@ class StepSequence:
         tails: Tails | None = None,
         cwd: Path | None = None,
         worktree: Path | None = None,
+        rules: Sequence[ClassifyRule] = (),
+        rng: random.Random | None = None,
     ) -> None:
         """``cwd``, ``worktree``: the attempt's (where a ``commit_required`` step's
-        repository is: its worktree, else the step's working directory's)."""
+        repository is: its worktree, else the step's working directory's). ``rules``:
+        the workflow's ``classify`` rules, which type a failure for ``retry_on``;
+        ``rng``: what a retry's jitter is drawn from."""
         self.steps = steps
         self.context: dict[str, Any] = dict(context)
         """What the next step's templates see: the attempt's context, ``last``, captures."""
@@ -63,12 +87,16 @@ class StepSequence:
         self.invalid: str | None = None
         """Why the last step's output could not be read as the result."""
         self.failed: int | None = None
-        """The index of the step that failed, once one has."""
+        """The index of the step that failed, once one has (while its handlers run, too)."""
         self.last: StepResult | None = None
-        """The result of the last step run (handlers aside)."""
+        """The result of the last step run (handlers aside); None after a recovered one."""
         self.failure_tails: tuple[str, str] | None = None
         """The ends of stderr and stdout as the failed step left them, before its handlers."""
+        self.recovered: list[StepRecovery] = []
+        """The failures that did not end the sequence, in order."""
         self._tails = tails
+        self._rules = rules
+        self._rng = rng or random.Random()
         self._index = 0
         self._handlers: Sequence[Step] = ()
         self._handler = 0
@@ -76,8 +104,18 @@ class StepSequence:
         self._worktree = worktree
         self._head: str | None = None
         """HEAD before the step running now, when it must commit."""
+        self._runs = 0
+        """Runs of the current step so far (retries and re-runs included)."""
+        self._reruns = 0
+        self._delay = 0.0
+        self._failure: StepRecovery | None = None
+        """The current step's last failure, as it is noted when it does not end the sequence."""
+        self._handlers_ok = True
+        self._final = False
+        """The failure cannot be re-run or recovered (stopped, or past the deadline)."""
         self._validation: ValidationLoop | None = None
         """The ``validate`` of the step that just succeeded, while it runs."""
+        self._validation_stopped = False
         self.validations: list[ValidationRound] = []
         """Every round of validation so far, in order."""
 
@@ -88,72 +126,199 @@ class StepSequence:
             if validating is not None:
                 return validating, True
             self._validated()
-        if self.failed is None:
-            if self._index < len(self.steps):
-                step = self.steps[self._index]
-                if step.commit_required:
-                    self._head = read_head(self._repository(step))
-                return step, True
-            return None
-        if cancelled or self._handler >= len(self._handlers):
-            return None
-        return self._handlers[self._handler], False
+        while self.failed is not None:
+            if cancelled:
+                return None
+            if self._handler < len(self._handlers):
+                return self._handlers[self._handler], False
+            if not self._carry_on():
+                return None
+        if self._index < len(self.steps):
+            step = self.steps[self._index]
+            if step.commit_required:
+                self._head = read_head(self._repository(step))
+            return step, True
+        return None
 
-    def record(self, result: StepResult, *, stopped: bool) -> None:
-        """What happened to the step :meth:`next` gave; ``stopped``: the attempt was stopped."""
+    def backoff(self) -> float:
+        """Seconds to wait before running the step :meth:`next` gave: a retry's delay, else 0.
+
+        The executor waits them (a cancel or the attempt's deadline may cut the wait
+        short: it then records what stopped the step instead of running it).
+        """
+        delay, self._delay = self._delay, 0.0
+        return delay
+
+    def record(self, result: StepResult, *, stopped: bool, expired: bool = False) -> None:
+        """What happened to the step :meth:`next` gave; ``stopped``: the attempt was stopped;
+        ``expired``: the attempt's deadline has passed (nothing of it can run again)."""
         if self._validation is not None:
             self._validation.record(result, stopped=stopped)
+            self._validation_stopped |= stopped
             return
         if self.failed is not None:
-            self._handler += 1  # a handler: it changes nothing
+            self._handled(result, stopped=stopped)
             return
         index, step = self._index, self.steps[self._index]
-        self._index += 1
-        self.last = result
-        stdout = result.stdout.decode("utf-8", "replace")
-        last_step(self.context, stdout.strip(), result.exit_code)
-        if not (stopped or result.timed_out or result.exit_code != 0) and step.commit_required:
-            head = read_head(self._repository(step))
-            if head is None or head == self._head:
-                result = dataclasses.replace(
-                    result,
-                    error=f"no commit made by step {index + 1} (commit_required)",
-                    error_type="validation_failed",
-                )
-                self.last = result
-        failing = bool(stopped or result.timed_out or result.exit_code != 0 or result.error_type)
-        if not failing and step.validate_ is not None:
+        self._runs += 1
+        self._set_last(step, result)
+        if result.ok and not stopped:
+            result = self._committed(index, step, result)
+        if result.ok and not stopped and step.validate_ is not None:
+            self.last = result
             self._validation = ValidationLoop(index, step, result, self.context, cwd=self._cwd)
+            self._validation_stopped = False
             return
-        self._settle(index, step, result, failing)
+        self._settle(index, step, result, stopped=stopped, expired=expired)
+
+    # --- what a step's result leads to ------------------------------------------------
+
+    def _set_last(self, step: Step, result: StepResult) -> None:
+        """``${last.*}`` (and ``${shell.*}`` or ``${claude.*}``) for the steps after it."""
+        stdout = result.stdout.decode("utf-8", "replace").strip()
+        stderr = result.stderr.decode("utf-8", "replace").strip()
+        last_step(self.context, stdout, result.exit_code, stderr=stderr, kind=step.kind)
 
     def _validated(self) -> None:
         """The validated step's end, once its validation is over: as it ran, or failed."""
         assert self._validation is not None
         loop, self._validation = self._validation, None
         self.validations.extend(loop.rounds)
+        step = self.steps[loop.index]
         result = loop.failure or loop.validated
-        self.last = result
-        last_step(self.context, result.stdout.decode("utf-8", "replace").strip(), result.exit_code)
-        self._settle(loop.index, self.steps[loop.index], result, loop.failure is not None)
+        self._set_last(step, result)  # the validated step again, not its validators
+        self._settle(loop.index, step, result, stopped=self._validation_stopped, expired=False)
 
-    def _settle(self, index: int, step: Step, result: StepResult, failing: bool) -> None:
-        """A step's end: its failure (with its handlers next), or its captures and result."""
+    def _settle(
+        self, index: int, step: Step, result: StepResult, *, stopped: bool, expired: bool
+    ) -> None:
+        """A run's end: its capture read, then a success, or a failure (retried, handled)."""
         stdout = result.stdout.decode("utf-8", "replace")
-        if failing:
-            self.failed = index
-            self._handlers = step.on_failure.steps
-            if self._handlers and self._tails is not None:
-                self.failure_tails = self._tails()
+        captured: Any = None
+        if result.ok and not stopped and step.capture_output:
+            try:
+                captured = capture(stdout, step.capture_format)
+            except CaptureError as exc:
+                result = dataclasses.replace(
+                    result,
+                    error=f"step {index + 1} capture {step.capture_output}: {exc}",
+                    error_type="validation_failed",
+                )
+        self.last = result
+        if stopped or not result.ok:
+            self._run_failed(index, step, result, final=stopped or expired)
             return
+        self._succeeded(index, step, stdout, captured)
+
+    def _committed(self, index: int, step: Step, result: StepResult) -> StepResult:
+        """A ``commit_required`` step that made no commit fails ``validation_failed``."""
+        if not step.commit_required:
+            return result
+        head = read_head(self._repository(step))
+        if head is not None and head != self._head:
+            return result
+        return dataclasses.replace(
+            result,
+            error=f"no commit made by step {index + 1} (commit_required)",
+            error_type="validation_failed",
+        )
+
+    def _succeeded(self, index: int, step: Step, stdout: str, captured: Any) -> None:
+        if self._failure is not None:  # a retry or a re-run of it succeeded
+            by = "rerun" if self._reruns else "retry"
+            self.recovered.append(msgspec.structs.replace(self._failure, by=by, runs=self._runs))
         if step.capture_output:
-            self.captures[step.capture_output] = capture(stdout, step.capture_format)
-            self.context[step.capture_output] = self.captures[step.capture_output]
+            self.captures[step.capture_output] = captured
+            self.context[step.capture_output] = captured
         if index == len(self.steps) - 1 and step.output is not None:
             self.result, self.invalid = parse_output(stdout, step.output)
+        self._advance()
+
+    def _run_failed(self, index: int, step: Step, result: StepResult, *, final: bool) -> None:
+        """A run of the step failed: it is retried, or its ``on_failure`` takes over."""
+        self._failure = self._noted(index, result)
+        retry = step.retry
+        if (
+            not final
+            and retry is not None
+            and self._reruns == 0
+            and self._runs < retry.max_attempts
+            and self._failure.error_type in retry.retry_on
+        ):
+            self._delay = backoff_delay(retry, self._runs, self._rng)
+            return
+        self.failed = index
+        self._final = final
+        self._handlers, self._handler, self._handlers_ok = step.on_failure.steps, 0, True
+        if self._handlers and self._tails is not None:
+            self.failure_tails = self._tails()
+
+    def _handled(self, result: StepResult, *, stopped: bool) -> None:
+        """A handler's result: it counts only for ``recover`` (and a stop ends them)."""
+        self._handler += 1
+        if stopped or not result.ok:
+            self._handlers_ok = False
+        if stopped:
+            self._final = True
+
+    def _carry_on(self) -> bool:
+        """The failed step's handlers are done: whether it runs again or is recovered."""
+        assert self.failed is not None and self._failure is not None
+        on_failure = self.steps[self.failed].on_failure
+        if self._final:
+            return False
+        if self._reruns < on_failure.rerun:
+            self._reruns += 1
+            self.failed = None
+            return True
+        if on_failure.recover and self._handlers_ok:
+            self.recovered.append(
+                msgspec.structs.replace(self._failure, by="recover", runs=self._runs)
+            )
+            self.failed = None
+            self.last = None  # the outcome is what a success would be
+            self._advance()
+            return True
+        return False
+
+    def _advance(self) -> None:
+        """On to the next step: the state of this one's runs is forgotten."""
+        self._index += 1
+        self._runs = self._reruns = 0
+        self._failure = None
+        self.failure_tails = None
+        self._handlers, self._handler, self._handlers_ok = (), 0, True
+
+    def _noted(self, index: int, result: StepResult) -> StepRecovery:
+        """A failed run as :attr:`recovered` would note it: its error typed as the map's are."""
+        if result.error_type is not None:
+            error_type, message = result.error_type, result.error or result.error_type
+        else:
+            stderr = result.stderr.decode("utf-8", "replace")
+            stdout = result.stdout[-8192:].decode("utf-8", "replace")
+            found = classify(
+                exit_code=result.exit_code,
+                signal=result.signal,
+                stderr_tail="\n".join(stderr.splitlines()[-100:]),
+                stdout_tail="\n".join(stdout.splitlines()[-20:]),
+                timed_out=result.timed_out,
+                rules=self._rules,
+            )
+            error_type, message = found.error_type, found.message
+        return StepRecovery(
+            step=index,
+            by="",
+            runs=self._runs,
+            error_type=error_type,
+            message=message[:500],
+            exit_code=result.exit_code,
+            signal=result.signal,
+        )
 
     def _repository(self, step: Step) -> Path:
         return self._worktree or Path(step_cwd(step, self._cwd))
+
+    # --- the end ----------------------------------------------------------------------
 
     def outcome(
         self,
@@ -197,4 +362,8 @@ class StepSequence:
             captures=redact_value(self.captures, secrets),
             pgid=pgid,
             validations=recorded(self.validations),
+            recovered=tuple(
+                msgspec.structs.replace(r, message=redact_value(r.message, secrets))
+                for r in self.recovered
+            ),
         )

@@ -67,6 +67,7 @@ def outcome_events(
                 stderr=o.stderr,
                 result_ref=o.result_ref,
                 validations=list(o.validations),
+                recovered=list(o.recovered),
             )
         ]
     failed = _failed(spec, item, attempt, o, resources)
@@ -108,6 +109,7 @@ def _failed(
         stdout=o.stdout,
         stderr=o.stderr,
         validations=list(o.validations),
+        recovered=list(o.recovered),
     )
 
 

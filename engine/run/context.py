@@ -238,6 +238,7 @@ class RunContext:
             redact=list(self.secret_values),
             allow_background=spec.map.allow_background if spec.map else False,
             phase=phase,
+            classify=spec.map.classify if spec.map else (),
         )
 
     # --- stopping ------------------------------------------------------------------------

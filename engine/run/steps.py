@@ -98,6 +98,7 @@ async def run_steps(
                     stdout=outcome.stdout,
                     stderr=outcome.stderr,
                     validations=list(outcome.validations),
+                    recovered=list(outcome.recovered),
                 )
             ]
         )
@@ -155,6 +156,7 @@ def _failure(phase: str, index: int, step: Step, outcome: AttemptOutcome) -> tup
         stdout=outcome.stdout,
         stderr=outcome.stderr,
         validations=list(outcome.validations),
+        recovered=list(outcome.recovered),
     )
     return event, reason
 

@@ -37,7 +37,7 @@ from engine.items.selection import (
 from engine.workflow.problems import Finding, Loc
 from engine.workflow.shellcode import command_strings
 from engine.workflow.template import argv_problems, shell_problems, template_variables
-from engine.workflow.variables import Phase, check_variable
+from engine.workflow.variables import Phase, check_variable, step_roots
 
 __all__ = ["ItemUse", "TemplateChecks", "check_document", "outside_workspace", "steps_of"]
 
@@ -105,8 +105,9 @@ class TemplateChecks:
     findings: list[Finding] = field(default_factory=list)
     item_uses: list[ItemUse] = field(default_factory=list)
     captures: set[str] = field(default_factory=set)
-    after_step: bool = False
-    """A step of the same sequence ran before the one being checked (``${last}`` exists)."""
+    after: frozenset[str] = frozenset()
+    """What the steps of the same sequence that ran before the one being checked set
+    (``last``, ``shell``, ``claude``: :func:`~engine.workflow.variables.step_roots`)."""
     repairing: bool = False
     """The step being checked is a ``validate.on_incomplete`` step (``${validation}`` exists)."""
 
@@ -127,7 +128,7 @@ class TemplateChecks:
                 phase,
                 self.captures,
                 self.env_names,
-                after_step=self.after_step,
+                after_step=self.after,
                 repairing=self.repairing,
             )
             if why is not None:
@@ -172,19 +173,43 @@ class TemplateChecks:
                 self.names((*here, "artifacts", index), pattern, phase, shell=False)
         self.write_file((*here, "write_file"), step.get("write_file"), step.get("cwd"), phase)
         self.not_template((*here, "cwd"), step.get("cwd"), "cwd")
-        self.handlers(step.get("on_failure"), (*here, "on_failure"), phase)
-        self.validation(step.get("validate"), (*here, "validate"), phase)
+        self.handlers(step.get("on_failure"), (*here, "on_failure"), phase, _sets(step))
+        self.validation(step.get("validate"), (*here, "validate"), phase, _sets(step))
+        self.capture(here, step)
+
+    def capture(self, here: Loc, step: dict[str, Any]) -> None:
+        """``capture_output`` adds its name; a ``capture_format`` without it reads nothing."""
         capture = step.get("capture_output")
         if isinstance(capture, str):
             self.captures.add(capture)
+        elif capture is None and step.get("capture_format") not in (None, "text", "string"):
+            self.findings.append(
+                Finding(
+                    (*here, "capture_format"),
+                    "capture_format has no effect without capture_output (add "
+                    "capture_output: NAME to keep the step's output as ${NAME})",
+                    warning=True,
+                )
+            )
 
-    def handlers(self, raw: Any, loc: Loc, phase: Phase) -> None:
-        """``on_failure`` steps: they see the failed step as ``last``; what they capture is lost."""
-        captures, after = set(self.captures), self.after_step
+    def handlers(self, raw: Any, loc: Loc, phase: Phase, failed: frozenset[str]) -> None:
+        """``on_failure`` steps: they see the failed step (``failed``: what it sets) as
+        ``last``; what they capture is lost; their own ``retry`` and ``on_failure`` unused."""
+        captures, after = set(self.captures), self.after
         for here, step in steps_of(raw, loc):
-            self.after_step = True
+            self.after = after | failed
+            for key in ("retry", "on_failure"):
+                if step.get(key) not in (None, [], {}):
+                    self.findings.append(
+                        Finding(
+                            (*here, key),
+                            f"{key} has no effect in an on_failure step (handlers are not "
+                            "retried and have no handlers): give it to the step that fails",
+                            warning=True,
+                        )
+                    )
             self.step(here, step, phase)
-        self.captures, self.after_step = captures, after
+        self.captures, self.after = captures, after
 
     def write_file(self, loc: Loc, spec: Any, cwd: Any, phase: Phase) -> None:
         """``write_file``: its path and content are templates (text, no shell: content may
@@ -199,13 +224,14 @@ class TemplateChecks:
         if why is not None:
             self.findings.append(Finding((*loc, "path"), why))
 
-    def validation(self, raw: Any, loc: Loc, phase: Phase) -> None:
-        """``validate``: its steps see the validated step as ``last``, its ``on_incomplete``
-        steps ``${validation.*}`` too; what they capture is lost."""
+    def validation(self, raw: Any, loc: Loc, phase: Phase, validated: frozenset[str]) -> None:
+        """``validate``: its steps see the validated step (``validated``: what it sets) as
+        ``last``, its ``on_incomplete`` steps ``${validation.*}`` too; what they capture is
+        lost."""
         if not isinstance(raw, dict):
             return
-        saved = set(self.captures), self.after_step, self.repairing
-        self.after_step = True
+        saved = set(self.captures), self.after, self.repairing
+        self.after = self.after | validated
         self.names((*loc, "result_file"), raw.get("result_file"), phase, shell=False)
         incomplete = raw.get("on_incomplete")
         for repairing, here_loc, steps in (
@@ -218,15 +244,17 @@ class TemplateChecks:
                 for key in ("on_failure", "validate", "retry", "capture_output", "output"):
                     if step.get(key) not in (None, [], {}):
                         self.findings.append(Finding((*here, key), _UNUSED_HERE, warning=True))
-        self.captures, self.after_step, self.repairing = saved
+        self.captures, self.after, self.repairing = saved
 
     def steps(self, raw: Any, loc: Loc, phase: Phase) -> None:
-        """A phase's steps: in an item each step after the first has ``last``; a setup or
-        reduce step runs alone."""
-        for index, (here, step) in enumerate(steps_of(raw, loc)):
-            self.after_step = phase == "map" and index > 0
+        """A phase's steps: in an item each step after the first sees what the ones
+        before it set (:func:`~engine.workflow.variables.step_roots`); a setup or reduce
+        step runs alone."""
+        self.after = frozenset()
+        for here, step in steps_of(raw, loc):
             self.step(here, step, phase)
-        self.after_step = False
+            self.after = self.after | _sets(step) if phase == "map" else frozenset()
+        self.after = frozenset()
 
     def run(self) -> None:
         data = self.data
@@ -300,6 +328,16 @@ def outside_workspace(path: Any, cwd: Any = None, *, isolated: bool = False) -> 
         elif part not in ("", "."):
             depth += 1
     return None
+
+
+def _sets(step: dict[str, Any]) -> frozenset[str]:
+    """What a step as written sets for the steps after it (``last``, and ``shell`` or
+    ``claude`` by its kind)."""
+    if isinstance(step.get("claude"), str):
+        return step_roots("claude")
+    if isinstance(step.get("run"), str) or isinstance(step.get("shell"), str):
+        return step_roots("shell")
+    return step_roots("argv")
 
 
 def _not_substituted(written: str) -> str:

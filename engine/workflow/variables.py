@@ -25,6 +25,7 @@ __all__ = [
     "known_roots",
     "last_step",
     "run_context",
+    "step_roots",
 ]
 
 Phase = Literal["setup", "map.command", "map.id", "map", "on_conflict", "reduce", "merge"]
@@ -40,7 +41,8 @@ PHASES: tuple[Phase, ...] = (
 """Where templates are rendered: setup, ``map.command``, ``map.id``, an item's steps, the
 map's ``on_conflict`` steps, reduce, and the ``merge`` steps after it."""
 
-_LAST = frozenset({"output", "exit_code"})
+_LAST = frozenset({"output", "stderr", "exit_code"})
+_AGENT = frozenset({"output", "exit_code"})
 _STEPS: frozenset[Phase] = frozenset({"setup", "map", "on_conflict", "reduce", "merge"})
 _ITEM: frozenset[Phase] = frozenset({"map", "on_conflict"})
 _EVERYWHERE: frozenset[Phase] = frozenset(PHASES)
@@ -98,18 +100,26 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "last",
         _STEPS,
-        "`${last.output}`, `${last.exit_code}`",
+        "`${last.output}`, `${last.stderr}`, `${last.exit_code}`",
         "after an earlier step of the same item; in `on_failure` steps",
-        "the previous step's stdout and exit code",
+        "the previous step's stdout, stderr (its last 64 KiB) and exit code",
         _LAST,
     ),
     Variable(
         "shell",
         _STEPS,
-        "`${shell.output}`",
-        "after an earlier step of the same item; in `on_failure` steps",
-        "the same as `${last.output}`",
+        "`${shell.output}`, `${shell.stderr}`, `${shell.exit_code}`",
+        "after an earlier `run` (`shell`) step of the same item; in its `on_failure` steps",
+        "the same, of the last `run` step",
         _LAST,
+    ),
+    Variable(
+        "claude",
+        _STEPS,
+        "`${claude.output}`, `${claude.exit_code}`",
+        "after an earlier `claude` step of the same item; in its `on_failure` steps",
+        "the agent's stdout and exit code, of the last `claude` step",
+        _AGENT,
     ),
     Variable(
         "map",
@@ -168,28 +178,46 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 
-AFTER_STEP = frozenset({"last", "shell"})
-"""The previous step's result: in an item after its first step, and in ``on_failure`` steps
-(a setup or reduce step runs alone, so only its handlers have one)."""
+AFTER_STEP = frozenset({"last", "shell", "claude"})
+"""An earlier step's result: in an item after its first step, and in ``on_failure`` steps
+(a setup or reduce step runs alone, so only its handlers have one). ``last`` is any step's,
+``shell`` a ``run`` step's, ``claude`` a ``claude`` step's (:func:`step_roots`)."""
 REPAIRING = frozenset({"validation"})
 """The last validation's result: only in a ``validate.on_incomplete`` step."""
+
+_AFTER_WHERE = {
+    "last": "only after an earlier step of the same item, and in on_failure steps",
+    "shell": "only after an earlier run (shell) step of the same item, and in its on_failure steps",
+    "claude": "only after an earlier claude step of the same item, and in its on_failure steps",
+}
+
+After = bool | frozenset[str] | set[str]
+"""Which of :data:`AFTER_STEP` an earlier step of the same sequence has set: all of them
+(True), none (False), or these."""
+
+
+def step_roots(kind: str) -> frozenset[str]:
+    """The variables a step of ``kind`` (``shell``, ``argv``, ``claude``, ...) sets for the next."""
+    if kind in ("shell", "claude"):
+        return frozenset({"last", kind})
+    return frozenset({"last"})
 
 
 def known_roots(
     phase: Phase,
     captures: set[str] | frozenset[str] = frozenset(),
     *,
-    after_step: bool = True,
+    after_step: After = True,
     repairing: bool = False,
 ) -> set[str]:
     """The variable roots a template of ``phase`` may use (captures only where steps run).
 
-    ``after_step``: whether a step of the same sequence ran before (see :data:`AFTER_STEP`);
+    ``after_step``: what the steps of the same sequence that ran before set (see :data:`After`);
     ``repairing``: whether it is a ``validate.on_incomplete`` step (see :data:`REPAIRING`).
     """
     roots = {v.root for v in VARIABLES if phase in v.phases}
-    if not after_step:
-        roots -= AFTER_STEP
+    if after_step is not True:
+        roots -= AFTER_STEP - (after_step or frozenset())
     if not repairing:
         roots -= REPAIRING
     if phase in _STEPS or phase == "map.command":
@@ -198,8 +226,7 @@ def known_roots(
 
 
 _FOREIGN_FIELDS = {
-    "stderr": "a step's stderr is not kept in a variable: redirect it, 2>&1, to have it in "
-    "${last.output};",
+    "stderr": "${ROOT} keeps no stderr: the previous step's is ${last.stderr};",
     "stdout": "did you mean ${ROOT.output}?",
     "exit_status": "did you mean ${ROOT.exit_code}?",
     "returncode": "did you mean ${ROOT.exit_code}?",
@@ -219,7 +246,7 @@ def check_variable(
     captures: set[str] | frozenset[str] = frozenset(),
     env: Iterable[str] | None = None,
     *,
-    after_step: bool = True,
+    after_step: After = True,
     repairing: bool = False,
 ) -> tuple[str, bool] | None:
     """Why ``${name}`` cannot be used in ``phase``, and whether that is only a warning; or None.
@@ -238,7 +265,7 @@ def check_variable(
             told = variable.where.replace("`", "")
             told = told if told.startswith(("after", "everywhere")) else f"only in {told}"
             if root in AFTER_STEP and phase in variable.phases:
-                told = "only after an earlier step of the same item, and in on_failure steps"
+                told = _AFTER_WHERE[root]
             where = f"; ${{{root}}} is known {told}"
         close = _close(root, known)
         mean = f"did you mean ${{{close}{'.' + rest if rest else ''}}}? " if close else ""
@@ -294,9 +321,22 @@ def item_context(
     }
 
 
-def last_step(context: dict[str, Any], output: str, exit_code: int | None) -> None:
-    """``${last.*}`` (and ``${shell.output}``) after a step, for the steps that follow it."""
-    context["last"] = context["shell"] = {"output": output, "exit_code": exit_code}
+def last_step(
+    context: dict[str, Any],
+    output: str,
+    exit_code: int | None,
+    *,
+    stderr: str = "",
+    kind: str = "",
+) -> None:
+    """``${last.*}`` after a step, for the steps that follow it; ``${shell.*}`` after a
+    ``run`` step (``kind`` ``shell``), ``${claude.*}`` after a ``claude`` step (no
+    ``kind``: ``${last.*}`` only, as after a validation step)."""
+    context["last"] = {"output": output, "stderr": stderr, "exit_code": exit_code}
+    if kind == "shell":
+        context["shell"] = context["last"]
+    elif kind == "claude":
+        context["claude"] = {"output": output, "exit_code": exit_code}
 
 
 def docs_table() -> str:

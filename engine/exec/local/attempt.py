@@ -28,6 +28,7 @@ from engine.exec.local.logs import Log
 from engine.exec.local.procfs import group_usage, stop_group_leftovers, terminate_group
 from engine.exec.program import (
     CANCELLED,
+    STDERR_LIMIT,
     OutputRedactor,
     StepResult,
     ValueFiles,
@@ -74,6 +75,8 @@ class LocalAttempt(Attempt):
         self.cancelled = False
         self.hung = False
         self._samples: deque[HeartbeatSample] = deque()
+        self._backoff: asyncio.Future[None] | None = None
+        """Done when a retry's wait is cut short (a cancel); set while one waits."""
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
         self.base = attempt_base(request.item_id, request.attempt, request.phase)
@@ -136,6 +139,8 @@ class LocalAttempt(Attempt):
         """Stop the attempt. Cancelled from this call on, not from when it is awaited:
         a step whose process has not started by then never starts it."""
         self.cancelled = True
+        if self._backoff is not None and not self._backoff.done():
+            self._backoff.set_result(None)  # a retry's wait ends at once
         return self._stop(force)
 
     async def _stop(self, force: bool) -> None:
@@ -189,6 +194,7 @@ class LocalAttempt(Attempt):
                 request.hung_after is not None
                 and not self.hung
                 and self.pgid is not None
+                and self._backoff is None  # waiting to retry is not hanging
                 and now - self.last_activity > request.hung_after
             ):
                 self.hung = True
@@ -224,13 +230,18 @@ class LocalAttempt(Attempt):
             tails=self._tails,
             cwd=request.cwd,
             worktree=request.worktree,
+            rules=request.classify,
         )
         deadline = None if request.timeout is None else self.started + request.timeout
         try:
             while (planned := steps.next(cancelled=self.cancelled)) is not None:
                 step, timed = planned
-                result = await self._step(step, steps.context, deadline if timed else None)
-                steps.record(result, stopped=self.cancelled or self.hung)
+                limit = deadline if timed else None
+                result = await self._wait_backoff(steps.backoff(), limit)
+                if result is None:
+                    result = await self._step(step, steps.context, limit)
+                expired = limit is not None and time.monotonic() >= limit
+                steps.record(result, stopped=self.cancelled or self.hung, expired=expired)
         finally:
             stdout_ref, stderr_ref = self._end()
         lost = self.out.error or self.err.error
@@ -249,6 +260,30 @@ class LocalAttempt(Attempt):
             redact=request.redact,
             pgid=self.pgid,
         )
+
+    async def _wait_backoff(self, delay: float, deadline: float | None) -> StepResult | None:
+        """Wait a retry's ``delay`` on the event loop, heartbeats going on; None once it
+        has passed, else what ended the wait: a cancel, or the attempt's deadline."""
+        if delay <= 0 or self.cancelled:
+            return None
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - time.monotonic()))
+        cut = self._backoff = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait([cut], timeout=delay)
+        finally:
+            self._backoff = None
+            self.last_activity = time.monotonic()
+        if cut.done():  # cancelled meanwhile
+            return CANCELLED
+        if deadline is not None and time.monotonic() >= deadline:
+            return self._expired()
+        return None
+
+    def _expired(self) -> StepResult:
+        """A step whose attempt's deadline passed before it could start: a timeout."""
+        self.err.write(b"engine: the attempt's timeout passed before the step could start\n")
+        return StepResult(timed_out=True)
 
     def _tails(self) -> tuple[str, str]:
         """What stderr and stdout end with now (what a failure's message is read from)."""
@@ -293,9 +328,11 @@ class LocalAttempt(Attempt):
             return self._not_started(str(exc))
         cwd = step_cwd(step, request.cwd)
         limit = step_limit(step, deadline, time.monotonic())
-        out_start = self.out.size
+        out_start, err_start = self.out.size, self.err.size
         if self.cancelled:  # cancelled before its process started: it never starts
             return CANCELLED
+        if deadline is not None and time.monotonic() >= deadline:
+            return self._expired()  # a re-run after the handlers, past the deadline
         try:
             child = Child(
                 argv,
@@ -324,13 +361,16 @@ class LocalAttempt(Attempt):
             await terminate_group(child.pid, child.exited, request.kill_grace)
             await child.exited
         await self._drain(child)
-        if not request.allow_background:
-            await self._stop_leftovers(child.pid)
-        self.guardian.unregister(child.pid)
         self.out.flush()
         self.err.flush()
+        stdout = self.out.read_from(out_start)
+        stderr = self.err.read_from(max(err_start, self.err.size - STDERR_LIMIT))
+        if not request.allow_background:
+            await self._stop_leftovers(child.pid)
+            self.err.flush()
+        self.guardian.unregister(child.pid)
         return StepResult.exited(
-            child.returncode, timed_out=timed_out, stdout=self.out.read_from(out_start)
+            child.returncode, timed_out=timed_out, stdout=stdout, stderr=stderr
         )
 
     async def _write_file(self, step: Step, context: dict[str, Any]) -> StepResult:
