@@ -1,10 +1,13 @@
-"""Step failure handling and captures in real runs of the engine."""
+"""Step failure handling, captures and phase timeouts in real runs of the engine."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
-from tests.engine_helpers import records, run_workflow, write_workflow
+from engine.run import RunOptions, resume_run
+from tests.engine_helpers import DEADLINE, records, run_workflow, write_workflow
 
 
 def _lines(path: Path) -> list[str]:
@@ -183,3 +186,55 @@ def test_a_reduce_step_recovered_by_its_handler_lets_the_run_complete(tmp_path: 
     assert (tmp_path / "after").read_text() == "after\n"
     first = next(r.data for r in records(result, "step.succeeded") if r.data.phase == "reduce")
     assert [(n.step, n.by, n.exit_code) for n in first.recovered] == [(0, "recover", 9)]
+
+
+def test_a_setup_phase_timeout_stops_the_step_and_fails_the_run(tmp_path: Path) -> None:
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: slow-setup
+        phase_timeout: {setup: 1s}
+        setup:
+          - run: echo one >> setup.log
+          - run: '[ -e fast ] || exec sleep 90'
+          - run: echo three >> setup.log
+        map:
+          items: [1]
+          agent_template: [{run: "true"}]
+        """,
+    )
+    started = time.monotonic()
+    result = run_workflow(wf, tmp_path / "home")
+    assert time.monotonic() - started < DEADLINE
+    assert (result.status, result.exit_code) == ("failed", 1)
+    assert result.reason is not None
+    assert "setup step 2" in result.reason
+    assert result.reason.endswith("failed: setup timed out after 1s (phase_timeout.setup)")
+    (failed,) = records(result, "step.failed")
+    assert (failed.data.index, failed.data.error_type) == (1, "timeout")
+    assert failed.data.message == "setup timed out after 1s (phase_timeout.setup)"
+    # A resume runs setup again from the first step not done, with the whole timeout.
+    (tmp_path / "fast").touch()
+    again = asyncio.run(resume_run(result.run_dir, RunOptions()))
+    assert (again.status, again.exit_code) == ("completed", 0), again.reason
+    assert _lines(tmp_path / "setup.log") == ["one", "three"]
+
+
+def test_a_step_timeout_shorter_than_the_phase_is_the_steps_own(tmp_path: Path) -> None:
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: step-timeout
+        phase_timeout: {reduce: 10m}
+        map:
+          items: [1]
+          agent_template: [{run: "true"}]
+        reduce:
+          - run: exec sleep 600
+            timeout: 500ms
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    assert result.status == "failed"
+    (failed,) = records(result, "step.failed")
+    assert failed.data.message == "timed out after 0.5s"

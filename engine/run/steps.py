@@ -10,6 +10,8 @@ done as it is now written runs again, and every setup step after it
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from engine.exec.executor import AttemptOutcome
+from engine.exec.executor import AttemptOutcome, AttemptRequest
 from engine.run.context import RunContext
 from engine.workflow.spec import Step
 from engine.workflow.template import value_text as json_text
@@ -28,6 +30,7 @@ from projections.values import DoneStep
 __all__ = [
     "CAPTURE_INLINE_LIMIT",
     "RESULTS_INLINE_LIMIT",
+    "PhaseClock",
     "SetupPlan",
     "map_context",
     "restore_captures",
@@ -61,6 +64,8 @@ async def run_steps(
     """
     variables = run.context if context is None else context
     first = run.setup_done if phase == "setup" else 0
+    limit = getattr(run.spec.phase_timeout, phase, None)
+    clock = None if limit is None else PhaseClock(phase, limit)
     for index, step in enumerate(steps):
         if index < first:
             continue
@@ -75,9 +80,9 @@ async def run_steps(
                 )
             ]
         )
-        outcome = await _attempt(run, phase, index, step, variables, run_as)
+        outcome = await _attempt(run, phase, index, step, variables, run_as, clock)
         if not outcome.ok:
-            event, reason = _failure(phase, index, step, outcome)
+            event, reason = _failure(phase, index, step, outcome, clock)
             await run.append([event])
             return f"{phase} step {index + 1} ({step.name or step.text[:60]}) failed: {reason}"
         variables.update(outcome.captures)
@@ -105,13 +110,66 @@ async def run_steps(
     return None
 
 
+@dataclass
+class PhaseClock:
+    """A phase's ``phase_timeout``: the time its steps have used of it, together.
+
+    Only the time they run counts (a pause between them does not); a resume's steps
+    have the whole of it again.
+    """
+
+    phase: str
+    limit: float
+    used: float = 0.0
+    left_at_start: float = 0.0
+    """What was left when the step running now started."""
+
+    def start(self) -> float:
+        """The step starting now may run this long (its attempt's deadline)."""
+        self.left_at_start = max(0.0, self.limit - self.used)
+        return self.left_at_start
+
+    def ran(self, seconds: float) -> None:
+        self.used += seconds
+
+    def passed(self, step: Step, outcome: AttemptOutcome) -> bool:
+        """Whether the step's timeout was the phase's (not the step's own ``timeout``)."""
+        return outcome.timed_out and (
+            step.timeout is None or step.timeout >= self.left_at_start or self.used >= self.limit
+        )
+
+    @property
+    def message(self) -> str:
+        return f"{self.phase} timed out after {self.limit:g}s (phase_timeout.{self.phase})"
+
+
 async def _attempt(
-    run: RunContext, phase: str, index: int, step: Step, context: dict[str, Any], run_as: int
+    run: RunContext,
+    phase: str,
+    index: int,
+    step: Step,
+    context: dict[str, Any],
+    run_as: int,
+    clock: PhaseClock | None = None,
 ) -> AttemptOutcome:
-    """One step's process, to its end; stopped at once when the run is stopping."""
+    """One step's process, to its end; stopped at once when the run is stopping, or
+    when what is left of the phase's ``clock`` has passed."""
     request = run.request(
         f"{phase}-{index}", run_as, "", None, steps=[step], phase=phase, context=context
     )
+    if clock is not None:
+        request = dataclasses.replace(request, timeout=clock.start())
+    started = time.monotonic()
+    try:
+        return await _run_attempt(run, phase, index, request)
+    finally:
+        if clock is not None:
+            clock.ran(time.monotonic() - started)
+
+
+async def _run_attempt(
+    run: RunContext, phase: str, index: int, request: AttemptRequest
+) -> AttemptOutcome:
     attempt = await run.local.start(request)
     run.current_step = attempt
     if run.stopping:  # stopped while the step was being recorded or started
@@ -130,7 +188,9 @@ async def _attempt(
         run.current_step = None
 
 
-def _failure(phase: str, index: int, step: Step, outcome: AttemptOutcome) -> tuple[StepFailed, str]:
+def _failure(
+    phase: str, index: int, step: Step, outcome: AttemptOutcome, clock: PhaseClock | None = None
+) -> tuple[StepFailed, str]:
     """``step.failed`` for a failed step, and why it failed in one line."""
     reason = (outcome.stderr_tail.strip().splitlines() or [""])[-1]
     if outcome.interrupted:
@@ -138,7 +198,10 @@ def _failure(phase: str, index: int, step: Step, outcome: AttemptOutcome) -> tup
         reason = "stopped (the engine was interrupted or the run cancelled)"
     elif outcome.timed_out:
         kind = "timeout"
-        reason = f"timed out after {step.timeout}s"
+        passed = clock is not None and clock.passed(step, outcome)
+        reason = (
+            clock.message if clock is not None and passed else f"timed out after {step.timeout}s"
+        )
     elif outcome.error_type is not None:
         kind, reason = outcome.error_type, outcome.error or outcome.error_type
     else:
