@@ -315,3 +315,16 @@ def test_each_kind_of_step_sets_its_variables_for_the_next() -> None:
     assert seen[1]["claude"] == {"output": "P", "exit_code": 0}
     assert seen[1]["shell"] == seen[0]["shell"]  # the last shell step's, still
     assert seen[2]["last"]["output"] == "C" and seen[2]["shell"]["output"] == "A"
+
+
+def test_an_incomplete_validation_is_a_failure_like_any_other() -> None:
+    steps = _steps(
+        {"run": "a", "validate": {"steps": [{"run": "v"}]}, "on_failure": {"recover": True}},
+        {"run": "b"},
+    )
+    sequence = StepSequence(steps, {})
+    half = StepResult(exit_code=0, stdout=b'{"completion_percentage": 50}')
+    assert [a[0] for a in _drive(sequence, [OK, half, OK])] == ["a", "v", "b"]
+    outcome = _outcome(sequence)
+    assert outcome.ok and [v.complete for v in outcome.validations] == [False]
+    assert _recovered(outcome) == [(0, "recover", 1, "validation_failed")]
