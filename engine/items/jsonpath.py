@@ -26,7 +26,7 @@ from jsonpath.parse import Parser
 from jsonpath.stream import TokenStream
 from jsonpath.token import TOKEN_RE_FLAGS
 
-from engine.workflow.patterns import Pattern, PatternError, compile_pattern
+from engine.workflow.patterns import PatternCache, PatternError, compile_pattern
 
 __all__ = ["environment"]
 
@@ -67,19 +67,12 @@ class _Pattern(FilterFunction):
 
     def __init__(self, *, whole: bool) -> None:
         self.whole = whole
-        self.cache: dict[str, Pattern | None] = {}
+        self.patterns = PatternCache()
 
     def __call__(self, value: object, pattern: object) -> bool:
         if not isinstance(value, str) or not isinstance(pattern, str):
             return False
-        if pattern not in self.cache:
-            if len(self.cache) > 300:
-                self.cache.clear()
-            try:
-                self.cache[pattern] = compile_pattern(pattern)
-            except PatternError:
-                self.cache[pattern] = None  # RFC 9535: a bad pattern matches nothing
-        compiled = self.cache[pattern]
+        compiled = self.patterns.get(pattern)  # RFC 9535: a bad pattern matches nothing
         if compiled is None:
             return False
         found = compiled.fullmatch(value) if self.whole else compiled.search(value)

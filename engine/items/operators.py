@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.workflow.patterns import Pattern, PatternError, compile_pattern
+from engine.workflow.patterns import Pattern, PatternCache
 
 __all__ = [
     "MISSING",
@@ -122,26 +122,9 @@ def truthy(value: Any) -> bool:
     return value is not MISSING and value is not None and value is not False
 
 
-class _Patterns:
-    """Patterns that are not literals (a field's value), compiled once each, by RE2."""
-
-    def __init__(self) -> None:
-        self.cache: dict[str, Pattern | None] = {}
-
-    def get(self, pattern: str) -> Pattern | None:
-        if pattern not in self.cache:
-            if len(self.cache) > 300:
-                self.cache.clear()
-            try:
-                self.cache[pattern] = compile_pattern(pattern)
-            except PatternError:
-                self.cache[pattern] = None  # a bad pattern from the data matches nothing
-        return self.cache[pattern]
-
-
 def matcher(pattern: Value, literal: Pattern | None, *, whole: bool) -> Callable[[Any, Any], bool]:
     """``text -> found`` against a literal pattern, or one read from the item."""
-    patterns = _Patterns()
+    patterns = PatternCache()  # a bad pattern from the data matches nothing
 
     def found(compiled: Pattern | None, text: Any) -> bool:
         if compiled is None or not isinstance(text, str):

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import re2
 
-__all__ = ["Pattern", "PatternError", "compile_pattern"]
+__all__ = ["Pattern", "PatternCache", "PatternError", "compile_pattern"]
 
 MAX_PATTERN_MEMORY = 8 << 20
 """RE2's memory budget for one compiled pattern (a huge pattern is refused)."""
@@ -61,3 +61,22 @@ def compile_pattern(
         if "escape" in reason or "perl operator" in reason:
             hint = " (RE2 syntax: no backreferences or lookaround)"
         raise PatternError(f"not a valid regular expression: {reason}{hint}") from None
+
+
+class PatternCache:
+    """Patterns read from the data (not the workflow's), compiled once each by RE2; a bad
+    one is None, which matches nothing. At most ``limit`` are kept."""
+
+    def __init__(self, limit: int = 300) -> None:
+        self.limit = limit
+        self.cache: dict[str, Pattern | None] = {}
+
+    def get(self, pattern: str) -> Pattern | None:
+        if pattern not in self.cache:
+            if len(self.cache) >= self.limit:
+                self.cache.clear()
+            try:
+                self.cache[pattern] = compile_pattern(pattern)
+            except PatternError:
+                self.cache[pattern] = None
+        return self.cache[pattern]
