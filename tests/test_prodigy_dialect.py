@@ -244,7 +244,7 @@ def test_variables_get_the_engine_names(tmp_path: Path) -> None:
     )
     spec = _spec(tmp_path, text)
     assert spec.reduce[0].run == (
-        "echo ${map.agent_results} ${map.success_percent} ${env.PROJECT} ${env.PROJECT} ${local#}"
+        "echo ${map.agent_results} ${map.success_percent} ${env.PROJECT} ${env.PROJECT} $${local}"
     )
     assert spec.reduce[1].claude == "/sum ${map.agent_results} --project ${env.PROJECT}"
     assert spec.reduce[1].env == {"PRODIGY_AUTOMATION": "true"}

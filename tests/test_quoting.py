@@ -200,3 +200,26 @@ def test_output_that_is_not_utf8_reaches_the_next_step_as_the_engine_keeps_it(
     kept = raw.decode("utf-8", "replace").encode()  # captured output is text
     for name in ("single", "nested", "heredoc"):
         assert (tmp_path / name).read_bytes() == kept, name
+
+
+def test_an_escaped_variable_is_its_own_text() -> None:
+    """``$${name}`` is the text ``${name}``, in plain text and in shell code whatever its
+    quoting: never a variable, so nothing is looked up."""
+    from engine.workflow.template import render_shell, render_text, template_variables
+
+    assert template_variables("$${a} ${b}") == ["b"]
+    assert render_text("$${a} ${b}", {"b": "$${c}"}) == "${a} $${c}"
+    command, env = render_shell(
+        "V=9; echo '$${V}' $${V} \"$${V}\" ${b}; cat <<'EOF'\n$${V} ${b}\nEOF", {"b": "x"}
+    )
+    done = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True)
+    assert done.stdout == "${V} 9 9 x\n${V} x\n"
+
+
+def test_env_falls_back_on_the_engines_own_environment() -> None:
+    from engine.workflow.template import render_text, value_text
+    from engine.workflow.variables import run_context
+
+    context = run_context("r", {"OWN": "1"}, {"HOME": "/home/u", "OWN": "ignored"})
+    assert render_text("${env.OWN} ${env.HOME}", context) == "1 /home/u"
+    assert value_text(context["env"]) == '{"OWN":"1"}'  # as a whole: the run's own only

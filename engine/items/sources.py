@@ -30,7 +30,7 @@ import msgspec
 from engine.errors import InputRefused, ItemsError
 from engine.limits import MAX_DEPTH, limits, read_bounded
 from engine.workflow.spec import MapSpec
-from engine.workflow.template import TemplateError, render_shell
+from engine.workflow.template import TemplateError, render_shell, render_text
 
 __all__ = [
     "NEVER",
@@ -282,6 +282,15 @@ def _from_file(path: Path, stop: LoadStop) -> Any:
     return _parse_document(_text(data, str(path)), str(path), stop)
 
 
+def _as_path(text: str, context: Mapping[str, Any]) -> str:
+    """An input that may be a command, as the file it may name: its values put in as text
+    (never run: only looked for), or as written when that cannot be done."""
+    try:
+        return render_text(text, context)
+    except TemplateError:
+        return text
+
+
 INPUT_AS_COMMAND = "map.input (run as a command: no such file, input_missing: command)"
 """How errors name ``map.input`` run as a command."""
 
@@ -298,6 +307,8 @@ def read_source(
         return spec.items, "items"
     if spec.input is not None:
         path = directory / spec.input
+        if spec.input_missing == "command":
+            path = directory / _as_path(spec.input, context)
         if spec.input_missing == "command" and not os.path.lexists(path):
             document = _from_command(spec.input, INPUT_AS_COMMAND, directory, env, context, stop)
             return document, "input_command"

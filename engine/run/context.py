@@ -81,7 +81,7 @@ class RunContext:
             options.command = self.redactor.command(options.argv)
         else:
             options.command = self.redactor.command_line(options.command)
-        self.context: dict[str, Any] = run_context(self.run_id, self.env)
+        self.context: dict[str, Any] = run_context(self.run_id, self.env, os.environ)
         self.writer: LedgerWriter | None = None
         self.output: list[str] = []
         """What the reduce steps printed."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from engine.workflow.shellcode import AWKS, SHELL_RUNNERS
 
 __all__ = [
+    "ESCAPED",
     "MAX_DEPTH",
     "NUMBER",
     "VARIABLE",
@@ -25,8 +26,11 @@ __all__ = [
     "reference",
 ]
 
-VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*)\}")
-"""``${name}`` or ``${name.field.sub}``."""
+VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*)\}")
+"""``${name}`` or ``${name.field.sub}`` (not after a ``$``: see :data:`ESCAPED`)."""
+ESCAPED = re.compile(r"\$(\$\{[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_\-]+)*\})")
+"""``$${name}``: the text ``${name}`` itself, never a variable (what a shell, or the
+program, then makes of it is theirs)."""
 
 
 # Quoting contexts, and the reference written there. Inside single quotes the

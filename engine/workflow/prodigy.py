@@ -22,7 +22,7 @@ from typing import Any
 
 from engine.workflow.problems import Loc
 from engine.workflow.prodigy_keys import KEYS
-from engine.workflow.prodigy_steps import Translation, backoff, translate_steps
+from engine.workflow.prodigy_steps import Translation, backoff, rewrite, translate_steps
 from engine.workflow.spec import ERROR_TYPES
 
 __all__ = ["AGENT_COMMAND", "DEFAULT_MAX_PARALLEL", "is_prodigy", "translate"]
@@ -47,7 +47,7 @@ def translate(
     data: dict[str, Any], environ: Mapping[str, str]
 ) -> tuple[dict[str, Any], Translation]:
     """The engine's document for a Prodigy one, and what the translation found."""
-    out = Translation()
+    out = Translation(environ=environ)
     mode = data.get("mode")
     if not isinstance(mode, str) or mode.lower() != "mapreduce":
         out.error(
@@ -235,7 +235,9 @@ def _map(raw: Any, data: dict[str, Any], resolve: _Resolver, out: Translation) -
     out.rest(raw, ("map",), "map", handled)
     made: dict[str, Any] = {k: raw[k] for k in _MAP_SAME if k in raw and raw[k] != ""}
     if isinstance(raw.get("input"), str):
-        made["input"] = resolve.text(raw["input"], ("map", "input"))
+        # A file's path or a command, known only once setup ran: a template either way
+        # (values as data), never text pasted in.
+        made["input"] = rewrite(raw["input"], out, shell=True)
         made["input_missing"] = "command"
     elif "input" in raw:
         made["input"] = raw["input"]

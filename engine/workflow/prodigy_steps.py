@@ -10,6 +10,7 @@ with the note of :mod:`engine.workflow.prodigy_keys`).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,8 @@ class Translation:
 
     env_names: set[str] = field(default_factory=set)
     """The names ``env``, ``secrets``, ``profiles`` and ``env_files`` declare."""
+    environ: Mapping[str, str] = field(default_factory=dict)
+    """The environment the file is read in."""
     captures: set[str] = field(default_factory=set)
     findings: list[Finding] = field(default_factory=list)
     origins: dict[Loc, Loc] = field(default_factory=dict)
@@ -113,10 +116,10 @@ def rewrite(text: Any, out: Translation, *, shell: bool) -> Any:
     ``${map.results}`` and the other renamed variables get the engine's name;
     a declared environment name (``${VAR}``, ``$VAR``) becomes ``${env.VAR}``,
     whose value reaches the command as data wherever it stands, as Prodigy's
-    textual substitution puts it there. In a shell command, any other
-    ``${name}`` is left to the shell, which expands it as Prodigy leaves it
-    (written ``${name#}``, the same value, so the engine does not take it
-    for one of its variables).
+    textual substitution puts it there. Any other ``${name}`` Prodigy leaves
+    as it is: in a shell command it is the shell's (written ``$${name}``,
+    the text ``${name}``, whatever the quoting); in a prompt it is the
+    environment's variable when there is one, else the text.
     """
     if not isinstance(text, str) or "$" not in text:
         return text
@@ -129,9 +132,9 @@ def rewrite(text: Any, out: Translation, *, shell: bool) -> Any:
                 return "${" + new + whole[len(old) :] + "}"
         if rest or root in _NATIVE_ROOTS or root in out.captures:
             return m.group(0)
-        if root in out.env_names or not shell:
+        if root in out.env_names or (not shell and root in out.environ):
             return "${env." + root + "}"
-        return "${" + root + "#}"
+        return "$" + m.group(0)
 
     def bare(m: re.Match[str]) -> str:
         name = m.group(1)

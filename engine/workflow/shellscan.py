@@ -16,7 +16,7 @@ import shlex
 from dataclasses import replace
 
 from engine.workflow.parameters import bad_parameter, bad_parameter_message
-from engine.workflow.placement import MAX_DEPTH, VARIABLE, Placement, TemplateError
+from engine.workflow.placement import ESCAPED, MAX_DEPTH, VARIABLE, Placement, TemplateError
 from engine.workflow.shellcode import (
     ARRAY_ASSIGNMENT,
     arithmetic_words,
@@ -487,5 +487,6 @@ class _Scanner:
 
 
 def _heredoc_escape(text: str) -> str:
-    """Text of a quoted here-document as the body of an unquoted one: unchanged."""
-    return re.sub(r"([\\$`])", r"\\\1", text)
+    """Text of a quoted here-document as the body of an unquoted one: unchanged (an
+    escaped ``$${name}`` as the text ``${name}``)."""
+    return re.sub(r"([\\$`])", r"\\\1", ESCAPED.sub(r"\1", text))

@@ -18,6 +18,7 @@ single arguments, with no shell at all, except a shell's command string
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import msgspec
 
 from engine.workflow.placement import (
+    ESCAPED,
     VARIABLE,
     Placement,
     TemplateError,
@@ -122,8 +124,19 @@ def _lookup(name: str, context: Mapping[str, Any]) -> Any:
 
 
 def render_text(template: str, context: Mapping[str, Any]) -> str:
-    """Substitute values into plain text (an argv element, a prompt, an id)."""
-    return VARIABLE.sub(lambda m: value_text(_lookup(m.group(1), context)), template)
+    """Substitute values into plain text (an argv element, a prompt, an id); ``$${name}``
+    is the text ``${name}``."""
+    return _VARIABLE_OR_ESCAPED.sub(
+        lambda m: m.group(1) or value_text(_lookup(m.group(2), context)), template
+    )
+
+
+_VARIABLE_OR_ESCAPED = re.compile(f"{ESCAPED.pattern}|{VARIABLE.pattern}")
+
+
+def unescaped(text: str) -> str:
+    """The text a template's literal part stands for: ``$${name}`` is ``${name}``."""
+    return ESCAPED.sub(r"\1", text) if "$${" in text else text
 
 
 def render_shell(
@@ -193,8 +206,8 @@ def _render_shell(
     out: list[str] = []
     last = 0
     for start, end, text in sorted([*pieces, *edits]):
-        out.append(command[last:start])
+        out.append(unescaped(command[last:start]))
         out.append(text)
         last = end
-    out.append(command[last:])
+    out.append(unescaped(command[last:]))
     return "".join(out)

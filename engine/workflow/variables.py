@@ -17,6 +17,7 @@ __all__ = [
     "PHASES",
     "REPAIRING",
     "VARIABLES",
+    "EnvironmentValues",
     "Phase",
     "Variable",
     "check_variable",
@@ -95,7 +96,8 @@ VARIABLES: tuple[Variable, ...] = (
         _EVERYWHERE,
         "`${env.X}`",
         "everywhere",
-        "from `env_files`, `env`, the profile, `secrets` and `--var` ([environment](#environment))",
+        "from `env_files`, `env`, the profile, `secrets` and `--var`, else the engine's "
+        "own environment ([environment](#environment))",
     ),
     Variable(
         "last",
@@ -281,7 +283,7 @@ def check_variable(
             mean = f"did you mean ${{env.{close}}}? Or " if close else ""
             return (
                 f"${{{name}}}: {field} is not set in env ({mean}add it to env, or give it with "
-                f"engine run --var {field}=VALUE; without it the command fails)",
+                f"engine run --var {field}=VALUE, or export it; without it the command fails)",
                 True,
             )
         return None
@@ -302,9 +304,27 @@ def check_variable(
     )
 
 
-def run_context(run_id: str, env: Mapping[str, str]) -> dict[str, Any]:
-    """The variables of every phase: ``env`` and ``run``."""
-    return {"env": env, "run": {"id": run_id}}
+class EnvironmentValues(dict[str, str]):
+    """``${env.X}``: the run's variables (``env``, its files, the profile, secrets,
+    ``--var``), and for a name none of them sets, the engine's own environment. As a
+    whole (``${env}``) it is only the run's own variables."""
+
+    def __init__(self, own: Mapping[str, str], environ: Mapping[str, str]) -> None:
+        super().__init__(own)
+        self.environ = environ
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in self.environ
+
+    def __missing__(self, name: str) -> str:
+        return self.environ[name]
+
+
+def run_context(
+    run_id: str, env: Mapping[str, str], environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The variables of every phase: ``env`` (falling back on ``environ``) and ``run``."""
+    return {"env": EnvironmentValues(env, environ or {}), "run": {"id": run_id}}
 
 
 def item_context(
