@@ -284,3 +284,121 @@ def test_validate_counts_repairs_as_prodigy_does(tmp_path: Path) -> None:
     assert (first.on_incomplete.max_attempts, first.on_incomplete.fail) == (4, False)
     assert first.on_incomplete.steps[0].claude == "/complete"
     assert (second.on_incomplete.max_attempts, second.on_incomplete.fail) == (3, True)
+
+
+MAP_LINE = "map:\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ("secrets: 5\n", "secrets"),
+        ("error_policy: {on_item_failure: [dlq]}\n", "error_policy.on_item_failure"),
+        ("error_policy: []\n", "error_policy"),
+        ("on_item_failure: 3\n", "on_item_failure"),
+        ("error_policy: {continue_on_failure: 'no'}\n", "error_policy.continue_on_failure"),
+        ("error_policy: {retry_config: []}\n", "error_policy.retry_config"),
+        ("error_policy: {circuit_breaker: []}\n", "error_policy.circuit_breaker"),
+        (
+            "error_policy: {retry_config: {backoff: {exponential: 5}}}\n",
+            "error_policy.retry_config.backoff.exponential",
+        ),
+        ("error_policy: {retry_config: {backoff: [1]}}\n", "error_policy.retry_config.backoff"),
+    ],
+)
+def test_wrong_types_are_one_line_at_their_key(tmp_path: Path, extra: str, where: str) -> None:
+    errors = _error_lines(tmp_path, BASE + extra)
+    assert any(f": {where}: must be " in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("map_extra", "step_extra", "where"),
+    [
+        ("  timeout_config: 5\n", "", "map.timeout_config"),
+        (
+            "  timeout_config: {agent_timeout_secs: 5, timeout_policy: Sometimes}\n",
+            "",
+            "map.timeout_config.timeout_policy",
+        ),
+        (
+            "  timeout_config: {agent_timeout_secs: '10 minutes'}\n",
+            "",
+            "map.timeout_config.agent_timeout_secs",
+        ),
+        ("", "      on_failure: 3\n", "map.agent_template[0].on_failure"),
+        (
+            "",
+            "      validate: {claude: /v, on_incomplete: 3}\n",
+            "map.agent_template[0].validate.on_incomplete",
+        ),
+    ],
+)
+def test_wrong_types_in_the_map_are_one_line_at_their_key(
+    tmp_path: Path, map_extra: str, step_extra: str, where: str
+) -> None:
+    text = BASE.replace("  agent_template:", map_extra + "  agent_template:") + step_extra
+    errors = _error_lines(tmp_path, text)
+    assert any(f": {where}: " in e for e in errors), errors
+
+
+def test_handlers_given_as_text_and_other_forms_of_the_book(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "    - shell: echo ${item}",
+        "    - shell: npm test\n"
+        "      on_failure: npm cache clean --force\n"
+        "    - shell: cargo build\n"
+        "      on_failure: [/fix-warnings, cargo clean]\n"
+        "      on_success: {shell: echo built, claude: /celebrate}\n"
+        "      retry: {attempts: 2, backoff: {type: exponential, initial: 1s, multiplier: 3}}",
+    )
+    spec = _spec(tmp_path, text)
+    assert spec.map is not None
+    first, second, *after = spec.map.agent_template
+    assert [s.run for s in first.on_failure.steps] == ["npm cache clean --force"]
+    assert [(s.claude, s.run) for s in second.on_failure.steps] == [
+        ("/fix-warnings", None),
+        (None, "cargo clean"),
+    ]
+    assert [(s.run, s.claude) for s in after] == [("echo built", None), (None, "/celebrate")]
+    assert all(s.on_failure.recover for s in after)
+    assert second.retry is not None
+    assert (second.retry.backoff, second.retry.multiplier) == ("exponential", 3.0)
+
+
+def test_per_command_timeouts_from_env(tmp_path: Path) -> None:
+    text = "env: {T: '5'}\n" + BASE.replace(
+        "  agent_template:",
+        "  timeout_config: {agent_timeout_secs: $T, timeout_policy: PerCommand}\n  agent_template:",
+    )
+    spec = _spec(tmp_path, text)
+    assert spec.map is not None
+    assert spec.map.timeout is None
+    assert [s.timeout for s in spec.map.agent_template] == [5.0]
+
+
+@pytest.mark.parametrize(
+    ("step_extra", "where", "line"),
+    [
+        ("      on_failure: {shell: fix, fail_workflow: 'yes'}\n", "on_failure.fail_workflow", 8),
+        ("      on_failure: {shell: fix, max_attempts: x}\n", "on_failure.max_attempts", 8),
+        ("      retry: {attempts: x}\n", "retry.attempts", 8),
+        ("      max_attempts: x\n", "max_attempts", 8),
+        ("      working_dir: 5\n", "working_dir", 8),
+        (
+            "      validate:\n        shell: v\n        on_incomplete:\n"
+            "          shell: r\n          fail_workflow: 3\n",
+            "validate.on_incomplete.fail_workflow",
+            12,
+        ),
+    ],
+)
+def test_errors_name_the_prodigy_key(
+    tmp_path: Path, step_extra: str, where: str, line: int
+) -> None:
+    errors = _error_lines(tmp_path, BASE + step_extra)
+    assert any(f":{line}: map.agent_template[0].{where}" in e for e in errors), errors
+
+
+def test_a_refused_step_kind_is_one_error(tmp_path: Path) -> None:
+    errors = _error_lines(tmp_path, BASE.replace("- shell: echo ${item}", "- goal_seek: {goal: x}"))
+    assert len(errors) == 1 and "Prodigy's 'goal_seek' is refused" in errors[0], errors

@@ -38,7 +38,7 @@ from engine.workflow.checks import TemplateChecks, check_document
 from engine.workflow.hints import foreign_hint
 from engine.workflow.problems import Finding, Loc, Problem, locate
 from engine.workflow.prodigy import is_prodigy, translate
-from engine.workflow.prodigy_steps import Translation
+from engine.workflow.prodigy_common import Translation
 from engine.workflow.programs import missing_programs
 from engine.workflow.reading import Refused, load_yaml, parse_yaml
 from engine.workflow.sourcecheck import check_source, input_missing

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.workflow.problems import Loc
+from engine.workflow.prodigy_common import Translation, backoff, rewrite
 from engine.workflow.prodigy_keys import KEYS
-from engine.workflow.prodigy_steps import Translation, backoff, rewrite, translate_steps
+from engine.workflow.prodigy_steps import translate_steps
 from engine.workflow.spec import ERROR_TYPES
 
 __all__ = ["AGENT_COMMAND", "DEFAULT_MAX_PARALLEL", "is_prodigy", "translate"]
@@ -76,9 +77,10 @@ def translate(
                 if phase == "setup"
                 else {"commands", "timeout"},
             )
-            timeout = resolve.number(raw.get("timeout"), (phase, "timeout"))
+            timeout = resolve.duration(raw.get("timeout"), (phase, "timeout"))
             if timeout is not None:
                 phase_timeout[phase] = timeout
+                out.came_from(("phase_timeout", phase), (phase, "timeout"))
             steps = translate_steps(raw.get("commands", []), (phase, "commands"), (phase,), out)
             if phase == "setup":
                 _capture_outputs(raw.get("capture_outputs"), steps, out)
@@ -128,9 +130,11 @@ def _environment(data: dict[str, Any], native: dict[str, Any], out: Translation)
             name: _secret_source(value, ("secrets", name), out) for name, value in secrets.items()
         }
         out.env_names.update(str(name) for name in secrets)
-    elif secrets is not None:
+    elif secrets is not None and out.expect(
+        secrets, (list,), ("secrets",), "a mapping of names to their sources, or a list of names"
+    ):
         native["secrets"] = secrets
-        out.env_names.update(str(n) for n in secrets if isinstance(secrets, list))
+        out.env_names.update(str(n) for n in secrets)
     if "env_files" in data:
         native["env_files"] = data["env_files"]
     profiles = data.get("profiles")
@@ -193,6 +197,15 @@ class _Resolver:
                 "the environment (add it to env, or export it)",
             )
             return None
+
+    def duration(self, value: Any, loc: Loc) -> Any:
+        """A timeout Prodigy may get as seconds, as text or as an environment reference:
+        seconds when it reads as a whole number, else the text (a duration such as
+        ``10m`` is the engine's, anything else its error, at this key)."""
+        if not isinstance(value, str):
+            return value
+        text = self.text(value, loc)
+        return int(text) if text is not None and text.strip().isdigit() else text
 
     def number(self, value: Any, loc: Loc, *, whole: bool = True) -> Any:
         """A number Prodigy may get as text or as an environment reference."""
@@ -265,32 +278,44 @@ def _timeouts(
 ) -> None:
     """``agent_timeout_secs`` and ``timeout_config``: the item's and each command's timeouts."""
     config = raw.get("timeout_config")
+    here: Loc = ("map", "timeout_config")
+    if config is not None and not out.expect(config, (dict,), here, "a mapping"):
+        config = None
     config = config if isinstance(config, dict) else {}
     if config:
-        here = ("map", "timeout_config")
         out.rest(
             config,
             here,
             "timeout_config",
             {"agent_timeout_secs", "command_timeouts", "timeout_policy"},
         )
-    agent = raw.get("agent_timeout_secs", config.get("agent_timeout_secs"))
+    where: Loc = (
+        ("map", "agent_timeout_secs")
+        if "agent_timeout_secs" in raw
+        else (*here, "agent_timeout_secs")
+    )
+    agent = resolve.duration(raw.get("agent_timeout_secs", config.get("agent_timeout_secs")), where)
     policy = str(config.get("timeout_policy", "PerAgent")).lower().replace("_", "")
+    if policy not in ("peragent", "percommand", "hybrid"):
+        out.error((*here, "timeout_policy"), "must be PerAgent, PerCommand or Hybrid")
     if agent is not None and policy in ("peragent", "hybrid"):
-        timeout = resolve.number(agent, ("map", "agent_timeout_secs"))
-        if timeout is not None:
-            made["timeout"] = timeout
-    per_command = config.get("command_timeouts")
+        made["timeout"] = agent
+        out.came_from(("map", "timeout"), where)
+    per_command: dict[str, tuple[Any, Loc]] = {}
+    if policy == "percommand" and agent is not None:
+        per_command = {"claude": (agent, where), "shell": (agent, where)}
+    given = config.get("command_timeouts")
+    if given is not None and out.expect(given, (dict,), (*here, "command_timeouts"), "a mapping"):
+        for kind, value in given.items():
+            place: Loc = (*here, "command_timeouts", kind)
+            per_command[str(kind)] = (resolve.duration(value, place), place)
     steps = made.get("agent_template")
-    if policy == "percommand" and agent is not None and isinstance(steps, list):
-        per_command = {"claude": agent, "shell": agent, **(per_command or {})}
-    if isinstance(per_command, dict) and isinstance(steps, list):
-        for step in steps:
-            if not isinstance(step, dict) or "timeout" in step:
-                continue
-            kind = "claude" if "claude" in step else "shell"
-            if kind in per_command:
-                step["timeout"] = per_command[kind]
+    for index, step in enumerate(steps if isinstance(steps, list) else []):
+        kind = "claude" if isinstance(step, dict) and "claude" in step else "shell"
+        if not isinstance(step, dict) or "timeout" in step or kind not in per_command:
+            continue
+        step["timeout"], place = per_command[kind]
+        out.came_from(("map", "agent_template", index, "timeout"), place)
 
 
 _ON_ITEM_FAILURE = {"dlq": "dlq", "skip": "ignore", "stop": "fail", "retry": "dlq"}
@@ -299,8 +324,10 @@ _ON_ITEM_FAILURE = {"dlq": "dlq", "skip": "ignore", "stop": "fail", "retry": "dl
 def _error_policy(data: dict[str, Any], spec: Any, out: Translation) -> dict[str, Any] | None:
     """``error_policy`` and its top-level forms on the map; the circuit breaker it names."""
     policy = data.get("error_policy")
-    policy = dict(policy) if isinstance(policy, dict) else {}
     here: Loc = ("error_policy",)
+    if policy is not None and not out.expect(policy, (dict,), here, "a mapping"):
+        policy = None
+    policy = dict(policy) if isinstance(policy, dict) else {}
     if policy:
         out.rest(
             policy,
@@ -315,8 +342,18 @@ def _error_policy(data: dict[str, Any], spec: Any, out: Translation) -> dict[str
     if not isinstance(spec, dict):
         return None
     action = policy.get("on_item_failure", "dlq")
-    if isinstance(action, dict):
-        action = f"custom {next(iter(action.values()), '')}"
+    if isinstance(action, dict) and list(action) == ["custom"]:
+        action = f"custom {action['custom']}"
+    if not out.expect(
+        action,
+        (str,),
+        places.get("on_item_failure", here),
+        "dlq, retry, skip, stop, a handler's name or {custom: NAME}",
+    ):
+        action = "dlq"
+    for key in ("continue_on_failure",):
+        if key in policy:
+            out.expect(policy[key], (bool,), places[key], "true or false")
     if isinstance(action, str) and action not in _ON_ITEM_FAILURE:
         out.warn(
             places["on_item_failure"],
@@ -325,6 +362,8 @@ def _error_policy(data: dict[str, Any], spec: Any, out: Translation) -> dict[str
         )
     spec["on_item_failure"] = _ON_ITEM_FAILURE.get(action, "ignore")
     retry = policy.get("retry_config")
+    if retry is not None and not out.expect(retry, (dict,), (*here, "retry_config"), "a mapping"):
+        retry = None
     if action == "retry" and not isinstance(retry, dict):
         spec["on_item_failure"] = "ignore"  # Prodigy: retry without retry_config skips the item
     if isinstance(retry, dict):
@@ -388,7 +427,7 @@ _CIRCUIT_ON = [t for t in ERROR_TYPES if t != "interrupted"]
 
 
 def _circuit(raw: Any, loc: Loc, out: Translation) -> dict[str, Any] | None:
-    if not isinstance(raw, dict):
+    if raw is None or not out.expect(raw, (dict,), loc, "a mapping"):
         return None
     out.rest(
         raw,

@@ -1,146 +1,27 @@
-"""Prodigy's steps in the engine's terms: commands, handlers, retries, validation, templates.
+"""Prodigy's steps in the engine's terms: commands, handlers, validation.
 
 Part of the Prodigy dialect (:mod:`engine.workflow.prodigy`). Each function
 takes a piece of the Prodigy document as written, with its place there, and
 returns the engine's form of it; what it cannot translate it says, at the
-Prodigy place, through :class:`Translation` (one warning or error per key,
-with the note of :mod:`engine.workflow.prodigy_keys`).
+Prodigy place, through :class:`~engine.workflow.prodigy_common.Translation`
+(one warning or error per key, with the note of
+:mod:`engine.workflow.prodigy_keys`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from engine.workflow.problems import Finding, Loc
-from engine.workflow.prodigy_keys import key_note
+from engine.workflow.problems import Loc
+from engine.workflow.prodigy_common import (
+    AUTOMATION_ENV,
+    Translation,
+    rewrite,
+    step_retry,
+)
 from engine.workflow.spec import ERROR_TYPES
 
-__all__ = ["RENAMED", "Translation", "backoff", "rewrite", "translate_steps"]
-
-_NATIVE_ROOTS = frozenset(
-    {
-        "item",
-        "item_id",
-        "item_index",
-        "item_total",
-        "attempt",
-        "env",
-        "last",
-        "shell",
-        "claude",
-        "map",
-        "merge",
-        "run",
-        "validation",
-    }
-)
-RENAMED = {
-    "map.results": "map.agent_results",
-    "map.success_rate": "map.success_percent",
-    "merge.session_id": "run.id",
-}
-"""Prodigy's variables that the engine has under another name."""
-
-_BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_\-]+)*)\}")
-_BARE = re.compile(r"(?<![$\\])\$([A-Za-z_][A-Za-z0-9_]*)")
-
-AUTOMATION_ENV = {"PRODIGY_AUTOMATION": "true"}
-"""What Prodigy sets for the agents it runs."""
-
-
-@dataclass
-class Translation:
-    """What a translation found: problems at Prodigy's places, and where each engine key was."""
-
-    env_names: set[str] = field(default_factory=set)
-    """The names ``env``, ``secrets``, ``profiles`` and ``env_files`` declare."""
-    environ: Mapping[str, str] = field(default_factory=dict)
-    """The environment the file is read in."""
-    captures: set[str] = field(default_factory=set)
-    findings: list[Finding] = field(default_factory=list)
-    origins: dict[Loc, Loc] = field(default_factory=dict)
-    """An engine place -> the Prodigy place it comes from."""
-
-    def warn(self, loc: Loc, message: str) -> None:
-        self.findings.append(Finding(loc, message, warning=True))
-
-    def error(self, loc: Loc, message: str) -> None:
-        self.findings.append(Finding(loc, message))
-
-    def came_from(self, native: Loc, prodigy: Loc) -> None:
-        self.origins[native] = prodigy
-
-    def rest(self, section: dict[str, Any], loc: Loc, where: str, handled: set[str]) -> None:
-        """One warning or error for each key of ``section`` not in ``handled``."""
-        for key in section:
-            if key in handled:
-                continue
-            here = (*loc, str(key))
-            known = key_note(where, str(key))
-            if known is None:
-                self.warn(
-                    here,
-                    f"{key!r} is not a key Prodigy reads here: ignored, as Prodigy ignores it "
-                    "(remove it or fix its spelling)",
-                )
-            elif known.treatment == "refused":
-                self.error(here, f"Prodigy's {key!r} is refused: {known.engine}")
-            elif known.treatment == "warned":
-                self.warn(here, f"Prodigy's {key!r}: {known.engine}")
-
-    def said(self, message: str) -> str:
-        """A message about the engine's form, in the names the Prodigy file uses."""
-        for old, new in RENAMED.items():
-            if not new.startswith("run."):
-                message = message.replace("${" + new, "${" + old)
-        return message
-
-    def relocate(self, loc: Loc) -> Loc:
-        """The Prodigy place of an engine place (its longest known prefix, mapped)."""
-        for size in range(len(loc), -1, -1):
-            found = self.origins.get(loc[:size])
-            if found is not None:
-                return (*found, *loc[size:])
-        return loc
-
-
-# --- templates --------------------------------------------------------------------------------
-
-
-def rewrite(text: Any, out: Translation, *, shell: bool) -> Any:
-    """A Prodigy template in the engine's spelling.
-
-    ``${map.results}`` and the other renamed variables get the engine's name;
-    a declared environment name (``${VAR}``, ``$VAR``) becomes ``${env.VAR}``,
-    whose value reaches the command as data wherever it stands, as Prodigy's
-    textual substitution puts it there. Any other ``${name}`` Prodigy leaves
-    as it is: in a shell command it is the shell's (written ``$${name}``,
-    the text ``${name}``, whatever the quoting); in a prompt it is the
-    environment's variable when there is one, else the text.
-    """
-    if not isinstance(text, str) or "$" not in text:
-        return text
-
-    def braced(m: re.Match[str]) -> str:
-        root, rest = m.group(1), m.group(2)
-        whole = root + rest
-        for old, new in RENAMED.items():
-            if whole == old or whole.startswith(old + "."):
-                return "${" + new + whole[len(old) :] + "}"
-        if rest or root in _NATIVE_ROOTS or root in out.captures:
-            return m.group(0)
-        if root in out.env_names or (not shell and root in out.environ):
-            return "${env." + root + "}"
-        return "$" + m.group(0)
-
-    def bare(m: re.Match[str]) -> str:
-        name = m.group(1)
-        return "${env." + name + "}" if name in out.env_names else m.group(0)
-
-    return _BARE.sub(bare, _BRACED.sub(braced, text))
+__all__ = ["translate_steps"]
 
 
 # --- steps ------------------------------------------------------------------------------------
@@ -180,18 +61,40 @@ def translate_steps(
         return raw  # type: ignore[no-any-return]  # the schema says what is wrong
     steps: list[dict[str, Any]] = []
     for index, step in enumerate(raw):
-        for made in _step(step, (*ploc, index), out):
-            if nloc is not None:
-                out.came_from((*nloc, len(steps)), (*ploc, index))
+        here = (*ploc, index)
+        for order, made in enumerate(_step(step, here, out)):
+            if nloc is not None and order == 0:
+                out.came_from((*nloc, len(steps)), here)
+                for inside, written in out.last_renames:
+                    out.came_from((*nloc, len(steps), *inside), written)
+            elif nloc is not None:
+                out.came_from((*nloc, len(steps)), (*here, "on_success"))
             steps.append(made)
     return steps
 
 
+_REFUSED_KINDS = ("goal_seek", "foreach", "handler", "analyze")
+
+
 def _step(raw: Any, loc: Loc, out: Translation) -> list[dict[str, Any]]:
-    """One Prodigy step: the engine's step, and the one its ``on_success`` adds."""
+    """One Prodigy step: the engine's step, and the one its ``on_success`` adds.
+
+    ``out.last_renames`` is then where in the step each key Prodigy names
+    otherwise came from.
+    """
+    out.renames.append([])
+    try:
+        return _step_of(raw, loc, out)
+    finally:
+        out.last_renames = out.renames.pop()
+
+
+def _step_of(raw: Any, loc: Loc, out: Translation) -> list[dict[str, Any]]:
     if not isinstance(raw, dict):
         return [raw]
     step: dict[str, Any] = {}
+    if not set(raw) & {*_KINDS, "write_file"} and set(raw) & set(_REFUSED_KINDS):
+        step["run"] = ":"  # refused with its reason: not "a step needs a command" as well
     if "shell" in raw:
         step["run"] = rewrite(raw["shell"], out, shell=True)
     if "claude" in raw:
@@ -207,7 +110,14 @@ def _step(raw: Any, loc: Loc, out: Translation) -> list[dict[str, Any]]:
     out.rest(raw, loc, "step", {*_KINDS, *_COMMON})
     made = [step]
     if "on_success" in raw:
-        after = _step(raw["on_success"], (*loc, "on_success"), out)
+        success, here = raw["on_success"], (*loc, "on_success")
+        if isinstance(success, str):
+            success = _command_of(success)
+        after = (
+            _handler_steps(success, here, out)
+            if isinstance(success, dict) and {"shell", "claude"} <= set(success)
+            else _step(success, here, out)
+        )
         for extra in after:
             if isinstance(extra, dict):
                 extra["on_failure"] = {"recover": True}  # Prodigy ignores its failure
@@ -226,6 +136,11 @@ def _common(raw: dict[str, Any], loc: Loc, step: dict[str, Any], out: Translatio
         step["env"] = raw["env"]
     if "working_dir" in raw:
         step["cwd"] = raw["working_dir"]
+        out.renamed(("cwd",), (*loc, "working_dir"))
+    if "shell" in raw:
+        out.renamed(("run",), (*loc, "shell"))
+    if "capture" in raw:
+        out.renamed(("capture_output",), (*loc, "capture"))
     capture = raw.get("capture", raw.get("capture_output"))
     if isinstance(capture, str):
         step["capture_output"] = capture
@@ -238,9 +153,12 @@ def _common(raw: dict[str, Any], loc: Loc, step: dict[str, Any], out: Translatio
         handlers = _on_failure(raw["on_failure"], (*loc, "on_failure"), out)
         if handlers is not None:
             step["on_failure"] = handlers
+        _renames(out, raw["on_failure"], ("on_failure",), (*loc, "on_failure"), _HANDLER_KEYS)
     if "retry" in raw:
-        step["retry"] = _step_retry(raw["retry"], (*loc, "retry"), out)
+        step["retry"] = step_retry(raw["retry"], (*loc, "retry"), out)
+        _renames(out, raw["retry"], ("retry",), (*loc, "retry"), _RETRY_KEYS)
     elif "max_attempts" in raw:
+        out.renamed(("retry",), (*loc, "max_attempts"))
         step["retry"] = {
             "max_attempts": raw["max_attempts"],
             "retry_on": list(ERROR_TYPES),
@@ -249,6 +167,34 @@ def _common(raw: dict[str, Any], loc: Loc, step: dict[str, Any], out: Translatio
         }
     if "validate" in raw:
         step["validate"] = _validate(raw["validate"], (*loc, "validate"), out)
+        written = raw["validate"]
+        _renames(out, written, ("validate",), (*loc, "validate"), {"steps": "*"})
+        if isinstance(written, dict) and isinstance(written.get("on_incomplete"), dict):
+            here = ("validate", "on_incomplete")
+            _renames(out, written["on_incomplete"], here, (*loc, *here), _INCOMPLETE_KEYS)
+
+
+_HANDLER_KEYS = {"recover": "fail_workflow", "rerun": "max_attempts", "steps": "*"}
+_RETRY_KEYS = {
+    "max_attempts": "attempts",
+    "initial": "initial_delay",
+    "max": "max_delay",
+    "multiplier": "backoff",
+}
+_INCOMPLETE_KEYS = {"fail": "fail_workflow", "steps": "*"}
+
+
+def _renames(out: Translation, raw: Any, native: Loc, prodigy: Loc, keys: dict[str, str]) -> None:
+    """The engine's keys of a mapping at ``native`` that Prodigy writes otherwise
+    (``*``: the mapping itself, where its steps are written)."""
+    if not isinstance(raw, dict):
+        out.renamed(native, prodigy)
+        return
+    for ours, theirs in keys.items():
+        if theirs == "*":
+            out.renamed((*native, ours), prodigy)
+        elif theirs in raw:
+            out.renamed((*native, ours), (*prodigy, theirs))
 
 
 def _text(value: Any) -> Any:
@@ -305,10 +251,18 @@ def _on_failure(raw: Any, loc: Loc, out: Translation) -> dict[str, Any] | None:
     """
     if isinstance(raw, bool):
         return {"recover": True} if raw else None
+    if isinstance(raw, str):
+        raw = [raw]
     if isinstance(raw, list):
-        return {"steps": translate_steps(raw, loc, None, out), "recover": True}
-    if not isinstance(raw, dict):
-        return raw  # type: ignore[no-any-return]  # the schema says what is wrong
+        steps = [_command_of(s) if isinstance(s, str) else s for s in raw]
+        return {"steps": translate_steps(steps, loc, None, out), "recover": True}
+    if not out.expect(
+        raw,
+        (dict,),
+        loc,
+        "a mapping (claude, shell, max_attempts, ...), a list, a command or true/false",
+    ):
+        return None
     out.rest(
         raw,
         loc,
@@ -326,73 +280,9 @@ def _on_failure(raw: Any, loc: Loc, out: Translation) -> dict[str, Any] | None:
     }
 
 
-_RETRY_ON = {
-    "network": ["api_error"],
-    "server_error": ["api_error"],
-    "timeout": ["timeout", "hung"],
-    "rate_limit": ["rate_limited"],
-}
-
-
-def _step_retry(raw: Any, loc: Loc, out: Translation) -> Any:
-    """Prodigy's step ``retry:`` (attempts, backoff, delays, jitter, retry_on)."""
-    if not isinstance(raw, dict):
-        return raw
-    handled = {"attempts", "backoff", "initial_delay", "max_delay", "jitter", "jitter_factor"}
-    out.rest(raw, loc, "step.retry", handled | {"retry_on"})
-    made: dict[str, Any] = {
-        "max_attempts": raw.get("attempts", 3),
-        "initial": raw.get("initial_delay", 1),
-        "max": raw.get("max_delay", 30),
-        "jitter": raw.get("jitter", False),
-    }
-    if "jitter_factor" in raw or made["jitter"] is True:
-        made["jitter_factor"] = raw.get("jitter_factor", 0.3)  # Prodigy's default
-    made.update(backoff(raw.get("backoff", "exponential"), (*loc, "backoff"), out))
-    types: list[str] = []
-    for index, kind in enumerate(raw.get("retry_on") or []):
-        if isinstance(kind, str) and kind in _RETRY_ON:
-            types += _RETRY_ON[kind]
-        else:
-            out.warn(
-                (*loc, "retry_on", index),
-                f"retry_on {kind!r} is not one of network, timeout, server_error, "
-                "rate_limit: not applied (every other kind of failure is not retried)",
-            )
-    made["retry_on"] = sorted(set(types)) if types else list(ERROR_TYPES)
-    return made
-
-
-def backoff(raw: Any, loc: Loc, out: Translation) -> dict[str, Any]:
-    """``fixed``, ``{linear: {increment}}``, ``{exponential: {base|multiplier, initial}}``, ..."""
-    if isinstance(raw, str):
-        return {"backoff": raw}
-    if not isinstance(raw, dict) or len(raw) != 1:
-        return {"backoff": raw}
-    ((kind, params),) = raw.items()
-    params = params if isinstance(params, dict) else {}
-    made: dict[str, Any] = {"backoff": kind}
-    if kind == "exponential":
-        if "base" in params or "multiplier" in params:
-            factor: Any = params.get("base", params.get("multiplier"))
-            whole = isinstance(factor, int) and not isinstance(factor, bool)
-            made["multiplier"] = float(factor) if whole else factor
-        if "initial" in params:
-            made["initial"] = params["initial"]
-    elif kind == "fixed" and "delay" in params:
-        made["initial"] = params["delay"]
-    elif kind == "linear":
-        step = params.get("increment", params.get("initial"))
-        if step is not None:
-            made["initial"] = step
-        if "initial" in params and "increment" in params and params["initial"] != step:
-            out.warn(loc, "linear backoff waits increment x n here (its initial is not added)")
-    elif kind == "fibonacci" and "initial" in params:
-        made["initial"] = params["initial"]
-    elif kind == "custom":
-        out.warn(loc, "custom delays are not supported: exponential backoff is used instead")
-        made["backoff"] = "exponential"
-    return made
+def _command_of(text: str) -> dict[str, str]:
+    """A handler given as text: a slash command is the agent's, anything else the shell's."""
+    return {"claude": text} if text.lstrip().startswith("/") else {"shell": text}
 
 
 def _validate(raw: Any, loc: Loc, out: Translation) -> Any:
@@ -432,4 +322,8 @@ def _validate(raw: Any, loc: Loc, out: Translation) -> Any:
         if "fail_workflow" in incomplete:
             repair["fail"] = incomplete["fail_workflow"]
         made["on_incomplete"] = repair
+    elif incomplete is not None:
+        out.expect(
+            incomplete, (dict, list), (*loc, "on_incomplete"), "a mapping or a list of steps"
+        )
     return made
