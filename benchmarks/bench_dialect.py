@@ -14,7 +14,6 @@ differs.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.workflow.load import load_workflow  # noqa: E402
-from engine.workflow.prodigy import translate  # noqa: E402
+from engine.workflow.prodigy import Reading, translate  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fixtures" / "prodigy"
 
@@ -50,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for source in sorted(p for p in CORPUS.glob("*.yml") if p.name != "expected.yml"):
             document = yaml.safe_load(source.read_text())
-            native, _ = translate(document, os.environ)
+            native, _ = translate(document, Reading(directory=CORPUS))
             copy = Path(scratch) / source.name
             copy.write_text(yaml.safe_dump(native, sort_keys=False))
             load_workflow(source), load_workflow(copy)  # warm: imports, caches

@@ -149,11 +149,12 @@ def run_cmd(
         )
     if run_id is not None:
         check_run_id(run_id)  # before anything is read or created
-    loaded = load_workflow(workflow)
+    given = _variables(variables)
+    loaded = load_workflow(workflow, profile=profile, variables=given)
     options = RunOptions(
         run_id=run_id,
         max_parallel=jobs,
-        variables=_variables(variables),
+        variables=given,
         profile=profile,
         no_cache=no_cache,
         refresh_cache=refresh_cache,
@@ -402,7 +403,7 @@ def validate_cmd(workflow: Path, as_json: bool, profile: str | None) -> None:
     is valid, 2 when it is not.
     """
     try:
-        spec, problems = validate_workflow(workflow)
+        spec, problems = validate_workflow(workflow, profile=profile)
         if spec is not None:
             problems = [*problems, *validate_environment(workflow, spec, profile=profile)]
     except WorkflowError as exc:

@@ -402,3 +402,29 @@ def test_errors_name_the_prodigy_key(
 def test_a_refused_step_kind_is_one_error(tmp_path: Path) -> None:
     errors = _error_lines(tmp_path, BASE.replace("- shell: echo ${item}", "- goal_seek: {goal: x}"))
     assert len(errors) == 1 and "Prodigy's 'goal_seek' is refused" in errors[0], errors
+
+
+def test_values_read_with_the_file_see_profile_env_files_and_vars(tmp_path: Path) -> None:
+    (tmp_path / "settings.env").write_text("FILE_PAR=2\nAGENT_T=40\n")
+    text = (
+        "env: {MAX_PARALLEL: '3'}\n"
+        "env_files: [settings.env]\n"
+        "profiles:\n"
+        "  serial: {description: one at a time, MAX_PARALLEL: '1'}\n"
+        + BASE.replace(
+            "  agent_template:",
+            "  max_parallel: ${MAX_PARALLEL}\n  agent_timeout_secs: $AGENT_T\n  agent_template:",
+        )
+    )
+    path = _write(tmp_path, text)
+
+    def parallel(**reading: Any) -> tuple[int, float | None]:
+        spec = load_workflow(path, **reading).spec
+        assert spec.map is not None
+        return spec.map.max_parallel, spec.map.timeout
+
+    assert parallel() == (3, 40.0)
+    assert parallel(profile="serial") == (1, 40.0)
+    assert parallel(profile="serial", variables={"MAX_PARALLEL": "5", "AGENT_T": "9"}) == (5, 9.0)
+    (tmp_path / "wf.yml").write_text(text.replace("${MAX_PARALLEL}", "$FILE_PAR"))
+    assert parallel() == (2, 40.0)

@@ -66,19 +66,22 @@ async def resume_run(
                 hint=f"start it again: engine run WORKFLOW --run-id {run_id}",
             )
         return await create_run(workflow, run_dir, run_id, options, create=False)
-    frozen = _frozen_workflow(run_dir, before)
+    created = _created(run_dir)
+    profile = _profile(created, options, run_id)
+    given = dict(options.variables)
+    # What a workflow resolves as it is read (a Prodigy one's max_parallel: $VAR)
+    # sees the run's profile and variables again.
+    known = {**{k: v for k, v in before.run.vars.items() if v != MASK}, **given}
+    frozen = _frozen_workflow(run_dir, before, profile=profile, variables=known)
     if workflow is None:
         workflow = frozen
         if frozen.path.is_file():
-            workflow = load_workflow(frozen.path)
+            workflow = load_workflow(frozen.path, profile=profile, variables=known)
     changes = _changes(before, frozen, workflow, options, run_id)
     # A secret given with --var was recorded as ***: a resume takes it from the
     # environment (or a new --var), never from the ledger.
     secret = workflow.spec.secret_names
     recorded = {k: v for k, v in before.run.vars.items() if not (v == MASK and k in secret)}
-    given = dict(options.variables)
-    created = _created(run_dir)
-    profile = _profile(created, options, run_id)
     options = dataclasses.replace(options, variables={**recorded, **given}, profile=profile)
     environment = _environment(workflow, created, options, run_id)
     run = RunContext(workflow, run_dir, run_id, options, environment=environment)
@@ -113,7 +116,9 @@ def _refuse_if_completed(before: Projections, options: RunOptions, run_id: str) 
     )
 
 
-def _frozen_workflow(run_dir: Path, p: Projections) -> LoadedWorkflow:
+def _frozen_workflow(
+    run_dir: Path, p: Projections, *, profile: str | None, variables: dict[str, str]
+) -> LoadedWorkflow:
     """The workflow a run was created with, loaded as if from its original place."""
     path = Path(p.run.workflow_path or run_dir / "workflow.yml")
     try:
@@ -124,7 +129,7 @@ def _frozen_workflow(run_dir: Path, p: Projections) -> LoadedWorkflow:
             run_id=run_dir.name,
             hint="resume with the workflow file given explicitly: engine run WORKFLOW --run-id ID",
         ) from None
-    return load_workflow(path, raw=raw)
+    return load_workflow(path, raw=raw, profile=profile, variables=variables)
 
 
 def _created(run_dir: Path) -> RunCreated | None:

@@ -37,7 +37,7 @@ from engine.redact import secret_template_problems
 from engine.workflow.checks import TemplateChecks, check_document
 from engine.workflow.hints import foreign_hint
 from engine.workflow.problems import Finding, Loc, Problem, locate
-from engine.workflow.prodigy import is_prodigy, translate
+from engine.workflow.prodigy import Reading, is_prodigy, translate
 from engine.workflow.prodigy_common import Translation
 from engine.workflow.programs import missing_programs
 from engine.workflow.reading import Refused, load_yaml, parse_yaml
@@ -229,7 +229,9 @@ def _parse(text: str, file: str) -> tuple[yaml.Node | None, Any]:
     return root, data
 
 
-def _check_text(text: str, file: str, *, check_env: bool = False) -> _Checked:
+def _check_text(
+    text: str, file: str, *, check_env: bool = False, reading: Reading | None = None
+) -> _Checked:
     """The schema, the templates and the expressions, each whatever the others found.
 
     ``check_env``: warn of an ``${env.X}`` that ``env:`` does not set (a run
@@ -238,7 +240,7 @@ def _check_text(text: str, file: str, *, check_env: bool = False) -> _Checked:
     root, data = _parse(text, file)
     dialect = None
     if is_prodigy(data):
-        data, dialect = translate(data, os.environ)
+        data, dialect = translate(data, reading)
     findings: list[Finding] = []
     spec: Workflow | None = None
     try:
@@ -284,7 +286,13 @@ def _read(path: Path, raw: bytes | None) -> tuple[bytes, str]:
         ) from None
 
 
-def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkflow:
+def load_workflow(
+    path: str | Path,
+    *,
+    raw: bytes | None = None,
+    profile: str | None = None,
+    variables: Mapping[str, str] | None = None,
+) -> LoadedWorkflow:
     """Read, parse and validate a workflow file (YAML or JSON).
 
     ``raw``: the file's bytes, already read (a run's frozen copy, loaded as if
@@ -293,7 +301,8 @@ def load_workflow(path: str | Path, *, raw: bytes | None = None) -> LoadedWorkfl
     """
     path = Path(path)
     raw, text = _read(path, raw)
-    checked = _check_text(text, str(path))
+    reading = Reading(directory=path.resolve().parent, profile=profile, variables=variables or {})
+    checked = _check_text(text, str(path), reading=reading)
     problems = checked.problems()
     _raise_errors(problems)
     assert checked.spec is not None
@@ -347,7 +356,9 @@ def preflight(
         raise WorkflowError(locate(loaded.shown or str(loaded.path), root, moved))
 
 
-def validate_workflow(path: str | Path) -> tuple[Workflow | None, list[Problem]]:
+def validate_workflow(
+    path: str | Path, *, profile: str | None = None
+) -> tuple[Workflow | None, list[Problem]]:
     """Everything ``engine validate`` checks, in one pass: the spec (None when invalid), problems.
 
     The file, its templates and expressions; the map's input file and, when
@@ -358,7 +369,8 @@ def validate_workflow(path: str | Path) -> tuple[Workflow | None, list[Problem]]
     """
     path = Path(path)
     _, text = _read(path, None)
-    checked = _check_text(text, str(path), check_env=True)
+    reading = Reading(directory=path.resolve().parent, profile=profile)
+    checked = _check_text(text, str(path), check_env=True, reading=reading)
     data: dict[str, Any] = checked.data
     directory = path.resolve().parent
     section = data.get("env")

@@ -16,17 +16,23 @@ are resolved from the workflow's ``env``, then the environment.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from engine.errors import WorkflowError
+from engine.workflow.environment import read_env_file
 from engine.workflow.problems import Loc
 from engine.workflow.prodigy_common import Translation, backoff, rewrite
 from engine.workflow.prodigy_keys import KEYS
 from engine.workflow.prodigy_steps import translate_steps
 from engine.workflow.spec import ERROR_TYPES
 
-__all__ = ["AGENT_COMMAND", "DEFAULT_MAX_PARALLEL", "is_prodigy", "translate"]
+__all__ = ["AGENT_COMMAND", "DEFAULT_MAX_PARALLEL", "Reading", "is_prodigy", "translate"]
 
 AGENT_COMMAND = "claude --print --dangerously-skip-permissions"
 """How Prodigy runs a ``claude:`` step (the prompt is the last argument)."""
@@ -44,10 +50,23 @@ def is_prodigy(data: Any) -> bool:
     return isinstance(data, dict) and "mode" in data
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What the values Prodigy resolves when it reads the file come from, beside the file:
+    the run's environment, ``--profile``, ``--var``, and where ``env_files`` are."""
+
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    directory: Path | None = None
+    profile: str | None = None
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
 def translate(
-    data: dict[str, Any], environ: Mapping[str, str]
+    data: dict[str, Any], reading: Reading | None = None
 ) -> tuple[dict[str, Any], Translation]:
     """The engine's document for a Prodigy one, and what the translation found."""
+    reading = reading or Reading()
+    environ = reading.environ
     out = Translation(environ=environ)
     mode = data.get("mode")
     if not isinstance(mode, str) or mode.lower() != "mapreduce":
@@ -58,7 +77,7 @@ def translate(
         )
     native: dict[str, Any] = {}
     env = _environment(data, native, out)
-    resolve = _Resolver(env, environ, out)
+    resolve = _Resolver(_read_time_values(data, env, reading), out)
     out.rest(data, (), "top", {k.name for k in KEYS if k.where == "top"})
     if "name" in data:
         native["name"] = data["name"]
@@ -174,16 +193,47 @@ def _secret_source(value: Any, loc: Loc, out: Translation) -> Any:
     return value
 
 
+def _read_time_values(
+    data: dict[str, Any], env: Mapping[str, str], reading: Reading
+) -> dict[str, str]:
+    """The variables a value resolved with the file sees, in the run's order: the
+    environment, ``env_files``, ``env``, the profile, ``--var``."""
+    values = dict(reading.environ)
+    files = data.get("env_files")
+    directory = reading.directory
+    names = files if isinstance(files, list) and directory is not None else []
+    for name in names:
+        assert directory is not None
+        path = directory / Path(str(name)).expanduser()
+        if path.is_file():
+            # A bad line is said by the environment's own check, at its line.
+            with contextlib.suppress(WorkflowError):
+                values.update(read_env_file(path))
+    values.update(env)
+    profiles = data.get("profiles")
+    chosen = profiles.get(reading.profile) if isinstance(profiles, dict) else None
+    if isinstance(chosen, dict):
+        values.update(
+            {str(k): str(v) for k, v in chosen.items() if k != "description" and _plain(v)}
+        )
+    values.update(reading.variables)
+    return values
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
 class _Resolver:
     """``$VAR`` and ``${VAR}`` in the values Prodigy reads with the file."""
 
-    def __init__(self, env: Mapping[str, str], environ: Mapping[str, str], out: Translation):
-        self.env, self.environ, self.out = env, environ, out
+    def __init__(self, values: Mapping[str, str], out: Translation):
+        self.values, self.out = values, out
 
     def text(self, value: str, loc: Loc) -> str | None:
         def one(m: re.Match[str]) -> str:
             name = m.group(1) or m.group(2)
-            found = self.env.get(name, self.environ.get(name))
+            found = self.values.get(name)
             if found is None:
                 raise KeyError(name)
             return found
@@ -193,8 +243,8 @@ class _Resolver:
         except KeyError as exc:
             self.out.error(
                 loc,
-                f"environment variable {exc.args[0]!r} is not set in the workflow's env or "
-                "the environment (add it to env, or export it)",
+                f"environment variable {exc.args[0]!r} is not set in the workflow's env, its "
+                "env_files, the profile, --var or the environment (add it to env, or export it)",
             )
             return None
 
