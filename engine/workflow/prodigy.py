@@ -77,7 +77,7 @@ def translate(
         )
     native: dict[str, Any] = {}
     env = _environment(data, native, out)
-    resolve = _Resolver(_read_time_values(data, env, reading), out)
+    resolve = _Resolver(_read_time_values(data, env, reading, out.env_names), out)
     out.rest(data, (), "top", {k.name for k in KEYS if k.where == "top"})
     if "name" in data:
         native["name"] = data["name"]
@@ -194,10 +194,11 @@ def _secret_source(value: Any, loc: Loc, out: Translation) -> Any:
 
 
 def _read_time_values(
-    data: dict[str, Any], env: Mapping[str, str], reading: Reading
+    data: dict[str, Any], env: Mapping[str, str], reading: Reading, declared: set[str]
 ) -> dict[str, str]:
     """The variables a value resolved with the file sees, in the run's order: the
-    environment, ``env_files``, ``env``, the profile, ``--var``."""
+    environment, ``env_files``, ``env``, the profile, ``--var``. The names the
+    ``env_files`` set join ``declared``."""
     values = dict(reading.environ)
     files = data.get("env_files")
     directory = reading.directory
@@ -208,7 +209,9 @@ def _read_time_values(
         if path.is_file():
             # A bad line is said by the environment's own check, at its line.
             with contextlib.suppress(WorkflowError):
-                values.update(read_env_file(path))
+                found = read_env_file(path)
+                values.update(found)
+                declared.update(found)
     values.update(env)
     profiles = data.get("profiles")
     chosen = profiles.get(reading.profile) if isinstance(profiles, dict) else None

@@ -70,8 +70,8 @@ def _setup_text(data: dict[str, Any]) -> str:
 def input_missing(data: dict[str, Any], directory: Path) -> Finding | None:
     """``map.input`` is not there and nothing will make it: an error (a warning with setup)."""
     spec = data.get("map")
-    if not isinstance(spec, dict) or spec.get("input_missing") == "command":
-        return None  # with input_missing: command, a missing input is run as a command
+    if not isinstance(spec, dict):
+        return None
     name = spec.get("input")
     if not isinstance(name, str) or not name or (directory / name).exists():
         return None
@@ -79,6 +79,17 @@ def input_missing(data: dict[str, Any], directory: Path) -> Finding | None:
     if Path(name).name in setup:
         return None  # a setup step makes it
     first = name.split()[0] if name.split() else name
+    if spec.get("input_missing") == "command":
+        # Run as a command when no such file exists: said only of one that reads like a
+        # file's name (a misspelt path would run as a command and fail).
+        if _SHELL_SIGNS.search(name) or first in _COMMAND_WORDS or "${" in name:
+            return None
+        return Finding(
+            ("map", "input"),
+            f"no file {name!r} here, and no setup step mentions it: it will be run as a "
+            "command (check the path: it is relative to where the steps run)",
+            warning=True,
+        )
     if _SHELL_SIGNS.search(name) or first in _COMMAND_WORDS:
         return Finding(
             ("map", "input"),
