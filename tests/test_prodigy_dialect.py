@@ -428,3 +428,14 @@ def test_values_read_with_the_file_see_profile_env_files_and_vars(tmp_path: Path
     assert parallel(profile="serial", variables={"MAX_PARALLEL": "5", "AGENT_T": "9"}) == (5, 9.0)
     (tmp_path / "wf.yml").write_text(text.replace("${MAX_PARALLEL}", "$FILE_PAR"))
     assert parallel() == (2, 40.0)
+
+
+def test_a_misspelt_input_is_warned_of(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, BASE.replace("input: items.json", "input: item.json"))
+    assert any(
+        ":5: map.input: warning: no file 'item.json' here" in p and "run as a command" in p
+        for p in problems
+    ), problems
+    assert not [p for p in _problems(tmp_path, BASE) if "map.input" in p]
+    command = BASE.replace("input: items.json", "input: \"find . -name '*.json'\"")
+    assert not [p for p in _problems(tmp_path, command) if "map.input" in p]

@@ -311,6 +311,7 @@ def map_context(run: RunContext) -> dict[str, Any]:
         "failed": failed,
         "success_rate": round(successful / total, 4) if total else 0.0,
         "success_percent": f"{100 * successful / total:.2f}" if total else "0.00",
+        "failure_percent": f"{100 * failed / total:.2f}" if total else "0.00",
         "results_file": str(path),
         "results": _inline(encoded, path),
         "agent_results": _inline(agents, agents_path),

@@ -40,6 +40,7 @@ _NATIVE_ROOTS = frozenset(
 RENAMED = {
     "map.results": "map.agent_results",
     "map.success_rate": "map.success_percent",
+    "map.failure_rate": "map.failure_percent",
     "merge.session_id": "run.id",
 }
 """Prodigy's variables that the engine has under another name."""

@@ -127,10 +127,11 @@ VARIABLES: tuple[Variable, ...] = (
         "map",
         frozenset({"reduce", "merge"}),
         "`${map.total}`, `${map.successful}`, `${map.failed}`, `${map.success_rate}`, "
-        "`${map.success_percent}`, `${map.results}`, `${map.results_file}`, "
+        "`${map.success_percent}`, `${map.failure_percent}`, `${map.results}`, "
+        "`${map.results_file}`, "
         "`${map.agent_results}`",
         "reduce, merge",
-        "aggregates (the rate as 0.75, the percent as 75.00); the results as JSON (the "
+        "aggregates (the rate as 0.75, the percents as 75.00); the results as JSON (the "
         "file's path when over 64 KiB), and `results.json` in the run directory; every "
         "item's outcome (status, output, commits, files changed, duration, error) as "
         "Prodigy's `${map.results}` has it (`agent-results.json`)",
@@ -141,6 +142,7 @@ VARIABLES: tuple[Variable, ...] = (
                 "failed",
                 "success_rate",
                 "success_percent",
+                "failure_percent",
                 "results",
                 "results_file",
                 "agent_results",
