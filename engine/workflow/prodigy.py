@@ -27,7 +27,7 @@ from typing import Any
 from engine.errors import WorkflowError
 from engine.workflow.environment import read_env_file
 from engine.workflow.problems import Loc
-from engine.workflow.prodigy_common import Translation, backoff, rewrite
+from engine.workflow.prodigy_common import Translation, backoff, rewrite, scalar_text
 from engine.workflow.prodigy_keys import KEYS
 from engine.workflow.prodigy_steps import translate_steps
 from engine.workflow.spec import ERROR_TYPES
@@ -109,7 +109,7 @@ def translate(
     if phase_timeout:
         native["phase_timeout"] = phase_timeout
     if "map" in data:
-        native["map"] = _map(data["map"], data, resolve, out)
+        native["map"] = _map(data["map"], resolve, out)
         out.came_from(("map",), ("map",))
     circuit = _error_policy(data, native.get("map"), out)
     if circuit is not None:
@@ -128,7 +128,7 @@ def _environment(data: dict[str, Any], native: dict[str, Any], out: Translation)
             here = ("env", name)
             if isinstance(value, dict) and "value" in value:
                 secret = value.get("secret", False)
-                made[name] = {"value": _scalar(value["value"]), "secret": secret}
+                made[name] = {"value": scalar_text(value["value"]), "secret": secret}
                 if secret is not True:
                     plain[name] = made[name]["value"]
             elif isinstance(value, dict):
@@ -138,7 +138,7 @@ def _environment(data: dict[str, Any], native: dict[str, Any], out: Translation)
                     "in a setup step (capture_output: NAME) and use ${NAME}",
                 )
             else:
-                made[name] = plain[name] = _scalar(value)
+                made[name] = plain[name] = scalar_text(value)
             out.env_names.add(str(name))
         native["env"] = made
     elif env is not None:
@@ -163,12 +163,6 @@ def _environment(data: dict[str, Any], native: dict[str, Any], out: Translation)
             if isinstance(values, dict):
                 out.env_names.update(str(k) for k in values if k != "description")
     return plain
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value) if isinstance(value, int | float) else value
 
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -260,15 +254,15 @@ class _Resolver:
         text = self.text(value, loc)
         return int(text) if text is not None and text.strip().isdigit() else text
 
-    def number(self, value: Any, loc: Loc, *, whole: bool = True) -> Any:
-        """A number Prodigy may get as text or as an environment reference."""
+    def number(self, value: Any, loc: Loc) -> Any:
+        """A whole number Prodigy may get as text or as an environment reference."""
         if not isinstance(value, str):
             return value
         text = self.text(value, loc)
         if text is None:
             return None
         try:
-            return int(text) if whole else float(text)
+            return int(text)
         except ValueError:
             self.out.error(loc, f"{text[:40]!r} is not a whole number (write e.g. 5)")
             return None
@@ -293,7 +287,7 @@ def _capture_outputs(raw: Any, steps: list[dict[str, Any]], out: Translation) ->
 _MAP_SAME = ("json_path", "filter", "sort_by", "distinct", "max_items", "offset")
 
 
-def _map(raw: Any, data: dict[str, Any], resolve: _Resolver, out: Translation) -> Any:
+def _map(raw: Any, resolve: _Resolver, out: Translation) -> Any:
     if not isinstance(raw, dict):
         return raw
     handled = {*_MAP_SAME, "input", "max_parallel", "agent_template"}
@@ -404,9 +398,10 @@ def _error_policy(data: dict[str, Any], spec: Any, out: Translation) -> dict[str
         "dlq, retry, skip, stop, a handler's name or {custom: NAME}",
     ):
         action = "dlq"
-    for key in ("continue_on_failure",):
-        if key in policy:
-            out.expect(policy[key], (bool,), places[key], "true or false")
+    if "continue_on_failure" in policy:
+        out.expect(
+            policy["continue_on_failure"], (bool,), places["continue_on_failure"], "true or false"
+        )
     if isinstance(action, str) and action not in _ON_ITEM_FAILURE:
         out.warn(
             places["on_item_failure"],

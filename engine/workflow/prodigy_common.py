@@ -18,7 +18,15 @@ from engine.workflow.problems import Finding, Loc
 from engine.workflow.prodigy_keys import key_note
 from engine.workflow.spec import ERROR_TYPES
 
-__all__ = ["AUTOMATION_ENV", "RENAMED", "Translation", "backoff", "rewrite", "step_retry"]
+__all__ = [
+    "AUTOMATION_ENV",
+    "RENAMED",
+    "Translation",
+    "backoff",
+    "rewrite",
+    "scalar_text",
+    "step_retry",
+]
 
 _NATIVE_ROOTS = frozenset(
     {
@@ -122,6 +130,13 @@ class Translation:
             if found is not None:
                 return (*found, *loc[size:])
         return loc
+
+
+def scalar_text(value: Any) -> Any:
+    """A scalar as YAML gives it (``3``, ``true``), as the text Prodigy reads."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
 
 
 # --- templates --------------------------------------------------------------------------------

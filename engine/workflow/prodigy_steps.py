@@ -17,6 +17,7 @@ from engine.workflow.prodigy_common import (
     AUTOMATION_ENV,
     Translation,
     rewrite,
+    scalar_text,
     step_retry,
 )
 from engine.workflow.spec import ERROR_TYPES
@@ -130,7 +131,7 @@ def _common(raw: dict[str, Any], loc: Loc, step: dict[str, Any], out: Translatio
         if key in raw:
             step[key] = raw[key]
     if isinstance(raw.get("env"), dict):
-        env = {k: rewrite(_text(v), out, shell=False) for k, v in raw["env"].items()}
+        env = {k: rewrite(scalar_text(v), out, shell=False) for k, v in raw["env"].items()}
         step["env"] = {**step.get("env", {}), **env}
     elif "env" in raw:
         step["env"] = raw["env"]
@@ -197,18 +198,11 @@ def _renames(out: Translation, raw: Any, native: Loc, prodigy: Loc, keys: dict[s
             out.renamed((*native, ours), (*prodigy, theirs))
 
 
-def _text(value: Any) -> Any:
-    """A scalar as YAML gives it (``3``, ``true``), as the text Prodigy reads."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value) if isinstance(value, int | float) else value
-
-
 def _write_file(raw: dict[str, Any], loc: Loc, out: Translation) -> dict[str, Any]:
     made = dict(raw)
     for key in ("path", "content"):
         if key in made:
-            made[key] = rewrite(_text(made[key]), out, shell=False)
+            made[key] = rewrite(scalar_text(made[key]), out, shell=False)
     return made
 
 
