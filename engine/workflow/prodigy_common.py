@@ -20,6 +20,7 @@ from engine.workflow.spec import ERROR_TYPES
 
 __all__ = [
     "AUTOMATION_ENV",
+    "JITTER_FACTOR",
     "RENAMED",
     "Translation",
     "backoff",
@@ -56,6 +57,8 @@ RENAMED = {
 _BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_\-]+)*)\}")
 _BARE = re.compile(r"(?<![$\\])\$([A-Za-z_][A-Za-z0-9_]*)")
 
+JITTER_FACTOR = 0.3
+"""Prodigy's spread of a delay with jitter: delay * (1 +/- 0.15)."""
 AUTOMATION_ENV = {"PRODIGY_AUTOMATION": "true"}
 """What Prodigy sets for the agents it runs."""
 
@@ -196,7 +199,7 @@ def step_retry(raw: Any, loc: Loc, out: Translation) -> Any:
         "jitter": raw.get("jitter", False),
     }
     if "jitter_factor" in raw or made["jitter"] is True:
-        made["jitter_factor"] = raw.get("jitter_factor", 0.3)  # Prodigy's default
+        made["jitter_factor"] = raw.get("jitter_factor", JITTER_FACTOR)
     made.update(backoff(raw.get("backoff", "exponential"), (*loc, "backoff"), out))
     types: list[str] = []
     for index, kind in enumerate(raw.get("retry_on") or []):
