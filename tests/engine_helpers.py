@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -245,3 +246,23 @@ def assert_replays(result: RunResult) -> None:
     )
     verified = engine_in_process("audit", "verify", str(ledger))
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def read_terminal(master: int) -> tuple[bytearray, threading.Thread]:
+    """Everything written to a pseudo-terminal, gathered by a thread from its ``master``
+    side until the last writer closes it (join the thread to have all of it)."""
+    drawn = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return  # EIO: the last writer closed the terminal
+            if not chunk:
+                return
+            drawn.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    return drawn, reader

@@ -8,7 +8,6 @@ import os
 import pty
 import re
 import subprocess
-import threading
 from pathlib import Path
 
 from ledger.events import Record
@@ -18,6 +17,7 @@ from tests.engine_helpers import (
     DEADLINE,
     MOCK,
     ledger_has,
+    read_terminal,
     records,
     run_workflow,
     wait_for,
@@ -236,20 +236,7 @@ def test_on_a_terminal_each_failure_is_a_line_of_its_own_above_the_live_line(
         env={**os.environ, "COLUMNS": "200", "TERM": "xterm"},
     )
     os.close(slave)
-    drawn = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return  # EIO: the last writer closed the terminal
-            if not chunk:
-                return
-            drawn.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    drawn, reader = read_terminal(master)
     try:
         wait_for(lambda: drawn.count(b"failed, command_failed") == 3, what="three failure lines")
         wait_for(lambda: b"items/s" in drawn, what="the live line")

@@ -26,7 +26,14 @@ from ledger.events import (
 )
 from projections.replay import Projections
 from tests.conftest import ENGINE
-from tests.engine_helpers import DEADLINE, ledger_has, unique_run_id, wait_for, write_workflow
+from tests.engine_helpers import (
+    DEADLINE,
+    ledger_has,
+    read_terminal,
+    unique_run_id,
+    wait_for,
+    write_workflow,
+)
 
 LINE = re.compile(
     r"engine: (\d+)/(\d+) done · (\d+) failed · (\d+) running · (\d+) retrying · "
@@ -205,20 +212,7 @@ def test_the_live_line_on_a_terminal(tmp_path: Path) -> None:
         env=_env(ENGINE_PROGRESS_INTERVAL="0.05", COLUMNS="120", TERM="xterm"),
     )
     os.close(slave)
-    drawn = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return  # EIO: the last writer closed the terminal
-            if not chunk:
-                return
-            drawn.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    drawn, reader = read_terminal(master)
     try:
         ledger = home / "runs" / run_id / "ledger.ndjson"
         wait_for(lambda: ledger_has(ledger, "item.dispatched", 3), what="3 attempts running")
