@@ -60,7 +60,7 @@ from ledger.payloads import (
     StepSucceeded,
     ValidationRound,
 )
-from ledger.payloads_steps import StepRecovery
+from ledger.payloads_steps import AgentUsage, StepRecovery
 from ledger.payloads_worktree import (
     WorktreeCommitted,
     WorktreeConflicted,
@@ -73,6 +73,7 @@ __all__ = [
     "EVENT_TYPES",
     "FORMAT_VERSION",
     "RECORD_TYPES",
+    "AgentUsage",
     "ArtifactWritten",
     "CacheHit",
     "CacheMiss",

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from ledger.payloads_steps import StepRecovery
+from ledger.payloads_steps import AgentUsage, StepRecovery
 
 __all__ = [
     "ArtifactWritten",
@@ -266,9 +266,8 @@ class StepSucceeded(Event, frozen=True):
     stdout: LogRef | None = None
     stderr: LogRef | None = None
     validations: list[ValidationRound] = []
-    """Each round of the step's ``validate`` (of every validated step), in order."""
     recovered: list[StepRecovery] = []
-    """The steps that failed and did not end it (retried, re-run or recovered), in order."""
+    usage: AgentUsage | None = None
 
 
 class StepFailed(Event, frozen=True):
@@ -284,9 +283,8 @@ class StepFailed(Event, frozen=True):
     stdout: LogRef | None = None
     stderr: LogRef | None = None
     validations: list[ValidationRound] = []
-    """Each round of the step's ``validate`` (of every validated step), in order."""
     recovered: list[StepRecovery] = []
-    """The steps that failed and did not end it (retried, re-run or recovered), in order."""
+    usage: AgentUsage | None = None
 
 
 class StepSkipped(Event, frozen=True):
@@ -372,6 +370,8 @@ class ItemSucceeded(Event, frozen=True):
     """Each round of the step's ``validate`` (of every validated step), in order."""
     recovered: list[StepRecovery] = []
     """The steps that failed and did not end it (retried, re-run or recovered), in order."""
+    usage: AgentUsage | None = None
+    """What the agent's steps reported spending (``agent.output`` of a Claude format)."""
 
 
 class ItemFailed(Event, frozen=True):
@@ -389,9 +389,8 @@ class ItemFailed(Event, frozen=True):
     stdout: LogRef | None = None
     stderr: LogRef | None = None
     validations: list[ValidationRound] = []
-    """Each round of the step's ``validate`` (of every validated step), in order."""
     recovered: list[StepRecovery] = []
-    """The steps that failed and did not end it (retried, re-run or recovered), in order."""
+    usage: AgentUsage | None = None
 
 
 class ItemRetryScheduled(Event, frozen=True):

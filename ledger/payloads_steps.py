@@ -1,4 +1,5 @@
-"""What an outcome event says of the steps of its sequence that did not end it.
+"""What an outcome event says of its steps beyond the outcome: the failures that did not
+end the sequence, and what the agent's steps spent.
 
 Kept apart from :mod:`ledger.payloads` (which uses it in ``item.succeeded``,
 ``item.failed``, ``step.succeeded`` and ``step.failed``) by size alone.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["StepRecovery"]
+__all__ = ["AgentUsage", "StepRecovery"]
 
 
 class StepRecovery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -29,3 +30,20 @@ class StepRecovery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What its last failure said (at most 500 characters)."""
     exit_code: int | None = None
     signal: int | None = None
+
+
+class AgentUsage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What an attempt's (or a step's) agent calls reported, summed over its ``claude:``
+    steps (handlers and retries included): cost, tokens, turns, and the last session."""
+
+    calls: int = 0
+    """Agent calls that reported (each one run of a ``claude:`` step)."""
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    turns: int = 0
+    session_id: str | None = None
+    """The last call's session (what ``--resume`` would continue)."""
+    model: str | None = None

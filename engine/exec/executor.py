@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.workflow.spec import ClassifyRule, Step
-from ledger.events import LogRef, StepRecovery, ValidationRound
+from ledger.events import AgentUsage, LogRef, StepRecovery, ValidationRound
 
 __all__ = ["Attempt", "AttemptOutcome", "AttemptRequest", "Executor", "HeartbeatSample"]
 
@@ -65,6 +65,8 @@ class AttemptRequest:
     classify: Sequence[ClassifyRule] = ()
     """The workflow's ``map.classify`` rules: how a step's failure is typed, for its
     ``retry.retry_on``."""
+    agent_output: str = "text"
+    """``agent.output``: how a ``claude:`` step's run is read."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class AttemptOutcome:
     recovered: tuple[StepRecovery, ...] = ()
     """The steps that failed without ending the attempt: retried or re-run until one
     run succeeded, or recovered by their ``on_failure`` handlers (in the order they ran)."""
+    usage: AgentUsage | None = None
+    """What its ``claude:`` steps reported spending (``agent.output`` of a Claude format)."""
 
 
 class Attempt(abc.ABC):

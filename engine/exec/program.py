@@ -376,12 +376,26 @@ def capture(stdout: str, fmt: str) -> Any:
     return stdout.strip()
 
 
+_FENCED_JSON = re.compile(r"```json[ \t]*\n(.*?)\n[ \t]*```", re.DOTALL)
+"""A fenced JSON block, as an agent writes one in its answer."""
+
+
 def parse_output(stdout: str, fmt: str) -> tuple[Any, str | None]:
-    """The item's result from the last step's output, and why it could not be read."""
+    """The item's result from the last step's output, and why it could not be read.
+
+    For ``json``, output that is not JSON but holds a fenced ```` ```json ````
+    block (an agent's answer) is read as that block (the last one).
+    """
     if fmt == "json":
         try:
             return json.loads(stdout, parse_constant=_not_json), None
         except ValueError as exc:
+            blocks = _FENCED_JSON.findall(stdout)
+            if blocks:
+                try:
+                    return json.loads(blocks[-1], parse_constant=_not_json), None
+                except ValueError as inner:
+                    return None, f"output's ```json block is not JSON: {inner}"
             return None, f"output is not JSON: {exc}"
     return stdout.strip(), None
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from engine.exec.agent_output import read_run, replaced, used
 from engine.exec.executor import AttemptOutcome
 from engine.exec.program import CaptureError, StepResult, capture, parse_output, step_cwd
 from engine.exec.validation import ValidationLoop, recorded
@@ -23,7 +24,7 @@ from engine.map.policy import backoff_delay
 from engine.redact import redact_value, secret_forms
 from engine.workflow.spec import ClassifyRule, Step
 from engine.workflow.variables import last_step
-from ledger.events import LogRef, StepRecovery, ValidationRound
+from ledger.events import AgentUsage, LogRef, StepRecovery, ValidationRound
 
 __all__ = ["StepSequence", "Tails"]
 
@@ -74,12 +75,18 @@ class StepSequence:
         worktree: Path | None = None,
         rules: Sequence[ClassifyRule] = (),
         rng: random.Random | None = None,
+        agent_output: str = "text",
     ) -> None:
         """``cwd``, ``worktree``: the attempt's (where a ``commit_required`` step's
         repository is: its worktree, else the step's working directory's). ``rules``:
         the workflow's ``classify`` rules, which type a failure for ``retry_on``;
-        ``rng``: what a retry's jitter is drawn from."""
+        ``rng``: what a retry's jitter is drawn from; ``agent_output``: how a
+        ``claude:`` step's run is read (:mod:`engine.exec.agent_output`)."""
         self.steps = steps
+        self.agent_output = agent_output
+        self.usage: AgentUsage | None = None
+        """What the agent's runs reported spending, summed (Claude's output formats)."""
+        self._planned: Step | None = None
         self.context: dict[str, Any] = dict(context)
         """What the next step's templates see: the attempt's context, ``last``, captures."""
         self.captures: dict[str, Any] = {}
@@ -121,6 +128,11 @@ class StepSequence:
 
     def next(self, *, cancelled: bool) -> tuple[Step, bool] | None:
         """The next step to run and whether the attempt's deadline applies to it; None: done."""
+        planned = self._next(cancelled=cancelled)
+        self._planned = planned[0] if planned is not None else None
+        return planned
+
+    def _next(self, *, cancelled: bool) -> tuple[Step, bool] | None:
         if self._validation is not None:
             validating = self._validation.next()
             if validating is not None:
@@ -152,6 +164,9 @@ class StepSequence:
     def record(self, result: StepResult, *, stopped: bool, expired: bool = False) -> None:
         """What happened to the step :meth:`next` gave; ``stopped``: the attempt was stopped;
         ``expired``: the attempt's deadline has passed (nothing of it can run again)."""
+        planned = self._planned
+        if planned is not None and planned.kind == "claude" and not stopped:
+            result = self._agent_run(result)
         if self._validation is not None:
             self._validation.record(result, stopped=stopped)
             self._validation_stopped |= stopped
@@ -170,6 +185,14 @@ class StepSequence:
             self._validation_stopped = False
             return
         self._settle(index, step, result, stopped=stopped, expired=expired)
+
+    def _agent_run(self, result: StepResult) -> StepResult:
+        """An agent's run as its output format says: its result, its error, its spending."""
+        if self.agent_output == "text":
+            return result
+        fields, spent = read_run(result, result.stdout)
+        self.usage = used(self.usage, spent)
+        return replaced(result, fields)
 
     # --- what a step's result leads to ------------------------------------------------
 
@@ -362,6 +385,7 @@ class StepSequence:
             captures=redact_value(self.captures, secrets),
             pgid=pgid,
             validations=recorded(self.validations),
+            usage=self.usage,
             recovered=tuple(
                 msgspec.structs.replace(r, message=redact_value(r.message, secrets))
                 for r in self.recovered

@@ -68,6 +68,7 @@ def outcome_events(
                 result_ref=o.result_ref,
                 validations=list(o.validations),
                 recovered=list(o.recovered),
+                usage=o.usage,
             )
         ]
     failed = _failed(spec, item, attempt, o, resources)
@@ -110,6 +111,7 @@ def _failed(
         stderr=o.stderr,
         validations=list(o.validations),
         recovered=list(o.recovered),
+        usage=o.usage,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from engine.errors import IncompleteMap, StoreMissing
+from engine.exec.agent_output import agent_command
 from engine.exec.executor import Attempt, AttemptRequest
 from engine.exec.local.executor import LocalExecutor
 from engine.exec.program import agent_argv
@@ -86,7 +87,9 @@ class RunContext:
         self.output: list[str] = []
         """What the reduce steps printed."""
         self._base_env: dict[str, str] | None = None
-        self.agent_command = agent_argv(self.spec.agent.command)
+        self.agent_command = agent_command(
+            agent_argv(self.spec.agent.command), self.spec.agent.output
+        )
         self.store = ContentStore(self.run_dir.parent.parent)
         self.began = time.time()
         """When this engine took up the run (before it took the lock)."""
@@ -239,6 +242,7 @@ class RunContext:
             allow_background=spec.map.allow_background if spec.map else False,
             phase=phase,
             classify=spec.map.classify if spec.map else (),
+            agent_output=spec.agent.output,
         )
 
     # --- stopping ------------------------------------------------------------------------

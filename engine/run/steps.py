@@ -104,6 +104,7 @@ async def run_steps(
                     stderr=outcome.stderr,
                     validations=list(outcome.validations),
                     recovered=list(outcome.recovered),
+                    usage=outcome.usage,
                 )
             ]
         )
@@ -220,6 +221,7 @@ def _failure(
         stderr=outcome.stderr,
         validations=list(outcome.validations),
         recovered=list(outcome.recovered),
+        usage=outcome.usage,
     )
     return event, reason
 

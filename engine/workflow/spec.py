@@ -383,6 +383,11 @@ class CacheSpec(_Model):
 class AgentSpec(_Model):
     command: str = "claude -p"
     """The command a ``claude:`` step runs, with the prompt as its last argument."""
+    output: Literal["text", "claude-json", "claude-stream-json"] = "text"
+    """How the agent answers: ``claude-json`` (run with ``--output-format json``) and
+    ``claude-stream-json`` (``--output-format stream-json --verbose``) are read as Claude
+    Code's result: its ``result`` is the step's output, its errors fail the step, its
+    cost, tokens, turns and session are recorded as ``usage``."""
 
     @field_validator("command")
     @classmethod

@@ -231,6 +231,7 @@ class LocalAttempt(Attempt):
             cwd=request.cwd,
             worktree=request.worktree,
             rules=request.classify,
+            agent_output=request.agent_output,
         )
         deadline = None if request.timeout is None else self.started + request.timeout
         try:

@@ -1,0 +1,193 @@
+"""Claude Code's output read: the result, its errors, and what the agent spent, recorded."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.exec.agent_output import agent_command, read_envelope, read_run, used
+from engine.exec.program import StepResult, parse_output
+from tests.engine_helpers import records, run_workflow, write_workflow
+
+
+def _envelope(**over: Any) -> dict[str, Any]:
+    data = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": False,
+        "duration_ms": 1200,
+        "duration_api_ms": 1000,
+        "num_turns": 3,
+        "result": "done",
+        "session_id": "s-1",
+        "total_cost_usd": 0.0125,
+        "usage": {
+            "input_tokens": 10,
+            "output_tokens": 20,
+            "cache_read_input_tokens": 30,
+            "cache_creation_input_tokens": 40,
+        },
+        "model": "claude-x",
+    }
+    data.update(over)
+    return data
+
+
+def test_the_command_line_gets_the_format_flags() -> None:
+    assert agent_command(["claude", "-p"], "claude-json") == [
+        "claude",
+        "-p",
+        "--output-format",
+        "json",
+    ]
+    assert agent_command(["claude", "-p"], "claude-stream-json")[-3:] == [
+        "--output-format",
+        "stream-json",
+        "--verbose",
+    ]
+    assert agent_command(["claude", "-p"], "text") == ["claude", "-p"]
+    given = ["claude", "--output-format", "json", "-p"]
+    assert agent_command(given, "claude-json") == given
+
+
+def test_a_json_envelope_is_read() -> None:
+    envelope = read_envelope(json.dumps(_envelope()).encode())
+    assert envelope is not None
+    assert (envelope.result, envelope.is_error) == ("done", False)
+    u = envelope.usage
+    assert (u.cost_usd, u.input_tokens, u.output_tokens) == (0.0125, 10, 20)
+    assert (u.cache_read_input_tokens, u.cache_creation_input_tokens, u.turns) == (30, 40, 3)
+    assert (u.session_id, u.model, u.calls) == ("s-1", "claude-x", 1)
+
+
+def test_a_stream_is_read_to_its_result() -> None:
+    lines = [
+        {"type": "system", "subtype": "init", "session_id": "s-2", "model": "claude-y"},
+        {"type": "assistant", "message": {"content": [{"type": "tool_use", "name": "Bash"}]}},
+        {"type": "assistant", "message": {"content": [{"type": "text", "text": "ok"}]}},
+        _envelope(session_id="s-2", num_turns=None, model=None),
+    ]
+    envelope = read_envelope("\n".join(json.dumps(x) for x in lines).encode())
+    assert envelope is not None
+    assert (envelope.usage.turns, envelope.usage.model, envelope.usage.session_id) == (
+        2,
+        "claude-y",
+        "s-2",
+    )
+
+
+@pytest.mark.parametrize(
+    ("over", "error_type"),
+    [
+        ({"is_error": True, "result": "API Error: 500"}, "api_error"),
+        ({"subtype": "error_max_turns", "is_error": True}, "resource_exhausted"),
+        ({"subtype": "error_max_budget_usd"}, "resource_exhausted"),
+        ({"subtype": "error_during_execution"}, "api_error"),
+        ({"is_error": True, "result": "Claude AI usage limit reached|1767225600"}, "rate_limited"),
+    ],
+)
+def test_an_error_fails_the_step_even_with_exit_code_0(
+    over: dict[str, Any], error_type: str
+) -> None:
+    stdout = json.dumps(_envelope(**over)).encode()
+    fields, spent = read_run(StepResult(exit_code=0, stdout=stdout), stdout)
+    assert fields["error_type"] == error_type
+    assert spent is not None and spent.cost_usd == 0.0125
+
+
+def test_no_envelope_from_a_success_is_a_failure() -> None:
+    fields, spent = read_run(StepResult(exit_code=0, stdout=b"hello"), b"hello")
+    assert fields["error_type"] == "validation_failed" and spent is None
+    assert read_run(StepResult(exit_code=1, stdout=b""), b"") == ({}, None)
+
+
+def test_usages_add_up_to_the_cent() -> None:
+    one = read_envelope(json.dumps(_envelope(total_cost_usd=0.1)).encode())
+    two = read_envelope(json.dumps(_envelope(total_cost_usd=0.2, session_id="s-9")).encode())
+    assert one is not None and two is not None
+    total = used(used(None, one.usage), two.usage)
+    assert total is not None
+    assert (total.calls, total.cost_usd, total.turns, total.session_id) == (2, 0.3, 6, "s-9")
+
+
+def test_a_fenced_json_block_is_the_result() -> None:
+    answer = 'Here it is:\n```json\n{"verdict": "ok"}\n```\nbye'
+    assert parse_output(answer, "json") == ({"verdict": "ok"}, None)
+    assert parse_output("", "json")[1] is not None  # an empty result: invalid output
+
+
+AGENT = """#!/usr/bin/env python3
+# A stand-in for `claude -p --output-format json PROMPT`: its arguments logged, the
+# envelope the test scripted printed (exit 0 even for an error, as the flag allows).
+import json, os, sys
+with open(os.environ["AGENT_LOG"], "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\\n")
+item = os.environ["ENGINE_ITEM_ID"]
+if item == "bad":
+    out = {"type": "result", "subtype": "error_during_execution", "is_error": True,
+           "result": "boom", "total_cost_usd": 0.5, "num_turns": 1, "session_id": "s-bad",
+           "usage": {"input_tokens": 1, "output_tokens": 2}}
+else:
+    answer = "```json\\n" + json.dumps({"item": item}) + "\\n```"
+    out = {"type": "result", "subtype": "success", "is_error": False, "result": answer,
+           "total_cost_usd": 0.25, "num_turns": 2, "session_id": "s-" + item,
+           "usage": {"input_tokens": 100, "output_tokens": 50,
+                     "cache_read_input_tokens": 7, "cache_creation_input_tokens": 3}}
+print(json.dumps(out))
+"""
+
+
+def test_a_run_records_what_each_attempt_spent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = tmp_path / "agent.sh"
+    agent.write_text(AGENT)
+    agent.chmod(0o755)
+    log = tmp_path / "agent.log"
+    monkeypatch.setenv("AGENT_LOG", str(log))
+    wf = write_workflow(
+        tmp_path,
+        textwrap.dedent(
+            f"""
+            name: spend
+            agent: {{command: "{agent} -p", output: claude-json}}
+            map:
+              items: [a, b, bad]
+              id: "${{item}}"
+              retry: {{max_attempts: 1}}
+              agent_template:
+                - claude: "review ${{item}}"
+                  output: json
+            """
+        ),
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    assert result.exit_code == 1
+    assert all(
+        line.startswith("-p --output-format json review ") for line in log.read_text().splitlines()
+    )
+    succeeded = {r.data.item: r.data for r in records(result, "item.succeeded")}
+    assert {item: e.result for item, e in succeeded.items()} == {
+        "a": {"item": "a"},
+        "b": {"item": "b"},
+    }
+    usage = succeeded["a"].usage
+    assert usage is not None
+    assert (usage.cost_usd, usage.input_tokens, usage.output_tokens, usage.turns) == (
+        0.25,
+        100,
+        50,
+        2,
+    )
+    assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (7, 3)
+    assert usage.session_id == "s-a"
+    (failed,) = records(result, "item.failed")
+    assert (failed.data.item, failed.data.error_type) == ("bad", "api_error")
+    assert failed.data.exit_code == 0
+    assert failed.data.usage is not None and failed.data.usage.cost_usd == 0.5
+    spent = sum(r.data.usage.cost_usd for r in records(result) if getattr(r.data, "usage", None))
+    assert round(spent, 2) == 1.0
