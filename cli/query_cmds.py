@@ -26,7 +26,7 @@ from engine.errors import QueryError
 from engine.home import list_runs
 from engine.run.control import ack, patterns_ledger, who
 from engine.views.query import NAMED, QueryResult, connect, find_named, run_sql
-from engine.views.stats import run_stats
+from engine.views.stats import SPEND_FIELDS, run_stats
 from ledger.times import FORMAT
 
 __all__ = ["patterns", "query_cmd", "stats_cmd"]
@@ -253,6 +253,8 @@ def stats_cmd(obj: Context, run: str, as_json: bool) -> None:
         echo_json(stats)
         return
     for key, value in msgspec.to_builtins(stats).items():
+        if key in SPEND_FIELDS and not stats.agent_calls:
+            continue  # no agent said what it spent
         label = key
         if value is None:
             shown = "-"

@@ -28,12 +28,17 @@ from ledger.events import (
     Record,
     RunResumed,
     RunStarted,
+    StepFailed,
+    StepSucceeded,
 )
 from projections.base import Projection, handles
+from projections.spend import Spend
 
 __all__ = ["Session", "StatsProjection"]
 
 _OWN = (
+    StepSucceeded,
+    StepFailed,
     LedgerRecovered,
     LockAcquired,
     ItemDispatched,
@@ -79,6 +84,8 @@ class StatsProjection(Projection):
         self.max_parallel: int | None = None
         self.finished: set[str] = set()
         """Items whose last word is succeeded, dead-lettered or skipped."""
+        self.succeeded: set[str] = set()
+        self.spend = Spend()
 
     def all_sessions(self) -> list[Session]:
         """Every session, the current one last."""
@@ -129,6 +136,8 @@ class StatsProjection(Projection):
         self._seen(record)
         self.durations.append(e.duration)
         self.finished.add(e.item)
+        self.succeeded.add(e.item)
+        self.spend.add(e.usage, item=e.item, failed=False)
 
     @handles(ItemFailed)
     def _failed(self, record: Record, e: ItemFailed) -> None:
@@ -136,6 +145,12 @@ class StatsProjection(Projection):
         self.durations.append(e.duration)
         self.failed_time += e.duration
         self.failed += 1
+        self.spend.add(e.usage, item=e.item, failed=True)
+
+    @handles(StepSucceeded, StepFailed)
+    def _step(self, record: Record, e: StepSucceeded | StepFailed) -> None:
+        self._seen(record)
+        self.spend.add(e.usage, item=None, failed=isinstance(e, StepFailed))
 
     @handles(ItemRetryScheduled)
     def _retry(self, record: Record, e: ItemRetryScheduled) -> None:
@@ -164,5 +179,5 @@ class StatsProjection(Projection):
             self.max_parallel = max(self.max_parallel or 0, e.max_parallel)
 
     def to_json(self) -> dict[str, Any]:
-        state = {k: v for k, v in vars(self).items() if k != "finished"}
-        return {**state, "finished": sorted(self.finished)}
+        state = {k: v for k, v in vars(self).items() if k not in ("finished", "succeeded")}
+        return {**state, "finished": sorted(self.finished), "succeeded": sorted(self.succeeded)}

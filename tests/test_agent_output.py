@@ -11,6 +11,7 @@ import pytest
 
 from engine.exec.agent_output import agent_command, read_envelope, read_run, used
 from engine.exec.program import StepResult, parse_output
+from engine.views.stats import run_stats
 from tests.engine_helpers import records, run_workflow, write_workflow
 
 
@@ -191,3 +192,10 @@ def test_a_run_records_what_each_attempt_spent(
     assert failed.data.usage is not None and failed.data.usage.cost_usd == 0.5
     spent = sum(r.data.usage.cost_usd for r in records(result) if getattr(r.data, "usage", None))
     assert round(spent, 2) == 1.0
+    stats = run_stats(result.run_dir / "ledger.ndjson")
+    assert (stats.agent_calls, stats.cost_usd, stats.wasted_usd) == (3, 1.0, 0.5)
+    assert (stats.cost_per_item_p50_usd, stats.cost_per_item_max_usd) == (0.25, 0.25)
+    assert (stats.input_tokens, stats.output_tokens) == (201, 102)
+    assert (stats.cache_read_input_tokens, stats.cache_creation_input_tokens) == (14, 6)
+    assert stats.cache_hit_ratio == round(14 / 221, 4)
+    assert (stats.turns, stats.turns_per_item_p50, stats.turns_per_item_max) == (5, 2.0, 2)

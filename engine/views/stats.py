@@ -7,6 +7,7 @@ become the figures shown (sessions' wall time, percentiles, rates).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -14,7 +15,7 @@ from ledger.times import epoch
 from projections.replay import replay
 from projections.stats import StatsProjection
 
-__all__ = ["RunStats", "engine_time", "run_stats", "stats_of"]
+__all__ = ["SPEND_FIELDS", "RunStats", "engine_time", "run_stats", "stats_of"]
 
 
 class RunStats(msgspec.Struct, kw_only=True):
@@ -43,6 +44,26 @@ class RunStats(msgspec.Struct, kw_only=True):
     backoff_s: float
     """Retry delays, summed."""
     heartbeats: int
+    agent_calls: int = 0
+    """Agent runs that reported what they spent (0: none, and the figures below are 0)."""
+    cost_usd: float = 0.0
+    """What the agents reported spending (``agent.output`` of a Claude format), every
+    attempt and step included."""
+    cost_per_item_p50_usd: float | None = None
+    """Each succeeded item's cost (all its attempts), at the median ..."""
+    cost_per_item_p95_usd: float | None = None
+    cost_per_item_max_usd: float | None = None
+    wasted_usd: float = 0.0
+    """The cost of failed attempts and steps (what retries paid again)."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_hit_ratio: float | None = None
+    """The share of input tokens read from the prompt cache."""
+    turns: int = 0
+    turns_per_item_p50: float | None = None
+    turns_per_item_max: int | None = None
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:
@@ -92,4 +113,49 @@ def stats_of(p: StatsProjection) -> RunStats:
         retry_time_s=round(p.failed_time, 6),
         backoff_s=round(p.backoff, 6),
         heartbeats=p.heartbeats,
+        **_spend(p),
     )
+
+
+SPEND_FIELDS = frozenset(
+    {
+        "agent_calls",
+        "cost_usd",
+        "cost_per_item_p50_usd",
+        "cost_per_item_p95_usd",
+        "cost_per_item_max_usd",
+        "wasted_usd",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "cache_hit_ratio",
+        "turns",
+        "turns_per_item_p50",
+        "turns_per_item_max",
+    }
+)
+"""The figures of what agents spent (the table leaves them out when no agent reported)."""
+
+
+def _spend(p: StatsProjection) -> dict[str, Any]:
+    """The cost figures: every attempt's, and each succeeded item's."""
+    spend = p.spend
+    costs = sorted(spend.by_item[i] for i in p.succeeded if i in spend.by_item)
+    turns = sorted(spend.turns_by_item[i] for i in p.succeeded if i in spend.turns_by_item)
+    return {
+        "agent_calls": spend.calls,
+        "cost_usd": round(spend.cost_usd, 6),
+        "cost_per_item_p50_usd": _percentile(costs, 0.50),
+        "cost_per_item_p95_usd": _percentile(costs, 0.95),
+        "cost_per_item_max_usd": costs[-1] if costs else None,
+        "wasted_usd": round(spend.wasted_usd, 6),
+        "input_tokens": spend.input_tokens,
+        "output_tokens": spend.output_tokens,
+        "cache_read_input_tokens": spend.cache_read_input_tokens,
+        "cache_creation_input_tokens": spend.cache_creation_input_tokens,
+        "cache_hit_ratio": spend.cache_hit_ratio,
+        "turns": spend.turns,
+        "turns_per_item_p50": _percentile([float(t) for t in turns], 0.50),
+        "turns_per_item_max": turns[-1] if turns else None,
+    }
