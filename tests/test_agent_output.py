@@ -11,6 +11,7 @@ import pytest
 
 from engine.exec.agent_output import agent_command, read_envelope, read_run, used
 from engine.exec.program import StepResult, parse_output
+from engine.views.query import connect, run_named
 from engine.views.stats import run_stats
 from tests.engine_helpers import records, run_workflow, write_workflow
 
@@ -199,3 +200,12 @@ def test_a_run_records_what_each_attempt_spent(
     assert (stats.cache_read_input_tokens, stats.cache_creation_input_tokens) == (14, 6)
     assert stats.cache_hit_ratio == round(14 / 221, 4)
     assert (stats.turns, stats.turns_per_item_p50, stats.turns_per_item_max) == (5, 2.0, 2)
+    con = connect([result.run_dir / "ledger.ndjson"])
+    by_item = {r["item"]: r for r in run_named(con, "cost by item").records()}
+    assert {i: r["cost_usd"] for i, r in by_item.items()} == {"a": 0.25, "b": 0.25, "bad": 0.5}
+    assert by_item["bad"]["wasted_usd"] == 0.5 and by_item["a"]["wasted_usd"] == 0
+    assert [
+        (r["error_type"], r["cost_usd"]) for r in run_named(con, "cost by error type").records()
+    ] == [("api_error", 0.5)]
+    assert [r["cost_usd"] for r in run_named(con, "cost by signature").records()] == [0.5]
+    assert run_named(con, "spend over time").records()[-1]["total_usd"] == 1.0

@@ -76,6 +76,24 @@ SELECT d.run, d.item, d.attempt, d.dispatched_at, o.ts AS finished_at,
        coalesce(o.outcome, 'no outcome') AS outcome, o.duration, o.error_type, d.worker
 FROM d LEFT JOIN o USING (run, item, attempt);
 
+CREATE VIEW usage AS
+SELECT run, seq, ts, type, data->>'item' AS item, CAST(data->>'attempt' AS INTEGER) AS attempt,
+       data->>'phase' AS phase,
+       CASE WHEN type IN ('item.failed', 'step.failed') THEN 'failed' ELSE 'succeeded' END
+           AS outcome,
+       data->>'error_type' AS error_type, data->>'signature' AS signature,
+       CAST(data->'usage'->>'cost_usd' AS DOUBLE) AS cost_usd,
+       CAST(data->'usage'->>'input_tokens' AS BIGINT) AS input_tokens,
+       CAST(data->'usage'->>'output_tokens' AS BIGINT) AS output_tokens,
+       CAST(data->'usage'->>'cache_read_input_tokens' AS BIGINT) AS cache_read_input_tokens,
+       CAST(data->'usage'->>'cache_creation_input_tokens' AS BIGINT)
+           AS cache_creation_input_tokens,
+       CAST(data->'usage'->>'turns' AS INTEGER) AS turns,
+       data->'usage'->>'session_id' AS session_id, data->'usage'->>'model' AS model
+FROM events
+WHERE type IN ('item.succeeded', 'item.failed', 'step.succeeded', 'step.failed')
+  AND json_type(data->'usage') = 'OBJECT';
+
 CREATE VIEW items AS
 WITH e AS (
     SELECT run, seq, ts, type, data->>'item' AS item
@@ -210,6 +228,50 @@ NAMED: dict[str, Named] = {
             """,
         ),
         Named(
+            "cost by item",
+            "what each item's agent runs spent: cost, of it on failed attempts, tokens, turns",
+            """
+            SELECT run, item, round(sum(cost_usd), 6) AS cost_usd,
+                   round(coalesce(sum(cost_usd) FILTER (WHERE outcome = 'failed'), 0), 6)
+                       AS wasted_usd,
+                   count(*) AS attempts, sum(input_tokens) AS input_tokens,
+                   sum(output_tokens) AS output_tokens,
+                   sum(cache_read_input_tokens) AS cache_read_input_tokens, sum(turns) AS turns
+            FROM usage WHERE item IS NOT NULL
+            GROUP BY run, item ORDER BY cost_usd DESC, run, item
+            """,
+        ),
+        Named(
+            "cost by error type",
+            "what failed attempts spent, by error type",
+            """
+            SELECT error_type, round(sum(cost_usd), 6) AS cost_usd, count(*) AS attempts,
+                   count(DISTINCT run || '/' || item) AS items, sum(turns) AS turns
+            FROM usage WHERE outcome = 'failed' GROUP BY error_type ORDER BY cost_usd DESC
+            """,
+        ),
+        Named(
+            "cost by signature",
+            "what failed attempts spent, by failure signature",
+            """
+            SELECT signature, error_type, round(sum(cost_usd), 6) AS cost_usd,
+                   count(*) AS attempts, count(DISTINCT run || '/' || item) AS items
+            FROM usage WHERE outcome = 'failed'
+            GROUP BY signature, error_type ORDER BY cost_usd DESC
+            """,
+        ),
+        Named(
+            "spend over time",
+            "what the agents spent per minute, and in all so far",
+            """
+            SELECT date_trunc('minute', ts) AS minute, round(sum(cost_usd), 6) AS cost_usd,
+                   round(sum(sum(cost_usd)) OVER (ORDER BY date_trunc('minute', ts)), 6)
+                       AS total_usd,
+                   count(*) AS outcomes
+            FROM usage GROUP BY minute ORDER BY minute
+            """,
+        ),
+        Named(
             "heartbeat gaps",
             "the longest silence of each attempt (from dispatch, between heartbeats, to its end)",
             """
@@ -326,7 +388,8 @@ def run_sql(con: Any, sql: str) -> QueryResult:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QueryError(
             f"the query failed: {first}",
-            hint="views: events, failures, attempts, items, heartbeats, acks (docs/query.md)",
+            hint="views: events, failures, attempts, items, heartbeats, usage, acks "
+            "(docs/query.md)",
         ) from None
     columns = [d[0] for d in cursor.description] if cursor.description else []
     return QueryResult(columns, rows)
