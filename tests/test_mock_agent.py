@@ -6,8 +6,10 @@ import datetime
 import json
 import math
 import os
+import re
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,16 @@ GOOD: dict[str, list[Any]] = {
     "touch": [0.01, 1, 86400],
     "signal": ["SIGKILL", "term", "SEGV", "sigusr1", "SIGRTMIN"],
     "echo_prompt": [True, False],
+    "cost": [0, 0.01, 1.2345, 25],
+    "tokens": [{}, {"input": 0}, {"input": 10, "output": 7, "cache_read": 3, "cache_creation": 1}],
+    "turns": [1, 3, 10000],
+    "turn_delay": [0, 0.2, 86400],
+    "session": ["abc", "7f1c0a4e-0000-4000-8000-000000000000"],
+    "model": ["claude-sonnet-4", "m"],
+    "is_error": [True, False],
+    "subtype": ["success", "error_max_turns", "error_max_budget_usd", "error_during_execution"],
+    "usage_limit": [0, 3, 86400],
+    "fenced": [True, False],
 }
 """Values every behaviour key accepts, at the edges of its range too."""
 
@@ -151,6 +163,25 @@ BAD: dict[str, list[Any]] = {
         "SIGTTOU",
     ],
     "echo_prompt": ["true", 1, None],
+    "cost": [-0.01, math.inf, math.nan, "0.1", True, None, [1]],
+    "tokens": [
+        {"inputs": 1},
+        {"input": -1},
+        {"output": 1.5},
+        {"input": True},
+        {"input": "3"},
+        [1],
+        5,
+        None,
+    ],
+    "turns": [0, -1, 10001, 1.5, True, "2", None],
+    "turn_delay": [-1, 86401, math.inf, "1", True, None],
+    "session": ["", "  ", 1, None, True, ["a"]],
+    "model": ["", 3, None, False],
+    "is_error": ["true", 1, None],
+    "subtype": ["error", "Success", "", 1, None],
+    "usage_limit": [-1, 86401, math.nan, "3", True, None],
+    "fenced": ["yes", 1, None],
 }
 """Values of the wrong kind or out of range, for every behaviour key: each is refused."""
 
@@ -283,3 +314,199 @@ def test_a_bad_option_is_one_line_and_exit_2(
 def test_an_unknown_behaviour_key_is_refused() -> None:
     with pytest.raises(ScriptError, match="unknown behaviour key"):
         behavior_for({"default": {"fial": "x"}}, "i", 1)
+
+
+def _claude(cwd: Path, behavior: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    return _agent(cwd, "--behavior", json.dumps(behavior), "--item", "src/a.py", *args)
+
+
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
+def test_json_format_prints_one_result_envelope_with_the_scripted_figures(tmp_path: Path) -> None:
+    scripted = {
+        "ok": "reviewed {item}",
+        "cost": 0.1234,
+        "tokens": {"input": 1200, "output": 345, "cache_read": 5000, "cache_creation": 17},
+        "turns": 4,
+        "session": "sess-1",
+        "model": "claude-sonnet-4",
+    }
+    ran = _claude(tmp_path, scripted, "--output-format", "json", "-p", "review")
+    assert (ran.returncode, ran.stderr) == (0, "")
+    assert len(ran.stdout.splitlines()) == 1
+    envelope = json.loads(ran.stdout)
+    assert isinstance(envelope["duration_ms"], int) and envelope["duration_ms"] >= 0
+    assert isinstance(envelope["duration_api_ms"], int)
+    del envelope["duration_ms"], envelope["duration_api_ms"]
+    assert envelope == {
+        "type": "result",
+        "subtype": "success",
+        "is_error": False,
+        "num_turns": 4,
+        "result": "reviewed src/a.py",
+        "session_id": "sess-1",
+        "total_cost_usd": 0.1234,
+        "usage": dict(zip(USAGE_FIELDS, (1200, 345, 5000, 17), strict=True)),
+        "model": "claude-sonnet-4",
+    }
+    # Defaults: no cost, no tokens, one turn, a stable session per item and attempt.
+    plain = [json.loads(_claude(tmp_path, {}, "--output-format", "json").stdout) for _ in "ab"]
+    assert plain[0]["session_id"] == plain[1]["session_id"]
+    assert plain[0]["total_cost_usd"] == 0 and plain[0]["num_turns"] == 1
+    assert plain[0]["usage"] == dict.fromkeys(USAGE_FIELDS, 0)
+    assert plain[0]["model"] == "claude-mock-1" and plain[0]["result"] == "done"
+    other = json.loads(_claude(tmp_path, {}, "--output-format", "json", "--attempt", "2").stdout)
+    assert other["session_id"] != plain[0]["session_id"]
+
+
+def test_json_format_carries_a_json_value_as_text_fenced_when_asked(tmp_path: Path) -> None:
+    value = {"verdict": "ok", "score": 3}
+    bare = json.loads(_claude(tmp_path, {"json": value}, "--output-format", "json").stdout)
+    assert json.loads(bare["result"]) == value
+    fenced = {"json": value, "fenced": True}
+    said = json.loads(_claude(tmp_path, fenced, "--output-format", "json").stdout)["result"]
+    assert said.startswith("```json\n") and said.endswith("\n```")
+    assert json.loads(said.removeprefix("```json\n").removesuffix("```")) == value
+
+
+@pytest.mark.parametrize(
+    ("behavior", "code", "is_error", "subtype"),
+    [
+        ({"fail": "it broke"}, 1, True, "success"),
+        ({"fail": "it broke", "exit": 0}, 0, True, "success"),
+        ({"is_error": True}, 1, True, "success"),
+        ({"subtype": "error_max_turns"}, 0, False, "error_max_turns"),
+        ({"subtype": "error_max_budget_usd", "is_error": True}, 1, True, "error_max_budget_usd"),
+        ({"subtype": "error_during_execution", "exit": 3}, 3, False, "error_during_execution"),
+        ({"is_error": True, "exit": 0}, 0, True, "success"),
+    ],
+)
+def test_is_error_and_subtypes_set_the_envelope_and_the_exit_code(
+    tmp_path: Path, behavior: dict[str, Any], code: int, is_error: bool, subtype: str
+) -> None:
+    for output_format in ("json", "stream-json"):
+        ran = _claude(tmp_path, behavior, "--output-format", output_format)
+        assert ran.returncode == code, (output_format, ran.stderr)
+        result = json.loads(ran.stdout.splitlines()[-1])
+        assert (result["is_error"], result["subtype"]) == (is_error, subtype)
+        if "fail" in behavior:
+            assert result["result"] == "it broke"
+
+
+def test_a_usage_limit_says_its_reset_epoch_and_exits_1(tmp_path: Path) -> None:
+    pattern = re.compile(r"Claude AI usage limit reached\|(\d+)")
+    for output_format in ("text", "json"):
+        before = time.time()
+        ran = _claude(tmp_path, {"usage_limit": 5}, "--output-format", output_format)
+        after = time.time()
+        assert ran.returncode == 1, ran.stderr
+        text = json.loads(ran.stdout)["result"] if output_format == "json" else ran.stdout
+        found = pattern.fullmatch(text.strip())
+        assert found, text
+        assert before + 5 <= int(found.group(1)) <= math.ceil(after + 5)
+        if output_format == "json":
+            assert json.loads(ran.stdout)["is_error"] is True
+
+
+def test_resume_and_the_budget_are_accepted_and_logged(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    ran = _claude(
+        tmp_path,
+        {"ok": "continued"},
+        "--log",
+        str(log),
+        "--output-format",
+        "json",
+        "--verbose",
+        "--resume",
+        "sess-7",
+        "--max-budget-usd",
+        "2.5",
+        "-p",
+        "go on",
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["session_id"] == "sess-7"  # it continued that session
+    start, end = log.read_text().splitlines()
+    assert re.fullmatch(r"start src/a\.py 1 [\d.]+ resume=sess-7 budget=2\.5", start), start
+    assert re.fullmatch(r"end src/a\.py 1 [\d.]+", end), end
+    # Without them, the start line is as it was; and -p may come before the options.
+    log.unlink()
+    plain = _claude(tmp_path, {}, "--log", str(log), "-p", "--output-format", "json", "prompt")
+    assert plain.returncode == 0 and json.loads(plain.stdout)["result"] == "done"
+    assert re.fullmatch(r"start src/a\.py 1 [\d.]+", log.read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--output-format", "xml"], "argument --output-format: invalid choice: 'xml'"),
+        (["--max-budget-usd", "-1"], "argument --max-budget-usd: '-1' is not an amount of US"),
+        (["--max-budget-usd", "lots"], "argument --max-budget-usd: 'lots' is not an amount"),
+        (["--resume"], "argument --resume: expected one argument"),
+        (["--output-fromat", "json"], "unrecognized arguments: --output-fromat"),
+    ],
+)
+def test_bad_claude_options_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    ran = _agent(tmp_path, *args)
+    assert (ran.returncode, ran.stdout) == (2, "")
+    assert len(ran.stderr.splitlines()) == 1 and said in ran.stderr, ran.stderr
+
+
+def test_stream_json_prints_init_a_line_per_turn_and_the_result(tmp_path: Path) -> None:
+    tokens = {"input": 1001, "output": 250, "cache_read": 7, "cache_creation": 0}
+    scripted = {"json": [1, 2], "cost": 0.37, "tokens": tokens, "turns": 3, "model": "m-2"}
+    ran = _claude(tmp_path, scripted, "--output-format", "stream-json", "--verbose")
+    assert (ran.returncode, ran.stderr) == (0, "")
+    lines = [json.loads(line) for line in ran.stdout.splitlines()]
+    init, turns, result = lines[0], lines[1:-1], lines[-1]
+    assert (init["type"], init["subtype"], init["model"]) == ("system", "init", "m-2")
+    assert "Bash" in init["tools"]
+    session = init["session_id"]
+    assert [t["type"] for t in turns] == ["assistant"] * 3
+    assert {t["session_id"] for t in turns} == {session} == {result["session_id"]}
+    blocks = [t["message"]["content"][0] for t in turns]
+    assert [b["type"] for b in blocks] == ["tool_use", "tool_use", "text"]
+    assert blocks[0]["name"] == "Bash" and json.loads(blocks[-1]["text"]) == [1, 2]
+    for kind, field in zip(tokens, USAGE_FIELDS, strict=True):
+        counts = [t["message"]["usage"][field] for t in turns]
+        assert all(isinstance(n, int) for n in counts) and sum(counts) == tokens[kind]
+        assert max(counts) - min(counts) <= 1
+    assert result["type"] == "result" and result["num_turns"] == 3
+    assert result["total_cost_usd"] == 0.37 and result["model"] == "m-2"
+    assert result["usage"] == dict(zip(USAGE_FIELDS, tokens.values(), strict=True))
+
+
+def test_stream_json_turns_arrive_one_by_one_with_a_turn_delay(tmp_path: Path) -> None:
+    scripted = {"turns": 3, "turn_delay": 2}
+    started = time.monotonic()
+    with subprocess.Popen(
+        [
+            ENGINE,
+            "mock-agent",
+            "--behavior",
+            json.dumps(scripted),
+            "--output-format",
+            "stream-json",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as agent:
+        assert agent.stdout is not None
+        first = [json.loads(agent.stdout.readline()) for _ in range(2)]
+        assert [line["type"] for line in first] == ["system", "assistant"]
+        # Flushed as it goes: the first turn is read while the agent still waits for the next.
+        assert agent.poll() is None
+        rest = [json.loads(line) for line in agent.stdout]
+        assert agent.wait(timeout=60) == 0
+    assert time.monotonic() - started >= 2 * 2  # two waits between three turns
+    assert [line["type"] for line in rest] == ["assistant", "assistant", "result"]

@@ -28,6 +28,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from engine.tools import mock_claude
+
 __all__ = [
     "BEHAVIOURS",
     "CHECKS",
@@ -52,6 +54,7 @@ BEHAVIOURS: dict[str, str] = {
     "touch": "SECONDS, over 0: while hanging, touch $ENGINE_HEARTBEAT_FILE this often",
     "signal": "NAME: die by that signal (SIGKILL, SIGSEGV, TERM, ...; one that ends a process)",
     "echo_prompt": "true (or false): print the prompt first",
+    **mock_claude.BEHAVIOURS,
 }
 """Every key a behaviour may have, with what it does (the help is made of this)."""
 
@@ -90,7 +93,19 @@ the last one repeats for the attempts after it. Its keys:
 attempts in turn) for every item instead of a script; with neither, it
 prints "done". --log FILE (or $ENGINE_MOCK_LOG) appends a line "start ITEM
 ATTEMPT EPOCH" as it starts and "end ITEM ATTEMPT EPOCH" when it exits
-normally, for tests that count executions.
+normally, for tests that count executions; the start line ends with
+"resume=SESSION" and "budget=USD" when --resume and --max-budget-usd are given.
+
+--output-format json answers as `claude -p --output-format json` does: one
+result object on stdout (type, subtype, is_error, duration_ms,
+duration_api_ms, num_turns, result, session_id, total_cost_usd, usage with
+input_tokens, output_tokens, cache_read_input_tokens and
+cache_creation_input_tokens, model), its result the text `ok` would print
+(or the `json` value as text, the `fail` message, the usage-limit message).
+--output-format stream-json (with --verbose, as Claude wants it) prints a
+system init line, an assistant line per turn and that result object last,
+one JSON object a line. The figures are the behaviour's, exactly. The
+default, text, prints the result text alone (a `fail` message on stderr).
 
 Example:
 
@@ -128,6 +143,17 @@ def _attempt(text: str) -> int:
     return number
 
 
+def _budget(text: str) -> str:
+    """A budget in USD (a number >= 0), from --max-budget-usd; kept as written, for the log."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if not (math.isfinite(number) and number >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of US dollars >= 0")
+    return text
+
+
 def _parser(width: int | None = None) -> argparse.ArgumentParser:
     def formatter(prog: str) -> argparse.HelpFormatter:
         return argparse.RawDescriptionHelpFormatter(prog, width=width)
@@ -156,7 +182,26 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
         help="append start and end lines (default $ENGINE_MOCK_LOG)",
     )
     ap.add_argument(
-        "-p", "--prompt", default="", help="the prompt (or the words after the options)"
+        "-p",
+        "--prompt",
+        nargs="?",
+        const="",
+        default="",
+        help="the prompt (or the words after the options)",
+    )
+    ap.add_argument(
+        "--output-format",
+        choices=mock_claude.FORMATS,
+        default="text",
+        help="answer as Claude Code's output format does (default text)",
+    )
+    ap.add_argument("--verbose", action="store_true", help="accepted, as Claude's")
+    ap.add_argument("--resume", metavar="SESSION", help="the session to continue (logged)")
+    ap.add_argument(
+        "--max-budget-usd",
+        metavar="USD",
+        type=_budget,
+        help="the budget of the attempt (accepted and logged)",
     )
     ap.add_argument("rest", nargs="*", metavar="WORDS", help=argparse.SUPPRESS)
     return ap
@@ -317,30 +362,28 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "signal": (_signal, "the name of a signal that ends a process (SIGKILL, TERM, SEGV, ...)"),
     "echo_prompt": (lambda v: isinstance(v, bool), "true or false"),
+    **mock_claude.CHECKS,
 }
 """Every behaviour key: what fits its value, and what that is in words (for the one-line error)."""
 
 
-def _log(path: str | None, what: str, item: str, attempt: int) -> None:
+def _log(path: str | None, what: str, item: str, attempt: int, extra: str = "") -> None:
     if not path:
         return
     with open(path, "a", encoding="utf-8") as f:
-        f.write(f"{what} {item} {attempt} {time.time():.6f}\n")
+        f.write(f"{what} {item} {attempt} {time.time():.6f}{extra}\n")
         f.flush()
 
 
-def perform(
-    behavior: dict[str, Any], *, item: str, attempt: int, prompt: str, log: str | None
-) -> int:
-    """Act out one behavior; returns the exit code (or dies by a signal)."""
-    _log(log, "start", item, attempt)
+def _act(behavior: dict[str, Any], prompt: str) -> None:
+    """The acts before the answer: wait, echo the prompt, hang, die by a signal."""
     pause = behavior.get("sleep")
     if isinstance(pause, list):
         pause = random.uniform(float(pause[0]), float(pause[1]))
     if pause:
         time.sleep(float(pause))
     if behavior.get("echo_prompt"):
-        print(prompt)
+        print(prompt, flush=True)
     if behavior.get("hang"):
         every = behavior.get("touch")
         beat = os.environ.get("ENGINE_HEARTBEAT_FILE")
@@ -356,21 +399,42 @@ def perform(
         number = getattr(signal, name if name.startswith("SIG") else f"SIG{name}")
         os.kill(os.getpid(), number)
         time.sleep(5)
+
+
+def perform(
+    behavior: dict[str, Any],
+    *,
+    item: str,
+    attempt: int,
+    prompt: str,
+    log: str | None,
+    output_format: str = "text",
+    resume: str | None = None,
+    budget: str | None = None,
+) -> int:
+    """Act out one behavior in ``output_format``; returns the exit code (or dies by a signal)."""
+    started = time.monotonic()
+    extra = (f" resume={resume}" if resume else "") + (f" budget={budget}" if budget else "")
+    _log(log, "start", item, attempt, extra)
+    session = str(behavior.get("session") or resume or mock_claude.session_for(item, attempt))
+    if output_format == "stream-json":
+        mock_claude.init_line(behavior, session, os.getcwd())
+    _act(behavior, prompt)
     if behavior.get("rate_limit"):
         print("Error: 429 Too Many Requests: rate limit exceeded, retry later", file=sys.stderr)
         _log(log, "end", item, attempt)
         return 1
-    if "fail" in behavior:
-        print(str(behavior["fail"]), file=sys.stderr)
-        _log(log, "end", item, attempt)
-        return int(behavior.get("exit", 1))
-    if "json" in behavior:
-        print(json.dumps(behavior["json"]))
+    text = mock_claude.result_text(behavior, item, attempt)
+    if output_format != "text":
+        code = mock_claude.answer(
+            behavior, output_format=output_format, text=text, session=session, started=started
+        )
     else:
-        text = str(behavior.get("ok", "done"))
-        print(text.replace("{item}", item).replace("{attempt}", str(attempt)))
+        failed = "fail" in behavior or "usage_limit" in behavior
+        print(text, file=sys.stderr if "fail" in behavior else sys.stdout)
+        code = int(behavior.get("exit", 1 if behavior.get("is_error", failed) else 0))
     _log(log, "end", item, attempt)
-    return int(behavior.get("exit", 0))
+    return code
 
 
 def _behavior(args: argparse.Namespace) -> dict[str, Any]:
@@ -393,7 +457,7 @@ def _behavior(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     try:
         behavior = _behavior(args)
     except ScriptError as exc:
@@ -401,7 +465,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine mock-agent: error: {message}", file=sys.stderr)
         return 2
     prompt = args.prompt or " ".join(args.rest)
-    return perform(behavior, item=args.item, attempt=args.attempt, prompt=prompt, log=args.log)
+    return perform(
+        behavior,
+        item=args.item,
+        attempt=args.attempt,
+        prompt=prompt,
+        log=args.log,
+        output_format=args.output_format,
+        resume=args.resume,
+        budget=args.max_budget_usd,
+    )
 
 
 if __name__ == "__main__":
