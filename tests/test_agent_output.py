@@ -209,3 +209,52 @@ def test_a_run_records_what_each_attempt_spent(
     ] == [("api_error", 0.5)]
     assert [r["cost_usd"] for r in run_named(con, "cost by signature").records()] == [0.5]
     assert run_named(con, "spend over time").records()[-1]["total_usd"] == 1.0
+
+
+def test_fifty_items_of_the_mock_agent_cost_what_it_said(tmp_path: Path) -> None:
+    """What `engine stats --json` and `cost by item` say the run spent is, to the cent,
+    what the mock agent reported for each attempt, retries included."""
+    costs = {f"i{n:02d}": round(0.01 + n * 0.003, 3) for n in range(50)}
+    script = {
+        "items": {
+            item: (
+                [{"is_error": True, "subtype": "error_during_execution", "cost": 0.02}]
+                if n % 10 == 3
+                else []
+            )
+            + [
+                {
+                    "ok": "done {item}",
+                    "cost": cost,
+                    "turns": 1 + n % 4,
+                    "tokens": {"input": 100 + n, "output": 10, "cache_read": n},
+                }
+            ]
+            for n, (item, cost) in enumerate(costs.items())
+        }
+    }
+    (tmp_path / "agent.json").write_text(json.dumps(script))
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: fifty
+        agent: {{command: "engine mock-agent --script agent.json -p", output: claude-json}}
+        map:
+          items: {json.dumps(list(costs))}
+          id: "${{item}}"
+          max_parallel: 8
+          retry: {{max_attempts: 2, initial: 10ms, max: 10ms, jitter: false}}
+          agent_template:
+            - claude: "review ${{item}}"
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    assert result.exit_code == 0, result.reason
+    retried = [item for n, item in enumerate(costs) if n % 10 == 3]
+    expected = {i: round(c + (0.02 if i in retried else 0), 6) for i, c in costs.items()}
+    stats = run_stats(result.run_dir / "ledger.ndjson")
+    assert round(stats.cost_usd, 2) == round(sum(expected.values()), 2)
+    assert stats.wasted_usd == round(0.02 * len(retried), 6)
+    con = connect([result.run_dir / "ledger.ndjson"])
+    by_item = {r["item"]: r["cost_usd"] for r in run_named(con, "cost by item").records()}
+    assert by_item == expected
