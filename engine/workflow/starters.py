@@ -38,10 +38,13 @@ AGENT = """\
 # An agent workflow: one agent call per item, retried when rate limited.
 # It uses the built-in mock agent so it runs anywhere; to use a real agent,
 # set `agent.command` (e.g. `claude -p`) and list its key under `secrets`.
+# `output: claude-json` reads Claude Code's result: the answer, its errors,
+# and what each call cost (engine stats, engine query RUN "cost by item").
 name: agent-review
 
 agent:
-  command: "engine mock-agent --behavior '{\\"ok\\": \\"reviewed\\"}' -p"
+  command: "engine mock-agent --behavior '{\\"ok\\": \\"reviewed\\", \\"cost\\": 0.01}' -p"
+  output: claude-json
 
 map:
   items:
