@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -105,3 +106,27 @@ def test_an_exported_variable_reaches_a_prompt(tmp_path: Path) -> None:
     assert (tmp_path / "prompt.txt").read_text() == (
         "/echo use g.md not ${NOT_SET_ANYWHERE} for x\n"
     )
+
+
+def test_map_results_name_each_items_commits_and_files(tmp_path: Path) -> None:
+    home, _ = _run(
+        tmp_path,
+        """
+        name: results-shape
+        mode: mapreduce
+        map:
+          input: "printf 'a\\\\nb\\\\n'"
+          agent_template:
+            - shell: "echo ${item} > out-${item}.txt && git add out-${item}.txt"
+            - shell: "git commit -qm 'item ${item}'"
+        reduce:
+          - shell: "printf '%s' '${map.results}' > results.json; echo written"
+        """,
+    )
+    run = next((home / "worktrees").iterdir())
+    results = json.loads((run / "run" / "results.json").read_text())
+    assert [(r["item_id"], r["status"], r["files_modified"]) for r in results] == [
+        ("item_0", "Success", ["out-a.txt"]),
+        ("item_1", "Success", ["out-b.txt"]),
+    ]
+    assert all(len(r["commits"]) == 1 and len(r["commits"][0]) == 40 for r in results)

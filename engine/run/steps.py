@@ -357,10 +357,13 @@ def _agent_results(run: RunContext) -> list[dict[str, Any]]:
             "duration": {"secs": int(duration), "nanos": round(duration % 1 * 1e9)},
             "error": error,
         }
-        trees = [t for t in run.p.worktrees.of_item(state.item) if t.state == "merged"]
-        if trees:
-            entry["commits"] = list(trees[-1].shas)
-            entry["files_modified"] = list(trees[-1].files)
-            entry["branch_name"] = trees[-1].branch
+        # The attempt whose work was merged, looked up (not searched: reduce is once
+        # per run, but over every item).
+        merged = run.p.worktrees.merged.get(state.item)
+        tree = run.p.worktrees.attempts.get((state.item, merged.attempt)) if merged else None
+        if tree is not None:
+            entry["commits"] = list(tree.shas)
+            entry["files_modified"] = list(tree.files)
+            entry["branch_name"] = tree.branch
         out.append(entry)
     return out
