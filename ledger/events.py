@@ -23,9 +23,6 @@ from ledger.payloads import (
     ArtifactWritten,
     CacheHit,
     CacheMiss,
-    CircuitClosed,
-    CircuitHalfOpen,
-    CircuitOpened,
     DLQPurged,
     Event,
     Heartbeat,
@@ -60,7 +57,8 @@ from ledger.payloads import (
     StepSucceeded,
     ValidationRound,
 )
-from ledger.payloads_steps import AgentUsage, StepRecovery
+from ledger.payloads_limits import BudgetExhausted, CircuitClosed, CircuitHalfOpen, CircuitOpened
+from ledger.payloads_steps import AgentActivity, AgentUsage, StepRecovery
 from ledger.payloads_worktree import (
     WorktreeCommitted,
     WorktreeConflicted,
@@ -73,8 +71,10 @@ __all__ = [
     "EVENT_TYPES",
     "FORMAT_VERSION",
     "RECORD_TYPES",
+    "AgentActivity",
     "AgentUsage",
     "ArtifactWritten",
+    "BudgetExhausted",
     "CacheHit",
     "CacheMiss",
     "CircuitClosed",
@@ -164,6 +164,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CircuitOpened,
         CircuitHalfOpen,
         CircuitClosed,
+        BudgetExhausted,
         ArtifactWritten,
         PatternAcknowledged,
         WorktreeCreated,

@@ -17,15 +17,12 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from ledger.payloads_steps import AgentUsage, StepRecovery
+from ledger.payloads_steps import AgentActivity, AgentUsage, StepRecovery
 
 __all__ = [
     "ArtifactWritten",
     "CacheHit",
     "CacheMiss",
-    "CircuitClosed",
-    "CircuitHalfOpen",
-    "CircuitOpened",
     "DLQPurged",
     "Event",
     "Heartbeat",
@@ -141,6 +138,8 @@ class RunResumed(Event, frozen=True):
     vars: dict[str, str] = {}
     """Variables given anew for this resume (``engine run --run-id ID --var K=V``;
     secrets as ``***``)."""
+    max_cost_usd: float | None = None
+    """The run's budget from this resume on (``engine resume --budget``), in USD."""
 
 
 class RunPaused(Event, frozen=True):
@@ -337,6 +336,9 @@ class ItemDispatched(Event, frozen=True):
     idempotency_key: str
     worker: str = "local"
     pgid: int | None = None
+    resumes_session: str | None = None
+    """The agent session this attempt continues (``retry.resume_session``): the failed
+    attempt's, passed to its ``claude:`` step as ``--resume``."""
 
 
 class Heartbeat(Event, frozen=True):
@@ -350,6 +352,8 @@ class Heartbeat(Event, frozen=True):
     """CPU seconds used by the attempt's process group so far."""
     output_bytes: int = 0
     touched_at: str | None = None
+    agent: AgentActivity | None = None
+    """What the running agent said so far (``agent.output: claude-stream-json``)."""
     """Last modification of ``ENGINE_HEARTBEAT_FILE``, RFC 3339."""
 
 
@@ -391,6 +395,8 @@ class ItemFailed(Event, frozen=True):
     validations: list[ValidationRound] = []
     recovered: list[StepRecovery] = []
     usage: AgentUsage | None = None
+    resets_at: str | None = None
+    """When the limit it hit resets (RFC 3339): a usage limit's reset, as the agent said."""
 
 
 class ItemRetryScheduled(Event, frozen=True):
@@ -402,6 +408,9 @@ class ItemRetryScheduled(Event, frozen=True):
     """Seconds to wait before the next attempt."""
     not_before: str
     """RFC 3339 time before which the next attempt must not start."""
+    counted: bool = True
+    """False: the failed attempt does not count against ``retry.max_attempts`` (it
+    waits for a usage limit's reset)."""
 
 
 class ItemDeadLettered(Event, frozen=True):
@@ -451,28 +460,6 @@ class CacheMiss(Event, frozen=True):
     key: str
     reason: str = ""
     """Why a cached entry could not be used (empty: there was none)."""
-
-
-class CircuitOpened(Event, frozen=True):
-    TYPE: ClassVar[str] = "circuit.opened"
-    failures: int
-    error_type: str
-    cooldown: float
-
-
-class CircuitHalfOpen(Event, frozen=True):
-    TYPE: ClassVar[str] = "circuit.half_open"
-    probe_item: str | None = None
-    """The first probe: the next item ready when it half-opened."""
-    probes: int = 1
-    """Probes let through at once (``circuit_breaker.half_open_requests``)."""
-    success_threshold: int = 1
-    """Probes that must pass (succeed, or fail otherwise than the circuit's types) to close it."""
-
-
-class CircuitClosed(Event, frozen=True):
-    TYPE: ClassVar[str] = "circuit.closed"
-    reason: str = ""
 
 
 class ArtifactWritten(Event, frozen=True):

@@ -1,5 +1,6 @@
 """What an outcome event says of its steps beyond the outcome: the failures that did not
-end the sequence, and what the agent's steps spent.
+end the sequence, and what the agent's steps spent; and what a heartbeat says of a running
+agent.
 
 Kept apart from :mod:`ledger.payloads` (which uses it in ``item.succeeded``,
 ``item.failed``, ``step.succeeded`` and ``step.failed``) by size alone.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["AgentUsage", "StepRecovery"]
+__all__ = ["AgentActivity", "AgentUsage", "StepRecovery"]
 
 
 class StepRecovery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -47,3 +48,18 @@ class AgentUsage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     session_id: str | None = None
     """The last call's session (what ``--resume`` would continue)."""
     model: str | None = None
+
+
+class AgentActivity(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A running attempt's agent as its stream of events tells it so far
+    (``agent.output: claude-stream-json``), summed over the attempt's agent calls."""
+
+    events: int = 0
+    """Events (lines) the agent printed."""
+    turns: int = 0
+    """Its assistant turns."""
+    tool: str | None = None
+    """The last tool it used."""
+    cost_usd: float = 0.0
+    """Its spend so far: the cost its finished calls reported (a call reports its cost
+    only in its result)."""

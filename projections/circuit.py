@@ -42,6 +42,10 @@ class CircuitProjection(Projection):
         """Half open: how many probes must pass to close it."""
         self.passed = 0
         """Half open: probes that passed since it half-opened."""
+        self.until: str | None = None
+        """Open: when it half-opens, when an agent said when its usage limit resets."""
+        self.opened_by: str | None = None
+        """Open: the item whose failure opened it."""
 
     @handles(ItemFailed)
     def _failed(self, record: Record, e: ItemFailed) -> None:
@@ -64,6 +68,8 @@ class CircuitProjection(Projection):
         self.state = "open"
         self.opened_at = record.ts
         self.cooldown = e.cooldown
+        self.until = e.until
+        self.opened_by = e.item
         self.opened += 1
         self.passed = 0
 
@@ -88,4 +94,6 @@ class CircuitProjection(Projection):
             "probes": self.probes,
             "success_threshold": self.success_threshold,
             "passed": self.passed,
+            "until": self.until,
+            "opened_by": self.opened_by,
         }

@@ -71,6 +71,10 @@ class ItemState(msgspec.Struct, kw_only=True, gc=False):
     cache_hit: bool = False
     requeued: bool = False
     """Came back from the DLQ (``item.requeued``); such items run last."""
+    waits: int = 0
+    """Attempts that ended at a usage limit and do not count against ``max_attempts``."""
+    session: str | None = None
+    """The agent session of its last failed attempt (what ``retry.resume_session`` resumes)."""
 
 
 class ItemCounts(msgspec.Struct, kw_only=True):
@@ -145,6 +149,7 @@ class ItemsProjection(Projection):
         state.error_type = e.error_type
         state.signature = e.signature
         state.last_error = e.message
+        state.session = e.usage.session_id if e.usage is not None else None
         self._move(state, "failed", record.ts)
 
     @handles(ItemRetryScheduled)
@@ -153,6 +158,8 @@ class ItemsProjection(Projection):
         if state is None:
             return
         state.retry_at = e.not_before
+        if not e.counted:
+            state.waits += 1
         self._move(state, "pending", record.ts)
 
     @handles(ItemDeadLettered)

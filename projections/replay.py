@@ -19,6 +19,7 @@ from projections.items import AttemptsView, ItemsProjection, ItemsView
 from projections.queue import PendingProjection
 from projections.run import RunProjection, RunView
 from projections.signatures import SignaturesProjection, SignaturesView
+from projections.spend import BudgetProjection
 from projections.workers import WorkersProjection, WorkersView
 from projections.worktrees import WorktreesProjection, WorktreesView
 
@@ -68,6 +69,7 @@ class Projections:
         self.pending = PendingProjection(self.items)
         self.circuit = CircuitProjection(circuit_on)
         self.worktrees = WorktreesProjection()
+        self.budget = BudgetProjection()
         self.last: Record | None = None
         self.scan: ScanResult | None = None
         """Where the replayed ledger ended (set by :func:`replay`)."""
@@ -116,6 +118,7 @@ class Projections:
             self.signatures,
             self.circuit,
             self.worktrees,
+            self.budget,
         )
 
     def apply(self, record: Record) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "ERROR_TYPES",
     "RETRIED_BY_DEFAULT",
     "TRANSIENT_ERROR_TYPES",
+    "BudgetSpec",
     "CacheSpec",
     "CircuitBreakerSpec",
     "ClassifyRule",
@@ -271,6 +272,24 @@ class RetrySpec(_Model):
     jitter_factor: StrictFloat | None = Field(None, gt=0, le=1)
     """With jitter: spread each delay uniformly over delay * (1 +/- factor/2) instead."""
     retry_on: list[ErrorType] = list(RETRIED_BY_DEFAULT)
+    resume_session: StrictBool = False
+    """A retried ``claude:`` step continues the failed attempt's agent session
+    (``--resume SESSION``) instead of starting over."""
+    count_usage_limits: StrictBool = False
+    """An attempt that hit an agent's usage limit with a known reset counts against
+    ``max_attempts`` (by default it does not: its retry waits for the reset)."""
+
+
+class BudgetSpec(_Model):
+    """What the run's agents may spend, by their recorded cost (``agent.output`` of a
+    Claude format)."""
+
+    max_cost_usd: StrictFloat | StrictInt | None = Field(None, gt=0)
+    """The whole run: once its recorded spend reaches this, no new attempt starts and
+    the run stops, resumable (``engine resume RUN --budget USD`` raises it)."""
+    max_item_cost_usd: StrictFloat | StrictInt | None = Field(None, gt=0)
+    """Each item, all its attempts together: passed to the agent as its own budget
+    (``--max-budget-usd``), and enforced on the recorded cost."""
 
 
 class HeartbeatSpec(_Model):
@@ -431,6 +450,7 @@ class Workflow(_Model):
     """All of a phase's steps together: the step running when it passes is stopped
     (``timeout``) and the phase fails."""
     circuit_breaker: CircuitBreakerSpec | None = None
+    budget: BudgetSpec = BudgetSpec()
     cache: CacheSpec | None = None
     merge: Steps = []
     """With ``map.isolation: worktree``: steps run after reduce, in the run's worktree,
