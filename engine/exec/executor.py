@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.workflow.spec import ClassifyRule, Step
-from ledger.events import AgentUsage, LogRef, StepRecovery, ValidationRound
+from ledger.events import AgentActivity, AgentUsage, LogRef, StepRecovery, ValidationRound
 
 __all__ = ["Attempt", "AttemptOutcome", "AttemptRequest", "Executor", "HeartbeatSample"]
 
@@ -76,6 +76,8 @@ class HeartbeatSample:
     cpu: float | None
     output_bytes: int
     touched_at: str | None
+    agent: AgentActivity | None = None
+    """What the running agent printed so far (``agent.output: claude-stream-json``)."""
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,18 @@ from pathlib import Path
 
 import msgspec
 
-from engine.exec.executor import AttemptOutcome
+from engine.exec.executor import AttemptOutcome, HeartbeatSample
 from engine.map.classify import classify, signature
 from engine.map.policy import Cause, retry_or_dead_letter
 from engine.workflow.spec import MapSpec
-from ledger.events import Event, ItemFailed, ItemSucceeded
+from ledger.events import Event, Heartbeat, ItemFailed, ItemSucceeded
 
 __all__ = [
     "ABANDONED",
     "abandon_events",
+    "describe_error",
     "failure_events",
+    "heartbeat_event",
     "machine_resources",
     "outcome_events",
 ]
@@ -199,3 +201,25 @@ def machine_resources() -> dict[str, float]:
     with contextlib.suppress(OSError):
         out["disk_free_mb"] = round(shutil.disk_usage(Path.cwd()).free / 2**20, 1)
     return out
+
+
+def heartbeat_event(item: str, attempt: int, sample: HeartbeatSample) -> Heartbeat:
+    """A running attempt's heartbeat record, from its executor's sample."""
+    return Heartbeat(
+        item=item,
+        attempt=attempt,
+        pid=sample.pid,
+        rss=sample.rss,
+        cpu=sample.cpu,
+        output_bytes=sample.output_bytes,
+        touched_at=sample.touched_at,
+        agent=sample.agent,
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as one short line: its type and message."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    if len(text) > 500:
+        text = text[:500] + "..."
+    return f"{type(exc).__name__}: {text}"

@@ -31,12 +31,12 @@ from engine.git.isolation import Isolation
 from engine.items.keys import IdempotencyKeys
 from engine.map import outcomes, policy
 from engine.map.failure_lines import FailureLines
-from engine.map.outcomes import failure_events, machine_resources
+from engine.map.outcomes import describe_error, failure_events, heartbeat_event, machine_resources
 from engine.store.cache import ArtifactError, ItemHooks
 from engine.store.content import ContentStore
 from engine.workflow.spec import CircuitBreakerSpec, MapSpec
 from ledger.errors import LedgerWriteFailed
-from ledger.events import Event, Heartbeat, ItemDispatched
+from ledger.events import Event, ItemDispatched
 from ledger.times import epoch, reading
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
@@ -151,7 +151,7 @@ class MapScheduler:
                 await self._dispatch_ready()
             except Exception as exc:  # an engine error stops the run, never drops
                 if not isinstance(exc, LedgerWriteFailed):  # that one ends the run, said then
-                    self.warn(f"engine: error while dispatching: {_describe(exc)}")
+                    self.warn(f"engine: error while dispatching: {describe_error(exc)}")
                 self._stop_fatally(exc)
             if not self.tasks and (self.stopping or self.p.pending.empty):
                 break
@@ -274,7 +274,9 @@ class MapScheduler:
                     try:
                         hit, events = await self.hooks.check(plan.item, plan.value, attempts)
                     except Exception as exc:  # the cache failed: stop, but record ``before``
-                        self.warn(f"engine: error while looking up the cache: {_describe(exc)}")
+                        self.warn(
+                            f"engine: error while looking up the cache: {describe_error(exc)}"
+                        )
                         self._stop_fatally(exc)
                         keep = []
                         break
@@ -341,14 +343,14 @@ class MapScheduler:
                 outcome = await self._watch(item, attempt, handle)
             except Exception as exc:  # the attempt fails, typed
                 if not isinstance(exc, LedgerWriteFailed):  # that one ends the run, said then
-                    self.warn(f"engine: error while running item {item!r}: {_describe(exc)}")
+                    self.warn(f"engine: error while running item {item!r}: {describe_error(exc)}")
                 with contextlib.suppress(Exception):
                     await handle.cancel(force=True)
                 outcome = AttemptOutcome(
                     ok=False,
                     duration=time.monotonic() - started,
                     error_type="unknown",
-                    error=f"engine error while running the attempt: {_describe(exc)}",
+                    error=f"engine error while running the attempt: {describe_error(exc)}",
                 )
             try:
                 await self._record_outcome(item, attempt, outcome)
@@ -370,11 +372,13 @@ class MapScheduler:
         if isinstance(exc, LedgerWriteFailed):
             self._stop_fatally(exc)  # the run ends with this error: its one line
             return
-        self.warn(f"engine: error while {doing} item {item!r} attempt {attempt}: {_describe(exc)}")
+        self.warn(
+            f"engine: error while {doing} item {item!r} attempt {attempt}: {describe_error(exc)}"
+        )
         state = self.p.items.items.get(item)
         if state is None or state.status != "running" or state.attempts != attempt:
             return  # its outcome is recorded; what failed came after
-        message = f"engine error while {doing} the attempt: {_describe(exc)}"
+        message = f"engine error while {doing} the attempt: {describe_error(exc)}"
         events = failure_events(
             self.spec,
             item,
@@ -393,19 +397,7 @@ class MapScheduler:
     async def _watch(self, item: str, attempt: int, handle: Attempt) -> AttemptOutcome:
         """The attempt's heartbeats, recorded as they come; then its outcome."""
         async for sample in handle.heartbeats():
-            await self._append(
-                [
-                    Heartbeat(
-                        item=item,
-                        attempt=attempt,
-                        pid=sample.pid,
-                        rss=sample.rss,
-                        cpu=sample.cpu,
-                        output_bytes=sample.output_bytes,
-                        touched_at=sample.touched_at,
-                    )
-                ]
-            )
+            await self._append([heartbeat_event(item, attempt, sample)])
         return await handle.wait()
 
     async def _record_outcome(self, item: str, attempt: int, outcome: AttemptOutcome) -> None:
@@ -487,11 +479,3 @@ class MapScheduler:
             reason = policy.failure_stop(self.spec, self.p.items, item, ok=outcome.ok)
             if reason is not None:
                 self.stop(reason)
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception as one short line: its type and message."""
-    text = " ".join(str(exc).split()) or "(no message)"
-    if len(text) > 500:
-        text = text[:500] + "..."
-    return f"{type(exc).__name__}: {text}"
