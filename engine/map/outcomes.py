@@ -22,7 +22,7 @@ import msgspec
 
 from engine.exec.executor import AttemptOutcome, HeartbeatSample
 from engine.map.classify import classify, signature
-from engine.map.policy import Cause, retry_or_dead_letter
+from engine.map.policy import NO_HISTORY, Cause, ItemHistory, retry_or_dead_letter
 from engine.workflow.spec import MapSpec
 from ledger.events import Event, Heartbeat, ItemFailed, ItemSucceeded
 
@@ -50,11 +50,13 @@ def outcome_events(
     now: float,
     rng: random.Random,
     resources: dict[str, float],
+    history: ItemHistory = NO_HISTORY,
 ) -> list[Event]:
     """The outcome's record, and for a failure the retry or dead-letter decision.
 
     ``stopping``: the engine is stopping (a signal, a cancel), so an
     interrupted attempt runs again on resume, whatever attempts remain.
+    ``history``: the item's earlier attempts, as its retry depends on them.
     """
     o = outcome
     if o.ok:
@@ -75,7 +77,8 @@ def outcome_events(
         ]
     failed = _failed(spec, item, attempt, o, resources)
     cause: Cause = "stopping" if o.interrupted and stopping else "outcome"
-    return [failed, *retry_or_dead_letter(spec, failed, cause=cause, now=now, rng=rng)]
+    decision = retry_or_dead_letter(spec, failed, cause=cause, now=now, rng=rng, history=history)
+    return [failed, *decision]
 
 
 def _failed(
@@ -154,6 +157,7 @@ def failure_events(
     now: float,
     resources: dict[str, float],
     stable: str | None = None,
+    history: ItemHistory = NO_HISTORY,
 ) -> list[Event]:
     """A failed attempt without an outcome from its executor, and what follows it.
 
@@ -172,7 +176,8 @@ def failure_events(
         duration=0.0,
         resources=resources,
     )
-    return [failed, *retry_or_dead_letter(spec, failed, cause="no_outcome", now=now)]
+    decision = retry_or_dead_letter(spec, failed, cause="no_outcome", now=now, history=history)
+    return [failed, *decision]
 
 
 def _bounded(text: str, limit: int = 64 * 1024) -> str:

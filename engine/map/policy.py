@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Literal
 
-from engine.workflow.spec import CircuitBreakerSpec, MapSpec, RetrySpec
+from engine.workflow.spec import BudgetSpec, CircuitBreakerSpec, MapSpec, RetrySpec
 from ledger.events import (
+    AgentUsage,
     CircuitClosed,
     CircuitHalfOpen,
     CircuitOpened,
@@ -28,10 +30,12 @@ from ledger.times import epoch, rfc3339
 from projections.circuit import CircuitProjection
 from projections.items import ItemsProjection
 from projections.queue import PendingProjection
+from projections.replay import Projections
 
 __all__ = [
     "MAX_RETRY_DELAY",
     "Cause",
+    "ItemHistory",
     "Stop",
     "backoff_delay",
     "circuit_after_outcome",
@@ -39,6 +43,7 @@ __all__ = [
     "failure_limit_reached",
     "failure_stop",
     "half_open_at",
+    "item_history",
     "probe_limit",
     "retry_or_dead_letter",
 ]
@@ -60,6 +65,40 @@ Cause = Literal["outcome", "stopping", "no_outcome"]
 
 Stop = Literal["item_failed", "max_failures"]
 """Why a failure stops dispatching: ``on_item_failure: fail``, or a failure limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemHistory:
+    """What the ledger says of a failed item beyond its failure, as its retry depends on it."""
+
+    waits: int = 0
+    """Its earlier attempts that waited for a usage limit's reset (not counted against
+    ``max_attempts``)."""
+    spent_usd: float = 0.0
+    """Its recorded spend, every attempt together, the failed one included."""
+    max_cost_usd: float | None = None
+    """``budget.max_item_cost_usd``: once spent, it gets no further attempt."""
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd
+
+
+NO_HISTORY = ItemHistory()
+
+
+def item_history(
+    p: Projections, item: str, usage: AgentUsage | None, budget: BudgetSpec
+) -> ItemHistory:
+    """``item``'s earlier attempts as the projections hold them, with ``usage`` (the failed
+    attempt's, not yet applied) spent too."""
+    state = p.items.items.get(item)
+    spent = p.budget.by_item.get(item, 0.0) + (usage.cost_usd if usage is not None else 0.0)
+    return ItemHistory(
+        waits=state.waits if state is not None else 0,
+        spent_usd=round(spent, 10),
+        max_cost_usd=budget.max_item_cost_usd,
+    )
 
 
 # --- retry or dead-letter ------------------------------------------------------------------
@@ -124,25 +163,45 @@ def retry_or_dead_letter(
     cause: Cause,
     now: float,
     rng: random.Random | None = None,
+    history: ItemHistory = NO_HISTORY,
 ) -> list[Event]:
     """What follows a failed attempt: its retry, its dead-lettering, or nothing.
 
-    A retry is scheduled while attempts remain and the error type is one
-    that ``retry.retry_on`` lists (after :func:`backoff_delay` for an
-    ``outcome``, at ``now`` otherwise); a ``stopping`` failure is always
-    retried at ``now``. Else the item goes where ``on_item_failure`` says:
-    ``dlq`` dead-letters it, ``fail`` and ``ignore`` leave it failed. ``rng``
-    (needed for an ``outcome``) is drawn from only for a backoff with jitter.
+    A ``stopping`` failure is always retried at ``now``. An item whose spend
+    reached its budget (``history``) gets no further attempt. A failure that
+    says when the usage limit it hit resets (``resets_at``, still ahead) is
+    retried at that time, its wait not counted against ``max_attempts``
+    unless ``retry.count_usage_limits``. Else a retry is scheduled while
+    attempts remain (those that only waited for a reset not counted) and the
+    error type is one ``retry.retry_on`` lists (after :func:`backoff_delay`
+    for an ``outcome``, at ``now`` otherwise). Else the item goes where
+    ``on_item_failure`` says: ``dlq`` dead-letters it, ``fail`` and
+    ``ignore`` leave it failed. ``rng`` (needed for an ``outcome``) is drawn
+    from only for a backoff with jitter.
     """
     item, attempt, error_type = failed.item, failed.attempt, failed.error_type
     retry = spec.retry
     if cause == "stopping":
         return [ItemRetryScheduled(item=item, attempt=attempt, delay=0.0, not_before=rfc3339(now))]
-    if error_type in retry.retry_on and attempt < retry.max_attempts:
+    retried = error_type in retry.retry_on and not history.budget_spent
+    counted = attempt - history.waits
+    waits = retried and failed.resets_at is not None and epoch(failed.resets_at) > now
+    if waits and (not retry.count_usage_limits or counted < retry.max_attempts):
+        assert failed.resets_at is not None
+        return [
+            ItemRetryScheduled(
+                item=item,
+                attempt=attempt,
+                delay=round(epoch(failed.resets_at) - now, 6),
+                not_before=failed.resets_at,
+                counted=retry.count_usage_limits,
+            )
+        ]
+    if retried and counted < retry.max_attempts:
         delay = 0.0
         if cause == "outcome":
             assert rng is not None, "a backoff needs a random generator"
-            delay = backoff_delay(retry, attempt, rng)
+            delay = backoff_delay(retry, counted, rng)
         return [
             ItemRetryScheduled(
                 item=item,
@@ -152,7 +211,12 @@ def retry_or_dead_letter(
             )
         ]
     if spec.on_item_failure == "dlq":
-        reason = "retries exhausted" if error_type in retry.retry_on else "not retryable"
+        if history.budget_spent:
+            reason = "item budget spent"
+        elif error_type in retry.retry_on:
+            reason = "retries exhausted"
+        else:
+            reason = "not retryable"
         return [
             ItemDeadLettered(
                 item=item,

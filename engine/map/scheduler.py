@@ -34,7 +34,7 @@ from engine.map.failure_lines import FailureLines
 from engine.map.outcomes import describe_error, failure_events, heartbeat_event, machine_resources
 from engine.store.cache import ArtifactError, ItemHooks
 from engine.store.content import ContentStore
-from engine.workflow.spec import CircuitBreakerSpec, MapSpec
+from engine.workflow.spec import BudgetSpec, CircuitBreakerSpec, MapSpec
 from ledger.errors import LedgerWriteFailed
 from ledger.events import Event, ItemDispatched
 from ledger.times import epoch, reading
@@ -87,6 +87,7 @@ class MapScheduler:
         warn: Callable[[str], None] = lambda _line: None,
         store: ContentStore | None = None,
         isolation: Isolation | None = None,
+        budget: BudgetSpec | None = None,
     ) -> None:
         self.writer = writer
         self.p = projections
@@ -125,6 +126,8 @@ class MapScheduler:
         """The error that left nothing recordable (the writer stopped): the run stops."""
         self.isolation = isolation
         """Each attempt's git worktree, and the merge of its work (``map.isolation``)."""
+        self.budget = budget or BudgetSpec()
+        """What the run's agents may spend (``budget``)."""
         self._background: set[asyncio.Future[None]] = set()
         self._keys = IdempotencyKeys(spec)
         self._circuit_turn = asyncio.Lock()
@@ -387,6 +390,7 @@ class MapScheduler:
             message,
             now=self.clock(),
             resources=machine_resources(),
+            history=policy.item_history(self.p, item, None, self.budget),
         )
         try:
             await self._append(events)
@@ -463,6 +467,7 @@ class MapScheduler:
             now=self.clock(),
             rng=self.rng,
             resources={} if outcome.ok else machine_resources(),
+            history=policy.item_history(self.p, item, outcome.usage, self.budget),
         )
 
     async def _after_outcome(self, item: str, outcome: AttemptOutcome) -> None:

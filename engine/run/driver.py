@@ -201,6 +201,7 @@ def _scheduler(run: RunContext, values: dict[str, object]) -> MapScheduler:
         warn=options.warn,
         store=run.store,
         isolation=run.isolation,
+        budget=spec.budget,
     )
 
 
