@@ -40,14 +40,26 @@ class Spend(msgspec.Struct, kw_only=True):
     by_item: dict[str, float] = {}
     """Each item's cost, all its attempts together."""
     turns_by_item: dict[str, int] = {}
+    by_error_type: dict[str, float] = {}
+    """What failed attempts and steps cost, by their error type."""
 
-    def add(self, usage: AgentUsage | None, *, item: str | None, failed: bool) -> None:
-        """One outcome's usage; ``item`` None: a setup, reduce or merge step."""
+    def add(
+        self,
+        usage: AgentUsage | None,
+        *,
+        item: str | None,
+        failed: bool,
+        error_type: str | None = None,
+    ) -> None:
+        """One outcome's usage; ``item`` None: a setup, reduce or merge step; a failure's
+        ``error_type``."""
         if usage is None:
             return
         self.cost_usd = round(self.cost_usd + usage.cost_usd, 10)
         if failed:
             self.wasted_usd = round(self.wasted_usd + usage.cost_usd, 10)
+            kind = error_type or "unknown"
+            self.by_error_type[kind] = round(self.by_error_type.get(kind, 0.0) + usage.cost_usd, 10)
         if item is None:
             self.steps_usd = round(self.steps_usd + usage.cost_usd, 10)
         else:

@@ -145,12 +145,15 @@ class StatsProjection(Projection):
         self.durations.append(e.duration)
         self.failed_time += e.duration
         self.failed += 1
-        self.spend.add(e.usage, item=e.item, failed=True)
+        self.spend.add(e.usage, item=e.item, failed=True, error_type=e.error_type)
 
     @handles(StepSucceeded, StepFailed)
     def _step(self, record: Record, e: StepSucceeded | StepFailed) -> None:
         self._seen(record)
-        self.spend.add(e.usage, item=None, failed=isinstance(e, StepFailed))
+        if isinstance(e, StepFailed):
+            self.spend.add(e.usage, item=None, failed=True, error_type=e.error_type)
+        else:
+            self.spend.add(e.usage, item=None, failed=False)
 
     @handles(ItemRetryScheduled)
     def _retry(self, record: Record, e: ItemRetryScheduled) -> None:

@@ -3,7 +3,8 @@
 Who ran it (user, host, engine version) and when; the workflow's hash and a
 copy; the workspace snapshot; the variables (secrets as ``***``); every
 lock holder and resume; ledger recoveries; and each item's timeline of
-attempts and outcomes. The HTML is one self-contained file (inline CSS and
+attempts and outcomes; and, when agents reported what they spent, the cost
+(``engine/views/report_cost.py``). The HTML is one self-contained file (inline CSS and
 SVG charts, no script, nothing fetched) that reads offline.
 """
 
@@ -15,12 +16,14 @@ from typing import Any
 
 import msgspec
 
+from engine.views.report_cost import NO_USAGE, cost_of, cost_tables
 from engine.workflow.load import load_yaml
 from ledger.events import RunCreated
 from ledger.times import epoch
 from projections.items import ItemsProjection, ItemState
 from projections.replay import replay
 from projections.run import RunProjection
+from projections.stats import StatsProjection
 from projections.timeline import Attempt, TimelineProjection
 
 __all__ = ["build_report", "render_html", "render_markdown"]
@@ -30,14 +33,16 @@ CHART_ITEMS = 300
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:
-    """The report's data: the run's projections and its timeline, in one replay."""
+    """The report's data: the run's projections, its timeline and stats, in one replay."""
     timeline = TimelineProjection()
-    p = replay(run_dir / "ledger.ndjson", extra=(timeline,))
+    stats = StatsProjection()
+    p = replay(run_dir / "ledger.ndjson", extra=(timeline, stats))
     run = p.run
     created = run.created
     workflow_text = created.workflow if created is not None else ""
     secrets, variables = _variables(workflow_text, created)
     entries = _timeline(p.items, timeline)
+    failures = dict(sorted(_count_types(entries).items(), key=lambda kv: (-kv[1], kv[0])))
     return {
         "run_id": run.run_id,
         "status": run.status,
@@ -65,8 +70,12 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "resumes": _resumes(run),
         "recoveries": [msgspec.to_builtins(r) for r in run.recoveries],
         "items": msgspec.to_builtins(p.items.item_counts()),
-        "failures_by_type": dict(
-            sorted(_count_types(entries).items(), key=lambda kv: (-kv[1], kv[0]))
+        "failures_by_type": failures,
+        "cost": cost_of(
+            stats,
+            attempts={e["item"]: len(e["attempts"]) for e in entries},
+            status={e["item"]: e["status"] for e in entries},
+            failures=failures,
         ),
         "timeline": entries,
         "events": run.events,
@@ -247,6 +256,11 @@ def _sections(r: dict[str, Any]) -> list[Section]:
 def render_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Audit report: run `{r['run_id']}`", ""]
     lines += _md_table(["", ""], _summary(r))
+    if r["cost"] is None:
+        lines += ["", "## Cost", "", NO_USAGE]
+    for i, (title, headers, rows) in enumerate(cost_tables(r["cost"]) if r["cost"] else ()):
+        lines += ["", f"{'##' if i == 0 else '###'} {title}", ""]
+        lines += _md_table(headers, rows) if rows else ["none"]
     for title, headers, rows in _sections(r):
         lines += ["", f"## {title}", ""]
         lines += _md_table(headers, rows) if rows else ["none"]
@@ -343,11 +357,23 @@ def _failures_svg(r: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _cost_html(cost: dict[str, Any] | None) -> list[str]:
+    if cost is None:
+        return ["<h2>Cost</h2>", f"<p class='muted'>{NO_USAGE}</p>"]
+    out: list[str] = []
+    for i, (title, headers, rows) in enumerate(cost_tables(cost)):
+        tag = "h2" if i == 0 else "h3"
+        table = _html_table(headers, rows) if rows else "<p class='muted'>none</p>"
+        out += [f"<{tag}>{_h(title)}</{tag}>", table]
+    return out
+
+
 def render_html(r: dict[str, Any]) -> str:
     shown = min(len([e for e in r["timeline"] if e["attempts"]]), CHART_ITEMS)
     body = [
         f"<h1>Audit report: run {_h(r['run_id'])}</h1>",
         _html_table(["", ""], _summary(r)),
+        *_cost_html(r["cost"]),
         f"<h2>Timeline</h2><p class='muted'>each bar an attempt (green succeeded, red failed, "
         f"grey no outcome); the first {shown} items</p>",
         _timeline_svg(r),
