@@ -28,7 +28,7 @@ from ledger.events import (
     RunAborted,
 )
 from ledger.times import rfc3339
-from tests.engine_helpers import run_workflow, write_workflow
+from tests.engine_helpers import MOCK, run_workflow, write_script, write_workflow
 
 FAILING = """
 name: {name}
@@ -323,3 +323,71 @@ def test_audit_report_shows_an_item_requeued_from_the_dlq_as_it_ended(tmp_path: 
     )
     statuses = {e["item"]: e["status"] for e in report["timeline"]}
     assert statuses == {"a": "succeeded", "b": "skipped (cache)"}
+
+
+SPENDING = f"""
+name: {{name}}
+agent: {{{{command: "{MOCK}", output: claude-json}}}}
+map:
+  items: [{{items}}]
+  id: "${{{{item}}}}"
+  retry: {{{{max_attempts: 2, initial: 10ms, max: 10ms, jitter: false}}}}
+  agent_template:
+    - claude: "review ${{{{item}}}}"
+"""
+
+SPENT = {
+    "a": {"ok": "done", "cost": 0.25, "turns": 2, "session": "s-a", "model": "m-1",
+          "tokens": {"input": 100, "output": 50, "cache_read": 30, "cache_creation": 20}},
+    "b": [{"fail": "API Error: 500", "cost": 0.1}, {"ok": "done", "cost": 0.2}],
+    "c": {"ok": "done", "cost": 0.07},
+}  # fmt: skip
+
+
+def _spending_run(tmp_path: Path, name: str, items: list[str]) -> tuple[Path, str]:
+    wf = write_workflow(tmp_path / name, SPENDING.format(name=name, items=", ".join(items)))
+    write_script(tmp_path / name, {"items": SPENT})
+    result = run_workflow(wf, tmp_path / "home")
+    return tmp_path / "home", result.run_id
+
+
+def test_cost_queries_across_runs_name_each_run(tmp_path: Path) -> None:
+    _, one = _spending_run(tmp_path, "one", ["a", "b"])
+    home, two = _spending_run(tmp_path, "two", ["b", "c"])
+    rows = _json(_engine(home, "query", "--all", "cost by item", "--format", "json"))
+    assert sorted((r["run"], r["item"], r["cost_usd"], r["attempts"]) for r in rows) == sorted(
+        [(one, "a", 0.25, 1), (one, "b", 0.3, 2), (two, "b", 0.3, 2), (two, "c", 0.07, 1)]
+    )
+    (by_type,) = _json(_engine(home, "query", "--all", "cost by error type", "--format", "json"))
+    assert (by_type["error_type"], by_type["cost_usd"]) == ("api_error", 0.2)
+    assert (by_type["attempts"], by_type["items"], by_type["runs"]) == (2, 2, 2)
+    (by_sig,) = _json(_engine(home, "query", "--all", "cost by signature", "--format", "json"))
+    assert (by_sig["cost_usd"], by_sig["runs"]) == (0.2, 2)
+    spend = _json(_engine(home, "query", "--all", "spend over time", "--format", "json"))
+    assert spend[-1]["total_usd"] == 0.92 and sum(int(r["runs"]) for r in spend) >= 2  # type: ignore[call-overload]
+    alone = _json(_engine(home, "query", one, "cost by item", "--format", "json"))
+    assert {r["run"] for r in alone} == {one}
+
+
+def test_the_events_view_has_the_usage_columns(tmp_path: Path) -> None:
+    home, run = _spending_run(tmp_path, "ev", ["a", "b"])
+    columns = "type, cost_usd, input_tokens, output_tokens, cache_read_input_tokens, " \
+        "cache_creation_input_tokens, turns, session_id, model"  # fmt: skip
+    rows = _json(_engine(home, "query", run, "--sql",
+                         f"SELECT data->>'item' AS item, {columns} FROM events ORDER BY seq",
+                         "--format", "json"))  # fmt: skip
+    (a,) = [r for r in rows if r["type"] == "item.succeeded" and r["item"] == "a"]
+    assert a == {
+        "item": "a", "type": "item.succeeded", "cost_usd": 0.25, "input_tokens": 100,
+        "output_tokens": 50, "cache_read_input_tokens": 30, "cache_creation_input_tokens": 20,
+        "turns": 2, "session_id": "s-a", "model": "m-1",
+    }  # fmt: skip
+    (failed,) = [r for r in rows if r["type"] == "item.failed"]
+    assert (failed["item"], failed["cost_usd"]) == ("b", 0.1)
+    others = [r for r in rows if r["type"] not in ("item.succeeded", "item.failed")]
+    assert others and {r["type"] for r in others} >= {"run.created", "item.dispatched"}
+    assert all(r[c] is None for r in others for c in columns.split(", ")[1:])
+    # One definition: the usage view has the same columns, with the same values.
+    sql = f"SELECT {columns} FROM usage WHERE item = 'a'"
+    usage = _json(_engine(home, "query", run, "--sql", sql, "--format", "json"))
+    assert usage == [{k: v for k, v in a.items() if k != "item"}]

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from engine.errors import QueryError
+from ledger.events import AgentUsage
 
 __all__ = ["NAMED", "QueryError", "QueryResult", "connect", "run_named", "run_sql"]
 
@@ -44,6 +47,22 @@ def _read(paths: Sequence[Path]) -> str:
     return (
         f"read_json({files}, format = 'newline_delimited', columns = {COLUMNS}, "
         "ignore_errors = true)"
+    )
+
+
+USAGE_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (f.name, {float: "DOUBLE", int: "BIGINT"}.get(f.type, "VARCHAR"))
+    for f in msgspec.structs.fields(AgentUsage)
+)
+"""The fields of an outcome's ``usage`` (what its agent spent) and their SQL types, in the
+ledger's order: columns of ``events`` (NULL where a record has no usage) and of ``usage``."""
+
+
+def _usage_columns() -> str:
+    """``events``' usage columns, read from the record's ``data``."""
+    return ", ".join(
+        f"CAST(data->'usage'->>{_literal(name)} AS {kind}) AS {name}"
+        for name, kind in USAGE_COLUMNS
     )
 
 
@@ -81,15 +100,7 @@ SELECT run, seq, ts, type, data->>'item' AS item, CAST(data->>'attempt' AS INTEG
        data->>'phase' AS phase,
        CASE WHEN type IN ('item.failed', 'step.failed') THEN 'failed' ELSE 'succeeded' END
            AS outcome,
-       data->>'error_type' AS error_type, data->>'signature' AS signature,
-       CAST(data->'usage'->>'cost_usd' AS DOUBLE) AS cost_usd,
-       CAST(data->'usage'->>'input_tokens' AS BIGINT) AS input_tokens,
-       CAST(data->'usage'->>'output_tokens' AS BIGINT) AS output_tokens,
-       CAST(data->'usage'->>'cache_read_input_tokens' AS BIGINT) AS cache_read_input_tokens,
-       CAST(data->'usage'->>'cache_creation_input_tokens' AS BIGINT)
-           AS cache_creation_input_tokens,
-       CAST(data->'usage'->>'turns' AS INTEGER) AS turns,
-       data->'usage'->>'session_id' AS session_id, data->'usage'->>'model' AS model
+       data->>'error_type' AS error_type, data->>'signature' AS signature, {usage}
 FROM events
 WHERE type IN ('item.succeeded', 'item.failed', 'step.succeeded', 'step.failed')
   AND json_type(data->'usage') = 'OBJECT';
@@ -114,7 +125,7 @@ SELECT run, item,
        END AS status,
        attempts, updated_at
 FROM last;
-"""
+""".replace("{usage}", ", ".join(name for name, _ in USAGE_COLUMNS))
 
 REMEDIES = {
     "rate_limited": "lower max_parallel, or enable the circuit breaker on rate_limited",
@@ -246,8 +257,10 @@ NAMED: dict[str, Named] = {
             "what failed attempts spent, by error type",
             """
             SELECT error_type, round(sum(cost_usd), 6) AS cost_usd, count(*) AS attempts,
-                   count(DISTINCT run || '/' || item) AS items, sum(turns) AS turns
-            FROM usage WHERE outcome = 'failed' GROUP BY error_type ORDER BY cost_usd DESC
+                   count(DISTINCT run || '/' || item) AS items, count(DISTINCT run) AS runs,
+                   sum(turns) AS turns
+            FROM usage WHERE outcome = 'failed' GROUP BY error_type
+            ORDER BY cost_usd DESC, error_type
             """,
         ),
         Named(
@@ -255,9 +268,10 @@ NAMED: dict[str, Named] = {
             "what failed attempts spent, by failure signature",
             """
             SELECT signature, error_type, round(sum(cost_usd), 6) AS cost_usd,
-                   count(*) AS attempts, count(DISTINCT run || '/' || item) AS items
+                   count(*) AS attempts, count(DISTINCT run || '/' || item) AS items,
+                   count(DISTINCT run) AS runs
             FROM usage WHERE outcome = 'failed'
-            GROUP BY signature, error_type ORDER BY cost_usd DESC
+            GROUP BY signature, error_type ORDER BY cost_usd DESC, signature
             """,
         ),
         Named(
@@ -267,7 +281,7 @@ NAMED: dict[str, Named] = {
             SELECT date_trunc('minute', ts) AS minute, round(sum(cost_usd), 6) AS cost_usd,
                    round(sum(sum(cost_usd)) OVER (ORDER BY date_trunc('minute', ts)), 6)
                        AS total_usd,
-                   count(*) AS outcomes
+                   count(*) AS outcomes, count(DISTINCT run) AS runs
             FROM usage GROUP BY minute ORDER BY minute
             """,
         ),
@@ -360,8 +374,8 @@ def connect(ledgers: Sequence[Path], acks: Path | None = None) -> Any:
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     con.execute(
-        "CREATE VIEW events AS SELECT v, seq, CAST(ts AS TIMESTAMP) AS ts, type, run, data, hash "
-        f"FROM {_read(ledgers)} WHERE hash IS NOT NULL AND type IS NOT NULL"
+        "CREATE VIEW events AS SELECT v, seq, CAST(ts AS TIMESTAMP) AS ts, type, run, data, hash, "
+        f"{_usage_columns()} FROM {_read(ledgers)} WHERE hash IS NOT NULL AND type IS NOT NULL"
     )
     con.execute(VIEWS)
     if acks is not None and acks.is_file():
