@@ -106,7 +106,9 @@ def _ledgers(obj: Context, run: str | None, every: bool) -> list[Path]:
 @cli.command("query")
 @click.argument("args", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Query every run under the home directory.")
-@click.option("--sql", help="Run this SQL (views: events, failures, attempts, items, heartbeats).")
+@click.option(
+    "--sql", help="Run this SQL (views: events, failures, attempts, items, heartbeats, usage)."
+)
 @click.option(
     "--format",
     "fmt",
