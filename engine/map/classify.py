@@ -23,7 +23,11 @@ from engine.workflow.spec import ClassifyRule
 __all__ = ["BUILTIN_RULES", "Classification", "classify", "error_message", "signature"]
 
 BUILTIN_RULES: tuple[tuple[str, str], ...] = (
-    (r"rate.?limit|too many requests|\b429\b|quota exceeded|throttl", "rate_limited"),
+    (
+        r"rate.?limit|too many requests|\b429\b|quota exceeded|throttl|usage limit|"
+        r"limit reached.{0,80}\breset|\bretry-after\b",
+        "rate_limited",
+    ),
     (
         r"\b50[0234]\b|overloaded|service unavailable|bad gateway|internal server error|"
         r"api error|connection (reset|refused)|ECONNRESET|timed? ?out waiting for (the )?api",

@@ -23,8 +23,10 @@ import msgspec
 from engine.exec.executor import AttemptOutcome, HeartbeatSample
 from engine.map.classify import classify, signature
 from engine.map.policy import NO_HISTORY, Cause, ItemHistory, retry_or_dead_letter
+from engine.map.usage_limits import reset_at
 from engine.workflow.spec import MapSpec
 from ledger.events import Event, Heartbeat, ItemFailed, ItemSucceeded
+from ledger.times import rfc3339
 
 __all__ = [
     "ABANDONED",
@@ -75,16 +77,27 @@ def outcome_events(
                 usage=o.usage,
             )
         ]
-    failed = _failed(spec, item, attempt, o, resources)
+    failed = _failed(spec, item, attempt, o, resources, now=now)
     cause: Cause = "stopping" if o.interrupted and stopping else "outcome"
     decision = retry_or_dead_letter(spec, failed, cause=cause, now=now, rng=rng, history=history)
     return [failed, *decision]
 
 
 def _failed(
-    spec: MapSpec, item: str, attempt: int, o: AttemptOutcome, resources: dict[str, float]
+    spec: MapSpec,
+    item: str,
+    attempt: int,
+    o: AttemptOutcome,
+    resources: dict[str, float],
+    *,
+    now: float,
 ) -> ItemFailed:
-    """``item.failed`` for a failed outcome: what the engine saw wins, then the executor's type."""
+    """``item.failed`` for a failed outcome: what the engine saw wins, then the executor's type.
+
+    A ``rate_limited`` failure whose message, stderr or stdout says when the
+    usage limit resets (:func:`~engine.map.usage_limits.reset_at`, after
+    ``now``) records it as ``resets_at``.
+    """
     c = classify(
         exit_code=o.exit_code,
         signal=o.signal,
@@ -101,6 +114,12 @@ def _failed(
             error_type, message = o.error_type, o.error or o.error_type
         elif o.invalid_output is not None:
             error_type, message = "validation_failed", o.invalid_output
+    resets: float | None = None
+    if error_type == "rate_limited":
+        for text in (message, o.stderr_tail, o.stdout_tail):
+            resets = reset_at(text, now) if text else None
+            if resets is not None:
+                break
     return ItemFailed(
         item=item,
         attempt=attempt,
@@ -117,6 +136,7 @@ def _failed(
         validations=list(o.validations),
         recovered=list(o.recovered),
         usage=o.usage,
+        resets_at=rfc3339(resets) if resets is not None else None,
     )
 
 
