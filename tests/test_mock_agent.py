@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from cli.docgen import render_cli_reference
+from engine.map.classify import classify
+from engine.map.usage_limits import reset_at
 from engine.tools.mock_agent import (
     BEHAVIOURS,
     CHECKS,
@@ -26,6 +28,7 @@ from engine.tools.mock_agent import (
     help_text,
     main,
 )
+from engine.tools.mock_claude import USAGE_LIMIT_STYLES, usage_limit_message
 from tests.conftest import ENGINE
 from tests.engine_helpers import engine_in_process
 
@@ -117,6 +120,7 @@ GOOD: dict[str, list[Any]] = {
     "is_error": [True, False],
     "subtype": ["success", "error_max_turns", "error_max_budget_usd", "error_during_execution"],
     "usage_limit": [0, 3, 86400],
+    "usage_limit_style": ["epoch", "resets", "retry_after"],
     "fenced": [True, False],
 }
 """Values every behaviour key accepts, at the edges of its range too."""
@@ -181,6 +185,7 @@ BAD: dict[str, list[Any]] = {
     "is_error": ["true", 1, None],
     "subtype": ["error", "Success", "", 1, None],
     "usage_limit": [-1, 86401, math.nan, "3", True, None],
+    "usage_limit_style": ["Epoch", "retry-after", "", 1, None, True],
     "fenced": ["yes", 1, None],
 }
 """Values of the wrong kind or out of range, for every behaviour key: each is refused."""
@@ -412,6 +417,37 @@ def test_a_usage_limit_says_its_reset_epoch_and_exits_1(tmp_path: Path) -> None:
         assert before + 5 <= int(found.group(1)) <= math.ceil(after + 5)
         if output_format == "json":
             assert json.loads(ran.stdout)["is_error"] is True
+
+
+def test_each_usage_limit_style_says_a_reset_the_engine_reads(tmp_path: Path) -> None:
+    """epoch, resets (a UTC wall time to the second) and retry_after, in json and text; the
+    engine's parser finds the reset each says, a few seconds ahead."""
+    for style in USAGE_LIMIT_STYLES:
+        for output_format in ("text", "json"):
+            behavior = {"usage_limit": 5, "usage_limit_style": style}
+            before = time.time()
+            ran = _claude(tmp_path, behavior, "--output-format", output_format)
+            assert ran.returncode == 1, ran.stderr
+            if output_format == "json":
+                text = json.loads(ran.stdout)["result"]
+            else:
+                text = ran.stderr if style == "retry_after" else ran.stdout
+            assert (
+                classify(exit_code=1, signal=None, stderr_tail=text, stdout_tail="").error_type
+                == "rate_limited"
+            ), (style, text)
+            reset = reset_at(text, before)
+            assert reset is not None, (style, text)
+            assert before + 4 <= reset <= time.time() + 6.5, (style, text)
+
+
+def test_usage_limit_messages_of_each_style_at_a_given_time() -> None:
+    now = 1767222000.2  # 2025-12-31 23:00:00.2 UTC
+    assert usage_limit_message(3, now) == "Claude AI usage limit reached|1767222004"
+    assert usage_limit_message(3, now, "resets") == (
+        "Claude usage limit reached. Your limit will reset at 11:00:04pm (UTC)."
+    )
+    assert usage_limit_message(3, now, "retry_after").endswith("\nretry-after: 3")
 
 
 def test_resume_and_the_budget_are_accepted_and_logged(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ The script (YAML or JSON, --script FILE or $ENGINE_MOCK_SCRIPT) is a mapping:
 A BEHAVIOUR is a mapping, or a list of them: attempt N acts out the Nth, and
 the last one repeats for the attempts after it. Its keys:
 
-{chr(10).join(f"  {key:<12} {text}" for key, text in BEHAVIOURS.items())}
+{chr(10).join(f"  {key:<17} {text}" for key, text in BEHAVIOURS.items())}
 
 --behavior JSON gives one BEHAVIOUR (a mapping, or a list of them for the
 attempts in turn) for every item instead of a script; with neither, it
@@ -431,7 +431,8 @@ def perform(
         )
     else:
         failed = "fail" in behavior or "usage_limit" in behavior
-        print(text, file=sys.stderr if "fail" in behavior else sys.stdout)
+        errs = "fail" in behavior or behavior.get("usage_limit_style") == "retry_after"
+        print(text, file=sys.stderr if errs else sys.stdout)
         code = int(behavior.get("exit", 1 if behavior.get("is_error", failed) else 0))
     _log(log, "end", item, attempt)
     return code

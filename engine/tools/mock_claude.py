@@ -11,6 +11,7 @@ documents the keys, :data:`CHECKS` checks them, :func:`answer` prints.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import sys
@@ -24,6 +25,7 @@ __all__ = [
     "CHECKS",
     "FORMATS",
     "TOKEN_KINDS",
+    "USAGE_LIMIT_STYLES",
     "answer",
     "init_line",
     "result_text",
@@ -34,6 +36,9 @@ __all__ = [
 
 FORMATS = ("text", "json", "stream-json")
 """The values of ``--output-format`` (text: the mock's own plain output)."""
+
+USAGE_LIMIT_STYLES = ("epoch", "resets", "retry_after")
+"""The forms ``usage_limit`` says its reset in (``usage_limit_style``)."""
 
 SUBTYPES = ("success", "error_max_turns", "error_max_budget_usd", "error_during_execution")
 """The result subtypes Claude Code prints."""
@@ -69,6 +74,10 @@ BEHAVIOURS: dict[str, str] = {
     "subtype": f"{' | '.join(SUBTYPES)}: the result's subtype (default success)",
     "usage_limit": "SECONDS, 0 to 86400: answer Claude's 'Claude AI usage limit reached|EPOCH'"
     " (EPOCH: now + SECONDS, rounded up) and exit 1",
+    "usage_limit_style": f"{' | '.join(USAGE_LIMIT_STYLES)}: how usage_limit says its reset:"
+    " epoch (the default, as above); resets: 'Claude usage limit reached. Your limit will"
+    " reset at H:MM:SSpm (UTC).'; retry_after: an HTTP 429 error with 'retry-after: SECONDS'"
+    " (on stderr in text format)",
     "fenced": "true (or false): give a `json` value in a ```json fenced block",
 }
 """The behaviour keys of Claude's output formats, with what each does (for the help)."""
@@ -117,6 +126,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "is_error": (_bool, "true or false"),
     "subtype": (lambda v: v in SUBTYPES, f"one of {', '.join(SUBTYPES)}"),
     "usage_limit": (_seconds, "a number of seconds from 0 to 86400"),
+    "usage_limit_style": (
+        lambda v: v in USAGE_LIMIT_STYLES,
+        f"one of {', '.join(USAGE_LIMIT_STYLES)}",
+    ),
     "fenced": (_bool, "true or false"),
 }
 """Every key of :data:`BEHAVIOURS`: what fits its value, and what that is in words."""
@@ -127,16 +140,26 @@ def session_for(item: str, attempt: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mock-{item}-{attempt}"))
 
 
-def usage_limit_message(seconds: float, now: float | None = None) -> str:
-    """Claude's usage-limit message, its reset ``seconds`` from ``now`` (rounded up)."""
+def usage_limit_message(seconds: float, now: float | None = None, style: str = "epoch") -> str:
+    """A usage-limit message in ``style``, its reset ``seconds`` from ``now`` (rounded up to
+    a whole second)."""
     reset = math.ceil((time.time() if now is None else now) + seconds)
+    if style == "resets":
+        wall = datetime.datetime.fromtimestamp(reset, datetime.UTC)
+        hour = wall.hour % 12 or 12
+        at = f"{hour}:{wall:%M:%S}{'am' if wall.hour < 12 else 'pm'}"
+        return f"Claude usage limit reached. Your limit will reset at {at} (UTC)."
+    if style == "retry_after":
+        wait = math.ceil(seconds)
+        return f"API Error: 429 Too Many Requests (rate_limit_error)\nretry-after: {wait}"
     return f"Claude AI usage limit reached|{reset}"
 
 
 def result_text(behavior: dict[str, Any], item: str, attempt: int) -> str:
     """The text a behaviour answers: what `ok` prints, a `json` value, the failure, the limit."""
     if "usage_limit" in behavior:
-        return usage_limit_message(float(behavior["usage_limit"]))
+        style = str(behavior.get("usage_limit_style", "epoch"))
+        return usage_limit_message(float(behavior["usage_limit"]), style=style)
     if "fail" in behavior:
         return str(behavior["fail"])
     if "json" in behavior:
