@@ -504,3 +504,178 @@ def test_a_closed_circuit_opens_exactly_when_the_streak_reaches_the_threshold(
             ]
             break
         assert events == []
+
+
+# --- usage limits ---------------------------------------------------------------------------
+
+
+def _limited(item: str, attempt: int, resets: float | None) -> ItemFailed:
+    return ItemFailed(
+        item=item,
+        attempt=attempt,
+        error_type="rate_limited",
+        signature=signature("rate_limited", "limit"),
+        resets_at=rfc3339(resets) if resets is not None else None,
+    )
+
+
+def test_a_usage_limit_s_reset_is_waited_for_without_counting_an_attempt() -> None:
+    spec = _spec(retry={"max_attempts": 1})
+    failed = _limited("a", 1, NOW + 30)
+    history = policy.ItemHistory()
+    assert policy.retry_or_dead_letter(
+        spec, failed, cause="outcome", now=NOW, rng=random.Random(1), history=history
+    ) == [
+        ItemRetryScheduled(
+            item="a", attempt=1, delay=30.0, not_before=rfc3339(NOW + 30), counted=False
+        )
+    ]
+    # Three waits later, attempt 4 is still the first counted one: with max_attempts 1,
+    # a limit again is waited for, and another failure is its last.
+    waited = policy.ItemHistory(waits=3)
+    again = policy.retry_or_dead_letter(
+        spec,
+        _limited("a", 4, NOW + 60),
+        cause="outcome",
+        now=NOW,
+        rng=random.Random(1),
+        history=waited,
+    )
+    assert [(e.not_before, e.counted) for e in again if isinstance(e, ItemRetryScheduled)] == [
+        (rfc3339(NOW + 60), False)
+    ]
+    final = policy.retry_or_dead_letter(
+        spec,
+        _failed("a", 4, "timeout"),
+        cause="outcome",
+        now=NOW,
+        rng=random.Random(1),
+        history=waited,
+    )
+    assert [type(e) for e in final] == [ItemDeadLettered]
+
+
+def test_count_usage_limits_counts_the_wait_and_exhausts_the_attempts() -> None:
+    spec = _spec(retry={"max_attempts": 2, "count_usage_limits": True})
+    rng = random.Random(1)
+    first = policy.retry_or_dead_letter(
+        spec, _limited("a", 1, NOW + 30), cause="outcome", now=NOW, rng=rng
+    )
+    assert first == [
+        ItemRetryScheduled(
+            item="a", attempt=1, delay=30.0, not_before=rfc3339(NOW + 30), counted=True
+        )
+    ]
+    second = policy.retry_or_dead_letter(
+        spec, _limited("a", 2, NOW + 30), cause="outcome", now=NOW, rng=rng
+    )
+    assert second == [
+        ItemDeadLettered(
+            item="a",
+            attempt=2,
+            error_type="rate_limited",
+            signature=signature("rate_limited", "limit"),
+            reason="retries exhausted",
+        )
+    ]
+
+
+def test_a_reset_past_or_absent_is_a_rate_limit_like_any_other() -> None:
+    spec = _spec(retry={"max_attempts": 2, "initial": "5s", "jitter": False})
+    for resets in (None, NOW - 1, NOW):
+        events = policy.retry_or_dead_letter(
+            spec, _limited("a", 1, resets), cause="outcome", now=NOW, rng=random.Random(1)
+        )
+        assert events == [
+            ItemRetryScheduled(item="a", attempt=1, delay=5.0, not_before=rfc3339(NOW + 5))
+        ]
+
+
+def _open_until(
+    run: _Run, item: str, reset: float, now: float = NOW, stamped: float | None = None
+) -> list[Event]:
+    """``item`` fails at ``now`` with a usage limit resetting at ``reset``; the circuit's
+    decision is applied with the failure, its record stamped at ``stamped`` (else ``now``)."""
+    failed = _limited(item, run.dispatch(item), reset)
+    events = policy.usage_limit_circuit(run.p.circuit, [failed], now=now)
+    run.apply(failed, *events, ts=now if stamped is None else stamped)
+    return events
+
+
+def test_a_usage_limit_opens_the_circuit_until_its_reset_without_a_circuit_breaker() -> None:
+    run = _Run(on=[])  # no circuit_breaker: no error type counts
+    # Stamped a little after the decision (a slow disk): the reset still says when.
+    assert _open_until(run, "a", NOW + 30, stamped=NOW + 0.5) == [
+        CircuitOpened(
+            failures=1,
+            error_type="rate_limited",
+            cooldown=30.0,
+            until=rfc3339(NOW + 30),
+            item="a",
+        )
+    ]
+    circuit = run.p.circuit
+    assert (circuit.state, circuit.opened_by) == ("open", "a")
+    assert policy.half_open_at(circuit) == NOW + 30
+    # Open until a later time already: nothing; until an earlier one: opened until the later.
+    assert _open_until(run, "b", NOW + 20, now=NOW + 1) == []
+    assert policy.half_open_at(circuit) == NOW + 30
+    extended = _open_until(run, "c", NOW + 90, now=NOW + 2)
+    assert [(e.until, e.item, e.cooldown) for e in extended if isinstance(e, CircuitOpened)] == [
+        (rfc3339(NOW + 90), "c", 88.0)
+    ]
+    assert policy.half_open_at(circuit) == NOW + 90
+    # Past or without a reset: nothing.
+    assert policy.usage_limit_circuit(circuit, [_limited("d", 1, None)], now=NOW) == []
+    assert policy.usage_limit_circuit(circuit, [_limited("d", 1, NOW)], now=NOW) == []
+    assert policy.usage_limit_circuit(circuit, [], now=NOW) == []
+
+
+def test_a_usage_limit_circuit_half_opens_at_its_reset_and_a_probe_closes_or_reopens_it() -> None:
+    for probe_ok in (True, False):
+        run = _Run(on=[])
+        _open_until(run, "a", NOW + 30)
+        circuit, pending = run.p.circuit, run.p.pending
+        assert policy.circuit_half_open(None, circuit, pending, now=NOW + 29.9) == []
+        half = policy.circuit_half_open(None, circuit, pending, now=NOW + 30)
+        assert half == [CircuitHalfOpen(probe_item="b", probes=1, success_threshold=1)]
+        run.apply(*half, ts=NOW + 30)
+        if probe_ok:
+            run.succeed("b")
+            reason = "probe b succeeded"
+        else:
+            run.fail("b", "command_failed")
+            reason = "probe b failed otherwise"
+        assert policy.circuit_after_outcome(None, circuit, "b", ok=probe_ok) == [
+            CircuitClosed(reason=reason)
+        ]
+    # A probe that hits the limit again reopens it until the new reset.
+    run = _Run(on=[])
+    _open_until(run, "a", NOW + 30)
+    run.apply(CircuitHalfOpen(probe_item="b"), ts=NOW + 30)
+    reopened = _open_until(run, "b", NOW + 100, now=NOW + 31)
+    assert [e.until for e in reopened if isinstance(e, CircuitOpened)] == [rfc3339(NOW + 100)]
+    assert run.p.circuit.state == "open"
+    assert policy.circuit_after_outcome(None, run.p.circuit, "b", ok=False) == []
+
+
+def test_with_a_circuit_breaker_a_usage_limit_opens_it_and_its_probes_are_the_spec_s() -> None:
+    spec = _circuit(threshold=5, cooldown="1s", on=["rate_limited"], half_open_requests=3)
+    run = _Run(**spec.model_dump())
+    run.fail("a")  # a streak of one, below the threshold
+    opened = _open_until(run, "b", NOW + 30)
+    assert [(e.failures, e.until) for e in opened if isinstance(e, CircuitOpened)] == [
+        (2, rfc3339(NOW + 30))
+    ]
+    # The reset, not the cooldown, says when it half-opens; the streak reopens nothing meanwhile.
+    assert policy.half_open_at(run.p.circuit) == NOW + 30
+    assert policy.circuit_after_outcome(spec, run.p.circuit, "b", ok=False) == []
+    half = policy.circuit_half_open(spec, run.p.circuit, run.p.pending, now=NOW + 30)
+    assert [e.probes for e in half if isinstance(e, CircuitHalfOpen)] == [3]
+    # A circuit the streak opened until a later time stays as it is.
+    hourly = _circuit(threshold=1, cooldown="1h", on=["rate_limited"])
+    later = _Run(**hourly.model_dump())
+    later.fail("a")
+    later.apply(*policy.circuit_after_outcome(hourly, later.p.circuit, "a", ok=False))
+    assert later.p.circuit.state == "open"
+    assert _open_until(later, "b", NOW + 30) == []

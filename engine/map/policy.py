@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +47,7 @@ __all__ = [
     "item_history",
     "probe_limit",
     "retry_or_dead_letter",
+    "usage_limit_circuit",
 ]
 
 MAX_RETRY_DELAY = 7 * 86400.0
@@ -233,10 +235,51 @@ def retry_or_dead_letter(
 
 
 def half_open_at(circuit: CircuitProjection) -> float | None:
-    """When an open circuit may let a probe through (epoch seconds); None unless open."""
-    if circuit.state != "open" or circuit.opened_at is None:
+    """When an open circuit may let a probe through (epoch seconds); None unless open.
+
+    Its ``until`` when it has one (a usage limit's reset), else its opening's
+    time plus its cooldown.
+    """
+    if circuit.state != "open":
+        return None
+    if circuit.until is not None:
+        return epoch(circuit.until)
+    if circuit.opened_at is None:
         return None
     return epoch(circuit.opened_at) + circuit.cooldown
+
+
+def usage_limit_circuit(
+    circuit: CircuitProjection, events: Sequence[Event], *, now: float
+) -> list[Event]:
+    """``circuit.opened`` until the reset of the usage limit a failure among ``events`` hit.
+
+    A failure that says when its usage limit resets (``resets_at``, after
+    ``now``) opens the circuit for every item until then, whether or not the
+    workflow has a ``circuit_breaker``; appended with the failure, so no
+    dispatch comes between. A circuit already open until that time or later
+    stays as it is; one open until an earlier time (or half open, its probe
+    having hit the limit again) opens until the later reset.
+    """
+    failed = next((e for e in events if isinstance(e, ItemFailed)), None)
+    if failed is None or failed.resets_at is None:
+        return []
+    reset = epoch(failed.resets_at)
+    if reset <= now:
+        return []
+    due = half_open_at(circuit)
+    if due is not None and due >= reset:
+        return []
+    streak = circuit.streak + 1 if failed.error_type in circuit.on else 1
+    return [
+        CircuitOpened(
+            failures=streak,
+            error_type=failed.error_type,
+            cooldown=round(reset - now, 6),
+            until=failed.resets_at,
+            item=failed.item,
+        )
+    ]
 
 
 def circuit_half_open(
@@ -246,22 +289,22 @@ def circuit_half_open(
     *,
     now: float,
 ) -> list[Event]:
-    """``circuit.half_open`` once an open circuit's cooldown has passed at ``now``.
+    """``circuit.half_open`` once an open circuit's cooldown has passed at ``now``
+    (or its ``until``, see :func:`half_open_at`).
 
     It says how many probes may run at once (``half_open_requests``) and how
     many must pass to close it (``success_threshold``), and names the first
-    probe: the next item ready at ``now``.
+    probe: the next item ready at ``now``. Without a ``circuit_breaker``
+    (a circuit a usage limit opened), one probe, which must pass.
     """
-    if spec is None:
-        return []
     due = half_open_at(circuit)
     if due is None or now < due:
         return []
     return [
         CircuitHalfOpen(
             probe_item=pending.next_ready(rfc3339(now)),
-            probes=spec.half_open_requests,
-            success_threshold=spec.success_threshold,
+            probes=spec.half_open_requests if spec is not None else 1,
+            success_threshold=spec.success_threshold if spec is not None else 1,
         )
     ]
 
@@ -283,19 +326,20 @@ def circuit_after_outcome(
     threshold. Half open (``item`` was a probe): a failure that left the
     streak standing opens it again; any other outcome passed, a success or
     a failure of another type (which reset the streak), and once
-    ``success_threshold`` probes passed it closes.
+    ``success_threshold`` probes passed it closes. Without a
+    ``circuit_breaker`` there is no streak: only a usage limit opens the
+    circuit (:func:`usage_limit_circuit`, which reopens it too when a probe
+    hits the limit again), and any other outcome of a probe closes it.
     """
-    if spec is None:
-        return []
     if circuit.state == "half_open":
-        if not ok and circuit.last_type is not None and circuit.streak > 0:
+        if spec is not None and not ok and circuit.last_type is not None and circuit.streak > 0:
             return [_opened(spec, circuit)]
         if circuit.passed < circuit.success_threshold:
             return []
         if ok:
             return [CircuitClosed(reason=f"probe {item} succeeded{_of(circuit)}")]
         return [CircuitClosed(reason=f"probe {item} failed otherwise{_of(circuit)}")]
-    if circuit.state == "closed" and circuit.streak >= spec.threshold:
+    if spec is not None and circuit.state == "closed" and circuit.streak >= spec.threshold:
         return [_opened(spec, circuit)]
     return []
 

@@ -36,7 +36,7 @@ from engine.store.cache import ArtifactError, ItemHooks
 from engine.store.content import ContentStore
 from engine.workflow.spec import BudgetSpec, CircuitBreakerSpec, MapSpec
 from ledger.errors import LedgerWriteFailed
-from ledger.events import Event, ItemDispatched
+from ledger.events import Event, ItemDispatched, ItemFailed
 from ledger.times import epoch, reading
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
@@ -233,16 +233,16 @@ class MapScheduler:
             await self._dispatch(plans)
 
     def _paused(self) -> bool:
-        """Dispatching is paused (``engine pause``), or held while a pause or cancel is recorded."""
-        return self.p.run.paused or self.held
+        """Dispatching is paused (``engine pause``), or held while a pause, a cancel or a
+        transition of the circuit is recorded."""
+        return self.p.run.paused or self.held or self._circuit_turn.locked()
 
     def _free_slots(self) -> int:
         return self.max_parallel - len(self.running) - len(self.reserved)
 
     async def _circuit_allows(self) -> bool:
-        """Whether the circuit lets an item through now (half-opening it when due)."""
-        if self.circuit is None:
-            return True
+        """Whether the circuit lets an item through now (half-opening it when due); a
+        usage limit opens it without a ``circuit_breaker`` too."""
         events = policy.circuit_half_open(
             self.circuit, self.p.circuit, self.p.pending, now=self.clock()
         )
@@ -431,9 +431,16 @@ class MapScheduler:
             # the failure limits and the circuit breaker have seen it.
             self.running.pop(item, None)
             may = self.stopping is None and not self._paused()
-            closed = self.circuit is None or self.p.circuit.state == "closed"
+            closed = self.p.circuit.state == "closed"
             plans = self._plan(self._free_slots()) if may and closed else []
             await self._dispatch(plans, before=events)
+        elif any(isinstance(e, ItemFailed) and e.resets_at for e in events):
+            # A usage limit's reset opens the circuit in the failure's append; nothing
+            # is dispatched until it is applied (the turn held: see ``_paused``).
+            async with self._circuit_turn:
+                opened = policy.usage_limit_circuit(self.p.circuit, events, now=self.clock())
+                await self._append([*events, *opened])
+            self.wake.set()
         else:
             await self._append(events)
         await self._after_outcome(item, outcome)
@@ -480,6 +487,8 @@ class MapScheduler:
             events = policy.circuit_after_outcome(self.circuit, self.p.circuit, item, ok=outcome.ok)
             if events:
                 await self._append(events)
+        if events:
+            self.wake.set()  # dispatching was held meanwhile
         if self.stopping is None:
             reason = policy.failure_stop(self.spec, self.p.items, item, ok=outcome.ok)
             if reason is not None:
