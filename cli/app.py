@@ -1,7 +1,8 @@
 """The click group, shared options, and how errors become exit codes.
 
 Exit codes (the CLI contract): 0 ok; 1 the run finished with failures (or a
-ledger is corrupt); 2 bad input; 3 run locked; 130 interrupted, resumable.
+ledger is corrupt); 2 bad input; 3 run locked; 4 stopped by its budget, resumable;
+130 interrupted, resumable.
 Errors are one line on stderr: what, where, how to fix. ``--debug`` shows
 the traceback before that line; the exit code stays the same.
 

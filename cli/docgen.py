@@ -18,7 +18,8 @@ Generated from the commands' `--help` by `make docs`; a test fails when this
 file is stale.
 
 Exit codes for every command: 0 ok; 1 the run finished with failures (or a
-ledger is corrupt); 2 bad input; 3 run locked; 130 interrupted, resumable.
+ledger is corrupt); 2 bad input; 3 run locked; 4 stopped by its budget, resumable;
+130 interrupted, resumable.
 Errors are one line on stderr (`engine: error: ...`); with `--debug` the
 traceback is printed before that line, and the exit code stays the same (bad
 input still exits 2, an internal error 1).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -19,6 +20,7 @@ from cli.worktree_cmds import branch_line, branch_next, branch_summary
 from engine.errors import WorkflowError
 from engine.home import RunRef, check_run_id, list_runs
 from engine.run import RunOptions, RunResult, execute_run, resume_run
+from engine.run.driver import EXIT_BUDGET
 from engine.tools.mock_agent import help_text as mock_agent_help
 from engine.tools.mock_agent import main as mock_agent_main
 from engine.views.status import RunStatusView, status_view
@@ -139,8 +141,8 @@ def run_cmd(
     and each step's program on PATH (see --allow-missing); a refusal leaves
     no run behind. Exit 0 when every item succeeded; 1 when the run finished
     with failed or dead-lettered items or failed; 2 on bad input (also an
-    unknown --profile); 3 when the run is locked; 130 when interrupted
-    (resumable).
+    unknown --profile); 3 when the run is locked; 4 when stopped by its
+    budget, and 130 when interrupted (both resumable).
     """
     if executor != "local":
         raise EngineError(
@@ -207,7 +209,8 @@ def _print_outcome(result: RunResult, wall: float, as_json: bool) -> None:
             click.echo(branch_summary(isolation))
         click.echo("next:")
         if result.status in ("interrupted", "aborted"):
-            click.echo(f"  engine resume {result.run_id}        # go on where it stopped")
+            more = " --budget USD" if result.exit_code == EXIT_BUDGET else ""  # raise it, go on
+            click.echo(f"  engine resume {result.run_id}{more}        # go on where it stopped")
         if isolation is not None:
             for line in branch_next(isolation, result.run_id):
                 click.echo(line)
@@ -219,10 +222,23 @@ def _print_outcome(result: RunResult, wall: float, as_json: bool) -> None:
     sys.stdout.flush()
 
 
+def _budget(_ctx: click.Context, _param: click.Parameter, usd: float | None) -> float | None:
+    if usd is not None and not (math.isfinite(usd) and usd > 0):
+        raise click.BadParameter(f"{usd} is not an amount in USD over 0", param_hint="--budget")
+    return usd
+
+
 @cli.command("resume")
 @click.argument("run")
 @click.option("--include-dlq", is_flag=True, help="Run the dead-lettered items again too (last).")
 @JOBS
+@click.option(
+    "--budget",
+    type=float,
+    callback=_budget,
+    metavar="USD",
+    help="The run's budget from now on, what was spent included (recorded).",
+)
 @click.option(
     "--allow-changed",
     is_flag=True,
@@ -238,6 +254,7 @@ def resume_cmd(
     run: str,
     include_dlq: bool,
     jobs: int | None,
+    budget: float | None,
     allow_changed: bool,
     no_cache: bool,
     refresh_cache: bool,
@@ -255,12 +272,13 @@ def resume_cmd(
     variable of its name, else from the workflow file. Exit codes as for
     `engine run`; 2 when the run is completed or its
     workflow file changed (see --allow-changed); 3 when another engine holds
-    the run.
+    the run; 4 again at once for a run stopped by its budget, unless --budget.
     """
     ref = obj.run(run, allow_ledger_file=False)
     options = RunOptions(
         max_parallel=jobs,
         include_dlq=include_dlq,
+        budget=budget,
         allow_changed=allow_changed,
         no_cache=no_cache,
         refresh_cache=refresh_cache,

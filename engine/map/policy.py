@@ -1,4 +1,5 @@
-"""The map's decisions, as pure functions: retry or dead-letter, the circuit, failure limits.
+"""The map's decisions, as pure functions: retry or dead-letter, the circuit, failure limits,
+the run's budget.
 
 Each takes what happened (a failure, an outcome), the projections as they
 stand (read, never changed), the workflow's settings and, where time or
@@ -19,6 +20,7 @@ from typing import Literal
 from engine.workflow.spec import BudgetSpec, CircuitBreakerSpec, MapSpec, RetrySpec
 from ledger.events import (
     AgentUsage,
+    BudgetExhausted,
     CircuitClosed,
     CircuitHalfOpen,
     CircuitOpened,
@@ -26,6 +28,7 @@ from ledger.events import (
     ItemDeadLettered,
     ItemFailed,
     ItemRetryScheduled,
+    ItemSucceeded,
 )
 from ledger.times import epoch, rfc3339
 from projections.circuit import CircuitProjection
@@ -39,6 +42,7 @@ __all__ = [
     "ItemHistory",
     "Stop",
     "backoff_delay",
+    "budget_exhausted",
     "circuit_after_outcome",
     "circuit_half_open",
     "failure_limit_reached",
@@ -391,3 +395,33 @@ def failure_limit_reached(spec: MapSpec, items: ItemsProjection) -> bool:
         if finished >= minimum and failures / finished >= threshold:
             return True
     return False
+
+
+# --- the run's budget ----------------------------------------------------------------------
+
+
+def budget_exhausted(
+    budget: BudgetSpec, p: Projections, before: Sequence[Event] = ()
+) -> list[Event] | None:
+    """Whether the run's budget stops new attempts: None while it leaves room; else the
+    events to record (``budget.exhausted``; none when it is recorded already).
+
+    The budget in force is the last resume's (``--budget``), else
+    ``budget.max_cost_usd``; it is spent once the recorded spend, with what the
+    outcomes among ``before`` (about to be appended) spent, reaches it. Only
+    while items wait for an attempt: a run whose last attempt spent it is done.
+    """
+    spend = p.budget
+    limit = spend.limit(budget.max_cost_usd)
+    spending = sum(
+        e.usage.cost_usd
+        for e in before
+        if isinstance(e, ItemSucceeded | ItemFailed) and e.usage is not None
+    )
+    spent = round(spend.spent_usd + spending, 10)
+    if limit is None or spent < limit or p.pending.empty:
+        return None
+    recorded = spend.exhausted
+    if recorded is not None and recorded.max_cost_usd == limit:
+        return []
+    return [BudgetExhausted(spent_usd=spent, max_cost_usd=float(limit))]

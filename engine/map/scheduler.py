@@ -62,7 +62,7 @@ class _Plan:
 class MapOutcome:
     stopped: str | None = None
     """Why dispatching stopped early: ``interrupted``, ``max_failures``, ``item_failed``,
-    ``engine_error`` (then ``error`` is what stopped it)."""
+    ``budget`` (the run's is spent), ``engine_error`` (then ``error`` is what stopped it)."""
     error: BaseException | None = None
 
 
@@ -265,10 +265,14 @@ class MapScheduler:
     async def _dispatch(self, plans: list[_Plan], before: Sequence[Event] = ()) -> None:
         """Dispatch planned items: one durable append (after ``before``), then their processes.
 
-        Write-ahead: the dispatches are durable before any process starts.
+        Write-ahead: the dispatches are durable before any process starts. Once the run's
+        budget is spent, none is: ``budget.exhausted`` (once) and the map stops.
         """
         taken = list(plans)
         try:
+            if (spent := policy.budget_exhausted(self.budget, self.p, before)) is not None:
+                self.stop("budget")  # running attempts finish, their outcomes recorded
+                before, plans = [*before, *spent], []
             if self.hooks is not None:
                 extra: list[Event] = []
                 keep: list[_Plan] = []

@@ -3,8 +3,9 @@
 Each phase goes as far as the ledger says is left (a resume skips what is
 done). Between phases, and whenever the map stops, the driver asks how the
 run stands: stopped by a signal (interrupted: nothing more is recorded,
-exit 130, resumable), cancelled (``run.aborted``, exit 130), failed
-(``run.failed``, exit 1), or on to the next phase. ``run.completed`` comes
+exit 130, resumable), cancelled (``run.aborted``, exit 130), stopped by its
+budget (``run.aborted``, exit 4, resumable), failed (``run.failed``, exit 1),
+or on to the next phase. ``run.completed`` comes
 last, never with an item running or pending.
 
 While it drives, SIGINT and SIGTERM stop the run (:func:`handling_signals`)
@@ -32,7 +33,7 @@ from engine.store.cache import ItemHooks
 from ledger.errors import EngineError
 from ledger.events import Event, RunAborted, RunCompleted, RunFailed
 
-__all__ = ["SIGNALS", "drive", "handling_signals"]
+__all__ = ["EXIT_BUDGET", "SIGNALS", "drive", "handling_signals"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """The signals that stop a run (resumable)."""
@@ -162,6 +163,8 @@ async def _map(run: RunContext, control: ControlWatcher) -> RunResult | None:
         return finish_interrupted(run)
     if outcome.stopped == "cancelled":
         return await finish_cancelled(run)
+    if outcome.stopped == "budget":
+        return await finish_budget(run)
     if outcome.stopped == "engine_error":
         assert outcome.error is not None
         return await finish_engine_error(run, outcome.error)
@@ -262,6 +265,24 @@ async def finish_engine_error(run: RunContext, error: BaseException) -> RunResul
 def finish_interrupted(run: RunContext) -> RunResult:
     """Stopped by a signal: nothing more is recorded; the run is resumable."""
     return RunResult(run.run_id, run.run_dir, "interrupted", 130, run.p, "interrupted")
+
+
+EXIT_BUDGET = 4
+"""The exit code of a run stopped by its budget (resumable)."""
+
+
+async def finish_budget(run: RunContext) -> RunResult:
+    """Stopped by its budget (``budget.exhausted``): ``run.aborted`` (resumable with more)."""
+    spend = run.p.budget
+    limit = spend.limit(run.spec.budget.max_cost_usd) or 0.0
+    given = "budget.max_cost_usd" if spend.raised_to is None else "engine resume --budget"
+    reason = (
+        f"budget spent: ${spend.spent_usd:.2f} of ${limit:.2f} ({given}); "
+        f"raise it and go on with: engine resume {run.run_id} --budget USD"
+    )
+    await end_leftovers(run)
+    await run.append([RunAborted(reason=reason)])
+    return RunResult(run.run_id, run.run_dir, "aborted", EXIT_BUDGET, run.p, reason)
 
 
 async def finish_cancelled(run: RunContext) -> RunResult:

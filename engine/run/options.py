@@ -32,6 +32,9 @@ class RunOptions:
     """Resume: dead items run again too (after everything else)."""
     requeue: list[str] | None = None
     """Resume for ``engine dlq retry``: these dead items run again."""
+    budget: float | None = None
+    """Resume (``engine resume --budget``): the run's budget in USD from now on, over
+    ``budget.max_cost_usd`` (recorded as ``run.resumed``'s ``max_cost_usd``)."""
     allow_changed: bool = False
     """Resume with a workflow whose file differs from the run's frozen copy."""
     no_cache: bool = False
@@ -64,8 +67,10 @@ class RunResult:
     run_id: str
     run_dir: Path
     status: str
-    """completed, failed, aborted (cancelled) or interrupted (a signal)."""
+    """completed, failed, aborted (cancelled, or stopped by its budget) or interrupted
+    (a signal)."""
     exit_code: int
+    """0 ok; 1 failures; 4 stopped by its budget (resumable); 130 interrupted or cancelled."""
     projections: Projections
     reason: str | None = None
     output: list[str] = field(default_factory=list)

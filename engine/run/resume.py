@@ -244,6 +244,7 @@ async def _opening(run: RunContext, changes: list[str], given: dict[str, str]) -
             max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
             cache=options.cache_mode(run.p.run.cache_mode),
             vars={k: MASK if k in spec.secret_names else v for k, v in given.items()},
+            max_cost_usd=options.budget,
         )
     ]
     if changed:
