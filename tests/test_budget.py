@@ -164,3 +164,51 @@ def test_the_budget_decision() -> None:
     raised = RunResumed(pid=1, host="h", max_cost_usd=5.0)
     p.apply_all([Record(v=1, seq=p.seq + 1, ts=ts, run="r", data=raised, hash="0" * 64)])
     assert policy.budget_exhausted(spec, p) is None  # the resume's budget is in force
+
+
+def _starts(tmp_path: Path) -> list[list[str]]:
+    """The mock agent's start lines: ITEM ATTEMPT EPOCH [resume=S] [budget=USD]."""
+    lines = (tmp_path / "mock.log").read_text().splitlines()
+    return [line.split()[1:] for line in lines if line.startswith("start ")]
+
+
+def test_each_attempt_gets_what_is_left_of_its_items_budget(tmp_path: Path) -> None:
+    script = {
+        "items": {"x": [{"fail": "broke", "cost": 0.5}, {"ok": "fixed", "cost": 0.25}]},
+        "default": {"cost": 0.1},
+    }
+    wf = _budget_workflow(tmp_path, "{max_item_cost_usd: 2.0}", script, items=["x", "y"])
+    result = run_workflow(wf, tmp_path / "home")
+    assert result.exit_code == 0, result.reason
+    starts = {(s[0], s[1]): s[3:] for s in _starts(tmp_path)}
+    assert starts == {
+        ("x", "1"): ["budget=2.0"],
+        ("x", "2"): ["budget=1.5"],  # 2.0 less what attempt 1 spent
+        ("y", "1"): ["budget=2.0"],
+    }
+
+
+def test_an_agent_command_with_its_own_budget_flag_keeps_it(tmp_path: Path) -> None:
+    agent = "python -m engine.tools.mock_agent --script agent.json --max-budget-usd 9 -p"
+    wf = _budget_workflow(
+        tmp_path, "{max_item_cost_usd: 2.0}", {"default": {}}, items=["x"], agent=agent
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    assert result.exit_code == 0, result.reason
+    assert [s[3:] for s in _starts(tmp_path)] == [["budget=9"]]
+
+
+def test_an_item_that_spent_its_budget_is_dead_lettered(tmp_path: Path) -> None:
+    script = {"items": {"x": {"fail": "still broken", "cost": 1.25}}, "default": {}}
+    wf = _budget_workflow(tmp_path, "{max_item_cost_usd: 2.0}", script, items=["x", "y"])
+    result = run_workflow(wf, tmp_path / "home")
+    assert result.exit_code == 1, result.reason
+    dead = records(result, "item.dead_lettered")
+    assert [(r.data.item, r.data.attempt, r.data.reason) for r in dead] == [
+        ("x", 2, "item budget spent")  # 1.25 + 1.25 passed 2.0; 3 attempts were allowed
+    ]
+    assert [s[:2] + s[3:] for s in _starts(tmp_path) if s[0] == "x"] == [
+        ["x", "1", "budget=2.0"],
+        ["x", "2", "budget=0.75"],
+    ]
+    assert replay(result.run_dir / "ledger.ndjson").budget.by_item["x"] == 2.5

@@ -67,6 +67,12 @@ class AttemptRequest:
     ``retry.retry_on``."""
     agent_output: str = "text"
     """``agent.output``: how a ``claude:`` step's run is read."""
+    resume_session: str | None = None
+    """The agent session the attempt's ``claude:`` step continues (``--resume``): the
+    failed attempt's, with ``map.retry.resume_session``."""
+    max_budget_usd: float | None = None
+    """What the attempt's agent may spend (``--max-budget-usd``): ``budget.max_item_cost_usd``
+    less what the item's attempts spent before it."""
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,17 @@ from ledger.atomic import FILE_MODE, make_private_dir
 __all__ = [
     "ARG_LIMIT",
     "CANCELLED",
+    "NO_FLAGS",
     "STDERR_LIMIT",
     "VARIABLES_BUDGET",
+    "AgentFlags",
     "CaptureError",
     "OutputRedactor",
     "StepResult",
     "Unpassable",
     "ValueFiles",
     "agent_argv",
+    "agent_words",
     "capture",
     "check_passable",
     "encoded_size",
@@ -161,6 +164,30 @@ class ValueFiles:
 # --- a step as a command --------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class AgentFlags:
+    """What one ``claude:`` step's run is given beside its prompt."""
+
+    resume: str | None = None
+    """The agent session it continues (``--resume SESSION``)."""
+    max_budget_usd: float | None = None
+    """What it may spend (``--max-budget-usd USD``)."""
+
+
+NO_FLAGS = AgentFlags()
+
+
+def agent_words(agent_command: Sequence[str], flags: AgentFlags) -> list[str]:
+    """The agent's command line with ``flags``, each unless the command gives it already."""
+    words = list(agent_command)
+    given = {word.partition("=")[0] for word in words}
+    if flags.resume is not None and "--resume" not in given:
+        words += ["--resume", flags.resume]
+    if flags.max_budget_usd is not None and "--max-budget-usd" not in given:
+        words += ["--max-budget-usd", str(round(float(flags.max_budget_usd), 6))]
+    return words
+
+
 def step_command(
     step: Step,
     context: Mapping[str, Any],
@@ -169,13 +196,15 @@ def step_command(
     agent_command: Sequence[str],
     heartbeat_file: str,
     files: ValueFiles,
+    agent_flags: AgentFlags = NO_FLAGS,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment (over ``env``, the attempt's) that run ``step``.
 
     A shell step is ``/bin/sh -c`` with its values in environment variables
     (or, too large for it, in files); an argv or agent step gets its values
-    as whole arguments. Raises ValueError (a template error, or
-    :class:`Unpassable`) when it cannot be run. A ``write_file`` step has none: the
+    as whole arguments (an agent step, its ``agent_flags`` after the agent's
+    command). Raises ValueError (a template error, or :class:`Unpassable`) when
+    it cannot be run. A ``write_file`` step has none: the
     executor writes its file (:mod:`engine.exec.write_file`).
     """
     if step.write_file is not None:
@@ -187,7 +216,7 @@ def step_command(
     for key, value in step.env.items():
         env[key] = render_text(value, context)
     if step.kind != "shell":
-        agent = list(agent_command) if step.kind == "claude" else []
+        agent = agent_words(agent_command, agent_flags) if step.kind == "claude" else []
         words = [*agent, step.claude or ""] if step.kind == "claude" else [*(step.argv or [])]
         argv, variables = render_argv(words, context, literal=len(agent))
         return argv, {**env, **variables}

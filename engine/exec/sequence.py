@@ -16,7 +16,14 @@ import msgspec
 
 from engine.exec.agent_output import read_run, replaced, used
 from engine.exec.executor import AttemptOutcome
-from engine.exec.program import CaptureError, StepResult, capture, parse_output, step_cwd
+from engine.exec.program import (
+    AgentFlags,
+    CaptureError,
+    StepResult,
+    capture,
+    parse_output,
+    step_cwd,
+)
 from engine.exec.validation import ValidationLoop, recorded
 from engine.git.refs import read_head
 from engine.map.classify import classify
@@ -76,14 +83,22 @@ class StepSequence:
         rules: Sequence[ClassifyRule] = (),
         rng: random.Random | None = None,
         agent_output: str = "text",
+        resume_session: str | None = None,
+        max_budget_usd: float | None = None,
     ) -> None:
         """``cwd``, ``worktree``: the attempt's (where a ``commit_required`` step's
         repository is: its worktree, else the step's working directory's). ``rules``:
         the workflow's ``classify`` rules, which type a failure for ``retry_on``;
         ``rng``: what a retry's jitter is drawn from; ``agent_output``: how a
-        ``claude:`` step's run is read (:mod:`engine.exec.agent_output`)."""
+        ``claude:`` step's run is read (:mod:`engine.exec.agent_output`);
+        ``resume_session``, ``max_budget_usd``: the attempt's, for its ``claude:`` steps
+        (:meth:`agent_flags`)."""
         self.steps = steps
         self.agent_output = agent_output
+        self._resume = resume_session
+        self._budget = max_budget_usd
+        self._session: str | None = None
+        """The session the current step's last run reported (an agent's)."""
         self.usage: AgentUsage | None = None
         """What the agent's runs reported spending, summed (Claude's output formats)."""
         self._planned: Step | None = None
@@ -152,6 +167,26 @@ class StepSequence:
             return step, True
         return None
 
+    def agent_flags(self) -> AgentFlags:
+        """What the ``claude:`` step :meth:`next` gave is run with: the session it
+        continues and what it may spend (the attempt's budget less what its runs spent).
+
+        The attempt's first run of one of its steps continues the attempt's session
+        (``map.retry.resume_session``); a run of a step after a failed one continues
+        that one's session when the step's ``retry.resume_session`` says so.
+        """
+        budget = self._budget
+        if budget is not None:
+            budget = max(0.0, budget - (self.usage.cost_usd if self.usage else 0.0))
+        if self._validation is not None or self.failed is not None:
+            return AgentFlags(max_budget_usd=budget)  # a validator or a handler
+        step, resume = self.steps[self._index], None
+        if self._runs == 0:
+            resume = self._resume
+        elif step.retry is not None and step.retry.resume_session:
+            resume = self._session
+        return AgentFlags(resume=resume, max_budget_usd=budget)
+
     def backoff(self) -> float:
         """Seconds to wait before running the step :meth:`next` gave: a retry's delay, else 0.
 
@@ -164,9 +199,9 @@ class StepSequence:
     def record(self, result: StepResult, *, stopped: bool, expired: bool = False) -> None:
         """What happened to the step :meth:`next` gave; ``stopped``: the attempt was stopped;
         ``expired``: the attempt's deadline has passed (nothing of it can run again)."""
-        planned = self._planned
+        planned, session = self._planned, None
         if planned is not None and planned.kind == "claude" and not stopped:
-            result = self._agent_run(result)
+            result, session = self._agent_run(result)
         if self._validation is not None:
             self._validation.record(result, stopped=stopped)
             self._validation_stopped |= stopped
@@ -176,6 +211,7 @@ class StepSequence:
             return
         index, step = self._index, self.steps[self._index]
         self._runs += 1
+        self._session = session
         self._set_last(step, result)
         if result.ok and not stopped:
             result = self._committed(index, step, result)
@@ -186,13 +222,14 @@ class StepSequence:
             return
         self._settle(index, step, result, stopped=stopped, expired=expired)
 
-    def _agent_run(self, result: StepResult) -> StepResult:
-        """An agent's run as its output format says: its result, its error, its spending."""
+    def _agent_run(self, result: StepResult) -> tuple[StepResult, str | None]:
+        """An agent's run as its output format says: its result, its error, its spending;
+        and the session it reported."""
         if self.agent_output == "text":
-            return result
+            return result, None
         fields, spent = read_run(result, result.stdout)
         self.usage = used(self.usage, spent)
-        return replaced(result, fields)
+        return replaced(result, fields), spent.session_id if spent is not None else None
 
     # --- what a step's result leads to ------------------------------------------------
 

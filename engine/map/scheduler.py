@@ -56,6 +56,7 @@ class _Plan:
     attempt: int
     key: str
     value: Any
+    resumes: str | None = None  # the agent session it continues (retry.resume_session)
 
 
 @dataclass
@@ -255,23 +256,21 @@ class MapScheduler:
         plans = []
         now = self._now_text()
         for item in self.p.pending.ready_items(now, limit, exclude=self.reserved):
-            attempt = self.p.items.items[item].attempts + 1
-            value = self.values.get(item)
-            key = self._keys(item, value)
-            plans.append(_Plan(item, attempt, key, value))
-            self.reserved[item] = attempt
+            state, value = self.p.items.items[item], self.values.get(item)
+            resumes = state.session if self.spec.retry.resume_session else None
+            plans.append(_Plan(item, state.attempts + 1, self._keys(item, value), value, resumes))
+            self.reserved[item] = state.attempts + 1
         return plans
 
     async def _dispatch(self, plans: list[_Plan], before: Sequence[Event] = ()) -> None:
         """Dispatch planned items: one durable append (after ``before``), then their processes.
 
-        Write-ahead: the dispatches are durable before any process starts. Once the run's
-        budget is spent, none is: ``budget.exhausted`` (once) and the map stops.
+        Write-ahead: the dispatches are durable before any process starts.
         """
         taken = list(plans)
         try:
             if (spent := policy.budget_exhausted(self.budget, self.p, before)) is not None:
-                self.stop("budget")  # running attempts finish, their outcomes recorded
+                self.stop("budget")  # none starts (budget.exhausted, once); running ones finish
                 before, plans = [*before, *spent], []
             if self.hooks is not None:
                 extra: list[Event] = []
@@ -306,6 +305,7 @@ class MapScheduler:
                             attempt=plan.attempt,
                             idempotency_key=plan.key,
                             worker=self.executor.name,
+                            resumes_session=plan.resumes,
                         )
                         for plan in plans
                     ),
@@ -316,6 +316,7 @@ class MapScheduler:
                     if plan.item in unmade:
                         raise WorktreeUnmade(unmade[plan.item])
                     request = self.make_request(plan.item, plan.attempt, plan.key, plan.value)
+                    request = dataclasses.replace(request, resume_session=plan.resumes)
                     if self.isolation is not None:
                         request = self.isolation.request(request)
                     handle = await self.executor.start(request)

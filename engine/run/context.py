@@ -243,7 +243,18 @@ class RunContext:
             phase=phase,
             classify=spec.map.classify if spec.map else (),
             agent_output=spec.agent.output,
+            max_budget_usd=self._item_budget(item) if steps is None else None,
         )
+
+    def _item_budget(self, item: str) -> float | None:
+        """What an item's next attempt may spend (``--max-budget-usd``): the item's budget
+        less its recorded spend; None without one, or for an agent not read as Claude's, or
+        whose command sets its own."""
+        limit = self.spec.budget.max_item_cost_usd
+        given = any(w.partition("=")[0] == "--max-budget-usd" for w in self.agent_command)
+        if limit is None or self.spec.agent.output == "text" or given:
+            return None
+        return max(0.0, round(limit - self.p.budget.by_item.get(item, 0.0), 10))
 
     # --- stopping ------------------------------------------------------------------------
 

@@ -372,6 +372,12 @@ class MapSpec(_Model):
         _exactly_one(self, ("input", "command", "items"), "map")
         if not self.agent_template:
             raise ValueError("agent_template needs at least one step")
+        agents = sum(step.kind == "claude" for step in self.agent_template)
+        if self.retry.resume_session and agents > 1:
+            raise ValueError(
+                f"retry.resume_session with {agents} claude: steps: which step's session to "
+                "resume is ambiguous (keep one claude: step, or use that step's own retry)"
+            )
         if self.isolation != "worktree" and self.on_conflict:
             raise ValueError("on_conflict needs isolation: worktree (there is no merge without it)")
         if self.isolation != "worktree" and self.work_at != "workflow":

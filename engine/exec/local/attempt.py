@@ -29,6 +29,7 @@ from engine.exec.local.procfs import group_usage, stop_group_leftovers, terminat
 from engine.exec.program import (
     CANCELLED,
     STDERR_LIMIT,
+    AgentFlags,
     OutputRedactor,
     StepResult,
     ValueFiles,
@@ -232,6 +233,8 @@ class LocalAttempt(Attempt):
             worktree=request.worktree,
             rules=request.classify,
             agent_output=request.agent_output,
+            resume_session=request.resume_session,
+            max_budget_usd=request.max_budget_usd,
         )
         deadline = None if request.timeout is None else self.started + request.timeout
         try:
@@ -240,7 +243,7 @@ class LocalAttempt(Attempt):
                 limit = deadline if timed else None
                 result = await self._wait_backoff(steps.backoff(), limit)
                 if result is None:
-                    result = await self._step(step, steps.context, limit)
+                    result = await self._step(step, steps.context, limit, steps.agent_flags())
                 expired = limit is not None and time.monotonic() >= limit
                 steps.record(result, stopped=self.cancelled or self.hung, expired=expired)
         finally:
@@ -309,7 +312,7 @@ class LocalAttempt(Attempt):
         return stdout_ref, stderr_ref
 
     async def _step(
-        self, step: Step, context: dict[str, Any], deadline: float | None
+        self, step: Step, context: dict[str, Any], deadline: float | None, flags: AgentFlags
     ) -> StepResult:
         """Run one step; what happened to it."""
         request = self.request
@@ -323,6 +326,7 @@ class LocalAttempt(Attempt):
                 agent_command=request.agent_command,
                 heartbeat_file=self.heartbeat_file,
                 files=self.files,
+                agent_flags=flags,
             )
             check_passable(argv, env)
         except ValueError as exc:  # a template error, or a value no process can be given
