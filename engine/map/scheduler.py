@@ -272,24 +272,15 @@ class MapScheduler:
             if (spent := policy.budget_exhausted(self.budget, self.p, before)) is not None:
                 self.stop("budget")  # none starts (budget.exhausted, once); running ones finish
                 before, plans = [*before, *spent], []
-            if self.hooks is not None:
-                extra: list[Event] = []
-                keep: list[_Plan] = []
-                for plan in plans:
-                    attempts = self.p.items.items[plan.item].attempts
-                    try:
-                        hit, events = await self.hooks.check(plan.item, plan.value, attempts)
-                    except Exception as exc:  # the cache failed: stop, but record ``before``
-                        self.warn(
-                            f"engine: error while looking up the cache: {describe_error(exc)}"
-                        )
-                        self._stop_fatally(exc)
-                        keep = []
-                        break
-                    extra += events
-                    if not hit:
-                        keep.append(plan)
-                before, plans = [*before, *extra], keep
+            if self.hooks is not None and plans:
+                try:
+                    asked = [(p.item, p.value, p.attempt - 1) for p in plans]
+                    misses, looked = await self.hooks.check_all(asked)
+                except Exception as exc:  # the cache failed: stop, but record ``before``
+                    self.warn(f"engine: error while looking up the cache: {describe_error(exc)}")
+                    self._stop_fatally(exc)
+                    misses, looked = set(), []
+                before, plans = [*before, *looked], [p for p in plans if p.item in misses]
             if self._paused():
                 plans = []  # paused meanwhile (an await above): they stay pending
             unmade: dict[str, str] = {}

@@ -136,6 +136,18 @@ class ItemHooks:
 
     # --- before an attempt --------------------------------------------------------------
 
+    async def check_all(self, items: list[tuple[str, Any, int]]) -> tuple[set[str], list[Event]]:
+        """(misses, events) for (item, value, attempts so far) about to be dispatched: the
+        items to run, and what the lookups found (a hit is skipped, its artifacts restored)."""
+        misses: set[str] = set()
+        found: list[Event] = []
+        for item, value, attempts in items:
+            hit, events = await self.check(item, value, attempts)
+            found += events
+            if not hit:
+                misses.add(item)
+        return misses, found
+
     async def check(self, item: str, value: Any, attempts: int) -> tuple[bool, list[Event]]:
         """(hit, events): on a hit the item is skipped, its artifacts restored."""
         if self.cache is None:
