@@ -6,7 +6,10 @@ then SIGKILL. stdout and stderr stream to log files under the run directory
 (made durable and referenced by path and sha256 before the outcome is
 returned); the outcome carries the last 100 lines of stderr. What the steps
 mean (their commands, captures, result, which one failed) is
-:mod:`engine.exec.program`'s; heartbeats and hang detection are here.
+:mod:`engine.exec.program`'s; heartbeats and hang detection are here. With
+``agent.output: claude-stream-json`` a ``claude:`` step's stdout is also read as
+the agent's events (:mod:`engine.exec.agent_stream`): a heartbeat carries its
+activity, published when it changed at most every :data:`AGENT_EVERY` seconds.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from engine.exec.agent_stream import AgentStream
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, HeartbeatSample
 from engine.exec.local.child import Child
 from engine.exec.local.guardian_client import GUARDIAN, Guardian
@@ -45,7 +49,7 @@ from engine.exec.write_file import perform as write_file
 from engine.store.logs import LOGS_DIR, attempt_base, log_name
 from engine.workflow.spec import Step
 from ledger.atomic import DIR_MODE, fsync_dir, make_private_dir
-from ledger.events import LogRef
+from ledger.events import AgentActivity, LogRef
 from ledger.times import rfc3339
 
 __all__ = ["LocalAttempt"]
@@ -53,10 +57,28 @@ __all__ = ["LocalAttempt"]
 _MADE: set[str] = set()
 """Directories this process has made (or found) already."""
 
+AGENT_EVERY = 1.0
+"""Seconds at least between two heartbeats published because the agent's activity changed."""
+
 
 def _redactor(secrets: tuple[bytes, ...]) -> OutputRedactor | None:
     """A redactor of its own for each stream (it keeps back what may be the start of a secret)."""
     return OutputRedactor(secrets) if secrets else None
+
+
+class _AgentSink:
+    """A ``claude:`` step's stdout: its log, and the agent's stream of events read as it
+    comes (``agent.output: claude-stream-json``); ``changed`` called when events arrived."""
+
+    def __init__(self, log: Log, stream: AgentStream, changed: Callable[[], None]) -> None:
+        self.log = log
+        self.stream = stream
+        self.changed = changed
+
+    def write(self, data: bytes) -> None:
+        self.log.write(data)
+        if self.stream.feed(data):
+            self.changed()
 
 
 class LocalAttempt(Attempt):
@@ -100,6 +122,12 @@ class LocalAttempt(Attempt):
         self.heartbeat_file = f"{hb_dir}/{self.base}"
         self.started_wall = time.time()
         self.touched: float | None = None
+        self.stream = (
+            AgentStream(request.redact) if request.agent_output == "claude-stream-json" else None
+        )
+        """The agent's events so far, read from its ``claude:`` steps' stdout."""
+        self._agent_sent = -AGENT_EVERY
+        self._agent_timer: asyncio.TimerHandle | None = None
         self.task = asyncio.ensure_future(self._run())
         # The heartbeat task starts at the first check: a short attempt never needs one.
         self.beat_task: asyncio.Future[None] | None = None
@@ -216,7 +244,30 @@ class LocalAttempt(Attempt):
             cpu=cpu,
             output_bytes=self.out.size + self.err.size,
             touched_at=rfc3339(touched) if touched else None,
+            agent=self._agent(),
         )
+
+    def _agent(self) -> AgentActivity | None:
+        """The agent's activity for a heartbeat (None: not read as a stream)."""
+        if self.stream is None:
+            return None
+        self._agent_sent = time.monotonic()
+        return self.stream.taken()
+
+    def _agent_changed(self) -> None:
+        """The agent printed events: a heartbeat says so, at most every AGENT_EVERY."""
+        if self._agent_timer is not None or self._ended:
+            return
+        wait = self._agent_sent + AGENT_EVERY - time.monotonic()
+        if wait <= 0:
+            self._publish_agent()
+        else:
+            self._agent_timer = asyncio.get_running_loop().call_later(wait, self._publish_agent)
+
+    def _publish_agent(self) -> None:
+        self._agent_timer = None
+        if not self._ended and self.stream is not None and self.stream.changed:
+            self._publish(self._sample())
 
     # --- running -----------------------------------------------------------------
 
@@ -298,6 +349,8 @@ class LocalAttempt(Attempt):
         if self._stop_watch is not None:
             self._stop_watch.set()
         self._beat_timer.cancel()
+        if self._agent_timer is not None:
+            self._agent_timer.cancel()
         if self.beat_task is not None:
             self.beat_task.cancel()
         stdout_ref = self.out.finish()
@@ -338,13 +391,15 @@ class LocalAttempt(Attempt):
             return CANCELLED
         if deadline is not None and time.monotonic() >= deadline:
             return self._expired()  # a re-run after the handlers, past the deadline
+        stream = self.stream if step.kind == "claude" else None
+        out = self.out if stream is None else _AgentSink(self.out, stream, self._agent_changed)
         try:
             child = Child(
                 argv,
                 base_env=request.base_env,
                 env=env,
                 cwd=cwd,
-                sinks=(self.out, self.err),
+                sinks=(out, self.err),
                 on_output=self._active,
             )
         except OSError as exc:
@@ -366,6 +421,8 @@ class LocalAttempt(Attempt):
             await terminate_group(child.pid, child.exited, request.kill_grace)
             await child.exited
         await self._drain(child)
+        if stream is not None and stream.end():
+            self._agent_changed()
         self.out.flush()
         self.err.flush()
         stdout = self.out.read_from(out_start)
