@@ -23,7 +23,7 @@ from engine.run import RunOptions, RunResult, execute_run, resume_run
 from engine.run.driver import EXIT_BUDGET
 from engine.tools.mock_agent import help_text as mock_agent_help
 from engine.tools.mock_agent import main as mock_agent_main
-from engine.views.status import RunStatusView, status_view
+from engine.views.status import RunStatusView, agents_lines, status_view
 from engine.views.worktrees import isolation_status
 from engine.workflow.environment import validate_environment
 from engine.workflow.load import load_workflow, validate_workflow
@@ -298,6 +298,10 @@ def status_cmd(obj: Context, run: str, as_json: bool) -> None:
     its resume is not counted; a run an engine holds counts to now. With
     map.isolation: worktree, `branch` names the run's branch, how many items
     it holds and how many attempt worktrees are kept (JSON: `isolation`).
+    Each running item is listed with its agent's turns, last tool and spend
+    so far (agent.output: claude-stream-json; JSON: `running`), then a wait
+    for a usage limit's reset (`waiting`) and the spend against the budget
+    (`budget`).
     """
     view = status_view(obj.run(run))
     if as_json:
@@ -317,6 +321,8 @@ def status_cmd(obj: Context, run: str, as_json: bool) -> None:
         click.echo(f"paused    no new attempts start (engine unpause {view.run_id} goes on)")
     if view.isolation is not None:
         click.echo(branch_line(view.isolation, view.run_id))
+    for line in agents_lines(view):
+        click.echo(line)
     click.echo(f"dir       {view.run_dir}")
 
 

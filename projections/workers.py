@@ -1,8 +1,9 @@
-"""Workers: the last heartbeat of every running attempt.
+"""Workers: the last heartbeat of every running attempt, and what its agent did.
 
 One attempt of an item runs at a time, so running attempts are keyed by
 item. The projection keeps the records themselves (no copies); the JSON view
-spells them out.
+spells them out. An attempt's agent activity (``agent.output:
+claude-stream-json``) is the latest heartbeat that carried one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from ledger.events import (
+    AgentActivity,
     Heartbeat,
     ItemDeadLettered,
     ItemDispatched,
@@ -30,6 +32,8 @@ class LiveAttempt(msgspec.Struct, gc=False):
     dispatched: Record
     last: Record | None = None
     heartbeats: int = 0
+    agent: AgentActivity | None = None
+    """What its agent did so far, as the latest heartbeat with an ``agent`` said."""
 
 
 class AttemptLiveness(msgspec.Struct, kw_only=True):
@@ -47,6 +51,8 @@ class AttemptLiveness(msgspec.Struct, kw_only=True):
     cpu: float | None
     output_bytes: int
     touched_at: str | None
+    agent: AgentActivity | None = None
+    """Its agent's events, turns, last tool and spend so far (``claude-stream-json``)."""
 
 
 class WorkersView(msgspec.Struct, kw_only=True):
@@ -70,6 +76,8 @@ class WorkersProjection(Projection):
         if live is not None and live.dispatched.data.attempt == e.attempt:  # type: ignore[attr-defined]
             live.last = record
             live.heartbeats += 1
+            if e.agent is not None:
+                live.agent = e.agent
 
     @handles(ItemSucceeded, ItemFailed)
     def _outcome(self, record: Record, e: ItemSucceeded | ItemFailed) -> None:
@@ -107,4 +115,5 @@ def _view(live: LiveAttempt) -> AttemptLiveness:
         cpu=hb.cpu if hb else None,
         output_bytes=hb.output_bytes if hb else 0,
         touched_at=hb.touched_at if hb else None,
+        agent=live.agent,
     )

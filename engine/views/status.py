@@ -10,6 +10,17 @@ from collections.abc import Iterable
 import msgspec
 
 from engine.home import RunRef, effective_status
+from engine.views.agents import (
+    BudgetView,
+    RunningView,
+    WaitView,
+    agent_line,
+    budget_line,
+    budget_view,
+    running,
+    wait_line,
+    wait_view,
+)
 from engine.views.stats import engine_time
 from engine.views.worktrees import IsolationStatus, isolation_status
 from engine.workflow.spec import TRANSIENT_ERROR_TYPES
@@ -22,6 +33,7 @@ from projections.stats import StatsProjection
 __all__ = [
     "DLQItemView",
     "RunStatusView",
+    "agents_lines",
     "dlq_entries",
     "dlq_view",
     "status_view",
@@ -53,6 +65,15 @@ class RunStatusView(msgspec.Struct, kw_only=True, omit_defaults=True):
     isolation: IsolationStatus | None = None
     """With ``map.isolation: worktree``: the run's branch, how many items it holds, its
     worktree and how to merge it (absent for a run without isolation)."""
+    running: list[RunningView] = []
+    """The running attempts, oldest first, each with what its agent did so far (absent
+    when none runs)."""
+    waiting: WaitView | None = None
+    """What the run waits for before it starts another attempt: a usage limit's reset
+    (absent when it waits for none)."""
+    budget: BudgetView | None = None
+    """What its agents spent, against the budget when there is one (absent when nothing
+    was spent and no budget is set)."""
 
 
 def status_view(ref: RunRef, p: Projections | None = None) -> RunStatusView:
@@ -79,7 +100,30 @@ def status_view(ref: RunRef, p: Projections | None = None) -> RunStatusView:
         dlq=len(p.dlq.dead),
         events=run.events,
         isolation=isolation_status(p),
+        running=running(p),
+        waiting=None if status in FINISHED else wait_view(p),
+        budget=budget_view(p),
     )
+
+
+FINISHED = frozenset({"completed", "failed", "aborted"})
+
+MAX_RUNNING_LINES = 20
+"""The most running items ``engine status`` lists one by one (``--json`` has them all)."""
+
+
+def agents_lines(view: RunStatusView) -> list[str]:
+    """What ``engine status`` says of the running agents, a usage-limit wait and the
+    budget, a line each (none when there is nothing to say)."""
+    lines = [f"running   {agent_line(r)}" for r in view.running[:MAX_RUNNING_LINES]]
+    more = len(view.running) - MAX_RUNNING_LINES
+    if more > 0:
+        lines.append(f"running   ... and {more:,} more (engine status {view.run_id} --json)")
+    if view.waiting is not None:
+        lines.append(f"waiting   {wait_line(view.waiting)}")
+    if view.budget is not None:
+        lines.append(f"budget    {budget_line(view.budget, view.run_id)}")
+    return lines
 
 
 def _took(stats: StatsProjection, *, held: bool) -> float | None:
