@@ -9,7 +9,11 @@ does::
 Both lines count alike (:func:`finished`): "done" is every finished item
 (succeeded, skipped, dead-lettered, failed for good), "failed" those of them
 without success; the live line also splits done into ok and failed, and says
-how many of the failed are dead-lettered.
+how many of the failed are dead-lettered. Once the agents spent anything,
+both add the spend so far and, once an item finished, the whole run's at that
+rate (spent / finished items * items); the live line lists the busiest running
+agents (turns, last tool, spend); both say a usage limit's wait and a spent
+budget on lines of their own (:mod:`engine.views.agents`).
 
 ``ENGINE_PROGRESS_INTERVAL`` sets the seconds between plain lines (default
 5); ``--no-progress`` silences both. While the run is paused (``engine
@@ -38,6 +42,15 @@ from rich.text import Text
 
 from cli.app import BadInput
 from cli.render import human_duration
+from engine.views.agents import (
+    agent_line,
+    budget_line,
+    budget_view,
+    busiest,
+    spend_parts,
+    wait_line,
+    wait_view,
+)
 from engine.workflow.reading import load_yaml
 from projections.replay import Projections
 
@@ -297,11 +310,13 @@ class Progress:
             f"{c.retrying:,} retrying",
             f"{self.eta.rate(c, now):,.1f} items/s",
             self.eta.eta(c, now),
+            *spend_parts(p, c.done, c.total),
         ]
         if c.circuit != "closed":
             parts.append(f"circuit {c.circuit}")
         parts.append(elapsed)
-        return "engine: " + " · ".join(parts)
+        line = "engine: " + " · ".join(parts)
+        return "\n".join([line, *(f"engine: {s}" for s in limits_lines(p))])
 
     def _awaited(self, p: Projections) -> str:
         """What a run whose items are not listed yet waits for, from its workflow."""
@@ -326,6 +341,8 @@ class Progress:
             f"{self.eta.rate(c, now):,.1f} items/s  ",
             (eta, "bold magenta") if c.paused else eta,
         )
+        for part in spend_parts(p, c.done, c.total):
+            head.append(f"  {part}", "yellow")
         if c.circuit != "closed":
             head.append(f"  circuit {c.circuit}", "magenta")
         rows = []
@@ -338,10 +355,25 @@ class Progress:
             )
             rows.append(text[: width - 1])
         parts: list[Any] = [head]
+        parts.extend(Text(f"  {line}", "magenta") for line in limits_lines(p))
+        parts.extend(Text(f"  agent {agent_line(r)}", "cyan") for r in busiest(p))
         if rows:
             parts.append(Text("newest failures:", "dim"))
             parts.extend(Text(r, "dim") for r in rows)
         return Group(*parts)
+
+
+def limits_lines(p: Projections) -> list[str]:
+    """What holds the run back, if anything: a usage limit's reset it waits for, its
+    budget spent."""
+    lines = []
+    wait = wait_view(p)
+    if wait is not None:
+        lines.append(wait_line(wait))
+    budget = budget_view(p)
+    if budget is not None and budget.exhausted:
+        lines.append(budget_line(budget, p.run.run_id or "RUN"))
+    return lines
 
 
 def awaited(workflow: str) -> str:
