@@ -23,7 +23,7 @@ from engine.run import RunOptions, RunResult, execute_run, resume_run
 from engine.run.driver import EXIT_BUDGET
 from engine.tools.mock_agent import help_text as mock_agent_help
 from engine.tools.mock_agent import main as mock_agent_main
-from engine.views.status import RunStatusView, agents_lines, status_view
+from engine.views.status import RunStatusView, agents_lines, items_line, status_view
 from engine.views.worktrees import isolation_status
 from engine.workflow.environment import validate_environment
 from engine.workflow.load import load_workflow, validate_workflow
@@ -298,31 +298,24 @@ def status_cmd(obj: Context, run: str, as_json: bool) -> None:
     its resume is not counted; a run an engine holds counts to now. With
     map.isolation: worktree, `branch` names the run's branch, how many items
     it holds and how many attempt worktrees are kept (JSON: `isolation`).
-    Each running item is listed with its agent's turns, last tool and spend
-    so far (agent.output: claude-stream-json; JSON: `running`), then a wait
-    for a usage limit's reset (`waiting`) and the spend against the budget
-    (`budget`).
+    Running items are listed with their agent's turns, last tool and spend
+    (claude-stream-json; JSON: `running`), then a usage limit's reset waited
+    for (`waiting`) and the spend against the budget (`budget`).
     """
     view = status_view(obj.run(run))
     if as_json:
         echo_json(view)
         return
-    i = view.items
     click.echo(f"run       {view.run_id}  workflow {view.workflow or '-'}  status {view.status}")
     click.echo(_times_line(view))
-    click.echo(
-        f"items     total {i.total:,} · pending {i.pending:,} · running {i.running:,} · "
-        f"succeeded {i.succeeded:,} · failed {i.failed:,} · dead {i.dead:,} · "
-        f"skipped {i.skipped:,} · duplicate {i.duplicate:,}"
-    )
+    click.echo(items_line(view))
     if view.reason:
         click.echo(f"reason    {view.reason}")
     if view.paused:
         click.echo(f"paused    no new attempts start (engine unpause {view.run_id} goes on)")
     if view.isolation is not None:
         click.echo(branch_line(view.isolation, view.run_id))
-    for line in agents_lines(view):
-        click.echo(line)
+    click.echo("".join(f"{line}\n" for line in agents_lines(view)), nl=False)
     click.echo(f"dir       {view.run_dir}")
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "agents_lines",
     "dlq_entries",
     "dlq_view",
+    "items_line",
     "status_view",
     "triage",
     "unknown_item",
@@ -110,6 +111,16 @@ FINISHED = frozenset({"completed", "failed", "aborted"})
 
 MAX_RUNNING_LINES = 20
 """The most running items ``engine status`` lists one by one (``--json`` has them all)."""
+
+
+def items_line(view: RunStatusView) -> str:
+    """Where the run's items stand, as ``engine status`` says it."""
+    i = view.items
+    return (
+        f"items     total {i.total:,} · pending {i.pending:,} · running {i.running:,} · "
+        f"succeeded {i.succeeded:,} · failed {i.failed:,} · dead {i.dead:,} · "
+        f"skipped {i.skipped:,} · duplicate {i.duplicate:,}"
+    )
 
 
 def agents_lines(view: RunStatusView) -> list[str]:
