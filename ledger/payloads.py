@@ -352,9 +352,9 @@ class Heartbeat(Event, frozen=True):
     """CPU seconds used by the attempt's process group so far."""
     output_bytes: int = 0
     touched_at: str | None = None
+    """Last modification of ``ENGINE_HEARTBEAT_FILE``, RFC 3339."""
     agent: AgentActivity | None = None
     """What the running agent said so far (``agent.output: claude-stream-json``)."""
-    """Last modification of ``ENGINE_HEARTBEAT_FILE``, RFC 3339."""
 
 
 class ItemSucceeded(Event, frozen=True):
