@@ -18,6 +18,17 @@ def _terminated(signum: int, _frame: object) -> None:
     _early["pending"] = True
 
 
+if sys.argv[1:2] == ["mock-agent"]:
+    # The scripted agent stands in for a program the engine starts many times: it
+    # starts without the engine's commands (a fraction of the time), and dies by
+    # SIGTERM as a program does.
+    from engine.tools.mock_agent import main as _mock_agent
+
+    try:
+        sys.exit(_mock_agent(sys.argv[2:]))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
 signal.signal(signal.SIGTERM, _terminated)
 
 from cli import (  # noqa: E402, F401
