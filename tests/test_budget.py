@@ -212,3 +212,49 @@ def test_an_item_that_spent_its_budget_is_dead_lettered(tmp_path: Path) -> None:
         ["x", "2", "budget=0.75"],
     ]
     assert replay(result.run_dir / "ledger.ndjson").budget.by_item["x"] == 2.5
+
+
+def test_no_setup_or_reduce_agent_step_starts_once_the_budget_is_spent(tmp_path: Path) -> None:
+    (tmp_path / "agent.json").write_text(json.dumps({"default": {"ok": "fine", "cost": 0.3}}))
+    log = tmp_path / "mock.log"
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: steps-budget
+        env: {{ENGINE_MOCK_LOG: "{log}"}}
+        agent: {{command: "python -m engine.tools.mock_agent --script agent.json -p",
+                 output: claude-json}}
+        budget: {{max_cost_usd: 0.5}}
+        setup:
+          - claude: "setup one"
+          - claude: "setup two"
+          - claude: "setup three"
+        map: {{items: [a], id: "${{item}}", agent_template: [{{claude: "do ${{item}}"}}]}}
+        reduce:
+          - run: echo reduced
+          - claude: "reduce it"
+        """,
+    )
+    home = tmp_path / "home"
+    first = run_workflow(wf, home)
+    assert first.exit_code == 4, first.reason
+    assert first.status == "aborted" and first.reason is not None
+    assert "budget spent: $0.60 of $0.50" in first.reason
+    assert log.read_text().count("start ") == 2  # the third setup step never started
+    started = [r.data.index for r in records(first, "step.started")]
+    assert started == [0, 1]
+    assert len(records(first, "budget.exhausted")) == 1
+
+    # A budget that lets setup and the map through stops again before reduce's agent step,
+    # after its plain step ran; the run then finishes with more.
+    again = _engine(home, "resume", first.run_id, "--budget", "1.1", "--no-progress")
+    assert again.exit_code == 4, again.stderr + again.stdout
+    ledger = records_of(first.run_dir)
+    assert {r.data.item for r in ledger if isinstance(r.data, ItemSucceeded)} == {"a"}
+    reduce_started = [r.data.index for r in ledger if r.type == "step.started"]
+    assert reduce_started[-1] == 0 and ledger[-1].type == "run.aborted"
+    assert log.read_text().count("start ") == 4  # setup three, the item; not reduce's
+    done = _engine(home, "resume", first.run_id, "--budget", "5", "--no-progress")
+    assert done.exit_code == 0, done.stderr + done.stdout
+    assert records_of(first.run_dir)[-1].type == "run.completed"
+    assert "reduced" in done.stdout

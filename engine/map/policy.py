@@ -401,7 +401,11 @@ def failure_limit_reached(spec: MapSpec, items: ItemsProjection) -> bool:
 
 
 def budget_exhausted(
-    budget: BudgetSpec, p: Projections, before: Sequence[Event] = ()
+    budget: BudgetSpec,
+    p: Projections,
+    before: Sequence[Event] = (),
+    *,
+    wanted: bool | None = None,
 ) -> list[Event] | None:
     """Whether the run's budget stops new attempts: None while it leaves room; else the
     events to record (``budget.exhausted``; none when it is recorded already).
@@ -409,7 +413,8 @@ def budget_exhausted(
     The budget in force is the last resume's (``--budget``), else
     ``budget.max_cost_usd``; it is spent once the recorded spend, with what the
     outcomes among ``before`` (about to be appended) spent, reaches it. Only
-    while items wait for an attempt: a run whose last attempt spent it is done.
+    while something would spend (``wanted``; by default: items wait for an
+    attempt, since a run whose last attempt spent it is done).
     """
     spend = p.budget
     limit = spend.limit(budget.max_cost_usd)
@@ -419,7 +424,9 @@ def budget_exhausted(
         if isinstance(e, ItemSucceeded | ItemFailed) and e.usage is not None
     )
     spent = round(spend.spent_usd + spending, 10)
-    if limit is None or spent < limit or p.pending.empty:
+    if wanted is None:
+        wanted = not p.pending.empty
+    if limit is None or spent < limit or not wanted:
         return None
     recorded = spend.exhausted
     if recorded is not None and recorded.max_cost_usd == limit:

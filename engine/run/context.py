@@ -105,6 +105,9 @@ class RunContext:
         """A signal or a cancel has stopped the run: a step started now is stopped at once."""
         self.signal: int | None = None
         """The signal (SIGINT, SIGTERM) that stopped the run."""
+        self.budget_stop = False
+        """A ``claude:`` step was not started, the run's budget being spent: the run
+        ends as a map stopped by its budget does."""
         self._halting: set[asyncio.Future[None]] = set()
         self.hold: Callable[[], Awaitable[None]] | None = None
         """Awaited before a step starts while the run is paused (the control watcher's)."""

@@ -212,11 +212,13 @@ def _scheduler(run: RunContext, values: dict[str, object]) -> MapScheduler:
 
 
 async def _halted(run: RunContext) -> RunResult | None:
-    """The result, once a signal or a cancel has stopped the run."""
+    """The result, once a signal, a cancel or the spent budget has stopped the run."""
     if run.interrupted:
         return finish_interrupted(run)
     if run.cancelled:
         return await finish_cancelled(run)
+    if run.budget_stop:
+        return await finish_budget(run)
     return None
 
 

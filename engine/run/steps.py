@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from engine.exec.executor import AttemptOutcome, AttemptRequest
+from engine.map.policy import budget_exhausted
 from engine.run.context import RunContext
 from engine.workflow.spec import Step
 from engine.workflow.template import value_text as json_text
@@ -73,6 +74,12 @@ async def run_steps(
             await hold()
         if run.stopping:
             return None  # the driver says how the run ended
+        if step.kind == "claude":
+            spent = budget_exhausted(run.spec.budget, run.p, wanted=True)
+            if spent is not None:  # no agent step starts: the driver ends the run (exit 4)
+                await run.append(spent)
+                run.budget_stop = run.stopping = True
+                return None
         await run.append(
             [
                 StepStarted(
