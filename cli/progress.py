@@ -116,6 +116,13 @@ class Counts:
     circuit: str
     listed: bool
     """The map's items are all enqueued."""
+    waiting: bool = False
+    """The circuit is open until a usage limit's reset: nothing starts before it."""
+
+    @property
+    def held(self) -> bool:
+        """Nothing is dispatched for now (paused, or waiting for a reset): the ETA clock stops."""
+        return self.paused or self.waiting
 
 
 class EtaClock:
@@ -149,6 +156,8 @@ class EtaClock:
     def eta(self, c: Counts, now: float) -> str:
         if c.paused:
             return "paused"
+        if c.waiting:
+            return "ETA after the reset"
         rate = self.rate(c, now)
         remaining = c.total - c.done
         if not c.listed or rate <= 0 or remaining <= 0:
@@ -230,7 +239,8 @@ class Progress:
             return
         now = self.clock()
         done, _ = finished(p.items.counts)
-        self.eta.observe(done, p.run.paused, now)  # O(1): this runs after every append
+        held = p.run.paused or _waiting(p)
+        self.eta.observe(done, held, now)  # O(1): this runs after every append
         if self.live is not None and now - self.last >= 0.125:
             self._redraw(p)
 
@@ -280,6 +290,7 @@ class Progress:
             paused=p.run.paused,
             circuit=p.circuit.state,
             listed=p.run.map_enqueued or bool(p.items.items),
+            waiting=_waiting(p),
         )
 
     def _retries(self, p: Projections, now: float) -> int:
@@ -298,7 +309,7 @@ class Progress:
         """One line of progress for a log: done, failed, running, retrying, rate, ETA."""
         now = self.clock()
         c = self.counts(p, now)
-        self.eta.observe(c.done, c.paused, now)
+        self.eta.observe(c.done, c.held, now)
         elapsed = f"{human_duration(now - self.eta.started)} elapsed"
         if not c.listed:
             state = "paused" if c.paused else f"waiting for {self._awaited(p)}"
@@ -328,7 +339,7 @@ class Progress:
         """The live line, and the newest failures under it."""
         now = self.clock()
         c = self.counts(p, now)
-        self.eta.observe(c.done, c.paused, now)
+        self.eta.observe(c.done, c.held, now)
         eta = self.eta.eta(c, now)
         head = Text.assemble(
             (f"{c.done:,}/{c.total:,} done  ", "bold"),
@@ -361,6 +372,10 @@ class Progress:
             parts.append(Text("newest failures:", "dim"))
             parts.extend(Text(r, "dim") for r in rows)
         return Group(*parts)
+
+
+def _waiting(p: Projections) -> bool:
+    return p.circuit.state == "open" and p.circuit.until is not None
 
 
 def limits_lines(p: Projections) -> list[str]:

@@ -295,7 +295,9 @@ def test_status_says_the_usage_limit_waited_for_and_the_spend_against_the_budget
     }
     human = engine_in_process("status", str(run_dir)).stdout
     clock = reset[11:19]
-    assert f"waiting   waiting for the usage limit to reset at {clock} UTC (in 2m" in human
+    # (the reset's date is said too when it falls on another day than now)
+    assert "waiting   waiting for the usage limit to reset at " in human, human
+    assert f"{clock} UTC (in 2m" in human, human
     assert "reported by item b" in human, human
     assert "budget    spent $0.75 of the budget $2.50" in human, human
     assert "running   c (attempt 1): 4 turns · last tool Edit · $0.00" in human, human
@@ -383,9 +385,13 @@ def test_the_progress_says_the_usage_limit_waited_for_and_a_spent_budget(
         ],
     )
     progress = _progress(p)
-    wait = f"waiting for the usage limit to reset at {reset[11:19]} UTC (in 1m"
+    wait = "waiting for the usage limit to reset at "
+    clock = f"{reset[11:19]} UTC (in 1m"  # after the reset's date when it is another day's
     spent = "budget spent: $3.00 of $2.50; raise it: engine resume limits --budget USD"
     plain = progress.plain_line(p)
     assert f"engine: {wait}" in plain and f"engine: {spent}" in plain, plain
+    assert clock in plain, plain
+    assert "ETA after the reset" in plain, plain  # not a rate's guess through the wait
     drawn = _rendered(progress, p)
-    assert wait in drawn and spent in drawn, drawn
+    assert wait in drawn and clock in drawn and spent in drawn, drawn
+    assert "ETA after the reset" in drawn, drawn
