@@ -258,3 +258,54 @@ def test_no_setup_or_reduce_agent_step_starts_once_the_budget_is_spent(tmp_path:
     assert done.exit_code == 0, done.stderr + done.stdout
     assert records_of(first.run_dir)[-1].type == "run.completed"
     assert "reduced" in done.stdout
+
+
+def test_budget_settings_an_unread_agent_cannot_act_on_are_warned_of(tmp_path: Path) -> None:
+    wf = write_workflow(
+        tmp_path,
+        """
+        name: unread
+        budget: {max_cost_usd: 2, max_item_cost_usd: 0.5}
+        map:
+          items: [a]
+          id: "${item}"
+          retry: {resume_session: true}
+          agent_template: [{run: "echo ${item}"}]
+        """,
+    )
+    shown = _engine(tmp_path, "validate", str(wf))
+    assert shown.exit_code == 0, shown.stderr
+    warned = [line for line in shown.stderr.splitlines() if "has no effect" in line]
+    assert [line.split(": ")[1] for line in warned] == [
+        "budget.max_cost_usd",
+        "budget.max_item_cost_usd",
+        "map.retry.resume_session",
+    ], shown.stderr
+    assert all("agent.output is text" in line for line in warned)
+    read = wf.read_text().replace("name: unread", "name: unread\nagent: {output: claude-json}")
+    wf.write_text(read)
+    quiet = _engine(tmp_path, "validate", str(wf))
+    assert quiet.exit_code == 0 and "has no effect" not in quiet.stderr, quiet.stderr
+
+
+def test_a_budget_that_is_not_an_amount_is_one_line(tmp_path: Path) -> None:
+    for value, said in [
+        ('"2"', "'2' is not an amount"),
+        ("true", "true is not an amount"),
+        ("0", "greater than 0"),
+        ("-1.5", "greater than 0"),
+        (".inf", "finite number"),
+    ]:
+        wf = write_workflow(
+            tmp_path,
+            f"""
+            name: amounts
+            agent: {{output: claude-json}}
+            budget: {{max_cost_usd: {value}}}
+            map: {{items: [a], id: "${{item}}", agent_template: [{{run: "echo ${{item}}"}}]}}
+            """,
+        )
+        shown = _engine(tmp_path, "validate", str(wf))
+        assert shown.exit_code == 2, (value, shown.stderr)
+        lines = [line for line in shown.stderr.splitlines() if "budget" in line]
+        assert len(lines) == 1 and said in lines[0], (value, shown.stderr)

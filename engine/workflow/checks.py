@@ -376,6 +376,29 @@ def _map_expressions(spec: dict[str, Any]) -> list[Finding]:
     return findings
 
 
+def _unread_agent(data: dict[str, Any]) -> list[Finding]:
+    """Settings that decide by what the agent reports, in a workflow whose agent's output
+    is not read (``agent.output: text``): warned of, as they can never act."""
+    agent = data.get("agent")
+    output = agent.get("output", "text") if isinstance(agent, dict) else "text"
+    if output != "text":
+        return []
+    why = (
+        "has no effect: agent.output is text, so the agent's cost and session are never "
+        "read (set agent.output: claude-json or claude-stream-json)"
+    )
+    found = []
+    budget = data.get("budget")
+    for key in ("max_cost_usd", "max_item_cost_usd"):
+        if isinstance(budget, dict) and budget.get(key) is not None:
+            found.append(Finding(("budget", key), why, warning=True))
+    spec = data.get("map")
+    retry = spec.get("retry") if isinstance(spec, dict) else None
+    if isinstance(retry, dict) and retry.get("resume_session") is True:
+        found.append(Finding(("map", "retry", "resume_session"), why, warning=True))
+    return found
+
+
 def check_document(data: dict[str, Any], *, check_env: bool = False) -> TemplateChecks:
     """Every template and expression of a parsed workflow, whatever the schema says of it."""
     checks = TemplateChecks(data, check_env)
@@ -383,4 +406,5 @@ def check_document(data: dict[str, Any], *, check_env: bool = False) -> Template
     spec = data.get("map")
     if isinstance(spec, dict):
         checks.findings.extend(_map_expressions(spec))
+    checks.findings.extend(_unread_agent(data))
     return checks

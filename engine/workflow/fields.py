@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from engine.limits import MAX_DURATION, MAX_ENV_ENTRY
 
 __all__ = [
+    "USD",
     "Count",
     "Duration",
     "EnvEntries",
@@ -215,6 +216,16 @@ Secrets = Annotated[
 EnvNames = Annotated[list[str], AfterValidator(_env_name_list)]
 Count = Annotated[StrictInt, Field(le=2**62)]
 """A whole number (``true`` or ``2.0`` is refused), small enough for the ledger."""
+
+
+def _usd(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{value!r} is not an amount (write US dollars as a number, e.g. 25.0)")
+    return float(value)
+
+
+USD = Annotated[float, BeforeValidator(_usd)]
+"""An amount of US dollars: a number (``"25"`` or ``true`` is refused)."""
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

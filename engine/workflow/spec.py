@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from engine.workflow.fields import (
+    USD,
     Count,
     Duration,
     EnvEntries,
@@ -284,10 +285,10 @@ class BudgetSpec(_Model):
     """What the run's agents may spend, by their recorded cost (``agent.output`` of a
     Claude format)."""
 
-    max_cost_usd: StrictFloat | StrictInt | None = Field(None, gt=0)
+    max_cost_usd: USD | None = Field(None, gt=0)
     """The whole run: once its recorded spend reaches this, no new attempt starts and
     the run stops, resumable (``engine resume RUN --budget USD`` raises it)."""
-    max_item_cost_usd: StrictFloat | StrictInt | None = Field(None, gt=0)
+    max_item_cost_usd: USD | None = Field(None, gt=0)
     """Each item, all its attempts together: passed to the agent as its own budget
     (``--max-budget-usd``), and enforced on the recorded cost."""
 
