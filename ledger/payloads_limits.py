@@ -13,7 +13,17 @@ from typing import ClassVar
 
 from ledger.payloads import Event
 
-__all__ = ["BudgetExhausted", "CircuitClosed", "CircuitHalfOpen", "CircuitOpened"]
+__all__ = [
+    "ITEM_BUDGET_SPENT",
+    "BudgetExhausted",
+    "CircuitClosed",
+    "CircuitHalfOpen",
+    "CircuitOpened",
+]
+
+ITEM_BUDGET_SPENT = "item budget spent"
+"""``item.dead_lettered``'s ``reason`` for an item whose recorded spend reached
+``budget.max_item_cost_usd``."""
 
 
 class CircuitOpened(Event, frozen=True):

@@ -212,6 +212,10 @@ def test_an_item_that_spent_its_budget_is_dead_lettered(tmp_path: Path) -> None:
         ["x", "2", "budget=0.75"],
     ]
     assert replay(result.run_dir / "ledger.ndjson").budget.by_item["x"] == 2.5
+    listed = _engine(tmp_path / "home", "dlq", "list", result.run_id, "--json")
+    (entry,) = json.loads(listed.stdout)
+    assert entry["reason"] == "item budget spent"
+    assert entry["needs_review"] and not entry["reprocessable"]  # raise its budget first
 
 
 def test_no_setup_or_reduce_agent_step_starts_once_the_budget_is_spent(tmp_path: Path) -> None:

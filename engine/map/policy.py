@@ -30,6 +30,7 @@ from ledger.events import (
     ItemRetryScheduled,
     ItemSucceeded,
 )
+from ledger.payloads_limits import ITEM_BUDGET_SPENT
 from ledger.times import epoch, rfc3339
 from projections.circuit import CircuitProjection
 from projections.items import ItemsProjection
@@ -218,7 +219,7 @@ def retry_or_dead_letter(
         ]
     if spec.on_item_failure == "dlq":
         if history.budget_spent:
-            reason = "item budget spent"
+            reason = ITEM_BUDGET_SPENT
         elif error_type in retry.retry_on:
             reason = "retries exhausted"
         else:

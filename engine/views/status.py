@@ -24,6 +24,7 @@ from engine.views.agents import (
 from engine.views.stats import engine_time
 from engine.views.worktrees import IsolationStatus, isolation_status
 from engine.workflow.spec import TRANSIENT_ERROR_TYPES
+from ledger.payloads_limits import ITEM_BUDGET_SPENT
 from ledger.times import epoch
 from projections.dlq import DLQEntry, Failure
 from projections.items import ItemCounts
@@ -169,7 +170,8 @@ class DLQItemView(msgspec.Struct, kw_only=True):
     last_error: str
     failed_at: str
     reason: str
-    """Why it was dead-lettered: ``retries exhausted`` or ``not retryable``."""
+    """Why it was dead-lettered: ``retries exhausted``, ``not retryable`` or ``item budget
+    spent``."""
     reprocessable: bool
     """Its failures look transient: a retry may well succeed (see :func:`triage`)."""
     needs_review: bool
@@ -185,20 +187,26 @@ REVIEW_PATTERN = re.compile(
 )
 
 
-def triage(history: list[Failure], last_type: str) -> tuple[bool, bool]:
+def triage(history: list[Failure], last_type: str, reason: str = "") -> tuple[bool, bool]:
     """(reprocessable, needs_review) of a dead item, from its failure history.
 
-    * ``needs_review``: the last failure is ``validation_failed`` or
-      ``merge_conflict``, or any failure's message speaks of permissions,
+    * ``needs_review``: it spent its budget (``budget.max_item_cost_usd``: a
+      retry would not start until it is raised), the last failure is
+      ``validation_failed`` or ``merge_conflict``, or any failure's message
+      speaks of permissions,
       invalid or corrupt data (permission denied, forbidden, unauthorized,
       invalid, malformed, corrupt, checksum, schema, validation).
     * ``reprocessable``: not ``needs_review``, and the last failure's type is
       transient (timeout, hung, rate_limited, api_error, resource_exhausted,
       worker_lost, interrupted): it ran out of attempts, not of chances.
     """
-    review = last_type in REVIEW_TYPES or any(
-        REVIEW_PATTERN.search(f.message) or REVIEW_PATTERN.search(f.stderr_tail[-2000:])
-        for f in history
+    review = (
+        reason == ITEM_BUDGET_SPENT
+        or last_type in REVIEW_TYPES
+        or any(
+            REVIEW_PATTERN.search(f.message) or REVIEW_PATTERN.search(f.stderr_tail[-2000:])
+            for f in history
+        )
     )
     return (not review and last_type in TRANSIENT), review
 
@@ -213,7 +221,7 @@ def dlq_entries(p: Projections) -> list[DLQEntry]:
 def dlq_view(p: Projections) -> list[DLQItemView]:
     out = []
     for entry in dlq_entries(p):
-        reprocessable, review = triage(entry.history, entry.error_type)
+        reprocessable, review = triage(entry.history, entry.error_type, entry.reason)
         out.append(
             DLQItemView(
                 item_id=entry.item_id,
