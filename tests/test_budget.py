@@ -82,6 +82,9 @@ def test_a_spent_budget_stops_the_run_and_resume_budget_finishes_it(tmp_path: Pa
     succeeded = len(records(first, "item.succeeded"))
     assert 20 <= succeeded <= 22  # what -j 2 had running when it was spent finished
     assert replay(first.run_dir / "ledger.ndjson").run.status == "aborted"
+    status = _engine(home, "status", first.run_id).stdout
+    assert "budget    budget spent: $" in status, status
+    assert status.count(f"engine resume {first.run_id} --budget USD") == 1, status  # said once
 
     # A plain resume of the exhausted run starts nothing and stops again.
     again = _engine(home, "resume", first.run_id, "--no-progress")

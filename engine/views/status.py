@@ -134,7 +134,9 @@ def agents_lines(view: RunStatusView) -> list[str]:
     if view.waiting is not None:
         lines.append(f"waiting   {wait_line(view.waiting)}")
     if view.budget is not None:
-        lines.append(f"budget    {budget_line(view.budget, view.run_id)}")
+        said = view.reason is not None and view.reason.startswith("budget spent")
+        line = budget_line(view.budget, view.run_id)
+        lines.append(f"budget    {line.partition(';')[0] if said else line}")  # said once
     return lines
 
 
