@@ -74,7 +74,8 @@ class ItemState(msgspec.Struct, kw_only=True, gc=False):
     waits: int = 0
     """Attempts that ended at a usage limit and do not count against ``max_attempts``."""
     session: str | None = None
-    """The agent session of its last failed attempt (what ``retry.resume_session`` resumes)."""
+    """The agent session of its last failed attempt that reported one (what
+    ``retry.resume_session`` resumes)."""
 
 
 class ItemCounts(msgspec.Struct, kw_only=True):
@@ -149,7 +150,8 @@ class ItemsProjection(Projection):
         state.error_type = e.error_type
         state.signature = e.signature
         state.last_error = e.message
-        state.session = e.usage.session_id if e.usage is not None else None
+        if e.usage is not None and e.usage.session_id is not None:
+            state.session = e.usage.session_id  # else the last one known stays
         self._move(state, "failed", record.ts)
 
     @handles(ItemRetryScheduled)

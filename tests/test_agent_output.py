@@ -7,12 +7,16 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from engine.exec.agent_output import agent_command, read_envelope, read_run, used
 from engine.exec.program import StepResult, parse_output
+from engine.exec.sequence import StepSequence
 from engine.views.query import connect, run_named
 from engine.views.stats import run_stats
+from engine.workflow.spec import Step
+from ledger.payloads_steps import AgentUsage
 from tests.engine_helpers import records, run_workflow, write_workflow
 
 
@@ -120,6 +124,125 @@ def test_a_fenced_json_block_is_the_result() -> None:
     answer = 'Here it is:\n```json\n{"verdict": "ok"}\n```\nbye'
     assert parse_output(answer, "json") == ({"verdict": "ok"}, None)
     assert parse_output("", "json")[1] is not None  # an empty result: invalid output
+
+
+# --- a run without a result: what its events told --------------------------------------
+
+STREAM = [
+    {"type": "system", "subtype": "init", "session_id": "S-a1", "model": "claude-y"},
+    {
+        "type": "assistant",
+        "session_id": "S-a1",
+        "message": {
+            "id": "msg_1",
+            "model": "claude-z",
+            "content": [{"type": "tool_use", "name": "Bash"}],
+            "usage": {"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 5},
+        },
+    },
+    {  # a second content block of the same message repeats its usage: counted once
+        "type": "assistant",
+        "session_id": "S-a1",
+        "message": {
+            "id": "msg_1",
+            "content": [{"type": "text", "text": "thinking"}],
+            "usage": {"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 5},
+        },
+    },
+    {"type": "user", "message": {"content": [{"type": "tool_result", "content": "ok"}]}},
+    {
+        "type": "assistant",
+        "session_id": "S-a1",
+        "message": {
+            "id": "msg_2",
+            "usage": {"input_tokens": 7, "output_tokens": 3, "cache_creation_input_tokens": 4},
+        },
+    },
+]
+
+
+def _lines(*events: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(e).encode() + b"\n" for e in events) + b'{"type": "assist'
+
+
+def test_a_stream_cut_before_its_result_spent_what_its_events_say() -> None:
+    """Timed out, killed or crashed: the session, model, turns and tokens its events
+    told; one call; no cost (only a result says it)."""
+    stdout = _lines(*STREAM)
+    failed = StepResult(exit_code=None, error="timed out", error_type="timeout", stdout=stdout)
+    fields, spent = read_run(failed, stdout, stream=True)
+    assert fields == {}
+    assert spent == AgentUsage(
+        calls=1,
+        input_tokens=17,
+        output_tokens=5,
+        cache_read_input_tokens=5,
+        cache_creation_input_tokens=4,
+        turns=3,
+        session_id="S-a1",
+        model="claude-z",
+    )
+    just_started = _lines(STREAM[0])
+    fields, spent = read_run(
+        StepResult(exit_code=0, stdout=just_started), just_started, stream=True
+    )
+    assert fields["error_type"] == "validation_failed"  # exit 0 without a result
+    assert spent == AgentUsage(calls=1, session_id="S-a1", model="claude-y")
+    assert read_run(StepResult(exit_code=1, stdout=b"oops"), b"oops", stream=True) == ({}, None)
+
+
+def test_a_json_run_without_a_result_spent_nothing_known() -> None:
+    stdout = _lines(*STREAM)
+    assert read_run(StepResult(exit_code=1, stdout=stdout), stdout) == ({}, None)
+
+
+def test_a_stopped_stream_run_keeps_its_error_and_records_its_session() -> None:
+    """A hung or cancelled run is recorded as stopped, what its events said spent."""
+    steps = [
+        Step.model_validate(
+            {"claude": "work", "retry": {"max_attempts": 2, "resume_session": True}}
+        )
+    ]
+    sequence = StepSequence(steps, {}, agent_output="claude-stream-json")
+    assert sequence.next(cancelled=False) is not None
+    hung = StepResult(exit_code=None, error="hung", error_type="hung", stdout=_lines(*STREAM))
+    sequence.record(hung, stopped=True)
+    assert sequence.usage is not None and sequence.usage.session_id == "S-a1"
+    assert sequence.usage.turns == 3
+
+
+# --- figures that are no figures ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("cost", ["1e999", "-1e999", "NaN", "-0.5", "true", '"0.5"', "1" * 400])
+def test_a_cost_that_is_no_finite_amount_is_read_as_nothing(cost: str) -> None:
+    """JSON reads 1e999 as infinity: recorded as 0, so the success is not lost."""
+    raw = json.dumps(_envelope()).replace('"total_cost_usd": 0.0125', f'"total_cost_usd": {cost}')
+    assert cost in raw
+    envelope = read_envelope(raw.encode())
+    assert envelope is not None and envelope.usage.cost_usd == 0.0
+    again = msgspec.json.decode(msgspec.json.encode(envelope.usage), type=AgentUsage)
+    assert again == envelope.usage  # as a ledger record would read it back
+
+
+@pytest.mark.parametrize("count", ["1e999", "NaN", "-3", "2.5", "true", "null", str(1 << 63)])
+def test_a_token_count_that_is_no_whole_number_is_read_as_nothing(count: str) -> None:
+    usage = {"input_tokens": "IN", "output_tokens": 8.0}
+    raw = json.dumps(_envelope(usage=usage, num_turns="T")).replace('"IN"', count)
+    stream = "\n".join(
+        [
+            json.dumps({"type": "assistant", "message": {"usage": usage}}).replace('"IN"', count),
+            raw.replace('"T"', count),
+        ]
+    )
+    for text in (raw.replace('"T"', count), stream):
+        envelope = read_envelope(text.encode())
+        assert envelope is not None
+        assert (envelope.usage.input_tokens, envelope.usage.output_tokens) == (0, 8)
+        assert envelope.usage.turns == (1 if text is stream else 0)
+    events = stream.splitlines()[0].encode()  # no result: the events' counts
+    _fields, spent = read_run(StepResult(exit_code=1), events, stream=True)
+    assert spent is not None and spent.input_tokens == 0 and spent.output_tokens == 8
 
 
 AGENT = """#!/usr/bin/env python3

@@ -11,7 +11,7 @@ import pytest
 from engine.errors import WorkflowError
 from engine.exec.program import AgentFlags, agent_words
 from engine.workflow.load import load_workflow
-from ledger.events import ItemDispatched
+from ledger.events import ItemDispatched, ItemFailed
 from tests.engine_helpers import records, run_workflow, write_workflow
 
 AGENT = "python -m engine.tools.mock_agent --script agent.json -p"
@@ -148,3 +148,65 @@ def test_the_agents_flags_go_after_its_command_unless_given() -> None:
     assert agent_words(base, AgentFlags()) == base
     own = ["claude", "--resume=s-0", "--max-budget-usd", "3", "-p"]
     assert agent_words(own, flags) == own
+
+
+def test_a_timed_out_stream_attempt_is_resumed_and_its_session_kept(tmp_path: Path) -> None:
+    """A stream-json attempt cut by its timeout has no result, yet its events told its
+    session, turns and tokens: recorded, and the retry resumes it; a retry that fails
+    before its agent says any session leaves the session known for the next one."""
+    script = {
+        "items": {
+            "x": [
+                {
+                    "turns": 20,
+                    "turn_delay": 0.5,
+                    "session": "S-a1",
+                    "tokens": {"input": 200, "output": 40},
+                    "cost": 0.5,
+                    "ok": "fine",
+                },
+                {"ok": "fine"},
+            ]
+        }
+    }
+    (tmp_path / "agent.json").write_text(json.dumps(script))
+    wf = write_workflow(
+        tmp_path,
+        f"""
+        name: timed-out-sessions
+        env: {{ENGINE_MOCK_LOG: "{tmp_path / "mock.log"}"}}
+        agent: {{command: "{AGENT}", output: claude-stream-json}}
+        map:
+          items: [x]
+          id: "${{item}}"
+          timeout: 2s
+          retry:
+            max_attempts: 3
+            initial: 10ms
+            jitter: false
+            resume_session: true
+            retry_on: [timeout, command_failed]
+          agent_template:
+            - shell: test "$ENGINE_ATTEMPT" != 2
+            - claude: "work on ${{item}}"
+        """,
+    )
+    result = run_workflow(wf, tmp_path / "home")
+    assert result.exit_code == 0, result.reason
+    failed = [r.data for r in records(result, "item.failed") if isinstance(r.data, ItemFailed)]
+    assert [f.error_type for f in failed] == ["timeout", "command_failed"]
+    first = failed[0].usage
+    assert first is not None
+    assert first.session_id == "S-a1" and first.model == "claude-mock-1"
+    assert first.calls == 1 and first.cost_usd == 0.0  # only a result reports a cost
+    assert 1 <= first.turns < 20
+    assert first.input_tokens == 10 * first.turns  # 200 spread over 20 turns
+    assert failed[1].usage is None  # its agent did not run
+    dispatched = {
+        r.data.attempt: r.data.resumes_session
+        for r in records(result, "item.dispatched")
+        if isinstance(r.data, ItemDispatched)
+    }
+    assert dispatched == {1: None, 2: "S-a1", 3: "S-a1"}
+    starts = _starts(tmp_path)
+    assert starts == {("x", "1"): [""], ("x", "3"): ["resume=S-a1"]}

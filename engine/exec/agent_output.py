@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.exec.agent_stream import spent_usd
 from engine.exec.program import StepResult
 from ledger.payloads_steps import AgentUsage
 
@@ -66,14 +68,39 @@ class Envelope:
     usage: AgentUsage
 
 
+TOKEN_KINDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+"""The token counts a ``usage`` object reports, as :class:`AgentUsage` names them."""
+
+
+MAX_COUNT = (1 << 63) - 1
+"""The largest token or turn count recorded (a larger one is read as 0)."""
+
+
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    """A count as the agent reports it: a whole number >= 0, else 0 (nothing)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 0
+    return value if 0 <= value <= MAX_COUNT else 0
 
 
-def _envelope(data: dict[str, Any], turns: int, model: str | None) -> Envelope:
-    found = data.get("usage")
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _tokens(found: Any) -> dict[str, int]:
+    """The four token counts of a ``usage`` object (0 each where absent or not a count)."""
     tokens: dict[str, Any] = found if isinstance(found, dict) else {}
-    cost = data.get("total_cost_usd")
+    return {kind: _count(tokens.get(kind)) for kind in TOKEN_KINDS}
+
+
+def _envelope(data: dict[str, Any], seen: _Events) -> Envelope:
     result = data.get("result")
     return Envelope(
         result=result if isinstance(result, str) else "" if result is None else json.dumps(result),
@@ -81,24 +108,65 @@ def _envelope(data: dict[str, Any], turns: int, model: str | None) -> Envelope:
         subtype=str(data.get("subtype") or "success"),
         usage=AgentUsage(
             calls=1,
-            cost_usd=float(cost) if isinstance(cost, int | float) and cost >= 0 else 0.0,
-            input_tokens=_count(tokens.get("input_tokens")),
-            output_tokens=_count(tokens.get("output_tokens")),
-            cache_read_input_tokens=_count(tokens.get("cache_read_input_tokens")),
-            cache_creation_input_tokens=_count(tokens.get("cache_creation_input_tokens")),
-            turns=_count(data.get("num_turns")) or turns,
-            session_id=data.get("session_id") if isinstance(data.get("session_id"), str) else None,
-            model=data.get("model") if isinstance(data.get("model"), str) else model,
+            cost_usd=spent_usd(data.get("total_cost_usd")),
+            **_tokens(data.get("usage")),
+            turns=_count(data.get("num_turns")) or seen.turns,
+            session_id=_text(data.get("session_id")) or seen.session_id,
+            model=_text(data.get("model")) or seen.model,
         ),
     )
 
 
-def read_envelope(stdout: bytes) -> Envelope | None:
+@dataclass
+class _Events:
+    """What the events before a result said: turns, session, model, tokens by message."""
+
+    events: int = 0
+    turns: int = 0
+    session_id: str | None = None
+    model: str | None = None
+    tokens: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    """Each assistant message's token counts, by its id (Claude repeats a message's usage
+    on each of its content blocks' events: counted once)."""
+
+    def read(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        if kind not in ("system", "assistant"):
+            return
+        self.events += 1
+        self.session_id = _text(data.get("session_id")) or self.session_id
+        self.model = _text(data.get("model")) or self.model
+        if kind != "assistant":
+            return
+        self.turns += 1
+        message = data.get("message")
+        if isinstance(message, dict):
+            self.model = _text(message.get("model")) or self.model
+            if isinstance(message.get("usage"), dict):
+                key = _text(message.get("id")) or f"#{self.turns}"
+                self.tokens[key] = _tokens(message["usage"])
+
+    @property
+    def usage(self) -> AgentUsage | None:
+        """What a call spent as far as its events tell (no result: no cost); None
+        without an event."""
+        if not self.events:
+            return None
+        return AgentUsage(
+            calls=1,
+            **{kind: sum(t[kind] for t in self.tokens.values()) for kind in TOKEN_KINDS},
+            turns=self.turns,
+            session_id=self.session_id,
+            model=self.model,
+        )
+
+
+def _read(stdout: bytes) -> tuple[Envelope | None, _Events]:
     """The last ``type: result`` object of what the agent printed (one object, or one a
-    line); None when there is none."""
+    line), and what the events before it said."""
     text = stdout.decode("utf-8", "replace")
     found: Envelope | None = None
-    turns, model = 0, None
+    seen = _Events()
     for line in text.strip().splitlines() or [text]:
         try:
             data = json.loads(line)
@@ -106,37 +174,46 @@ def read_envelope(stdout: bytes) -> Envelope | None:
             continue
         if not isinstance(data, dict):
             continue
-        kind = data.get("type")
-        if kind == "assistant":
-            turns += 1
-            message = data.get("message")
-            if isinstance(message, dict) and isinstance(message.get("model"), str):
-                model = message["model"]
-        elif kind == "system" and isinstance(data.get("model"), str):
-            model = data["model"]
-        elif kind == "result":
-            found = _envelope(data, turns, model)
+        if data.get("type") == "result":
+            found = _envelope(data, seen)
+        else:
+            seen.read(data)
     if found is None and text.strip().startswith("{"):
         try:
             whole = json.loads(text)
         except ValueError:
-            return None
+            return None, seen
         if isinstance(whole, dict) and whole.get("type") == "result":
-            found = _envelope(whole, turns, model)
-    return found
+            found = _envelope(whole, seen)
+    return found, seen
 
 
-def read_run(result: StepResult, stdout: bytes) -> tuple[dict[str, Any], AgentUsage | None]:
+def read_envelope(stdout: bytes) -> Envelope | None:
+    """The last ``type: result`` object of what the agent printed (one object, or one a
+    line); None when there is none."""
+    return _read(stdout)[0]
+
+
+def read_run(
+    result: StepResult, stdout: bytes, *, stream: bool = False
+) -> tuple[dict[str, Any], AgentUsage | None]:
     """How a ``claude:`` step's run is to be recorded: the fields of its
-    :class:`~engine.exec.program.StepResult` to replace, and what it spent."""
-    envelope = read_envelope(stdout)
+    :class:`~engine.exec.program.StepResult` to replace, and what it spent.
+
+    ``stream``: the agent printed stream-json; a run with no result (timed out, killed,
+    crashed) then spent what its events say (its session, model, turns and tokens; no
+    cost, which only a result reports). Otherwise a run without a result spent nothing
+    known (None).
+    """
+    envelope, seen = _read(stdout)
     if envelope is None:
+        spent = seen.usage if stream else None
         if result.ok:
             return {
                 "error": "the agent printed no Claude result (agent.output expects one)",
                 "error_type": "validation_failed",
-            }, None
-        return {}, None
+            }, spent
+        return {}, spent
     fields: dict[str, Any] = {"stdout": envelope.result.encode()}
     if envelope.is_error or envelope.subtype.startswith("error"):
         kind = ERROR_SUBTYPES.get(envelope.subtype, "api_error")

@@ -25,7 +25,7 @@ from typing import Any
 
 from ledger.payloads_steps import AgentActivity
 
-__all__ = ["MAX_LINE", "AgentStream"]
+__all__ = ["MAX_LINE", "AgentStream", "spent_usd"]
 
 MAX_LINE = 1 << 20
 """The longest line kept while it is incomplete (1 MiB); a longer one is dropped."""
@@ -50,11 +50,16 @@ def _last_tool(message: Any) -> str | None:
     return found
 
 
-def _spent(cost: Any) -> float:
-    """A cost as a result reports it, in dollars: a finite number >= 0, else nothing."""
+def spent_usd(cost: Any) -> float:
+    """A cost as an agent reports it, in dollars: a finite number >= 0, else 0 (nothing
+    spent; an infinite, NaN, negative or non-numeric cost is not recorded)."""
     if not isinstance(cost, int | float) or isinstance(cost, bool):
         return 0.0
-    return float(cost) if math.isfinite(cost) and cost >= 0 else 0.0
+    try:
+        value = float(cost)  # an int too large for a float overflows
+    except OverflowError:
+        return 0.0
+    return value if math.isfinite(value) and value >= 0 else 0.0
 
 
 class AgentStream:
@@ -128,7 +133,7 @@ class AgentStream:
             if tool is not None:
                 self.tool = self._masked(tool)
         elif kind == "result":
-            cost = _spent(event.get("total_cost_usd"))
+            cost = spent_usd(event.get("total_cost_usd"))
             if cost:
                 self.cost_usd = round(self.cost_usd + cost, 10)
 

@@ -200,8 +200,8 @@ class StepSequence:
         """What happened to the step :meth:`next` gave; ``stopped``: the attempt was stopped;
         ``expired``: the attempt's deadline has passed (nothing of it can run again)."""
         planned, session = self._planned, None
-        if planned is not None and planned.kind == "claude" and not stopped:
-            result, session = self._agent_run(result)
+        if planned is not None and planned.kind == "claude":
+            result, session = self._agent_run(result, stopped=stopped)
         if self._validation is not None:
             self._validation.record(result, stopped=stopped)
             self._validation_stopped |= stopped
@@ -222,14 +222,16 @@ class StepSequence:
             return
         self._settle(index, step, result, stopped=stopped, expired=expired)
 
-    def _agent_run(self, result: StepResult) -> tuple[StepResult, str | None]:
+    def _agent_run(self, result: StepResult, *, stopped: bool) -> tuple[StepResult, str | None]:
         """An agent's run as its output format says: its result, its error, its spending;
-        and the session it reported."""
+        and the session it reported (a stopped run: only what it spent and its session)."""
         if self.agent_output == "text":
             return result, None
-        fields, spent = read_run(result, result.stdout)
+        stream = self.agent_output == "claude-stream-json"
+        fields, spent = read_run(result, result.stdout, stream=stream)
         self.usage = used(self.usage, spent)
-        return replaced(result, fields), spent.session_id if spent is not None else None
+        result = result if stopped else replaced(result, fields)
+        return result, spent.session_id if spent is not None else None
 
     # --- what a step's result leads to ------------------------------------------------
 
