@@ -79,6 +79,56 @@ def test_a_wall_time_is_the_next_such_time_after_now_in_its_zone(
     assert reset_at(text, NOW) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "now", "expected"),
+    [
+        (
+            "Weekly limit reached ∙ resets Oct 9, 10am (UTC)",
+            _utc(2030, 10, 5, 12),
+            _utc(2030, 10, 9, 10),
+        ),
+        (
+            "You've hit your limit · resets Dec 3 at 9am (Europe/Berlin)",
+            _utc(2030, 12, 1, 12),
+            _utc(2030, 12, 3, 8),  # winter time: +01:00
+        ),
+        (
+            "limit reached, resets October 9 at 10:30am (America/New_York)",
+            _utc(2030, 10, 5, 12),
+            _utc(2030, 10, 9, 14, 30),  # summer time: -04:00
+        ),
+        ("resets Jan 2, 9am (UTC)", _utc(2030, 12, 30, 12), _utc(2031, 1, 2, 9)),  # next year
+        ("resets Feb 29 at 9am (UTC)", _utc(2032, 2, 27), _utc(2032, 2, 29, 9)),  # a leap year
+        ("resets on Sept. 3rd, 15:00 (UTC)", _utc(2030, 9, 1), _utc(2030, 9, 3, 15)),
+        ("resets jun 1 at 1pm (UTC)", NOW, _utc(2030, 6, 1, 13)),  # today, later
+        # A weekday: the next such day at that time (NOW is a Saturday).
+        ("Weekly limit reached ∙ resets Mon 10am (UTC)", NOW, _utc(2030, 6, 3, 10)),
+        ("resets Saturday at 1pm (UTC)", NOW, _utc(2030, 6, 1, 13)),
+        ("resets Sat 11am (UTC)", NOW, _utc(2030, 6, 8, 11)),  # today's is past: next week
+        ("resets Tues, 9:05pm (Asia/Tokyo)", NOW, _utc(2030, 6, 4, 12, 5)),
+    ],
+)
+def test_a_dated_reset_is_that_date_s_time_in_its_zone(
+    text: str, now: float, expected: float
+) -> None:
+    assert reset_at(text, now) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "resets Oct 9, 10am (UTC)",  # months ahead: too far
+        "resets Jun 1, 10am (UTC)",  # this morning: next year's, too far
+        "resets Feb 30 at 9am (UTC)",  # no such day
+        "resets Jun 3, 10 (UTC)",  # no time of day
+        "resets May 5pm (UTC)",  # no day
+        "resets Jun 3, 10am (Mars/Olympus_Mons)",
+    ],
+)
+def test_a_dated_reset_that_cannot_be_or_is_too_far_is_none(text: str) -> None:
+    assert reset_at(text, NOW) is None
+
+
 def test_a_wall_time_without_a_zone_is_the_machine_s_local_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -9,6 +9,10 @@ of a few forms:
   limit will reset at 3:30pm``, ``resets 15:00 (UTC)``: the next such time
   after now in that zone (an IANA name; without one, the machine's local
   time; an unknown zone is no reset);
+* a date and a wall time: ``Weekly limit reached ∙ resets Oct 9, 10am (UTC)``,
+  ``resets Dec 3 at 9am (Europe/Berlin)``, ``resets October 9 at 10:30am``: that
+  date's time in that zone (this year's, else next year's when it is past); or a
+  weekday and a wall time (``resets Mon 10am``): that time on the next such day;
 * HTTP's ``Retry-After``, as a number of seconds or an HTTP date
   (``retry-after: 30``, ``Retry-After: Wed, 21 Oct 2026 07:28:00 GMT``).
 
@@ -29,9 +33,18 @@ from engine.map.policy import MAX_RETRY_DELAY
 __all__ = ["reset_at"]
 
 _EPOCH = re.compile(r"usage limit reached\|(\d{9,13})\b", re.IGNORECASE)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WALL = re.compile(
-    r"\breset(?:s|ting)?\s+(?:at\s+)?(\d{1,2})(?::(\d\d))?(?::(\d\d))?\s*([ap]\.?m\.?)?"
-    r"(?:\s*\(([^()\s]+)\))?",
+    r"\breset(?:s|ting)?\s+(?:(?:at|on)\s+)?"
+    # a date first: "Oct 9, ", "December 3 at ", or a weekday: "Mon ", "Tuesday at "
+    r"(?:(?P<month>jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?\s+(?P<day>\d{1,2})"
+    r"(?:st|nd|rd|th)?,?\s+(?:at\s+)?"
+    r"|(?P<weekday>mon(?:day)?|tue(?:s(?:day)?)?|wed(?:nesday)?|thu(?:r(?:s(?:day)?)?)?"
+    r"|fri(?:day)?|sat(?:urday)?|sun(?:day)?)\.?,?\s+(?:at\s+)?)?"
+    r"(?P<hour>\d{1,2})(?::(?P<minute>\d\d))?(?::(?P<second>\d\d))?\s*(?P<meridiem>[ap]\.?m\.?)?"
+    r"(?:\s*\((?P<zone>[^()\s]+)\))?",
     re.IGNORECASE,
 )
 _RETRY_AFTER = re.compile(
@@ -62,13 +75,13 @@ def _from_epoch(digits: str) -> float:
 
 
 def _from_wall(m: re.Match[str], now: float) -> float | None:
-    hour, minute, second = int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
-    meridiem, zone_name = (m.group(4) or "").lower().replace(".", ""), m.group(5)
+    hour, minute, second = int(m["hour"]), int(m["minute"] or 0), int(m["second"] or 0)
+    meridiem, zone_name = (m["meridiem"] or "").lower().replace(".", ""), m["zone"]
     if meridiem:
         if not 1 <= hour <= 12:
             return None
         hour = hour % 12 + (12 if meridiem == "pm" else 0)
-    elif m.group(2) is None:
+    elif m["minute"] is None:
         return None  # "resets 3" alone is no time of day
     if hour > 23 or minute > 59 or second > 59:
         return None
@@ -80,10 +93,31 @@ def _from_wall(m: re.Match[str], now: float) -> float | None:
             return None
     # Naive times are the machine's local time, both ways (fromtimestamp and timestamp).
     current = _dt.datetime.fromtimestamp(now, zone)
-    wall = current.replace(hour=hour, minute=minute, second=second, microsecond=0)
+    at = _dt.time(hour, minute, second)
+    if m["month"] is not None:
+        wall = _next_date(current, _MONTHS.index(m["month"][:3].lower()) + 1, int(m["day"]), at)
+        return None if wall is None else wall.timestamp()
+    # Wall-clock arithmetic: the same time of day, that day (or the next such day).
+    wall = _dt.datetime.combine(current.date(), at, current.tzinfo)
+    weekday = m["weekday"]
+    if weekday is not None:
+        wall += _dt.timedelta(days=(_WEEKDAYS.index(weekday[:3].lower()) - current.weekday()) % 7)
     if wall <= current:
-        wall += _dt.timedelta(days=1)  # wall-clock arithmetic: the same time tomorrow
+        wall += _dt.timedelta(days=1 if weekday is None else 7)
     return wall.timestamp()
+
+
+def _next_date(current: _dt.datetime, month: int, day: int, at: _dt.time) -> _dt.datetime | None:
+    """The first ``month``/``day`` at ``at`` after ``current``: this year's, else next
+    year's (None for a day that year has not, like Feb 30; a later one is too far)."""
+    for year in (current.year, current.year + 1):
+        try:
+            wall = _dt.datetime.combine(_dt.date(year, month, day), at, current.tzinfo)
+        except ValueError:
+            continue  # Feb 29 of a common year, Apr 31
+        if wall > current:
+            return wall
+    return None
 
 
 def _from_retry_after(value: str, now: float) -> float | None:
