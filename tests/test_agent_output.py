@@ -94,6 +94,8 @@ def test_a_stream_is_read_to_its_result() -> None:
         ({"subtype": "error_max_budget_usd"}, "resource_exhausted"),
         ({"subtype": "error_during_execution"}, "api_error"),
         ({"is_error": True, "result": "Claude AI usage limit reached|1767225600"}, "rate_limited"),
+        ({"is_error": True, "result": "5-hour limit reached ∙ resets 3pm"}, "rate_limited"),
+        ({"is_error": True, "result": "You've hit your limit · resets Dec 3, 9am"}, "rate_limited"),
     ],
 )
 def test_an_error_fails_the_step_even_with_exit_code_0(

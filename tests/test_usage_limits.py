@@ -198,6 +198,8 @@ def test_of_several_resets_the_last_said_wins() -> None:
         "Claude AI usage limit reached|1767225600",
         "5-hour limit reached ∙ resets 3pm (Europe/Berlin)",
         "Claude usage limit reached. Your limit will reset at 3pm (Europe/Berlin).",
+        "Weekly limit reached ∙ resets Oct 9, 10am (UTC)",
+        "You've hit your limit · resets Dec 3 at 9am (Europe/Berlin)",
         "upstream said\nretry-after: 30",
     ],
 )

@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.exec.agent_stream import spent_usd
 from engine.exec.program import StepResult
+from engine.map.classify import BUILTIN_RULES
 from ledger.payloads_steps import AgentUsage
 
 __all__ = [
@@ -48,7 +49,11 @@ ERROR_SUBTYPES = {
 }
 """Claude's error subtypes, as the engine's error types."""
 
-_USAGE_LIMIT = re.compile(r"usage limit reached|rate.?limit|\b429\b", re.IGNORECASE)
+_USAGE_LIMIT = re.compile(
+    next(pattern for pattern, kind in BUILTIN_RULES if kind == "rate_limited"), re.IGNORECASE
+)
+"""An error result that says a usage limit (a rate limit) is ``rate_limited``, as the
+built-in rules say of a failure's output."""
 
 
 def agent_command(words: Sequence[str], output: str) -> list[str]:

@@ -25,7 +25,7 @@ __all__ = ["BUILTIN_RULES", "Classification", "classify", "error_message", "sign
 BUILTIN_RULES: tuple[tuple[str, str], ...] = (
     (
         r"rate.?limit|too many requests|\b429\b|quota exceeded|throttl|usage limit|"
-        r"limit reached.{0,80}\breset|\bretry-after\b",
+        r"(?:limit reached|hit your limit).{0,80}\breset|\bretry-after\b",
         "rate_limited",
     ),
     (
