@@ -216,7 +216,9 @@ def test_a_stopped_stream_run_keeps_its_error_and_records_its_session() -> None:
 # --- figures that are no figures ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("cost", ["1e999", "-1e999", "NaN", "-0.5", "true", '"0.5"', "1" * 400])
+@pytest.mark.parametrize(
+    "cost", ["1e999", "-1e999", "NaN", "-0.5", "true", '"0.5"', "1" * 400, "1e308"]
+)
 def test_a_cost_that_is_no_finite_amount_is_read_as_nothing(cost: str) -> None:
     """JSON reads 1e999 as infinity: recorded as 0, so the success is not lost."""
     raw = json.dumps(_envelope()).replace('"total_cost_usd": 0.0125', f'"total_cost_usd": {cost}')

@@ -50,16 +50,22 @@ def _last_tool(message: Any) -> str | None:
     return found
 
 
+MAX_CALL_COST_USD = 1e9
+"""More than any one agent call costs: a larger cost is not believed (nor can sums of
+such costs overflow)."""
+
+
 def spent_usd(cost: Any) -> float:
-    """A cost as an agent reports it, in dollars: a finite number >= 0, else 0 (nothing
-    spent; an infinite, NaN, negative or non-numeric cost is not recorded)."""
+    """A cost as an agent reports it, in dollars: a number from 0 to
+    :data:`MAX_CALL_COST_USD`, else 0 (nothing spent; an infinite, NaN, negative,
+    unbelievable or non-numeric cost is not recorded)."""
     if not isinstance(cost, int | float) or isinstance(cost, bool):
         return 0.0
     try:
         value = float(cost)  # an int too large for a float overflows
     except OverflowError:
         return 0.0
-    return value if math.isfinite(value) and value >= 0 else 0.0
+    return value if math.isfinite(value) and 0 <= value <= MAX_CALL_COST_USD else 0.0
 
 
 class AgentStream:
