@@ -23,7 +23,7 @@ import msgspec
 from engine.exec.executor import AttemptOutcome, HeartbeatSample
 from engine.map.classify import classify, signature
 from engine.map.policy import NO_HISTORY, Cause, ItemHistory, retry_or_dead_letter
-from engine.map.usage_limits import reset_at
+from engine.map.usage_limits import failure_reset
 from engine.workflow.spec import MapSpec
 from ledger.events import Event, Heartbeat, ItemFailed, ItemSucceeded
 from ledger.times import rfc3339
@@ -95,7 +95,7 @@ def _failed(
     """``item.failed`` for a failed outcome: what the engine saw wins, then the executor's type.
 
     A ``rate_limited`` failure whose message, stderr or stdout says when the
-    usage limit resets (:func:`~engine.map.usage_limits.reset_at`, after
+    usage limit resets (:func:`~engine.map.usage_limits.failure_reset`, after
     ``now``) records it as ``resets_at``.
     """
     c = classify(
@@ -114,12 +114,7 @@ def _failed(
             error_type, message = o.error_type, o.error or o.error_type
         elif o.invalid_output is not None:
             error_type, message = "validation_failed", o.invalid_output
-    resets: float | None = None
-    if error_type == "rate_limited":
-        for text in (message, o.stderr_tail, o.stdout_tail):
-            resets = reset_at(text, now) if text else None
-            if resets is not None:
-                break
+    resets = failure_reset(error_type, (message, o.stderr_tail, o.stdout_tail), now)
     return ItemFailed(
         item=item,
         attempt=attempt,

@@ -27,10 +27,11 @@ import datetime as _dt
 import email.utils
 import re
 import zoneinfo
+from collections.abc import Iterable
 
 from engine.map.policy import MAX_RETRY_DELAY
 
-__all__ = ["reset_at"]
+__all__ = ["failure_reset", "reset_at"]
 
 _EPOCH = re.compile(r"usage limit reached\|(\d{9,13})\b", re.IGNORECASE)
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -66,6 +67,18 @@ def reset_at(text: str, now: float) -> float | None:
     for _start, when in sorted(found, key=lambda pair: pair[0], reverse=True):
         if when is not None and now < when <= now + MAX_RETRY_DELAY:
             return when
+    return None
+
+
+def failure_reset(error_type: str, texts: Iterable[str | None], now: float) -> float | None:
+    """When the usage limit a failure hit resets: for a ``rate_limited`` one, the first of
+    ``texts`` (its message, then the ends of its stderr and stdout) that says; else None."""
+    if error_type != "rate_limited":
+        return None
+    for text in texts:
+        resets = reset_at(text, now) if text else None
+        if resets is not None:
+            return resets
     return None
 
 
