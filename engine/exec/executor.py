@@ -73,6 +73,8 @@ class AttemptRequest:
     max_budget_usd: float | None = None
     """What the attempt's agent may spend (``--max-budget-usd``): ``budget.max_item_cost_usd``
     less what the item's attempts spent before it."""
+    max_item_cost_usd: float | None = None
+    """``budget.max_item_cost_usd`` itself (what a step refused for it says)."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import msgspec
 
 from engine.exec.agent_output import read_run, replaced, used
 from engine.exec.executor import AttemptOutcome
+from engine.exec.limits import budget_left, budget_refusal, usage_limit_reset
 from engine.exec.program import (
     AgentFlags,
     CaptureError,
@@ -29,7 +31,7 @@ from engine.git.refs import read_head
 from engine.map.classify import classify
 from engine.map.policy import backoff_delay
 from engine.redact import redact_value, secret_forms
-from engine.workflow.spec import ClassifyRule, Step
+from engine.workflow.spec import RETRIED_BY_DEFAULT, ClassifyRule, RetrySpec, Step
 from engine.workflow.variables import last_step
 from ledger.events import AgentUsage, LogRef, StepRecovery, ValidationRound
 
@@ -67,6 +69,15 @@ class StepSequence:
     or past the attempt's deadline is not retried, re-run or recovered.
     Each failure that did not end the sequence is in :attr:`recovered`.
 
+    A failure that hit an agent's usage limit with a known reset ahead
+    (``rate_limited``) ends the sequence at once in the ``map`` phase (no
+    retry, no handlers: the map waits for the reset, for every item); in the
+    other phases (setup, reduce, merge) the step runs again once the limit has
+    reset (:attr:`waiting_until`), the wait not counted against
+    ``retry.max_attempts`` unless ``retry.count_usage_limits``. A ``claude:``
+    step is not started once nothing is left of the attempt's budget
+    (:meth:`refused`), nor retried.
+
     ``tails`` (the executor's logs) is read when a step with handlers fails,
     before they run, and a failed outcome's tails (its error message, its
     type, its signature) are those, never the handlers' output.
@@ -85,6 +96,8 @@ class StepSequence:
         agent_output: str = "text",
         resume_session: str | None = None,
         max_budget_usd: float | None = None,
+        max_item_cost_usd: float | None = None,
+        phase: str = "map",
     ) -> None:
         """``cwd``, ``worktree``: the attempt's (where a ``commit_required`` step's
         repository is: its worktree, else the step's working directory's). ``rules``:
@@ -92,11 +105,19 @@ class StepSequence:
         ``rng``: what a retry's jitter is drawn from; ``agent_output``: how a
         ``claude:`` step's run is read (:mod:`engine.exec.agent_output`);
         ``resume_session``, ``max_budget_usd``: the attempt's, for its ``claude:`` steps
-        (:meth:`agent_flags`)."""
+        (:meth:`agent_flags`); ``max_item_cost_usd``: the item's whole budget (what a
+        refusal says); ``phase``: the attempt's (``map``, ``setup``, ...)."""
         self.steps = steps
         self.agent_output = agent_output
         self._resume = resume_session
         self._budget = max_budget_usd
+        self._cap = max_item_cost_usd
+        self._phase = phase
+        self._refused = False
+        """The step :meth:`next` gave was refused (:meth:`refused`): it never ran."""
+        self.waiting_until: float | None = None
+        """The usage-limit reset (epoch seconds) the delay :meth:`backoff` gave waits for."""
+        self._resets: float | None = None
         self._session: str | None = None
         """The session the current step's last run reported (an agent's)."""
         self.usage: AgentUsage | None = None
@@ -129,6 +150,8 @@ class StepSequence:
         self._runs = 0
         """Runs of the current step so far (retries and re-runs included)."""
         self._reruns = 0
+        self._waits = 0
+        """Runs of the current step that only waited for a usage limit (not counted)."""
         self._delay = 0.0
         self._failure: StepRecovery | None = None
         """The current step's last failure, as it is noted when it does not end the sequence."""
@@ -175,9 +198,7 @@ class StepSequence:
         (``map.retry.resume_session``); a run of a step after a failed one continues
         that one's session when the step's ``retry.resume_session`` says so.
         """
-        budget = self._budget
-        if budget is not None:
-            budget = max(0.0, budget - (self.usage.cost_usd if self.usage else 0.0))
+        budget = budget_left(self._budget, self.usage)
         if self._validation is not None or self.failed is not None:
             return AgentFlags(max_budget_usd=budget)  # a validator or a handler
         step, resume = self.steps[self._index], None
@@ -187,20 +208,35 @@ class StepSequence:
             resume = self._session
         return AgentFlags(resume=resume, max_budget_usd=budget)
 
+    def refused(self) -> StepResult | None:
+        """The failure of the ``claude:`` step :meth:`next` gave when nothing is left of the
+        attempt's budget (the executor records it instead of starting the step); else None."""
+        left = budget_left(self._budget, self.usage)
+        if self._planned is None or self._planned.kind != "claude" or left is None or left > 0:
+            return None
+        assert self._budget is not None
+        self._refused = True
+        return budget_refusal(self._budget, self._cap, self.usage)
+
     def backoff(self) -> float:
-        """Seconds to wait before running the step :meth:`next` gave: a retry's delay, else 0.
+        """Seconds to wait before running the step :meth:`next` gave: a retry's delay, or
+        until a usage limit resets (:attr:`waiting_until` says when), else 0.
 
         The executor waits them (a cancel or the attempt's deadline may cut the wait
         short: it then records what stopped the step instead of running it).
         """
         delay, self._delay = self._delay, 0.0
+        self.waiting_until, self._resets = self._resets, None
+        if self.waiting_until is not None:
+            delay = max(0.0, self.waiting_until - time.time())
         return delay
 
     def record(self, result: StepResult, *, stopped: bool, expired: bool = False) -> None:
         """What happened to the step :meth:`next` gave; ``stopped``: the attempt was stopped;
         ``expired``: the attempt's deadline has passed (nothing of it can run again)."""
         planned, session = self._planned, None
-        if planned is not None and planned.kind == "claude":
+        refused, self._refused = self._refused, False
+        if planned is not None and planned.kind == "claude" and not refused:
             result, session = self._agent_run(result, stopped=stopped)
         if self._validation is not None:
             self._validation.record(result, stopped=stopped)
@@ -297,23 +333,45 @@ class StepSequence:
         self._advance()
 
     def _run_failed(self, index: int, step: Step, result: StepResult, *, final: bool) -> None:
-        """A run of the step failed: it is retried, or its ``on_failure`` takes over."""
-        self._failure = self._noted(index, result)
+        """A run of the step failed: it runs again after a usage limit's reset, or is
+        retried, or its ``on_failure`` takes over."""
+        self._failure = failure = self._noted(index, result)
         retry = step.retry
+        spent = step.kind == "claude" and budget_left(self._budget, self.usage) == 0
+        resets = None if final or spent else usage_limit_reset(failure, result, time.time())
+        limited = resets is not None and self._phase == "map"  # the map waits, not the step
+        if resets is not None and not limited and self._waits_for(retry):
+            self._resets = resets
+            self.recovered.append(msgspec.structs.replace(failure, by="retry", runs=self._runs))
+            self._failure = None  # noted: a later success of the step adds nothing
+            return
+        counted = self._runs - self._waits
         if (
-            not final
+            not (final or spent or limited)
             and retry is not None
             and self._reruns == 0
-            and self._runs < retry.max_attempts
-            and self._failure.error_type in retry.retry_on
+            and counted < retry.max_attempts
+            and failure.error_type in retry.retry_on
         ):
-            self._delay = backoff_delay(retry, self._runs, self._rng)
+            self._delay = backoff_delay(retry, counted, self._rng)
             return
         self.failed = index
-        self._final = final
-        self._handlers, self._handler, self._handlers_ok = step.on_failure.steps, 0, True
+        self._final = final or limited
+        handlers = () if limited else step.on_failure.steps
+        self._handlers, self._handler, self._handlers_ok = handlers, 0, True
         if self._handlers and self._tails is not None:
             self.failure_tails = self._tails()
+
+    def _waits_for(self, retry: RetrySpec | None) -> bool:
+        """Whether the step runs again once the usage limit it hit resets: while its
+        ``retry_on`` lists ``rate_limited`` (by default it does), and, when
+        ``retry.count_usage_limits``, while its ``max_attempts`` allow another run."""
+        if "rate_limited" not in (retry.retry_on if retry else RETRIED_BY_DEFAULT):
+            return False
+        if retry is not None and retry.count_usage_limits:
+            return self._runs - self._waits < retry.max_attempts
+        self._waits += 1
+        return True
 
     def _handled(self, result: StepResult, *, stopped: bool) -> None:
         """A handler's result: it counts only for ``recover`` (and a stop ends them)."""
@@ -346,7 +404,7 @@ class StepSequence:
     def _advance(self) -> None:
         """On to the next step: the state of this one's runs is forgotten."""
         self._index += 1
-        self._runs = self._reruns = 0
+        self._runs = self._reruns = self._waits = 0
         self._failure = None
         self.failure_tails = None
         self._handlers, self._handler, self._handlers_ok = (), 0, True

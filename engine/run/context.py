@@ -247,6 +247,7 @@ class RunContext:
             classify=spec.map.classify if spec.map else (),
             agent_output=spec.agent.output,
             max_budget_usd=self._item_budget(item) if steps is None else None,
+            max_item_cost_usd=spec.budget.max_item_cost_usd if steps is None else None,
         )
 
     def _item_budget(self, item: str) -> float | None:

@@ -20,6 +20,8 @@ from typing import Any
 import msgspec
 
 from engine.exec.executor import AttemptOutcome, AttemptRequest
+from engine.exec.limits import usage_limit_note
+from engine.exec.local.attempt import LocalAttempt
 from engine.map.policy import budget_exhausted
 from engine.run.context import RunContext
 from engine.workflow.spec import Step
@@ -179,6 +181,11 @@ async def _run_attempt(
     run: RunContext, phase: str, index: int, request: AttemptRequest
 ) -> AttemptOutcome:
     attempt = await run.local.start(request)
+    if isinstance(attempt, LocalAttempt):  # a wait for a usage limit's reset, said
+        what = f"{phase} step {index + 1}"
+        attempt.on_usage_limit = lambda when: run.options.warn(
+            f"engine: {usage_limit_note(what, when)}"
+        )
     run.current_step = attempt
     if run.stopping:  # stopped while the step was being recorded or started
         await attempt.cancel()

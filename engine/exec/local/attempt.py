@@ -26,6 +26,7 @@ from typing import Any
 
 from engine.exec.agent_stream import AgentStream
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, HeartbeatSample
+from engine.exec.limits import usage_limit_note
 from engine.exec.local.child import Child
 from engine.exec.local.guardian_client import GUARDIAN, Guardian
 from engine.exec.local.logs import Log
@@ -100,6 +101,8 @@ class LocalAttempt(Attempt):
         self._samples: deque[HeartbeatSample] = deque()
         self._backoff: asyncio.Future[None] | None = None
         """Done when a retry's wait is cut short (a cancel); set while one waits."""
+        self.on_usage_limit: Callable[[float], None] | None = None
+        """Told when a step waits for a usage limit to reset (when, epoch seconds)."""
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
         self.base = attempt_base(request.item_id, request.attempt, request.phase)
@@ -286,13 +289,17 @@ class LocalAttempt(Attempt):
             agent_output=request.agent_output,
             resume_session=request.resume_session,
             max_budget_usd=request.max_budget_usd,
+            max_item_cost_usd=request.max_item_cost_usd,
+            phase=request.phase,
         )
         deadline = None if request.timeout is None else self.started + request.timeout
         try:
             while (planned := steps.next(cancelled=self.cancelled)) is not None:
                 step, timed = planned
                 limit = deadline if timed else None
-                result = await self._wait_backoff(steps.backoff(), limit)
+                result = await self._wait_backoff(steps.backoff(), limit, steps.waiting_until)
+                if result is None and (result := steps.refused()) is not None:
+                    self.err.write(f"engine: {result.error}\n".encode())
                 if result is None:
                     result = await self._step(step, steps.context, limit, steps.agent_flags())
                 expired = limit is not None and time.monotonic() >= limit
@@ -316,9 +323,16 @@ class LocalAttempt(Attempt):
             pgid=self.pgid,
         )
 
-    async def _wait_backoff(self, delay: float, deadline: float | None) -> StepResult | None:
-        """Wait a retry's ``delay`` on the event loop, heartbeats going on; None once it
+    async def _wait_backoff(
+        self, delay: float, deadline: float | None, resets: float | None = None
+    ) -> StepResult | None:
+        """Wait a retry's ``delay`` (or till a usage limit ``resets``: said in the log and
+        to :attr:`on_usage_limit`) on the event loop, heartbeats going on; None once it
         has passed, else what ended the wait: a cancel, or the attempt's deadline."""
+        if resets is not None and not self.cancelled:
+            self.err.write(f"engine: {usage_limit_note('the step', resets)}\n".encode())
+            if self.on_usage_limit is not None:
+                self.on_usage_limit(resets)
         if delay <= 0 or self.cancelled:
             return None
         if deadline is not None:
