@@ -14,6 +14,8 @@ import pytest
 
 from projections.replay import Projections
 
+pytest_plugins = ("tests.dask_cluster",)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 HELPERS = Path(__file__).parent / "helpers"
 FIXTURE_LEDGER = FIXTURES / "run-fixture" / "ledger.ndjson"

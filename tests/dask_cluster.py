@@ -1,0 +1,115 @@
+"""A real Dask cluster on loopback for the tests: `dask scheduler` and two `dask worker`s.
+
+Session-scoped: started once (about two seconds), stopped at the end by their
+process groups. The workers run in this Python (the engine importable), without
+a nanny (a worker killed stays dead), and nothing sets the scheduler's
+allowed-failures: the executor must. Skipped, saying why, when distributed is
+not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DASK = str(Path(sys.executable).with_name("dask"))
+WORKERS = 2
+START_DEADLINE = 90.0
+
+
+@dataclass
+class DaskCluster:
+    address: str
+    """``dask://HOST:PORT``."""
+    scheduler: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]]
+    directory: Path
+
+
+def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(grace)
+
+
+def _spawn(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _address(scheduler_file: Path, scheduler: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline:
+        if scheduler.poll() is not None:
+            pytest.fail(f"dask scheduler exited with {scheduler.returncode}")
+        with contextlib.suppress(OSError, ValueError):
+            address: str = json.loads(scheduler_file.read_text())["address"]
+            return address
+        time.sleep(0.05)
+    pytest.fail("the dask scheduler did not write its scheduler file in time")
+
+
+def _wait_for_workers(address: str, count: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="60s") as client:
+        client.wait_for_workers(count, timeout=START_DEADLINE)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    directory = tmp_path_factory.mktemp("dask-cluster")
+    scheduler_file = directory / "scheduler.json"
+    scheduler_argv = ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    scheduler_argv += ["--scheduler-file", str(scheduler_file)]
+    scheduler = _spawn([DASK, *scheduler_argv], directory / "scheduler.log", directory)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _address(scheduler_file, scheduler)
+        for i in range(WORKERS):
+            workers.append(
+                _spawn(
+                    [
+                        DASK,
+                        "worker",
+                        "--scheduler-file",
+                        str(scheduler_file),
+                        "--host",
+                        "127.0.0.1",
+                        "--nthreads",
+                        "4",
+                        "--no-nanny",
+                        "--no-dashboard",
+                        "--name",
+                        f"w{i}",
+                        "--local-directory",
+                        str(directory / f"w{i}"),
+                    ],
+                    directory / f"worker{i}.log",
+                    directory,
+                )
+            )
+        _wait_for_workers(address, WORKERS)
+        yield DaskCluster(address.replace("tcp://", "dask://"), scheduler, workers, directory)
+    finally:
+        for process in [*workers, scheduler]:
+            _stop(process)
