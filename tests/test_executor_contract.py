@@ -1,6 +1,7 @@
 """One contract for every executor: start, heartbeats, outcome, cancel.
 
-Each executor (the local one now, Dask next) runs this same suite.
+Each executor runs this same suite: the local one, and the Dask one on a real
+cluster on loopback (tests/dask_cluster.py).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,18 @@ from engine.exec.local.executor import LocalExecutor
 from engine.workflow.spec import Step
 from tests.engine_helpers import wait_for_async, within
 
-EXECUTORS: list[Callable[[], Executor]] = [LocalExecutor]
+
+def _dask(request: pytest.FixtureRequest) -> Executor:
+    from engine.exec.dask.executor import DaskExecutor
+
+    cluster = request.getfixturevalue("dask_cluster")
+    return DaskExecutor(cluster.address)
+
+
+EXECUTORS: dict[str, Callable[[pytest.FixtureRequest], Executor]] = {
+    "LocalExecutor": lambda _request: LocalExecutor(),
+    "DaskExecutor": _dask,
+}
 
 
 def _request(tmp_path: Path, steps: list[dict[str, Any]], **kw: Any) -> AttemptRequest:
@@ -37,10 +49,21 @@ def _request(tmp_path: Path, steps: list[dict[str, Any]], **kw: Any) -> AttemptR
     )
 
 
-@pytest.fixture(params=EXECUTORS, ids=lambda e: e.__name__)
+@pytest.fixture(params=list(EXECUTORS))
 def executor(request: pytest.FixtureRequest) -> Executor:
-    factory: Callable[[], Executor] = request.param
-    return factory()
+    return EXECUTORS[request.param](request)
+
+
+def _run(executor: Executor, main: Coroutine[Any, Any, None]) -> None:
+    """Run a test's body, then close the executor in the same loop."""
+
+    async def body() -> None:
+        try:
+            await main
+        finally:
+            await executor.close()
+
+    asyncio.run(body())
 
 
 def test_success_result_and_logs(executor: Executor, tmp_path: Path) -> None:
@@ -60,7 +83,7 @@ def test_success_result_and_logs(executor: Executor, tmp_path: Path) -> None:
         assert outcome.stdout is not None and outcome.stdout.size > 0
         assert (tmp_path / outcome.stdout.path).read_text().startswith("hello x y\n")
 
-    asyncio.run(main())
+    _run(executor, main())
 
 
 def test_failure_exit_code_and_environment(executor: Executor, tmp_path: Path) -> None:
@@ -72,7 +95,7 @@ def test_failure_exit_code_and_environment(executor: Executor, tmp_path: Path) -
         assert not outcome.ok and outcome.exit_code == 7
         assert outcome.stderr_tail.strip()
 
-    asyncio.run(main())
+    _run(executor, main())
 
 
 def test_heartbeats_while_running(executor: Executor, tmp_path: Path) -> None:
@@ -101,7 +124,7 @@ def test_heartbeats_while_running(executor: Executor, tmp_path: Path) -> None:
         assert len(samples) >= 3
         assert all(s.pid for s in samples)
 
-    asyncio.run(main())
+    _run(executor, main())
 
 
 def test_timeout_and_cancel(executor: Executor, tmp_path: Path) -> None:
@@ -120,7 +143,7 @@ def test_timeout_and_cancel(executor: Executor, tmp_path: Path) -> None:
         outcome = await within(attempt.wait(), what="the cancel to end the attempt")
         assert outcome.interrupted and not outcome.ok
 
-    asyncio.run(main())
+    _run(executor, main())
 
 
 def test_a_background_child_holding_the_pipes_does_not_hang_the_attempt(
@@ -132,7 +155,7 @@ def test_a_background_child_holding_the_pipes_does_not_hang_the_attempt(
         outcome = await within(attempt.wait(), what="the attempt to end with its leader")
         assert outcome.ok and outcome.stdout_tail == "started"
 
-    asyncio.run(main())
+    _run(executor, main())
 
 
 def test_a_program_that_cannot_start_fails_the_attempt_with_why(
@@ -156,7 +179,7 @@ def test_a_program_that_cannot_start_fails_the_attempt_with_why(
         assert not outcome.ok
         assert f"in {tmp_path / 'missing-dir'}: No such file" in outcome.stderr_tail
 
-    asyncio.run(main())
+    _run(executor, main())
 
 
 def test_every_attempt_leads_its_own_session_with_exact_status(
@@ -175,7 +198,7 @@ def test_every_attempt_leads_its_own_session_with_exact_status(
         outcome = await attempt.wait()
         assert not outcome.ok and outcome.signal == 9 and outcome.exit_code is None
 
-    asyncio.run(main())
+    _run(executor, main())
 
 
 def test_attempt_environment_is_laid_over_the_shared_one(
@@ -200,7 +223,7 @@ def test_attempt_environment_is_laid_over_the_shared_one(
             assert sum(line.startswith("SHARED=") for line in lines) == 1
         assert base == {"PATH": "/usr/bin:/bin", "SHARED": "base", "KEPT": "yes"}
 
-    asyncio.run(main())
+    _run(executor, main())
 
 
 def test_a_cancel_before_the_process_starts_is_not_lost(executor: Executor, tmp_path: Path) -> None:
@@ -216,7 +239,7 @@ def test_a_cancel_before_the_process_starts_is_not_lost(executor: Executor, tmp_
         assert outcome.interrupted and not outcome.ok
         assert not ran.exists()
 
-    asyncio.run(main())
+    _run(executor, main())
 
 
 def test_a_cancel_requested_before_the_process_starts_starts_none(
@@ -239,4 +262,4 @@ def test_a_cancel_requested_before_the_process_starts_starts_none(
         assert outcome.exit_code is None and outcome.signal is None
         assert attempt.pgid is None and not ran.exists()
 
-    asyncio.run(main())
+    _run(executor, main())

@@ -1,0 +1,92 @@
+"""Reaching a Dask cluster: an address given (``dask://HOST:PORT``), or one started here.
+
+Either way the scheduler's ``allowed_failures`` is set to 0: Dask would
+otherwise run a task again on another worker after its worker died, an
+execution no ``item.dispatched`` record stands for. (The claim each task takes,
+:func:`engine.exec.dask.worker.claim`, refuses such a run even on a scheduler
+that would not be told.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.exec.local.orphans import OWN
+from ledger.errors import EngineError
+
+__all__ = ["DaskUnreachable", "connect", "scheduler_address"]
+
+CONNECT_TIMEOUT = "30s"
+
+
+class DaskUnreachable(EngineError):
+    """The Dask scheduler named cannot be reached."""
+
+    exit_code = 2
+
+
+def scheduler_address(address: str) -> str:
+    """``dask://HOST:PORT`` (or ``tcp://HOST:PORT``) as Dask spells it."""
+    if address.startswith("dask://"):
+        return "tcp://" + address.removeprefix("dask://")
+    return address
+
+
+def _own_children() -> None:
+    """The local cluster's processes (its workers, multiprocessing's resource tracker) are
+    the engine's own: not orphans of a step to stop at the run's end."""
+    me = str(os.getpid())
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(entry.path, "stat").read_text()
+                if stat[stat.rfind(")") + 2 :].split()[1] == me:
+                    OWN.add(int(entry.name))
+
+
+def _no_reruns(dask_scheduler: Any = None) -> None:
+    dask_scheduler.allowed_failures = 0
+
+
+async def connect(address: str | None, workers: int) -> tuple[Any, Any]:
+    """An asynchronous client (and the local cluster started for it, or None)."""
+    import dask  # noqa: PLC0415 - the dask extra, only for this executor
+    import distributed  # noqa: PLC0415
+
+    local_cluster: Any = distributed.LocalCluster
+    new_client: Any = distributed.Client
+
+    cluster = None
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        if address is None:
+            cluster = await local_cluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                asynchronous=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                # No dashboard; its HTTP server (health, metrics) on a free loopback port.
+                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.ERROR,
+            )
+            _own_children()
+            target: Any = cluster
+        else:
+            target = scheduler_address(address)
+        try:
+            client: Any = await new_client(target, asynchronous=True, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            if cluster is not None:
+                await cluster.close()
+            raise DaskUnreachable(
+                f"cannot reach the dask scheduler at {address}: {exc}",
+                hint="start one with `dask scheduler`, or run with --executor dask to start "
+                "a local cluster",
+            ) from None
+    await client.run_on_scheduler(_no_reruns)
+    return client, cluster

@@ -1,0 +1,113 @@
+"""Runs on a real Dask cluster on loopback: a map's items, the logs back, the process
+groups stopped on the worker, and what is refused (tests/dask_cluster.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.exec.executor import AttemptOutcome, AttemptRequest
+from engine.workflow.spec import Step
+from ledger.reader import verify_ledger
+from tests.dask_cluster import DaskCluster
+from tests.engine_helpers import records, run_workflow, wait_for_async, within
+
+pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+from engine.exec.dask.executor import DaskExecutor
+
+TWENTY = """\
+name: twenty
+map:
+  input: items.json
+  id: "${item.name}"
+  max_parallel: 8
+  agent_template:
+    - run: |
+        echo "out of ${item.name}"
+        echo "err of ${item.name}" >&2
+"""
+
+
+def test_twenty_items_run_on_the_cluster_with_their_logs(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    (tmp_path / "items.json").write_text(json.dumps([{"name": f"i{n}"} for n in range(20)]))
+    path = tmp_path / "wf.yml"
+    path.write_text(TWENTY)
+    result = run_workflow(path, tmp_path / "home", executor_name=dask_cluster.address)
+    assert result.exit_code == 0, result.reason
+    assert verify_ledger(result.run_dir / "ledger.ndjson").torn is None
+    (started,) = records(result, "run.started")
+    assert started.data.executor == dask_cluster.address
+    succeeded = records(result, "item.succeeded")
+    assert sorted(r.data.item for r in succeeded) == sorted(f"i{n}" for n in range(20))
+    for record in succeeded:
+        item = record.data.item
+        out = (result.run_dir / record.data.stdout.path).read_text()
+        err = (result.run_dir / record.data.stderr.path).read_text()
+        assert out == f"out of {item}\n" and err == f"err of {item}\n"
+
+
+def _request(tmp_path: Path, run: str, **kw: object) -> AttemptRequest:
+    return AttemptRequest(
+        run_id="dask-kill",
+        item_id="item",
+        attempt=1,
+        idempotency_key="ik:kill",
+        steps=[Step.model_validate({"run": run})],
+        context={"item": {}, "env": {}},
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        run_dir=tmp_path,
+        kill_grace=0.5,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _gone(pid: int) -> bool:
+    """Not running any more: no such process, or a zombie (not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
+
+
+# The leader and a background child: both of the group, both to be stopped.
+GROUP = "echo $$ > pids; sleep 300 & echo $! >> pids; echo $$; wait"
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel", "force"])
+def test_timeout_and_cancel_kill_the_group_on_the_worker(
+    dask_cluster: DaskCluster, tmp_path: Path, how: str
+) -> None:
+    pids = tmp_path / "pids"
+
+    async def main() -> tuple[AttemptOutcome, list[int]]:
+        executor = DaskExecutor(dask_cluster.address)
+        try:
+            timeout = 2.0 if how == "timeout" else None
+            attempt = await executor.start(_request(tmp_path, GROUP, timeout=timeout))
+            await wait_for_async(
+                lambda: len(pids.read_text().split()) == 2 if pids.exists() else False,
+                what="the group to start on the worker",
+            )
+            running = [int(p) for p in pids.read_text().split()]
+            assert not any(_gone(p) for p in running)
+            if how != "timeout":
+                await within(attempt.cancel(force=how == "force"), what="the cancel")
+            return await within(attempt.wait(), what="the outcome"), running
+        finally:
+            await executor.close()
+
+    outcome, running = asyncio.run(main())
+    assert not outcome.ok
+    assert outcome.timed_out if how == "timeout" else outcome.interrupted
+    # The pid the attempt printed (its log, copied back) is the leader's, and it is gone.
+    assert outcome.stdout is not None
+    assert int((tmp_path / outcome.stdout.path).read_text()) == running[0]
+    assert all(_gone(p) for p in running), running
