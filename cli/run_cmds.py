@@ -16,6 +16,7 @@ from rich.console import Console
 from cli.app import Context, cli, echo_json, quiet_on_closed_stdout
 from cli.progress import DEFAULT_INTERVAL, Progress, progress_interval, summary_table
 from cli.render import StdoutConsole, human_duration, human_time, print_table
+from cli.run_options import EXECUTOR, NO_CACHE, REFRESH_CACHE, check_workers
 from cli.worktree_cmds import branch_line, branch_next, branch_summary
 from engine.errors import WorkflowError
 from engine.home import RunRef, check_run_id, list_runs
@@ -71,12 +72,6 @@ JOBS = click.option(
     type=click.IntRange(min=1, max=100_000),
     help="Attempts at once (overrides max_parallel).",
 )
-NO_CACHE = click.option(
-    "--no-cache", is_flag=True, help="Neither use nor fill the workflow's cache."
-)
-REFRESH_CACHE = click.option(
-    "--refresh-cache", is_flag=True, help="Run every item, and store its result in the cache."
-)
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 NO_PROGRESS = click.option(
     "--no-progress",
@@ -107,9 +102,7 @@ NO_PROGRESS = click.option(
     metavar="NAME",
     help="Lay the workflow's profile NAME (profiles:) over env; recorded, and kept on resume.",
 )
-@click.option(
-    "--executor", default="local", show_default=True, help="local (dask://HOST:PORT comes later)."
-)
+@EXECUTOR
 @NO_CACHE
 @REFRESH_CACHE
 @click.option(
@@ -127,7 +120,8 @@ def run_cmd(
     jobs: int | None,
     variables: tuple[str, ...],
     profile: str | None,
-    executor: str,
+    executor_name: str | None,
+    workers: int | None,
     no_cache: bool,
     refresh_cache: bool,
     allow_missing: bool,
@@ -144,11 +138,7 @@ def run_cmd(
     unknown --profile); 3 when the run is locked; 4 when stopped by its
     budget, and 130 when interrupted (both resumable).
     """
-    if executor != "local":
-        raise EngineError(
-            f"--executor {executor}: only the local executor is available",
-            hint="use --executor local",
-        )
+    check_workers(executor_name, workers)
     if run_id is not None:
         check_run_id(run_id)  # before anything is read or created
     given = _variables(variables)
@@ -158,6 +148,8 @@ def run_cmd(
         max_parallel=jobs,
         variables=given,
         profile=profile,
+        executor_name=executor_name,
+        workers=workers,
         no_cache=no_cache,
         refresh_cache=refresh_cache,
         allow_missing=allow_missing,
@@ -244,6 +236,7 @@ def _budget(_ctx: click.Context, _param: click.Parameter, usd: float | None) -> 
     is_flag=True,
     help="Go on with a workflow file that changed since the run started (recorded).",
 )
+@EXECUTOR
 @NO_CACHE
 @REFRESH_CACHE
 @AS_JSON
@@ -256,6 +249,8 @@ def resume_cmd(
     jobs: int | None,
     budget: float | None,
     allow_changed: bool,
+    executor_name: str | None,
+    workers: int | None,
     no_cache: bool,
     refresh_cache: bool,
     as_json: bool,
@@ -274,8 +269,11 @@ def resume_cmd(
     workflow file changed (see --allow-changed); 3 when another engine holds
     the run; 4 again at once for a run stopped by its budget, unless --budget.
     """
+    check_workers(executor_name, workers)
     ref = obj.run(run, allow_ledger_file=False)
     options = RunOptions(
+        executor_name=executor_name,
+        workers=workers,
         max_parallel=jobs,
         include_dlq=include_dlq,
         budget=budget,

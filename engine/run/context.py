@@ -20,9 +20,9 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import IncompleteMap, StoreMissing
+from engine.errors import IncompleteMap, IsolationError, StoreMissing
 from engine.exec.agent_output import agent_command
-from engine.exec.executor import Attempt, AttemptRequest
+from engine.exec.executor import Attempt, AttemptRequest, Executor
 from engine.exec.local.executor import LocalExecutor
 from engine.exec.program import agent_argv
 from engine.git.isolation import Isolation
@@ -34,7 +34,8 @@ from engine.run.options import RunOptions
 from engine.store.content import ContentStore
 from engine.workflow.environment import Environment, resolve
 from engine.workflow.load import LoadedWorkflow
-from engine.workflow.spec import Step
+from engine.workflow.spec import Step, Workflow
+from engine.workflow.spec_executor import ExecutorSpec
 from engine.workflow.variables import item_context, run_context
 from ledger.events import Event, RunCompleted
 from ledger.times import reading
@@ -43,6 +44,30 @@ from projections.replay import Projections, replay
 from projections.values import ValuesProjection
 
 __all__ = ["RunContext", "unfinished"]
+
+
+def _executor(options: RunOptions, spec: Workflow) -> Executor:
+    """The executor ``--executor`` names, else the workflow's ``executor:``, else local.
+
+    The Dask executor (imported only then) is refused with ``map.isolation: worktree``:
+    a worktree per attempt is made on this machine.
+    """
+    name, workers = options.executor_name, options.workers
+    if name is None and isinstance(spec.executor, ExecutorSpec):
+        name, workers = spec.executor.address, workers or spec.executor.workers
+    elif name is None and isinstance(spec.executor, str):
+        name = spec.executor
+    if name is None or name == "local":
+        return LocalExecutor()
+    if spec.map is not None and spec.map.isolation == "worktree":
+        raise IsolationError(
+            f"executor {name}: map.isolation: worktree runs only on the local executor",
+            path=name,
+            hint="run with --executor local, or drop map.isolation",
+        )
+    from engine.exec.dask.executor import DaskExecutor  # noqa: PLC0415 - the dask extra
+
+    return DaskExecutor(None if name == "dask" else name, workers=workers or 2)
 
 
 class RunContext:
@@ -64,7 +89,9 @@ class RunContext:
         # engine's leftovers carry, whatever the working directory or the
         # spelling of --home.
         self.run_dir = run_dir.resolve()
-        self.executor = options.executor or LocalExecutor()
+        self.executor = options.executor or _executor(options, self.spec)
+        self.owns_executor = options.executor is None
+        """The executor was made for the run: closed at its end."""
         self.local = LocalExecutor()
         circuit = self.spec.circuit_breaker
         self.values = ValuesProjection()

@@ -92,6 +92,8 @@ async def drive(run: RunContext, opening: list[Event], *, resuming: bool = False
                 await control.stop()
     finally:
         run.writer.close()
+        if run.owns_executor:
+            await run.executor.close()
 
 
 async def _phases(

@@ -23,6 +23,12 @@ class RunOptions:
     """``--profile``: the workflow's profile laid over ``env``. A resume keeps the
     run's own (the one recorded in ``run.created``); naming another is refused."""
     executor: Executor | None = None
+    """The executor itself (a library caller's); else one made from ``executor_name``."""
+    executor_name: str | None = None
+    """``--executor``: ``local``, ``dask`` (a local cluster) or ``dask://HOST:PORT``; over
+    the workflow's ``executor:``, local when neither says."""
+    workers: int | None = None
+    """``--workers``: the worker processes of the local Dask cluster (``dask``)."""
     command: str = ""
     """The command line to record (redacted here); ``argv`` wins when given."""
     argv: list[str] | None = None

@@ -36,6 +36,7 @@ from engine.workflow.fields import (
     parse_duration,
 )
 from engine.workflow.patterns import PatternError, compile_pattern
+from engine.workflow.spec_executor import ExecutorField
 
 __all__ = [
     "ERROR_TYPES",
@@ -462,6 +463,8 @@ class Workflow(_Model):
     merge: Steps = []
     """With ``map.isolation: worktree``: steps run after reduce, in the run's worktree,
     to bring the run's branch to the workspace's (``${merge.*}``)."""
+    executor: ExecutorField = None
+    """Where the map's attempts run (:mod:`engine.workflow.spec_executor`)."""
 
     @property
     def secret_names(self) -> frozenset[str]:
