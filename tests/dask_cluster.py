@@ -74,42 +74,31 @@ def _wait_for_workers(address: str, count: int) -> None:
         client.wait_for_workers(count, timeout=START_DEADLINE)
 
 
-@pytest.fixture(scope="session")
-def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
-    pytest.importorskip("distributed", reason="the dask extra is not installed")
-    directory = tmp_path_factory.mktemp("dask-cluster")
+@contextlib.contextmanager
+def start_cluster(directory: Path, workers: int = WORKERS) -> Iterator[DaskCluster]:
+    """A scheduler and ``workers`` workers (4 threads each) on loopback, files in ``directory``."""
     scheduler_file = directory / "scheduler.json"
     scheduler_argv = ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
     scheduler_argv += ["--scheduler-file", str(scheduler_file)]
     scheduler = _spawn([DASK, *scheduler_argv], directory / "scheduler.log", directory)
-    workers: list[subprocess.Popen[bytes]] = []
+    started: list[subprocess.Popen[bytes]] = []
     try:
         address = _address(scheduler_file, scheduler)
-        for i in range(WORKERS):
-            workers.append(
-                _spawn(
-                    [
-                        DASK,
-                        "worker",
-                        "--scheduler-file",
-                        str(scheduler_file),
-                        "--host",
-                        "127.0.0.1",
-                        "--nthreads",
-                        "4",
-                        "--no-nanny",
-                        "--no-dashboard",
-                        "--name",
-                        f"w{i}",
-                        "--local-directory",
-                        str(directory / f"w{i}"),
-                    ],
-                    directory / f"worker{i}.log",
-                    directory,
-                )
-            )
-        _wait_for_workers(address, WORKERS)
-        yield DaskCluster(address.replace("tcp://", "dask://"), scheduler, workers, directory)
+        for i in range(workers):
+            argv = ["worker", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1"]
+            argv += ["--nthreads", "4", "--no-nanny", "--no-dashboard", "--name", f"w{i}"]
+            argv += ["--local-directory", str(directory / f"w{i}")]
+            started.append(_spawn([DASK, *argv], directory / f"worker{i}.log", directory))
+        _wait_for_workers(address, workers)
+        yield DaskCluster(address.replace("tcp://", "dask://"), scheduler, started, directory)
     finally:
-        for process in [*workers, scheduler]:
+        for process in [*started, scheduler]:
             _stop(process)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """The tests' shared cluster (a test that kills a worker starts its own)."""
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    with start_cluster(tmp_path_factory.mktemp("dask-cluster")) as cluster:
+        yield cluster
