@@ -113,13 +113,16 @@ class DaskExecutor(Executor):
 
     async def reclaim(self, run_id: str, run_dir: Path) -> dict[str, int]:
         """Stop every attempt of ``run_id`` still running on the cluster (a dead
-        engine's), and forget their claims. Their items are not known here: the
-        count is under ``*``."""
+        engine's: its tasks run on without it), and forget their claims; how many
+        were stopped, by item. ``run_dir``: the run is told apart by its id only."""
         client = await self.ready(run_id)
         stopped = await client.run(worker.kill_run, run_id, on_error="ignore")
         await client.run_on_scheduler(worker.unclaim_run, f"engine-{run_id}-")
-        count = sum(n for n in stopped.values() if isinstance(n, int))
-        return {"*": count} if count else {}
+        per_item: dict[str, int] = {}
+        for items in stopped.values():
+            for item in items if isinstance(items, list) else ():
+                per_item[item] = per_item.get(item, 0) + 1
+        return per_item
 
     async def close(self) -> None:
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None

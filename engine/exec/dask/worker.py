@@ -25,7 +25,9 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -213,13 +215,25 @@ def cancel_attempt(key: str, force: bool, dask_worker: Any = None) -> str:
     return "stopping"
 
 
-def kill_run(run_id: str, dask_worker: Any = None) -> int:
-    """On the worker: stop every attempt of ``run_id`` running here (a resume's reclaim)."""
+async def kill_run(run_id: str, wait: float = 30.0, dask_worker: Any = None) -> list[str]:
+    """On the worker (its loop): stop every attempt of ``run_id`` running here (a resume's
+    reclaim), SIGKILL to their process groups at once; return once they have ended (or
+    after ``wait`` seconds), with the items whose attempts were stopped."""
     with _LOCK:
-        entries = [entry for entry in _RUNNING.values() if entry[2] == run_id]
-    for entry in entries:
+        entries = {key: entry for key, entry in _RUNNING.items() if entry[2] == run_id}
+    for entry in entries.values():
+        pgid = entry[1].pgid
+        if pgid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
         _stop(entry, True)
-    return len(entries)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with _LOCK:
+            if not any(key in _RUNNING for key in entries):
+                break
+        await asyncio.sleep(0.02)
+    return [entry[1].request.item_id for entry in entries.values()]
 
 
 def read_chunk(path: str, offset: int, size: int, dask_worker: Any = None) -> bytes:
