@@ -4,12 +4,15 @@ groups stopped on the worker, and what is refused (tests/dask_cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from engine.exec.executor import AttemptOutcome, AttemptRequest
+from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest
+from engine.run import RunOptions, RunResult, execute_run
+from engine.workflow.load import load_workflow
 from engine.workflow.spec import Step
 from ledger.reader import verify_ledger
 from tests.dask_cluster import DaskCluster
@@ -50,6 +53,40 @@ def test_twenty_items_run_on_the_cluster_with_their_logs(
         out = (result.run_dir / record.data.stdout.path).read_text()
         err = (result.run_dir / record.data.stderr.path).read_text()
         assert out == f"out of {item}\n" and err == f"err of {item}\n"
+
+
+class _Counting(DaskExecutor):
+    """Counts the attempts submitted and not ended, at most."""
+
+    most = 0
+
+    async def start(self, request: AttemptRequest) -> Attempt:
+        self.most = max(self.most, len(self.attempts) + 1)
+        return await super().start(request)
+
+
+def test_no_more_tasks_in_flight_than_max_parallel(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    (tmp_path / "items.json").write_text(json.dumps([{"name": f"i{n}"} for n in range(30)]))
+    path = tmp_path / "wf.yml"
+    path.write_text(
+        TWENTY.replace("max_parallel: 8", "max_parallel: 3").replace(
+            'echo "out of ${item.name}"', 'echo "out of ${item.name}"; sleep 0.1'
+        )
+    )
+    executor = _Counting(dask_cluster.address)
+
+    async def main() -> RunResult:
+        try:  # the caller's executor: closed by the caller, in the run's loop
+            options = RunOptions(executor=executor)
+            return await execute_run(load_workflow(path), tmp_path / "home", options)
+        finally:
+            await executor.close()
+
+    result = asyncio.run(main())
+    assert result.exit_code == 0, result.reason
+    assert 2 <= executor.most <= 3
 
 
 def _request(tmp_path: Path, run: str, **kw: object) -> AttemptRequest:
@@ -111,3 +148,24 @@ def test_timeout_and_cancel_kill_the_group_on_the_worker(
     assert outcome.stdout is not None
     assert int((tmp_path / outcome.stdout.path).read_text()) == running[0]
     assert all(_gone(p) for p in running), running
+
+
+def test_a_workspace_missing_on_the_worker_fails_the_attempt_saying_so(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    missing = tmp_path / "not-here"
+
+    async def main() -> AttemptOutcome:
+        executor = DaskExecutor(dask_cluster.address)
+        try:
+            request = _request(tmp_path, "true")
+            attempt = await executor.start(dataclasses.replace(request, cwd=missing))
+            return await within(attempt.wait(), what="the outcome")
+        finally:
+            await executor.close()
+
+    outcome = asyncio.run(main())
+    assert not outcome.ok and outcome.error is not None
+    assert outcome.error_type == "validation_failed"
+    assert f"the workspace {missing} does not exist on worker tcp://127.0.0.1:" in outcome.error
+    assert "the workspace at the same path on every worker" in outcome.stderr_tail

@@ -155,7 +155,7 @@ def run_attempt(request: AttemptRequest, key: str, topic: str) -> Finished:
             f"the workspace {request.cwd} does not exist on worker {worker.address}: the dask "
             "executor needs the workspace at the same path on every worker"
         )
-        failed = AttemptOutcome(ok=False, duration=0.0, error_type="unknown", error=error)
+        failed = AttemptOutcome(ok=False, duration=0.0, error_type="validation_failed", error=error)
         return Finished(dataclasses.replace(failed, stderr_tail=error), worker.address, None)
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     staging = Path(worker.local_directory) / STAGING / digest
