@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.engine_helpers import records, run_workflow, wait_for_async, within
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 
+from engine.exec.dask.cluster import DaskUnreachable
 from engine.exec.dask.executor import DaskExecutor
 
 TWENTY = """\
@@ -169,3 +171,25 @@ def test_a_workspace_missing_on_the_worker_fails_the_attempt_saying_so(
     assert outcome.error_type == "validation_failed"
     assert f"the workspace {missing} does not exist on worker tcp://127.0.0.1:" in outcome.error
     assert "the workspace at the same path on every worker" in outcome.stderr_tail
+
+
+def test_a_scheduler_that_cannot_be_reached_is_refused_before_the_run_is_created(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "items.json").write_text(json.dumps([{"name": "a"}]))
+    path = tmp_path / "wf.yml"
+    path.write_text(TWENTY)
+    executor = DaskExecutor(f"dask://127.0.0.1:{port}", timeout=1.0)
+
+    async def main() -> None:
+        options = RunOptions(executor=executor, run_id="unreached")
+        await execute_run(load_workflow(path), tmp_path / "home", options)
+
+    with pytest.raises(DaskUnreachable) as refused:
+        asyncio.run(main())
+    assert f"cannot reach the dask scheduler at dask://127.0.0.1:{port}" in str(refused.value)
+    assert "\n" not in str(refused.value) and refused.value.exit_code == 2
+    assert not (tmp_path / "home" / "runs" / "unreached").exists()

@@ -156,6 +156,10 @@ class Executor(abc.ABC):
     async def start(self, request: AttemptRequest) -> Attempt:
         """Start an attempt; return once it is running."""
 
+    async def connect(self, run_id: str) -> None:  # noqa: B027 - optional hook
+        """Reach what runs the attempts, before a new run is created (one that cannot be
+        reached is refused then, with no run kept)."""
+
     async def reclaim(self, run_id: str, run_dir: Path) -> dict[str, int]:
         """Stop whatever an earlier engine left running for ``run_id`` (before a resume).
 

@@ -66,6 +66,8 @@ async def create_run(
         preflight(loaded, run.process_env(), allow_missing=options.allow_missing)
         if isolated(run):
             await check_workspace(run)
+        if run.spec.map is not None:
+            await run.executor.connect(run_id)  # an unreachable cluster: no run is kept
     run.open(create=create)
     try:
         opening = await _opening(run, home, files)

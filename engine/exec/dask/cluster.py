@@ -18,9 +18,10 @@ from typing import Any
 from engine.exec.local.orphans import OWN
 from ledger.errors import EngineError
 
-__all__ = ["DaskUnreachable", "connect", "scheduler_address"]
+__all__ = ["CONNECT_TIMEOUT", "DaskUnreachable", "connect", "scheduler_address"]
 
-CONNECT_TIMEOUT = "30s"
+CONNECT_TIMEOUT = 30.0
+"""Seconds to reach the scheduler."""
 
 
 class DaskUnreachable(EngineError):
@@ -52,7 +53,9 @@ def _no_reruns(dask_scheduler: Any = None) -> None:
     dask_scheduler.allowed_failures = 0
 
 
-async def connect(address: str | None, workers: int) -> tuple[Any, Any]:
+async def connect(
+    address: str | None, workers: int, timeout: float = CONNECT_TIMEOUT
+) -> tuple[Any, Any]:
     """An asynchronous client (and the local cluster started for it, or None)."""
     import dask  # noqa: PLC0415 - the dask extra, only for this executor
     import distributed  # noqa: PLC0415
@@ -79,7 +82,7 @@ async def connect(address: str | None, workers: int) -> tuple[Any, Any]:
         else:
             target = scheduler_address(address)
         try:
-            client: Any = await new_client(target, asynchronous=True, timeout=CONNECT_TIMEOUT)
+            client: Any = await new_client(target, asynchronous=True, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             if cluster is not None:
                 await cluster.close()

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from engine.exec.dask import require_distributed, worker
-from engine.exec.dask.cluster import connect
+from engine.exec.dask.cluster import CONNECT_TIMEOUT, DaskUnreachable, connect
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
 from engine.store.logs import LOGS_DIR, attempt_base
 from ledger.atomic import fsync_dir, make_private_dir
@@ -76,10 +76,15 @@ class DaskExecutor(Executor):
     :meth:`close`).
     """
 
-    def __init__(self, address: str | None = None, *, workers: int = 2) -> None:
+    def __init__(
+        self, address: str | None = None, *, workers: int = 2, timeout: float = CONNECT_TIMEOUT
+    ) -> None:
         require_distributed()
         self.address = address
         self.workers = workers
+        self.timeout = timeout
+        self._unreachable: DaskUnreachable | None = None
+        """Why connecting failed (every later attempt fails at once with it)."""
         self.name = address or "dask-local"
         self.client: Any = None
         self.cluster: Any = None
@@ -93,8 +98,16 @@ class DaskExecutor(Executor):
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
+            if self._unreachable is not None:
+                raise self._unreachable
             if self.client is None:
-                self.client, self.cluster = await connect(self.address, self.workers)
+                try:
+                    self.client, self.cluster = await connect(
+                        self.address, self.workers, self.timeout
+                    )
+                except DaskUnreachable as exc:
+                    self._unreachable = exc
+                    raise
             topic = _topic(run_id)
             if topic not in self._topics:
                 self.client.subscribe_topic(topic, self._deliver)
@@ -107,6 +120,9 @@ class DaskExecutor(Executor):
         attempt = self.attempts.get(message.get("key", ""))
         if attempt is not None:
             attempt.message(message)
+
+    async def connect(self, run_id: str) -> None:
+        await self.ready(run_id)
 
     async def start(self, request: AttemptRequest) -> Attempt:
         return DaskAttempt(self, request)
