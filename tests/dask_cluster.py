@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.exec.local.orphans import OWN
+
 DASK = str(Path(sys.executable).with_name("dask"))
 WORKERS = 2
 START_DEADLINE = 90.0
@@ -37,6 +39,7 @@ class DaskCluster:
 
 
 def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    OWN.discard(process.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -50,9 +53,13 @@ def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 def _spawn(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
     with open(log, "ab") as out:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+    # This process's own: an engine run in it that adopts orphans must not take them
+    # for a step's leftovers (and stop them), nor reap them.
+    OWN.add(process.pid)
+    return process
 
 
 def _address(scheduler_file: Path, scheduler: subprocess.Popen[bytes]) -> str:
