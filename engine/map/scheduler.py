@@ -270,8 +270,9 @@ class MapScheduler:
         taken = list(plans)
         try:
             if (spent := policy.budget_exhausted(self.budget, self.p, before)) is not None:
+                told = self.stopping == "budget"  # its record may still be on its way
                 self.stop("budget")  # none starts (budget.exhausted, once); running ones finish
-                before, plans = [*before, *spent], []
+                before, plans = [*before, *([] if told else spent)], []
             if self.hooks is not None and plans:
                 try:
                     asked = [(p.item, p.value, p.attempt - 1) for p in plans]
