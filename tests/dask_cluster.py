@@ -50,11 +50,23 @@ def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         process.wait(grace)
 
 
+_TIED = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies with its parent\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)  # the parent died before that was set\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+"""A launcher that ties a cluster process's life to this test process's: a test run
+that is killed (a timeout, ^C twice) leaves no cluster behind."""
+
+
 def _spawn(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    tied = [sys.executable, "-c", _TIED, str(os.getpid()), *argv]
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            tied, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     # This process's own: an engine run in it that adopts orphans must not take them
     # for a step's leftovers (and stop them), nor reap them.
