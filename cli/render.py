@@ -26,6 +26,7 @@ import click
 import msgspec
 from rich.console import Console
 
+from engine.views.durations import human_duration
 from ledger.events import LogRef, Record
 from ledger.times import epoch
 from projections.replay import Projections
@@ -143,27 +144,6 @@ def summary_lines(p: Projections, *, status: str, ledger: str, whole: bool = Fal
 
 
 # --- times ---------------------------------------------------------------------------
-
-
-def human_duration(seconds: float | None) -> str:
-    """A length of time as people write it: ``850ms``, ``4.2s``, ``12s``, ``1m12s``, ``2h03m``,
-    ``3d04h``."""
-    if seconds is None:
-        return "-"
-    seconds = max(seconds, 0.0)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 59.95:
-        return f"{seconds:.1f}".removesuffix(".0") + "s"
-    whole = round(seconds)
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
 
 
 def human_time(ts: str | None, now: float | None = None) -> str:

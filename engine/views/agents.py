@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from engine.views.durations import human_duration
 from engine.workflow.reading import load_yaml
 from ledger.events import AgentActivity, Heartbeat, ItemDispatched
 from ledger.times import epoch
@@ -158,18 +159,6 @@ def agent_line(r: RunningView) -> str:
     return f"{head}: " + " · ".join(parts)
 
 
-def _left(seconds: float) -> str:
-    """A span to come, coarsely: ``45s``, ``2m 10s``, ``1h 05m``."""
-    whole = max(0, round(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
 def _clock(ts: str, now: float) -> str:
     """An RFC 3339 time as ``15:00:03 UTC``, the date before it when not today's."""
     today = time.strftime("%Y-%m-%d", time.gmtime(now))
@@ -178,14 +167,14 @@ def _clock(ts: str, now: float) -> str:
 
 
 def wait_line(w: WaitView, now: float | None = None) -> str:
-    """``waiting for the usage limit to reset at 15:00:03 UTC (in 2m 10s), reported by item
+    """``waiting for the usage limit to reset at 15:00:03 UTC (in 2m10s), reported by item
     X``."""
     now = time.time() if now is None else now
     try:
         left = epoch(w.until) - now
     except ValueError:
         return f"waiting for the usage limit to reset at {w.until}"
-    when = f"in {_left(left)}" if left > 0 else "due now"
+    when = f"in {human_duration(left)}" if left > 0 else "due now"
     line = f"waiting for the usage limit to reset at {_clock(w.until, now)} ({when})"
     return line + (f", reported by item {w.item}" if w.item else "")
 
