@@ -376,6 +376,8 @@ class ItemSucceeded(Event, frozen=True):
     """The steps that failed and did not end it (retried, re-run or recovered), in order."""
     usage: AgentUsage | None = None
     """What the agent's steps reported spending (``agent.output`` of a Claude format)."""
+    worker: str | None = None
+    """The Dask worker it ran on (its address); None: on the engine's machine."""
 
 
 class ItemFailed(Event, frozen=True):
@@ -397,6 +399,8 @@ class ItemFailed(Event, frozen=True):
     usage: AgentUsage | None = None
     resets_at: str | None = None
     """When the limit it hit resets (RFC 3339): a usage limit's reset, as the agent said."""
+    worker: str | None = None
+    """The Dask worker it ran on, or was lost with (its address)."""
 
 
 class ItemRetryScheduled(Event, frozen=True):

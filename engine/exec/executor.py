@@ -121,6 +121,8 @@ class AttemptOutcome:
     run succeeded, or recovered by their ``on_failure`` handlers (in the order they ran)."""
     usage: AgentUsage | None = None
     """What its ``claude:`` steps reported spending (``agent.output`` of a Claude format)."""
+    worker: str | None = None
+    """Where it ran, when that is not this engine's machine (a Dask worker's address)."""
 
 
 class Attempt(abc.ABC):

@@ -75,6 +75,7 @@ def outcome_events(
                 validations=list(o.validations),
                 recovered=list(o.recovered),
                 usage=o.usage,
+                worker=o.worker,
             )
         ]
     failed = _failed(spec, item, attempt, o, resources, now=now)
@@ -132,6 +133,7 @@ def _failed(
         recovered=list(o.recovered),
         usage=o.usage,
         resets_at=rfc3339(resets) if resets is not None else None,
+        worker=o.worker,
     )
 
 

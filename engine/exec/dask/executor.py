@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -38,27 +39,40 @@ from engine.store.logs import LOGS_DIR, attempt_base
 from ledger.atomic import fsync_dir, make_private_dir
 from ledger.events import AgentActivity, LogRef
 
-__all__ = ["CHUNK", "DaskAttempt", "DaskExecutor", "attempt_key"]
+__all__ = ["CHUNK", "DaskAttempt", "DaskExecutor", "attempt_key", "run_prefix"]
 
 CHUNK = 1 << 20
 """Bytes of a log copied from a worker at a time."""
+
+
+def run_prefix(run_id: str, run_dir: Path) -> str:
+    """What the task keys of a run start with: its id, and its run directory hashed (two
+    homes' runs of one id on one cluster are told apart)."""
+    home = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]
+    return f"engine-{run_id}-{home}-"
 
 
 def attempt_key(request: AttemptRequest) -> str:
     """The attempt's task key: its run, item and attempt (the item hashed: any id fits),
     and a token of this dispatch's own (an attempt started again is another task)."""
     base = attempt_base(request.item_id, request.attempt, request.phase)
-    return f"engine-{request.run_id}-{base}-{secrets.token_hex(4)}"
+    return f"{run_prefix(request.run_id, request.run_dir)}{base}-{secrets.token_hex(4)}"
 
 
 def _topic(run_id: str) -> str:
     return f"engine-{run_id}"
 
 
-def _lost(what: str) -> AttemptOutcome:
-    error = f"the dask worker running the attempt was lost: {what}"
+def _lost(what: str, where: str | None) -> AttemptOutcome:
+    on = "" if where is None else f" {where}"
+    error = f"the dask worker{on} running the attempt was lost: {what}"
     return AttemptOutcome(
-        ok=False, duration=0.0, error_type="worker_lost", error=error, stderr_tail=error
+        ok=False,
+        duration=0.0,
+        error_type="worker_lost",
+        error=error,
+        stderr_tail=error,
+        worker=where,
     )
 
 
@@ -128,12 +142,13 @@ class DaskExecutor(Executor):
         return DaskAttempt(self, request)
 
     async def reclaim(self, run_id: str, run_dir: Path) -> dict[str, int]:
-        """Stop every attempt of ``run_id`` still running on the cluster (a dead
-        engine's: its tasks run on without it), and forget their claims; how many
-        were stopped, by item. ``run_dir``: the run is told apart by its id only."""
+        """Stop every attempt of the run still running on the cluster (a dead engine's:
+        its tasks run on without it), and forget their claims; how many were stopped,
+        by item."""
         client = await self.ready(run_id)
-        stopped = await client.run(worker.kill_run, run_id, on_error="ignore")
-        await client.run_on_scheduler(worker.unclaim_run, f"engine-{run_id}-")
+        prefix = run_prefix(run_id, run_dir)
+        stopped = await client.run(worker.kill_run, prefix, on_error="ignore")
+        await client.run_on_scheduler(worker.unclaim_run, prefix)
         per_item: dict[str, int] = {}
         for items in stopped.values():
             for item in items if isinstance(items, list) else ():
@@ -170,7 +185,10 @@ class DaskAttempt(Attempt):
             yield sample
 
     def message(self, message: dict[str, Any]) -> None:
-        """A message the task published: a heartbeat (and its process group)."""
+        """A message the task published: where it started, or a heartbeat (and its
+        process group)."""
+        if message.get("event") == "started":
+            self.worker = message.get("worker")
         if message.get("event") != "beat":
             return
         data = dict(message["sample"])
@@ -235,9 +253,13 @@ class DaskAttempt(Attempt):
         try:
             finished: worker.Finished = await future
         except (KilledWorker, worker.AlreadyClaimed) as exc:
-            return _lost(str(exc))
+            if self.worker is None:  # its "started" not heard: the claim says where it was
+                with contextlib.suppress(Exception):
+                    holder = await client.run_on_scheduler(worker.claimant, self.key)
+                    self.worker = None if holder is None else holder.rsplit("/", 1)[0]
+            return _lost(str(exc), self.worker)
         except (OSError, FutureCancelledError) as exc:  # the cluster went away meanwhile
-            return _lost(f"{type(exc).__name__}: {exc}")
+            return _lost(f"{type(exc).__name__}: {exc}", self.worker)
         except Exception as exc:  # an error in the engine's own code on the worker
             return _failed(f"the attempt's task failed on the dask worker: {exc!r}")
         finally:
@@ -251,7 +273,7 @@ class DaskAttempt(Attempt):
 
     async def _copy_logs(self, client: Any, finished: worker.Finished) -> AttemptOutcome:
         """The outcome, its logs copied into the run directory (the staging removed)."""
-        outcome = finished.outcome
+        outcome = dataclasses.replace(finished.outcome, worker=finished.worker)
         if finished.staging is None:
             return outcome
         try:
@@ -268,6 +290,7 @@ class DaskAttempt(Attempt):
                 error=error,
                 stderr_tail=f"{outcome.stderr_tail}\n{error}".strip(),
                 pgid=outcome.pgid,
+                worker=finished.worker,
             )
         finally:
             with contextlib.suppress(Exception):  # the worker may be gone: so is its staging

@@ -43,6 +43,7 @@ __all__ = [
     "Finished",
     "cancel_attempt",
     "claim",
+    "claimant",
     "kill_run",
     "read_chunk",
     "remove_staging",
@@ -58,8 +59,8 @@ STAGING = "engine-staging"
 """The directory of the attempts' staging directories, under the worker's local directory."""
 
 _LOCK = threading.Lock()
-_RUNNING: dict[str, tuple[asyncio.AbstractEventLoop, LocalAttempt, str]] = {}
-"""Attempts running in this worker process: key -> (their loop, the attempt, run id)."""
+_RUNNING: dict[str, tuple[asyncio.AbstractEventLoop, LocalAttempt]] = {}
+"""Attempts running in this worker process: key -> (their loop, the attempt)."""
 _CANCELLED: dict[str, bool] = {}
 """Attempts cancelled before they registered here: key -> force."""
 
@@ -110,6 +111,12 @@ def claim(key: str, claimant: str, dask_scheduler: Any = None) -> str:
     return claims.setdefault(key, claimant)
 
 
+def claimant(key: str, dask_scheduler: Any = None) -> str | None:
+    """On the scheduler: who claimed ``key`` (``ADDRESS/PID`` of a worker), if anyone."""
+    claims: dict[str, str] = dask_scheduler.__dict__.setdefault("_engine_claims", {})
+    return claims.get(key)
+
+
 def unclaim(keys: list[str], dask_scheduler: Any = None) -> None:
     """On the scheduler: forget the claims of ``keys`` (their outcomes are recorded)."""
     claims: dict[str, str] = dask_scheduler.__dict__.setdefault("_engine_claims", {})
@@ -134,6 +141,20 @@ def _of_run(key: str, prefix: str) -> bool:
     return rest != key and len(parts) == 3 and len(parts[0]) == 16 and parts[1].isdigit()
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _prefix(key: str) -> str:
+    """The run's part of an attempt's key (``engine-RUN-HOME-``, before ``ITEM-N-TOKEN``)."""
+    return key.rsplit("-", 3)[0] + "-"
+
+
+def _staging(local_directory: str, prefix: str) -> Path:
+    """The staging directory of the run whose keys start with ``prefix``, on this worker."""
+    return Path(local_directory) / STAGING / _digest(prefix)
+
+
 def _interrupted() -> AttemptOutcome:
     return AttemptOutcome(ok=False, duration=0.0, interrupted=True)
 
@@ -150,6 +171,7 @@ def run_attempt(request: AttemptRequest, key: str, topic: str) -> Finished:
         return Finished(_interrupted(), worker.address, None)
     if holder != me:
         raise AlreadyClaimed(f"attempt {key} already claimed by {holder}: refusing to run it again")
+    worker.log_event(topic, {"key": key, "event": "started", "worker": worker.address})
     if not request.cwd.is_dir():
         error = (
             f"the workspace {request.cwd} does not exist on worker {worker.address}: the dask "
@@ -157,8 +179,7 @@ def run_attempt(request: AttemptRequest, key: str, topic: str) -> Finished:
         )
         failed = AttemptOutcome(ok=False, duration=0.0, error_type="validation_failed", error=error)
         return Finished(dataclasses.replace(failed, stderr_tail=error), worker.address, None)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    staging = Path(worker.local_directory) / STAGING / digest
+    staging = _staging(worker.local_directory, _prefix(key)) / _digest(key)
     staging.mkdir(parents=True, exist_ok=True)
     local = dataclasses.replace(request, run_dir=staging)
 
@@ -177,7 +198,7 @@ async def _drive(request: AttemptRequest, key: str, publish: Any) -> AttemptOutc
         if force is not None:
             return _interrupted()
         attempt = LocalAttempt(request, guardian=_GUARDIAN)
-        _RUNNING[key] = (loop, attempt, request.run_id)
+        _RUNNING[key] = (loop, attempt)
     try:
         async for sample in attempt.heartbeats():
             publish({"event": "beat", "sample": _sample(sample), "pgid": attempt.pgid})
@@ -194,8 +215,8 @@ def _sample(sample: HeartbeatSample) -> dict[str, Any]:
     return data
 
 
-def _stop(entry: tuple[asyncio.AbstractEventLoop, LocalAttempt, str], force: bool) -> None:
-    loop, attempt, _run = entry
+def _stop(entry: tuple[asyncio.AbstractEventLoop, LocalAttempt], force: bool) -> None:
+    loop, attempt = entry
 
     def stop() -> None:
         _STOPPING.add(asyncio.ensure_future(attempt.cancel(force=force)))
@@ -215,12 +236,13 @@ def cancel_attempt(key: str, force: bool, dask_worker: Any = None) -> str:
     return "stopping"
 
 
-async def kill_run(run_id: str, wait: float = 30.0, dask_worker: Any = None) -> list[str]:
-    """On the worker (its loop): stop every attempt of ``run_id`` running here (a resume's
-    reclaim), SIGKILL to their process groups at once; return once they have ended (or
-    after ``wait`` seconds), with the items whose attempts were stopped."""
+async def kill_run(prefix: str, wait: float = 30.0, dask_worker: Any = None) -> list[str]:
+    """On the worker (its loop): stop every attempt running here of the run whose keys
+    start with ``prefix`` (a resume's reclaim), SIGKILL to their process groups at once;
+    return once they have ended (or after ``wait`` seconds), their staging removed, with
+    the items whose attempts were stopped."""
     with _LOCK:
-        entries = {key: entry for key, entry in _RUNNING.items() if entry[2] == run_id}
+        entries = {key: entry for key, entry in _RUNNING.items() if _of_run(key, prefix)}
     for entry in entries.values():
         pgid = entry[1].pgid
         if pgid is not None:
@@ -233,7 +255,9 @@ async def kill_run(run_id: str, wait: float = 30.0, dask_worker: Any = None) -> 
             if not any(key in _RUNNING for key in entries):
                 break
         await asyncio.sleep(0.02)
-    return [entry[1].request.item_id for entry in entries.values()]
+    if dask_worker is not None:  # nobody will copy the logs left in the run's staging now
+        shutil.rmtree(_staging(dask_worker.local_directory, prefix), ignore_errors=True)
+    return [attempt.request.item_id for _loop, attempt in entries.values()]
 
 
 def read_chunk(path: str, offset: int, size: int, dask_worker: Any = None) -> bytes:
