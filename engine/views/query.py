@@ -71,7 +71,8 @@ CREATE VIEW failures AS
 SELECT run, seq, ts, data->>'item' AS item, CAST(data->>'attempt' AS INTEGER) AS attempt,
        data->>'error_type' AS error_type, data->>'signature' AS signature,
        data->>'message' AS message, CAST(data->>'exit_code' AS INTEGER) AS exit_code,
-       CAST(data->>'signal' AS INTEGER) AS signal, CAST(data->>'duration' AS DOUBLE) AS duration
+       CAST(data->>'signal' AS INTEGER) AS signal, CAST(data->>'duration' AS DOUBLE) AS duration,
+       data->>'worker' AS worker
 FROM events WHERE type = 'item.failed';
 
 CREATE VIEW heartbeats AS
@@ -88,11 +89,13 @@ WITH d AS (
 ), o AS (
     SELECT run, data->>'item' AS item, CAST(data->>'attempt' AS INTEGER) AS attempt, ts,
            CASE type WHEN 'item.succeeded' THEN 'succeeded' ELSE 'failed' END AS outcome,
-           CAST(data->>'duration' AS DOUBLE) AS duration, data->>'error_type' AS error_type
+           CAST(data->>'duration' AS DOUBLE) AS duration, data->>'error_type' AS error_type,
+           data->>'worker' AS worker
     FROM events WHERE type IN ('item.succeeded', 'item.failed')
 )
 SELECT d.run, d.item, d.attempt, d.dispatched_at, o.ts AS finished_at,
-       coalesce(o.outcome, 'no outcome') AS outcome, o.duration, o.error_type, d.worker
+       coalesce(o.outcome, 'no outcome') AS outcome, o.duration, o.error_type,
+       coalesce(o.worker, d.worker) AS worker
 FROM d LEFT JOIN o USING (run, item, attempt);
 
 CREATE VIEW usage AS
