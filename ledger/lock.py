@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import json
 import os
 import socket
@@ -34,6 +35,14 @@ from ledger.times import utc_now
 __all__ = ["LOCK_NAME", "RunLock", "lock_fd", "read_holder", "who_holds"]
 
 LOCK_NAME = "lock"
+
+
+def _user() -> str | None:
+    """Who this process runs as (None where the system cannot name the uid)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 def read_holder(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -138,6 +147,7 @@ class RunLock:
         fd = self._lock_dir()
         holder = {
             "pid": os.getpid(),
+            "user": _user(),
             "host": socket.gethostname(),
             "command": command if command is not None else " ".join(sys.argv),
             "started_at": utc_now(),

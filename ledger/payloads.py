@@ -132,6 +132,8 @@ class RunResumed(Event, frozen=True):
     """What changed in the workflow, one line per field (with ``allow_changed``)."""
     snapshot_id: str | None = None
     """The workspace snapshot at this resume."""
+    engine_version: str = ""
+    """The engine that resumes it (``run.created`` names the first)."""
     max_parallel: int | None = None
     cache: str = "use"
     """As ``run.started``: a resume keeps the run's cache mode unless told otherwise."""
@@ -206,6 +208,8 @@ class LockAcquired(Event, frozen=True):
     host: str
     command: str
     started_at: str
+    user: str | None = None
+    """Who the session runs as."""
 
 
 class LedgerRecovered(Event, frozen=True):

@@ -440,6 +440,7 @@ def _opening_events(holder: dict[str, Any], torn: TornTail | None, moved_to: str
             host=str(holder["host"]),
             command=str(holder["command"]),
             started_at=str(holder["started_at"]),
+            user=holder.get("user"),
         )
     )
     return opening

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgspec
 
+from engine import engine_version
 from engine.errors import ResumeRefused
 from engine.run.context import RunContext
 from engine.run.create import create_run
@@ -241,6 +242,7 @@ async def _opening(run: RunContext, changes: list[str], given: dict[str, str]) -
             workflow_hash=recorded_copy(run.loaded)[1],
             changes=changes,
             snapshot_id=snapshot.id,
+            engine_version=engine_version(),
             max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
             cache=options.cache_mode(run.p.run.cache_mode),
             vars={k: MASK if k in spec.secret_names else v for k, v in given.items()},
