@@ -16,9 +16,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -26,6 +27,7 @@ from engine.exec.local.orphans import OWN
 
 DASK = str(Path(sys.executable).with_name("dask"))
 WORKERS = 2
+T = TypeVar("T")
 START_DEADLINE = 90.0
 
 
@@ -91,6 +93,26 @@ def _wait_for_workers(address: str, count: int) -> None:
 
     with Client(address, timeout="60s") as client:
         client.wait_for_workers(count, timeout=START_DEADLINE)
+
+
+def _on_workers(address: str, function: Callable[..., T]) -> dict[str, T]:
+    from distributed import Client
+
+    with Client(address.replace("dask://", "tcp://"), timeout="60s") as client:
+        got: dict[str, T] = client.run(function)
+        return got
+
+
+def worker_pids(address: str) -> dict[str, int]:
+    """Each worker's pid, by its address (``tcp://HOST:PORT``), of the cluster at ``address``."""
+    return _on_workers(address, os.getpid)
+
+
+def worker_directories(address: str) -> dict[str, Path]:
+    """Each worker's local directory, by its address."""
+    # A lambda: sent by value (the workers cannot import this module).
+    got = _on_workers(address, lambda dask_worker: str(dask_worker.local_directory))
+    return {a: Path(d) for a, d in got.items()}
 
 
 @contextlib.contextmanager

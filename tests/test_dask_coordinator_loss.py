@@ -1,5 +1,6 @@
-"""The coordinator SIGKILLed mid-run on Dask, then resumed: its attempts, left running on
-the workers, are stopped first (reclaim), and each item then succeeds exactly once with
+"""The coordinator SIGKILLed mid-run on Dask (200 items, some done, some running), then
+resumed: the attempts it left running on the workers are stopped first (reclaim), the
+run's staging on the workers is removed, and each item then succeeds exactly once with
 no execution overlapping another of its item (an flock per item, a witness file)."""
 
 from __future__ import annotations
@@ -15,26 +16,31 @@ import pytest
 
 from ledger.reader import LedgerReader, verify_ledger
 from tests.conftest import ENGINE
-from tests.dask_cluster import DaskCluster
+from tests.dask_cluster import DaskCluster, worker_directories, worker_pids
 from tests.engine_helpers import DEADLINE, wait_for, write_workflow
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 
-ITEMS = 6
+from engine.exec.dask.executor import run_prefix
+from engine.exec.dask.worker import STAGING, _digest
 
+ITEMS = 200
+
+# While `hold` exists, an execution that starts stays (`held`) until it is killed.
 WORKFLOW = """\
 name: coordinator
 map:
   input: items.json
   id: "${item.name}"
-  max_parallel: 6
+  max_parallel: 8
   agent_template:
     - run: |
         exec 9>"locks/${item.name}"
         flock -n 9 || echo "overlap ${item.name}" >> witness
-        echo "start ${item.name} $$" >> witness
-        if [ -e slow ]; then sleep 300; fi
-        echo "end ${item.name}" >> witness
+        echo "start ${item.name} $ENGINE_ATTEMPT $PPID" >> witness
+        if [ -e hold ]; then echo "held ${item.name} $ENGINE_ATTEMPT $$" >> witness; sleep 300; fi
+        sleep 0.05
+        echo "end ${item.name} $ENGINE_ATTEMPT" >> witness
 """
 
 
@@ -50,11 +56,10 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
-def test_a_killed_coordinator_resumed_stops_what_it_left_on_the_workers(
+def test_a_killed_coordinator_resumed_stops_what_it_left_and_runs_each_item_once(
     dask_cluster: DaskCluster, tmp_path: Path
 ) -> None:
     (tmp_path / "locks").mkdir()
-    (tmp_path / "slow").touch()
     (tmp_path / "items.json").write_text(json.dumps([{"name": f"i{n}"} for n in range(ITEMS)]))
     wf = write_workflow(tmp_path, WORKFLOW)
     witness = tmp_path / "witness"
@@ -67,13 +72,24 @@ def test_a_killed_coordinator_resumed_stops_what_it_left_on_the_workers(
         start_new_session=True,
     )
     try:
-        wait_for(lambda: len(_lines(witness)) >= ITEMS, what="every item to start on the workers")
+        wait_for(lambda: sum(w[0] == "end" for w in _lines(witness)) >= 40, what="40 items to end")
+        (tmp_path / "hold").touch()
+        wait_for(
+            lambda: sum(w[0] == "held" for w in _lines(witness)) >= 4,
+            what="attempts to be running on the workers",
+        )
     finally:
         os.kill(engine.pid, signal.SIGKILL)
         engine.wait()
-    left = [int(w[2]) for w in _lines(witness)]
-    assert all(_alive(pid) for pid in left), "the workers run on without the coordinator"
-    (tmp_path / "slow").unlink()
+    held = [int(w[3]) for w in _lines(witness) if w[0] == "held"]
+    assert all(_alive(pid) for pid in held), "the workers run on without the coordinator"
+    run_dir = tmp_path / ".engine" / "runs" / "lost"
+    staging = {
+        worker: directory / STAGING / _digest(run_prefix("lost", run_dir))
+        for worker, directory in worker_directories(address).items()
+    }
+    assert any(path.is_dir() for path in staging.values()), "the attempts left have staging"
+    (tmp_path / "hold").unlink()
     done = subprocess.run(
         [ENGINE, "resume", "lost", "--executor", address, "--no-progress"],
         cwd=tmp_path,
@@ -83,8 +99,10 @@ def test_a_killed_coordinator_resumed_stops_what_it_left_on_the_workers(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert not any(_alive(pid) for pid in left)
-    ledger = tmp_path / ".engine" / "runs" / "lost" / "ledger.ndjson"
+    assert not any(_alive(pid) for pid in held)
+    left = [str(p) for path in staging.values() if path.exists() for p in path.rglob("*")]
+    assert not any(path.exists() for path in staging.values()), left
+    ledger = run_dir / "ledger.ndjson"
     verify_ledger(ledger)
     dispatched: collections.Counter[str] = collections.Counter()
     succeeded: collections.Counter[str] = collections.Counter()
@@ -96,6 +114,9 @@ def test_a_killed_coordinator_resumed_stops_what_it_left_on_the_workers(
     names = {f"i{n}" for n in range(ITEMS)}
     assert set(succeeded) == names and all(n == 1 for n in succeeded.values())
     lines = _lines(witness)
+    # The attempts left running were stopped before another of their item started.
     assert not [w for w in lines if w[0] == "overlap"], lines
+    assert {int(w[3]) for w in lines if w[0] == "start"} <= set(worker_pids(address).values())
     starts = collections.Counter(w[1] for w in lines if w[0] == "start")
-    assert all(starts[n] == 2 <= dispatched[n] for n in names), (starts, dispatched)
+    assert set(starts) == names
+    assert all(starts[n] <= dispatched[n] for n in names), (starts, dispatched)

@@ -1,9 +1,11 @@
 """A Dask worker killed mid-run: its attempts are worker_lost and retried, each item
 succeeds exactly once, and no execution of an item overlaps another of the same item.
 
-A cluster of its own (tests/dask_cluster.py), its first worker SIGKILLed while the
-run's attempts are on it. Each execution writes a witness line under an flock of its
-item's: one that starts while another of the same item still lives writes `overlap`.
+A cluster of its own (tests/dask_cluster.py), one worker SIGKILLed once some items
+have finished and while attempts run on it. Each execution writes a witness line
+under an flock of its item's (`start ITEM ATTEMPT PID-OF-ITS-WORKER`, `end ITEM
+ATTEMPT`): one that starts while another of the same item still lives writes
+`overlap`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import pytest
 
 from ledger.reader import LedgerReader, verify_ledger
 from tests.conftest import ENGINE
-from tests.dask_cluster import start_cluster
+from tests.dask_cluster import start_cluster, worker_pids
 from tests.engine_helpers import DEADLINE, wait_for, write_workflow
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 
-ITEMS = 40
+ITEMS = 200
 
 WORKFLOW = """\
 name: loss
@@ -37,14 +39,20 @@ map:
     - run: |
         exec 9>"locks/${item.name}"
         flock -n 9 || echo "overlap ${item.name}" >> witness
-        echo "start ${item.name}" >> witness
-        sleep 0.6
-        echo "end ${item.name}" >> witness
+        echo "start ${item.name} $ENGINE_ATTEMPT $PPID" >> witness
+        sleep 0.1
+        echo "end ${item.name} $ENGINE_ATTEMPT" >> witness
 """
 
 
-def _lines(path: Path) -> list[list[str]]:
+def witness_lines(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def running_on(lines: list[list[str]], pid: int) -> set[tuple[str, str]]:
+    """The (item, attempt) executions started on the worker ``pid`` and not ended."""
+    started = {(w[1], w[2]) for w in lines if w[0] == "start" and int(w[3]) == pid}
+    return started - {(w[1], w[2]) for w in lines if w[0] == "end"}
 
 
 def test_a_killed_worker_s_attempts_are_lost_and_retried_once_each(tmp_path: Path) -> None:
@@ -54,6 +62,9 @@ def test_a_killed_worker_s_attempts_are_lost_and_retried_once_each(tmp_path: Pat
     witness = tmp_path / "witness"
     (tmp_path / "cluster").mkdir()
     with start_cluster(tmp_path / "cluster") as cluster:
+        pids = worker_pids(cluster.address)
+        killed = cluster.workers[0].pid
+        (address,) = [a for a, pid in pids.items() if pid == killed]
         engine = subprocess.Popen(
             [ENGINE, "run", str(wf), "--executor", cluster.address, "--run-id", "loss"],
             cwd=tmp_path,
@@ -61,11 +72,14 @@ def test_a_killed_worker_s_attempts_are_lost_and_retried_once_each(tmp_path: Pat
             stderr=subprocess.PIPE,
         )
         try:
-            wait_for(
-                lambda: sum(w[0] == "start" for w in _lines(witness)) >= 10,
-                what="attempts to run on the cluster",
-            )
-            os.kill(cluster.workers[0].pid, signal.SIGKILL)
+
+            def mid_run() -> bool:
+                lines = witness_lines(witness)
+                ended = sum(w[0] == "end" for w in lines)
+                return ended >= 40 and bool(running_on(lines, killed))
+
+            wait_for(mid_run, what="some items done and attempts running on the worker")
+            os.kill(killed, signal.SIGKILL)
             _, stderr = engine.communicate(timeout=DEADLINE * 2)
         finally:
             if engine.poll() is None:
@@ -74,28 +88,33 @@ def test_a_killed_worker_s_attempts_are_lost_and_retried_once_each(tmp_path: Pat
     assert engine.returncode == 0, stderr.decode()
     ledger = tmp_path / ".engine" / "runs" / "loss" / "ledger.ndjson"
     verify_ledger(ledger)
+    lines = witness_lines(witness)
+    # Every execution ran in a worker process (the step's shell is the worker's child).
+    assert {int(w[3]) for w in lines if w[0] == "start"} <= set(pids.values())
     dispatched: collections.Counter[str] = collections.Counter()
     succeeded: collections.Counter[str] = collections.Counter()
-    lost: set[str] = set()
+    lost: dict[tuple[str, str], str | None] = {}
+    redispatched: set[tuple[str, str]] = set()
     for record in LedgerReader(ledger).records():
         data = record.data
         if record.type == "item.dispatched":
             dispatched[data.item] += 1  # type: ignore[union-attr]
+            redispatched |= {(i, a) for i, a in lost if i == data.item and int(a) < data.attempt}  # type: ignore[union-attr]
         elif record.type == "item.succeeded":
             succeeded[data.item] += 1  # type: ignore[union-attr]
         elif record.type == "item.failed":
             assert data.error_type == "worker_lost", data  # type: ignore[union-attr]
-            lost.add(data.item)  # type: ignore[union-attr]
+            lost[data.item, str(data.attempt)] = data.worker  # type: ignore[union-attr]
     names = {f"i{n}" for n in range(ITEMS)}
     assert set(dispatched) == set(succeeded) == names
     assert all(n == 1 for n in succeeded.values()), "an item succeeded twice"
-    assert lost, "the killed worker had attempts: they were lost"
-    assert all(dispatched[item] >= 2 for item in lost), "a lost attempt is dispatched again"
-    lines = _lines(witness)
+    # Each execution cut short on the killed worker is recorded lost with it, and retried.
+    cut = running_on(lines, killed)
+    assert cut, "attempts were running on the killed worker"
+    assert {key: lost.get(key) for key in cut} == dict.fromkeys(cut, address)
+    assert set(lost.values()) == {address}, "a lost attempt names the killed worker"
+    assert set(lost) <= redispatched, "each lost attempt is dispatched again, a higher attempt"
     assert not [w for w in lines if w[0] == "overlap"]
     starts = collections.Counter(w[1] for w in lines if w[0] == "start")
-    ends = collections.Counter(w[1] for w in lines if w[0] == "end")
-    assert set(starts) == set(ends) == names
-    # No item ran more often than it was dispatched, and one that ran twice was lost once.
+    assert set(starts) == names
     assert all(starts[n] <= dispatched[n] for n in names), (starts, dispatched)
-    assert {n for n in names if starts[n] > 1} <= lost

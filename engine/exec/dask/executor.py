@@ -257,6 +257,8 @@ class DaskAttempt(Attempt):
                 with contextlib.suppress(Exception):
                     holder = await client.run_on_scheduler(worker.claimant, self.key)
                     self.worker = None if holder is None else holder.rsplit("/", 1)[0]
+            if self.worker is None and isinstance(exc, KilledWorker):  # queued there, unclaimed
+                self.worker = getattr(getattr(exc, "last_worker", None), "address", None)
             return _lost(str(exc), self.worker)
         except (OSError, FutureCancelledError) as exc:  # the cluster went away meanwhile
             return _lost(f"{type(exc).__name__}: {exc}", self.worker)

@@ -180,7 +180,8 @@ def run_attempt(request: AttemptRequest, key: str, topic: str) -> Finished:
         failed = AttemptOutcome(ok=False, duration=0.0, error_type="validation_failed", error=error)
         return Finished(dataclasses.replace(failed, stderr_tail=error), worker.address, None)
     staging = _staging(worker.local_directory, _prefix(key)) / _digest(key)
-    staging.mkdir(parents=True, exist_ok=True)
+    with _LOCK:  # not while remove_staging removes the run's directory, empty
+        staging.mkdir(parents=True, exist_ok=True)
     local = dataclasses.replace(request, run_dir=staging)
 
     def publish(message: dict[str, Any]) -> None:
@@ -268,5 +269,8 @@ def read_chunk(path: str, offset: int, size: int, dask_worker: Any = None) -> by
 
 
 def remove_staging(path: str, dask_worker: Any = None) -> None:
-    """On the worker: remove an attempt's staging directory, its logs copied."""
+    """On the worker: remove an attempt's staging directory, its logs copied, and the
+    run's, once it holds no other attempt's (a run leaves nothing on the workers)."""
     shutil.rmtree(path, ignore_errors=True)
+    with _LOCK, contextlib.suppress(OSError):  # not empty: another attempt of the run's
+        os.rmdir(Path(path).parent)
