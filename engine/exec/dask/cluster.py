@@ -18,7 +18,13 @@ from typing import Any
 from engine.exec.local.orphans import OWN
 from ledger.errors import EngineError
 
-__all__ = ["CONNECT_TIMEOUT", "DaskUnreachable", "connect", "scheduler_address"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DaskUnreachable",
+    "connect",
+    "dask_setup",
+    "scheduler_address",
+]
 
 CONNECT_TIMEOUT = 30.0
 """Seconds to reach the scheduler."""
@@ -49,6 +55,17 @@ def _own_children() -> None:
                     OWN.add(int(entry.name))
 
 
+def dask_setup(worker: Any = None) -> None:
+    """In each worker process of a local cluster (its preload), as it starts: a session of
+    its own. The workers are the engine's children, in its process group: a terminal's
+    Ctrl-C (SIGINT to the whole foreground group) would kill them, and their attempts
+    would be lost, not interrupted. Out of the group, only the engine gets the signal; it
+    interrupts the attempts and closes the cluster. (A worker still dies with the engine:
+    its nanny's pipe closes.)"""
+    with contextlib.suppress(OSError):  # already a group leader: not the engine's group
+        os.setsid()
+
+
 def _no_reruns(dask_scheduler: Any = None) -> None:
     dask_scheduler.allowed_failures = 0
 
@@ -76,6 +93,7 @@ async def connect(
                 # No dashboard; its HTTP server (health, metrics) on a free loopback port.
                 scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                 silence_logs=logging.ERROR,
+                preload=[__name__],  # dask_setup: out of the engine's process group
             )
             _own_children()
             target: Any = cluster
