@@ -2,10 +2,10 @@
 succeeds exactly once, and no execution of an item overlaps another of the same item.
 
 A cluster of its own (tests/dask_cluster.py), one worker SIGKILLed once some items
-have finished and while attempts run on it. Each execution writes a witness line
-under an flock of its item's (`start ITEM ATTEMPT PID-OF-ITS-WORKER`, `end ITEM
-ATTEMPT`): one that starts while another of the same item still lives writes
-`overlap`.
+have finished and while attempts run on it (held there by a file). Each execution
+writes a witness line under an flock of its item's (`start ITEM ATTEMPT
+PID-OF-ITS-WORKER`, `end ITEM ATTEMPT`): one that starts while another of the same
+item still lives writes `overlap`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ map:
         exec 9>"locks/${item.name}"
         flock -n 9 || echo "overlap ${item.name}" >> witness
         echo "start ${item.name} $ENGINE_ATTEMPT $PPID" >> witness
+        while [ -e hold ]; do sleep 0.05; done
         sleep 0.1
         echo "end ${item.name} $ENGINE_ATTEMPT" >> witness
 """
@@ -72,14 +73,19 @@ def test_a_killed_worker_s_attempts_are_lost_and_retried_once_each(tmp_path: Pat
             stderr=subprocess.PIPE,
         )
         try:
-
-            def mid_run() -> bool:
-                lines = witness_lines(witness)
-                ended = sum(w[0] == "end" for w in lines)
-                return ended >= 40 and bool(running_on(lines, killed))
-
-            wait_for(mid_run, what="some items done and attempts running on the worker")
+            wait_for(
+                lambda: sum(w[0] == "end" for w in witness_lines(witness)) >= 40,
+                what="40 items to end",
+            )
+            hold = tmp_path / "hold"
+            hold.touch()  # an execution that starts from now on stays until it is removed
+            seen = len(witness_lines(witness))
+            wait_for(
+                lambda: running_on(witness_lines(witness)[seen:], killed),
+                what="attempts to be running on the worker",
+            )
             os.kill(killed, signal.SIGKILL)
+            hold.unlink()
             _, stderr = engine.communicate(timeout=DEADLINE * 2)
         finally:
             if engine.poll() is None:
