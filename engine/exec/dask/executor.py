@@ -44,6 +44,9 @@ __all__ = ["CHUNK", "DaskAttempt", "DaskExecutor", "attempt_key", "run_prefix"]
 CHUNK = 1 << 20
 """Bytes of a log copied from a worker at a time."""
 
+CLOSE_TIMEOUT = 15.0
+"""Seconds the client's and a local cluster's close may take."""
+
 
 def run_prefix(run_id: str, run_dir: Path) -> str:
     """What the task keys of a run start with: its id, and its run directory hashed (two
@@ -158,12 +161,13 @@ class DaskExecutor(Executor):
     async def close(self) -> None:
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
         self._topics.clear()
+        # Bounded: a cluster whose workers died must not keep the engine from ending.
         if client is not None:
             with contextlib.suppress(Exception):
-                await client.close()
+                await asyncio.wait_for(client.close(), CLOSE_TIMEOUT)
         if cluster is not None:
             with contextlib.suppress(Exception):
-                await cluster.close()
+                await asyncio.wait_for(cluster.close(), CLOSE_TIMEOUT)
 
 
 class DaskAttempt(Attempt):
