@@ -15,7 +15,9 @@ import watchfiles
 from cli.app import EXIT_FAILED, Context, cli, echo_json
 from cli.render import output_width, record_line, summary_lines
 from engine.home import effective_status
-from engine.views.report import build_report, render_html, render_markdown
+from engine.views.report import build_report
+from engine.views.report_check import check_report
+from engine.views.report_check import render as render_report
 from engine.views.schemas import generate_schemas, render, write_schemas
 from ledger.atomic import atomic_write
 from ledger.errors import EngineError, LedgerCorrupt
@@ -228,17 +230,26 @@ def audit() -> None:
 @audit.command("verify")
 @click.argument("run")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also check that this report (from engine audit report: md, json or html) "
+    "belongs to the ledger and was not edited.",
+)
 @click.pass_obj
-def audit_verify(obj: Context, run: str, as_json: bool) -> None:
+def audit_verify(obj: Context, run: str, as_json: bool, report_file: Path | None) -> None:
     """Check a ledger's hash chain, sequence and records.
 
     RUN is a run id, `latest`, or a path to a run directory or ledger file.
     Every record is also decoded as every other command reads it (a known
     type, data of the right types). Exit 0 when intact (a torn tail is a
     warning); 1 on corruption or tampering, naming the first bad seq and
-    its byte offset.
+    its byte offset. With --report FILE: 1 also when the report was made of
+    a ledger since changed (one that only grew is fine), or was edited.
     """
     ref = obj.run(run)
+    report_data = _read_report(report_file)
     try:
         result = verify_ledger(ref.ledger)
     except LedgerCorrupt as exc:
@@ -257,10 +268,16 @@ def audit_verify(obj: Context, run: str, as_json: bool) -> None:
             )
         sys.exit(EXIT_FAILED)
     torn = result.torn
+    checked = (
+        None
+        if report_data is None
+        else check_report(ref.run_dir, report_data, records_now=result.records, home=obj.home)
+    )
     if as_json:
         echo_json(
             {
-                "ok": True,
+                "ok": checked is None or checked.ok,
+                **({} if checked is None else {"report": msgspec.to_builtins(checked)}),
                 "ledger": str(ref.ledger),
                 "records": result.records,
                 "last_seq": result.records - 1,
@@ -277,6 +294,25 @@ def audit_verify(obj: Context, run: str, as_json: bool) -> None:
             f"(last seq {result.records - 1}, hash {result.last_hash.decode()[:16]}…)"
         )
     _warn_torn(torn, ref.ledger)
+    if checked is not None and not as_json:
+        if checked.ok:
+            click.echo(f"ok {report_file}: {checked.message}")
+        else:
+            click.echo(f"REPORT MISMATCH {report_file}: {checked.problem}", err=True)
+    if checked is not None and not checked.ok:
+        sys.exit(EXIT_FAILED)
+
+
+def _read_report(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise EngineError(
+            f"{path}: cannot read the report ({exc.strerror})",
+            hint="give the file written by engine audit report -o FILE",
+        ) from None
 
 
 # --- schema ------------------------------------------------------------------------
@@ -297,18 +333,12 @@ def audit_verify(obj: Context, run: str, as_json: bool) -> None:
 def audit_report(obj: Context, run: str, fmt: str, output: Path | None) -> None:
     """A run's audit trail for review: who, when, what, and every item's attempts."""
     ref = obj.run(run, allow_ledger_file=False)
-    report = build_report(ref.run_dir)
-    if fmt == "json":
-        text = msgspec.json.encode(report).decode() + "\n"
-    elif fmt == "html":
-        text = render_html(report)
-    else:
-        text = render_markdown(report)
+    data = render_report(build_report(ref.run_dir, home=obj.home), fmt)
     if output is None:
-        click.echo(text, nl=False)
+        click.echo(data.decode(), nl=False)
         return
     try:
-        atomic_write(output, text.encode())
+        atomic_write(output, data)
     except OSError as exc:
         raise EngineError(
             f"{output}: cannot write the report ({exc.strerror})",

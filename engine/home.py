@@ -30,6 +30,7 @@ __all__ = [
     "effective_status",
     "home_path",
     "list_runs",
+    "patterns_ledger",
     "resolve_run",
     "worktrees_dir",
 ]
@@ -82,6 +83,11 @@ def home_path(home: str | os.PathLike[str] | None = None) -> Path:
     if home is not None:
         return Path(home)
     return Path(os.environ.get("ENGINE_HOME") or DEFAULT_HOME)
+
+
+def patterns_ledger(home: Path) -> Path:
+    """The home's ledger of acknowledged failure patterns."""
+    return home / "patterns" / "ledger.ndjson"
 
 
 def worktrees_dir(home: Path, run_id: str) -> Path:

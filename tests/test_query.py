@@ -170,22 +170,26 @@ def test_stats(tmp_path: Path) -> None:
 def test_audit_report_markdown_json_and_self_contained_html(tmp_path: Path) -> None:
     home, run = _run(tmp_path)
     md = _engine(home, "audit", "report", run).output
-    headings = ["## Lock holders", "## Resumes", "## Ledger recoveries", "## Timeline"]
-    headings += ["## Variables", "## Workflow", "workflow hash", "workspace snapshot"]
+    headings = ["## Integrity", "### Engine sessions", "### Torn tails recovered", "## Items"]
+    headings += ["### Variables", "## Workflow"]
     for heading in headings:
-        assert heading in md
+        assert md.count(heading + "\n") == 1, heading
+    assert "| workflow hash | sha256:" in md and "| workspace snapshot |" in md
     report = json.loads(_engine(home, "audit", "report", run, "--format", "json").output)
-    assert {e["item"] for e in report["timeline"]} == {
+    assert {e["item"] for e in report["items"]} == {
         "ok-1", "ok-2", "flaky-1", "flaky-2", "broken-1",
     }  # fmt: skip
-    flaky = next(e for e in report["timeline"] if e["item"] == "flaky-1")
+    flaky = next(e for e in report["items"] if e["item"] == "flaky-1")
     assert [a["outcome"] for a in flaky["attempts"]] == ["rate_limited", "rate_limited"]
-    assert report["ran_by"]["user"] and report["workflow"]["hash"].startswith("sha256:")
+    session = report["identity"]["sessions"][0]
+    assert session["user"] and session["kind"] == "run"
+    assert report["identity"]["workflow"]["hash"].startswith("sha256:")
+    assert report["integrity"]["verified"] is True
     out = tmp_path / "report.html"
     assert _engine(home, "audit", "report", run, "--format", "html", "-o", str(out)).exit_code == 0
     page = out.read_text()
-    assert page.count("<svg") == 2 and "<script" not in page
-    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched
+    assert page.count("<svg") == 2 and 'id="report-data"' in page and 'id="items"' in page
+    assert "<script src" not in page and "<link" not in page  # one file, nothing fetched
     assert "broken-1" in page and "rate_limited" in page
 
 
@@ -321,7 +325,7 @@ def test_audit_report_shows_an_item_requeued_from_the_dlq_as_it_ended(tmp_path: 
     report = json.loads(
         _engine(tmp_path / "home", "audit", "report", "r", "--format", "json").output
     )
-    statuses = {e["item"]: e["status"] for e in report["timeline"]}
+    statuses = {e["item"]: e["status"] for e in report["items"]}
     assert statuses == {"a": "succeeded", "b": "skipped (cache)"}
 
 

@@ -95,7 +95,7 @@ def test_the_cost_section_has_what_the_agent_reported_in_every_format(
     items = {i: c + RETRIED.get(i, 0.0) for i, c in COSTS.items()} | {"broken": 2 * DEAD}
     wasted = sum(RETRIED.values()) + 2 * DEAD
     total = sum(items.values()) + REDUCE
-    cost = report["cost"]
+    cost = report["outcome"]["cost"]
     assert round(cost["cost_usd"], 2) == round(total, 2)
     assert round(cost["steps_usd"], 2) == round(REDUCE, 2)
     assert round(cost["wasted_usd"], 2) == round(wasted, 2)
@@ -125,7 +125,7 @@ def test_the_cost_section_has_what_the_agent_reported_in_every_format(
     assert f"| i05 | succeeded | 2 | ${items['i05']:.4f} |" in md
     assert f"| resource_exhausted | 2 | ${2 * DEAD:.4f} |" in md
     assert "| cache hit ratio (of input tokens) | 66.7% |" in md
-    assert md.index("## Cost") < md.index("### Most expensive items") < md.index("## Items")
+    assert md.index("## Cost") < md.index("### Most expensive items") < md.index("## Failures")
     assert f"<td>total cost</td><td>${total:.4f}</td>" in html
     assert f"<td>i05</td><td>succeeded</td><td>2</td><td>${items['i05']:.4f}</td>" in html
     assert "<h3>Cost by error type</h3>" in html
@@ -135,7 +135,7 @@ def test_the_cost_section_has_what_the_agent_reported_in_every_format(
 
 def test_a_run_without_agent_usage_has_no_cost_figures(tmp_path: Path) -> None:
     report, md, html = _reports(tmp_path, PLAIN)
-    assert report["cost"] is None
+    assert report["outcome"]["cost"] is None
     assert "## Cost\n\nno agent usage recorded\n" in md
     assert "total cost" not in md and "Most expensive" not in md
     assert "no agent usage recorded" in html and "total cost" not in html

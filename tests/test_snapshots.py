@@ -74,6 +74,7 @@ def test_stats_output(in_home: str, snapshot) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["md", "json", "html"])
-def test_audit_report_output(in_home: str, fmt: str, snapshot) -> None:
+def test_audit_report_output(in_home: str, fmt: str, snapshot, monkeypatch) -> None:
+    monkeypatch.setattr("engine.views.report.utc_now", lambda: "2026-01-06T10:00:00.000000Z")
     out = _invoke(["--home", in_home, "audit", "report", "run-fixture", "--format", fmt])
     assert out == snapshot

@@ -39,7 +39,7 @@ import msgspec
 
 from engine.errors import NotConfirmed, NotRunning
 from engine.exec.executor import AttemptRequest
-from engine.home import RunRef
+from engine.home import RunRef, patterns_ledger
 from ledger.atomic import atomic_write, make_private_dir
 from ledger.events import (
     DLQPurged,
@@ -314,11 +314,6 @@ def purge(ref: RunRef, items: Sequence[str], by: str) -> None:
     """
     with LedgerWriter.open(ref.run_dir, _recorded_run_id(ref), command="engine dlq purge") as w:
         w.append(DLQPurged(items=list(items), by=by))
-
-
-def patterns_ledger(home: Path) -> Path:
-    """The home's ledger of acknowledged failure patterns."""
-    return home / "patterns" / "ledger.ndjson"
 
 
 def ack(home: Path, signature: str, note: str, *, link: str | None, by: str) -> None:

@@ -1,391 +1,279 @@
-"""``engine audit report``: a run's audit trail for review, as Markdown, JSON or HTML.
+"""``engine audit report``: a run's audit trail for review, built from its ledger.
 
-Who ran it (user, host, engine version) and when; the workflow's hash and a
-copy; the workspace snapshot; the variables (secrets as ``***``); every
-lock holder and resume; ledger recoveries; and each item's timeline of
-attempts and outcomes; and, when agents reported what they spent, the cost
-(``engine/views/report_cost.py``). The HTML is one self-contained file (inline CSS and
-SVG charts, no script, nothing fetched) that reads offline.
+:func:`build_report` fills one :class:`~engine.views.report_model.Report` in one
+replay: integrity (did the hash chain verify, head seq and hash), identity (workflow,
+snapshot, every engine session, every request made of the run, variables with secrets
+as ``***``), outcome (counts, ``engine stats``' figures, cost), failures (every failed
+attempt, the dead-letter queue with its triage rule, signatures, and, given the home,
+patterns across runs) and every item with its attempts and receipt. The renderings are
+``engine/views/report_md.py`` and ``engine/views/report_html.py``; the JSON form is
+the Report itself. Nothing here reads the clock but for ``generated_at`` (``now``), so
+a report can be rebuilt byte for byte (``engine audit verify RUN --report FILE``).
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from engine.views.report_cost import NO_USAGE, cost_of, cost_tables
+from engine import engine_version
+from engine.views.report_cost import cost_of
+from engine.views.report_model import (
+    DLQRow,
+    Failures,
+    Identity,
+    Integrity,
+    ItemRow,
+    Outcome,
+    Recovery,
+    Report,
+    SnapshotInfo,
+    WorkflowInfo,
+)
+from engine.views.report_parts import AuditFold, cross_run_patterns
+from engine.views.stats import stats_of
+from engine.views.status import dlq_entries, triage_rule
 from engine.workflow.load import load_yaml
-from ledger.events import RunCreated
-from ledger.times import epoch
-from projections.items import ItemsProjection, ItemState
-from projections.replay import replay
-from projections.run import RunProjection
+from ledger.errors import LedgerCorrupt
+from ledger.events import RunCreated, RunResumed
+from ledger.times import utc_now
+from projections.receipts import ReceiptsProjection
+from projections.replay import Projections, replay
 from projections.stats import StatsProjection
-from projections.timeline import Attempt, TimelineProjection
+from projections.timeline import TimelineProjection
 
-__all__ = ["build_report", "render_html", "render_markdown"]
-
-CHART_ITEMS = 300
-"""Items drawn in the HTML timeline (the tables list every one)."""
+__all__ = ["build_report"]
 
 
-def build_report(run_dir: Path) -> dict[str, Any]:
-    """The report's data: the run's projections, its timeline and stats, in one replay."""
-    timeline = TimelineProjection()
-    stats = StatsProjection()
-    p = replay(run_dir / "ledger.ndjson", extra=(timeline, stats))
+class _Folds:
+    def __init__(self) -> None:
+        self.timeline = TimelineProjection()
+        self.stats = StatsProjection()
+        self.receipts = ReceiptsProjection(keep=True)
+        self.audit = AuditFold()
+
+    def all(self) -> tuple[Any, ...]:
+        return (self.timeline, self.stats, self.receipts, self.audit)
+
+
+def _replay(ledger: Path, until: int | None) -> tuple[Projections, _Folds, str | None]:
+    """The projections of the ledger (up to ``until``); on corruption, of the records
+    before the corrupt one, with the problem."""
+    folds = _Folds()
+    try:
+        return replay(ledger, until=until, extra=folds.all()), folds, None
+    except LedgerCorrupt as exc:
+        problem = f"seq {exc.seq} at byte offset {exc.offset}: {exc.reason}"
+        last = exc.seq - 1 if until is None else min(exc.seq - 1, until)
+        folds = _Folds()
+        if last < 0:
+            return Projections(extra=folds.all()), folds, problem
+        return replay(ledger, until=last, extra=folds.all()), folds, problem
+
+
+def build_report(
+    run_dir: Path,
+    *,
+    home: Path | None = None,
+    now: str | None = None,
+    until: int | None = None,
+    patterns: bool = True,
+) -> Report:
+    """The run's report. ``home``: read a large workflow from its store and (with
+    ``patterns``) add the failure patterns across its runs; ``now``: the report's
+    ``generated_at``; ``until``: cover the records up to that seq only."""
+    p, folds, problem = _replay(run_dir / "ledger.ndjson", until)
+    receipts = folds.receipts.receipts
+    items = _items(p, folds, receipts)
+    by_type = _by_type(folds)
+    signatures = p.signatures.to_json().signatures
+    recurring = (
+        cross_run_patterns(home, {s.signature for s in signatures})
+        if home is not None and patterns
+        else []
+    )
+    return Report(
+        generated_at=now or utc_now(),
+        generated_by=engine_version(),
+        integrity=_integrity(p, problem),
+        identity=_identity(run_dir, home, p, folds),
+        outcome=_outcome(p, folds, items, by_type),
+        failures=Failures(
+            attempts=folds.audit.failed,
+            by_type=by_type,
+            dlq=_dlq(p),
+            signatures=signatures,
+            patterns=recurring,
+        ),
+        items=items,
+    )
+
+
+def _integrity(p: Projections, problem: str | None) -> Integrity:
+    scan = p.scan
+    records = scan.records if scan is not None else 0
+    return Integrity(
+        verified=problem is None,
+        problem=problem,
+        records=records,
+        head_seq=records - 1,
+        head_hash=scan.last_hash.decode() if scan is not None else "",
+        ledger_bytes=scan.end_offset if scan is not None else 0,
+        torn_tail=scan is not None and scan.torn is not None,
+        recoveries=[Recovery(**msgspec.structs.asdict(r)) for r in p.run.recoveries],
+    )
+
+
+def _identity(run_dir: Path, home: Path | None, p: Projections, folds: _Folds) -> Identity:
     run = p.run
     created = run.created
-    workflow_text = created.workflow if created is not None else ""
-    secrets, variables = _variables(workflow_text, created)
-    entries = _timeline(p.items, timeline)
-    failures = dict(sorted(_count_types(entries).items(), key=lambda kv: (-kv[1], kv[0])))
-    return {
-        "run_id": run.run_id,
-        "status": run.status,
-        "reason": run.reason,
-        "ran_by": {
-            "user": created.user if created is not None else None,
-            "host": created.host if created is not None else None,
-            "engine_version": created.engine_version if created is not None else None,
-        },
-        "when": {
-            "created_at": run.created_at,
-            "started_at": run.started_at,
-            "finished_at": run.finished_at,
-        },
-        "workflow": {
-            "name": run.workflow,
-            "path": run.workflow_path,
-            "hash": run.workflow_hash,
-            "text": workflow_text,
-        },
-        "snapshot": _snapshot(run_dir, run.snapshot_id),
-        "variables": variables,
-        "secrets": secrets,
-        "lock_holders": [msgspec.to_builtins(h) for h in run.lock_holders],
-        "resumes": _resumes(run),
-        "recoveries": [msgspec.to_builtins(r) for r in run.recoveries],
-        "items": msgspec.to_builtins(p.items.item_counts()),
-        "failures_by_type": failures,
-        "cost": cost_of(
-            stats,
-            attempts={e["item"]: len(e["attempts"]) for e in entries},
-            status={e["item"]: e["status"] for e in entries},
-            failures=failures,
+    text = _workflow_text(home, created)
+    secrets, variables = _variables(text, created, run.resumed)
+    resumes = [r.data for r in run.resumed if isinstance(r.data, RunResumed)]
+    changes = [f"{r.workflow_hash}: {c}" for r in resumes for c in r.changes]
+    return Identity(
+        run_id=run.run_id or run_dir.name,
+        workflow=WorkflowInfo(
+            name=run.workflow,
+            path=run.workflow_path,
+            hash=run.workflow_hash,
+            text=text,
+            changes=changes,
         ),
-        "timeline": entries,
-        "events": run.events,
-    }
+        snapshot=_snapshot(run_dir, run.snapshot_id, [r.snapshot_id for r in resumes]),
+        engine_version=run.engine_version,
+        created_by=f"{created.user}@{created.host}" if created is not None else None,
+        sessions=folds.audit.sessions,
+        controls=folds.audit.controls,
+        variables=variables,
+        secrets=secrets,
+        env_files=[f"{k} ({v})" for k, v in sorted(created.env_files.items())]
+        if created is not None
+        else [],
+    )
 
 
-def _variables(workflow_text: str, created: RunCreated | None) -> tuple[list[str], dict[str, str]]:
-    """The workflow's secrets, and the variables: ``env``, then ``--var``; secrets as ``***``."""
+def _workflow_text(home: Path | None, created: RunCreated | None) -> str:
+    """The frozen workflow as recorded (from the content store when too large to inline)."""
+    if created is None:
+        return ""
+    if created.workflow or created.workflow_ref is None:
+        return created.workflow
+    ref = created.workflow_ref
+    digest = ref.split(":", 1)[-1]
+    if home is not None:
+        try:
+            return (home / "store" / "sha256" / digest[:2] / digest).read_text()
+        except (OSError, UnicodeDecodeError):
+            pass
+    return f"# the workflow is in the home's content store as {ref}\n"
+
+
+def _variables(
+    text: str, created: RunCreated | None, resumed: list[Any]
+) -> tuple[list[str], dict[str, str]]:
+    """The workflow's secrets, and the variables: ``env``, then ``--var`` (the resumes'
+    too); secrets as ``***``."""
     secrets: list[str] = []
     env: dict[str, str] = {}
     try:
-        spec = load_yaml(workflow_text) if workflow_text else {}
+        spec = load_yaml(text) if text else {}
         if isinstance(spec, dict):
             secrets = [str(s) for s in spec.get("secrets") or []]
             env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
     except Exception:
         pass
     variables = {**env, **(created.vars if created is not None else {})}
+    for record in resumed:
+        if isinstance(record.data, RunResumed):
+            variables.update(record.data.vars)
     variables.update(dict.fromkeys(secrets, "***"))
-    return secrets, variables
+    return secrets, dict(sorted(variables.items()))
 
 
-def _snapshot(run_dir: Path, snapshot_id: str | None) -> dict[str, Any]:
-    """The workspace snapshot: its id, and its manifest when the run directory has it."""
-    snapshot: dict[str, Any] = {"id": snapshot_id}
+def _snapshot(run_dir: Path, snapshot_id: str | None, later: list[str | None]) -> SnapshotInfo:
+    """The workspace snapshot: its id, and its manifest's method and size when present."""
+    info = SnapshotInfo(id=snapshot_id, later=[s for s in later if s])
     try:
         manifest = msgspec.json.decode((run_dir / "snapshot.json").read_bytes())
-        snapshot.update(
-            method=manifest.get("method"),
-            files=len(manifest.get("files", {})),
-            manifest=manifest.get("files", {}),
-        )
-    except (OSError, msgspec.DecodeError):
+        info.method = manifest.get("method")
+        info.files = len(manifest.get("files", {}))
+    except (OSError, msgspec.DecodeError, AttributeError):
         pass
-    return snapshot
+    return info
 
 
-def _resumes(run: RunProjection) -> list[dict[str, Any]]:
-    return [
-        {"seq": record.seq, "ts": record.ts, **msgspec.to_builtins(record.data)}
-        for record in run.resumed
-    ]
-
-
-def _timeline(items: ItemsProjection, timeline: TimelineProjection) -> list[dict[str, Any]]:
-    """Every enqueued item in index order, with its status and attempts."""
-    states = {s.item: s for s in items.items.values()}
-    return [
-        {
-            "item": item,
-            "status": _status(states[item], timeline),
-            "attempts": [_attempt(a) for a in timeline.attempts.get(item, ())],
-        }
-        for item in sorted(states, key=lambda i: states[i].index)
-    ]
-
-
-def _status(state: ItemState, timeline: TimelineProjection) -> str:
-    """The item's status as ``engine status`` has it; a skipped one's with the reason."""
-    reason = timeline.skip_reasons.get(state.item)
-    return (
-        f"skipped ({reason})" if state.status == "skipped" and reason is not None else state.status
-    )
-
-
-def _attempt(a: Attempt) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "attempt": a.attempt,
-        "dispatched_at": a.dispatched_at,
-        "outcome": a.outcome or "no outcome",
-    }
-    if a.outcome is not None:
-        out["finished_at"] = a.finished_at
-        out["duration"] = a.duration
-        if a.message is not None:
-            out["message"] = a.message
-    return out
-
-
-def _count_types(timeline: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for entry in timeline:
-        for attempt in entry["attempts"]:
-            outcome = attempt["outcome"]
-            if outcome not in ("succeeded", "no outcome"):
-                counts[outcome] = counts.get(outcome, 0) + 1
-    return counts
-
-
-# --- Markdown ----------------------------------------------------------------------------
-
-
-def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    def cell(v: Any) -> str:
-        return ("" if v is None else str(v)).replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return out
-
-
-def _summary(r: dict[str, Any]) -> list[list[Any]]:
-    return [
-        ["status", r["status"] + (f" ({r['reason']})" if r["reason"] else "")],
-        ["ran by", f"{r['ran_by']['user']} on {r['ran_by']['host']}"],
-        ["engine version", r["ran_by"]["engine_version"]],
-        ["created", r["when"]["created_at"]],
-        ["started", r["when"]["started_at"]],
-        ["finished", r["when"]["finished_at"] or "-"],
-        ["workflow", f"{r['workflow']['name']} ({r['workflow']['path']})"],
-        ["workflow hash", r["workflow"]["hash"]],
-        [
-            "workspace snapshot",
-            f"{r['snapshot'].get('id')} ({r['snapshot'].get('files', '?')} files)",
-        ],
-        ["events", r["events"]],
-    ]
-
-
-Section = tuple[str, list[str], list[list[Any]]]
-
-
-def _sections(r: dict[str, Any]) -> list[Section]:
-    """The report's tables, in order: (title, headers, rows); both renderings use them."""
-    timeline = [
-        [
-            entry["item"],
-            entry["status"],
-            a.get("attempt", ""),
-            a.get("dispatched_at", ""),
-            a.get("finished_at", ""),
-            a.get("duration", ""),
-            a.get("outcome", ""),
-        ]
-        for entry in r["timeline"]
-        for a in entry["attempts"] or [{}]
-    ]
-    return [
-        ("Items", list(r["items"]), [list(r["items"].values())]),
-        ("Variables", ["name", "value"], [[k, v] for k, v in sorted(r["variables"].items())]),
-        (
-            "Lock holders",
-            ["seq", "pid", "host", "since", "command"],
-            [
-                [h["seq"], h["pid"], h["host"], h["started_at"], h["command"]]
-                for h in r["lock_holders"]
-            ],
-        ),
-        (
-            "Resumes",
-            ["seq", "at", "pid", "host", "include dlq", "workflow changes"],
-            [
-                [x["seq"], x["ts"], x["pid"], x["host"], x["include_dlq"], "; ".join(x["changes"])]
-                for x in r["resumes"]
-            ],
-        ),
-        (
-            "Ledger recoveries",
-            ["seq", "at", "offset", "bytes", "moved to", "reason"],
-            [
-                [x["seq"], x["ts"], x["offset"], x["length"], x["moved_to"], x["reason"]]
-                for x in r["recoveries"]
-            ],
-        ),
-        (
-            "Failures by type",
-            ["error type", "attempts"],
-            list(map(list, r["failures_by_type"].items())),
-        ),
-        (
-            "Timeline",
-            ["item", "status", "attempt", "dispatched", "finished", "seconds", "outcome"],
-            timeline,
-        ),
-    ]
-
-
-def render_markdown(r: dict[str, Any]) -> str:
-    lines = [f"# Audit report: run `{r['run_id']}`", ""]
-    lines += _md_table(["", ""], _summary(r))
-    if r["cost"] is None:
-        lines += ["", "## Cost", "", NO_USAGE]
-    for i, (title, headers, rows) in enumerate(cost_tables(r["cost"]) if r["cost"] else ()):
-        lines += ["", f"{'##' if i == 0 else '###'} {title}", ""]
-        lines += _md_table(headers, rows) if rows else ["none"]
-    for title, headers, rows in _sections(r):
-        lines += ["", f"## {title}", ""]
-        lines += _md_table(headers, rows) if rows else ["none"]
-    lines += ["", "## Workflow", "", "```yaml", r["workflow"]["text"].rstrip(), "```", ""]
-    return "\n".join(lines)
-
-
-# --- HTML --------------------------------------------------------------------------------
-
-COLORS = {"succeeded": "#2e7d32", "no outcome": "#9e9e9e"}
-FAIL_COLOR = "#c62828"
-STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;
-color:#222;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;
-text-align:left;vertical-align:top}th{background:#f5f5f5}code,pre{font:12px ui-monospace,monospace}
-pre{background:#f7f7f7;padding:1em;overflow:auto}.muted{color:#777}
-"""
-
-
-def _h(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{_h(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_h(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _timeline_svg(r: dict[str, Any]) -> str:
-    entries = [e for e in r["timeline"] if e["attempts"]][:CHART_ITEMS]
-    spans = [
-        (epoch(a["dispatched_at"]), epoch(a.get("finished_at") or a["dispatched_at"]))
-        for e in entries
-        for a in e["attempts"]
-    ]
-    if not spans:
-        return '<p class="muted">no attempts</p>'
-    start = min(s for s, _ in spans)
-    end = max(e for _, e in spans) or start
-    total = max(end - start, 1e-6)
-    row, left, width = 14, 190, 860
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 10}" '
-        f'height="{row * len(entries) + 30}" role="img" aria-label="attempts over time">'
-    ]
-    for i, entry in enumerate(entries):
-        y = 10 + i * row
-        parts.append(
-            f'<text x="{left - 6}" y="{y + 10}" font-size="10" text-anchor="end">'
-            f"{_h(entry['item'][:32])}</text>"
-        )
-        for a in entry["attempts"]:
-            s = epoch(a["dispatched_at"])
-            e = epoch(a.get("finished_at") or a["dispatched_at"])
-            x = left + (s - start) / total * width
-            w = max((e - s) / total * width, 1.5)
-            color = COLORS.get(a["outcome"], FAIL_COLOR)
-            parts.append(
-                f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 3}" fill="{color}">'
-                f"<title>{_h(entry['item'])} attempt {a['attempt']}: {_h(a['outcome'])} "
-                f"({a.get('duration', '?')} s)</title></rect>"
+def _items(p: Projections, folds: _Folds, receipts: dict[str, Any]) -> list[ItemRow]:
+    """Every enqueued item in index order, with its status, attempts and receipt."""
+    states = sorted(p.items.items.values(), key=lambda s: s.index)
+    skips = folds.timeline.skip_reasons
+    out = []
+    for s in states:
+        attempts = folds.audit.attempts.get(s.item, [])
+        failed = [a.outcome for a in attempts if a.outcome not in ("succeeded", "no outcome")]
+        reason = skips.get(s.item)
+        status = f"skipped ({reason})" if s.status == "skipped" and reason else s.status
+        out.append(
+            ItemRow(
+                item=s.item,
+                index=s.index,
+                status=status,
+                error_type=failed[-1] if failed else None,
+                duration=round(sum(a.duration or 0.0 for a in attempts), 6),
+                attempts=attempts,
+                receipt=receipts.get(s.item) if s.status == "succeeded" else None,
             )
-    y = 10 + len(entries) * row + 14
-    parts.append(f'<text x="{left}" y="{y}" font-size="10">0 s</text>')
-    parts.append(
-        f'<text x="{left + width}" y="{y}" font-size="10" text-anchor="end">{total:.1f} s</text>'
-    )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _failures_svg(r: dict[str, Any]) -> str:
-    counts = r["failures_by_type"]
-    if not counts:
-        return '<p class="muted">no failures</p>'
-    top = max(counts.values())
-    row, left, width = 22, 170, 600
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 60}" '
-        f'height="{row * len(counts) + 10}" role="img" aria-label="failures by type">'
-    ]
-    for i, (kind, count) in enumerate(counts.items()):
-        y = 5 + i * row
-        w = count / top * width
-        parts.append(
-            f'<text x="{left - 6}" y="{y + 14}" font-size="12" text-anchor="end">{_h(kind)}</text>'
-            f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{row - 6}" fill="{FAIL_COLOR}"/>'
-            f'<text x="{left + w + 6}" y="{y + 14}" font-size="12">{count}</text>'
         )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _cost_html(cost: dict[str, Any] | None) -> list[str]:
-    if cost is None:
-        return ["<h2>Cost</h2>", f"<p class='muted'>{NO_USAGE}</p>"]
-    out: list[str] = []
-    for i, (title, headers, rows) in enumerate(cost_tables(cost)):
-        tag = "h2" if i == 0 else "h3"
-        table = _html_table(headers, rows) if rows else "<p class='muted'>none</p>"
-        out += [f"<{tag}>{_h(title)}</{tag}>", table]
     return out
 
 
-def render_html(r: dict[str, Any]) -> str:
-    shown = min(len([e for e in r["timeline"] if e["attempts"]]), CHART_ITEMS)
-    body = [
-        f"<h1>Audit report: run {_h(r['run_id'])}</h1>",
-        _html_table(["", ""], _summary(r)),
-        *_cost_html(r["cost"]),
-        f"<h2>Timeline</h2><p class='muted'>each bar an attempt (green succeeded, red failed, "
-        f"grey no outcome); the first {shown} items</p>",
-        _timeline_svg(r),
-        "<h2>Failures by type</h2>",
-        _failures_svg(r),
-    ]
-    for title, headers, rows in _sections(r):
-        body += [f"<h2>{_h(title)}</h2>", _html_table(headers, rows)]
-    body += ["<h2>Workflow</h2>", f"<pre>{_h(r['workflow']['text'])}</pre>"]
-    return (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>Audit report: {_h(r['run_id'])}</title><style>{STYLE}</style></head><body>"
-        + "\n".join(body)
-        + "</body></html>\n"
+def _by_type(folds: _Folds) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in folds.audit.failed:
+        counts[f.error_type] = counts.get(f.error_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _outcome(
+    p: Projections, folds: _Folds, items: list[ItemRow], by_type: dict[str, int]
+) -> Outcome:
+    run = p.run
+    counts = msgspec.to_builtins(p.items.item_counts())
+    return Outcome(
+        status=run.status,
+        reason=run.reason,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        counts={k: v for k, v in counts.items() if isinstance(v, int)},
+        stats=stats_of(folds.stats),
+        cost=cost_of(
+            folds.stats,
+            attempts={i.item: len(i.attempts) for i in items},
+            status={i.item: i.status for i in items},
+            failures=by_type,
+        ),
     )
+
+
+def _dlq(p: Projections) -> list[DLQRow]:
+    out = []
+    for entry in dlq_entries(p):
+        reprocessable, review, rule = triage_rule(entry.history, entry.error_type, entry.reason)
+        out.append(
+            DLQRow(
+                item=entry.item_id,
+                attempts=entry.attempts,
+                error_type=entry.error_type,
+                signature=entry.signature,
+                last_error=entry.last_error,
+                failed_at=entry.failed_at,
+                reason=entry.reason,
+                reprocessable=reprocessable,
+                needs_review=review,
+                rule=rule,
+            )
+        )
+    return out

@@ -12,6 +12,7 @@ from typing import Any, Union
 
 import msgspec
 
+from engine.views.report_model import Report
 from ledger.atomic import atomic_write
 from ledger.events import RECORD_TYPES
 from projections.replay import ProjectionsView
@@ -42,6 +43,11 @@ def generate_schemas() -> dict[str, dict[str, Any]]:
         ProjectionsView,
         "Projections",
         "Every projection of a run, as printed by `engine replay --json`.",
+    )
+    out["report.schema.json"] = _schema(
+        Report,
+        "Audit report",
+        "A run's audit report, as printed by `engine audit report RUN --format json`.",
     )
     return out
 

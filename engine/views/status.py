@@ -40,6 +40,7 @@ __all__ = [
     "items_line",
     "status_view",
     "triage",
+    "triage_rule",
     "unknown_item",
 ]
 
@@ -202,15 +203,27 @@ def triage(history: list[Failure], last_type: str, reason: str = "") -> tuple[bo
       transient (timeout, hung, rate_limited, api_error, resource_exhausted,
       worker_lost, interrupted): it ran out of attempts, not of chances.
     """
-    review = (
-        reason == ITEM_BUDGET_SPENT
-        or last_type in REVIEW_TYPES
-        or any(
-            REVIEW_PATTERN.search(f.message) or REVIEW_PATTERN.search(f.stderr_tail[-2000:])
-            for f in history
-        )
-    )
-    return (not review and last_type in TRANSIENT), review
+    reprocessable, review, _rule = triage_rule(history, last_type, reason)
+    return reprocessable, review
+
+
+def triage_rule(history: list[Failure], last_type: str, reason: str = "") -> tuple[bool, bool, str]:
+    """:func:`triage`'s answer, and the rule that decided it, as a sentence."""
+    if reason == ITEM_BUDGET_SPENT:
+        return False, True, "needs review: it spent its cost budget (budget.max_item_cost_usd)"
+    if last_type in REVIEW_TYPES:
+        return False, True, f"needs review: its last failure is {last_type}"
+    for f in history:
+        found = REVIEW_PATTERN.search(f.message) or REVIEW_PATTERN.search(f.stderr_tail[-2000:])
+        if found:
+            return (
+                False,
+                True,
+                f"needs review: attempt {f.attempt}'s output speaks of {found.group(0).lower()!r}",
+            )
+    if last_type in TRANSIENT:
+        return True, False, f"reprocessable: its last failure ({last_type}) is transient"
+    return False, False, f"neither: its last failure ({last_type}) is not known to be transient"
 
 
 def dlq_entries(p: Projections) -> list[DLQEntry]:
