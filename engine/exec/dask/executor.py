@@ -109,6 +109,9 @@ class DaskExecutor(Executor):
         self._topics: set[str] = set()
         self.attempts: dict[str, DaskAttempt] = {}
         """The attempts running, by key (their messages are handed to them)."""
+        self._unclaimed: list[str] = []
+        """Keys of attempts whose outcomes are in, their claims still to forget."""
+        self._unclaiming: asyncio.Task[None] | None = None
 
     async def ready(self, run_id: str) -> Any:
         """The client, connected (once) and subscribed to the run's topic."""
@@ -158,7 +161,24 @@ class DaskExecutor(Executor):
                 per_item[item] = per_item.get(item, 0) + 1
         return per_item
 
+    def forget(self, key: str) -> None:
+        """Forget an attempt's claim on the scheduler, its outcome in: later, in one call
+        for every key that ended meanwhile (not in the attempt's time, nor a round trip
+        each). A claim kept longer only refuses a run that would be refused anyway."""
+        self._unclaimed.append(key)
+        if self._unclaiming is None or self._unclaiming.done():
+            self._unclaiming = asyncio.ensure_future(self._unclaim())
+
+    async def _unclaim(self) -> None:
+        while self._unclaimed and self.client is not None:
+            keys, self._unclaimed = self._unclaimed, []
+            with contextlib.suppress(Exception):  # lost with the scheduler, if it is gone
+                await self.client.run_on_scheduler(worker.unclaim, keys)
+
     async def close(self) -> None:
+        if self._unclaiming is not None:
+            with contextlib.suppress(Exception):
+                await self._unclaiming
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
         self._topics.clear()
         # Bounded: a cluster whose workers died must not keep the engine from ending.
@@ -274,8 +294,7 @@ class DaskAttempt(Attempt):
         try:
             return await self._copy_logs(client, finished)
         finally:
-            with contextlib.suppress(Exception):  # lost with the scheduler, if it is gone
-                await client.run_on_scheduler(worker.unclaim, [self.key])
+            self.executor.forget(self.key)
 
     async def _copy_logs(self, client: Any, finished: worker.Finished) -> AttemptOutcome:
         """The outcome, its logs copied into the run directory (the staging removed)."""

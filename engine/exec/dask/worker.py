@@ -103,6 +103,7 @@ class Finished:
     outcome: AttemptOutcome
     worker: str
     staging: str | None
+    """The staging directory of its logs on the worker (None: no log to copy, none kept)."""
 
 
 def claim(key: str, claimant: str, dask_scheduler: Any = None) -> str:
@@ -188,6 +189,9 @@ def run_attempt(request: AttemptRequest, key: str, topic: str) -> Finished:
         worker.log_event(topic, {"key": key, **message})
 
     outcome = asyncio.run(_drive(local, key, publish))
+    if outcome.stdout is None and outcome.stderr is None:  # no log to copy: none kept
+        shutil.rmtree(staging, ignore_errors=True)
+        return Finished(outcome, worker.address, None)
     return Finished(outcome, worker.address, str(staging))
 
 
