@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_dispatch.py --out benchmarks/results-dispatch.md
 	$(BIN)/python benchmarks/bench_query.py --out benchmarks/results-query.md
 	$(BIN)/python benchmarks/bench_dialect.py --out benchmarks/results-dialect.md
+	$(BIN)/python benchmarks/bench_dask.py --out benchmarks/results-dask.md
 
 # Apart from `bench`: 200 items on a repository of 5,000 files, with and without
 # worktree isolation, three times each, takes several minutes.
