@@ -190,7 +190,7 @@ def run_attempt(request: AttemptRequest, key: str, topic: str) -> Finished:
 
     outcome = asyncio.run(_drive(local, key, publish))
     if outcome.stdout is None and outcome.stderr is None:  # no log to copy: none kept
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(str(staging))
         return Finished(outcome, worker.address, None)
     return Finished(outcome, worker.address, str(staging))
 
