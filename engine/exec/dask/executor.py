@@ -176,9 +176,9 @@ class DaskExecutor(Executor):
                 await self.client.run_on_scheduler(worker.unclaim, keys)
 
     async def close(self) -> None:
-        if self._unclaiming is not None:
+        if self._unclaiming is not None:  # bounded too: the scheduler may be gone
             with contextlib.suppress(Exception):
-                await self._unclaiming
+                await asyncio.wait_for(self._unclaiming, CLOSE_TIMEOUT)
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
         self._topics.clear()
         # Bounded: a cluster whose workers died must not keep the engine from ending.
