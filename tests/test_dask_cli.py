@@ -154,9 +154,28 @@ def test_a_run_and_its_resume_on_the_cluster_from_the_command_line(
     assert done.returncode == 2 and "completed" in done.stderr  # nothing left to resume
 
 
-def test_executor_dask_starts_a_local_cluster(tmp_path: Path) -> None:
+# Each attempt waits (30 s at most) until all three have started: only a cluster
+# with as many slots as -j lets them all finish.
+TOGETHER = """\
+name: together
+map:
+  input: items.json
+  retry: {max_attempts: 1}
+  agent_template:
+    - run: |
+        touch "started/${item}"
+        for i in $(seq 300); do [ "$(ls started | wc -l)" -ge 3 ] && exit 0; sleep 0.1; done
+        exit 1
+"""
+
+
+def test_executor_dask_starts_a_local_cluster_with_a_slot_per_parallel_attempt(
+    tmp_path: Path,
+) -> None:
     pytest.importorskip("distributed", reason="the dask extra is not installed")
-    wf = _workflow(tmp_path)
-    done = _engine(tmp_path, "run", str(wf), "--executor", "dask", "--workers", "1")
+    (tmp_path / "started").mkdir()
+    (tmp_path / "items.json").write_text(json.dumps(["a", "b", "c"]))
+    wf = write_workflow(tmp_path, TOGETHER)
+    done = _engine(tmp_path, "run", str(wf), "--executor", "dask", "--workers", "1", "-j", "3")
     assert done.returncode == 0, done.stderr
     assert _executor_recorded(tmp_path / ".engine") == "dask-local"

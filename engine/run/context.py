@@ -67,7 +67,11 @@ def _executor(options: RunOptions, spec: Workflow) -> Executor:
         )
     from engine.exec.dask.executor import DaskExecutor  # noqa: PLC0415 - the dask extra
 
-    return DaskExecutor(None if name == "dask" else name, workers=workers or 2)
+    # A local cluster's slots: the run's parallelism, spread over its workers.
+    workers = workers or 2
+    parallel = options.max_parallel or (spec.map.max_parallel if spec.map else 1)
+    threads = -(-parallel // workers)
+    return DaskExecutor(None if name == "dask" else name, workers=workers, threads=threads)
 
 
 class RunContext:

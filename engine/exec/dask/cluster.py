@@ -71,7 +71,7 @@ def _no_reruns(dask_scheduler: Any = None) -> None:
 
 
 async def connect(
-    address: str | None, workers: int, timeout: float = CONNECT_TIMEOUT
+    address: str | None, workers: int, timeout: float = CONNECT_TIMEOUT, *, threads: int = 1
 ) -> tuple[Any, Any]:
     """An asynchronous client (and the local cluster started for it, or None)."""
     import dask  # noqa: PLC0415 - the dask extra, only for this executor
@@ -85,7 +85,7 @@ async def connect(
         if address is None:
             cluster = await local_cluster(
                 n_workers=workers,
-                threads_per_worker=1,
+                threads_per_worker=threads,
                 processes=True,
                 asynchronous=True,
                 host="127.0.0.1",

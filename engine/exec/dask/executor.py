@@ -89,16 +89,23 @@ class DaskExecutor(Executor):
     """Runs attempts as tasks on a Dask cluster.
 
     ``address``: ``dask://HOST:PORT`` of a running scheduler; None starts a local
-    cluster of ``workers`` worker processes at the first attempt (closed by
-    :meth:`close`).
+    cluster of ``workers`` worker processes of ``threads`` threads each at the first
+    attempt (closed by :meth:`close`).
     """
 
     def __init__(
-        self, address: str | None = None, *, workers: int = 2, timeout: float = CONNECT_TIMEOUT
+        self,
+        address: str | None = None,
+        *,
+        workers: int = 2,
+        threads: int = 1,
+        timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         require_distributed()
         self.address = address
         self.workers = workers
+        self.threads = threads
+        """Attempts each worker of a local cluster runs at once."""
         self.timeout = timeout
         self._unreachable: DaskUnreachable | None = None
         """Why connecting failed (every later attempt fails at once with it)."""
@@ -123,7 +130,7 @@ class DaskExecutor(Executor):
             if self.client is None:
                 try:
                     self.client, self.cluster = await connect(
-                        self.address, self.workers, self.timeout
+                        self.address, self.workers, self.timeout, threads=self.threads
                     )
                 except DaskUnreachable as exc:
                     self._unreachable = exc
