@@ -32,6 +32,7 @@ from engine.map.scheduler import MapScheduler
 from engine.redact import Redactor
 from engine.run.options import RunOptions
 from engine.store.content import ContentStore
+from engine.store.receipts import ReceiptWriter, write_missing
 from engine.workflow.environment import Environment, resolve
 from engine.workflow.load import LoadedWorkflow
 from engine.workflow.spec import Step, Workflow
@@ -40,6 +41,7 @@ from engine.workflow.variables import item_context, run_context
 from ledger.events import Event, RunCompleted
 from ledger.times import reading
 from ledger.writer import LedgerWriter
+from projections.receipts import ReceiptsProjection
 from projections.replay import Projections, replay
 from projections.values import ValuesProjection
 
@@ -100,7 +102,13 @@ class RunContext:
         circuit = self.spec.circuit_breaker
         self.values = ValuesProjection()
         """Item values, results and done steps, as recorded (:mod:`projections.values`)."""
-        self.p = Projections(circuit_on=circuit.on if circuit else (), extra=(self.values,))
+        self.receipts = ReceiptsProjection(keep=False)
+        """The receipts of items that succeeded since the last append (written by
+        :attr:`receipt_writer`)."""
+        self.p = Projections(
+            circuit_on=circuit.on if circuit else (), extra=(self.values, self.receipts)
+        )
+        self.receipt_writer = ReceiptWriter(self.run_dir, warn=options.warn)
         # env_files, env, the profile, the secrets, --var (engine.workflow.environment).
         if environment is None:
             environment = resolve(self.spec, profile=options.profile, variables=options.variables)
@@ -177,6 +185,8 @@ class RunContext:
             except BaseException:
                 self.writer.close()
                 raise
+        # The receipts an engine killed after a success's append left unwritten.
+        write_missing(self.run_dir, self.receipts.drain())
         self.p.enable_scheduling()
 
     async def append(self, events: list[Event]) -> None:
@@ -186,6 +196,12 @@ class RunContext:
             raise IncompleteMap(left)  # the one rule: never completed with work left
         records = await self.writer.append_async(events)
         self.p.apply_all(records)
+        self.changed()
+
+    def changed(self) -> None:
+        """After each append (applied): the receipts of the items that just succeeded are
+        written (their success is durable), then the caller is told."""
+        self.receipt_writer.submit(self.receipts.drain())
         self.options.on_change(self.p)
 
     def stored(self, inline: Any, ref: str | None) -> Any:

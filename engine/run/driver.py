@@ -90,6 +90,7 @@ async def drive(run: RunContext, opening: list[Event], *, resuming: bool = False
                 if adopt:
                     orphans.adopt(False)
                 await control.stop()
+                await run.receipt_writer.close()
     finally:
         run.writer.close()
         if run.owns_executor:
@@ -192,7 +193,7 @@ def _scheduler(run: RunContext, values: dict[str, object]) -> MapScheduler:
         max_parallel=options.max_parallel or spec.map.max_parallel,
         clock=options.clock,
         circuit=spec.circuit_breaker,
-        on_change=lambda: options.on_change(run.p),
+        on_change=run.changed,
         hooks=ItemHooks(
             home=run.run_dir.parent.parent,
             run_id=run.run_id,

@@ -15,6 +15,7 @@ import msgspec
 from engine.views.report_model import Report
 from ledger.atomic import atomic_write
 from ledger.events import RECORD_TYPES
+from projections.receipts import Receipt
 from projections.replay import ProjectionsView
 
 __all__ = ["generate_schemas", "write_schemas"]
@@ -48,6 +49,11 @@ def generate_schemas() -> dict[str, dict[str, Any]]:
         Report,
         "Audit report",
         "A run's audit report, as printed by `engine audit report RUN --format json`.",
+    )
+    out["receipt.schema.json"] = _schema(
+        Receipt,
+        "Receipt",
+        "What the ledger proves of one item that succeeded: a run's receipts/<name>.json.",
     )
     return out
 
