@@ -15,6 +15,7 @@ import watchfiles
 from cli.app import EXIT_FAILED, Context, cli, echo_json
 from cli.render import output_width, record_line, summary_lines
 from engine.home import effective_status
+from engine.store.receipts import check_receipts
 from engine.views.report import build_report
 from engine.views.report_check import check_report
 from engine.views.report_check import render as render_report
@@ -243,10 +244,14 @@ def audit_verify(obj: Context, run: str, as_json: bool, report_file: Path | None
 
     RUN is a run id, `latest`, or a path to a run directory or ledger file.
     Every record is also decoded as every other command reads it (a known
-    type, data of the right types). Exit 0 when intact (a torn tail is a
-    warning); 1 on corruption or tampering, naming the first bad seq and
-    its byte offset. With --report FILE: 1 also when the report was made of
-    a ledger since changed (one that only grew is fine), or was edited.
+    type, data of the right types). Then every receipt under `receipts/`
+    is checked against the ledger: a receipt that differs (naming the
+    field), that does not decode, of no succeeded item, and a succeeded
+    item without a receipt are each one line. Exit 0 when intact (a torn
+    tail is a warning); 1 on corruption or tampering, naming the first bad
+    seq and its byte offset, or on a receipt's problem. With --report FILE:
+    1 also when the report was made of a ledger since changed (one that
+    only grew is fine), or was edited.
     """
     ref = obj.run(run)
     report_data = _read_report(report_file)
@@ -273,10 +278,11 @@ def audit_verify(obj: Context, run: str, as_json: bool, report_file: Path | None
         if report_data is None
         else check_report(ref.run_dir, report_data, records_now=result.records, home=obj.home)
     )
+    receipts = check_receipts(ref.run_dir, ref.ledger)
     if as_json:
         echo_json(
             {
-                "ok": checked is None or checked.ok,
+                "ok": (checked is None or checked.ok) and receipts.ok,
                 **({} if checked is None else {"report": msgspec.to_builtins(checked)}),
                 "ledger": str(ref.ledger),
                 "records": result.records,
@@ -286,6 +292,7 @@ def audit_verify(obj: Context, run: str, as_json: bool, report_file: Path | None
                 "torn": None
                 if torn is None
                 else {"offset": torn.offset, "length": torn.length, "reason": torn.reason},
+                "receipts": msgspec.to_builtins(receipts),
             }
         )
     else:
@@ -293,13 +300,16 @@ def audit_verify(obj: Context, run: str, as_json: bool, report_file: Path | None
             f"ok {ref.ledger}: {result.records:,} records, chain intact "
             f"(last seq {result.records - 1}, hash {result.last_hash.decode()[:16]}…)"
         )
+        for line in receipts.problems:
+            click.echo(f"RECEIPT {line}", err=True)
+        click.echo(receipts.summary(), err=not receipts.ok or not receipts.directory)
     _warn_torn(torn, ref.ledger)
     if checked is not None and not as_json:
         if checked.ok:
             click.echo(f"ok {report_file}: {checked.message}")
         else:
             click.echo(f"REPORT MISMATCH {report_file}: {checked.problem}", err=True)
-    if checked is not None and not checked.ok:
+    if (checked is not None and not checked.ok) or not receipts.ok:
         sys.exit(EXIT_FAILED)
 
 
