@@ -237,3 +237,22 @@ def test_an_isolated_item_gets_its_receipt_once_its_work_has_landed(tmp_path: Pa
         assert merged.seq < receipt.last_seq == succeeded.seq
         assert receipt.head_hash == succeeded.hash
     assert "ok receipts: 2 checked" in _verify(result)[1]
+
+
+def test_a_receipt_that_cannot_be_written_is_said_and_the_run_goes_on(tmp_path: Path) -> None:
+    result = _run(tmp_path)
+    directory = result.run_dir / RECEIPTS_DIR
+    for path in directory.iterdir():
+        path.unlink()
+    directory.rmdir()
+    directory.write_text("a file where the receipts' directory should be\n")
+    write_script(tmp_path, {**SCRIPT, "items": {"dead": {"json": {"n": 3}}}})
+    said: list[str] = []
+    options = RunOptions(include_dlq=True, warn=said.append)
+    resumed = asyncio.run(resume_run(result.run_dir, options))
+    assert resumed.status == "completed", resumed.reason
+    at_start = [line for line in said if line.startswith("engine: cannot write the receipts")]
+    live = [line for line in said if line.startswith("engine: cannot write a receipt")]
+    assert len(at_start) == 1 and f"under {directory}: [Errno 20] Not a directory" in at_start[0]
+    assert len(live) == 1 and "a resume writes them" in live[0]  # the dead item's, now done
+    assert resumed.projections.items.counts["succeeded"] == 4

@@ -186,7 +186,7 @@ class RunContext:
                 self.writer.close()
                 raise
         # The receipts an engine killed after a success's append left unwritten.
-        write_missing(self.run_dir, self.receipts.drain())
+        write_missing(self.run_dir, self.receipts.drain(), warn=self.options.warn)
         self.p.enable_scheduling()
 
     async def append(self, events: list[Event]) -> None:

@@ -45,6 +45,8 @@ __all__ = [
 RECEIPTS_DIR = "receipts"
 """The directory of receipts, under the run directory."""
 
+_LATER = "`engine audit verify` names the receipts missing; a resume writes them"
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _SLUG_CHARS = 40
 
@@ -72,16 +74,24 @@ def _write(directory: Path, receipts: Iterable[Receipt]) -> None:
         atomic_write(directory / receipt_name(receipt.item), encode_receipt(receipt))
 
 
-def write_missing(run_dir: Path, receipts: Iterable[Receipt]) -> int:
-    """Write the receipts whose file is absent (a resume after a crash); how many were."""
+def write_missing(
+    run_dir: Path, receipts: Iterable[Receipt], *, warn: Callable[[str], None]
+) -> int:
+    """Write the receipts whose file is absent (a resume after a crash), making the
+    directory if need be; how many were written. What cannot be written is said
+    through ``warn`` (the run goes on: ``engine audit verify`` names what is missing)."""
     directory = run_dir / RECEIPTS_DIR
     try:
-        present = set(os.listdir(directory))
-    except FileNotFoundError:
-        present = set()
-    missing = [r for r in latest(receipts).values() if receipt_name(r.item) not in present]
-    if missing or not present:
-        _write(directory, missing)
+        try:
+            present = set(os.listdir(directory))
+        except FileNotFoundError:
+            present = set()
+        missing = [r for r in latest(receipts).values() if receipt_name(r.item) not in present]
+        if missing or not present:
+            _write(directory, missing)
+    except OSError as exc:
+        warn(f"engine: cannot write the receipts under {directory}: {exc}; {_LATER}")
+        return 0
     return len(missing)
 
 
@@ -119,8 +129,7 @@ class ReceiptWriter:
                 if not self._warned:
                     self._warned = True
                     self.warn(
-                        f"engine: cannot write a receipt under {self.directory}: {exc}; "
-                        "`engine audit verify` names the ones missing, a resume writes them"
+                        f"engine: cannot write a receipt under {self.directory}: {exc}; {_LATER}"
                     )
 
     async def close(self) -> None:
