@@ -43,6 +43,7 @@ from ledger.events import (
     StepSucceeded,
 )
 from projections.base import Projection
+from projections.receipts import ReceiptsProjection
 from projections.replay import Projections, replay
 from projections.stats import StatsProjection
 from projections.timeline import TimelineProjection
@@ -150,7 +151,7 @@ events: st.SearchStrategy[Event] = st.one_of(
 
 def _extra() -> tuple[Projection, ...]:
     """The on-demand folds, fresh."""
-    return (ValuesProjection(), TimelineProjection(), StatsProjection())
+    return (ValuesProjection(), TimelineProjection(), StatsProjection(), ReceiptsProjection())
 
 
 def state(p: Projections) -> bytes:
