@@ -25,6 +25,8 @@ __all__ = ["ISLAND", "embedded_html", "render_html"]
 
 CHART_ITEMS = 300
 """Items drawn in the timeline (the item table lists every one)."""
+OPEN_ROWS = 100
+"""Rows of a static table shown open; the others are one click away."""
 ISLAND = re.compile(rb'<script type="application/json" id="report-data">(.*?)</script>', re.S)
 COLORS = {"succeeded": "#2e7d32", "no outcome": "#9e9e9e"}
 FAIL_COLOR = "#c62828"
@@ -50,13 +52,25 @@ def _asset(name: str) -> str:
     return resources.files("engine.views").joinpath("report_assets", name).read_text("utf-8")
 
 
+def _rows(rows: list[list[Any]]) -> str:
+    return "".join("<tr>" + "".join(f"<td>{_h(v)}</td>" for v in row) + "</tr>" for row in rows)
+
+
 def _table(t: Table, level: str = "h3") -> str:
+    """A table; past :data:`OPEN_ROWS` rows the rest in a closed ``<details>`` (every row is
+    in the page, but a browser lays out only the ones shown: a big run's report opens fast)."""
     title = f"<{level}>{_h(t.title)}</{level}>" if t.title else ""
     if not t.rows:
         return f"{title}<p class='muted'>{_h(t.none)}</p>"
-    head = "".join(f"<th>{_h(h)}</th>" for h in t.headers)
-    body = "".join("<tr>" + "".join(f"<td>{_h(v)}</td>" for v in row) + "</tr>" for row in t.rows)
-    return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    head = f"<thead><tr>{''.join(f'<th>{_h(h)}</th>' for h in t.headers)}</tr></thead>"
+    shown, rest = t.rows[:OPEN_ROWS], t.rows[OPEN_ROWS:]
+    table = f"{title}<table>{head}<tbody>{_rows(shown)}</tbody></table>"
+    if not rest:
+        return table
+    return (
+        f"{table}<details><summary>{len(rest):,} more rows</summary>"
+        f"<table>{head}<tbody>{_rows(rest)}</tbody></table></details>"
+    )
 
 
 def _clock(seconds: float) -> str:
