@@ -134,6 +134,8 @@ class RunResumed(Event, frozen=True):
     """The workspace snapshot at this resume."""
     engine_version: str = ""
     """The engine that resumes it (``run.created`` names the first)."""
+    executor: str = "local"
+    """Where this session runs attempts, as ``run.started`` says it."""
     max_parallel: int | None = None
     cache: str = "use"
     """As ``run.started``: a resume keeps the run's cache mode unless told otherwise."""

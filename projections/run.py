@@ -100,6 +100,9 @@ class RunProjection(Projection):
         self.cancel_by: str | None = None
         self.cache_mode = "use"
         """How the run uses the cache (the last ``run.started`` or ``run.resumed``)."""
+        self.executors: list[str] = []
+        """Every executor a session of the run ran attempts on, in order of first use
+        (``local``, ``dask://HOST:PORT``, ``dask-local``)."""
         self.map_enqueued = False
         """The map's item list is complete in the ledger (``map.enqueued``)."""
         self.lock_holders: list[LockHolder] = []
@@ -130,6 +133,7 @@ class RunProjection(Projection):
     def _started(self, record: Record, e: RunStarted) -> None:
         self.status = "running"
         self.cache_mode = e.cache
+        self._ran_on(e.executor)
         self.finished_at = None
         self.reason = None
         if self.started_at is None:
@@ -143,6 +147,7 @@ class RunProjection(Projection):
         self.cancel_requested = self.cancel_force = False
         self.cancel_by = None
         self.cache_mode = e.cache
+        self._ran_on(e.executor)
         self.vars.update(e.vars)
         if e.allow_changed and e.workflow_hash:
             self.workflow_hash = e.workflow_hash  # the changed workflow is the run's now
@@ -150,6 +155,10 @@ class RunProjection(Projection):
         self.reason = None
         if self.started_at is None:
             self.started_at = record.ts
+
+    def _ran_on(self, executor: str) -> None:
+        if executor not in self.executors:
+            self.executors.append(executor)
 
     @handles(MapEnqueued)
     def _enqueued(self, record: Record, e: MapEnqueued) -> None:

@@ -116,10 +116,14 @@ def worker_directories(address: str) -> dict[str, Path]:
 
 
 @contextlib.contextmanager
-def start_cluster(directory: Path, workers: int = WORKERS) -> Iterator[DaskCluster]:
-    """A scheduler and ``workers`` workers (4 threads each) on loopback, files in ``directory``."""
+def start_cluster(
+    directory: Path, workers: int = WORKERS, *, port: int = 0
+) -> Iterator[DaskCluster]:
+    """A scheduler (on ``port``, 0: a free one) and ``workers`` workers (4 threads each) on
+    loopback, files in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
     scheduler_file = directory / "scheduler.json"
-    scheduler_argv = ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    scheduler_argv = ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
     scheduler_argv += ["--scheduler-file", str(scheduler_file)]
     scheduler = _spawn([DASK, *scheduler_argv], directory / "scheduler.log", directory)
     started: list[subprocess.Popen[bytes]] = []
@@ -130,7 +134,8 @@ def start_cluster(directory: Path, workers: int = WORKERS) -> Iterator[DaskClust
             argv += ["--nthreads", "4", "--no-nanny", "--no-dashboard", "--name", f"w{i}"]
             argv += ["--local-directory", str(directory / f"w{i}")]
             started.append(_spawn([DASK, *argv], directory / f"worker{i}.log", directory))
-        _wait_for_workers(address, workers)
+        if workers:
+            _wait_for_workers(address, workers)
         yield DaskCluster(address.replace("tcp://", "dask://"), scheduler, started, directory)
     finally:
         for process in [*started, scheduler]:

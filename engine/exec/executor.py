@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from engine.workflow.spec import ClassifyRule, Step
+from ledger.errors import EngineError
 from ledger.events import AgentActivity, AgentUsage, LogRef, StepRecovery, ValidationRound
 
-__all__ = ["Attempt", "AttemptOutcome", "AttemptRequest", "Executor", "HeartbeatSample"]
+__all__ = [
+    "Attempt",
+    "AttemptOutcome",
+    "AttemptRequest",
+    "Executor",
+    "ExecutorLost",
+    "HeartbeatSample",
+]
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,17 @@ class AttemptOutcome:
     """What its ``claude:`` steps reported spending (``agent.output`` of a Claude format)."""
     worker: str | None = None
     """Where it ran, when that is not this engine's machine (a Dask worker's address)."""
+
+
+class ExecutorLost(EngineError):
+    """The executor can no longer run nor watch attempts (its cluster is gone).
+
+    The run stops (failed, resumable), its running attempts left without an
+    outcome: they may still run where they were, so a resume stops them first
+    (its reclaim) and then records them interrupted.
+    """
+
+    exit_code = 1
 
 
 class Attempt(abc.ABC):

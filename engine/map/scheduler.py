@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor
+from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, ExecutorLost
 from engine.exec.local import orphans
 from engine.git.isolation import Isolation
 from engine.items.keys import IdempotencyKeys
@@ -312,6 +312,10 @@ class MapScheduler:
                     if self.isolation is not None:
                         request = self.isolation.request(request)
                     handle = await self.executor.start(request)
+                except ExecutorLost as exc:  # no outcome: the run stops, a resume settles it
+                    del self.reserved[plan.item]
+                    self._stop_fatally(exc)
+                    continue
                 except Exception as exc:  # the attempt fails, typed
                     del self.reserved[plan.item]
                     await self._record_engine_error(plan.item, plan.attempt, exc, "starting")
@@ -341,6 +345,9 @@ class MapScheduler:
         try:
             try:
                 outcome = await self._watch(item, attempt, handle)
+            except ExecutorLost as exc:  # no outcome: the run stops, a resume settles it
+                self._stop_fatally(exc)
+                return
             except Exception as exc:  # the attempt fails, typed
                 if not isinstance(exc, LedgerWriteFailed):  # that one ends the run, said then
                     self.warn(f"engine: error while running item {item!r}: {describe_error(exc)}")

@@ -27,8 +27,36 @@ __all__ = ["end_leftovers", "reclaim", "requeue_events", "settle_interrupted"]
 
 async def reclaim(run: RunContext) -> dict[str, int]:
     """Stop what a dead engine left running for the run (before anything else of a resume);
-    how many processes, by item."""
-    return await run.executor.reclaim(run.run_id, run.run_dir)
+    how many processes, by item.
+
+    Also on every Dask scheduler an earlier session ran attempts on, when this one
+    runs elsewhere: its tasks run on without their engine. One that cannot be reached
+    refuses the resume (they may still run there).
+    """
+    stopped = await run.executor.reclaim(run.run_id, run.run_dir)
+    for name in run.p.run.executors:
+        if name.startswith("dask://") and name != run.executor.name:
+            for item, count in (await _reclaim_on(name, run)).items():
+                stopped[item] = stopped.get(item, 0) + count
+    return stopped
+
+
+async def _reclaim_on(address: str, run: RunContext) -> dict[str, int]:
+    from engine.exec.dask.cluster import DaskUnreachable  # noqa: PLC0415 - the dask extra
+    from engine.exec.dask.executor import DaskExecutor  # noqa: PLC0415
+
+    earlier = DaskExecutor(address)
+    try:
+        return await earlier.reclaim(run.run_id, run.run_dir)
+    except DaskUnreachable:
+        raise DaskUnreachable(
+            f"run {run.run_id!r} ran attempts on {address}, which cannot be reached: they may "
+            "still run there",
+            hint="start a scheduler at that address again and resume: what of the run still "
+            "runs on the workers connected to it is stopped first",
+        ) from None
+    finally:
+        await earlier.close()
 
 
 async def settle_interrupted(run: RunContext, leftovers: dict[str, int]) -> None:

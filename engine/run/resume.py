@@ -84,6 +84,12 @@ async def resume_run(
     secret = workflow.spec.secret_names
     recorded = {k: v for k, v in before.run.vars.items() if not (v == MASK and k in secret)}
     options = dataclasses.replace(options, variables={**recorded, **given}, profile=profile)
+    if options.executor is None and options.executor_name is None and not workflow.spec.executor:
+        # Where its last session ran, unless told otherwise.
+        last = before.run.executors[-1] if before.run.executors else "local"
+        options = dataclasses.replace(
+            options, executor_name="dask" if last == "dask-local" else last
+        )
     environment = _environment(workflow, created, options, run_id)
     run = RunContext(workflow, run_dir, run_id, options, environment=environment)
     run.open(create=False)  # under the lock: what the ledger says now
@@ -243,6 +249,7 @@ async def _opening(run: RunContext, changes: list[str], given: dict[str, str]) -
             changes=changes,
             snapshot_id=snapshot.id,
             engine_version=engine_version(),
+            executor=run.executor.name,
             max_parallel=options.max_parallel or (spec.map.max_parallel if spec.map else None),
             cache=options.cache_mode(run.p.run.cache_mode),
             vars={k: MASK if k in spec.secret_names else v for k, v in given.items()},

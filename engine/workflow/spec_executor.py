@@ -8,6 +8,7 @@ worker processes). ``engine run --executor`` wins over it.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -17,12 +18,17 @@ __all__ = ["EXECUTOR_FORMS", "ExecutorField", "ExecutorSpec", "check_executor"]
 EXECUTOR_FORMS = "local, dask, or dask://HOST:PORT"
 
 
+HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
+"""A host name, an IPv4 address, or an IPv6 one in brackets."""
+
+
 def check_executor(value: str) -> str:
     """``value`` if it names an executor (see :data:`EXECUTOR_FORMS`), else ValueError."""
     if value in ("local", "dask"):
         return value
     host, sep, port = value.removeprefix("dask://").rpartition(":")
-    if value.startswith("dask://") and sep and host and port.isdigit() and 0 < int(port) < 65536:
+    named = bool(HOST.fullmatch(host))
+    if value.startswith("dask://") and sep and named and port.isdigit() and 0 < int(port) < 65536:
         return value
     raise ValueError(f"executor {value!r} is not one of {EXECUTOR_FORMS}")
 

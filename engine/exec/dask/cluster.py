@@ -9,6 +9,7 @@ that would not be told.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -66,6 +67,29 @@ def dask_setup(worker: Any = None) -> None:
         os.setsid()
 
 
+async def _listening(address: str, timeout: float) -> None:
+    """Refuse at once an address where nothing listens (Dask's client would retry it until
+    its timeout)."""
+    host, _, port = address.removeprefix("dask://").rpartition(":")
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), timeout
+        )
+    except (OSError, TimeoutError) as exc:
+        raise _unreachable(address, exc) from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+def _unreachable(address: str | None, exc: BaseException) -> DaskUnreachable:
+    return DaskUnreachable(
+        f"cannot reach the dask scheduler at {address}: {exc}",
+        hint="start one with `dask scheduler`, or run with --executor dask to start "
+        "a local cluster",
+    )
+
+
 def _no_reruns(dask_scheduler: Any = None) -> None:
     dask_scheduler.allowed_failures = 0
 
@@ -80,6 +104,11 @@ async def connect(
     local_cluster: Any = distributed.LocalCluster
     new_client: Any = distributed.Client
 
+    # Dask's own log lines (a lost connection's tracebacks) are not the engine's: what
+    # matters reaches the ledger and the one line the engine says.
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name.split(".")[0] == "distributed":
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     cluster = None
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         if address is None:
@@ -99,15 +128,12 @@ async def connect(
             target: Any = cluster
         else:
             target = scheduler_address(address)
+            await _listening(address, timeout)
         try:
             client: Any = await new_client(target, asynchronous=True, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             if cluster is not None:
                 await cluster.close()
-            raise DaskUnreachable(
-                f"cannot reach the dask scheduler at {address}: {exc}",
-                hint="start one with `dask scheduler`, or run with --executor dask to start "
-                "a local cluster",
-            ) from None
+            raise _unreachable(address, exc) from None
     await client.run_on_scheduler(_no_reruns)
     return client, cluster

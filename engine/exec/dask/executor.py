@@ -34,7 +34,14 @@ import msgspec
 
 from engine.exec.dask import require_distributed, worker
 from engine.exec.dask.cluster import CONNECT_TIMEOUT, DaskUnreachable, connect
-from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, HeartbeatSample
+from engine.exec.executor import (
+    Attempt,
+    AttemptOutcome,
+    AttemptRequest,
+    Executor,
+    ExecutorLost,
+    HeartbeatSample,
+)
 from engine.store.logs import LOGS_DIR, attempt_base
 from ledger.atomic import fsync_dir, make_private_dir
 from ledger.events import AgentActivity, LogRef
@@ -135,11 +142,25 @@ class DaskExecutor(Executor):
                 except DaskUnreachable as exc:
                     self._unreachable = exc
                     raise
+            if self.lost():
+                raise self.lost_error("the client is not connected")
             topic = _topic(run_id)
             if topic not in self._topics:
                 self.client.subscribe_topic(topic, self._deliver)
                 self._topics.add(topic)
         return self.client
+
+    def lost(self) -> bool:
+        """Whether the scheduler was lost: the client no longer runs (reconnecting, or closed)."""
+        return self.client is not None and self.client.status != "running"
+
+    def lost_error(self, why: str) -> ExecutorLost:
+        return ExecutorLost(
+            f"the dask scheduler of {self.name} was lost ({why}): the run stops; its "
+            "attempts may still run on the workers",
+            hint="start the scheduler again at its address and resume the run: what still "
+            "runs is stopped first",
+        )
 
     def _deliver(self, event: tuple[float, dict[str, Any]]) -> None:
         """A task's message (in the client's loop: only hands it over)."""
@@ -197,6 +218,10 @@ class DaskExecutor(Executor):
                 await asyncio.wait_for(cluster.close(), CLOSE_TIMEOUT)
 
 
+class _Unreadable(Exception):
+    """A log could not be read from its worker (the worker, or the cluster, went away)."""
+
+
 class DaskAttempt(Attempt):
     """One attempt as one Dask task: its heartbeats, its outcome, its cancel."""
 
@@ -238,15 +263,20 @@ class DaskAttempt(Attempt):
 
     async def _stop(self, force: bool) -> None:
         if self.submitted and not self.task.done():
-            client = self.executor.client
-            holder = await client.run_on_scheduler(worker.claim, self.key, worker.CANCELLED_CLAIM)
-            if holder != worker.CANCELLED_CLAIM:  # a worker runs it: stop its process group
-                address = holder.rsplit("/", 1)[0]
-                await client.run(
-                    worker.cancel_attempt, self.key, force, workers=[address], on_error="ignore"
-                )
+            with contextlib.suppress(Exception):  # a lost cluster: the task ends saying so
+                await asyncio.wait_for(self._stop_remote(force), CLOSE_TIMEOUT)
         with contextlib.suppress(Exception):
             await asyncio.shield(self.task)
+
+    async def _stop_remote(self, force: bool) -> None:
+        """Take the attempt's claim, or tell the worker that holds it to stop it."""
+        client = self.executor.client
+        holder = await client.run_on_scheduler(worker.claim, self.key, worker.CANCELLED_CLAIM)
+        if holder != worker.CANCELLED_CLAIM:  # a worker runs it: stop its process group
+            address = holder.rsplit("/", 1)[0]
+            await client.run(
+                worker.cancel_attempt, self.key, force, workers=[address], on_error="ignore"
+            )
 
     def stopped(self) -> bool:
         """Whether the attempt has been cancelled."""
@@ -291,9 +321,12 @@ class DaskAttempt(Attempt):
             if self.worker is None and isinstance(exc, KilledWorker):  # queued there, unclaimed
                 self.worker = getattr(getattr(exc, "last_worker", None), "address", None)
             return _lost(str(exc), self.worker)
-        except (OSError, FutureCancelledError) as exc:  # the cluster went away meanwhile
-            return _lost(f"{type(exc).__name__}: {exc}", self.worker)
-        except Exception as exc:  # an error in the engine's own code on the worker
+        except Exception as exc:
+            if self.executor.lost():  # not a worker: the scheduler went away
+                raise self.executor.lost_error(f"{type(exc).__name__}: {exc}") from None
+            if isinstance(exc, (OSError, FutureCancelledError)):  # its worker went away
+                return _lost(f"{type(exc).__name__}: {exc}", self.worker)
+            # An error in the engine's own code on the worker.
             return _failed(f"the attempt's task failed on the dask worker: {exc!r}")
         finally:
             del future  # its result is not kept on the worker
@@ -312,6 +345,10 @@ class DaskAttempt(Attempt):
             for ref in (outcome.stdout, outcome.stderr):
                 if ref is not None:
                     await self._copy(client, finished, ref)
+        except _Unreadable as exc:  # its worker went away with the logs: the attempt is lost
+            if self.executor.lost():
+                raise self.executor.lost_error(str(exc)) from None
+            return _lost(f"its logs could not be copied: {exc}", finished.worker)
         except (OSError, ValueError) as exc:
             error = f"cannot copy the attempt's log from worker {finished.worker}: {exc}"
             return AttemptOutcome(  # the logs are not what the command printed
@@ -342,21 +379,34 @@ class DaskAttempt(Attempt):
         partial = target.with_name(f".{target.name}.copy")
         digest = hashlib.sha256()
         offset = 0
-        with open(partial, "wb") as file:
-            while offset < ref.size:
-                got = await client.run(
-                    worker.read_chunk, source, offset, CHUNK, workers=[finished.worker]
-                )
-                chunk: bytes = got[finished.worker]
-                if not chunk:
-                    break
-                file.write(chunk)
-                digest.update(chunk)
-                offset += len(chunk)
-            file.flush()
-            os.fsync(file.fileno())
-        if f"sha256:{digest.hexdigest()}" != ref.sha256 or offset != ref.size:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with open(fd, "wb") as file:
+                while offset < ref.size:
+                    chunk = await self._chunk(client, finished, source, offset)
+                    if not chunk:
+                        break
+                    file.write(chunk)
+                    digest.update(chunk)
+                    offset += len(chunk)
+                file.flush()
+                os.fsync(file.fileno())
+            if f"sha256:{digest.hexdigest()}" != ref.sha256 or offset != ref.size:
+                raise ValueError(f"{ref.path} arrived with {offset} bytes not matching its sha256")
+        except BaseException:
             partial.unlink(missing_ok=True)
-            raise ValueError(f"{ref.path} arrived with {offset} bytes not matching its sha256")
+            raise
         os.replace(partial, target)
         fsync_dir(self.request.run_dir / LOGS_DIR)
+
+    @staticmethod
+    async def _chunk(client: Any, finished: worker.Finished, source: str, offset: int) -> bytes:
+        """``CHUNK`` bytes of a staged log from ``offset``, read on its worker."""
+        try:
+            got = await client.run(
+                worker.read_chunk, source, offset, CHUNK, workers=[finished.worker]
+            )
+        except Exception as exc:
+            raise _Unreadable(f"{type(exc).__name__}: {exc}") from None
+        chunk: bytes = got[finished.worker]
+        return chunk
