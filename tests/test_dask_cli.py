@@ -107,14 +107,16 @@ def test_a_bad_executor_option_is_refused(tmp_path: Path, args: list[str], says:
 
 def test_the_workflow_executor_field(tmp_path: Path) -> None:
     spec = load_workflow(_workflow(tmp_path, "executor: dask://127.0.0.1:8786\n")).spec
-    assert spec.executor == "dask://127.0.0.1:8786"
+    assert spec.executor is not None and spec.executor.address == "dask://127.0.0.1:8786"
     wf = write_workflow(tmp_path, WORKFLOW + "executor: {address: dask, workers: 3}\n", "w2.yml")
     executor = load_workflow(wf).spec.executor
-    assert executor is not None and not isinstance(executor, str) and executor.workers == 3
-    bad = write_workflow(tmp_path, WORKFLOW + "executor: dask://x\n", "bad.yml")
-    done = _engine(tmp_path, "validate", str(bad))
-    assert done.returncode == 2 and "bad.yml:" in done.stderr
-    assert "is not one of local, dask, or dask://HOST:PORT" in done.stderr
+    assert executor is not None and executor.workers == 3
+    for value in ("dask://x", "{address: 'dask://a b:1'}", "foo"):
+        bad = write_workflow(tmp_path, WORKFLOW + f"executor: {value}\n", "bad.yml")
+        done = _engine(tmp_path, "validate", str(bad))
+        assert done.returncode == 2 and "bad.yml:" in done.stderr
+        assert "is not one of local, dask, or dask://HOST:PORT" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one line, one error
 
 
 def test_worktree_isolation_with_dask_is_refused_in_one_line(tmp_path: Path) -> None:

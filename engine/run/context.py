@@ -36,7 +36,6 @@ from engine.store.receipts import ReceiptWriter, write_missing
 from engine.workflow.environment import Environment, resolve
 from engine.workflow.load import LoadedWorkflow
 from engine.workflow.spec import Step, Workflow
-from engine.workflow.spec_executor import ExecutorSpec
 from engine.workflow.variables import item_context, run_context
 from ledger.events import Event, RunCompleted
 from ledger.times import reading
@@ -55,10 +54,8 @@ def _executor(options: RunOptions, spec: Workflow) -> Executor:
     a worktree per attempt is made on this machine.
     """
     name, workers = options.executor_name, options.workers
-    if name is None and isinstance(spec.executor, ExecutorSpec):
+    if name is None and spec.executor is not None:
         name, workers = spec.executor.address, workers or spec.executor.workers
-    elif name is None and isinstance(spec.executor, str):
-        name = spec.executor
     if name is None or name == "local":
         return LocalExecutor()
     if spec.map is not None and spec.map.isolation == "worktree":

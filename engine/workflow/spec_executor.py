@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = ["EXECUTOR_FORMS", "ExecutorField", "ExecutorSpec", "check_executor"]
 
@@ -45,5 +45,10 @@ class ExecutorSpec(BaseModel):
             raise ValueError("executor.workers is for address: dask (a local cluster)")
 
 
-ExecutorField = Annotated[str, AfterValidator(check_executor)] | ExecutorSpec | None
-"""The type of ``Workflow.executor``."""
+def _as_spec(value: Any) -> Any:
+    """``executor: ADDRESS`` is ``executor: {address: ADDRESS}`` (one type, one error)."""
+    return {"address": value} if isinstance(value, str) else value
+
+
+ExecutorField = Annotated[ExecutorSpec | None, BeforeValidator(_as_spec)]
+"""The type of ``Workflow.executor``: a string is read as the address."""
