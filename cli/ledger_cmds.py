@@ -341,20 +341,30 @@ def _read_report(path: Path | None) -> bytes | None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
 @click.pass_obj
 def audit_report(obj: Context, run: str, fmt: str, output: Path | None) -> None:
-    """A run's audit trail for review: who, when, what, and every item's attempts."""
+    """A run's audit trail for review: who, when, what, and every item's attempts.
+
+    Integrity first: whether the ledger's hash chain verified (exit 1 when it did
+    not: the report is still made, of the records before the damage). The links to
+    the logs are relative to the run directory: write the report there (-o
+    RUN_DIR/report.html) for them to open; `engine logs` reads them anywhere.
+    """
     ref = obj.run(run, allow_ledger_file=False)
-    data = render_report(build_report(ref.run_dir, home=obj.home), fmt)
+    report = build_report(ref.run_dir, home=obj.home)
+    data = render_report(report, fmt)
     if output is None:
         click.echo(data.decode(), nl=False)
-        return
-    try:
-        atomic_write(output, data)
-    except OSError as exc:
-        raise EngineError(
-            f"{output}: cannot write the report ({exc.strerror})",
-            hint="check that its directory exists and is writable",
-        ) from None
-    click.echo(f"wrote {output}")
+    else:
+        try:
+            atomic_write(output, data)
+        except OSError as exc:
+            raise EngineError(
+                f"{output}: cannot write the report ({exc.strerror})",
+                hint="check that its directory exists and is writable",
+            ) from None
+        click.echo(f"wrote {output}")
+    if not report.integrity.verified:  # the report says so too; so does the exit code
+        click.echo(f"LEDGER NOT VERIFIED: {report.integrity.problem}", err=True)
+        raise SystemExit(1)
 
 
 @cli.command("schema")

@@ -151,11 +151,15 @@ def test_verify_names_each_receipt_that_does_not_match_the_ledger(tmp_path: Path
         msgspec.json.encode(_receipts_of(edited) | {"item": "dead", "last_seq": 3}), type=Receipt
     )
     (directory / receipt_name("dead")).write_bytes(msgspec.json.encode(forged))
+    # A receipt "from the future" (past the ledger's end) of a run nobody runs: forged too.
+    ahead = msgspec.structs.replace(forged, item="ghost", last_seq=10**6)
+    (directory / receipt_name("ghost")).write_bytes(msgspec.json.encode(ahead))
 
     code, out, err = _verify(result)
     assert code == 1, out + err
     lines = [line for line in err.splitlines() if line.startswith("RECEIPT ")]
-    assert len(lines) == 4, err
+    assert len(lines) == 5, err
+    assert any(f"{receipt_name('ghost')}: a receipt of item 'ghost'" in li for li in lines)
     assert any(f"{receipt_name('flaky')}: item 'flaky': attempts differs" in li for li in lines)
     assert any("item 'plain' succeeded (seq " in li and "has no receipt" in li for li in lines)
     assert any(f"{receipt_name(HOSTILE)}: not a receipt" in li for li in lines)
@@ -163,10 +167,10 @@ def test_verify_names_each_receipt_that_does_not_match_the_ledger(tmp_path: Path
         f"{receipt_name('dead')}: a receipt of item 'dead', which has no success" in li
         for li in lines
     )
-    assert "RECEIPTS: 4 problems in 3 receipts of 3 succeeded items" in err
+    assert "RECEIPTS: 5 problems in 4 receipts of 3 succeeded items" in err
     report = json.loads(_verify(result, "--json")[1])
-    assert report["ok"] is False and report["receipts"]["checked"] == 3
-    assert len(report["receipts"]["problems"]) == 4
+    assert report["ok"] is False and report["receipts"]["checked"] == 4
+    assert len(report["receipts"]["problems"]) == 5
 
 
 def _receipts_of(path: Path) -> dict[str, object]:

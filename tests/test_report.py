@@ -84,10 +84,10 @@ def _ledger(home: Path) -> Path:
     return run_dir
 
 
-def _report(home: Path, fmt: str = "json") -> str:
-    result = _engine(home, "audit", "report", "r", "--format", fmt)
-    assert result.exit_code == 0, result.output
-    return result.output
+def _report(home: Path, fmt: str = "json", *, code: int = 0) -> str:
+    result = CliRunner().invoke(cli, ["--home", str(home), "audit", "report", "r", "--format", fmt])
+    assert result.exit_code == code, result.output
+    return result.stdout
 
 
 def test_every_section_has_what_the_ledger_recorded(tmp_path: Path) -> None:
@@ -135,10 +135,10 @@ def test_a_corrupt_ledger_is_reported_not_verified_up_to_the_bad_record(tmp_path
     lines = ledger.read_bytes().splitlines(keepends=True)
     lines[5] = lines[5].replace(b'"timed out"', b'"timed_out"')
     ledger.write_bytes(b"".join(lines))
-    r = json.loads(_report(home))
+    r = json.loads(_report(home, code=1))
     assert not r["integrity"]["verified"] and "seq 5" in r["integrity"]["problem"]
     assert r["integrity"]["head_seq"] == 4
-    assert "NOT verified: seq 5" in _report(home, "html")
+    assert "NOT verified: seq 5" in _report(home, "html", code=1)
 
 
 @pytest.mark.parametrize("fmt", ["md", "json", "html"])
@@ -179,3 +179,69 @@ def test_verify_report_fails_a_changed_ledger_and_an_edited_report(
     changed = _engine(home, "audit", "verify", "r", "--report", str(out))
     assert changed.exit_code == 1 and "the ledger changed" in changed.output
     assert run_dir.name == "r"
+
+
+def test_verify_report_fails_a_backdated_a_foreign_and_another_runs_report(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    _ledger(home)
+    out = tmp_path / "report.json"
+    assert _engine(home, "audit", "report", "r", "--format", "json", "-o", str(out)).exit_code == 0
+    made = json.loads(out.read_text())
+    for change, says in [
+        ({"generated_at": "2020-01-01T00:00:00.000000Z"}, "before the last record it covers"),
+        ({"generated_by": "9.9.9"}, "the report was made by engine 9.9.9"),
+    ]:
+        out.write_text(json.dumps({**made, **change}))
+        bad = _engine(home, "audit", "verify", "r", "--report", str(out))
+        assert bad.exit_code == 1 and says in bad.output, bad.output
+    made["identity"]["run_id"] = "another"
+    out.write_text(json.dumps(made))
+    bad = _engine(home, "audit", "verify", "r", "--report", str(out))
+    assert bad.exit_code == 1 and "the report is of run 'another', not of 'r'" in bad.output
+
+
+def test_a_report_of_a_corrupt_ledger_is_made_and_exits_1(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ledger = _ledger(home) / "ledger.ndjson"
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    lines[5] = lines[5].replace(b'"timed out"', b'"timed_out"')
+    ledger.write_bytes(b"".join(lines))
+    out = tmp_path / "report.html"
+    done = _engine(home, "audit", "report", "r", "--format", "html", "-o", str(out))
+    assert done.exit_code == 1 and "LEDGER NOT VERIFIED: seq 5" in done.output, done.output
+    assert "NOT verified: seq 5" in out.read_text()
+
+
+SIG = "abcdef012345"
+
+
+def test_verify_report_checks_its_patterns_as_the_home_had_them(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _ledger(home)
+    with LedgerWriter.open(home / "runs" / "r2", "r2", create=True, command="engine run") as w:
+        w.append_many(
+            [
+                ItemEnqueued(item="x", index=0),
+                ItemDispatched(item="x", attempt=1, idempotency_key="ik-x"),
+                *[
+                    ItemFailed(item="x", attempt=n, error_type="timeout", signature=SIG)
+                    for n in (1, 2, 3)
+                ],
+            ]
+        )
+    assert _engine(home, "patterns", "ack", SIG, "--note", "raised the timeout").exit_code == 0
+    out = tmp_path / "report.json"
+    assert _engine(home, "audit", "report", "r2", "--format", "json", "-o", str(out)).exit_code == 0
+    made = json.loads(out.read_text())
+    (pattern,) = made["failures"]["patterns"]
+    assert (pattern["signature"], pattern["state"], pattern["runs"]) == (SIG, "acknowledged", 1)
+    # Later work in the home (another ack, another run) does not change what it had then.
+    assert _engine(home, "patterns", "ack", SIG, "--note", "and again").exit_code == 0
+    ok = _engine(home, "audit", "verify", "r2", "--report", str(out))
+    assert ok.exit_code == 0, ok.output
+    pattern["note"] = "approved by the auditor"
+    out.write_text(json.dumps(made))
+    bad = _engine(home, "audit", "verify", "r2", "--report", str(out))
+    assert bad.exit_code == 1 and "failures.patterns[0].note differs" in bad.output, bad.output

@@ -14,6 +14,7 @@ import msgspec
 from click.testing import CliRunner, Result
 
 from cli.main import cli
+from engine.views.report_md import render_markdown
 from engine.views.report_model import (
     AttemptRow,
     Failures,
@@ -173,6 +174,30 @@ def test_the_item_table_sorts_filters_and_opens_an_item(tmp_path: Path) -> None:
         assert details["receipt"] == "no receipt (the item did not succeed)"
         assert details["ticks"] and all(len(t) == 8 and t[2] == ":" for t in details["ticks"])
         assert details["bars"] == 3
+        assert_clean(page)
+
+
+def test_the_markdown_form_carries_hostile_ids_as_inert_text() -> None:
+    hostile = "<script>alert(1)</script> *x* [l](javascript:y) |"
+    page = render_markdown(_report([_item(0, hostile, [("succeeded", 1.0)]), *[]]))
+    body = page.rsplit("<!-- engine-report", 1)[0]  # the trailer is base64
+    assert "<script>" not in body
+    assert "](javascript" not in body.replace("\\](javascript", "")  # a link only if unescaped
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; \\*x\\* \\[l\\](javascript:y) \\|" in body
+
+
+def test_items_named_like_object_properties_open_only_when_clicked(tmp_path: Path) -> None:
+    names = ["constructor", "__proto__", "toString", "hasOwnProperty"]
+    path = _page(
+        tmp_path, _report([_item(i, n, [("succeeded", 1.0)]) for i, n in enumerate(names)])
+    )
+    with Browser(tmp_path) as browser:
+        page = browser.open(path)
+        assert column(page, 0) == names
+        details = "document.querySelectorAll('#items-table tr.item-detail').length"
+        assert page.js(details) == 0
+        page.click("#items-table tr.item-row")
+        assert page.js(details) == 1
         assert_clean(page)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import msgspec
 
 from ledger.atomic import atomic_write, make_private_dir
+from ledger.lock import RunLock
 from projections.receipts import Receipt, ReceiptsProjection
 from projections.replay import replay
 
@@ -168,9 +169,14 @@ class ReceiptsCheck(msgspec.Struct, frozen=True, kw_only=True):
         if self.ok:
             return f"ok receipts: {self.checked:,} checked, each matches the ledger"
         return (
-            f"RECEIPTS: {len(self.problems):,} problems in {self.checked:,} receipts "
+            f"RECEIPTS: {_many(len(self.problems), 'problem')} in "
+            f"{_many(self.checked, 'receipt')} "
             f"of {self.succeeded:,} succeeded items"
         )
+
+
+def _many(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
 
 
 _DECODER = msgspec.json.Decoder(Receipt)
@@ -183,9 +189,10 @@ def _differs(found: Receipt, expected: Receipt) -> list[str]:
 def check_receipts(run_dir: Path, ledger: Path) -> ReceiptsCheck:
     """Every receipt file of the run against the receipts its (verified) ledger folds to.
 
-    A receipt of a success recorded after the ledger was read (an engine still
-    running) is not judged.
+    While an engine holds the run, a receipt of a success recorded after the ledger
+    was read is not judged (it is being written); otherwise it is a forgery.
     """
+    live = RunLock(run_dir).probe() is not None
     fold = ReceiptsProjection()
     p = replay(ledger, verify=False, extra=(fold,))
     expected = fold.receipts
@@ -210,7 +217,7 @@ def check_receipts(run_dir: Path, ledger: Path) -> ReceiptsCheck:
             continue
         item = names.get(name)
         if item is None:
-            if found.last_seq > p.seq:
+            if live and found.last_seq > p.seq:
                 continue  # recorded after the ledger was read
             problems.append(
                 f"{where}: a receipt of item {found.item!r}, which has no success in the "

@@ -368,24 +368,31 @@ NAMED: dict[str, Named] = {
 }
 
 
-def connect(ledgers: Sequence[Path], acks: Path | None = None) -> Any:
-    """A DuckDB connection with ``events``, the convenience views and ``acks``."""
+def connect(ledgers: Sequence[Path], acks: Path | None = None, *, until: str | None = None) -> Any:
+    """A DuckDB connection with ``events``, the convenience views and ``acks`` (of the
+    records up to ``until``, an RFC 3339 time, when given)."""
     import duckdb  # noqa: PLC0415 - only the query commands need it
 
     if not ledgers:
         raise QueryError("there are no ledgers to query", hint="run a workflow first")
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    upto = (
+        ""
+        if until is None
+        else (f" AND CAST(ts AS TIMESTAMP) <= CAST({_literal(until)} AS TIMESTAMP)")
+    )
     con.execute(
         "CREATE VIEW events AS SELECT v, seq, CAST(ts AS TIMESTAMP) AS ts, type, run, data, hash, "
         f"{_usage_columns()} FROM {_read(ledgers)} WHERE hash IS NOT NULL AND type IS NOT NULL"
+        + upto
     )
     con.execute(VIEWS)
     if acks is not None and acks.is_file():
         con.execute(
             "CREATE VIEW acks AS SELECT CAST(ts AS TIMESTAMP) AS ts, data->>'signature' AS "
             "signature, data->>'note' AS note, data->>'ref' AS ref, data->>'by' AS by "
-            f"FROM {_read([acks])} WHERE type = 'pattern.acknowledged'"
+            f"FROM {_read([acks])} WHERE type = 'pattern.acknowledged'" + upto
         )
     else:
         con.execute(

@@ -89,13 +89,14 @@ def build_report(
     items = _items(p, folds, receipts)
     by_type = _by_type(folds)
     signatures = p.signatures.to_json().signatures
+    now = now or utc_now()
     recurring = (
-        cross_run_patterns(home, {s.signature for s in signatures})
+        cross_run_patterns(home, {s.signature for s in signatures}, until=now)
         if home is not None and patterns
         else []
     )
     return Report(
-        generated_at=now or utc_now(),
+        generated_at=now,
         generated_by=engine_version(),
         integrity=_integrity(p, problem),
         identity=_identity(run_dir, home, p, folds),
@@ -120,6 +121,7 @@ def _integrity(p: Projections, problem: str | None) -> Integrity:
         records=records,
         head_seq=records - 1,
         head_hash=scan.last_hash.decode() if scan is not None else "",
+        head_ts=p.run.last_ts,
         ledger_bytes=scan.end_offset if scan is not None else 0,
         torn_tail=scan is not None and scan.torn is not None,
         recoveries=[Recovery(**msgspec.structs.asdict(r)) for r in p.run.recoveries],

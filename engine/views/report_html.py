@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import html
 import re
+import urllib.parse
 from importlib import resources
 from typing import Any
 
 import msgspec
 
 from engine.views.durations import human_duration
-from engine.views.report_md import Table, sections
+from engine.views.report_md import Link, Table, sections
 from engine.views.report_model import Report
 from ledger.times import epoch, rfc3339
 
@@ -41,6 +42,8 @@ text-align:left;vertical-align:top}th{background:#f5f5f5}code,pre{font:12px ui-m
 pre{background:#f7f7f7;padding:1em;overflow:auto}.muted{color:#777}
 .ok{color:#2e7d32;font-weight:600}.bad{color:#c62828;font-weight:600}
 td.wrap{white-space:pre-wrap;max-width:28em;font:12px ui-monospace,monospace}
+section>table,details>table{display:block;max-width:100%;overflow-x:auto}
+td{overflow-wrap:anywhere;max-width:36em}th{white-space:nowrap}
 """
 
 
@@ -52,8 +55,14 @@ def _asset(name: str) -> str:
     return resources.files("engine.views").joinpath("report_assets", name).read_text("utf-8")
 
 
+def _cell(v: Any) -> str:
+    if isinstance(v, Link):  # a file of the run: the report read from the run directory
+        return f"<td><a href='{_h(urllib.parse.quote(v.href))}'>{_h(v.text)}</a></td>"
+    return f"<td>{_h(v)}</td>"
+
+
 def _rows(rows: list[list[Any]]) -> str:
-    return "".join("<tr>" + "".join(f"<td>{_h(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
 
 
 def _table(t: Table, level: str = "h3") -> str:

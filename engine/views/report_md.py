@@ -10,7 +10,10 @@ whole Report as JSON (base64) in an HTML comment, ``<!-- engine-report ... -->``
 from __future__ import annotations
 
 import base64
+import html
 import re
+import shlex
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +27,14 @@ __all__ = ["EMBED", "Section", "Table", "embedded_md", "render_markdown", "secti
 
 EMBED = re.compile(rb"\n<!-- engine-report ([A-Za-z0-9+/=]+) -->\n\Z")
 """The trailing comment of a Markdown report that carries the Report."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A table cell that links a file of the run (``href``: relative to the run directory)."""
+
+    text: str
+    href: str
 
 
 @dataclass
@@ -178,12 +189,13 @@ def _outcome(r: Report) -> Section:
     return Section("outcome", "Outcome", tables)
 
 
-def _log(ref: Any) -> str:
-    return "-" if ref is None else f"{ref.path} ({ref.size:,} bytes, {ref.sha256})"
+def _log(ref: Any) -> Link | str:
+    return "-" if ref is None else Link(f"{ref.path} ({ref.size:,} bytes, {ref.sha256})", ref.path)
 
 
 def _failure_rows(r: Report) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
     f = r.failures
+    run = r.identity.run_id
     attempts = [
         [
             a.item,
@@ -198,6 +210,7 @@ def _failure_rows(r: Report) -> tuple[list[Any], list[Any], list[Any], list[Any]
             a.stderr_tail[-500:],
             _log(a.stdout),
             _log(a.stderr),
+            f"engine logs {shlex.quote(run)} {shlex.quote(a.item)} --attempt {a.attempt}",
         ]
         for a in f.attempts
     ]
@@ -262,8 +275,10 @@ def _failures(r: Report) -> Section:
                     "stderr tail",
                     "stdout log",
                     "stderr log",
+                    "read it with",
                 ],
                 attempts,
+                none="none (log paths are relative to the run directory)",
             ),
             Table(
                 "Dead-letter queue",
@@ -366,9 +381,22 @@ def sections(r: Report) -> list[Section]:
     return [_integrity(r), _identity(r), _outcome(r), _failures(r)]
 
 
+MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
+"""Characters a Markdown renderer would read as markup, escaped with a backslash."""
+
+
+def md_text(value: Any) -> str:
+    """Any text (an item id, a message, stderr) as inert Markdown on one line: no HTML,
+    no markup, no table cell break."""
+    text = html.escape("" if value is None else str(value), quote=False)
+    return MD_SPECIAL.sub(r"\\\1", text).replace("\r", " ").replace("\n", " ")
+
+
 def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     def cell(v: Any) -> str:
-        return ("" if v is None else str(v)).replace("|", "\\|").replace("\n", " ")
+        if isinstance(v, Link):
+            return f"[{md_text(v.text)}](<{urllib.parse.quote(v.href)}>)"
+        return md_text(v)
 
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
@@ -379,18 +407,19 @@ def _md_section(title: str, tables: list[Table]) -> list[str]:
     lines = ["", f"## {title}"]
     for t in tables:
         if t.title:
-            lines += ["", f"### {t.title}"]
+            lines += ["", f"### {md_text(t.title)}"]
         lines += [""] + (_md_table(t.headers, t.rows) if t.rows else [t.none])
     return lines
 
 
 def render_markdown(r: Report) -> str:
-    lines = [f"# Audit report: run `{r.identity.run_id}`"]
+    lines = [f"# Audit report: run {md_text(r.identity.run_id)}"]
     for s in sections(r):
         lines += _md_section(s.title, s.tables)
     lines += _md_section("Items", item_tables(r))
-    fence = "````" if "```" in r.identity.workflow.text else "```"
     text = r.identity.workflow.text.rstrip()
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
     lines += ["", "## Workflow", "", fence + "yaml", text, fence, ""]
     embed = base64.b64encode(msgspec.json.encode(r)).decode()
     return "\n".join(lines) + f"\n<!-- engine-report {embed} -->\n"

@@ -64,6 +64,8 @@ class Integrity(msgspec.Struct, kw_only=True):
     """The seq of the last record the report covers (-1: an empty ledger)."""
     head_hash: str
     """That record's hash: a report names the ledger it was made of."""
+    head_ts: str | None = None
+    """That record's time."""
     ledger_bytes: int
     torn_tail: bool = False
     """A torn tail (a record cut by a crash) is at the ledger's end now (a writer will

@@ -194,8 +194,9 @@ def _ts(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def cross_run_patterns(home: Path, signatures: set[str]) -> list[Pattern]:
-    """The ``failure patterns`` named query over the home's ledgers, for ``signatures``."""
+def cross_run_patterns(home: Path, signatures: set[str], *, until: str) -> list[Pattern]:
+    """The ``failure patterns`` named query over the home's ledgers, for ``signatures``, as
+    they stood at ``until`` (records and acknowledgements up to then: the same again later)."""
     if not signatures:
         return []
     from engine.views.query import connect, run_named  # noqa: PLC0415 - DuckDB only here
@@ -203,7 +204,8 @@ def cross_run_patterns(home: Path, signatures: set[str]) -> list[Pattern]:
     ledgers = [r.ledger for r in list_runs(home) if r.ledger.is_file()]
     if not ledgers:
         return []
-    result = run_named(connect(ledgers, acks=patterns_ledger(home)), "failure patterns")
+    con = connect(ledgers, acks=patterns_ledger(home), until=until)
+    result = run_named(con, "failure patterns")
     out = []
     for row in result.rows:
         r = dict(zip(result.columns, row, strict=True))

@@ -173,7 +173,7 @@
 
   function init(root, report) {
     var all = rows(report);
-    var state = { text: "", status: "", error: "", key: null, dir: 1, shown: PAGE, open: {} };
+    var state = { text: "", status: "", error: "", key: null, dir: 1, shown: PAGE, open: Object.create(null) };
     var filter = el("input", { id: "items-filter", type: "search", placeholder: "filter: item, status, error type", "aria-label": "filter items" });
     var status = el("select", { id: "items-status", "aria-label": "status" });
     var error = el("select", { id: "items-error", "aria-label": "error type" });
