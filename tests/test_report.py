@@ -112,7 +112,7 @@ def test_every_section_has_what_the_ledger_recorded(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert failed[0]["signal"] == 15 and failed[0]["stderr_tail"] == "still waiting..."
     assert failed[0]["stderr"]["path"] == "logs/a-1.err" and failed[1]["exit_code"] == 1
-    dlq = {d["item"]: d for d in r["failures"]["dlq"]}
+    dlq = {d["item_id"]: d for d in r["failures"]["dlq"]}
     assert dlq["b"]["needs_review"] and "'permission denied'" in dlq["b"]["rule"]
     assert dlq["c"]["reprocessable"] and "transient" in dlq["c"]["rule"]
     assert {s["signature"]: s["count"] for s in r["failures"]["signatures"]} == {

@@ -21,7 +21,6 @@ import msgspec
 from engine import engine_version
 from engine.views.report_cost import cost_of
 from engine.views.report_model import (
-    DLQRow,
     Failures,
     Identity,
     Integrity,
@@ -34,7 +33,7 @@ from engine.views.report_model import (
 )
 from engine.views.report_parts import AuditFold, cross_run_patterns
 from engine.views.stats import stats_of
-from engine.views.status import dlq_entries, triage_rule
+from engine.views.status import dlq_view
 from engine.workflow.load import load_yaml
 from ledger.errors import LedgerCorrupt
 from ledger.events import RunCreated, RunResumed
@@ -104,7 +103,7 @@ def build_report(
         failures=Failures(
             attempts=folds.audit.failed,
             by_type=by_type,
-            dlq=_dlq(p),
+            dlq=dlq_view(p),
             signatures=signatures,
             patterns=recurring,
         ),
@@ -258,24 +257,3 @@ def _outcome(
             failures=by_type,
         ),
     )
-
-
-def _dlq(p: Projections) -> list[DLQRow]:
-    out = []
-    for entry in dlq_entries(p):
-        reprocessable, review, rule = triage_rule(entry.history, entry.error_type, entry.reason)
-        out.append(
-            DLQRow(
-                item=entry.item_id,
-                attempts=entry.attempts,
-                error_type=entry.error_type,
-                signature=entry.signature,
-                last_error=entry.last_error,
-                failed_at=entry.failed_at,
-                reason=entry.reason,
-                reprocessable=reprocessable,
-                needs_review=review,
-                rule=rule,
-            )
-        )
-    return out

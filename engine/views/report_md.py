@@ -216,7 +216,7 @@ def _failure_rows(r: Report) -> tuple[list[Any], list[Any], list[Any], list[Any]
     ]
     dlq = [
         [
-            d.item,
+            d.item_id,
             d.attempts,
             d.error_type,
             d.reason,

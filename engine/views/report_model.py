@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from engine.views.stats import RunStats
+from engine.views.status import DLQItemView
 from ledger.events import LogRef
 from projections.receipts import Receipt
 from projections.signatures import SignatureStat
@@ -23,7 +24,6 @@ __all__ = [
     "REPORT_VERSION",
     "AttemptRow",
     "Control",
-    "DLQRow",
     "FailedAttempt",
     "Failures",
     "Identity",
@@ -173,20 +173,6 @@ class FailedAttempt(msgspec.Struct, kw_only=True):
     worker: str | None = None
 
 
-class DLQRow(msgspec.Struct, kw_only=True):
-    item: str
-    attempts: int
-    error_type: str
-    signature: str
-    last_error: str
-    failed_at: str
-    reason: str
-    reprocessable: bool
-    needs_review: bool
-    rule: str
-    """Which triage rule decided (a sentence: why reprocessable, or why a person must look)."""
-
-
 class Pattern(msgspec.Struct, kw_only=True):
     """A failure signature of this run seen across the home's runs."""
 
@@ -207,7 +193,8 @@ class Failures(msgspec.Struct, kw_only=True):
     attempts: list[FailedAttempt] = []
     """Every failed attempt, in ledger order."""
     by_type: dict[str, int] = {}
-    dlq: list[DLQRow] = []
+    dlq: list[DLQItemView] = []
+    """The dead-letter queue, as ``engine dlq list --json`` has it (with each triage's rule)."""
     signatures: list[SignatureStat] = []
     patterns: list[Pattern] = []
 

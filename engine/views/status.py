@@ -179,6 +179,8 @@ class DLQItemView(msgspec.Struct, kw_only=True):
     """Its failures look transient: a retry may well succeed (see :func:`triage`)."""
     needs_review: bool
     """Its failures look like something a person must fix first (see :func:`triage`)."""
+    rule: str = ""
+    """Which triage rule decided, as a sentence (:func:`triage_rule`)."""
 
 
 TRANSIENT = frozenset(TRANSIENT_ERROR_TYPES)
@@ -236,7 +238,7 @@ def dlq_entries(p: Projections) -> list[DLQEntry]:
 def dlq_view(p: Projections) -> list[DLQItemView]:
     out = []
     for entry in dlq_entries(p):
-        reprocessable, review = triage(entry.history, entry.error_type, entry.reason)
+        reprocessable, review, rule = triage_rule(entry.history, entry.error_type, entry.reason)
         out.append(
             DLQItemView(
                 item_id=entry.item_id,
@@ -248,6 +250,7 @@ def dlq_view(p: Projections) -> list[DLQItemView]:
                 reason=entry.reason,
                 reprocessable=reprocessable,
                 needs_review=review,
+                rule=rule,
             )
         )
     return out
