@@ -263,7 +263,7 @@ def report(
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     remote = "`--executor dask://` (2 workers x 8 threads)"
-    own = "`--executor dask --workers 2` (its own cluster: 2 x 1 thread)"
+    own = f"`--executor dask --workers 2` (its own cluster: 2 x {j // 2} threads)"
     bare = "bare Dask client, 16 in flight, same cluster"
     t = n * sleep / j
     return "\n".join(
@@ -281,7 +281,7 @@ def report(
                 "dask-local sleep",
                 "local sleep",
                 "dask-local one",
-                t * j / 2,
+                t,
                 own=True,
             ),
             row(bare, "bare sleep", "local sleep", "bare one", t),

@@ -148,3 +148,8 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
     pytest.importorskip("distributed", reason="the dask extra is not installed")
     with start_cluster(tmp_path_factory.mktemp("dask-cluster")) as cluster:
         yield cluster
+
+
+def witness_lines(path: Path) -> list[list[str]]:
+    """The words of each line of a witness file the tests' steps append to (none yet: [])."""
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []

@@ -24,7 +24,7 @@ from engine.exec.dask.executor import run_prefix
 from engine.exec.dask.worker import STAGING, _digest
 from ledger.reader import LedgerReader, verify_ledger
 from tests.conftest import ENGINE
-from tests.dask_cluster import DaskCluster, start_cluster, worker_directories
+from tests.dask_cluster import DaskCluster, start_cluster, witness_lines, worker_directories
 from tests.engine_helpers import DEADLINE, wait_for, write_workflow
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -55,10 +55,6 @@ def _setup(tmp_path: Path) -> Path:
     return write_workflow(tmp_path, WORKFLOW)
 
 
-def _lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _start(tmp_path: Path, wf: Path, address: str) -> subprocess.Popen[str]:
     engine = subprocess.Popen(
         [ENGINE, "run", str(wf), "--executor", address, "--run-id", "lost", "--no-progress"],
@@ -70,7 +66,9 @@ def _start(tmp_path: Path, wf: Path, address: str) -> subprocess.Popen[str]:
     )
     witness = tmp_path / "witness"
     try:
-        wait_for(lambda: len(_lines(witness)) >= ITEMS, what="every item to start on the workers")
+        wait_for(
+            lambda: len(witness_lines(witness)) >= ITEMS, what="every item to start on the workers"
+        )
     except BaseException:
         engine.kill()
         engine.communicate()
@@ -103,7 +101,7 @@ def _exactly_once(tmp_path: Path) -> None:
         if record.type == "item.succeeded"
     )
     assert succeeded == {f"i{n}": 1 for n in range(ITEMS)}
-    assert not [w for w in _lines(tmp_path / "witness") if w[0] == "overlap"]
+    assert not [w for w in witness_lines(tmp_path / "witness") if w[0] == "overlap"]
 
 
 def test_a_lost_scheduler_stops_the_run_resumable_with_nothing_lost_or_dead(

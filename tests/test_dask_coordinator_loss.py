@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ledger.reader import LedgerReader, verify_ledger
-from tests.conftest import ENGINE
-from tests.dask_cluster import DaskCluster, worker_directories, worker_pids
+from tests.conftest import ENGINE, alive
+from tests.dask_cluster import DaskCluster, witness_lines, worker_directories, worker_pids
 from tests.engine_helpers import DEADLINE, wait_for, write_workflow
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -44,18 +44,6 @@ map:
 """
 
 
-def _lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
-
-
 def test_a_killed_coordinator_resumed_stops_what_it_left_and_runs_each_item_once(
     dask_cluster: DaskCluster, tmp_path: Path
 ) -> None:
@@ -72,17 +60,19 @@ def test_a_killed_coordinator_resumed_stops_what_it_left_and_runs_each_item_once
         start_new_session=True,
     )
     try:
-        wait_for(lambda: sum(w[0] == "end" for w in _lines(witness)) >= 40, what="40 items to end")
+        wait_for(
+            lambda: sum(w[0] == "end" for w in witness_lines(witness)) >= 40, what="40 items to end"
+        )
         (tmp_path / "hold").touch()
         wait_for(
-            lambda: sum(w[0] == "held" for w in _lines(witness)) >= 4,
+            lambda: sum(w[0] == "held" for w in witness_lines(witness)) >= 4,
             what="attempts to be running on the workers",
         )
     finally:
         os.kill(engine.pid, signal.SIGKILL)
         engine.wait()
-    held = [int(w[3]) for w in _lines(witness) if w[0] == "held"]
-    assert all(_alive(pid) for pid in held), "the workers run on without the coordinator"
+    held = [int(w[3]) for w in witness_lines(witness) if w[0] == "held"]
+    assert all(alive(pid) for pid in held), "the workers run on without the coordinator"
     run_dir = tmp_path / ".engine" / "runs" / "lost"
     staging = {
         worker: directory / STAGING / _digest(run_prefix("lost", run_dir))
@@ -99,7 +89,7 @@ def test_a_killed_coordinator_resumed_stops_what_it_left_and_runs_each_item_once
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert not any(_alive(pid) for pid in held)
+    assert not any(alive(pid) for pid in held)
     left = [str(p) for path in staging.values() if path.exists() for p in path.rglob("*")]
     assert not any(path.exists() for path in staging.values()), left
     ledger = run_dir / "ledger.ndjson"
@@ -113,7 +103,7 @@ def test_a_killed_coordinator_resumed_stops_what_it_left_and_runs_each_item_once
             succeeded[record.data.item] += 1  # type: ignore[union-attr]
     names = {f"i{n}" for n in range(ITEMS)}
     assert set(succeeded) == names and all(n == 1 for n in succeeded.values())
-    lines = _lines(witness)
+    lines = witness_lines(witness)
     # The attempts left running were stopped before another of their item started.
     assert not [w for w in lines if w[0] == "overlap"], lines
     assert {int(w[3]) for w in lines if w[0] == "start"} <= set(worker_pids(address).values())

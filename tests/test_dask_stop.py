@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ledger.reader import LedgerReader, verify_ledger
-from tests.conftest import ENGINE
-from tests.dask_cluster import DaskCluster
+from tests.conftest import ENGINE, alive
+from tests.dask_cluster import DaskCluster, witness_lines
 from tests.engine_helpers import DEADLINE, wait_for, write_workflow
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -39,18 +39,6 @@ map:
         while [ -e hold ]; do sleep 0.05; done
         echo "end ${item.name} $ENGINE_ATTEMPT" >> witness
 """
-
-
-def _lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def _children(pid: int) -> set[int]:
@@ -88,7 +76,7 @@ def _once_each(tmp_path: Path, run: str) -> None:
             succeeded[record.data.item] += 1  # type: ignore[union-attr]
     names = {f"i{n}" for n in range(ITEMS)}
     assert set(succeeded) == names and all(n == 1 for n in succeeded.values()), succeeded
-    lines = _lines(tmp_path / "witness")
+    lines = witness_lines(tmp_path / "witness")
     assert not [w for w in lines if w[0] == "overlap"], lines
     starts = collections.Counter(w[1] for w in lines if w[0] == "start")
     assert set(starts) == names
@@ -123,10 +111,10 @@ def test_a_stopped_local_cluster_run_is_interrupted_leaves_nothing_and_resumes(
     )
     try:
         wait_for(
-            lambda: sum(w[0] == "start" for w in _lines(witness)) >= 2,
+            lambda: sum(w[0] == "start" for w in witness_lines(witness)) >= 2,
             what="attempts to run on the local cluster",
         )
-        started = [w for w in _lines(witness) if w[0] == "start"]
+        started = [w for w in witness_lines(witness) if w[0] == "start"]
         pids = {engine.pid, *_children(engine.pid)}
         pids |= {int(w[3]) for w in started} | {int(w[4]) for w in started}
         if how == "ctrl-c":
@@ -139,7 +127,7 @@ def test_a_stopped_local_cluster_run_is_interrupted_leaves_nothing_and_resumes(
             os.killpg(engine.pid, signal.SIGKILL)
             engine.wait()
     assert engine.returncode == 130, stderr.decode()
-    wait_for(lambda: not any(_alive(pid) for pid in pids), what="every process to end")
+    wait_for(lambda: not any(alive(pid) for pid in pids), what="every process to end")
     ledger = tmp_path / ".engine" / "runs" / "stop" / "ledger.ndjson"
     failed = [r.data for r in LedgerReader(ledger).records() if r.type == "item.failed"]
     running = {(w[1], int(w[2])) for w in started}
@@ -168,7 +156,7 @@ def test_a_paused_dask_run_lets_its_attempts_finish_starts_nothing_and_resumes(
     )
     try:
         wait_for(
-            lambda: sum(w[0] == "start" for w in _lines(witness)) >= 2,
+            lambda: sum(w[0] == "start" for w in witness_lines(witness)) >= 2,
             what="attempts to run on the workers",
         )
         pause = subprocess.run(
@@ -195,6 +183,6 @@ def test_a_paused_dask_run_lets_its_attempts_finish_starts_nothing_and_resumes(
     assert "item.dispatched" not in types[paused:], "nothing is dispatched once paused"
     assert types[paused:].count("item.succeeded") == 2
     assert "item.failed" not in types, "the running attempts were let finish"
-    assert sum(w[0] == "start" for w in _lines(witness)) == 2
+    assert sum(w[0] == "start" for w in witness_lines(witness)) == 2
     _resume(tmp_path, "paused", *executor)
     _once_each(tmp_path, "paused")

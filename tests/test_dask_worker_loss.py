@@ -21,7 +21,7 @@ import pytest
 
 from ledger.reader import LedgerReader, verify_ledger
 from tests.conftest import ENGINE
-from tests.dask_cluster import start_cluster, worker_pids
+from tests.dask_cluster import start_cluster, witness_lines, worker_pids
 from tests.engine_helpers import DEADLINE, wait_for, write_workflow
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -44,10 +44,6 @@ map:
         sleep 0.1
         echo "end ${item.name} $ENGINE_ATTEMPT" >> witness
 """
-
-
-def witness_lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def running_on(lines: list[list[str]], pid: int) -> set[tuple[str, str]]:
