@@ -43,7 +43,7 @@ pre{background:#f7f7f7;padding:1em;overflow:auto}.muted{color:#777}
 .ok{color:#2e7d32;font-weight:600}.bad{color:#c62828;font-weight:600}
 td.wrap{white-space:pre-wrap;max-width:28em;font:12px ui-monospace,monospace}
 section>table,details>table{display:block;max-width:100%;overflow-x:auto}
-td{overflow-wrap:anywhere;max-width:36em}th{white-space:nowrap}
+td{overflow-wrap:break-word;max-width:36em}th{white-space:nowrap}
 """
 
 
