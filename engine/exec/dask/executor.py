@@ -123,9 +123,6 @@ class DaskExecutor(Executor):
         self._topics: set[str] = set()
         self.attempts: dict[str, DaskAttempt] = {}
         """The attempts running, by key (their messages are handed to them)."""
-        self._unclaimed: list[str] = []
-        """Keys of attempts whose outcomes are in, their claims still to forget."""
-        self._unclaiming: asyncio.Task[None] | None = None
 
     async def ready(self, run_id: str) -> Any:
         """The client, connected (once) and subscribed to the run's topic."""
@@ -177,36 +174,18 @@ class DaskExecutor(Executor):
 
     async def reclaim(self, run_id: str, run_dir: Path) -> dict[str, int]:
         """Stop every attempt of the run still running on the cluster (a dead engine's:
-        its tasks run on without it), and forget their claims; how many were stopped,
-        by item."""
+        its tasks run on without it); how many were stopped, by item. Their claims
+        stay as long as the scheduler knows their tasks: none of them can run again."""
         client = await self.ready(run_id)
         prefix = run_prefix(run_id, run_dir)
         stopped = await client.run(worker.kill_run, prefix, on_error="ignore")
-        await client.run_on_scheduler(worker.unclaim_run, prefix)
         per_item: dict[str, int] = {}
         for items in stopped.values():
             for item in items if isinstance(items, list) else ():
                 per_item[item] = per_item.get(item, 0) + 1
         return per_item
 
-    def forget(self, key: str) -> None:
-        """Forget an attempt's claim on the scheduler, its outcome in: later, in one call
-        for every key that ended meanwhile (not in the attempt's time, nor a round trip
-        each). A claim kept longer only refuses a run that would be refused anyway."""
-        self._unclaimed.append(key)
-        if self._unclaiming is None or self._unclaiming.done():
-            self._unclaiming = asyncio.ensure_future(self._unclaim())
-
-    async def _unclaim(self) -> None:
-        while self._unclaimed and self.client is not None:
-            keys, self._unclaimed = self._unclaimed, []
-            with contextlib.suppress(Exception):  # lost with the scheduler, if it is gone
-                await self.client.run_on_scheduler(worker.unclaim, keys)
-
     async def close(self) -> None:
-        if self._unclaiming is not None:  # bounded too: the scheduler may be gone
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._unclaiming, CLOSE_TIMEOUT)
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
         self._topics.clear()
         # Bounded: a cluster whose workers died must not keep the engine from ending.
@@ -331,10 +310,7 @@ class DaskAttempt(Attempt):
         finally:
             del future  # its result is not kept on the worker
         self.worker = finished.worker
-        try:
-            return await self._copy_logs(client, finished)
-        finally:
-            self.executor.forget(self.key)
+        return await self._copy_logs(client, finished)
 
     async def _copy_logs(self, client: Any, finished: worker.Finished) -> AttemptOutcome:
         """The outcome, its logs copied into the run directory (the staging removed)."""

@@ -48,8 +48,6 @@ __all__ = [
     "read_chunk",
     "remove_staging",
     "run_attempt",
-    "unclaim",
-    "unclaim_run",
 ]
 
 CANCELLED_CLAIM = "cancelled"
@@ -106,32 +104,41 @@ class Finished:
     """The staging directory of its logs on the worker (None: no log to copy, none kept)."""
 
 
+CLAIMS = "_engine_claims"
+"""The attribute of the scheduler object that holds the claims: key -> claimant."""
+
+
+def _claims(dask_scheduler: Any) -> dict[str, str]:
+    """The scheduler's claims; the first call also installs their janitor (a scheduler
+    plugin): a claim lives exactly as long as the scheduler knows its task, so that
+    nothing can run a task again once its claim is gone (a result lost with its worker
+    is computed again while a client still holds the key: the claim refuses that run)."""
+    claims: dict[str, str] | None = dask_scheduler.__dict__.get(CLAIMS)
+    if claims is None:
+        claims = dask_scheduler.__dict__[CLAIMS] = {}
+        dask_scheduler.add_plugin(_janitor(claims), name="engine-claims", idempotent=True)
+    return claims
+
+
+def _janitor(claims: dict[str, str]) -> Any:
+    from distributed.diagnostics.plugin import SchedulerPlugin  # noqa: PLC0415 - a scheduler
+
+    class ClaimsJanitor(SchedulerPlugin):
+        def transition(self, key: Any, start: str, finish: str, *args: Any, **kw: Any) -> None:
+            if finish == "forgotten":
+                claims.pop(key, None)
+
+    return ClaimsJanitor()
+
+
 def claim(key: str, claimant: str, dask_scheduler: Any = None) -> str:
     """On the scheduler (its loop: atomic): the key's claimant, ``claimant`` if first."""
-    claims: dict[str, str] = dask_scheduler.__dict__.setdefault("_engine_claims", {})
-    return claims.setdefault(key, claimant)
+    return _claims(dask_scheduler).setdefault(key, claimant)
 
 
 def claimant(key: str, dask_scheduler: Any = None) -> str | None:
     """On the scheduler: who claimed ``key`` (``ADDRESS/PID`` of a worker), if anyone."""
-    claims: dict[str, str] = dask_scheduler.__dict__.setdefault("_engine_claims", {})
-    return claims.get(key)
-
-
-def unclaim(keys: list[str], dask_scheduler: Any = None) -> None:
-    """On the scheduler: forget the claims of ``keys`` (their outcomes are recorded)."""
-    claims: dict[str, str] = dask_scheduler.__dict__.setdefault("_engine_claims", {})
-    for key in keys:
-        claims.pop(key, None)
-
-
-def unclaim_run(prefix: str, dask_scheduler: Any = None) -> int:
-    """On the scheduler: forget every claim of a run (keys starting with ``prefix``)."""
-    claims: dict[str, str] = dask_scheduler.__dict__.setdefault("_engine_claims", {})
-    keys = [key for key in claims if _of_run(key, prefix)]
-    for key in keys:
-        del claims[key]
-    return len(keys)
+    return _claims(dask_scheduler).get(key)
 
 
 def _of_run(key: str, prefix: str) -> bool:
