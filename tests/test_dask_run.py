@@ -18,7 +18,7 @@ from engine.workflow.load import load_workflow
 from engine.workflow.spec import Step
 from ledger.reader import verify_ledger
 from tests.dask_cluster import DaskCluster
-from tests.engine_helpers import records, run_workflow, wait_for_async, within
+from tests.engine_helpers import records, run_workflow, wait_for, wait_for_async, within
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -196,3 +196,23 @@ def test_a_scheduler_that_cannot_be_reached_is_refused_before_the_run_is_created
     assert f"cannot reach the dask scheduler at dask://127.0.0.1:{port}" in str(refused.value)
     assert "\n" not in str(refused.value) and refused.value.exit_code == 2
     assert not (tmp_path / "home" / "runs" / "unreached").exists()
+
+
+def test_a_claim_lasts_as_long_as_the_scheduler_knows_its_task(dask_cluster: DaskCluster) -> None:
+    """A task's claim outlives its result (a result lost with its worker is computed again
+    while the key is held: the claim must still refuse that run), and goes with the key."""
+    from distributed import Client
+
+    from engine.exec.dask import worker
+
+    key = "engine-claimtest-0000000000000000-1-abcd"
+    with Client(dask_cluster.address.replace("dask://", "tcp://"), timeout="60s") as client:
+        future = client.submit(sum, [1, 2], key=key, pure=False)
+        assert future.result() == 3
+        assert client.run_on_scheduler(worker.claim, key, "w/1") == "w/1"
+        assert client.run_on_scheduler(worker.claim, key, "w/2") == "w/1"  # taken
+        del future  # released: the scheduler forgets the task, and its claim with it
+        wait_for(
+            lambda: client.run_on_scheduler(worker.claimant, key) is None,
+            what="the claim to go with its task",
+        )
