@@ -22,7 +22,6 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from engine.exec.executor import Attempt, AttemptOutcome, AttemptRequest, Executor, ExecutorLost
@@ -31,6 +30,8 @@ from engine.git.isolation import Isolation
 from engine.items.keys import IdempotencyKeys
 from engine.map import outcomes, policy
 from engine.map.failure_lines import FailureLines
+from engine.map.feeding import Feed, Feeding, MapOutcome, WorktreeUnmade
+from engine.map.feeding import Plan as _Plan
 from engine.map.outcomes import describe_error, failure_events, heartbeat_event, machine_resources
 from engine.store.cache import ArtifactError, ItemHooks
 from engine.store.content import ContentStore
@@ -41,30 +42,7 @@ from ledger.times import epoch, reading
 from ledger.writer import LedgerWriter
 from projections.replay import Projections
 
-__all__ = ["MapOutcome", "MapScheduler", "WorktreeUnmade"]
-
-
-class WorktreeUnmade(Exception):
-    """An attempt's worktree could not be created: the attempt fails, said."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """An item about to be dispatched."""
-
-    item: str
-    attempt: int
-    key: str
-    value: Any
-    resumes: str | None = None  # the agent session it continues (retry.resume_session)
-
-
-@dataclass
-class MapOutcome:
-    stopped: str | None = None
-    """Why dispatching stopped early: ``interrupted``, ``max_failures``, ``item_failed``,
-    ``budget`` (the run's is spent), ``engine_error`` (then ``error`` is what stopped it)."""
-    error: BaseException | None = None
+__all__ = ["Feed", "MapOutcome", "MapScheduler", "WorktreeUnmade"]
 
 
 class MapScheduler:
@@ -89,6 +67,7 @@ class MapScheduler:
         store: ContentStore | None = None,
         isolation: Isolation | None = None,
         budget: BudgetSpec | None = None,
+        feed: Feed | None = None,
     ) -> None:
         self.writer = writer
         self.p = projections
@@ -132,6 +111,8 @@ class MapScheduler:
         self._background: set[asyncio.Future[None]] = set()
         self._keys = IdempotencyKeys(spec)
         self._circuit_turn = asyncio.Lock()
+        self.feed = feed
+        """Records the items not enqueued yet, beside dispatch (see :mod:`engine.map.feeding`)."""
 
     # --- appending -------------------------------------------------------------------
 
@@ -150,6 +131,13 @@ class MapScheduler:
         self.wake.set()
 
     async def run(self) -> MapOutcome:
+        feeding = Feeding(
+            self.feed,
+            woken=self.wake.set,
+            stopped=lambda: self.stopping is not None,
+            failed=self._stop_fatally,
+            warn=self.warn,
+        )
         while True:
             try:
                 await self._dispatch_ready()
@@ -157,15 +145,16 @@ class MapScheduler:
                 if not isinstance(exc, LedgerWriteFailed):  # that one ends the run, said then
                     self.warn(f"engine: error while dispatching: {describe_error(exc)}")
                 self._stop_fatally(exc)
-            if not self.tasks and (self.stopping or self.p.pending.empty):
+            if not self.tasks and (self.stopping or (self.p.pending.empty and not feeding.active)):
                 break
             self.wake.clear()
             timeout = self._next_wakeup()
-            if self.tasks or timeout is not None or self._paused():
+            if self.tasks or timeout is not None or self._paused() or feeding.active:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
             elif self.stopping is None and not self.p.pending.empty:
                 await asyncio.sleep(0.01)
+        await feeding.finish()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self.failure_lines.flush()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 from engine.errors import IncompleteMap, ItemsError
 from engine.exec.local import orphans
-from engine.map.scheduler import MapScheduler
+from engine.map.scheduler import Feed, MapScheduler
 from engine.run.context import RunContext, unfinished
 from engine.run.enqueue import enqueue
 from engine.run.isolated import isolated, merge_variables, open_isolation, settle_merges
@@ -144,16 +144,16 @@ async def _map(run: RunContext, control: ControlWatcher) -> RunResult | None:
     is in force before the first dispatch, however late the watch reports it.
     """
     try:
-        values = await enqueue(run)
+        enqueued = await enqueue(run)
     except ItemsError as exc:
         await run.append([RunFailed(reason=str(exc))])
         raise
-    if values is None:  # the loading was stopped
+    if enqueued is None:  # the loading was stopped
         return await _halted(run) or finish_interrupted(run)
     requeued = requeue_events(run)
     if requeued:
         await run.append(requeued)
-    scheduler = run.scheduler = _scheduler(run, values)
+    scheduler = run.scheduler = _scheduler(run, enqueued.values, enqueued.feed)
     await control.apply()
     if run.interrupted:
         scheduler.stop("interrupted")
@@ -179,7 +179,7 @@ async def _map(run: RunContext, control: ControlWatcher) -> RunResult | None:
     return await finish_failed(run, reason)
 
 
-def _scheduler(run: RunContext, values: dict[str, object]) -> MapScheduler:
+def _scheduler(run: RunContext, values: dict[str, object], feed: Feed | None) -> MapScheduler:
     spec = run.spec
     assert spec.map is not None and run.writer is not None
     options = run.options
@@ -208,6 +208,7 @@ def _scheduler(run: RunContext, values: dict[str, object]) -> MapScheduler:
         store=run.store,
         isolation=run.isolation,
         budget=spec.budget,
+        feed=feed,
     )
 
 
