@@ -78,6 +78,11 @@ _INT_RANGE = 2**63
 
 def check_value(value: Any) -> str | None:
     """Why an item's value is not JSON data the engine can pass on, or None if it is."""
+    kind = type(value)
+    if (kind is str and value.isascii() and "\x00" not in value) or (
+        kind is int and -_INT_RANGE <= value < _INT_RANGE
+    ):
+        return None  # the common case, at once: plain text or a whole number
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         v, where, depth = stack.pop()
