@@ -70,6 +70,7 @@ bench: install browser
 	$(BIN)/python benchmarks/bench_dialect.py --out benchmarks/results-dialect.md
 	$(BIN)/python benchmarks/bench_dask.py --out benchmarks/results-dask.md
 	$(BIN)/python benchmarks/bench_report.py --out benchmarks/results-report.md
+	$(BIN)/python benchmarks/bench_scale.py $(if $(MILLION),--million) --out benchmarks/results-scale.md
 
 # Apart from `bench`: 200 items on a repository of 5,000 files, with and without
 # worktree isolation, three times each, takes several minutes.
