@@ -8,7 +8,7 @@ replayed from the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 from ledger.events import Event, Record
@@ -47,6 +47,16 @@ class Projection:
                 own.add(event)
                 table[event] = attr
         cls.handlers = table
+
+    def checkpoint(self, names: Iterable[str]) -> dict[str, Any]:
+        """The attributes ``names`` that make this projection's state (what a snapshot
+        keeps: :data:`projections.snapshots.STATES`)."""
+        return {name: getattr(self, name) for name in names}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back a :meth:`checkpoint` (decoded with the types of :attr:`STATE`)."""
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def apply(self, record: Record) -> None:
         """Fold one record into this projection."""

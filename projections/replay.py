@@ -19,6 +19,7 @@ from projections.items import AttemptsView, ItemsProjection, ItemsView
 from projections.queue import PendingProjection
 from projections.run import RunProjection, RunView
 from projections.signatures import SignaturesProjection, SignaturesView
+from projections.snapshots import load_snapshot
 from projections.spend import BudgetProjection
 from projections.workers import WorkersProjection, WorkersView
 from projections.worktrees import WorktreesProjection, WorktreesView
@@ -171,6 +172,7 @@ def replay(
     verify: bool = True,
     into: Projections | None = None,
     extra: Iterable[Projection] = (),
+    snapshot: bool = True,
 ) -> Projections:
     """Rebuild every projection from the ledger at ``path`` in one pass.
 
@@ -181,15 +183,23 @@ def replay(
     while this one decodes and folds. ``into``: fresh projections configured
     by the caller (a circuit breaker's error types) to fold into. ``extra``:
     on-demand folds to feed as well (``TimelineProjection``, ``StatsProjection``).
+    ``snapshot``: start from the valid snapshot beside the ledger, if any
+    (:mod:`projections.snapshots`), and fold only the records after it; never
+    with ``until``, nor when an on-demand fold asked for is not snapshotted.
     """
     extra = tuple(extra)
     if into is not None and extra:
         raise ValueError("give extra projections to Projections(extra=...) when passing into")
     projections = into if into is not None else Projections(extra=extra)
-    reader = LedgerReader(path)
+    snap = None
+    if snapshot and until is None:
+        snap = load_snapshot(path, [*projections.all(), *projections.extra])
+    if snap is not None:
+        projections.last = snap.record
+    reader = LedgerReader(path, start=None if snap is None else snap.start())
     background = None
     end = None
-    if verify and until is None and can_verify_in_background(path):
+    if verify and snap is None and until is None and can_verify_in_background(path):
         # Both passes stop at the same byte, even if a writer is appending.
         end = os.path.getsize(path)
         background = BackgroundVerify(os.fspath(path), end=end, decode=False)

@@ -34,25 +34,7 @@ from ledger.events import (
 from projections.base import Projection, handles
 from projections.spend import Spend
 
-__all__ = ["Session", "StatsProjection"]
-
-_OWN = (
-    StepSucceeded,
-    StepFailed,
-    LedgerRecovered,
-    LockAcquired,
-    ItemDispatched,
-    ItemSucceeded,
-    ItemFailed,
-    ItemRetryScheduled,
-    ItemDeadLettered,
-    ItemSkipped,
-    ItemRequeued,
-    Heartbeat,
-    RunStarted,
-    RunResumed,
-)
-"""The event types with a handler of their own below; every other type only ends the session."""
+__all__ = ["Session", "SessionsProjection", "StatsProjection"]
 
 
 class Session(msgspec.Struct, frozen=True, gc=False):
@@ -63,7 +45,14 @@ class Session(msgspec.Struct, frozen=True, gc=False):
     end: str
 
 
-class StatsProjection(Projection):
+class SessionsProjection(Projection):
+    """The sessions of a run (an engine's time on it), and its first and last record.
+
+    Every record ends the current session; a ``lock.acquired`` (or the
+    ``ledger.recovered`` before it) opens the next. Cheap (a few fields), so
+    the engine keeps it live and snapshots it; ``engine status`` reads it.
+    """
+
     def __init__(self) -> None:
         self.run_id = ""
         self.first_ts: str | None = None
@@ -74,18 +63,9 @@ class StatsProjection(Projection):
         """When the current session began."""
         self.recovering = False
         """The last record was a ``ledger.recovered``: the opening of the next session."""
-        self.attempts = 0
-        self.durations: list[float] = []
-        """Every attempt outcome's duration, in ledger order."""
-        self.failed = 0
-        self.failed_time = 0.0
-        self.backoff = 0.0
-        self.heartbeats = 0
-        self.max_parallel: int | None = None
-        self.finished: set[str] = set()
-        """Items whose last word is succeeded, dead-lettered or skipped."""
-        self.succeeded: set[str] = set()
-        self.spend = Spend()
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
 
     def all_sessions(self) -> list[Session]:
         """Every session, the current one last."""
@@ -103,7 +83,7 @@ class StatsProjection(Projection):
         self.last_ts = ts
         self.run_id = record.run
 
-    @handles(*(t for t in EVENT_TYPES.values() if t not in _OWN))
+    @handles(*(t for t in EVENT_TYPES.values() if t not in (LedgerRecovered, LockAcquired)))
     def _other(self, record: Record, e: Any) -> None:
         self._seen(record)
 
@@ -124,6 +104,26 @@ class StatsProjection(Projection):
             self._seen(record)
         else:
             self._new_session(record)
+
+
+class StatsProjection(SessionsProjection):
+    """The sessions, and the sums over attempts ``engine stats`` shows; the types with
+    no handler here only end the session (:class:`SessionsProjection`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+        self.durations: list[float] = []
+        """Every attempt outcome's duration, in ledger order."""
+        self.failed = 0
+        self.failed_time = 0.0
+        self.backoff = 0.0
+        self.heartbeats = 0
+        self.max_parallel: int | None = None
+        self.finished: set[str] = set()
+        """Items whose last word is succeeded, dead-lettered or skipped."""
+        self.succeeded: set[str] = set()
+        self.spend = Spend()
 
     @handles(ItemDispatched)
     def _dispatched(self, record: Record, e: ItemDispatched) -> None:

@@ -13,7 +13,7 @@ import msgspec
 
 from ledger.times import epoch
 from projections.replay import replay
-from projections.stats import StatsProjection
+from projections.stats import SessionsProjection, StatsProjection
 
 __all__ = ["SPEND_FIELDS", "RunStats", "engine_time", "run_stats", "stats_of"]
 
@@ -81,7 +81,7 @@ def run_stats(ledger: Path) -> RunStats:
     return stats_of(stats)
 
 
-def engine_time(p: StatsProjection) -> float:
+def engine_time(p: SessionsProjection) -> float:
     """Seconds engines spent on the run: each session (lock taken to its last record),
     summed; the time between a crash and its resume is not counted."""
     return sum(epoch(s.end) - epoch(s.start) for s in p.all_sessions())

@@ -29,7 +29,7 @@ from ledger.times import epoch
 from projections.dlq import DLQEntry, Failure
 from projections.items import ItemCounts
 from projections.replay import Projections, replay
-from projections.stats import StatsProjection
+from projections.stats import SessionsProjection
 
 __all__ = [
     "DLQItemView",
@@ -81,9 +81,9 @@ class RunStatusView(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 def status_view(ref: RunRef, p: Projections | None = None) -> RunStatusView:
     """A run's status; ``p``: its projections when they are at hand (the engine's own)."""
-    stats = p.find(StatsProjection) if p is not None else None
+    stats = p.find(SessionsProjection) if p is not None else None
     if p is None or stats is None:
-        stats = StatsProjection()
+        stats = SessionsProjection()
         fresh = replay(ref.ledger, extra=(stats,))
         p = p if p is not None else fresh
     run = p.run
@@ -141,7 +141,7 @@ def agents_lines(view: RunStatusView) -> list[str]:
     return lines
 
 
-def _took(stats: StatsProjection, *, held: bool) -> float | None:
+def _took(stats: SessionsProjection, *, held: bool) -> float | None:
     """The engines' time on the run; for a run held now, its session counts to now."""
     if stats.last_ts is None:
         return None
