@@ -55,14 +55,17 @@ def _warn_torn(torn: TornTail | None, ledger: Path) -> None:
 @click.argument("run")
 @click.option("--until", type=click.IntRange(min=0), help="Stop after this seq.")
 @click.option("--json", "as_json", is_flag=True, help="Print every projection as JSON.")
+@click.option(
+    "--full", is_flag=True, help="Fold every record from the first, ignoring the run's snapshot."
+)
 @click.pass_obj
-def replay_cmd(obj: Context, run: str, until: int | None, as_json: bool) -> None:
+def replay_cmd(obj: Context, run: str, until: int | None, as_json: bool, full: bool) -> None:
     """Rebuild a run's state by replaying its ledger.
 
     RUN is a run id, `latest`, or a path to a run directory or ledger file.
     """
     ref = obj.run(run)
-    projections = replay(ref.ledger, until=until)
+    projections = replay(ref.ledger, until=until, snapshot=not full)
     assert projections.scan is not None
     _warn_torn(projections.scan.torn, ref.ledger)
     if as_json:

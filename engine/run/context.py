@@ -33,15 +33,17 @@ from engine.redact import Redactor
 from engine.run.options import RunOptions
 from engine.store.content import ContentStore
 from engine.store.receipts import ReceiptWriter, write_missing
+from engine.store.snapshots import Checkpoints
 from engine.workflow.environment import Environment, resolve
 from engine.workflow.load import LoadedWorkflow
 from engine.workflow.spec import Step, Workflow
 from engine.workflow.variables import item_context, run_context
-from ledger.events import Event, RunCompleted
+from ledger.events import Event, RunAborted, RunCompleted, RunFailed
 from ledger.times import reading
 from ledger.writer import LedgerWriter
 from projections.receipts import ReceiptsProjection
 from projections.replay import Projections, replay
+from projections.stats import SessionsProjection
 from projections.values import ValuesProjection
 
 __all__ = ["RunContext", "unfinished"]
@@ -103,8 +105,10 @@ class RunContext:
         """The receipts of items that succeeded since the last append (written by
         :attr:`receipt_writer`)."""
         self.p = Projections(
-            circuit_on=circuit.on if circuit else (), extra=(self.values, self.receipts)
+            circuit_on=circuit.on if circuit else (),
+            extra=(self.values, self.receipts, SessionsProjection()),
         )
+        self.checkpoints = Checkpoints(self.run_dir / "ledger.ndjson")
         self.receipt_writer = ReceiptWriter(self.run_dir, warn=options.warn)
         # env_files, env, the profile, the secrets, --var (engine.workflow.environment).
         if environment is None:
@@ -194,6 +198,7 @@ class RunContext:
         records = await self.writer.append_async(events)
         self.p.apply_all(records)
         self.changed()
+        self.checkpoints.after_append(self.p, final=any(isinstance(e, _ENDS) for e in events))
 
     def changed(self) -> None:
         """After each append (applied): the receipts of the items that just succeeded are
@@ -326,6 +331,10 @@ class RunContext:
     def cancelled(self) -> bool:
         """``engine cancel`` stopped the run (``run.cancel_requested`` is recorded)."""
         return self.p.run.cancel_requested
+
+
+_ENDS = (RunCompleted, RunFailed, RunAborted)
+"""A session that appends one of these ends with a snapshot."""
 
 
 def unfinished(p: Projections) -> dict[str, list[str]]:
