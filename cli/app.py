@@ -14,6 +14,7 @@ ends the command quietly with exit 0, as Unix tools do (:func:`quiet_on_closed_s
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import traceback
@@ -25,6 +26,7 @@ from typing import Any
 import click
 import msgspec
 
+from cli.commands import COMMANDS
 from engine import engine_version
 from engine.home import RunRef, home_path, resolve_run
 from ledger.errors import EngineError
@@ -189,10 +191,44 @@ class EngineSubGroup(click.Group):
 
 
 class EngineGroup(click.Group):
-    """Turns domain errors into one-line messages and documented exit codes."""
+    """Turns domain errors into one-line messages and documented exit codes.
+
+    Its commands are loaded on use: a command's module (named in
+    :data:`cli.commands.COMMANDS`) is imported when the command is looked up,
+    and its ``@cli.command`` registers it; the group's ``--help`` lists the
+    commands from the table, importing none of them.
+    """
 
     command_class = EngineCommand
     group_class = EngineSubGroup
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(COMMANDS[cmd_name][0])
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's list of commands, with the short help of those not loaded from the table."""
+        names = [
+            n
+            for n in self.list_commands(ctx)
+            if n not in self.commands or not self.commands[n].hidden
+        ]
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, self._short_help(name, limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def _short_help(self, name: str, limit: int) -> str:
+        loaded = self.commands.get(name)
+        if loaded is not None:
+            return loaded.get_short_help_str(limit)
+        return click.utils.make_default_short_help(COMMANDS[name][1], limit)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         with quiet_on_closed_stdout():  # `engine --help | head -1`

@@ -54,8 +54,11 @@ What every command does alike:
 def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
     found = [(path, command)]
     if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            found += _walk(command.commands[name], [*path, name])
+        ctx = click.Context(command, info_name=" ".join(path))
+        for name in sorted(command.list_commands(ctx)):
+            sub = command.get_command(ctx, name)  # the top group's are loaded on use
+            assert sub is not None, name
+            found += _walk(sub, [*path, name])
     return found
 
 

@@ -31,15 +31,8 @@ if sys.argv[1:2] == ["mock-agent"]:
 
 signal.signal(signal.SIGTERM, _terminated)
 
-from cli import (  # noqa: E402, F401
-    control_cmds,
-    dlq_cmds,
-    ledger_cmds,
-    logs_cmds,
-    query_cmds,
-    run_cmds,
-    worktree_cmds,
-)
+# The commands' modules are imported on use (cli/commands.py): a help text or a
+# status starts without the workflow spec, the executors, DuckDB or rich's live display.
 from cli.app import cli, quiet_on_closed_stdout  # noqa: E402
 
 __all__ = ["cli", "main"]

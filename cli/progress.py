@@ -54,7 +54,14 @@ from engine.views.agents import (
 from engine.workflow.reading import load_yaml
 from projections.replay import Projections
 
-__all__ = ["DEFAULT_INTERVAL", "INTERVAL_ENV", "Progress", "progress_interval", "summary_table"]
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "INTERVAL_ENV",
+    "Progress",
+    "StdoutConsole",
+    "progress_interval",
+    "summary_table",
+]
 
 T = TypeVar("T")
 
@@ -437,3 +444,17 @@ def summary_table(p: Projections, *, status: str, wall: float) -> Table:
         human_duration(wall),
     )
     return table
+
+
+class StdoutConsole(Console):
+    """rich's console on stdout, whose closed pipe is the CLI's to answer.
+
+    rich's own answer is exit 1 whatever the command's outcome; raising
+    BrokenPipeError lets ``quiet_on_closed_stdout`` end with the right code.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(stderr=False)
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError

@@ -24,7 +24,6 @@ from typing import Any
 
 import click
 import msgspec
-from rich.console import Console
 
 from engine.views.durations import human_duration
 from ledger.events import LogRef, Record
@@ -32,7 +31,6 @@ from ledger.times import epoch
 from projections.replay import Projections
 
 __all__ = [
-    "StdoutConsole",
     "describe_record",
     "fit",
     "hidden_note",
@@ -326,17 +324,3 @@ def print_table(
         click.echo(line)
     if hidden:
         click.echo(f"engine: {hidden_note(hidden, how)}", err=True)
-
-
-class StdoutConsole(Console):
-    """rich's console on stdout, whose closed pipe is the CLI's to answer.
-
-    rich's own answer is exit 1 whatever the command's outcome; raising
-    BrokenPipeError lets ``quiet_on_closed_stdout`` end with the right code.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(stderr=False)
-
-    def on_broken_pipe(self) -> None:
-        raise BrokenPipeError

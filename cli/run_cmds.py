@@ -1,4 +1,4 @@
-"""Commands that run and inspect workflows: run, status, runs, dlq, validate, init, mock-agent."""
+"""Commands that run workflows: run, resume, validate, init, mock-agent."""
 
 from __future__ import annotations
 
@@ -14,17 +14,22 @@ import click
 from rich.console import Console
 
 from cli.app import Context, cli, echo_json, quiet_on_closed_stdout
-from cli.progress import DEFAULT_INTERVAL, Progress, progress_interval, summary_table
-from cli.render import StdoutConsole, human_duration, human_time, print_table
+from cli.progress import (
+    DEFAULT_INTERVAL,
+    Progress,
+    StdoutConsole,
+    progress_interval,
+    summary_table,
+)
 from cli.run_options import EXECUTOR, NO_CACHE, REFRESH_CACHE, check_workers
-from cli.worktree_cmds import branch_line, branch_next, branch_summary
+from cli.worktree_cmds import branch_next, branch_summary
 from engine.errors import WorkflowError
-from engine.home import RunRef, check_run_id, list_runs
+from engine.home import RunRef, check_run_id
 from engine.run import RunOptions, RunResult, execute_run, resume_run
 from engine.run.driver import EXIT_BUDGET
 from engine.tools.mock_agent import help_text as mock_agent_help
 from engine.tools.mock_agent import main as mock_agent_main
-from engine.views.status import RunStatusView, agents_lines, items_line, status_view
+from engine.views.status import status_view
 from engine.views.worktrees import isolation_status
 from engine.workflow.environment import validate_environment
 from engine.workflow.load import load_workflow, validate_workflow
@@ -38,8 +43,6 @@ __all__ = [
     "mock_agent_cmd",
     "resume_cmd",
     "run_cmd",
-    "runs_cmd",
-    "status_cmd",
     "validate_cmd",
 ]
 
@@ -282,109 +285,6 @@ def resume_cmd(
         refresh_cache=refresh_cache,
     )
     drive(obj, lambda o: resume_run(ref.run_dir, o), options, as_json, no_progress)
-
-
-@cli.command("status")
-@click.argument("run", default="latest")
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@click.pass_obj
-def status_cmd(obj: Context, run: str, as_json: bool) -> None:
-    """Show a run's status and item counts (RUN defaults to `latest`).
-
-    `took` is the time engines spent on the run, as `engine stats` counts its
-    wall time: each engine's session summed, so the time between a crash and
-    its resume is not counted; a run an engine holds counts to now. With
-    map.isolation: worktree, `branch` names the run's branch, how many items
-    it holds and how many attempt worktrees are kept (JSON: `isolation`).
-    Running items are listed with their agent's turns, last tool and spend
-    (claude-stream-json; JSON: `running`), then a usage limit's reset waited
-    for (`waiting`) and the spend against the budget (`budget`).
-    """
-    view = status_view(obj.run(run))
-    if as_json:
-        echo_json(view)
-        return
-    click.echo(f"run       {view.run_id}  workflow {view.workflow or '-'}  status {view.status}")
-    click.echo(_times_line(view))
-    click.echo(items_line(view))
-    if view.reason:
-        click.echo(f"reason    {view.reason}")
-    if view.paused:
-        click.echo(f"paused    no new attempts start (engine unpause {view.run_id} goes on)")
-    if view.isolation is not None:
-        click.echo(branch_line(view.isolation, view.run_id))
-    click.echo("".join(f"{line}\n" for line in agents_lines(view)), nl=False)
-    click.echo(f"dir       {view.run_dir}")
-
-
-def _times_line(view: RunStatusView) -> str:
-    """When a run started and finished, for people (``--json`` has the RFC 3339 times)."""
-    started = view.started_at
-    line = f"started   {human_time(started)}" + (f" ({started})" if started else "")
-    line += f"  finished {human_time(view.finished_at)}"
-    if view.took_s is not None:
-        line += f"  took {human_duration(view.took_s)}"
-    return line
-
-
-RUN_STATUSES = ("created", "running", "paused", "interrupted", "completed", "failed", "aborted")
-
-
-@cli.command("runs")
-@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
-@click.option(
-    "-n",
-    "--limit",
-    type=click.IntRange(min=1),
-    help="Only the newest N runs (after --status).",
-)
-@click.option(
-    "--status",
-    "statuses",
-    multiple=True,
-    type=click.Choice(RUN_STATUSES),
-    help="Only runs in this status (repeatable); paused: its engine starts nothing until unpaused.",
-)
-@click.pass_obj
-def runs_cmd(obj: Context, as_json: bool, limit: int | None, statuses: tuple[str, ...]) -> None:
-    """List the runs under the home directory, oldest first.
-
-    TOOK is the time engines spent on each run, as `engine status` shows it
-    (sessions summed; an interrupted run's ends at its last record).
-    """
-    views = _run_views(obj, set(statuses), limit)
-    if as_json:
-        echo_json(views)
-        return
-    if not views:
-        click.echo(f"no runs under {obj.home / 'runs'}" + (" match" if statuses else ""))
-        return
-    now = time.time()
-    rows = [
-        [
-            v.run_id,
-            v.status,
-            f"{v.items.total:,}",
-            f"{v.items.succeeded + v.items.skipped:,}",
-            f"{v.items.dead:,}",
-            human_time(v.started_at, now),
-            human_duration(v.took_s),
-        ]
-        for v in views
-    ]
-    columns = ["RUN", "STATUS", "ITEMS", "DONE", "DEAD", "STARTED", "TOOK"]
-    print_table(columns, rows, keep={"RUN"}, right={"ITEMS", "DONE", "DEAD", "TOOK"})
-
-
-def _run_views(obj: Context, statuses: set[str], limit: int | None) -> list[RunStatusView]:
-    """The runs' views, oldest first: those in one of ``statuses`` (all when empty), the
-    newest ``limit`` of them."""
-    refs = list_runs(obj.home)
-    if limit is not None and not statuses:
-        refs = refs[-limit:]  # only those are read
-    views = [status_view(ref) for ref in refs]
-    views = [v for v in views if not statuses or v.status in statuses]
-    return views[-limit:] if limit is not None else views
 
 
 @cli.command("validate")

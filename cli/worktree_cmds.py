@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from cli.app import EXIT_FAILED, Context, cli, echo_json
 from cli.render import print_table
-from engine.git.cleanup import Cleaned, CleanReport, clean
-from engine.git.inventory import AttemptWorktree, WorktreeList, list_worktrees
 from engine.views.worktrees import IsolationStatus
+
+if TYPE_CHECKING:  # git's modules load with the worktree commands, not with `engine status`
+    from engine.git.cleanup import Cleaned, CleanReport
+    from engine.git.inventory import AttemptWorktree, WorktreeList
 
 __all__ = [
     "branch_line",
@@ -94,6 +98,8 @@ def worktree_list(obj: Context, run: str, as_json: bool) -> None:
     run without isolation it says so (exit 0). docs/worktrees.md describes
     the JSON.
     """
+    from engine.git.inventory import list_worktrees  # noqa: PLC0415 - on use
+
     view = list_worktrees(obj.run(run))
     if as_json:
         echo_json(view)
@@ -169,6 +175,8 @@ def worktree_clean(obj: Context, run: str, everything: bool, dry_run: bool, as_j
     worktree could not be removed (one line each on stderr; nothing recorded
     for it; --json still prints the report).
     """
+    from engine.git.cleanup import clean  # noqa: PLC0415 - on use
+
     report = clean(obj.run(run, allow_ledger_file=False), everything=everything, dry_run=dry_run)
     failed = bool(report.failures)
     if as_json:

@@ -17,8 +17,8 @@ from pathlib import Path
 import msgspec
 
 from engine.errors import BadRunId, RunNotFound
+from ledger.codec import LEDGER_NAME
 from ledger.lock import RunLock
-from ledger.writer import LEDGER_NAME
 from projections.replay import Projections
 
 __all__ = [

@@ -20,6 +20,7 @@ __all__ = [
     "GENESIS_HASH",
     "HASH_END",
     "HASH_PREFIX",
+    "LEDGER_NAME",
     "MAX_RECORD_BYTES",
     "SEQ_PREFIX",
     "SUFFIX_LEN",
@@ -30,6 +31,8 @@ __all__ = [
     "split_line",
 ]
 
+LEDGER_NAME = "ledger.ndjson"
+"""The ledger's file name in its run directory."""
 MAX_RECORD_BYTES = 256 * 1024
 """The largest line (suffix and newline included) the writer accepts."""
 

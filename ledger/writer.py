@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 
 from ledger.atomic import FILE_MODE, atomic_write, fsync_dir, make_private_dir
-from ledger.codec import MAX_RECORD_BYTES, SUFFIX_LEN, body_template
+from ledger.codec import LEDGER_NAME, MAX_RECORD_BYTES, SUFFIX_LEN, body_template
 from ledger.errors import LedgerError, LedgerWriteFailed, RecordInvalid, RecordTooLarge
 from ledger.events import (
     EVENT_TYPES,
@@ -51,8 +51,6 @@ from ledger.reader import LedgerReader, ScanResult, TornTail
 from ledger.times import utc_now
 
 __all__ = ["LEDGER_NAME", "LedgerWriter"]
-
-LEDGER_NAME = "ledger.ndjson"
 
 _encode_event = msgspec.json.Encoder().encode
 _TYPE_BYTES = {t: t.encode() for t in EVENT_TYPES}

@@ -18,10 +18,8 @@ import time
 from typing import Any
 
 import msgspec
-import yaml
 
 from engine.views.durations import human_duration
-from engine.workflow.reading import load_yaml
 from ledger.events import AgentActivity, Heartbeat, ItemDispatched
 from ledger.times import epoch
 from projections.replay import Projections
@@ -116,8 +114,12 @@ def wait_view(p: Projections) -> WaitView | None:
 def configured_budget(p: Projections) -> float | None:
     """The workflow's ``budget.max_cost_usd``, read from its copy in ``run.created``."""
     created = p.run.created
-    if created is None or not created.workflow:
-        return None
+    if created is None or "max_cost_usd" not in created.workflow:
+        return None  # without reading the YAML (nor importing its parser): no budget
+    import yaml  # noqa: PLC0415 - only a workflow with a budget is read
+
+    from engine.workflow.reading import load_yaml  # noqa: PLC0415
+
     try:
         spec: Any = load_yaml(created.workflow)
     except yaml.YAMLError:

@@ -23,7 +23,7 @@ from engine.views.agents import (
 )
 from engine.views.stats import engine_time
 from engine.views.worktrees import IsolationStatus, isolation_status
-from engine.workflow.spec import TRANSIENT_ERROR_TYPES
+from engine.workflow.error_types import TRANSIENT_ERROR_TYPES
 from ledger.payloads_limits import ITEM_BUDGET_SPENT
 from ledger.times import epoch
 from projections.dlq import DLQEntry, Failure

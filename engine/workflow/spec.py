@@ -23,6 +23,12 @@ from pydantic import (
     model_validator,
 )
 
+from engine.workflow.error_types import (
+    ERROR_TYPES,
+    RETRIED_BY_DEFAULT,
+    TRANSIENT_ERROR_TYPES,
+    ErrorType,
+)
 from engine.workflow.fields import (
     USD,
     Count,
@@ -62,34 +68,6 @@ __all__ = [
     "check_env_name",
     "parse_duration",
 ]
-
-ErrorType = Literal[
-    "timeout",
-    "hung",
-    "rate_limited",
-    "api_error",
-    "resource_exhausted",
-    "worker_lost",
-    "interrupted",
-    "command_failed",
-    "validation_failed",
-    "merge_conflict",
-    "unknown",
-]
-ERROR_TYPES: tuple[str, ...] = ErrorType.__args__  # type: ignore[attr-defined]
-TRANSIENT_ERROR_TYPES: tuple[ErrorType, ...] = (
-    "timeout",
-    "hung",
-    "rate_limited",
-    "api_error",
-    "resource_exhausted",
-    "worker_lost",
-    "interrupted",
-)
-"""Error types that are passing trouble: retried by default."""
-RETRIED_BY_DEFAULT: tuple[ErrorType, ...] = (*TRANSIENT_ERROR_TYPES, "merge_conflict")
-"""Error types ``retry.retry_on`` lists by default: the transient ones, and a merge
-conflict (the retry forks from the run branch's newer head, which usually resolves it)."""
 
 
 def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
