@@ -228,7 +228,7 @@ class EngineGroup(click.Group):
         loaded = self.commands.get(name)
         if loaded is not None:
             return loaded.get_short_help_str(limit)
-        return click.utils.make_default_short_help(COMMANDS[name][1], limit)
+        return click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         with quiet_on_closed_stdout():  # `engine --help | head -1`
