@@ -15,7 +15,8 @@ Statuses (the one place they are declared):
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -95,12 +96,40 @@ class ItemsView(msgspec.Struct, kw_only=True):
 
 
 class ItemsProjection(Projection):
+    """Every item's state (``items``) and the counts by status.
+
+    The counts stand alone (their sum is the number of items), so a reader
+    that only counts never needs the table: restored from a snapshot, the
+    table is decoded on its first use (:meth:`defer_items`).
+    """
+
+    items: dict[str, ItemState]
+
     def __init__(self) -> None:
         self.items: dict[str, ItemState] = {}
         self.counts: dict[str, int] = dict.fromkeys(ITEM_STATUSES, 0)
         self.duplicates = 0
         self.dispatched = 0
         """Attempts dispatched in all (across resumes and DLQ retries)."""
+
+    def defer_items(self, load: Callable[[], dict[str, ItemState]]) -> None:
+        """Drop the table; ``load()`` gives it back on its first use."""
+        self.__dict__.pop("items", None)
+        self._load_items = load
+
+    @property
+    def items_loaded(self) -> bool:
+        """Whether the table is at hand (not waiting for its first use)."""
+        return "items" in self.__dict__
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached while ``items`` is deferred: a normal attribute after.
+            if name == "items" and "_load_items" in self.__dict__:
+                self.items = self.__dict__.pop("_load_items")()
+                return self.items
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _move(self, state: ItemState, status: ItemStatus, ts: str) -> None:
         counts = self.counts
@@ -198,7 +227,7 @@ class ItemsProjection(Projection):
     def item_counts(self) -> ItemCounts:
         c = self.counts
         return ItemCounts(
-            total=len(self.items),
+            total=sum(c.values()),  # each item is in one status: no need of the table
             pending=c["pending"],
             running=c["running"],
             succeeded=c["succeeded"],

@@ -12,12 +12,15 @@ one changes nothing but speed.
 
 The file is msgpack: a header (format, seq, hash, offsets) and one part per
 projection, each decoded with the types its projection declares, so a part
-holds data only, never code.
+holds data only, never code. The item table (:data:`LAZY`) is a part of its
+own, mapped from the file and decoded on its first use only: a reader that
+only counts (``engine status``) never pays for a million items' states.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +38,7 @@ from ledger.events import (
     WorktreeCommitted,
     WorktreeMerged,
 )
-from ledger.reader import ScanResult
+from ledger.reader import LedgerReader, ScanResult
 from projections.base import Projection
 from projections.circuit import CircuitProjection
 from projections.dlq import DLQProjection
@@ -49,7 +52,7 @@ from projections.worktrees import AttemptTree, RunTree, WorktreesProjection
 
 __all__ = ["FORMAT", "SNAPSHOT_NAME", "Snapshot", "load_snapshot", "write_snapshot"]
 
-FORMAT = 1
+FORMAT = 2
 """The snapshot format; a snapshot of another one is ignored (and rewritten)."""
 SNAPSHOT_NAME = "projections.snapshot"
 
@@ -140,10 +143,19 @@ STATES: dict[type[Projection], dict[str, Any]] = {
 }
 """What each snapshotted projection keeps, with the types its part is decoded with."""
 
+LAZY: dict[type[Projection], str] = {ItemsProjection: "items"}
+"""The field of a projection kept in a part of its own (named ``Class.field``),
+decoded on its first use (:meth:`ItemsProjection.defer_items`)."""
+
 _STRUCTS = {
-    kind: msgspec.defstruct(kind.__name__ + "State", list(fields.items()), array_like=True)
+    kind: msgspec.defstruct(
+        kind.__name__ + "State",
+        [(k, v) for k, v in fields.items() if k != LAZY.get(kind)],
+        array_like=True,
+    )
     for kind, fields in STATES.items()
 }
+_TABLE = msgspec.msgpack.Decoder(dict[str, ItemState])
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
@@ -157,7 +169,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     end: int
     """The byte offset just after it: where the tail begins."""
     parts: dict[str, bytes]
-    """Each projection's state (msgpack), by its class name."""
+    """Each projection's state (msgpack), by its class name (and :data:`LAZY`'s
+    fields by ``Class.field``)."""
 
     def start(self) -> ScanResult:
         """Where a reader resumes: just after the snapshot's record."""
@@ -165,22 +178,56 @@ class Snapshot(msgspec.Struct, kw_only=True):
         return ScanResult(r.seq + 1, r.hash.encode(), self.end, self.end, None, r.ts)
 
 
-def _encode(projection: Projection) -> bytes:
-    state = projection.checkpoint(STATES[type(projection)])
+class _Mapped(Snapshot, kw_only=True):
+    """A snapshot as read: its parts are views into the mapped file (no copy)."""
+
+    parts: dict[str, memoryview]  # type: ignore[assignment]
+
+
+def _encode(projection: Projection) -> dict[str, bytes]:
+    """The parts of ``projection``: its state, and its :data:`LAZY` field apart."""
+    kind = type(projection)
+    name = kind.__name__
+    state = projection.checkpoint(STATES[kind])
+    parts = {}
+    if (lazy := LAZY.get(kind)) is not None:
+        parts[f"{name}.{lazy}"] = msgspec.msgpack.encode(state.pop(lazy))
     if isinstance(projection, WorkersProjection):
         state["running"] = {
             k: (a.dispatched, a.last, a.heartbeats, a.agent) for k, a in state["running"].items()
         }
-    return msgspec.msgpack.encode(_STRUCTS[type(projection)](**state))
+    parts[name] = msgspec.msgpack.encode(_STRUCTS[kind](**state))
+    return parts
 
 
-def _decode(projection: Projection, part: bytes) -> None:
+def _decode(projection: Projection, snap: _Mapped, ledger: Path) -> None:
     kind = type(projection)
-    decoded = msgspec.msgpack.decode(part, type=_STRUCTS[kind])
-    state = {name: getattr(decoded, name) for name in STATES[kind]}
+    decoded = msgspec.msgpack.decode(snap.parts[kind.__name__], type=_STRUCTS[kind])
+    state = {name: getattr(decoded, name) for name in STATES[kind] if name != LAZY.get(kind)}
     if isinstance(projection, WorkersProjection):
         state["running"] = {k: LiveAttempt(*t) for k, t in state["running"].items()}
     projection.restore(state)
+    if isinstance(projection, ItemsProjection):
+        table = snap.parts[f"{kind.__name__}.items"]
+        counted = sum(projection.counts.values())
+        seq = snap.record.seq
+        projection.defer_items(lambda: _table(table, counted, ledger, seq))
+
+
+def _table(part: memoryview, counted: int, ledger: Path, seq: int) -> dict[str, ItemState]:
+    """The item table of a snapshot's part; should it be damaged (it is checked only
+    now, on its first use), the same table folded from the ledger up to ``seq``."""
+    try:
+        table = _TABLE.decode(part)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        table = None
+    if table is not None and len(table) == counted:
+        return table
+    items = ItemsProjection()
+    for records, _lines, _offset in LedgerReader(ledger).batches(until=seq, check_hash=True):
+        for record in records:
+            items.apply(record)
+    return items.items
 
 
 def snapshotted(projections: list[Projection]) -> bool:
@@ -204,7 +251,7 @@ def write_snapshot(
     where = _locate(Path(ledger), last.seq, last.hash)
     if where is None:
         return False
-    parts = {type(p).__name__: _encode(p) for p in projections if type(p) in STATES}
+    parts = {k: v for p in projections if type(p) in STATES for k, v in _encode(p).items()}
     snap = Snapshot(format=FORMAT, record=last, line=where[0], end=where[1], parts=parts)
     atomic_write(path_of(ledger), msgspec.msgpack.encode(snap))
     return True
@@ -259,15 +306,12 @@ def load_snapshot(ledger: str | os.PathLike[str], projections: list[Projection])
     ``projections``, and the ledger holds its record (seq and hash) at its
     offset. Else None, and ``projections`` are left as they were (fresh).
     """
-    path = path_of(ledger)
-    try:
-        data = path.read_bytes()
-        snap = msgspec.msgpack.decode(data, type=Snapshot)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+    snap = _read(path_of(ledger))
+    if snap is None or snap.format != FORMAT or not snapshotted(projections):
         return None
-    if snap.format != FORMAT or not snapshotted(projections):
-        return None
-    if any(type(p).__name__ not in snap.parts for p in projections):
+    names = [type(p).__name__ for p in projections]
+    names += [f"{type(p).__name__}.{LAZY[type(p)]}" for p in projections if type(p) in LAZY]
+    if any(name not in snap.parts for name in names):
         return None
     try:
         with open(ledger, "rb") as f:
@@ -279,12 +323,23 @@ def load_snapshot(ledger: str | os.PathLike[str], projections: list[Projection])
     try:
         for p, blank in zip(projections, fresh, strict=True):
             blank.__dict__.update(p.__dict__)
-            _decode(blank, snap.parts[type(p).__name__])
+            _decode(blank, snap, Path(ledger))
     except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError):
         return None
     for p, blank in zip(projections, fresh, strict=True):
+        p.__dict__.clear()  # a deferred field must not stay behind
         p.__dict__.update(blank.__dict__)
     return snap
+
+
+def _read(path: Path) -> _Mapped | None:
+    """The snapshot at ``path``, mapped (its parts are read only when decoded)."""
+    try:
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return msgspec.msgpack.decode(data, type=_Mapped)
+    except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def remove_snapshot(ledger: str | os.PathLike[str]) -> None:

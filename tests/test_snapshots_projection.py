@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
+
 from projections.replay import Projections, replay
-from projections.snapshots import SNAPSHOT_NAME, load_snapshot, write_snapshot
+from projections.snapshots import FORMAT, SNAPSHOT_NAME, Snapshot, load_snapshot, write_snapshot
 from projections.stats import SessionsProjection
 from tests.conftest import projections_json
 from tests.engine_helpers import run_workflow, write_workflow
@@ -78,11 +80,41 @@ def test_a_damaged_or_foreign_snapshot_is_ignored(tmp_path: Path) -> None:
     snapshot = ledger.parent / SNAPSHOT_NAME
     good = snapshot.read_bytes()
     full = projections_json(replay(ledger, snapshot=False))
-    for bad in (good[: len(good) // 2], b"\x00" * 64, good.replace(b"\x01", b"\x02", 1), b""):
+    snap = msgspec.msgpack.decode(good, type=Snapshot)
+    foreign = msgspec.msgpack.encode(msgspec.structs.replace(snap, format=FORMAT + 1))
+    for bad in (good[: len(good) // 2], b"\x00" * 64, foreign, b""):
         snapshot.write_bytes(bad)
         p = _fresh()
         assert load_snapshot(ledger, [*p.all(), *p.extra]) is None
         assert projections_json(p) == projections_json(_fresh())  # left fresh
+        assert projections_json(replay(ledger)) == full
+
+
+def test_status_reads_the_snapshot_without_decoding_its_item_table(tmp_path: Path) -> None:
+    ledger = _run(tmp_path)
+    p = _fresh()
+    assert load_snapshot(ledger, [*p.all(), *p.extra]) is not None
+    assert not p.items.items_loaded  # counts, the DLQ, the running: none needs the table
+    full = replay(ledger, snapshot=False)
+    assert p.items.item_counts() == full.items.item_counts()
+    assert not p.items.items_loaded
+    assert p.items.items == full.items.items  # decoded on its first use
+    assert p.items.items_loaded
+
+
+def test_a_damaged_item_table_is_folded_from_the_ledger_instead(tmp_path: Path) -> None:
+    ledger = _run(tmp_path)
+    snapshot = ledger.parent / SNAPSHOT_NAME
+    snap = msgspec.msgpack.decode(snapshot.read_bytes(), type=Snapshot)
+    full = projections_json(replay(ledger, snapshot=False))
+    # Checked only on its first use: not msgpack, not a table, a table of other items.
+    for table in (b"\xc1", msgspec.msgpack.encode([1, 2]), msgspec.msgpack.encode({})):
+        parts = {**snap.parts, "ItemsProjection.items": table}
+        snapshot.write_bytes(msgspec.msgpack.encode(msgspec.structs.replace(snap, parts=parts)))
+        p = _fresh()
+        assert load_snapshot(ledger, [*p.all(), *p.extra]) is not None
+        p.last = snap.record
+        assert projections_json(p) == full
         assert projections_json(replay(ledger)) == full
 
 
