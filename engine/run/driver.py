@@ -77,6 +77,7 @@ async def drive(run: RunContext, opening: list[Event], *, resuming: bool = False
     assert run.writer is not None
     control = ControlWatcher(run)
     adopt = run.options.adopt_orphans
+    failed = False
     try:
         with handling_signals(run, control.wake):
             if adopt:
@@ -85,12 +86,13 @@ async def drive(run: RunContext, opening: list[Event], *, resuming: bool = False
                 return await _phases(run, control, opening, resuming=resuming)
             except EngineError as exc:
                 run.redactor.error(exc)  # its message reaches the terminal
+                failed = True  # its one line says what stopped the run
                 raise
             finally:
                 if adopt:
                     orphans.adopt(False)
                 await control.stop()
-                await run.receipt_writer.close()
+                await run.receipt_writer.close(say=not failed)
     finally:
         run.writer.close()
         if run.owns_executor:

@@ -101,9 +101,10 @@ class ReceiptWriter:
 
     :meth:`submit` returns at once (the event loop goes on dispatching);
     :meth:`close` waits until everything submitted is written. A receipt that
-    cannot be written is said once through ``warn`` and the run goes on: the
-    ledger holds the truth, a resume writes the receipt again, and
-    ``engine audit verify`` names it until then.
+    cannot be written is said once through ``warn``, as the run ends, and the
+    run goes on: the ledger holds the truth, a resume writes the receipt again,
+    and ``engine audit verify`` names it until then. A run that ends with an
+    error of its own (a full disk stops the ledger too) says only that.
     """
 
     def __init__(self, run_dir: Path, *, warn: Callable[[str], None]) -> None:
@@ -111,7 +112,8 @@ class ReceiptWriter:
         self.warn = warn
         self._queue: list[Receipt] = []
         self._task: asyncio.Future[None] | None = None
-        self._warned = False
+        self.failure: str | None = None
+        """Why a receipt could not be written (the first time), to be said at :meth:`close`."""
 
     def submit(self, receipts: list[Receipt]) -> None:
         """Write ``receipts`` soon (their success records are durable)."""
@@ -127,16 +129,17 @@ class ReceiptWriter:
             try:
                 await asyncio.to_thread(_write, self.directory, batch)
             except OSError as exc:
-                if not self._warned:
-                    self._warned = True
-                    self.warn(
+                if self.failure is None:
+                    self.failure = (
                         f"engine: cannot write a receipt under {self.directory}: {exc}; {_LATER}"
                     )
 
-    async def close(self) -> None:
-        """Wait until every submitted receipt is written."""
+    async def close(self, *, say: bool = True) -> None:
+        """Wait until every submitted receipt is written; say (with ``say``) if one was not."""
         if self._task is not None:
             await self._task
+        if say and self.failure is not None:
+            self.warn(self.failure)
 
 
 class ReceiptsCheck(msgspec.Struct, frozen=True, kw_only=True):
