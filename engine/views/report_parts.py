@@ -147,45 +147,42 @@ class AuditFold(Projection):
                 break
         if isinstance(e, ItemFailed):
             self.failed.append(
-                FailedAttempt(
-                    item=e.item,
-                    attempt=e.attempt,
-                    seq=record.seq,
-                    ts=record.ts,
-                    error_type=e.error_type,
-                    signature=e.signature,
-                    message=e.message,
-                    exit_code=e.exit_code,
-                    signal=e.signal,
-                    duration=e.duration,
-                    stderr_tail=e.stderr_tail,
-                    stdout=e.stdout,
-                    stderr=e.stderr,
-                    worker=e.worker,
-                )
+                _failed(record, e, e.item, e.attempt, signature=e.signature, worker=e.worker)
             )
 
     def _step_failed(self, record: Record, e: StepFailed) -> None:
-        self.failed.append(
-            FailedAttempt(
-                item=f"{e.phase} step {e.index}",
-                attempt=1,
-                seq=record.seq,
-                ts=record.ts,
-                error_type=e.error_type,
-                signature="",
-                message=e.message,
-                exit_code=e.exit_code,
-                signal=e.signal,
-                duration=e.duration,
-                stderr_tail=e.stderr_tail,
-                stdout=e.stdout,
-                stderr=e.stderr,
-            )
-        )
+        self.failed.append(_failed(record, e, f"{e.phase} step {e.index}", 1))
 
     def to_json(self) -> dict[str, Any]:
         return {"sessions": self.sessions, "controls": self.controls, "failed": self.failed}
+
+
+def _failed(
+    record: Record,
+    e: ItemFailed | StepFailed,
+    item: str,
+    attempt: int,
+    *,
+    signature: str = "",
+    worker: str | None = None,
+) -> FailedAttempt:
+    """A failed attempt's row, from an item's or a setup or reduce step's failure."""
+    return FailedAttempt(
+        item=item,
+        attempt=attempt,
+        seq=record.seq,
+        ts=record.ts,
+        error_type=e.error_type,
+        signature=signature,
+        message=e.message,
+        exit_code=e.exit_code,
+        signal=e.signal,
+        duration=e.duration,
+        stderr_tail=e.stderr_tail,
+        stdout=e.stdout,
+        stderr=e.stderr,
+        worker=worker,
+    )
 
 
 def _ts(value: Any) -> str:
